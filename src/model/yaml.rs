@@ -1,0 +1,429 @@
+//! The only module that knows about the YAML parser.
+//!
+//! Documents are parsed into a positioned tree ([`Node`]) and then converted to a
+//! `serde_json::Value` (the shape Tekton's admission webhook sees after
+//! `sigs.k8s.io/yaml` turns YAML into JSON) plus an index from field path to source
+//! position, so that every later diagnostic can name `file:line:column`.
+//!
+//! Scalar rules follow Kubernetes (YAML 1.1 via `sigs.k8s.io/yaml`), not YAML 1.2:
+//! plain `yes`/`on`/`true` become `"true"`, numbers become the string of their JSON form
+//! (`1.10` -> `"1.1"`), `~`/`null`/empty become null. Every scalar lands as a JSON
+//! string (or null); typed fields (`retries`, `optional`) parse leniently from strings.
+//! The YAML parser crate is used only here so it can be swapped in one place.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A 1-based line and column in a source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub col: usize,
+}
+
+impl std::fmt::Display for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// One YAML document converted to JSON, with the position of every field path.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub value: Value,
+    /// Field path (e.g. `spec.tasks[2].runAfter[0]`) -> position of that node.
+    pub positions: BTreeMap<String, Pos>,
+    /// Position of the document's first node.
+    pub start: Pos,
+}
+
+impl Document {
+    /// Position of `path`, or of its nearest ancestor that has one.
+    pub fn pos_of(&self, path: &str) -> Pos {
+        let mut p = path.to_string();
+        loop {
+            if let Some(pos) = self.positions.get(&p) {
+                return *pos;
+            }
+            match parent_path(&p) {
+                Some(parent) => p = parent,
+                None => return self.start,
+            }
+        }
+    }
+}
+
+fn parent_path(p: &str) -> Option<String> {
+    if p.is_empty() {
+        return None;
+    }
+    if p.ends_with(']') {
+        if let Some(i) = p.rfind('[') {
+            return Some(p[..i].to_string());
+        }
+    }
+    match p.rfind('.') {
+        Some(i) => Some(p[..i].to_string()),
+        None => Some(String::new()),
+    }
+}
+
+/// A YAML syntax error with its position.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Null(Pos),
+    Scalar(String, TScalarStyle, Pos),
+    Seq(Vec<Node>, Pos),
+    Map(Vec<(Node, Node)>, Pos),
+}
+
+impl Node {
+    fn pos(&self) -> Pos {
+        match self {
+            Node::Null(p) | Node::Scalar(_, _, p) | Node::Seq(_, p) | Node::Map(_, p) => *p,
+        }
+    }
+}
+
+enum Frame {
+    Seq(Vec<Node>, Pos, usize),
+    Map(Vec<(Node, Node)>, Option<Node>, Pos, usize),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    docs: Vec<Node>,
+    anchors: BTreeMap<usize, Node>,
+    error: Option<SyntaxError>,
+}
+
+fn to_pos(m: &Marker) -> Pos {
+    Pos { line: m.line(), col: m.col() + 1 }
+}
+
+impl Builder {
+    fn push_node(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.docs.push(node),
+            Some(Frame::Seq(items, _, _)) => items.push(node),
+            Some(Frame::Map(entries, key, _, _)) => match key.take() {
+                None => *key = Some(node),
+                Some(k) => entries.push((k, node)),
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = to_pos(&mark);
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                let is_null = style == TScalarStyle::Plain
+                    && tag.is_none()
+                    && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                let node = if is_null {
+                    Node::Null(pos)
+                } else {
+                    Node::Scalar(text, style, pos)
+                };
+                self.push_node(node, anchor);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), pos, anchor)),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, pos, anchor)),
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq(items, p, anchor)) = self.stack.pop() {
+                    self.push_node(Node::Seq(items, p), anchor);
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map(entries, _, p, anchor)) = self.stack.pop() {
+                    self.push_node(Node::Map(entries, p), anchor);
+                }
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(n) => self.push_node(n, 0),
+                None => {
+                    if self.error.is_none() {
+                        self.error = Some(SyntaxError { pos, message: "unknown alias".into() });
+                    }
+                    self.push_node(Node::Null(pos), 0);
+                }
+            },
+            Event::DocumentEnd if self.stack.is_empty() => {}
+            _ => {}
+        }
+    }
+}
+
+/// Parse a (possibly multi-document) YAML text. Empty documents are dropped.
+/// On a syntax error, the documents before it are returned along with the error.
+pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
+    let mut b = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    let scan = parser.load(&mut b, true);
+    let mut err = b.error.take();
+    if let Err(e) = scan {
+        let m = e.marker();
+        err = Some(SyntaxError { pos: to_pos(m), message: e.info().to_string() });
+    }
+    let mut docs = Vec::new();
+    for node in b.docs {
+        if matches!(node, Node::Null(_)) {
+            continue;
+        }
+        let start = shown_pos(&node);
+        let mut positions = BTreeMap::new();
+        let value = match convert(&node, "", &mut positions) {
+            Ok(v) => v,
+            Err(e) => {
+                err.get_or_insert(e);
+                continue;
+            }
+        };
+        docs.push(Document { value, positions, start });
+    }
+    (docs, err)
+}
+
+fn join_key(prefix: &str, key: &str) -> String {
+    let simple = !key.is_empty()
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    match (prefix.is_empty(), simple) {
+        (true, true) => key.to_string(),
+        (false, true) => format!("{prefix}.{key}"),
+        (_, false) => format!("{prefix}[{key:?}]"),
+    }
+}
+
+/// Where a node is best shown: a mapping's own start marker is unreliable in the
+/// parser, so a mapping is shown at its first key.
+fn shown_pos(node: &Node) -> Pos {
+    match node {
+        Node::Map(entries, p) => entries.first().map_or(*p, |(k, _)| k.pos()),
+        other => other.pos(),
+    }
+}
+
+fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>) -> Result<Value, SyntaxError> {
+    positions.entry(path.to_string()).or_insert_with(|| shown_pos(node));
+    Ok(match node {
+        Node::Null(_) => Value::Null,
+        Node::Scalar(text, style, _) => Value::String(scalar_string(text, *style)),
+        Node::Seq(items, _) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                out.push(convert(item, &format!("{path}[{i}]"), positions)?);
+            }
+            Value::Array(out)
+        }
+        Node::Map(entries, _) => {
+            let mut out = Map::new();
+            let mut explicit = std::collections::HashSet::new();
+            for (k, v) in entries {
+                let key = match k {
+                    // Keys keep their text: `n:` or `on:` as a key is a name, not a bool.
+                    Node::Scalar(t, _, _) => t.clone(),
+                    Node::Null(_) => "null".to_string(),
+                    _ => {
+                        return Err(SyntaxError {
+                            pos: k.pos(),
+                            message: "mapping keys must be scalars".into(),
+                        })
+                    }
+                };
+                if key == "<<" {
+                    // YAML merge key: merge the mapping(s) in, without overriding.
+                    let merged = convert(v, path, positions)?;
+                    let maps = match merged {
+                        Value::Object(m) => vec![m],
+                        Value::Array(a) => a.into_iter().filter_map(|x| match x { Value::Object(m) => Some(m), _ => None }).collect(),
+                        _ => vec![],
+                    };
+                    for m in maps {
+                        for (mk, mv) in m {
+                            out.entry(mk).or_insert(mv);
+                        }
+                    }
+                    continue;
+                }
+                let child = join_key(path, &key);
+                if !explicit.insert(key.clone()) {
+                    return Err(SyntaxError {
+                        pos: k.pos(),
+                        message: format!("duplicate key {key:?} in mapping"),
+                    });
+                }
+                // A field is shown at its key (`runAfter:`), where the reader looks.
+                positions.insert(child.clone(), k.pos());
+                let val = convert(v, &child, positions)?;
+                out.insert(key, val);
+            }
+            Value::Object(out)
+        }
+    })
+}
+
+/// Resolve a scalar as `sigs.k8s.io/yaml` would and render it as the string of its JSON form.
+fn scalar_string(text: &str, style: TScalarStyle) -> String {
+    if style != TScalarStyle::Plain {
+        return text.to_string();
+    }
+    match text {
+        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y" | "Y" => {
+            return "true".into()
+        }
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" => {
+            return "false".into()
+        }
+        _ => {}
+    }
+    if let Some(n) = normalize_number(text) {
+        return n;
+    }
+    text.to_string()
+}
+
+fn normalize_number(text: &str) -> Option<String> {
+    let t = text.replace('_', "");
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, t.strip_prefix('+').unwrap_or(&t)),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let sign = if neg { "-" } else { "" };
+    if let Some(hex) = digits.strip_prefix("0x") {
+        return u64::from_str_radix(hex, 16).ok().map(|v| format!("{sign}{v}"));
+    }
+    if let Some(oct) = digits.strip_prefix("0o") {
+        return u64::from_str_radix(oct, 8).ok().map(|v| format!("{sign}{v}"));
+    }
+    if digits.bytes().all(|b| b.is_ascii_digit()) {
+        // YAML 1.1: a leading 0 means octal.
+        if digits.len() > 1 && digits.starts_with('0') {
+            if let Ok(v) = u64::from_str_radix(digits, 8) {
+                return Some(format!("{sign}{v}"));
+            }
+            return None;
+        }
+        return digits.parse::<u64>().ok().map(|v| format!("{sign}{v}"));
+    }
+    // Floats: digits with one '.', optional exponent.
+    let looks_float = digits.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && digits.bytes().any(|b| b.is_ascii_digit());
+    if looks_float {
+        if let Ok(f) = t.parse::<f64>() {
+            if f.is_finite() {
+                return Some(format_float(f));
+            }
+        }
+    }
+    None
+}
+
+/// Go's `encoding/json` float formatting (shortest repr, exponent outside [1e-6, 1e21)).
+fn format_float(f: f64) -> String {
+    let a = f.abs();
+    if a != 0.0 && !(1e-6..1e21).contains(&a) {
+        let s = format!("{f:e}");
+        // Go writes e+21 / e-07 style exponents.
+        if let Some((m, e)) = s.split_once('e') {
+            let (es, ed) = match e.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', e),
+            };
+            return format!("{m}e{es}{ed:0>2}");
+        }
+        s
+    } else {
+        format!("{f}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Document {
+        let (mut docs, err) = parse_documents(text);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(docs.len(), 1);
+        docs.remove(0)
+    }
+
+    #[test]
+    fn scalars_follow_kubernetes_yaml_rules() {
+        let cases = [
+            ("v: 1", "1"),
+            ("v: 1.10", "1.1"),
+            ("v: yes", "true"),
+            ("v: off", "false"),
+            ("v: '1.10'", "1.10"),
+            ("v: \"yes\"", "yes"),
+            ("v: 0x1F", "31"),
+            ("v: 010", "8"),
+            ("v: 1e3", "1000"),
+            ("v: 1_000", "1000"),
+            ("v: hello", "hello"),
+            ("v: 1.2.3", "1.2.3"),
+            ("v: -5", "-5"),
+            ("v: .5", "0.5"),
+        ];
+        for (src, want) in cases {
+            let d = one(src);
+            assert_eq!(d.value["v"], Value::String(want.into()), "{src}");
+        }
+        let d = one("v: ~\nw:\nx: null");
+        assert!(d.value["v"].is_null() && d.value["w"].is_null() && d.value["x"].is_null());
+    }
+
+    #[test]
+    fn positions_are_recorded_per_path() {
+        let d = one("a:\n  b:\n    - x\n    - y: 1\n  \"c.d\": 2\n");
+        // fields are shown at their key, list items at themselves (a mapping item at its first key)
+        assert_eq!(d.positions["a"], Pos { line: 1, col: 1 });
+        assert_eq!(d.positions["a.b"], Pos { line: 2, col: 3 });
+        assert_eq!(d.positions["a.b[1].y"], Pos { line: 4, col: 7 });
+        assert_eq!(d.positions["a.b[1]"], Pos { line: 4, col: 7 });
+        assert_eq!(d.positions["a.b[0]"], Pos { line: 3, col: 7 });
+        assert_eq!(d.positions["a[\"c.d\"]"], Pos { line: 5, col: 3 });
+        assert_eq!(d.pos_of("a.b[1].y.zzz"), Pos { line: 4, col: 7 });
+    }
+
+    #[test]
+    fn multi_document_and_errors() {
+        let (docs, err) = parse_documents("a: 1\n---\n---\nb: 2\n");
+        assert!(err.is_none());
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].start.line, 4);
+        let (_, err) = parse_documents("a: [1, 2\nb: 3\n");
+        assert!(err.is_some());
+        let (_, err) = parse_documents("a: 1\na: 2\n");
+        let e = err.unwrap();
+        assert!(e.message.contains("duplicate key"), "{}", e.message);
+        assert_eq!(e.pos.line, 2);
+    }
+
+    #[test]
+    fn anchors_and_merge_keys() {
+        let d = one("base: &b {x: 1, y: 2}\nder:\n  <<: *b\n  y: 3\n");
+        assert_eq!(d.value["der"]["x"], "1");
+        assert_eq!(d.value["der"]["y"], "3");
+    }
+}
