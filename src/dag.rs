@@ -39,7 +39,12 @@ pub fn result_deps(pt: &PipelineTask) -> BTreeSet<String> {
         }
     }
     for w in &pt.when {
-        for s in w.input.iter().chain(w.values.iter().flatten()).chain(w.cel.iter()) {
+        for s in w
+            .input
+            .iter()
+            .chain(w.values.iter().flatten())
+            .chain(w.cel.iter())
+        {
             visit(s);
         }
     }
@@ -76,8 +81,14 @@ pub struct Dag {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DagError {
     /// (task, index in runAfter or None for a result reference, missing name)
-    Unknown { task: String, run_after_index: Option<usize>, missing: String },
-    Cycle { path: Vec<String> },
+    Unknown {
+        task: String,
+        run_after_index: Option<usize>,
+        missing: String,
+    },
+    Cycle {
+        path: Vec<String>,
+    },
 }
 
 impl Dag {
@@ -92,7 +103,11 @@ impl Dag {
                 if known.contains(r.as_str()) {
                     ps.insert(r.clone());
                 } else {
-                    errors.push(DagError::Unknown { task: t.name.clone(), run_after_index: Some(i), missing: r.clone() });
+                    errors.push(DagError::Unknown {
+                        task: t.name.clone(),
+                        run_after_index: Some(i),
+                        missing: r.clone(),
+                    });
                 }
             }
             for r in result_deps(t) {
@@ -118,8 +133,14 @@ impl Dag {
             Active,
             Done,
         }
-        let mut mark: BTreeMap<&str, Mark> = self.names.iter().map(|n| (n.as_str(), Mark::New)).collect();
-        fn dfs<'a>(n: &'a str, dag: &'a Dag, mark: &mut BTreeMap<&'a str, Mark>, stack: &mut Vec<&'a str>) -> Option<Vec<String>> {
+        let mut mark: BTreeMap<&str, Mark> =
+            self.names.iter().map(|n| (n.as_str(), Mark::New)).collect();
+        fn dfs<'a>(
+            n: &'a str,
+            dag: &'a Dag,
+            mark: &mut BTreeMap<&'a str, Mark>,
+            stack: &mut Vec<&'a str>,
+        ) -> Option<Vec<String>> {
             mark.insert(n, Mark::Active);
             stack.push(n);
             if let Some(ps) = dag.parents.get(n) {
@@ -127,7 +148,8 @@ impl Dag {
                     match mark.get(p.as_str()).copied() {
                         Some(Mark::Active) => {
                             let start = stack.iter().position(|s| *s == p.as_str()).unwrap_or(0);
-                            let mut cyc: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+                            let mut cyc: Vec<String> =
+                                stack[start..].iter().map(|s| s.to_string()).collect();
                             cyc.push(p.clone());
                             return Some(cyc);
                         }
@@ -160,7 +182,11 @@ impl Dag {
         self.names
             .iter()
             .filter(|n| !started.contains(*n) && !done.contains(*n))
-            .filter(|n| self.parents.get(*n).is_none_or(|ps| ps.iter().all(|p| done.contains(p))))
+            .filter(|n| {
+                self.parents
+                    .get(*n)
+                    .is_none_or(|ps| ps.iter().all(|p| done.contains(p)))
+            })
             .cloned()
             .collect()
     }
@@ -177,7 +203,10 @@ mod tests {
             run_after: run_after.iter().map(|s| s.to_string()).collect(),
             params: uses
                 .iter()
-                .map(|u| Param { name: format!("p-{u}"), value: ParamValue::Str(format!("x $(tasks.{u}.results.r) y")) })
+                .map(|u| Param {
+                    name: format!("p-{u}"),
+                    value: ParamValue::Str(format!("x $(tasks.{u}.results.r) y")),
+                })
                 .collect(),
             ..Default::default()
         }
@@ -190,7 +219,12 @@ mod tests {
     #[test]
     fn ready_sets_table() {
         // diamond: a -> b (runAfter), a -> c (result), b,c -> d
-        let tasks = vec![pt("a", &[], &[]), pt("b", &["a"], &[]), pt("c", &[], &["a"]), pt("d", &["b"], &["c"])];
+        let tasks = vec![
+            pt("a", &[], &[]),
+            pt("b", &["a"], &[]),
+            pt("c", &[], &["a"]),
+            pt("d", &["b"], &["c"]),
+        ];
         let (dag, errs) = Dag::build(&tasks);
         assert!(errs.is_empty());
         let rows: &[(&[&str], &[&str], &[&str])] = &[
@@ -203,15 +237,30 @@ mod tests {
             (&["a", "b", "c", "d"], &[], &[]),
         ];
         for (done, started, want) in rows {
-            assert_eq!(dag.ready(&set(done), &set(started)), set(want).into_iter().collect::<Vec<_>>(), "done={done:?} started={started:?}");
+            assert_eq!(
+                dag.ready(&set(done), &set(started)),
+                set(want).into_iter().collect::<Vec<_>>(),
+                "done={done:?} started={started:?}"
+            );
         }
     }
 
     #[test]
     fn errors() {
         let (_, errs) = Dag::build(&[pt("a", &["zz"], &[])]);
-        assert_eq!(errs, vec![DagError::Unknown { task: "a".into(), run_after_index: Some(0), missing: "zz".into() }]);
-        let (_, errs) = Dag::build(&[pt("a", &["c"], &[]), pt("b", &["a"], &[]), pt("c", &[], &["b"])]);
+        assert_eq!(
+            errs,
+            vec![DagError::Unknown {
+                task: "a".into(),
+                run_after_index: Some(0),
+                missing: "zz".into()
+            }]
+        );
+        let (_, errs) = Dag::build(&[
+            pt("a", &["c"], &[]),
+            pt("b", &["a"], &[]),
+            pt("c", &[], &["b"]),
+        ]);
         match &errs[..] {
             [DagError::Cycle { path }] => {
                 assert_eq!(path.first(), path.last());

@@ -9,6 +9,13 @@
 //!   -> record (trait Store) -> promote (git write-back)
 //! ```
 
+pub mod cli;
 pub mod dag;
+pub mod engine;
+pub mod error;
+pub mod exec;
 pub mod model;
+pub mod report;
 pub mod subst;
+pub mod telemetry;
+pub mod ui;

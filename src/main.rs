@@ -1,1 +1,31 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tenon::cli::Cli::parse();
+    tenon::telemetry::init(cli.log_format, cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(tenon::error::EXIT_INTERNAL);
+        }
+    };
+    let result = rt.block_on(tenon::cli::run(cli));
+    if let Err(e) = &result {
+        if !matches!(e, tenon::error::Error::Invalid { .. }) {
+            let mut msg = format!("error: {e}");
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+        }
+    }
+    tenon::error::exit_code(&result)
+}

@@ -108,19 +108,32 @@ impl Catalog {
     /// A diagnostic for `field` of `obj`, positioned at that field (or its nearest parent).
     pub fn diag<T>(&self, obj: &Obj<T>, field: &str, message: impl Into<String>) -> Diagnostic {
         let file = &self.files[obj.file];
-        let pos = file.docs.get(obj.doc).map(|d| d.pos_of(field)).unwrap_or_default();
+        let pos = file
+            .docs
+            .get(obj.doc)
+            .map(|d| d.pos_of(field))
+            .unwrap_or_default();
         Diagnostic::new(&file.path, pos, Some(obj.label()), field, message)
     }
 
     /// Position of a field of an object.
     pub fn pos_of<T>(&self, obj: &Obj<T>, field: &str) -> (String, Pos) {
         let file = &self.files[obj.file];
-        (file.path.clone(), file.docs.get(obj.doc).map(|d| d.pos_of(field)).unwrap_or_default())
+        (
+            file.path.clone(),
+            file.docs
+                .get(obj.doc)
+                .map(|d| d.pos_of(field))
+                .unwrap_or_default(),
+        )
     }
 
     /// Whether nothing runnable or referenceable was found.
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.pipelines.is_empty() && self.pipeline_runs.is_empty() && self.task_runs.is_empty()
+        self.tasks.is_empty()
+            && self.pipelines.is_empty()
+            && self.pipeline_runs.is_empty()
+            && self.task_runs.is_empty()
     }
 }
 
@@ -136,7 +149,13 @@ pub fn load_dir(dir: &Path) -> Catalog {
         let shown = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
         match std::fs::metadata(&f) {
             Ok(m) if m.len() > MAX_MANIFEST_BYTES => {
-                diags.push(Diagnostic::new(&shown, Pos { line: 1, col: 1 }, None, "", format!("file is larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")));
+                diags.push(Diagnostic::new(
+                    &shown,
+                    Pos { line: 1, col: 1 },
+                    None,
+                    "",
+                    format!("file is larger than {MAX_MANIFEST_BYTES} bytes; not a manifest"),
+                ));
                 continue;
             }
             _ => {}
@@ -144,9 +163,21 @@ pub fn load_dir(dir: &Path) -> Catalog {
         match std::fs::read(&f) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => sources.push((shown, text)),
-                Err(_) => diags.push(Diagnostic::new(&shown, Pos { line: 1, col: 1 }, None, "", "file is not valid UTF-8")),
+                Err(_) => diags.push(Diagnostic::new(
+                    &shown,
+                    Pos { line: 1, col: 1 },
+                    None,
+                    "",
+                    "file is not valid UTF-8",
+                )),
             },
-            Err(e) => diags.push(Diagnostic::new(&shown, Pos { line: 1, col: 1 }, None, "", format!("cannot read file: {e}"))),
+            Err(e) => diags.push(Diagnostic::new(
+                &shown,
+                Pos { line: 1, col: 1 },
+                None,
+                "",
+                format!("cannot read file: {e}"),
+            )),
         }
     }
     let mut cat = load_sources(sources);
@@ -160,7 +191,13 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Diagnostic
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(m) => m,
         Err(e) => {
-            diags.push(Diagnostic::new(&dir.display().to_string(), Pos::default(), None, "", format!("cannot read: {e}")));
+            diags.push(Diagnostic::new(
+                &dir.display().to_string(),
+                Pos::default(),
+                None,
+                "",
+                format!("cannot read: {e}"),
+            ));
             return;
         }
     };
@@ -171,7 +208,13 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Diagnostic
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            diags.push(Diagnostic::new(&dir.display().to_string(), Pos::default(), None, "", format!("cannot read directory: {e}")));
+            diags.push(Diagnostic::new(
+                &dir.display().to_string(),
+                Pos::default(),
+                None,
+                "",
+                format!("cannot read directory: {e}"),
+            ));
             return;
         }
     };
@@ -195,10 +238,19 @@ pub fn load_sources(sources: Vec<(String, String)>) -> Catalog {
     for (path, text) in sources {
         let (docs, err) = parse_documents(&text);
         if let Some(e) = err {
-            cat.diagnostics.push(Diagnostic::new(&path, e.pos, None, "", format!("invalid YAML: {}", e.message)));
+            cat.diagnostics.push(Diagnostic::new(
+                &path,
+                e.pos,
+                None,
+                "",
+                format!("invalid YAML: {}", e.message),
+            ));
         }
         let file_idx = cat.files.len();
-        cat.files.push(SourceFile { path: path.clone(), docs: Vec::new() });
+        cat.files.push(SourceFile {
+            path: path.clone(),
+            docs: Vec::new(),
+        });
         let mut kept = Vec::new();
         for doc in docs {
             let doc_idx = kept.len();
@@ -212,10 +264,23 @@ pub fn load_sources(sources: Vec<(String, String)>) -> Catalog {
     cat
 }
 
-fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file: usize, doc_idx: usize) {
+fn add_object(
+    cat: &mut Catalog,
+    path: &str,
+    doc: &Document,
+    value: Value,
+    file: usize,
+    doc_idx: usize,
+) {
     let Value::Object(map) = &value else { return };
-    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-    let Some(kind_s) = map.get("kind").and_then(Value::as_str) else { return };
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let Some(kind_s) = map.get("kind").and_then(Value::as_str) else {
+        return;
+    };
     let group = api_version.split('/').next().unwrap_or("");
     let version = api_version.split('/').nth(1).unwrap_or("");
     let kind = match (group, kind_s) {
@@ -235,7 +300,13 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         Ok(m) => m,
         Err((field, msg)) => {
             let f = join("metadata", &field);
-            cat.diagnostics.push(Diagnostic::new(path, doc.pos_of(&f), Some(format!("{kind_s} (unnamed)")), &f, msg));
+            cat.diagnostics.push(Diagnostic::new(
+                path,
+                doc.pos_of(&f),
+                Some(format!("{kind_s} (unnamed)")),
+                &f,
+                msg,
+            ));
             return;
         }
     };
@@ -249,7 +320,13 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
             format!("{g}{}", &hex[..5])
         }
         _ => {
-            cat.diagnostics.push(Diagnostic::new(path, doc.pos_of("metadata"), Some(format!("{kind_s} (unnamed)")), "metadata.name", "missing field(s): metadata.name"));
+            cat.diagnostics.push(Diagnostic::new(
+                path,
+                doc.pos_of("metadata"),
+                Some(format!("{kind_s} (unnamed)")),
+                "metadata.name",
+                "missing field(s): metadata.name",
+            ));
             return;
         }
     };
@@ -267,10 +344,24 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         ($list:ident, $v:expr, $prefix:expr) => {{
             let v = $v;
             match decode(&v) {
-                Ok(spec) => cat.$list.push(Obj { kind, api_version: api_version.clone(), name, meta, spec, file, doc: doc_idx }),
+                Ok(spec) => cat.$list.push(Obj {
+                    kind,
+                    api_version: api_version.clone(),
+                    name,
+                    meta,
+                    spec,
+                    file,
+                    doc: doc_idx,
+                }),
                 Err((field, msg)) => {
                     let f = join($prefix, &field);
-                    cat.diagnostics.push(Diagnostic::new(path, doc.pos_of(&f), Some(label), &f, msg));
+                    cat.diagnostics.push(Diagnostic::new(
+                        path,
+                        doc.pos_of(&f),
+                        Some(label),
+                        &f,
+                        msg,
+                    ));
                 }
             }
         }};
@@ -320,22 +411,106 @@ fn humanize_serde(msg: &str) -> String {
 /// Field names Tekton's decoder matches case-insensitively. Keys under free-form maps
 /// (labels, annotations, data, params values, properties) are left alone.
 const KNOWN_FIELDS: &[&str] = &[
-    "apiVersion", "kind", "metadata", "spec", "name", "generateName", "namespace", "labels", "annotations",
-    "description", "displayName", "params", "steps", "stepTemplate", "sidecars", "results", "workspaces",
-    "volumes", "image", "command", "args", "script", "env", "envFrom", "workingDir", "onError", "timeout",
-    "when", "ref", "volumeMounts", "mountPath", "subPath", "readOnly", "optional", "type", "properties",
-    "default", "enum", "value", "valueFrom", "input", "operator", "values", "cel", "taskRef", "taskSpec",
-    "pipelineRef", "pipelineSpec", "matrix", "include", "runAfter", "retries", "finally", "tasks",
-    "timeouts", "pipeline", "taskRunSpecs", "pipelineTaskName", "status", "emptyDir",
-    "persistentVolumeClaim", "claimName", "volumeClaimTemplate", "configMap", "secret", "secretName",
-    "items", "key", "path", "projected", "csi", "resolver", "bundle", "imagePullPolicy",
-    "computeResources", "securityContext", "readinessProbe", "serviceAccountName", "podTemplate",
-    "taskRunTemplate", "stdoutConfig", "stderrConfig", "workspace",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "spec",
+    "name",
+    "generateName",
+    "namespace",
+    "labels",
+    "annotations",
+    "description",
+    "displayName",
+    "params",
+    "steps",
+    "stepTemplate",
+    "sidecars",
+    "results",
+    "workspaces",
+    "volumes",
+    "image",
+    "command",
+    "args",
+    "script",
+    "env",
+    "envFrom",
+    "workingDir",
+    "onError",
+    "timeout",
+    "when",
+    "ref",
+    "volumeMounts",
+    "mountPath",
+    "subPath",
+    "readOnly",
+    "optional",
+    "type",
+    "properties",
+    "default",
+    "enum",
+    "value",
+    "valueFrom",
+    "input",
+    "operator",
+    "values",
+    "cel",
+    "taskRef",
+    "taskSpec",
+    "pipelineRef",
+    "pipelineSpec",
+    "matrix",
+    "include",
+    "runAfter",
+    "retries",
+    "finally",
+    "tasks",
+    "timeouts",
+    "pipeline",
+    "taskRunSpecs",
+    "pipelineTaskName",
+    "status",
+    "emptyDir",
+    "persistentVolumeClaim",
+    "claimName",
+    "volumeClaimTemplate",
+    "configMap",
+    "secret",
+    "secretName",
+    "items",
+    "key",
+    "path",
+    "projected",
+    "csi",
+    "resolver",
+    "bundle",
+    "imagePullPolicy",
+    "computeResources",
+    "securityContext",
+    "readinessProbe",
+    "serviceAccountName",
+    "podTemplate",
+    "taskRunTemplate",
+    "stdoutConfig",
+    "stderrConfig",
+    "workspace",
 ];
 
 const FREE_FORM: &[&str] = &[
-    "labels", "annotations", "data", "stringData", "binaryData", "properties", "default", "value",
-    "nodeSelector", "computeResources", "resources", "podTemplate", "volumeClaimTemplate", "securityContext",
+    "labels",
+    "annotations",
+    "data",
+    "stringData",
+    "binaryData",
+    "properties",
+    "default",
+    "value",
+    "nodeSelector",
+    "computeResources",
+    "resources",
+    "podTemplate",
+    "volumeClaimTemplate",
+    "securityContext",
 ];
 
 fn normalize_keys(v: &mut Value, parent_key: &str) {
@@ -347,7 +522,12 @@ fn normalize_keys(v: &mut Value, parent_key: &str) {
             let renames: Vec<(String, &'static str)> = m
                 .keys()
                 .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
-                .filter_map(|k| KNOWN_FIELDS.iter().find(|f| f.eq_ignore_ascii_case(k)).map(|f| (k.clone(), *f)))
+                .filter_map(|k| {
+                    KNOWN_FIELDS
+                        .iter()
+                        .find(|f| f.eq_ignore_ascii_case(k))
+                        .map(|f| (k.clone(), *f))
+                })
                 .collect();
             for (from, to) in renames {
                 if !m.contains_key(to) {
@@ -388,13 +568,18 @@ mod tests {
         assert!(cat.diagnostics.is_empty(), "{}", cat.diagnostics);
         assert_eq!(cat.tasks.len(), 1);
         assert_eq!(cat.config_maps[0].spec.data["n"], "1");
-        assert!(cat.pipeline_runs[0].name.starts_with("run-") && cat.pipeline_runs[0].name.len() == 9);
+        assert!(
+            cat.pipeline_runs[0].name.starts_with("run-") && cat.pipeline_runs[0].name.len() == 9
+        );
     }
 
     #[test]
     fn keys_match_case_insensitively() {
         let cat = load("apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {name: a}\nspec:\n  workspaces: [{name: w, mountpath: /x}]\n  steps: [{image: x, script: echo}]\n");
-        assert_eq!(cat.tasks[0].spec.workspaces[0].mount_path.as_deref(), Some("/x"));
+        assert_eq!(
+            cat.tasks[0].spec.workspaces[0].mount_path.as_deref(),
+            Some("/x")
+        );
     }
 
     #[test]

@@ -5,14 +5,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::diag::{Diagnostic, Diagnostics};
 use super::load::{Catalog, Obj, REPO_WORKSPACE_ANNOTATION};
-use super::types::*;
 use super::parse_duration;
+use super::types::*;
 use crate::dag::{Dag, DagError};
 use crate::subst::{find_refs, Seg};
 
 /// Validate everything in the catalog. Load-time diagnostics are included first.
 pub fn validate(cat: &Catalog) -> Diagnostics {
-    let mut v = Validator { cat, out: Diagnostics::default() };
+    let mut v = Validator {
+        cat,
+        out: Diagnostics::default(),
+    };
     v.out.0.extend(cat.diagnostics.0.iter().cloned());
     v.duplicates();
     for t in &cat.tasks {
@@ -82,7 +85,8 @@ fn did_you_mean<'b>(name: &str, candidates: impl IntoIterator<Item = &'b str>) -
 pub fn dns_label_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -102,7 +106,8 @@ fn result_name_ok(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn value_type(v: &ParamValue) -> ParamType {
@@ -121,13 +126,27 @@ fn is_isolated_ref(s: &str) -> bool {
 
 impl<'a> Validator<'a> {
     fn ctx<T>(&self, o: &Obj<T>) -> Ctx {
-        Ctx { file: o.file, doc: o.doc, label: o.label() }
+        Ctx {
+            file: o.file,
+            doc: o.doc,
+            label: o.label(),
+        }
     }
 
     fn err(&mut self, ctx: &Ctx, field: &str, msg: impl Into<String>) {
         let file = &self.cat.files[ctx.file];
-        let pos = file.docs.get(ctx.doc).map(|d| d.pos_of(field)).unwrap_or_default();
-        self.out.push(Diagnostic::new(&file.path, pos, Some(ctx.label.clone()), field, msg));
+        let pos = file
+            .docs
+            .get(ctx.doc)
+            .map(|d| d.pos_of(field))
+            .unwrap_or_default();
+        self.out.push(Diagnostic::new(
+            &file.path,
+            pos,
+            Some(ctx.label.clone()),
+            field,
+            msg,
+        ));
     }
 
     fn duplicates(&mut self) {
@@ -138,7 +157,15 @@ impl<'a> Validator<'a> {
                     let (f, _) = first;
                     let first_file = v.cat.files[f].path.clone();
                     let ctx = v.ctx(o);
-                    v.err(&ctx, "metadata.name", format!("duplicate {} name {:?} (also defined in {first_file})", o.kind.as_str(), o.name));
+                    v.err(
+                        &ctx,
+                        "metadata.name",
+                        format!(
+                            "duplicate {} name {:?} (also defined in {first_file})",
+                            o.kind.as_str(),
+                            o.name
+                        ),
+                    );
                 }
             }
         }
@@ -160,11 +187,19 @@ impl<'a> Validator<'a> {
                 continue;
             }
             if !seen.insert(p.name.clone()) {
-                self.err(ctx, &format!("{f}.name"), format!("parameter {:?} appears more than once", p.name));
+                self.err(
+                    ctx,
+                    &format!("{f}.name"),
+                    format!("parameter {:?} appears more than once", p.name),
+                );
             }
             if let Some(t) = &p.type_ {
                 if !matches!(t.as_str(), "string" | "array" | "object") {
-                    self.err(ctx, &format!("{f}.type"), format!("invalid value: {t} (expected string, array or object)"));
+                    self.err(
+                        ctx,
+                        &format!("{f}.type"),
+                        format!("invalid value: {t} (expected string, array or object)"),
+                    );
                     continue;
                 }
             }
@@ -174,7 +209,15 @@ impl<'a> Validator<'a> {
             }
             if let Some(d) = &p.default {
                 if value_type(d) != pt {
-                    self.err(ctx, &format!("{f}.default"), format!("{:?} type does not match default value's type: {:?}", pt.as_str(), d.type_name()));
+                    self.err(
+                        ctx,
+                        &format!("{f}.default"),
+                        format!(
+                            "{:?} type does not match default value's type: {:?}",
+                            pt.as_str(),
+                            d.type_name()
+                        ),
+                    );
                 }
             }
             if pt == ParamType::Object {
@@ -183,11 +226,16 @@ impl<'a> Validator<'a> {
                     Some(props) => {
                         for (k, prop) in props {
                             if prop.type_.as_deref().is_some_and(|t| t != "string") {
-                                self.err(ctx, &format!("{f}.properties.{k}.type"), "object property types must be \"string\"");
+                                self.err(
+                                    ctx,
+                                    &format!("{f}.properties.{k}.type"),
+                                    "object property types must be \"string\"",
+                                );
                             }
                         }
                         if let Some(ParamValue::Object(d)) = &p.default {
-                            let missing: Vec<&String> = props.keys().filter(|k| !d.contains_key(*k)).collect();
+                            let missing: Vec<&String> =
+                                props.keys().filter(|k| !d.contains_key(*k)).collect();
                             if !missing.is_empty() {
                                 self.err(ctx, &format!("{f}.default"), format!("missing keys for these params which are required in ParamSpec's properties: {missing:?}"));
                             }
@@ -197,10 +245,18 @@ impl<'a> Validator<'a> {
             }
             if let Some(e) = &p.enum_ {
                 if pt != ParamType::String {
-                    self.err(ctx, &format!("{f}.enum"), "enum is only allowed on string params");
+                    self.err(
+                        ctx,
+                        &format!("{f}.enum"),
+                        "enum is only allowed on string params",
+                    );
                 } else if let Some(ParamValue::Str(d)) = &p.default {
                     if !e.contains(d) {
-                        self.err(ctx, &format!("{f}.default"), format!("param default value {d:?} is not in the enum list {e:?}"));
+                        self.err(
+                            ctx,
+                            &format!("{f}.default"),
+                            format!("param default value {d:?} is not in the enum list {e:?}"),
+                        );
                     }
                 }
             }
@@ -208,7 +264,15 @@ impl<'a> Validator<'a> {
     }
 
     /// Check supplied values against declarations: required params present, shapes match.
-    fn supplied_params(&mut self, ctx: &Ctx, base: &str, decl: &[ParamSpec], supplied: &[Param], also: &[&str], what: &str) {
+    fn supplied_params(
+        &mut self,
+        ctx: &Ctx,
+        base: &str,
+        decl: &[ParamSpec],
+        supplied: &[Param],
+        also: &[&str],
+        what: &str,
+    ) {
         let mut seen = BTreeSet::new();
         for (i, p) in supplied.iter().enumerate() {
             if !seen.insert(p.name.as_str()) {
@@ -225,7 +289,14 @@ impl<'a> Validator<'a> {
                 }
                 if let (Some(e), ParamValue::Str(s)) = (&d.enum_, &p.value) {
                     if !s.contains("$(") && !e.contains(s) {
-                        self.err(ctx, &format!("{base}[{i}].value"), format!("param `{}` value: {s} is not in the enum list {e:?}", p.name));
+                        self.err(
+                            ctx,
+                            &format!("{base}[{i}].value"),
+                            format!(
+                                "param `{}` value: {s} is not in the enum list {e:?}",
+                                p.name
+                            ),
+                        );
                     }
                 }
                 if let (Some(props), ParamValue::Object(o)) = (&d.properties, &p.value) {
@@ -233,7 +304,10 @@ impl<'a> Validator<'a> {
                         Some(ParamValue::Object(m)) => Some(m),
                         _ => None,
                     };
-                    let missing: Vec<&String> = props.keys().filter(|k| !o.contains_key(*k) && def.is_none_or(|m| !m.contains_key(*k))).collect();
+                    let missing: Vec<&String> = props
+                        .keys()
+                        .filter(|k| !o.contains_key(*k) && def.is_none_or(|m| !m.contains_key(*k)))
+                        .collect();
                     if !missing.is_empty() {
                         self.err(ctx, &format!("{base}[{i}].value"), format!("missing keys for these params which are required in ParamSpec's properties: {missing:?}"));
                     }
@@ -243,12 +317,20 @@ impl<'a> Validator<'a> {
         let missing: Vec<&str> = decl
             .iter()
             .filter(|d| d.default.is_none())
-            .filter(|d| !supplied.iter().any(|p| p.name == d.name) && !also.contains(&d.name.as_str()))
+            .filter(|d| {
+                !supplied.iter().any(|p| p.name == d.name) && !also.contains(&d.name.as_str())
+            })
             .map(|d| d.name.as_str())
             .collect();
         if !missing.is_empty() {
-            let field = base.rsplit_once('.').map_or(String::new(), |(p, _)| p.to_string());
-            self.err(ctx, &field, format!("{what} missing parameters: {missing:?} (declared without default)"));
+            let field = base
+                .rsplit_once('.')
+                .map_or(String::new(), |(p, _)| p.to_string());
+            self.err(
+                ctx,
+                &field,
+                format!("{what} missing parameters: {missing:?} (declared without default)"),
+            );
         }
     }
 
@@ -267,11 +349,19 @@ impl<'a> Validator<'a> {
                 self.err(ctx, &format!("{f}.name"), format!("invalid result name {:?}: must consist of alphanumerics, '-', '_' or '.', starting and ending alphanumeric", r.name));
             }
             if !rseen.insert(r.name.clone()) {
-                self.err(ctx, &format!("{f}.name"), format!("result {:?} appears more than once", r.name));
+                self.err(
+                    ctx,
+                    &format!("{f}.name"),
+                    format!("result {:?} appears more than once", r.name),
+                );
             }
             if let Some(t) = &r.type_ {
                 if !matches!(t.as_str(), "string" | "array" | "object") {
-                    self.err(ctx, &format!("{f}.type"), format!("invalid value: {t} (expected string, array or object)"));
+                    self.err(
+                        ctx,
+                        &format!("{f}.type"),
+                        format!("invalid value: {t} (expected string, array or object)"),
+                    );
                 }
             }
             if r.type_.as_deref() == Some("object") && r.properties.is_none() {
@@ -284,11 +374,22 @@ impl<'a> Validator<'a> {
         for (i, w) in spec.workspaces.iter().enumerate() {
             let f = format!("{base}.workspaces[{i}]");
             if !wnames.insert(w.name.clone()) {
-                self.err(ctx, &format!("{f}.name"), format!("workspace name {:?} must be unique", w.name));
+                self.err(
+                    ctx,
+                    &format!("{f}.name"),
+                    format!("workspace name {:?} must be unique", w.name),
+                );
             }
-            let mp = w.mount_path.clone().unwrap_or_else(|| format!("/workspace/{}", w.name));
+            let mp = w
+                .mount_path
+                .clone()
+                .unwrap_or_else(|| format!("/workspace/{}", w.name));
             if !wpaths.insert(mp.clone()) {
-                self.err(ctx, &format!("{f}.mountPath"), format!("workspace mount path {mp:?} must be unique"));
+                self.err(
+                    ctx,
+                    &format!("{f}.mountPath"),
+                    format!("workspace mount path {mp:?} must be unique"),
+                );
             }
         }
         // steps
@@ -301,29 +402,78 @@ impl<'a> Validator<'a> {
                     self.err(ctx, &format!("{f}.name"), format!("invalid value {n:?}: a step name must be a DNS-1123 label (lowercase alphanumerics and '-', at most 63)"));
                 }
                 if !snames.insert(n.clone()) {
-                    self.err(ctx, &format!("{f}.name"), format!("expected exactly one, got both: step name {n:?} is used twice"));
+                    self.err(
+                        ctx,
+                        &format!("{f}.name"),
+                        format!("expected exactly one, got both: step name {n:?} is used twice"),
+                    );
                 }
             }
-            self.container(ctx, &f, s, spec, env, true, template_image.is_some(), &snames_before(&spec.steps, i));
+            self.container(
+                ctx,
+                &f,
+                s,
+                spec,
+                env,
+                true,
+                template_image.is_some(),
+                &snames_before(&spec.steps, i),
+            );
         }
         for (i, s) in spec.sidecars.iter().enumerate() {
             let f = format!("{base}.sidecars[{i}]");
-            self.container(ctx, &f, s, spec, env, false, template_image.is_some(), &BTreeSet::new());
+            self.container(
+                ctx,
+                &f,
+                s,
+                spec,
+                env,
+                false,
+                template_image.is_some(),
+                &BTreeSet::new(),
+            );
         }
         if let Some(t) = &spec.step_template {
-            self.strings_in_container(ctx, &format!("{base}.stepTemplate"), t, spec, env, &BTreeSet::new());
+            self.strings_in_container(
+                ctx,
+                &format!("{base}.stepTemplate"),
+                t,
+                spec,
+                env,
+                &BTreeSet::new(),
+            );
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn container(&mut self, ctx: &Ctx, f: &str, s: &Step, spec: &TaskSpec, env: &TaskEnv, is_step: bool, template_image: bool, earlier: &BTreeSet<String>) {
+    fn container(
+        &mut self,
+        ctx: &Ctx,
+        f: &str,
+        s: &Step,
+        spec: &TaskSpec,
+        env: &TaskEnv,
+        is_step: bool,
+        template_image: bool,
+        earlier: &BTreeSet<String>,
+    ) {
         if let Some(r) = &s.ref_ {
             if s.image.is_some() {
                 self.err(ctx, &format!("{f}.image"), "image cannot be used with Ref");
             }
-            for (field, set) in [("command", s.command.is_some()), ("args", s.args.is_some()), ("script", s.script.is_some()), ("env", !s.env.is_empty()), ("workingDir", s.working_dir.is_some())] {
+            for (field, set) in [
+                ("command", s.command.is_some()),
+                ("args", s.args.is_some()),
+                ("script", s.script.is_some()),
+                ("env", !s.env.is_empty()),
+                ("workingDir", s.working_dir.is_some()),
+            ] {
                 if set {
-                    self.err(ctx, &format!("{f}.{field}"), format!("{field} cannot be used with Ref"));
+                    self.err(
+                        ctx,
+                        &format!("{f}.{field}"),
+                        format!("{field} cannot be used with Ref"),
+                    );
                 }
             }
             match &r.name {
@@ -341,28 +491,51 @@ impl<'a> Validator<'a> {
             }
         } else {
             if !s.params.is_empty() && is_step {
-                self.err(ctx, &format!("{f}.params"), "params cannot be used without Ref");
+                self.err(
+                    ctx,
+                    &format!("{f}.params"),
+                    "params cannot be used without Ref",
+                );
             }
             if s.image.is_none() && !template_image {
                 self.err(ctx, f, "missing field(s): image");
             }
             if s.script.is_some() && s.command.is_some() {
-                self.err(ctx, &format!("{f}.script"), "script cannot be used with command");
+                self.err(
+                    ctx,
+                    &format!("{f}.script"),
+                    "script cannot be used with command",
+                );
             }
         }
         if let Some(oe) = &s.on_error {
             if !matches!(oe.as_str(), "continue" | "stopAndFail") && !oe.contains("$(") {
-                self.err(ctx, &format!("{f}.onError"), "Task step onError must be either \"continue\" or \"stopAndFail\"");
+                self.err(
+                    ctx,
+                    &format!("{f}.onError"),
+                    "Task step onError must be either \"continue\" or \"stopAndFail\"",
+                );
             }
         }
         if let Some(t) = &s.timeout {
             if parse_duration(t).is_none() {
-                self.err(ctx, &format!("{f}.timeout"), format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"));
+                self.err(
+                    ctx,
+                    &format!("{f}.timeout"),
+                    format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"),
+                );
             }
         }
         for (i, m) in s.volume_mounts.iter().enumerate() {
             if m.mount_path.starts_with("/tekton/") {
-                self.err(ctx, &format!("{f}.volumeMounts[{i}].mountPath"), format!("volumeMount cannot be mounted under /tekton/ ({})", m.mount_path));
+                self.err(
+                    ctx,
+                    &format!("{f}.volumeMounts[{i}].mountPath"),
+                    format!(
+                        "volumeMount cannot be mounted under /tekton/ ({})",
+                        m.mount_path
+                    ),
+                );
             }
         }
         for (i, w) in s.when.iter().enumerate() {
@@ -370,43 +543,98 @@ impl<'a> Validator<'a> {
         }
         for (i, w) in s.workspaces.iter().enumerate() {
             if !spec.workspaces.iter().any(|d| d.name == w.name) {
-                self.err(ctx, &format!("{f}.workspaces[{i}].name"), format!("undefined workspace {:?}", w.name));
+                self.err(
+                    ctx,
+                    &format!("{f}.workspaces[{i}].name"),
+                    format!("undefined workspace {:?}", w.name),
+                );
             }
         }
         self.strings_in_container(ctx, f, s, spec, env, earlier);
     }
 
-    fn strings_in_container(&mut self, ctx: &Ctx, f: &str, s: &Step, spec: &TaskSpec, env: &TaskEnv, earlier: &BTreeSet<String>) {
+    fn strings_in_container(
+        &mut self,
+        ctx: &Ctx,
+        f: &str,
+        s: &Step,
+        spec: &TaskSpec,
+        env: &TaskEnv,
+        earlier: &BTreeSet<String>,
+    ) {
         if let Some(sc) = &s.script {
-            self.task_refs(ctx, &format!("{f}.script"), sc, FieldKind::Script, spec, env, earlier);
+            self.task_refs(
+                ctx,
+                &format!("{f}.script"),
+                sc,
+                FieldKind::Script,
+                spec,
+                env,
+                earlier,
+            );
         }
         for (name, list) in [("command", &s.command), ("args", &s.args)] {
             for (i, a) in list.iter().flatten().enumerate() {
-                self.task_refs(ctx, &format!("{f}.{name}[{i}]"), a, FieldKind::ListElem, spec, env, earlier);
+                self.task_refs(
+                    ctx,
+                    &format!("{f}.{name}[{i}]"),
+                    a,
+                    FieldKind::ListElem,
+                    spec,
+                    env,
+                    earlier,
+                );
             }
         }
         for (i, e) in s.env.iter().enumerate() {
             if let Some(v) = &e.value {
-                self.task_refs(ctx, &format!("{f}.env[{i}].value"), v, FieldKind::Other, spec, env, earlier);
+                self.task_refs(
+                    ctx,
+                    &format!("{f}.env[{i}].value"),
+                    v,
+                    FieldKind::Other,
+                    spec,
+                    env,
+                    earlier,
+                );
             }
         }
         for (name, v) in [("image", &s.image), ("workingDir", &s.working_dir)] {
             if let Some(v) = v {
-                self.task_refs(ctx, &format!("{f}.{name}"), v, FieldKind::Other, spec, env, earlier);
+                self.task_refs(
+                    ctx,
+                    &format!("{f}.{name}"),
+                    v,
+                    FieldKind::Other,
+                    spec,
+                    env,
+                    earlier,
+                );
             }
         }
     }
 
     /// Check `$(...)` references inside a Task's step field.
     #[allow(clippy::too_many_arguments)]
-    fn task_refs(&mut self, ctx: &Ctx, field: &str, text: &str, kind: FieldKind, spec: &TaskSpec, env: &TaskEnv, earlier: &BTreeSet<String>) {
+    fn task_refs(
+        &mut self,
+        ctx: &Ctx,
+        field: &str,
+        text: &str,
+        kind: FieldKind,
+        spec: &TaskSpec,
+        env: &TaskEnv,
+        earlier: &BTreeSet<String>,
+    ) {
         for r in find_refs(text) {
             let Some(segs) = r.segs() else { continue };
             let isolated = kind == FieldKind::ListElem && r.start == 0 && r.end == text.len();
             let Seg::Name(head) = &segs[0] else { continue };
             match head.as_str() {
                 "params" => {
-                    let Some(Seg::Name(name)) = segs.get(1) else { continue };
+                    let Some(Seg::Name(name)) = segs.get(1) else {
+                        continue;
+                    };
                     let ty = spec
                         .params
                         .iter()
@@ -446,7 +674,8 @@ impl<'a> Validator<'a> {
                 "results" => {
                     if let Some(Seg::Name(name)) = segs.get(1) {
                         if !spec.results.iter().any(|x| &x.name == name) {
-                            let hint = did_you_mean(name, spec.results.iter().map(|x| x.name.as_str()));
+                            let hint =
+                                did_you_mean(name, spec.results.iter().map(|x| x.name.as_str()));
                             self.err(ctx, field, format!("non-existent variable in {:?}: result {name:?} is not declared in results{hint}", r.expr));
                         }
                     }
@@ -454,7 +683,8 @@ impl<'a> Validator<'a> {
                 "workspaces" => {
                     if let Some(Seg::Name(name)) = segs.get(1) {
                         if !env.embedded && !spec.workspaces.iter().any(|w| &w.name == name) {
-                            let hint = did_you_mean(name, spec.workspaces.iter().map(|w| w.name.as_str()));
+                            let hint =
+                                did_you_mean(name, spec.workspaces.iter().map(|w| w.name.as_str()));
                             self.err(ctx, field, format!("non-existent variable in {:?}: workspace {name:?} is not declared{hint}", r.expr));
                         }
                     }
@@ -473,10 +703,14 @@ impl<'a> Validator<'a> {
                     }
                 }
                 "steps" => {
-                    if kind == FieldKind::Script && segs.iter().any(|s| s == &Seg::Name("results".into())) {
+                    if kind == FieldKind::Script
+                        && segs.iter().any(|s| s == &Seg::Name("results".into()))
+                    {
                         self.err(ctx, field, format!("stepResult substitutions are only allowed in env, command and args. Found usage in script: $({})", r.expr));
                     } else if let Some(Seg::Name(sname)) = segs.get(1) {
-                        if segs.get(2) == Some(&Seg::Name("results".into())) && !earlier.contains(sname) {
+                        if segs.get(2) == Some(&Seg::Name("results".into()))
+                            && !earlier.contains(sname)
+                        {
                             self.err(ctx, field, format!("invalid reference $({}): step {sname:?} does not come before this step", r.expr));
                         }
                     }
@@ -499,7 +733,11 @@ impl<'a> Validator<'a> {
     fn when_expr(&mut self, ctx: &Ctx, f: &str, w: &WhenExpression) {
         if let Some(cel) = &w.cel {
             if w.operator.is_some() || w.input.is_some() || w.values.is_some() {
-                self.err(ctx, f, "cel and input+operator+values cannot be set in one WhenExpression");
+                self.err(
+                    ctx,
+                    f,
+                    "cel and input+operator+values cannot be set in one WhenExpression",
+                );
             } else {
                 self.err(ctx, &format!("{f}.cel"), format!("unsupported: CEL when expressions (alpha, feature flag enable-cel-in-whenexpression) are not supported by tenon: {cel:?}; use input/operator/values"));
             }
@@ -507,11 +745,19 @@ impl<'a> Validator<'a> {
         }
         match w.operator.as_deref() {
             Some("in" | "notin") => {}
-            Some(op) => self.err(ctx, &format!("{f}.operator"), format!("operator {op:?} is not recognized. valid operators: in,notin")),
+            Some(op) => self.err(
+                ctx,
+                &format!("{f}.operator"),
+                format!("operator {op:?} is not recognized. valid operators: in,notin"),
+            ),
             None => self.err(ctx, f, "missing field(s): operator"),
         }
         if w.values.as_ref().is_none_or(|v| v.is_empty()) {
-            self.err(ctx, &format!("{f}.values"), "expecting non-empty values field");
+            self.err(
+                ctx,
+                &format!("{f}.values"),
+                "expecting non-empty values field",
+            );
         }
     }
 
@@ -532,15 +778,30 @@ impl<'a> Validator<'a> {
             if spec.finally.is_empty() {
                 self.err(ctx, base, "missing field(s): tasks");
             } else {
-                self.err(ctx, &format!("{base}.finally"), format!("spec.tasks is empty but spec.finally has {} tasks", spec.finally.len()));
+                self.err(
+                    ctx,
+                    &format!("{base}.finally"),
+                    format!(
+                        "spec.tasks is empty but spec.finally has {} tasks",
+                        spec.finally.len()
+                    ),
+                );
             }
         }
-        let pparams: BTreeMap<String, ParamType> = spec.params.iter().map(|p| (p.name.clone(), p.param_type())).collect();
+        let pparams: BTreeMap<String, ParamType> = spec
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.param_type()))
+            .collect();
         let pworkspaces: BTreeSet<&str> = spec.workspaces.iter().map(|w| w.name.as_str()).collect();
         let mut wseen = BTreeSet::new();
         for (i, w) in spec.workspaces.iter().enumerate() {
             if !wseen.insert(w.name.as_str()) {
-                self.err(ctx, &format!("{base}.workspaces[{i}].name"), format!("workspace name {:?} must be unique", w.name));
+                self.err(
+                    ctx,
+                    &format!("{base}.workspaces[{i}].name"),
+                    format!("workspace name {:?} must be unique", w.name),
+                );
             }
         }
         let dag_names: BTreeSet<&str> = spec.tasks.iter().map(|t| t.name.as_str()).collect();
@@ -561,26 +822,52 @@ impl<'a> Validator<'a> {
                 if is_finally && !pt.run_after.is_empty() {
                     self.err(ctx, &format!("{f}.runAfter"), format!("no runAfter allowed under spec.finally, final task {} has runAfter specified", pt.name));
                 }
-                self.pipeline_task(ctx, &f, pt, spec, &pparams, &pworkspaces, &dag_names, &finally_names, is_finally);
+                self.pipeline_task(
+                    ctx,
+                    &f,
+                    pt,
+                    spec,
+                    &pparams,
+                    &pworkspaces,
+                    &dag_names,
+                    &finally_names,
+                    is_finally,
+                );
             }
         }
         // DAG: unknown runAfter, cycles
         let (_, errs) = Dag::build(&spec.tasks);
         for e in errs {
             match e {
-                DagError::Unknown { task, run_after_index, missing } => {
+                DagError::Unknown {
+                    task,
+                    run_after_index,
+                    missing,
+                } => {
                     let idx = spec.tasks.iter().position(|t| t.name == task).unwrap_or(0);
                     let f = match run_after_index {
                         Some(j) => format!("{base}.tasks[{idx}].runAfter[{j}]"),
                         None => format!("{base}.tasks[{idx}]"),
                     };
                     let hint = did_you_mean(&missing, dag_names.iter().copied());
-                    let extra = if finally_names.contains(missing.as_str()) { " (finally tasks cannot be referenced by tasks)" } else { "" };
+                    let extra = if finally_names.contains(missing.as_str()) {
+                        " (finally tasks cannot be referenced by tasks)"
+                    } else {
+                        ""
+                    };
                     self.err(ctx, &f, format!("task {task:?} depends on {missing:?} but {missing:?} wasn't present in Pipeline{hint}{extra}"));
                 }
                 DagError::Cycle { path } => {
-                    let idx = spec.tasks.iter().position(|t| Some(&t.name) == path.first()).unwrap_or(0);
-                    self.err(ctx, &format!("{base}.tasks[{idx}]"), format!("cycle detected: {}", path.join(" -> ")));
+                    let idx = spec
+                        .tasks
+                        .iter()
+                        .position(|t| Some(&t.name) == path.first())
+                        .unwrap_or(0);
+                    self.err(
+                        ctx,
+                        &format!("{base}.tasks[{idx}]"),
+                        format!("cycle detected: {}", path.join(" -> ")),
+                    );
                 }
             }
         }
@@ -588,7 +875,11 @@ impl<'a> Validator<'a> {
         for (i, r) in spec.results.iter().enumerate() {
             let f = format!("{base}.results[{i}].value");
             let Some(v) = &r.value else {
-                self.err(ctx, &format!("{base}.results[{i}]"), "missing field(s): value");
+                self.err(
+                    ctx,
+                    &format!("{base}.results[{i}]"),
+                    "missing field(s): value",
+                );
                 continue;
             };
             let texts: Vec<&String> = match v {
@@ -601,23 +892,60 @@ impl<'a> Validator<'a> {
                 for rf in find_refs(t) {
                     let Some(segs) = rf.segs() else { continue };
                     match segs.as_slice() {
-                        [Seg::Name(h), Seg::Name(task), Seg::Name(res), Seg::Name(rname), ..] if (h == "tasks" || h == "finally") && res == "results" => {
+                        [Seg::Name(h), Seg::Name(task), Seg::Name(res), Seg::Name(rname), ..]
+                            if (h == "tasks" || h == "finally") && res == "results" =>
+                        {
                             any = true;
-                            let names = if h == "tasks" { &dag_names } else { &finally_names };
+                            let names = if h == "tasks" {
+                                &dag_names
+                            } else {
+                                &finally_names
+                            };
                             if !names.contains(task.as_str()) {
                                 let hint = did_you_mean(task, names.iter().copied());
-                                self.err(ctx, &f, format!("referencing a nonexistent task {task:?} in $({}){hint}", rf.expr));
+                                self.err(
+                                    ctx,
+                                    &f,
+                                    format!(
+                                        "referencing a nonexistent task {task:?} in $({}){hint}",
+                                        rf.expr
+                                    ),
+                                );
                             } else {
-                                let list = if h == "tasks" { &spec.tasks } else { &spec.finally };
-                                if let Some(ts) = list.iter().find(|t| &t.name == task).and_then(|pt| self.resolve_task(pt)) {
+                                let list = if h == "tasks" {
+                                    &spec.tasks
+                                } else {
+                                    &spec.finally
+                                };
+                                if let Some(ts) = list
+                                    .iter()
+                                    .find(|t| &t.name == task)
+                                    .and_then(|pt| self.resolve_task(pt))
+                                {
                                     if !ts.results.iter().any(|x| &x.name == rname) {
-                                        let hint = did_you_mean(rname, ts.results.iter().map(|x| x.name.as_str()));
-                                        self.err(ctx, &f, format!("task {task:?} declares no result {rname:?}{hint}"));
+                                        let hint = did_you_mean(
+                                            rname,
+                                            ts.results.iter().map(|x| x.name.as_str()),
+                                        );
+                                        self.err(
+                                            ctx,
+                                            &f,
+                                            format!(
+                                                "task {task:?} declares no result {rname:?}{hint}"
+                                            ),
+                                        );
                                     }
                                 }
                             }
                         }
-                        _ => self.err(ctx, &f, format!("pipeline results may only reference task results, found $({})", rf.expr)),
+                        _ => self.err(
+                            ctx,
+                            &f,
+                            format!(
+                                "pipeline results may only reference task results, found $({})",
+                                rf.expr
+                            ),
+                        ),
                     }
                 }
             }
@@ -641,17 +969,30 @@ impl<'a> Validator<'a> {
         is_finally: bool,
     ) {
         // what runs
-        let task_spec: Option<&TaskSpec> = match (&pt.task_ref, &pt.task_spec, &pt.pipeline_ref, &pt.pipeline_spec) {
+        let task_spec: Option<&TaskSpec> = match (
+            &pt.task_ref,
+            &pt.task_spec,
+            &pt.pipeline_ref,
+            &pt.pipeline_spec,
+        ) {
             (Some(_), Some(_), _, _) => {
                 self.err(ctx, f, "expected exactly one, got both: taskRef, taskSpec");
                 None
             }
             (None, None, None, None) => {
-                self.err(ctx, f, "expected exactly one, got neither: taskRef, taskSpec");
+                self.err(
+                    ctx,
+                    f,
+                    "expected exactly one, got neither: taskRef, taskSpec",
+                );
                 None
             }
             (None, None, _, _) => {
-                self.err(ctx, &format!("{f}.pipelineRef"), "unsupported: pipelines in pipelines (alpha) are not supported by tenon");
+                self.err(
+                    ctx,
+                    &format!("{f}.pipelineRef"),
+                    "unsupported: pipelines in pipelines (alpha) are not supported by tenon",
+                );
                 None
             }
             (Some(r), None, _, _) => self.task_ref(ctx, &format!("{f}.taskRef"), r),
@@ -660,7 +1001,10 @@ impl<'a> Validator<'a> {
                     self.err(ctx, &format!("{f}.taskSpec"), "unsupported: custom task specs (apiVersion/kind/spec) are not supported by tenon");
                     None
                 } else {
-                    let env = TaskEnv { embedded: true, parent_params: pparams.clone() };
+                    let env = TaskEnv {
+                        embedded: true,
+                        parent_params: pparams.clone(),
+                    };
                     self.task_spec(ctx, &format!("{f}.taskSpec"), &ts.task, &env);
                     Some(&ts.task)
                 }
@@ -668,7 +1012,11 @@ impl<'a> Validator<'a> {
         };
         // params: refs
         let mut supplied = pt.params.clone();
-        let matrix_names: Vec<String> = pt.matrix.iter().flat_map(|m| m.params.iter().map(|p| p.name.clone())).collect();
+        let matrix_names: Vec<String> = pt
+            .matrix
+            .iter()
+            .flat_map(|m| m.params.iter().map(|p| p.name.clone()))
+            .collect();
         for (i, p) in pt.params.iter().enumerate() {
             for (j, s) in value_strings(&p.value).into_iter().enumerate() {
                 let field = match &p.value {
@@ -676,19 +1024,59 @@ impl<'a> Validator<'a> {
                     _ => format!("{f}.params[{i}].value[{j}]"),
                 };
                 let list_ctx = matches!(p.value, ParamValue::Array(_)) || is_isolated_ref(s);
-                self.pipeline_refs(ctx, &field, s, list_ctx, spec, pparams, dag_names, finally_names, is_finally, &pt.name);
+                self.pipeline_refs(
+                    ctx,
+                    &field,
+                    s,
+                    list_ctx,
+                    spec,
+                    pparams,
+                    dag_names,
+                    finally_names,
+                    is_finally,
+                    &pt.name,
+                );
             }
         }
         if let Some(ts) = task_spec {
             if pt.task_ref.is_some() {
                 let also: Vec<&str> = matrix_names.iter().map(String::as_str).collect();
-                self.supplied_params(ctx, &format!("{f}.params"), &ts.params, &supplied, &also, &format!("pipeline task {:?}:", pt.name));
+                self.supplied_params(
+                    ctx,
+                    &format!("{f}.params"),
+                    &ts.params,
+                    &supplied,
+                    &also,
+                    &format!("pipeline task {:?}:", pt.name),
+                );
             } else {
                 // embedded specs may take params from the pipeline (propagation)
-                supplied.extend(spec.params.iter().filter(|pp| !pt.params.iter().any(|p| p.name == pp.name)).map(|pp| Param { name: pp.name.clone(), value: pp.default.clone().unwrap_or(ParamValue::Str("$(params.x)".into())) }));
-                let also: Vec<&str> = matrix_names.iter().map(String::as_str).chain(spec.params.iter().map(|p| p.name.as_str())).collect();
+                supplied.extend(
+                    spec.params
+                        .iter()
+                        .filter(|pp| !pt.params.iter().any(|p| p.name == pp.name))
+                        .map(|pp| Param {
+                            name: pp.name.clone(),
+                            value: pp
+                                .default
+                                .clone()
+                                .unwrap_or(ParamValue::Str("$(params.x)".into())),
+                        }),
+                );
+                let also: Vec<&str> = matrix_names
+                    .iter()
+                    .map(String::as_str)
+                    .chain(spec.params.iter().map(|p| p.name.as_str()))
+                    .collect();
                 let mine: Vec<Param> = pt.params.clone();
-                self.supplied_params(ctx, &format!("{f}.params"), &ts.params, &mine, &also, &format!("pipeline task {:?}:", pt.name));
+                self.supplied_params(
+                    ctx,
+                    &format!("{f}.params"),
+                    &ts.params,
+                    &mine,
+                    &also,
+                    &format!("pipeline task {:?}:", pt.name),
+                );
             }
             // workspaces
             for (i, b) in pt.workspaces.iter().enumerate() {
@@ -699,12 +1087,29 @@ impl<'a> Validator<'a> {
                 }
                 if pt.task_ref.is_some() && !ts.workspaces.iter().any(|w| w.name == b.name) {
                     let hint = did_you_mean(&b.name, ts.workspaces.iter().map(|w| w.name.as_str()));
-                    self.err(ctx, &format!("{f}.workspaces[{i}].name"), format!("workspace binding {:?} does not match any declared workspace{hint}", b.name));
+                    self.err(
+                        ctx,
+                        &format!("{f}.workspaces[{i}].name"),
+                        format!(
+                            "workspace binding {:?} does not match any declared workspace{hint}",
+                            b.name
+                        ),
+                    );
                 }
             }
             for w in &ts.workspaces {
-                if !w.optional && !pt.workspaces.iter().any(|b| b.name == w.name) && !(pt.task_spec.is_some() && pworkspaces.contains(w.name.as_str())) {
-                    self.err(ctx, &format!("{f}.workspaces"), format!("declared workspace {:?} is required but has not been bound", w.name));
+                if !w.optional
+                    && !pt.workspaces.iter().any(|b| b.name == w.name)
+                    && !(pt.task_spec.is_some() && pworkspaces.contains(w.name.as_str()))
+                {
+                    self.err(
+                        ctx,
+                        &format!("{f}.workspaces"),
+                        format!(
+                            "declared workspace {:?} is required but has not been bound",
+                            w.name
+                        ),
+                    );
                 }
             }
         }
@@ -714,31 +1119,76 @@ impl<'a> Validator<'a> {
             for (i, p) in m.params.iter().enumerate() {
                 let pf = format!("{f}.matrix.params[{i}]");
                 if pt.params.iter().any(|x| x.name == p.name) {
-                    self.err(ctx, &pf, format!("expected exactly one, got both: matrix[{}], params[{}]", p.name, p.name));
+                    self.err(
+                        ctx,
+                        &pf,
+                        format!(
+                            "expected exactly one, got both: matrix[{}], params[{}]",
+                            p.name, p.name
+                        ),
+                    );
                 }
                 match &p.value {
                     ParamValue::Array(a) => {
                         count = count.map(|c| c * a.len());
                         for s in a {
-                            self.pipeline_refs(ctx, &format!("{pf}.value"), s, true, spec, pparams, dag_names, finally_names, is_finally, &pt.name);
+                            self.pipeline_refs(
+                                ctx,
+                                &format!("{pf}.value"),
+                                s,
+                                true,
+                                spec,
+                                pparams,
+                                dag_names,
+                                finally_names,
+                                is_finally,
+                                &pt.name,
+                            );
                         }
                     }
                     ParamValue::Str(s) if is_isolated_ref(s) => {
                         count = None;
-                        self.pipeline_refs(ctx, &format!("{pf}.value"), s, true, spec, pparams, dag_names, finally_names, is_finally, &pt.name);
+                        self.pipeline_refs(
+                            ctx,
+                            &format!("{pf}.value"),
+                            s,
+                            true,
+                            spec,
+                            pparams,
+                            dag_names,
+                            finally_names,
+                            is_finally,
+                            &pt.name,
+                        );
                     }
-                    other => self.err(ctx, &format!("{pf}.value"), format!("matrix params must be arrays, {:?} is {}", p.name, other.type_name())),
+                    other => self.err(
+                        ctx,
+                        &format!("{pf}.value"),
+                        format!(
+                            "matrix params must be arrays, {:?} is {}",
+                            p.name,
+                            other.type_name()
+                        ),
+                    ),
                 }
             }
             if let Some(c) = count {
                 if c > 256 {
-                    self.err(ctx, &format!("{f}.matrix"), format!("expected 0 <= {c} <= 256: matrix"));
+                    self.err(
+                        ctx,
+                        &format!("{f}.matrix"),
+                        format!("expected 0 <= {c} <= 256: matrix"),
+                    );
                 }
             }
             for (i, inc) in m.include.iter().enumerate() {
                 for (j, p) in inc.params.iter().enumerate() {
                     if !matches!(p.value, ParamValue::Str(_)) {
-                        self.err(ctx, &format!("{f}.matrix.include[{i}].params[{j}].value"), "matrix include params must be strings");
+                        self.err(
+                            ctx,
+                            &format!("{f}.matrix.include[{i}].params[{j}].value"),
+                            "matrix include params must be strings",
+                        );
                     }
                 }
             }
@@ -748,10 +1198,32 @@ impl<'a> Validator<'a> {
             let wf = format!("{f}.when[{i}]");
             self.when_expr(ctx, &wf, w);
             if let Some(inp) = &w.input {
-                self.pipeline_refs(ctx, &format!("{wf}.input"), inp, false, spec, pparams, dag_names, finally_names, is_finally, &pt.name);
+                self.pipeline_refs(
+                    ctx,
+                    &format!("{wf}.input"),
+                    inp,
+                    false,
+                    spec,
+                    pparams,
+                    dag_names,
+                    finally_names,
+                    is_finally,
+                    &pt.name,
+                );
             }
             for (j, v) in w.values.iter().flatten().enumerate() {
-                self.pipeline_refs(ctx, &format!("{wf}.values[{j}]"), v, true, spec, pparams, dag_names, finally_names, is_finally, &pt.name);
+                self.pipeline_refs(
+                    ctx,
+                    &format!("{wf}.values[{j}]"),
+                    v,
+                    true,
+                    spec,
+                    pparams,
+                    dag_names,
+                    finally_names,
+                    is_finally,
+                    &pt.name,
+                );
             }
         }
         // embedded task spec: pipeline-level refs (tasks.*, context.pipeline*)
@@ -763,7 +1235,18 @@ impl<'a> Validator<'a> {
                     for r in find_refs(&s) {
                         if let Some(segs) = r.segs() {
                             if matches!(segs.first(), Some(Seg::Name(h)) if h == "tasks") {
-                                self.pipeline_refs(ctx, &format!("{f}.taskSpec.steps"), &format!("$({})", r.expr), false, spec, pparams, dag_names, finally_names, is_finally, &pt.name);
+                                self.pipeline_refs(
+                                    ctx,
+                                    &format!("{f}.taskSpec.steps"),
+                                    &format!("$({})", r.expr),
+                                    false,
+                                    spec,
+                                    pparams,
+                                    dag_names,
+                                    finally_names,
+                                    is_finally,
+                                    &pt.name,
+                                );
                             }
                         }
                     }
@@ -773,14 +1256,22 @@ impl<'a> Validator<'a> {
         // onError, retries, timeout
         if let Some(oe) = &pt.on_error {
             if !matches!(oe.as_str(), "continue" | "stopAndFail") {
-                self.err(ctx, &format!("{f}.onError"), "PipelineTask OnError must be either \"continue\" or \"stopAndFail\"");
+                self.err(
+                    ctx,
+                    &format!("{f}.onError"),
+                    "PipelineTask OnError must be either \"continue\" or \"stopAndFail\"",
+                );
             } else if oe == "continue" && pt.retries > 0 {
                 self.err(ctx, &format!("{f}.onError"), "PipelineTask OnError cannot be set to \"continue\" when Retries is greater than 0");
             }
         }
         if let Some(t) = &pt.timeout {
             if parse_duration(t).is_none() {
-                self.err(ctx, &format!("{f}.timeout"), format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"));
+                self.err(
+                    ctx,
+                    &format!("{f}.timeout"),
+                    format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"),
+                );
             }
         }
     }
@@ -790,7 +1281,15 @@ impl<'a> Validator<'a> {
         'a: 'b,
     {
         if r.api_version.is_some() && r.kind.is_some() {
-            self.err(ctx, f, format!("unsupported: custom tasks ({}/{}) are not supported by tenon", r.api_version.as_deref().unwrap_or(""), r.kind.as_deref().unwrap_or("")));
+            self.err(
+                ctx,
+                f,
+                format!(
+                    "unsupported: custom tasks ({}/{}) are not supported by tenon",
+                    r.api_version.as_deref().unwrap_or(""),
+                    r.kind.as_deref().unwrap_or("")
+                ),
+            );
             return None;
         }
         if let Some(res) = &r.resolver {
@@ -798,14 +1297,22 @@ impl<'a> Validator<'a> {
             return None;
         }
         if r.bundle.is_some() {
-            self.err(ctx, &format!("{f}.bundle"), "unsupported: OCI bundles are not supported; put the Task in the repository");
+            self.err(
+                ctx,
+                &format!("{f}.bundle"),
+                "unsupported: OCI bundles are not supported; put the Task in the repository",
+            );
             return None;
         }
         match r.kind.as_deref() {
             None | Some("Task") => {}
             Some("ClusterTask") => {}
             Some(k) => {
-                self.err(ctx, &format!("{f}.kind"), format!("unsupported taskRef kind {k:?} (expected Task)"));
+                self.err(
+                    ctx,
+                    &format!("{f}.kind"),
+                    format!("unsupported taskRef kind {k:?} (expected Task)"),
+                );
                 return None;
             }
         }
@@ -818,7 +1325,11 @@ impl<'a> Validator<'a> {
             Some(t) => Some(&t.spec),
             None => {
                 let hint = did_you_mean(name, cat.tasks.iter().map(|t| t.name.as_str()));
-                self.err(ctx, &format!("{f}.name"), format!("unknown Task {name:?}{hint}"));
+                self.err(
+                    ctx,
+                    &format!("{f}.name"),
+                    format!("unknown Task {name:?}{hint}"),
+                );
                 None
             }
         }
@@ -845,7 +1356,9 @@ impl<'a> Validator<'a> {
             let Seg::Name(head) = &segs[0] else { continue };
             match head.as_str() {
                 "params" => {
-                    let Some(Seg::Name(name)) = segs.get(1) else { continue };
+                    let Some(Seg::Name(name)) = segs.get(1) else {
+                        continue;
+                    };
                     match pparams.get(name) {
                         None => {
                             let hint = did_you_mean(name, pparams.keys().map(String::as_str));
@@ -860,53 +1373,73 @@ impl<'a> Validator<'a> {
                         Some(ParamType::String) => {}
                     }
                 }
-                "tasks" => match segs.as_slice() {
-                    [_, Seg::Name(s)] if s == "status" => {
-                        if !is_finally {
-                            self.err(ctx, field, "pipeline tasks can not refer to execution status of any other pipeline task or aggregate status of tasks");
+                "tasks" => {
+                    match segs.as_slice() {
+                        [_, Seg::Name(s)] if s == "status" => {
+                            if !is_finally {
+                                self.err(ctx, field, "pipeline tasks can not refer to execution status of any other pipeline task or aggregate status of tasks");
+                            }
                         }
-                    }
-                    [_, Seg::Name(t), Seg::Name(k)] if k == "status" || k == "reason" => {
-                        if !is_finally {
-                            self.err(ctx, field, "pipeline tasks can not refer to execution status of any other pipeline task or aggregate status of tasks");
-                        } else if !dag_names.contains(t.as_str()) {
-                            let hint = did_you_mean(t, dag_names.iter().copied());
-                            self.err(ctx, field, format!("$({}) refers to unknown pipeline task {t:?}{hint}", r.expr));
+                        [_, Seg::Name(t), Seg::Name(k)] if k == "status" || k == "reason" => {
+                            if !is_finally {
+                                self.err(ctx, field, "pipeline tasks can not refer to execution status of any other pipeline task or aggregate status of tasks");
+                            } else if !dag_names.contains(t.as_str()) {
+                                let hint = did_you_mean(t, dag_names.iter().copied());
+                                self.err(
+                                    ctx,
+                                    field,
+                                    format!(
+                                        "$({}) refers to unknown pipeline task {t:?}{hint}",
+                                        r.expr
+                                    ),
+                                );
+                            }
                         }
-                    }
-                    [_, Seg::Name(t), Seg::Name(k), Seg::Name(rname), rest @ ..] if k == "results" => {
-                        if t == this_task {
-                            self.err(ctx, field, format!("pipeline task {t:?} cannot consume its own result in $({})", r.expr));
-                            continue;
-                        }
-                        if finally_names.contains(t.as_str()) {
-                            self.err(ctx, field, format!("invalid task result reference, {} task has task result reference from a final task {t}", if is_finally { "final" } else { "pipeline" }));
-                            continue;
-                        }
-                        let Some(ptask) = spec.tasks.iter().find(|x| &x.name == t) else {
-                            let hint = did_you_mean(t, dag_names.iter().copied());
-                            self.err(ctx, field, format!("invalid result reference $({}): pipeline task {t:?} does not exist{hint}", r.expr));
-                            continue;
-                        };
-                        if let Some(ts) = self.resolve_task(ptask) {
-                            match ts.results.iter().find(|x| &x.name == rname) {
-                                None => {
-                                    let hint = did_you_mean(rname, ts.results.iter().map(|x| x.name.as_str()));
-                                    self.err(ctx, field, format!("invalid result reference $({}): task {t:?} declares no result {rname:?}{hint}", r.expr));
-                                }
-                                Some(res) => {
-                                    let whole = rest.is_empty() || matches!(rest.first(), Some(Seg::Star));
-                                    if ptask.matrix.is_some() && !matches!(rest.first(), Some(Seg::Star)) {
-                                        self.err(ctx, field, format!("A matrixed pipelineTask can only be consumed in aggregate using [*] notation, but is currently set to $({})", r.expr));
-                                    } else if res.result_type() != ParamType::String && whole && !isolated {
-                                        self.err(ctx, field, format!("variable type invalid in {:?}: result {rname:?} is {}; use it whole only as an isolated value", r.expr, res.result_type().as_str()));
+                        [_, Seg::Name(t), Seg::Name(k), Seg::Name(rname), rest @ ..]
+                            if k == "results" =>
+                        {
+                            if t == this_task {
+                                self.err(ctx, field, format!("pipeline task {t:?} cannot consume its own result in $({})", r.expr));
+                                continue;
+                            }
+                            if finally_names.contains(t.as_str()) {
+                                self.err(ctx, field, format!("invalid task result reference, {} task has task result reference from a final task {t}", if is_finally { "final" } else { "pipeline" }));
+                                continue;
+                            }
+                            let Some(ptask) = spec.tasks.iter().find(|x| &x.name == t) else {
+                                let hint = did_you_mean(t, dag_names.iter().copied());
+                                self.err(ctx, field, format!("invalid result reference $({}): pipeline task {t:?} does not exist{hint}", r.expr));
+                                continue;
+                            };
+                            if let Some(ts) = self.resolve_task(ptask) {
+                                match ts.results.iter().find(|x| &x.name == rname) {
+                                    None => {
+                                        let hint = did_you_mean(
+                                            rname,
+                                            ts.results.iter().map(|x| x.name.as_str()),
+                                        );
+                                        self.err(ctx, field, format!("invalid result reference $({}): task {t:?} declares no result {rname:?}{hint}", r.expr));
+                                    }
+                                    Some(res) => {
+                                        let whole = rest.is_empty()
+                                            || matches!(rest.first(), Some(Seg::Star));
+                                        if ptask.matrix.is_some()
+                                            && !matches!(rest.first(), Some(Seg::Star))
+                                        {
+                                            self.err(ctx, field, format!("A matrixed pipelineTask can only be consumed in aggregate using [*] notation, but is currently set to $({})", r.expr));
+                                        } else if res.result_type() != ParamType::String
+                                            && whole
+                                            && !isolated
+                                        {
+                                            self.err(ctx, field, format!("variable type invalid in {:?}: result {rname:?} is {}; use it whole only as an isolated value", r.expr, res.result_type().as_str()));
+                                        }
                                     }
                                 }
                             }
                         }
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
                 "context" => {
                     let ok = match (segs.get(1), segs.get(2)) {
                         (Some(Seg::Name(a)), Some(Seg::Name(b))) => match a.as_str() {
@@ -933,11 +1466,19 @@ impl<'a> Validator<'a> {
         let s = &pr.spec;
         let pspec: Option<&PipelineSpec> = match (&s.pipeline_ref, &s.pipeline_spec) {
             (Some(_), Some(_)) => {
-                self.err(&ctx, "spec", "expected exactly one, got both: pipelineRef, pipelineSpec");
+                self.err(
+                    &ctx,
+                    "spec",
+                    "expected exactly one, got both: pipelineRef, pipelineSpec",
+                );
                 None
             }
             (None, None) => {
-                self.err(&ctx, "spec", "expected exactly one, got neither: pipelineRef, pipelineSpec");
+                self.err(
+                    &ctx,
+                    "spec",
+                    "expected exactly one, got neither: pipelineRef, pipelineSpec",
+                );
                 None
             }
             (None, Some(ps)) => {
@@ -953,13 +1494,22 @@ impl<'a> Validator<'a> {
                     match cat.pipeline(name) {
                         Some(p) => Some(&p.spec),
                         None => {
-                            let hint = did_you_mean(name, cat.pipelines.iter().map(|p| p.name.as_str()));
-                            self.err(&ctx, "spec.pipelineRef.name", format!("unknown Pipeline {name:?}{hint}"));
+                            let hint =
+                                did_you_mean(name, cat.pipelines.iter().map(|p| p.name.as_str()));
+                            self.err(
+                                &ctx,
+                                "spec.pipelineRef.name",
+                                format!("unknown Pipeline {name:?}{hint}"),
+                            );
                             None
                         }
                     }
                 } else {
-                    self.err(&ctx, "spec.pipelineRef", "missing field(s): pipelineRef.name");
+                    self.err(
+                        &ctx,
+                        "spec.pipelineRef",
+                        "missing field(s): pipelineRef.name",
+                    );
                     None
                 }
             }
@@ -968,17 +1518,35 @@ impl<'a> Validator<'a> {
             for v in value_strings(&p.value) {
                 for r in find_refs(v) {
                     if r.expr.starts_with("tasks.") {
-                        self.err(&ctx, &format!("spec.params[{i}].value"), "result references are not allowed in PipelineRun param values");
+                        self.err(
+                            &ctx,
+                            &format!("spec.params[{i}].value"),
+                            "result references are not allowed in PipelineRun param values",
+                        );
                     }
                 }
             }
         }
         if let Some(ps) = pspec {
-            self.supplied_params(&ctx, "spec.params", &ps.params, &s.params, &[], "pipelineRun");
+            self.supplied_params(
+                &ctx,
+                "spec.params",
+                &ps.params,
+                &s.params,
+                &[],
+                "pipelineRun",
+            );
             let bound: BTreeSet<&str> = s.workspaces.iter().map(|w| w.name.as_str()).collect();
             for w in &ps.workspaces {
                 if !w.optional && !bound.contains(w.name.as_str()) {
-                    self.err(&ctx, "spec.workspaces", format!("pipeline requires workspace with name {:?} be provided by pipelinerun", w.name));
+                    self.err(
+                        &ctx,
+                        "spec.workspaces",
+                        format!(
+                            "pipeline requires workspace with name {:?} be provided by pipelinerun",
+                            w.name
+                        ),
+                    );
                 }
             }
             for (i, b) in s.workspaces.iter().enumerate() {
@@ -988,8 +1556,20 @@ impl<'a> Validator<'a> {
                 }
             }
             for (i, t) in s.task_run_specs.iter().enumerate() {
-                if !ps.tasks.iter().chain(ps.finally.iter()).any(|x| x.name == t.pipeline_task_name) {
-                    self.err(&ctx, &format!("spec.taskRunSpecs[{i}].pipelineTaskName"), format!("taskRunSpecs names unknown pipeline task {:?}", t.pipeline_task_name));
+                if !ps
+                    .tasks
+                    .iter()
+                    .chain(ps.finally.iter())
+                    .any(|x| x.name == t.pipeline_task_name)
+                {
+                    self.err(
+                        &ctx,
+                        &format!("spec.taskRunSpecs[{i}].pipelineTaskName"),
+                        format!(
+                            "taskRunSpecs names unknown pipeline task {:?}",
+                            t.pipeline_task_name
+                        ),
+                    );
                 }
             }
         }
@@ -1003,15 +1583,30 @@ impl<'a> Validator<'a> {
         let s = &tr.spec;
         let tspec: Option<&TaskSpec> = match (&s.task_ref, &s.task_spec) {
             (Some(_), Some(_)) => {
-                self.err(&ctx, "spec", "expected exactly one, got both: taskRef, taskSpec");
+                self.err(
+                    &ctx,
+                    "spec",
+                    "expected exactly one, got both: taskRef, taskSpec",
+                );
                 None
             }
             (None, None) => {
-                self.err(&ctx, "spec", "expected exactly one, got neither: taskRef, taskSpec");
+                self.err(
+                    &ctx,
+                    "spec",
+                    "expected exactly one, got neither: taskRef, taskSpec",
+                );
                 None
             }
             (None, Some(ts)) => {
-                let env = TaskEnv { embedded: true, parent_params: s.params.iter().map(|p| (p.name.clone(), value_type(&p.value))).collect() };
+                let env = TaskEnv {
+                    embedded: true,
+                    parent_params: s
+                        .params
+                        .iter()
+                        .map(|p| (p.name.clone(), value_type(&p.value)))
+                        .collect(),
+                };
                 self.task_spec(&ctx, "spec.taskSpec", ts, &env);
                 Some(ts)
             }
@@ -1021,20 +1616,38 @@ impl<'a> Validator<'a> {
             self.supplied_params(&ctx, "spec.params", &ts.params, &s.params, &[], "taskRun");
             for w in &ts.workspaces {
                 if !w.optional && !s.workspaces.iter().any(|b| b.name == w.name) {
-                    self.err(&ctx, "spec.workspaces", format!("declared workspace {:?} is required but has not been bound", w.name));
+                    self.err(
+                        &ctx,
+                        "spec.workspaces",
+                        format!(
+                            "declared workspace {:?} is required but has not been bound",
+                            w.name
+                        ),
+                    );
                 }
             }
             if s.task_ref.is_some() {
                 for (i, b) in s.workspaces.iter().enumerate() {
                     if !ts.workspaces.iter().any(|w| w.name == b.name) {
-                        self.err(&ctx, &format!("spec.workspaces[{i}].name"), format!("workspace binding {:?} does not match any declared workspace", b.name));
+                        self.err(
+                            &ctx,
+                            &format!("spec.workspaces[{i}].name"),
+                            format!(
+                                "workspace binding {:?} does not match any declared workspace",
+                                b.name
+                            ),
+                        );
                     }
                 }
             }
         }
         if let Some(t) = &s.timeout {
             if parse_duration(t).is_none() {
-                self.err(&ctx, "spec.timeout", format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"));
+                self.err(
+                    &ctx,
+                    "spec.timeout",
+                    format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"),
+                );
             }
         }
         self.bindings(&ctx, &s.workspaces);
@@ -1046,12 +1659,24 @@ impl<'a> Validator<'a> {
         for (i, b) in ws.iter().enumerate() {
             let f = format!("spec.workspaces[{i}]");
             if !seen.insert(b.name.as_str()) {
-                self.err(ctx, &format!("{f}.name"), format!("workspace binding {:?} appears more than once", b.name));
+                self.err(
+                    ctx,
+                    &format!("{f}.name"),
+                    format!("workspace binding {:?} appears more than once", b.name),
+                );
             }
-            let n = [b.empty_dir.is_some(), b.persistent_volume_claim.is_some(), b.volume_claim_template.is_some(), b.config_map.is_some(), b.secret.is_some(), b.projected.is_some(), b.csi.is_some()]
-                .iter()
-                .filter(|x| **x)
-                .count();
+            let n = [
+                b.empty_dir.is_some(),
+                b.persistent_volume_claim.is_some(),
+                b.volume_claim_template.is_some(),
+                b.config_map.is_some(),
+                b.secret.is_some(),
+                b.projected.is_some(),
+                b.csi.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
             if n != 1 {
                 self.err(ctx, &f, format!("expected exactly one, got {}: emptyDir, persistentVolumeClaim, volumeClaimTemplate, configMap, secret, projected, csi", if n == 0 { "neither" } else { "both" }));
             }
@@ -1084,7 +1709,11 @@ impl<'a> Validator<'a> {
             return;
         };
         let mut parsed = BTreeMap::new();
-        for (name, v) in [("pipeline", &t.pipeline), ("tasks", &t.tasks), ("finally", &t.finally)] {
+        for (name, v) in [
+            ("pipeline", &t.pipeline),
+            ("tasks", &t.tasks),
+            ("finally", &t.finally),
+        ] {
             if let Some(v) = v {
                 match parse_duration(v) {
                     Some(d) => {
@@ -1100,19 +1729,38 @@ impl<'a> Validator<'a> {
             return;
         }
         let limit = pipeline.unwrap_or(std::time::Duration::from_secs(3600));
-        let lname = if pipeline.is_some() { "pipeline duration" } else { "default timeout duration" };
+        let lname = if pipeline.is_some() {
+            "pipeline duration"
+        } else {
+            "default timeout duration"
+        };
         for name in ["tasks", "finally"] {
             if let Some(d) = parsed.get(name) {
                 if *d == zero {
                     self.err(ctx, &format!("spec.timeouts.{name}"), format!("invalid value: 0s: timeouts.{name} may be 0 (no timeout) only when timeouts.pipeline is 0"));
                 } else if *d > limit {
-                    self.err(ctx, &format!("spec.timeouts.{name}"), format!("invalid value: {} should be <= {lname}", super::format_duration(*d)));
+                    self.err(
+                        ctx,
+                        &format!("spec.timeouts.{name}"),
+                        format!(
+                            "invalid value: {} should be <= {lname}",
+                            super::format_duration(*d)
+                        ),
+                    );
                 }
             }
         }
         if let (Some(a), Some(b)) = (parsed.get("tasks"), parsed.get("finally")) {
             if *a + *b > limit {
-                self.err(ctx, "spec.timeouts", format!("invalid value: {} + {} should be <= {lname}", super::format_duration(*a), super::format_duration(*b)));
+                self.err(
+                    ctx,
+                    "spec.timeouts",
+                    format!(
+                        "invalid value: {} + {} should be <= {lname}",
+                        super::format_duration(*a),
+                        super::format_duration(*b)
+                    ),
+                );
             }
         }
     }

@@ -108,7 +108,10 @@ struct Builder {
 }
 
 fn to_pos(m: &Marker) -> Pos {
-    Pos { line: m.line(), col: m.col() + 1 }
+    Pos {
+        line: m.line(),
+        col: m.col() + 1,
+    }
 }
 
 impl Builder {
@@ -143,7 +146,9 @@ impl MarkedEventReceiver for Builder {
                 self.push_node(node, anchor);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), pos, anchor)),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, pos, anchor)),
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(Vec::new(), None, pos, anchor))
+            }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(items, p, anchor)) = self.stack.pop() {
                     self.push_node(Node::Seq(items, p), anchor);
@@ -158,7 +163,10 @@ impl MarkedEventReceiver for Builder {
                 Some(n) => self.push_node(n, 0),
                 None => {
                     if self.error.is_none() {
-                        self.error = Some(SyntaxError { pos, message: "unknown alias".into() });
+                        self.error = Some(SyntaxError {
+                            pos,
+                            message: "unknown alias".into(),
+                        });
                     }
                     self.push_node(Node::Null(pos), 0);
                 }
@@ -178,7 +186,10 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
     let mut err = b.error.take();
     if let Err(e) = scan {
         let m = e.marker();
-        err = Some(SyntaxError { pos: to_pos(m), message: e.info().to_string() });
+        err = Some(SyntaxError {
+            pos: to_pos(m),
+            message: e.info().to_string(),
+        });
     }
     let mut docs = Vec::new();
     for node in b.docs {
@@ -194,14 +205,20 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
                 continue;
             }
         };
-        docs.push(Document { value, positions, start });
+        docs.push(Document {
+            value,
+            positions,
+            start,
+        });
     }
     (docs, err)
 }
 
 fn join_key(prefix: &str, key: &str) -> String {
     let simple = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     match (prefix.is_empty(), simple) {
         (true, true) => key.to_string(),
         (false, true) => format!("{prefix}.{key}"),
@@ -218,8 +235,14 @@ fn shown_pos(node: &Node) -> Pos {
     }
 }
 
-fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>) -> Result<Value, SyntaxError> {
-    positions.entry(path.to_string()).or_insert_with(|| shown_pos(node));
+fn convert(
+    node: &Node,
+    path: &str,
+    positions: &mut BTreeMap<String, Pos>,
+) -> Result<Value, SyntaxError> {
+    positions
+        .entry(path.to_string())
+        .or_insert_with(|| shown_pos(node));
     Ok(match node {
         Node::Null(_) => Value::Null,
         Node::Scalar(text, style, _) => Value::String(scalar_string(text, *style)),
@@ -250,7 +273,13 @@ fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>) -> Re
                     let merged = convert(v, path, positions)?;
                     let maps = match merged {
                         Value::Object(m) => vec![m],
-                        Value::Array(a) => a.into_iter().filter_map(|x| match x { Value::Object(m) => Some(m), _ => None }).collect(),
+                        Value::Array(a) => a
+                            .into_iter()
+                            .filter_map(|x| match x {
+                                Value::Object(m) => Some(m),
+                                _ => None,
+                            })
+                            .collect(),
                         _ => vec![],
                     };
                     for m in maps {
@@ -308,10 +337,14 @@ fn normalize_number(text: &str) -> Option<String> {
     }
     let sign = if neg { "-" } else { "" };
     if let Some(hex) = digits.strip_prefix("0x") {
-        return u64::from_str_radix(hex, 16).ok().map(|v| format!("{sign}{v}"));
+        return u64::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| format!("{sign}{v}"));
     }
     if let Some(oct) = digits.strip_prefix("0o") {
-        return u64::from_str_radix(oct, 8).ok().map(|v| format!("{sign}{v}"));
+        return u64::from_str_radix(oct, 8)
+            .ok()
+            .map(|v| format!("{sign}{v}"));
     }
     if digits.bytes().all(|b| b.is_ascii_digit()) {
         // YAML 1.1: a leading 0 means octal.
@@ -324,8 +357,13 @@ fn normalize_number(text: &str) -> Option<String> {
         return digits.parse::<u64>().ok().map(|v| format!("{sign}{v}"));
     }
     // Floats: digits with one '.', optional exponent.
-    let looks_float = digits.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
-        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    let looks_float = digits
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
         && digits.bytes().any(|b| b.is_ascii_digit());
     if looks_float {
         if let Ok(f) = t.parse::<f64>() {

@@ -1,0 +1,430 @@
+//! Command-line interface: argument definitions and the commands they run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
+use crate::error::{Error, Outcome};
+use crate::exec::local::LocalExecutor;
+use crate::model::{self, Catalog, ParamValue};
+use crate::report::{RunReport, RunSummary, ValidationReport, API_VERSION};
+use crate::telemetry::LogFormat;
+use crate::ui::Console;
+
+/// tenon runs Tekton pipelines incrementally, locally or on Kubernetes, and promotes
+/// what passes back to git.
+///
+/// Point it at a directory of Tekton v1 manifests (Task, Pipeline, PipelineRun, TaskRun;
+/// other kinds are ignored). `tenon validate` checks them like Tekton's admission webhook
+/// does, with file:line:column errors; `tenon run` runs every PipelineRun and TaskRun it
+/// finds with the local executor: each step is a process on this host.
+///
+/// Exit codes: 0 ok, 1 a run failed, 2 invalid input or usage, 3 tenon could not work
+/// (e.g. its state directory is unusable).
+#[derive(Debug, Parser)]
+#[command(name = "tenon", version, about, long_about, max_term_width = 100)]
+#[command(
+    after_help = "Examples:\n  tenon validate examples/model-promotion\n  tenon run examples/model-promotion\n  tenon run examples/model-promotion --param learning-rate=0.2 --output json"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format for diagnostics on stderr (`json` for services).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v info, -vv debug). `TENON_LOG` overrides (EnvFilter syntax).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check manifests like Tekton would and print every problem with file:line:column.
+    ///
+    /// Exits 0 when there is nothing to report and 2 otherwise.
+    Validate(ValidateArgs),
+    /// Run every PipelineRun and TaskRun found in DIR (or the one named by --run).
+    ///
+    /// Step output streams to stderr prefixed `task/step`; the summary goes to stdout
+    /// (with --output json, exactly one RunReport JSON document). Exits 0 when every run
+    /// succeeds, 1 when one fails, 2 for invalid manifests or usage.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Directory (or file) of manifests.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// `json` prints one ValidationReport document on stdout.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory of manifests; it is also the repository tree that the
+    /// `tenon.dev/repo-workspace` annotation binds.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Run only the PipelineRun or TaskRun with this name.
+    #[arg(long = "run", value_name = "NAME")]
+    pub run: Option<String>,
+    /// Override a run param: NAME=VALUE. A VALUE that is a JSON list or object of
+    /// strings (`["a","b"]`, `{"k":"v"}`) is an array or object param. Repeatable.
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, ParamValue)>,
+    /// Most TaskRuns running at once (default: number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub parallel: Option<usize>,
+    /// tenon's state directory: run directories, step logs, PVC-backed workspaces.
+    /// Default: $XDG_CACHE_HOME/tenon or ~/.cache/tenon.
+    #[arg(long, env = "TENON_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Largest result a task may write, in bytes (Tekton's termination-message budget).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_RESULT_SIZE)]
+    pub max_result_size: usize,
+    /// Pass this host environment variable through to steps (steps otherwise see only
+    /// their declared env plus a minimal PATH and HOME). Repeatable.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pub pass_env: Vec<String>,
+    /// Namespace reported by $(context.*.namespace).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Do not stream step output to stderr (it is still saved to log files).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// `json` prints one RunReport document on stdout and nothing else there.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+}
+
+fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    if k.is_empty() {
+        return Err(format!("expected NAME=VALUE, got {s:?}"));
+    }
+    let t = v.trim_start();
+    let value = if t.starts_with('[') || t.starts_with('{') {
+        serde_json::from_str::<ParamValue>(v).map_err(|e| {
+            format!("param {k}: {v:?} looks like JSON but is not a list or object of strings: {e}")
+        })?
+    } else {
+        ParamValue::Str(v.to_string())
+    };
+    Ok((k.to_string(), value))
+}
+
+pub fn default_store() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("tenon");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("tenon"),
+        None => std::env::temp_dir().join("tenon"),
+    }
+}
+
+/// Print a JSON document on stdout. A closed pipe is not an error.
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| Error::Usage(format!("cannot render JSON: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{s}");
+    Ok(())
+}
+
+fn load(dir: &Path) -> Result<Catalog, Error> {
+    if !dir.exists() {
+        return Err(Error::Usage(format!(
+            "{}: no such file or directory",
+            dir.display()
+        )));
+    }
+    Ok(model::load_dir(dir))
+}
+
+pub async fn run(cli: Cli) -> Result<Outcome, Error> {
+    match cli.command {
+        Command::Validate(a) => validate(a),
+        Command::Run(a) => run_cmd(a).await,
+    }
+}
+
+fn validate(a: ValidateArgs) -> Result<Outcome, Error> {
+    let cat = load(&a.dir)?;
+    let diags = model::validate(&cat);
+    match a.output {
+        OutputFormat::Json => {
+            let objects = [
+                ("Task", cat.tasks.len()),
+                ("Pipeline", cat.pipelines.len()),
+                ("PipelineRun", cat.pipeline_runs.len()),
+                ("TaskRun", cat.task_runs.len()),
+                ("StepAction", cat.step_actions.len()),
+            ]
+            .into_iter()
+            .collect();
+            print_json(&ValidationReport {
+                api_version: API_VERSION,
+                kind: "ValidationReport",
+                valid: diags.is_empty(),
+                errors: diags.0.clone(),
+                objects,
+            })?;
+        }
+        OutputFormat::Human => {
+            let mut err = std::io::stderr().lock();
+            for d in &diags.0 {
+                let _ = writeln!(err, "{d}");
+            }
+            if diags.is_empty() {
+                let n = cat.tasks.len()
+                    + cat.pipelines.len()
+                    + cat.pipeline_runs.len()
+                    + cat.task_runs.len()
+                    + cat.step_actions.len();
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{} Tekton object(s) in {} file(s): valid",
+                    n,
+                    cat.files.len()
+                );
+            } else {
+                let _ = writeln!(err, "{} error(s)", diags.len());
+            }
+        }
+    }
+    if diags.is_empty() {
+        Ok(Outcome::Ok)
+    } else {
+        Err(Error::Invalid { count: diags.len() })
+    }
+}
+
+async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
+    let cat = load(&a.dir)?;
+    let diags = model::validate(&cat);
+    if !diags.is_empty() {
+        if a.output == OutputFormat::Json {
+            print_json(&ValidationReport {
+                api_version: API_VERSION,
+                kind: "ValidationReport",
+                valid: false,
+                errors: diags.0.clone(),
+                objects: Default::default(),
+            })?;
+        }
+        let mut err = std::io::stderr().lock();
+        for d in &diags.0 {
+            let _ = writeln!(err, "{d}");
+        }
+        let _ = writeln!(err, "{} error(s); nothing was run", diags.len());
+        return Err(Error::Invalid { count: diags.len() });
+    }
+    let names: Vec<&str> = cat
+        .pipeline_runs
+        .iter()
+        .map(|r| r.name.as_str())
+        .chain(cat.task_runs.iter().map(|r| r.name.as_str()))
+        .collect();
+    if names.is_empty() {
+        return Err(Error::Usage(format!(
+            "no PipelineRun or TaskRun found in {}",
+            a.dir.display()
+        )));
+    }
+    if let Some(want) = &a.run {
+        if !names.contains(&want.as_str()) {
+            let hint = names
+                .iter()
+                .min_by_key(|n| strsim::levenshtein(n, want))
+                .map(|n| format!(" (did you mean {n:?}?)"))
+                .unwrap_or_default();
+            return Err(Error::Usage(format!(
+                "no PipelineRun or TaskRun named {want:?} in {}{hint}; found: {}",
+                a.dir.display(),
+                names.join(", ")
+            )));
+        }
+    }
+    let store = a.store.clone().unwrap_or_else(default_store);
+    std::fs::create_dir_all(&store).map_err(|e| Error::Io {
+        context: format!("cannot create state directory {}", store.display()),
+        source: e,
+    })?;
+    let mut pass_env = Vec::new();
+    for name in &a.pass_env {
+        if let Ok(v) = std::env::var(name) {
+            pass_env.push((name.clone(), v));
+        }
+    }
+    let console = Arc::new(Console::new(a.quiet));
+    let exec = Arc::new(LocalExecutor::new(pass_env, console.clone()));
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let opts = EngineOptions {
+        parallel: a
+            .parallel
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            })
+            .max(1),
+        state_dir: store,
+        repo_root: if a.dir.is_dir() {
+            a.dir.clone()
+        } else {
+            a.dir.parent().map(Path::to_path_buf).unwrap_or_default()
+        },
+        param_overrides: a.params.clone(),
+        max_result_size: a.max_result_size,
+        namespace: a.namespace.clone(),
+    };
+    let cat = Arc::new(cat);
+    let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone());
+    let mut runs = Vec::new();
+    for pr in cat
+        .pipeline_runs
+        .iter()
+        .filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name))
+    {
+        runs.push(engine.run_pipeline_run(pr).await);
+        if cancel.is_cancelled() {
+            break;
+        }
+    }
+    for tr in cat
+        .task_runs
+        .iter()
+        .filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name))
+    {
+        if cancel.is_cancelled() {
+            break;
+        }
+        runs.push(engine.run_task_run(tr).await);
+    }
+    let report = RunReport::new(runs);
+    match a.output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Human => print_human(&report, &console),
+    }
+    Ok(if report.all_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::RunFailed
+    })
+}
+
+fn print_human(report: &RunReport, c: &Console) {
+    let mut out = std::io::stdout().lock();
+    for r in &report.runs {
+        let _ = writeln!(out, "{}", run_header(r));
+        if !r.tasks.is_empty() {
+            let w = r
+                .tasks
+                .iter()
+                .map(|t| t.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            let _ = writeln!(
+                out,
+                "  {:w$}  {:9}  {:>8}  {:>9}  REASON",
+                "TASK", "STATUS", "ATTEMPTS", "DURATION"
+            );
+            for t in &r.tasks {
+                let reason = if t.status == "Succeeded" {
+                    String::new()
+                } else if t.message.is_empty() {
+                    t.reason.clone()
+                } else {
+                    format!("{}: {}", t.reason, t.message)
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:w$}  {:9}  {:>8}  {:>8.1}s  {}",
+                    t.name,
+                    t.status,
+                    t.attempts,
+                    t.duration_ms as f64 / 1000.0,
+                    reason
+                );
+            }
+        }
+        for (k, v) in &r.results {
+            let _ = writeln!(out, "  result {k} = {v}");
+        }
+        if let Some(d) = &r.run_dir {
+            let _ = writeln!(out, "  logs: {d}");
+        }
+    }
+    let _ = c;
+}
+
+fn run_header(r: &RunSummary) -> String {
+    format!(
+        "{} {}: {} ({}) in {:.1}s",
+        r.kind,
+        r.name,
+        r.status,
+        r.reason,
+        r.duration_ms as f64 / 1000.0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_flag_forms() {
+        assert_eq!(
+            parse_param("a=b=c").unwrap(),
+            ("a".into(), ParamValue::Str("b=c".into()))
+        );
+        assert_eq!(
+            parse_param("a=").unwrap(),
+            ("a".into(), ParamValue::Str("".into()))
+        );
+        assert_eq!(
+            parse_param("a=[\"x\",\"y\"]").unwrap().1,
+            ParamValue::Array(vec!["x".into(), "y".into()])
+        );
+        assert!(matches!(
+            parse_param("o={\"k\":\"v\"}").unwrap().1,
+            ParamValue::Object(_)
+        ));
+        assert!(parse_param("noequals").is_err());
+        assert!(parse_param("=v").is_err());
+        assert!(parse_param("a=[1,").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1708 @@
+//! The engine: runs PipelineRuns and TaskRuns with Tekton's scheduling semantics
+//! (DAG, when/skip cascade, finally, retries, timeouts, onError, matrix, results)
+//! on top of an [`Executor`].
+
+pub mod matrix;
+pub mod resolve;
+mod workspaces;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dag::Dag;
+use crate::exec::{
+    AttemptStatus, BoundWorkspace, Executor, StepOutcome, TaskOutcome, TaskRunRequest,
+};
+use crate::model::{
+    format_duration, parse_duration, Catalog, Obj, ParamValue, PipelineRunSpec, PipelineSpec,
+    PipelineTask, TaskRunSpec, TaskSpec,
+};
+use crate::report::{RunSummary, TaskSummary};
+use crate::subst::{find_refs, Seg, Vars};
+use crate::ui::Console;
+use resolve::{param_values, param_vars, Failure};
+use workspaces::RunVolumes;
+
+/// Tekton's default TaskRun / PipelineRun timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// Tekton's default cap on one result (the termination-message budget).
+pub const DEFAULT_MAX_RESULT_SIZE: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Most TaskRun attempts running at once.
+    pub parallel: usize,
+    /// tenon's state directory (run directories, PVC volumes).
+    pub state_dir: PathBuf,
+    /// The repository tree bound by the repo-workspace annotation.
+    pub repo_root: PathBuf,
+    /// `--param NAME=VALUE` overrides for the run's params.
+    pub param_overrides: Vec<(String, ParamValue)>,
+    pub max_result_size: usize,
+    pub namespace: String,
+}
+
+pub struct Engine {
+    pub cat: Arc<Catalog>,
+    pub exec: Arc<dyn Executor>,
+    pub opts: EngineOptions,
+    pub console: Arc<Console>,
+    /// Cancels every run (Ctrl-C).
+    pub cancel: CancellationToken,
+    sem: Arc<Semaphore>,
+}
+
+/// Where a pipeline task stands.
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Pending,
+    Running,
+    Done(Done),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Done {
+    Succeeded,
+    /// Failed; `ignored` under `onError: continue`.
+    Failed {
+        ignored: bool,
+        timed_out: bool,
+        cancelled: bool,
+    },
+    /// Skipped; `by_when` when a when expression was false.
+    Skipped {
+        reason: String,
+        by_when: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct TaskState {
+    state: State,
+    finally: bool,
+    reason: String,
+    message: String,
+    attempts: u32,
+    duration: Duration,
+    /// Results (matrix: string results aggregated into arrays).
+    results: BTreeMap<String, ParamValue>,
+    task_run: Option<String>,
+    steps: Vec<StepOutcome>,
+    /// Matrix children: (label, outcome, attempts, taskrun name).
+    children: Vec<ChildDone>,
+    expected_children: usize,
+    matrix: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ChildDone {
+    index: usize,
+    name: String,
+    outcome: TaskOutcome,
+    attempts: u32,
+}
+
+impl TaskState {
+    fn new(finally: bool) -> Self {
+        TaskState {
+            state: State::Pending,
+            finally,
+            reason: String::new(),
+            message: String::new(),
+            attempts: 0,
+            duration: Duration::ZERO,
+            results: BTreeMap::new(),
+            task_run: None,
+            steps: vec![],
+            children: vec![],
+            expected_children: 0,
+            matrix: false,
+        }
+    }
+    fn is_done(&self) -> bool {
+        matches!(self.state, State::Done(_))
+    }
+    /// `$(tasks.t.status)`: Succeeded / Failed / None.
+    fn exec_status(&self) -> &'static str {
+        match &self.state {
+            State::Done(Done::Succeeded) => "Succeeded",
+            State::Done(Done::Failed { .. }) => "Failed",
+            _ => "None",
+        }
+    }
+}
+
+/// One TaskRun ready to start (possibly a matrix child).
+struct Launch {
+    pt_name: String,
+    index: usize,
+    req: TaskRunRequest,
+    retries: u32,
+    cancel: CancellationToken,
+}
+
+/// What to do with a pipeline task whose parents are done.
+enum Decision {
+    Run(Vec<Launch>),
+    Skip { reason: String, by_when: bool },
+    FailRun(Failure),
+}
+
+pub fn new_uid(name: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.update(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .to_le_bytes(),
+    );
+    let x = format!("{:x}", h.finalize());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn to_json(v: &BTreeMap<String, ParamValue>) -> BTreeMap<String, Value> {
+    v.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+}
+
+impl Engine {
+    pub fn new(
+        cat: Arc<Catalog>,
+        exec: Arc<dyn Executor>,
+        opts: EngineOptions,
+        console: Arc<Console>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
+        Engine {
+            cat,
+            exec,
+            opts,
+            console,
+            cancel,
+            sem,
+        }
+    }
+
+    fn failed_summary(
+        &self,
+        name: &str,
+        kind: &str,
+        pipeline: Option<String>,
+        started: SystemTime,
+        f: Failure,
+    ) -> RunSummary {
+        self.console.line(&format!(
+            "{} {kind} {name}: {}: {}",
+            self.console.red("✗"),
+            f.reason,
+            f.message
+        ));
+        RunSummary {
+            name: name.into(),
+            kind: kind.into(),
+            pipeline,
+            status: "Failed".into(),
+            reason: f.reason,
+            message: f.message,
+            started_at: rfc3339(started),
+            duration_ms: started.elapsed().unwrap_or_default().as_millis() as u64,
+            results: BTreeMap::new(),
+            tasks: vec![],
+            run_dir: None,
+        }
+    }
+
+    /// Run one PipelineRun to completion.
+    pub async fn run_pipeline_run(&self, pr: &Obj<PipelineRunSpec>) -> RunSummary {
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let name = pr.name.clone();
+        let (pipeline_name, spec): (Option<String>, PipelineSpec) =
+            match (&pr.spec.pipeline_ref, &pr.spec.pipeline_spec) {
+                (_, Some(ps)) => (None, ps.clone()),
+                (Some(r), None) => match r.name.as_deref().and_then(|n| self.cat.pipeline(n)) {
+                    Some(p) => (Some(p.name.clone()), p.spec.clone()),
+                    None => {
+                        return self.failed_summary(
+                            &name,
+                            "PipelineRun",
+                            r.name.clone(),
+                            started,
+                            Failure::new(
+                                "CouldntGetPipeline",
+                                format!("Pipeline {:?} not found", r.name.as_deref().unwrap_or("")),
+                            ),
+                        )
+                    }
+                },
+                (None, None) => {
+                    return self.failed_summary(
+                        &name,
+                        "PipelineRun",
+                        None,
+                        started,
+                        Failure::new(
+                            "PipelineValidationFailed",
+                            "expected exactly one, got neither: pipelineRef, pipelineSpec",
+                        ),
+                    )
+                }
+            };
+        let uid = new_uid(&name);
+        let run_dir = self.opts.state_dir.join("runs").join(&name).join(&uid[..8]);
+        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+            return self.failed_summary(
+                &name,
+                "PipelineRun",
+                pipeline_name,
+                started,
+                Failure::new(
+                    "CreateRunFailed",
+                    format!("cannot create run directory {}: {e}", run_dir.display()),
+                ),
+            );
+        }
+        self.console.line(&format!(
+            "{} PipelineRun {} {}",
+            self.console.bold("▶"),
+            self.console.bold(&name),
+            self.console.dim(&format!("({})", run_dir.display()))
+        ));
+
+        // context and params
+        let mut ctx = Vars::new();
+        ctx.set_str("context.pipelineRun.name", &name);
+        ctx.set_str("context.pipelineRun.namespace", &self.opts.namespace);
+        ctx.set_str("context.pipelineRun.uid", &uid);
+        ctx.set_str(
+            "context.pipeline.name",
+            pipeline_name.clone().unwrap_or_else(|| name.clone()),
+        );
+        let mut supplied: Vec<(String, ParamValue)> = pr
+            .spec
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), ctx.apply_value(&p.value)))
+            .collect();
+        supplied.extend(self.opts.param_overrides.iter().cloned());
+        let pvalues = match param_values(&spec.params, &supplied, &ctx, "pipelineRun") {
+            Ok(v) => v,
+            Err(f) => return self.failed_summary(&name, "PipelineRun", pipeline_name, started, f),
+        };
+        let mut pvars = ctx.clone();
+        pvars.extend(&param_vars(&pvalues));
+
+        // workspaces
+        let repo_names = repo_workspaces(&pr.meta.annotations);
+        let volumes = match RunVolumes::prepare(
+            &self.cat,
+            &pr.spec.workspaces,
+            &repo_names,
+            &run_dir,
+            &self.opts,
+        ) {
+            Ok(v) => v,
+            Err(f) => return self.failed_summary(&name, "PipelineRun", pipeline_name, started, f),
+        };
+        for w in &spec.workspaces {
+            pvars.set_str(
+                format!("workspaces.{}.bound", w.name),
+                if volumes.has(&w.name) {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
+        }
+
+        // timeouts
+        let t = pr.spec.timeouts.clone().unwrap_or_default();
+        let dur = |s: &Option<String>| s.as_deref().and_then(parse_duration);
+        let pipeline_timeout = dur(&t.pipeline)
+            .or(dur(&pr.spec.timeout))
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let mut tasks_timeout = dur(&t.tasks);
+        let mut finally_timeout = dur(&t.finally);
+        if !pipeline_timeout.is_zero() {
+            if tasks_timeout.is_none() {
+                if let Some(f) = finally_timeout.filter(|f| !f.is_zero()) {
+                    tasks_timeout = pipeline_timeout.checked_sub(f);
+                }
+            }
+            if finally_timeout.is_none() {
+                if let Some(tt) = tasks_timeout.filter(|f| !f.is_zero()) {
+                    finally_timeout = pipeline_timeout.checked_sub(tt);
+                }
+            }
+        }
+        let nz = |d: Option<Duration>| d.filter(|d| !d.is_zero());
+        let pipeline_deadline = nz(Some(pipeline_timeout)).map(|d| t0 + d);
+        let tasks_deadline = nz(tasks_timeout).map(|d| t0 + d);
+
+        let mut run = PipelineRunState {
+            engine: self,
+            name: name.clone(),
+            spec: &spec,
+            pr,
+            pvars,
+            volumes,
+            run_dir: run_dir.clone(),
+            states: BTreeMap::new(),
+            stopping: None,
+            run_failure: None,
+            timed_out: None,
+            cancelled: false,
+            joinset: JoinSet::new(),
+            dag_cancel: self.cancel.child_token(),
+            finally_cancel: self.cancel.child_token(),
+        };
+        for pt in &spec.tasks {
+            run.states.insert(pt.name.clone(), TaskState::new(false));
+        }
+        for pt in &spec.finally {
+            run.states.insert(pt.name.clone(), TaskState::new(true));
+        }
+        let (dag, _) = Dag::build(&spec.tasks);
+
+        // ---- DAG phase
+        run.drive(
+            &dag,
+            &spec.tasks,
+            false,
+            earliest(tasks_deadline, pipeline_deadline),
+            tasks_deadline,
+            pipeline_deadline,
+        )
+        .await;
+        // ---- finally phase
+        if !spec.finally.is_empty() {
+            let pipeline_expired = run.timed_out.as_deref() == Some("pipeline");
+            if run.cancelled || pipeline_expired {
+                let reason = if run.cancelled {
+                    "PipelineRun was cancelled"
+                } else {
+                    "PipelineRun timeout has been reached"
+                };
+                for pt in &spec.finally {
+                    run.skip(&pt.name, reason, false);
+                }
+            } else {
+                let fin_deadline = nz(finally_timeout).map(|d| Instant::now() + d);
+                let fdag = Dag {
+                    names: spec.finally.iter().map(|t| t.name.clone()).collect(),
+                    parents: BTreeMap::new(),
+                };
+                run.stopping = None; // finally tasks start regardless
+                run.drive(
+                    &fdag,
+                    &spec.finally,
+                    true,
+                    earliest(fin_deadline, pipeline_deadline),
+                    fin_deadline,
+                    pipeline_deadline,
+                )
+                .await;
+            }
+        }
+        run.finish(pipeline_name, started, t0, pipeline_timeout)
+    }
+
+    /// Run one TaskRun object to completion.
+    pub async fn run_task_run(&self, tr: &Obj<TaskRunSpec>) -> RunSummary {
+        let started = SystemTime::now();
+        let name = tr.name.clone();
+        let (task_name, spec, embedded): (String, TaskSpec, bool) =
+            match (&tr.spec.task_ref, &tr.spec.task_spec) {
+                (_, Some(ts)) => (name.clone(), ts.clone(), true),
+                (Some(r), None) => match r.name.as_deref().and_then(|n| self.cat.task(n)) {
+                    Some(t) => (t.name.clone(), t.spec.clone(), false),
+                    None => {
+                        return self.failed_summary(
+                            &name,
+                            "TaskRun",
+                            None,
+                            started,
+                            Failure::new(
+                                "CouldntGetTask",
+                                format!("Task {:?} not found", r.name.as_deref().unwrap_or("")),
+                            ),
+                        )
+                    }
+                },
+                (None, None) => {
+                    return self.failed_summary(
+                        &name,
+                        "TaskRun",
+                        None,
+                        started,
+                        Failure::new(
+                            "TaskRunValidationFailed",
+                            "expected exactly one, got neither: taskRef, taskSpec",
+                        ),
+                    )
+                }
+            };
+        let uid = new_uid(&name);
+        let run_dir = self.opts.state_dir.join("runs").join(&name).join(&uid[..8]);
+        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+            return self.failed_summary(
+                &name,
+                "TaskRun",
+                None,
+                started,
+                Failure::new(
+                    "CreateRunFailed",
+                    format!("cannot create run directory {}: {e}", run_dir.display()),
+                ),
+            );
+        }
+        self.console.line(&format!(
+            "{} TaskRun {} {}",
+            self.console.bold("▶"),
+            self.console.bold(&name),
+            self.console.dim(&format!("({})", run_dir.display()))
+        ));
+        let mut supplied: Vec<(String, ParamValue)> = tr
+            .spec
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        supplied.extend(self.opts.param_overrides.iter().cloned());
+        let repo_names = repo_workspaces(&tr.meta.annotations);
+        let volumes = match RunVolumes::prepare(
+            &self.cat,
+            &tr.spec.workspaces,
+            &repo_names,
+            &run_dir,
+            &self.opts,
+        ) {
+            Ok(v) => v,
+            Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
+        };
+        let task_dir = run_dir.join("taskruns").join(&name);
+        let mut ctx = Vars::new();
+        ctx.set_str("context.taskRun.name", &name);
+        ctx.set_str("context.taskRun.namespace", &self.opts.namespace);
+        ctx.set_str("context.taskRun.uid", &uid);
+        ctx.set_str(
+            "context.task.name",
+            if embedded { &name } else { &task_name },
+        );
+        let bindings: Vec<(String, String, Option<String>)> = tr
+            .spec
+            .workspaces
+            .iter()
+            .map(|b| (b.name.clone(), b.name.clone(), None))
+            .collect();
+        let req = match self.build_request(
+            &name,
+            &name,
+            &spec,
+            &supplied,
+            embedded,
+            &ctx,
+            &Vars::new(),
+            &volumes,
+            &bindings,
+            &task_dir,
+            tr.spec
+                .timeout
+                .as_deref()
+                .and_then(parse_duration)
+                .unwrap_or(DEFAULT_TIMEOUT),
+        ) {
+            Ok(r) => r,
+            Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
+        };
+        let (outcome, attempts) = run_attempts(
+            self.exec.clone(),
+            self.sem.clone(),
+            req,
+            tr.spec.retries,
+            self.cancel.clone(),
+            self.console.clone(),
+        )
+        .await;
+        let status = match outcome.status {
+            AttemptStatus::Succeeded => "Succeeded",
+            AttemptStatus::Failed => "Failed",
+            AttemptStatus::TimedOut => "TimedOut",
+            AttemptStatus::Cancelled => "Cancelled",
+        };
+        let ok = outcome.status == AttemptStatus::Succeeded;
+        let task = TaskSummary {
+            name: name.clone(),
+            status: status.into(),
+            reason: outcome.reason.clone(),
+            message: if ok {
+                String::new()
+            } else {
+                outcome.message.clone()
+            },
+            attempts,
+            duration_ms: outcome.duration.as_millis() as u64,
+            results: to_json(&outcome.results),
+            finally: false,
+            task_run: Some(name.clone()),
+            steps: outcome.steps.clone(),
+        };
+        RunSummary {
+            name,
+            kind: "TaskRun".into(),
+            pipeline: None,
+            status: if ok {
+                "Succeeded".into()
+            } else {
+                "Failed".into()
+            },
+            reason: outcome.reason.clone(),
+            message: outcome.message.clone(),
+            started_at: rfc3339(started),
+            duration_ms: started.elapsed().unwrap_or_default().as_millis() as u64,
+            results: to_json(&outcome.results),
+            tasks: vec![task],
+            run_dir: Some(run_dir.display().to_string()),
+        }
+    }
+
+    /// Build the request for one TaskRun: params, context, workspaces, step template,
+    /// StepActions, env references.
+    #[allow(clippy::too_many_arguments)]
+    fn build_request(
+        &self,
+        taskrun_name: &str,
+        label: &str,
+        spec: &TaskSpec,
+        supplied: &[(String, ParamValue)],
+        embedded: bool,
+        ctx: &Vars,
+        pipeline_phase: &Vars,
+        volumes: &RunVolumes,
+        // (task workspace name, run-level binding name, extra subPath)
+        bindings: &[(String, String, Option<String>)],
+        dir: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<TaskRunRequest, Failure> {
+        let mut spec = spec.clone();
+        // pipeline-level phase (embedded specs: result refs, pipeline context)
+        if embedded && !pipeline_phase.is_empty() {
+            spec = resolve::substitute(&spec, pipeline_phase);
+        }
+        let values = param_values(
+            &spec.params,
+            supplied,
+            ctx,
+            &format!("TaskRun {taskrun_name:?}"),
+        )
+        .map_err(|f| {
+            Failure::new(
+                if f.reason == "ParameterMissing" {
+                    "TaskRunValidationFailed"
+                } else {
+                    &f.reason
+                },
+                format!(
+                    "invalid input params for task {taskrun_name}: {}",
+                    f.message
+                ),
+            )
+        })?;
+        let mut vars = ctx.clone();
+        // embedded specs see undeclared supplied params too (propagation)
+        if embedded {
+            for (k, v) in supplied {
+                vars.set(format!("params.{k}"), v.clone());
+            }
+        }
+        vars.extend(&param_vars(&values));
+        resolve::apply_step_template(&mut spec);
+        spec = resolve::substitute(&spec, &vars);
+        resolve::inline_step_actions(&mut spec, &self.cat)?;
+        resolve::resolve_env(&mut spec, &self.cat)?;
+        // workspaces
+        let _ = std::fs::create_dir_all(dir);
+        let mut ws = Vec::new();
+        for decl in &spec.workspaces {
+            let b = bindings.iter().find(|(n, _, _)| n == &decl.name);
+            let bound = match b {
+                Some((_, run_name, sub)) => {
+                    Some(volumes.path_for(run_name, sub.as_deref(), dir, &decl.name)?)
+                }
+                None if embedded && volumes.has(&decl.name) => {
+                    Some(volumes.path_for(&decl.name, None, dir, &decl.name)?)
+                }
+                None if decl.optional => None,
+                None => {
+                    return Err(Failure::new(
+                        "TaskRunValidationFailed",
+                        format!(
+                            "declared workspace {:?} is required but has not been bound",
+                            decl.name
+                        ),
+                    ))
+                }
+            };
+            ws.push(BoundWorkspace {
+                name: decl.name.clone(),
+                read_only: decl.read_only || bound.as_ref().is_some_and(|(_, ro, _)| *ro),
+                claim: bound
+                    .as_ref()
+                    .map(|(_, _, c)| c.clone())
+                    .unwrap_or_default(),
+                path: bound.map(|(p, _, _)| p),
+            });
+        }
+        // embedded specs may use pipeline workspaces they did not declare
+        if embedded {
+            for (tname, run_name, sub) in bindings {
+                if !ws.iter().any(|w| &w.name == tname) {
+                    let (p, ro, claim) = volumes.path_for(run_name, sub.as_deref(), dir, tname)?;
+                    ws.push(BoundWorkspace {
+                        name: tname.clone(),
+                        path: Some(p),
+                        read_only: ro,
+                        claim,
+                    });
+                }
+            }
+        }
+        Ok(TaskRunRequest {
+            name: taskrun_name.into(),
+            label: label.into(),
+            spec,
+            workspaces: ws,
+            timeout: Some(timeout),
+            attempt: 0,
+            dir: dir.to_path_buf(),
+            max_result_size: self.opts.max_result_size,
+        })
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn repo_workspaces(ann: &BTreeMap<String, String>) -> Vec<String> {
+    ann.get(crate::model::REPO_WORKSPACE_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Run attempts until success, cancellation or retries are used up.
+async fn run_attempts(
+    exec: Arc<dyn Executor>,
+    sem: Arc<Semaphore>,
+    base: TaskRunRequest,
+    retries: u32,
+    cancel: CancellationToken,
+    console: Arc<Console>,
+) -> (TaskOutcome, u32) {
+    let mut attempt = 0;
+    loop {
+        let mut req = base.clone();
+        req.attempt = attempt;
+        req.dir = base.dir.join(format!("attempt-{attempt}"));
+        let mut rc = Vars::new();
+        rc.set_str("context.task.retry-count", attempt.to_string());
+        req.spec = resolve::substitute(&req.spec, &rc);
+        let outcome = {
+            let _permit = tokio::select! {
+                p = sem.clone().acquire_owned() => p.ok(),
+                _ = cancel.cancelled() => None,
+            };
+            if cancel.is_cancelled() {
+                TaskOutcome {
+                    status: AttemptStatus::Cancelled,
+                    reason: "TaskRunCancelled".into(),
+                    message: format!("TaskRun {:?} was cancelled", req.name),
+                    results: BTreeMap::new(),
+                    steps: vec![],
+                    duration: Duration::ZERO,
+                }
+            } else {
+                exec.run(req, cancel.clone()).await
+            }
+        };
+        attempt += 1;
+        let retryable = matches!(
+            outcome.status,
+            AttemptStatus::Failed | AttemptStatus::TimedOut
+        ) && !cancel.is_cancelled();
+        if !retryable || attempt > retries {
+            return (outcome, attempt);
+        }
+        console.line(&format!(
+            "{} {} attempt {attempt} {}: {} (retrying, {} left)",
+            console.yellow("↻"),
+            base.label,
+            outcome.reason,
+            outcome.message,
+            retries + 1 - attempt
+        ));
+    }
+}
+
+struct PipelineRunState<'a> {
+    engine: &'a Engine,
+    name: String,
+    spec: &'a PipelineSpec,
+    pr: &'a Obj<PipelineRunSpec>,
+    pvars: Vars,
+    volumes: RunVolumes,
+    run_dir: PathBuf,
+    states: BTreeMap<String, TaskState>,
+    /// Why nothing new starts (`PipelineRun was stopping`, a timeout message).
+    stopping: Option<String>,
+    run_failure: Option<Failure>,
+    /// `tasks`, `finally` or `pipeline` when a timeout fired.
+    timed_out: Option<String>,
+    cancelled: bool,
+    joinset: JoinSet<(String, usize, TaskOutcome, u32, String)>,
+    dag_cancel: CancellationToken,
+    finally_cancel: CancellationToken,
+}
+
+impl<'a> PipelineRunState<'a> {
+    fn skip(&mut self, name: &str, reason: &str, by_when: bool) {
+        if let Some(st) = self.states.get_mut(name) {
+            if st.is_done() {
+                return;
+            }
+            st.state = State::Done(Done::Skipped {
+                reason: reason.to_string(),
+                by_when,
+            });
+            st.reason = reason.to_string();
+        }
+        let c = &self.engine.console;
+        c.line(&format!(
+            "{} {name} {} {}",
+            c.yellow("⊘"),
+            c.yellow("Skipped"),
+            c.dim(&format!("({reason})"))
+        ));
+    }
+
+    fn pt<'b>(&self, list: &'b [PipelineTask], name: &str) -> Option<&'b PipelineTask> {
+        list.iter().find(|t| t.name == name)
+    }
+
+    /// Variables for a pipeline task: params, context, workspaces.bound, results of done
+    /// tasks, and (finally) execution statuses.
+    fn vars_for(&self, pt: &PipelineTask, finally: bool) -> Vars {
+        let mut v = self.pvars.clone();
+        v.set_str("context.pipelineTask.retries", pt.retries.to_string());
+        for (name, st) in &self.states {
+            if st.finally && !finally {
+                continue;
+            }
+            for (r, val) in &st.results {
+                v.set(
+                    format!(
+                        "{}.{name}.results.{r}",
+                        if st.finally { "finally" } else { "tasks" }
+                    ),
+                    val.clone(),
+                );
+            }
+            if st.matrix {
+                v.set_str(
+                    format!("tasks.{name}.matrix.length"),
+                    st.expected_children.to_string(),
+                );
+                for (r, val) in &st.results {
+                    if let ParamValue::Array(a) = val {
+                        v.set_str(
+                            format!("tasks.{name}.matrix.{r}.length"),
+                            a.len().to_string(),
+                        );
+                    }
+                }
+            }
+        }
+        if finally {
+            let mut any_failed = false;
+            let mut any_skipped = false;
+            let mut all_none = true;
+            for (name, st) in self.states.iter().filter(|(_, s)| !s.finally) {
+                v.set_str(format!("tasks.{name}.status"), st.exec_status());
+                v.set_str(format!("tasks.{name}.reason"), st.reason.clone());
+                match &st.state {
+                    State::Done(Done::Failed { .. }) => {
+                        any_failed = true;
+                        all_none = false
+                    }
+                    State::Done(Done::Skipped { .. }) => any_skipped = true,
+                    State::Done(Done::Succeeded) => all_none = false,
+                    _ => {}
+                }
+            }
+            let agg = if any_failed {
+                "Failed"
+            } else if all_none && any_skipped {
+                "None"
+            } else if any_skipped {
+                "Completed"
+            } else {
+                "Succeeded"
+            };
+            v.set_str("tasks.status", agg);
+        }
+        v
+    }
+
+    /// Decide what to do with a pipeline task whose parents are done.
+    fn decide(&self, pt: &PipelineTask, dag: &Dag, finally: bool) -> Decision {
+        if let Some(reason) = &self.stopping {
+            return Decision::Skip {
+                reason: reason.clone(),
+                by_when: false,
+            };
+        }
+        // parents skipped for a reason other than `when` cascade
+        if let Some(parents) = dag.parents.get(&pt.name) {
+            for p in parents {
+                if let Some(TaskState {
+                    state: State::Done(Done::Skipped { by_when: false, .. }),
+                    ..
+                }) = self.states.get(p)
+                {
+                    return Decision::Skip {
+                        reason: "Parent Tasks were skipped".into(),
+                        by_when: false,
+                    };
+                }
+            }
+        }
+        // result references: the producer must have the result
+        let continue_on_error = pt.on_error.as_deref() == Some("continue");
+        for (producer, result) in result_refs(pt) {
+            let Some(st) = self.states.get(&producer) else {
+                continue;
+            };
+            let has = st.results.contains_key(&result);
+            if has {
+                continue;
+            }
+            match &st.state {
+                State::Done(Done::Skipped { .. }) | State::Done(Done::Failed { .. }) if finally => {
+                    return Decision::Skip {
+                        reason: "Results were missing".into(),
+                        by_when: false,
+                    };
+                }
+                State::Done(Done::Skipped { by_when: true, .. }) => {
+                    return Decision::Skip {
+                        reason: "Results were missing".into(),
+                        by_when: false,
+                    };
+                }
+                _ if finally || continue_on_error => {
+                    return Decision::Skip {
+                        reason: "Results were missing".into(),
+                        by_when: false,
+                    }
+                }
+                _ => {
+                    return Decision::FailRun(Failure::new(
+                        "PipelineValidationFailed",
+                        format!(
+                            "Could not find result with name {result} for pipeline task {producer}"
+                        ),
+                    ))
+                }
+            }
+        }
+        let vars = self.vars_for(pt, finally);
+        // when
+        for w in &pt.when {
+            let input = vars.apply_str(w.input.as_deref().unwrap_or(""));
+            let values = vars.apply_list(w.values.as_deref().unwrap_or(&[]));
+            let hit = values.contains(&input);
+            let ok = if w.operator.as_deref() == Some("notin") {
+                !hit
+            } else {
+                hit
+            };
+            if !ok {
+                return Decision::Skip {
+                    reason: "When Expressions evaluated to false".into(),
+                    by_when: true,
+                };
+            }
+        }
+        // the task to run
+        let (spec, embedded, task_name) = match (&pt.task_ref, &pt.task_spec) {
+            (_, Some(ts)) => (ts.task.clone(), true, None),
+            (Some(r), None) => match r.name.as_deref().and_then(|n| self.engine.cat.task(n)) {
+                Some(t) => (t.spec.clone(), false, Some(t.name.clone())),
+                None => {
+                    return Decision::FailRun(Failure::new(
+                        "CouldntGetTask",
+                        format!(
+                            "Task {:?} not found for pipeline task {}",
+                            r.name.as_deref().unwrap_or(""),
+                            pt.name
+                        ),
+                    ))
+                }
+            },
+            (None, None) => {
+                return Decision::FailRun(Failure::new(
+                    "PipelineValidationFailed",
+                    format!("pipeline task {} has neither taskRef nor taskSpec", pt.name),
+                ))
+            }
+        };
+        let mut supplied: Vec<(String, ParamValue)> = Vec::new();
+        if embedded {
+            // propagated pipeline params: below the pipeline task's own params
+            for p in &self.spec.params {
+                if let Some(v) = self.pvars.get(&format!("params.{}", p.name)) {
+                    supplied.push((p.name.clone(), v.clone()));
+                }
+            }
+        }
+        for p in &pt.params {
+            supplied.push((p.name.clone(), vars.apply_value(&p.value)));
+        }
+        // matrix
+        let combos: Vec<Vec<(String, String)>> =
+            match &pt.matrix {
+                None => vec![vec![]],
+                Some(m) => {
+                    let mut params = Vec::new();
+                    for p in &m.params {
+                        match vars.apply_value(&p.value) {
+                            ParamValue::Array(a) => params.push((p.name.clone(), a)),
+                            other => return Decision::FailRun(Failure::new(
+                                "InvalidMatrixParameterTypes",
+                                format!(
+                                    "matrix param {:?} of pipeline task {} is not an array: {:?}",
+                                    p.name, pt.name, other
+                                ),
+                            )),
+                        }
+                    }
+                    let include: Vec<Vec<(String, String)>> = m
+                        .include
+                        .iter()
+                        .map(|inc| {
+                            inc.params
+                                .iter()
+                                .map(|p| match vars.apply_value(&p.value) {
+                                    ParamValue::Str(s) => (p.name.clone(), s),
+                                    other => (p.name.clone(), format!("{other:?}")),
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let c = matrix::combinations(&params, &include);
+                    if c.is_empty() {
+                        return Decision::Skip {
+                            reason: "Matrix Parameters have an empty array".into(),
+                            by_when: false,
+                        };
+                    }
+                    if c.len() > 256 {
+                        return Decision::FailRun(Failure::new(
+                            "PipelineValidationFailed",
+                            format!(
+                                "expected 0 <= {} <= 256: matrix of pipeline task {}",
+                                c.len(),
+                                pt.name
+                            ),
+                        ));
+                    }
+                    c
+                }
+            };
+        // pipeline-phase substitution for embedded specs: results, context, statuses
+        let mut phase = Vars::new();
+        if embedded {
+            phase = vars.clone();
+            // params are handled at task level (precedence); drop them here
+            phase = strip_params(&phase);
+        }
+        let timeout = self
+            .pr
+            .spec
+            .task_run_specs
+            .iter()
+            .find(|s| s.pipeline_task_name == pt.name)
+            .and_then(|s| s.timeout.as_deref())
+            .or(pt.timeout.as_deref())
+            .and_then(parse_duration)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let bindings: Vec<(String, String, Option<String>)> = pt
+            .workspaces
+            .iter()
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    b.workspace.clone().unwrap_or_else(|| b.name.clone()),
+                    b.sub_path.as_ref().map(|s| vars.apply_str(s)),
+                )
+            })
+            .chain(if embedded {
+                // embedded specs may use every pipeline workspace by its own name
+                self.spec
+                    .workspaces
+                    .iter()
+                    .filter(|w| !pt.workspaces.iter().any(|b| b.name == w.name))
+                    .filter(|w| self.volumes.has(&w.name))
+                    .map(|w| (w.name.clone(), w.name.clone(), None))
+                    .collect::<Vec<_>>()
+            } else {
+                vec![]
+            })
+            .collect();
+        let mut launches = Vec::new();
+        for (i, combo) in combos.into_iter().enumerate() {
+            let tr_name = if pt.matrix.is_some() {
+                format!("{}-{}-{i}", self.name, pt.name)
+            } else {
+                format!("{}-{}", self.name, pt.name)
+            };
+            let label = if pt.matrix.is_some() {
+                format!("{}[{i}]", pt.name)
+            } else {
+                pt.name.clone()
+            };
+            let mut sup = supplied.clone();
+            sup.extend(combo.into_iter().map(|(k, v)| (k, ParamValue::Str(v))));
+            let mut ctx = self.pvars.clone();
+            ctx = strip_params(&ctx);
+            ctx.set_str("context.taskRun.name", &tr_name);
+            ctx.set_str("context.taskRun.namespace", &self.engine.opts.namespace);
+            ctx.set_str("context.taskRun.uid", new_uid(&tr_name));
+            ctx.set_str(
+                "context.task.name",
+                task_name.clone().unwrap_or_else(|| tr_name.clone()),
+            );
+            let dir = self.run_dir.join("taskruns").join(&tr_name);
+            let req = match self.engine.build_request(
+                &tr_name,
+                &label,
+                &spec,
+                &sup,
+                embedded,
+                &ctx,
+                &phase,
+                &self.volumes,
+                &bindings,
+                &dir,
+                timeout,
+            ) {
+                Ok(r) => r,
+                Err(f) => return Decision::FailRun(f),
+            };
+            let cancel = if finally {
+                self.finally_cancel.clone()
+            } else {
+                self.dag_cancel.clone()
+            };
+            launches.push(Launch {
+                pt_name: pt.name.clone(),
+                index: i,
+                req,
+                retries: pt.retries,
+                cancel,
+            });
+        }
+        Decision::Run(launches)
+    }
+
+    /// Schedule and run `tasks` (the DAG or the finally set) until all are done.
+    async fn drive(
+        &mut self,
+        dag: &Dag,
+        tasks: &'a [PipelineTask],
+        finally: bool,
+        deadline: Option<Instant>,
+        phase_deadline: Option<Instant>,
+        pipeline_deadline: Option<Instant>,
+    ) {
+        let names: BTreeSet<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        loop {
+            // start or skip everything that is ready, until nothing changes
+            loop {
+                let done: BTreeSet<String> = self
+                    .states
+                    .iter()
+                    .filter(|(n, s)| names.contains(*n) && s.is_done())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                let started: BTreeSet<String> = self
+                    .states
+                    .iter()
+                    .filter(|(n, s)| names.contains(*n) && s.state == State::Running)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                let ready = dag.ready(&done, &started);
+                if ready.is_empty() {
+                    break;
+                }
+                for name in ready {
+                    let Some(pt) = self.pt(tasks, &name) else {
+                        continue;
+                    };
+                    match self.decide(pt, dag, finally) {
+                        Decision::Skip { reason, by_when } => self.skip(&name, &reason, by_when),
+                        Decision::FailRun(f) => {
+                            let c = &self.engine.console;
+                            c.line(&format!(
+                                "{} {name} {}: {}",
+                                c.red("✗"),
+                                f.reason,
+                                f.message
+                            ));
+                            if let Some(st) = self.states.get_mut(&name) {
+                                st.state = State::Done(Done::Failed {
+                                    ignored: false,
+                                    timed_out: false,
+                                    cancelled: false,
+                                });
+                                st.reason = f.reason.clone();
+                                st.message = f.message.clone();
+                            }
+                            if self.run_failure.is_none() {
+                                self.run_failure = Some(f);
+                            }
+                            if !finally {
+                                self.stopping
+                                    .get_or_insert_with(|| "PipelineRun was stopping".into());
+                            }
+                        }
+                        Decision::Run(launches) => {
+                            let st = self.states.get_mut(&name).expect("state exists");
+                            st.state = State::Running;
+                            st.expected_children = launches.len();
+                            st.matrix = pt.matrix.is_some();
+                            st.task_run = launches.first().map(|l| l.req.name.clone());
+                            for l in launches {
+                                let c = &self.engine.console;
+                                c.line(&format!(
+                                    "{} {} {}",
+                                    c.bold("→"),
+                                    l.req.label,
+                                    c.dim("started")
+                                ));
+                                let exec = self.engine.exec.clone();
+                                let sem = self.engine.sem.clone();
+                                let console = self.engine.console.clone();
+                                let label = l.req.name.clone();
+                                self.joinset.spawn(async move {
+                                    let (o, attempts) = run_attempts(
+                                        exec, sem, l.req, l.retries, l.cancel, console,
+                                    )
+                                    .await;
+                                    (l.pt_name, l.index, o, attempts, label)
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            if self.joinset.is_empty() {
+                let all_done = tasks
+                    .iter()
+                    .all(|t| self.states.get(&t.name).is_some_and(|s| s.is_done()));
+                if all_done {
+                    return;
+                }
+                // nothing running and nothing ready: skip the rest (stopping)
+                for t in tasks {
+                    if !self.states[&t.name].is_done() {
+                        let reason = self
+                            .stopping
+                            .clone()
+                            .unwrap_or_else(|| "PipelineRun was stopping".into());
+                        self.skip(&t.name, &reason, false);
+                    }
+                }
+                return;
+            }
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                res = self.joinset.join_next() => {
+                    if let Some(Ok((pt_name, index, outcome, attempts, tr_name))) = res {
+                        self.child_done(tasks, &pt_name, index, outcome, attempts, tr_name, finally);
+                    }
+                }
+                _ = sleep => {
+                    let which = if pipeline_deadline.is_some() && deadline == pipeline_deadline && phase_deadline != deadline {
+                        "pipeline"
+                    } else if pipeline_deadline.is_some() && Some(Instant::now()) >= pipeline_deadline {
+                        "pipeline"
+                    } else if finally { "finally" } else { "tasks" };
+                    let msg = match which {
+                        "pipeline" => "PipelineRun timeout has been reached",
+                        "finally" => "PipelineRun Finally timeout has been reached",
+                        _ => "PipelineRun Tasks timeout has been reached",
+                    };
+                    let c = &self.engine.console;
+                    c.line(&format!("{} {msg}", c.red("⏱")));
+                    self.timed_out = Some(which.to_string());
+                    self.stopping = Some(msg.to_string());
+                    if finally { self.finally_cancel.cancel() } else { self.dag_cancel.cancel() }
+                    if which == "pipeline" { self.finally_cancel.cancel(); }
+                    // drain: cancelled children report back
+                    while let Some(res) = self.joinset.join_next().await {
+                        if let Ok((pt_name, index, outcome, attempts, tr_name)) = res {
+                            self.child_done(tasks, &pt_name, index, outcome, attempts, tr_name, finally);
+                        }
+                    }
+                }
+                _ = self.engine.cancel.cancelled(), if !self.cancelled => {
+                    self.cancelled = true;
+                    self.stopping = Some("PipelineRun was cancelled".into());
+                    let c = &self.engine.console;
+                    c.line(&format!("{} cancelling PipelineRun {}", c.red("■"), self.name));
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn child_done(
+        &mut self,
+        tasks: &[PipelineTask],
+        pt_name: &str,
+        index: usize,
+        outcome: TaskOutcome,
+        attempts: u32,
+        tr_name: String,
+        finally: bool,
+    ) {
+        let Some(pt) = self.pt(tasks, pt_name) else {
+            return;
+        };
+        let ignore = pt.on_error.as_deref() == Some("continue");
+        let st = self.states.get_mut(pt_name).expect("state exists");
+        st.children.push(ChildDone {
+            index,
+            name: tr_name,
+            outcome,
+            attempts,
+        });
+        if st.children.len() < st.expected_children {
+            return;
+        }
+        st.children.sort_by_key(|c| c.index);
+        // aggregate
+        let all_ok = st
+            .children
+            .iter()
+            .all(|c| c.outcome.status == AttemptStatus::Succeeded);
+        let first_bad = st
+            .children
+            .iter()
+            .find(|c| c.outcome.status != AttemptStatus::Succeeded);
+        st.attempts = st.children.iter().map(|c| c.attempts).max().unwrap_or(0);
+        st.duration = st
+            .children
+            .iter()
+            .map(|c| c.outcome.duration)
+            .max()
+            .unwrap_or_default();
+        if st.matrix {
+            let mut agg: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for c in &st.children {
+                for (k, v) in &c.outcome.results {
+                    if let ParamValue::Str(s) = v {
+                        agg.entry(k.clone()).or_default().push(s.clone());
+                    }
+                }
+            }
+            st.results = agg
+                .into_iter()
+                .map(|(k, v)| (k, ParamValue::Array(v)))
+                .collect();
+        } else if let Some(c) = st.children.first() {
+            st.results = c.outcome.results.clone();
+            st.steps = c.outcome.steps.clone();
+        }
+        let c = &self.engine.console;
+        if all_ok {
+            st.state = State::Done(Done::Succeeded);
+            st.reason = "Succeeded".into();
+            c.line(&format!(
+                "{} {pt_name} {} {}",
+                c.green("✓"),
+                c.green("Succeeded"),
+                c.dim(&format!("({:.1}s)", st.duration.as_secs_f64()))
+            ));
+        } else {
+            let bad = first_bad.expect("some child failed");
+            let timed_out = bad.outcome.status == AttemptStatus::TimedOut;
+            let cancelled = bad.outcome.status == AttemptStatus::Cancelled;
+            st.state = State::Done(Done::Failed {
+                ignored: ignore,
+                timed_out,
+                cancelled,
+            });
+            st.reason = if ignore && !cancelled {
+                "FailureIgnored".into()
+            } else {
+                bad.outcome.reason.clone()
+            };
+            st.message = bad.outcome.message.clone();
+            let word = if cancelled {
+                "Cancelled"
+            } else if timed_out {
+                "TimedOut"
+            } else {
+                "Failed"
+            };
+            let extra = if ignore {
+                " (ignored: onError continue)"
+            } else {
+                ""
+            };
+            c.line(&format!(
+                "{} {pt_name} {}{extra}: {}",
+                c.red("✗"),
+                c.red(word),
+                st.message
+            ));
+            if !ignore && !finally && self.stopping.is_none() {
+                self.stopping = Some("PipelineRun was stopping".into());
+            }
+        }
+    }
+
+    /// Pipeline results, final status and the summary.
+    fn finish(
+        mut self,
+        pipeline: Option<String>,
+        started: SystemTime,
+        t0: Instant,
+        pipeline_timeout: Duration,
+    ) -> RunSummary {
+        // results
+        let mut results = BTreeMap::new();
+        let mut vars = Vars::new();
+        for (name, st) in &self.states {
+            for (r, v) in &st.results {
+                vars.set(
+                    format!(
+                        "{}.{name}.results.{r}",
+                        if st.finally { "finally" } else { "tasks" }
+                    ),
+                    v.clone(),
+                );
+            }
+        }
+        for r in &self.spec.results {
+            let Some(value) = &r.value else { continue };
+            let texts: Vec<&str> = match value {
+                ParamValue::Str(s) => vec![s.as_str()],
+                ParamValue::Array(a) => a.iter().map(String::as_str).collect(),
+                ParamValue::Object(o) => o.values().map(String::as_str).collect(),
+            };
+            let mut omit = false;
+            let mut missing = None;
+            for t in texts {
+                for rf in find_refs(t) {
+                    let Some(segs) = rf.segs() else { continue };
+                    if let [Seg::Name(_), Seg::Name(task), Seg::Name(_), Seg::Name(res), ..] =
+                        segs.as_slice()
+                    {
+                        match self.states.get(task) {
+                            Some(st) if st.state == State::Done(Done::Succeeded) => {
+                                if !st.results.contains_key(res) {
+                                    missing = Some(format!("$({})", rf.expr));
+                                }
+                            }
+                            _ => omit = true,
+                        }
+                    }
+                }
+            }
+            if omit {
+                continue;
+            }
+            if let Some(m) = missing {
+                if self.run_failure.is_none() {
+                    self.run_failure = Some(Failure::new(
+                        "CouldntGetPipelineResult",
+                        format!(
+                            "invalid pipelineresults [{}], the referenced results don't exist: {m}",
+                            r.name
+                        ),
+                    ));
+                }
+                continue;
+            }
+            results.insert(r.name.clone(), vars.apply_value(value).to_json());
+        }
+        // status
+        let mut failed = 0;
+        let mut cancelled = 0;
+        let mut skipped = 0;
+        let mut succeeded = 0;
+        let mut ignored = 0;
+        let mut hard_failure = false;
+        for st in self.states.values() {
+            match &st.state {
+                State::Done(Done::Succeeded) => succeeded += 1,
+                State::Done(Done::Failed {
+                    ignored: ig,
+                    cancelled: c,
+                    ..
+                }) => {
+                    if *c {
+                        cancelled += 1
+                    } else {
+                        failed += 1
+                    }
+                    if *ig {
+                        ignored += 1
+                    } else {
+                        hard_failure = true
+                    }
+                }
+                State::Done(Done::Skipped { .. }) => skipped += 1,
+                _ => {}
+            }
+        }
+        let ign = if ignored > 0 {
+            format!(" (Ignored: {ignored})")
+        } else {
+            String::new()
+        };
+        let counts = format!("Tasks Completed: {} (Failed: {failed}, Cancelled {cancelled}), Skipped: {skipped}{ign}", succeeded + failed + cancelled);
+        let (status, reason, message) = if self.cancelled {
+            (
+                "Failed",
+                "Cancelled".to_string(),
+                format!("PipelineRun {:?} was cancelled", self.name),
+            )
+        } else if self.timed_out.is_some() {
+            (
+                "Failed",
+                "PipelineRunTimeout".to_string(),
+                format!(
+                    "PipelineRun {:?} failed to finish within {:?}",
+                    self.name,
+                    format_duration(pipeline_timeout)
+                ),
+            )
+        } else if let Some(f) = &self.run_failure {
+            ("Failed", f.reason.clone(), f.message.clone())
+        } else if hard_failure {
+            ("Failed", "Failed".to_string(), counts.clone())
+        } else if skipped > 0 {
+            ("Succeeded", "Completed".to_string(), counts.clone())
+        } else {
+            ("Succeeded", "Succeeded".to_string(), counts.clone())
+        };
+        let c = &self.engine.console;
+        let mark = if status == "Succeeded" {
+            c.green("✓")
+        } else {
+            c.red("✗")
+        };
+        c.line(&format!(
+            "{mark} PipelineRun {} {} {} {}",
+            self.name,
+            if status == "Succeeded" {
+                c.green(&reason)
+            } else {
+                c.red(&reason)
+            },
+            c.dim(&format!("({:.1}s)", t0.elapsed().as_secs_f64())),
+            c.dim(&message)
+        ));
+        // tasks in declaration order; matrix children as name[i]
+        let mut tasks = Vec::new();
+        for (pt, fin) in self
+            .spec
+            .tasks
+            .iter()
+            .map(|t| (t, false))
+            .chain(self.spec.finally.iter().map(|t| (t, true)))
+        {
+            let st = &self.states[&pt.name];
+            if st.matrix && !st.children.is_empty() {
+                for ch in &st.children {
+                    tasks.push(child_summary(
+                        &format!("{}[{}]", pt.name, ch.index),
+                        ch,
+                        fin,
+                        pt.on_error.as_deref() == Some("continue"),
+                    ));
+                }
+                continue;
+            }
+            let (status, reason) = match &st.state {
+                State::Done(Done::Succeeded) => ("Succeeded", st.reason.clone()),
+                State::Done(Done::Failed {
+                    cancelled: true, ..
+                }) => ("Cancelled", st.reason.clone()),
+                State::Done(Done::Failed {
+                    timed_out: true, ..
+                }) => ("TimedOut", st.reason.clone()),
+                State::Done(Done::Failed { .. }) => ("Failed", st.reason.clone()),
+                State::Done(Done::Skipped { reason, .. }) => ("Skipped", reason.clone()),
+                _ => ("Skipped", "PipelineRun was stopping".to_string()),
+            };
+            tasks.push(TaskSummary {
+                name: pt.name.clone(),
+                status: status.into(),
+                reason,
+                message: st.message.clone(),
+                attempts: st.attempts,
+                duration_ms: st.duration.as_millis() as u64,
+                results: to_json(&st.results),
+                finally: fin,
+                task_run: st.task_run.clone(),
+                steps: st.steps.clone(),
+            });
+        }
+        RunSummary {
+            name: self.name.clone(),
+            kind: "PipelineRun".into(),
+            pipeline,
+            status: status.into(),
+            reason,
+            message,
+            started_at: rfc3339(started),
+            duration_ms: t0.elapsed().as_millis() as u64,
+            results,
+            tasks,
+            run_dir: Some(self.run_dir.display().to_string()),
+        }
+    }
+}
+
+fn child_summary(name: &str, ch: &ChildDone, finally: bool, ignore: bool) -> TaskSummary {
+    let o = &ch.outcome;
+    let status = match o.status {
+        AttemptStatus::Succeeded => "Succeeded",
+        AttemptStatus::Failed => "Failed",
+        AttemptStatus::TimedOut => "TimedOut",
+        AttemptStatus::Cancelled => "Cancelled",
+    };
+    TaskSummary {
+        name: name.into(),
+        status: status.into(),
+        reason: if ignore && o.status == AttemptStatus::Failed {
+            "FailureIgnored".into()
+        } else {
+            o.reason.clone()
+        },
+        message: if o.status == AttemptStatus::Succeeded {
+            String::new()
+        } else {
+            o.message.clone()
+        },
+        attempts: ch.attempts,
+        duration_ms: o.duration.as_millis() as u64,
+        results: to_json(&o.results),
+        finally,
+        task_run: Some(ch.name.clone()),
+        steps: o.steps.clone(),
+    }
+}
+
+fn strip_params(v: &Vars) -> Vars {
+    v.without_prefix("params.")
+}
+
+/// `(task, result)` pairs a pipeline task consumes.
+fn result_refs(pt: &PipelineTask) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
+    for p in &pt.params {
+        texts.extend(value_texts(&p.value));
+    }
+    if let Some(m) = &pt.matrix {
+        for p in &m.params {
+            texts.extend(value_texts(&p.value));
+        }
+        for i in &m.include {
+            for p in &i.params {
+                texts.extend(value_texts(&p.value));
+            }
+        }
+    }
+    for w in &pt.when {
+        texts.extend(w.input.clone());
+        texts.extend(w.values.clone().unwrap_or_default());
+    }
+    if let Some(ts) = &pt.task_spec {
+        if let Ok(v) = serde_json::to_value(&ts.task.steps) {
+            collect(&v, &mut texts);
+        }
+    }
+    for t in &texts {
+        for r in find_refs(t) {
+            if let Some(segs) = r.segs() {
+                if let [Seg::Name(a), Seg::Name(task), Seg::Name(b), Seg::Name(res), ..] =
+                    segs.as_slice()
+                {
+                    if a == "tasks" && b == "results" {
+                        out.push((task.clone(), res.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn value_texts(v: &ParamValue) -> Vec<String> {
+    match v {
+        ParamValue::Str(s) => vec![s.clone()],
+        ParamValue::Array(a) => a.clone(),
+        ParamValue::Object(o) => o.values().cloned().collect(),
+    }
+}
+
+fn collect(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+        Value::Object(m) => m.values().for_each(|x| collect(x, out)),
+        _ => {}
+    }
+}

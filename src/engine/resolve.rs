@@ -1,0 +1,478 @@
+//! Turning declarations plus supplied values into a concrete TaskSpec. Pure apart
+//! from reading the catalog.
+
+use std::collections::BTreeMap;
+
+use crate::model::{Catalog, EnvVar, ParamSpec, ParamType, ParamValue, Step, TaskSpec};
+use crate::subst::Vars;
+
+/// A run-level failure with Tekton's reason.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(reason: &str, message: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Param values from declarations, supplied values and defaults. Object values merge
+/// with the default key by key; defaults may reference other params (resolved
+/// recursively, cycles rejected). `ctx` holds context variables usable in defaults.
+pub fn param_values(
+    decl: &[ParamSpec],
+    supplied: &[(String, ParamValue)],
+    ctx: &Vars,
+    what: &str,
+) -> Result<BTreeMap<String, ParamValue>, Failure> {
+    let mut out: BTreeMap<String, ParamValue> = BTreeMap::new();
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    for d in decl {
+        let given = supplied
+            .iter()
+            .rev()
+            .find(|(n, _)| n == &d.name)
+            .map(|(_, v)| v.clone());
+        let ty = d.param_type();
+        let val = match (given, &d.default) {
+            (Some(ParamValue::Object(g)), Some(ParamValue::Object(def))) => {
+                let mut m = def.clone();
+                m.extend(g);
+                ParamValue::Object(m)
+            }
+            (Some(g), _) => g,
+            (None, Some(def)) => def.clone(),
+            (None, None) => {
+                missing.push(d.name.clone());
+                continue;
+            }
+        };
+        let vt = match &val {
+            ParamValue::Str(_) => ParamType::String,
+            ParamValue::Array(_) => ParamType::Array,
+            ParamValue::Object(_) => ParamType::Object,
+        };
+        if vt != ty {
+            mismatched.push(d.name.clone());
+            continue;
+        }
+        if let (Some(props), ParamValue::Object(o)) = (&d.properties, &val) {
+            let miss: Vec<&String> = props.keys().filter(|k| !o.contains_key(*k)).collect();
+            if !miss.is_empty() {
+                return Err(Failure::new("ObjectParameterMissKeys", format!("{what}: missing keys for these params which are required in ParamSpec's properties map[{}:{miss:?}]", d.name)));
+            }
+        }
+        out.insert(d.name.clone(), val);
+    }
+    if !missing.is_empty() {
+        return Err(Failure::new(
+            "ParameterMissing",
+            format!("{what} missing parameters: {missing:?}"),
+        ));
+    }
+    if !mismatched.is_empty() {
+        return Err(Failure::new(
+            "ParameterTypeMismatch",
+            format!("{what} parameters have mismatching types with Pipeline/Task: {mismatched:?}"),
+        ));
+    }
+    // Resolve references among params (defaults like "$(params.other)"), to a fixed point.
+    for _ in 0..=out.len() {
+        let mut vars = ctx.clone();
+        for (k, v) in &out {
+            vars.set(format!("params.{k}"), v.clone());
+        }
+        let mut changed = false;
+        for v in out.values_mut() {
+            let nv = vars.apply_value(v);
+            if &nv != v {
+                *v = nv;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for (k, v) in &out {
+        let refs_self_cycle = match v {
+            ParamValue::Str(s) => s.contains("$(params."),
+            _ => false,
+        };
+        if refs_self_cycle && decl.iter().any(|d| d.default.is_some() && &d.name == k) {
+            let names: Vec<&String> = out.keys().collect();
+            if let ParamValue::Str(s) = v {
+                if names.iter().any(|n| s.contains(&format!("$(params.{n})"))) {
+                    return Err(Failure::new(
+                        "ParamValidationFailed",
+                        format!("{what}: circular dependency detected in param {k:?}"),
+                    ));
+                }
+            }
+        }
+    }
+    for d in decl {
+        if let (Some(e), Some(ParamValue::Str(v))) = (&d.enum_, out.get(&d.name)) {
+            if !e.contains(v) {
+                return Err(Failure::new(
+                    "InvalidParamValue",
+                    format!(
+                        "{what}: param `{}` value: {v} is not in the enum list {e:?}",
+                        d.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `params.x` variables for a set of values.
+pub fn param_vars(values: &BTreeMap<String, ParamValue>) -> Vars {
+    let mut v = Vars::new();
+    for (k, val) in values {
+        v.set(format!("params.{k}"), val.clone());
+    }
+    v
+}
+
+/// Strategic merge of `stepTemplate` into each step: scalars in the step win, env merges
+/// by name (step wins), lists are replaced wholesale.
+pub fn apply_step_template(spec: &mut TaskSpec) {
+    let Some(t) = spec.step_template.clone() else {
+        return;
+    };
+    for s in spec.steps.iter_mut() {
+        merge_step(s, &t);
+    }
+}
+
+fn merge_step(s: &mut Step, t: &Step) {
+    if s.ref_.is_none() {
+        macro_rules! fill {
+            ($($f:ident),*) => { $( if s.$f.is_none() { s.$f = t.$f.clone(); } )* };
+        }
+        fill!(
+            image,
+            command,
+            args,
+            working_dir,
+            image_pull_policy,
+            compute_resources,
+            resources,
+            security_context
+        );
+        if s.command.is_some() && s.script.is_some() {
+            // a template command never combines with a step script
+            s.command = None;
+        }
+        let mut mounts = t.volume_mounts.clone();
+        for m in &s.volume_mounts {
+            mounts.retain(|x| x.mount_path != m.mount_path);
+            mounts.push(m.clone());
+        }
+        s.volume_mounts = mounts;
+    }
+    let mut env: Vec<EnvVar> = t.env.clone();
+    for e in &s.env {
+        env.retain(|x| x.name != e.name);
+        env.push(e.clone());
+    }
+    s.env = env;
+}
+
+/// Substitute `vars` through a TaskSpec, leaving param declarations alone.
+pub fn substitute(spec: &TaskSpec, vars: &Vars) -> TaskSpec {
+    let mut s = spec.clone();
+    let decls = std::mem::take(&mut s.params);
+    let mut v = serde_json::to_value(&s).unwrap_or_default();
+    vars.apply_json(&mut v, &[]);
+    let mut out: TaskSpec = serde_json::from_value(v).unwrap_or(s);
+    out.params = decls;
+    out
+}
+
+/// Replace steps that `ref` a StepAction with the action's body, its params resolved
+/// from the step's `params` (the Task's params are not visible inside).
+pub fn inline_step_actions(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Failure> {
+    for step in spec.steps.iter_mut() {
+        let Some(r) = step.ref_.clone() else { continue };
+        let name = r.name.clone().unwrap_or_default();
+        let Some(sa) = cat.step_action(&name) else {
+            return Err(Failure::new(
+                "TaskRunResolutionFailed",
+                format!("StepAction {name:?} not found"),
+            ));
+        };
+        let a = &sa.spec;
+        for p in &step.params {
+            if !a.params.iter().any(|d| d.name == p.name) {
+                return Err(Failure::new(
+                    "TaskRunValidationFailed",
+                    format!("extra params passed by Step to StepAction: {:?}", p.name),
+                ));
+            }
+        }
+        let supplied: Vec<(String, ParamValue)> = step
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        let values = param_values(
+            &a.params,
+            &supplied,
+            &Vars::new(),
+            &format!("StepAction {name:?}"),
+        )?;
+        let vars = param_vars(&values);
+        let body = Step {
+            name: step.name.clone(),
+            image: a.image.clone(),
+            command: a.command.clone(),
+            args: a.args.clone(),
+            script: a.script.clone(),
+            env: {
+                let mut env = step.env.clone();
+                for e in &a.env {
+                    if !env.iter().any(|x| x.name == e.name) {
+                        env.push(e.clone());
+                    }
+                }
+                env
+            },
+            working_dir: a.working_dir.clone(),
+            on_error: step.on_error.clone(),
+            timeout: step.timeout.clone(),
+            when: step.when.clone(),
+            results: a.results.clone(),
+            volume_mounts: a.volume_mounts.clone(),
+            ..Default::default()
+        };
+        let mut v = serde_json::to_value(&body).unwrap_or_default();
+        vars.apply_json(&mut v, &[]);
+        *step = serde_json::from_value(v).unwrap_or(body);
+    }
+    Ok(())
+}
+
+/// Resolve `env[].valueFrom` (configMapKeyRef / secretKeyRef) from objects in the
+/// repository. Secret values are never logged.
+pub fn resolve_env(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Failure> {
+    for step in spec.steps.iter_mut().chain(spec.sidecars.iter_mut()) {
+        for e in step.env.iter_mut() {
+            let Some(vf) = e.value_from.take() else {
+                continue;
+            };
+            let (kind, r) = if let Some(r) = vf.get("configMapKeyRef") {
+                ("ConfigMap", r)
+            } else if let Some(r) = vf.get("secretKeyRef") {
+                ("Secret", r)
+            } else {
+                return Err(Failure::new(
+                    "TaskRunValidationFailed",
+                    format!(
+                        "env {:?}: only configMapKeyRef and secretKeyRef are supported locally",
+                        e.name
+                    ),
+                ));
+            };
+            let name = r.get("name").and_then(|v| v.as_str()).unwrap_or_default();
+            let key = r.get("key").and_then(|v| v.as_str()).unwrap_or_default();
+            let optional = r.get("optional").and_then(|v| v.as_str()) == Some("true");
+            let obj = if kind == "ConfigMap" {
+                cat.config_map(name)
+            } else {
+                cat.secret(name)
+            };
+            let val = obj.and_then(|o| key_value(&o.spec, key, kind == "Secret"));
+            match val {
+                Some(v) => e.value = Some(v),
+                None if optional => e.value = Some(String::new()),
+                None => {
+                    return Err(Failure::new(
+                        "TaskRunValidationFailed",
+                        format!("env {:?}: {kind} {name:?} key {key:?} not found in the repository (tenon reads ConfigMaps and Secrets from the manifests it loads)", e.name),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The value of `key` in a ConfigMap/Secret (Secret `data` is base64).
+pub fn key_value(d: &crate::model::KeyData, key: &str, secret: bool) -> Option<String> {
+    if let Some(v) = d.string_data.get(key) {
+        return Some(v.clone());
+    }
+    let v = d.data.get(key)?;
+    if secret {
+        base64_decode(v).map(|b| String::from_utf8_lossy(&b).to_string())
+    } else {
+        Some(v.clone())
+    }
+}
+
+/// Bytes of every key of a ConfigMap/Secret.
+pub fn key_bytes(d: &crate::model::KeyData, secret: bool) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in &d.data {
+        let bytes = if secret {
+            base64_decode(v).unwrap_or_default()
+        } else {
+            v.as_bytes().to_vec()
+        };
+        out.insert(k.clone(), bytes);
+    }
+    for (k, v) in &d.binary_data {
+        out.insert(k.clone(), base64_decode(v).unwrap_or_default());
+    }
+    for (k, v) in &d.string_data {
+        out.insert(k.clone(), v.as_bytes().to_vec());
+    }
+    out
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' | b'\n' | b'\r' | b' ' => continue,
+            _ => return None,
+        };
+        buf = (buf << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+            buf &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, default: Option<ParamValue>) -> ParamSpec {
+        ParamSpec {
+            name: name.into(),
+            default,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn param_value_table() {
+        let s = |v: &str| ParamValue::Str(v.into());
+        // supplied beats default; defaults reference other params
+        let decl = vec![
+            spec("a", Some(s("A"))),
+            spec("b", Some(s("$(params.a)-b"))),
+            spec("c", None),
+        ];
+        let got = param_values(
+            &decl,
+            &[("c".into(), s("C")), ("extra".into(), s("x"))],
+            &Vars::new(),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(got["b"], s("A-b"));
+        assert_eq!(got["c"], s("C"));
+        assert!(!got.contains_key("extra"));
+        // missing required
+        let e = param_values(&decl, &[], &Vars::new(), "pipelineRun").unwrap_err();
+        assert_eq!(e.reason, "ParameterMissing");
+        assert!(e.message.contains("[\"c\"]"));
+        // type mismatch
+        let e = param_values(
+            &decl,
+            &[("c".into(), ParamValue::Array(vec![]))],
+            &Vars::new(),
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, "ParameterTypeMismatch");
+        // cycle
+        let cyc = vec![
+            spec("x", Some(s("$(params.y)"))),
+            spec("y", Some(s("$(params.x)"))),
+        ];
+        assert!(param_values(&cyc, &[], &Vars::new(), "t").is_err());
+        // object merge key by key
+        let mut o = ParamSpec {
+            name: "o".into(),
+            type_: Some("object".into()),
+            ..Default::default()
+        };
+        o.properties = Some(BTreeMap::from([
+            ("k1".into(), Default::default()),
+            ("k2".into(), Default::default()),
+        ]));
+        o.default = Some(ParamValue::Object(BTreeMap::from([
+            ("k1".into(), "d1".into()),
+            ("k2".into(), "d2".into()),
+        ])));
+        let got = param_values(
+            &[o],
+            &[(
+                "o".into(),
+                ParamValue::Object(BTreeMap::from([("k2".into(), "v2".into())])),
+            )],
+            &Vars::new(),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            got["o"],
+            ParamValue::Object(BTreeMap::from([
+                ("k1".into(), "d1".into()),
+                ("k2".into(), "v2".into())
+            ]))
+        );
+    }
+
+    #[test]
+    fn step_template_merge() {
+        let mut spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "stepTemplate": {"image": "ubuntu", "env": [{"name": "A", "value": "t"}, {"name": "B", "value": "t"}]},
+            "steps": [{"name": "s", "script": "x", "env": [{"name": "B", "value": "s"}]}, {"name": "u", "image": "alpine", "script": "y"}]
+        }))
+        .unwrap();
+        apply_step_template(&mut spec);
+        assert_eq!(spec.steps[0].image.as_deref(), Some("ubuntu"));
+        assert_eq!(spec.steps[1].image.as_deref(), Some("alpine"));
+        let env: Vec<(String, String)> = spec.steps[0]
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![("A".into(), "t".into()), ("B".into(), "s".into())]
+        );
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("c2VjcmV0").unwrap(), b"secret");
+        assert!(base64_decode("!!").is_none());
+    }
+}

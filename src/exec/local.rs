@@ -1,0 +1,842 @@
+//! The local executor: each step is a child process on this host, in its own process
+//! group, with a clean environment. `image` is recorded, not used.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AttemptStatus, BoundWorkspace, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest,
+};
+use crate::model::{format_duration, parse_duration, ParamType, ParamValue, Step, TaskSpec};
+use crate::subst::Vars;
+use crate::ui::Console;
+
+/// PATH given to steps unless the user passes their own through.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How long a process group gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+pub struct LocalExecutor {
+    /// Host environment variables passed to steps (`--pass-env`).
+    pub pass_env: Vec<(String, String)>,
+    pub console: Arc<Console>,
+    warned_images: Mutex<HashSet<String>>,
+}
+
+impl LocalExecutor {
+    pub fn new(pass_env: Vec<(String, String)>, console: Arc<Console>) -> Self {
+        LocalExecutor {
+            pass_env,
+            console,
+            warned_images: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn note_image(&self, image: &str) {
+        let mut seen = self.warned_images.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(image.to_string()) {
+            tracing::info!(
+                image,
+                "image is recorded, not used: the local executor runs steps on this host"
+            );
+        }
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn run<'a>(
+        &'a self,
+        req: TaskRunRequest,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, TaskOutcome> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let mut out = match run_task(self, &req, &cancel).await {
+                Ok(o) => o,
+                Err(msg) => TaskOutcome {
+                    status: AttemptStatus::Failed,
+                    reason: "TaskRunValidationFailed".into(),
+                    message: msg,
+                    results: BTreeMap::new(),
+                    steps: vec![],
+                    duration: Duration::ZERO,
+                },
+            };
+            out.duration = start.elapsed();
+            out
+        })
+    }
+}
+
+/// Container name of step `i`: `step-<name>` or `step-unnamed-<i>`.
+pub fn step_container_name(step: &Step, i: usize) -> String {
+    match &step.name {
+        Some(n) if !n.is_empty() => format!("step-{n}"),
+        _ => format!("step-unnamed-{i}"),
+    }
+}
+
+struct Dirs {
+    results: PathBuf,
+    steps: PathBuf,
+    home: PathBuf,
+    scripts: PathBuf,
+    work: PathBuf,
+    logs: PathBuf,
+}
+
+fn mkdirs(base: &Path) -> Result<Dirs, String> {
+    let d = Dirs {
+        results: base.join("results"),
+        steps: base.join("steps"),
+        home: base.join("home"),
+        scripts: base.join("scripts"),
+        work: base.join("workspace"),
+        logs: base.join("logs"),
+    };
+    for p in [&d.results, &d.steps, &d.home, &d.scripts, &d.work, &d.logs] {
+        std::fs::create_dir_all(p)
+            .map_err(|e| format!("cannot create run directory {}: {e}", p.display()))?;
+    }
+    Ok(d)
+}
+
+/// Executor-level substitution: result, step and workspace paths.
+fn path_vars(spec: &TaskSpec, d: &Dirs, ws: &[BoundWorkspace]) -> Vars {
+    let mut v = Vars::new();
+    for r in &spec.results {
+        v.set_str(
+            format!("results.{}.path", r.name),
+            d.results.join(&r.name).display().to_string(),
+        );
+    }
+    for (i, s) in spec.steps.iter().enumerate() {
+        let cname = step_container_name(s, i);
+        let sdir = d.steps.join(&cname);
+        v.set_str(
+            format!("steps.{cname}.exitCode.path"),
+            sdir.join("exitCode").display().to_string(),
+        );
+        v.set_str(
+            format!("steps.{i}.exitCode.path"),
+            sdir.join("exitCode").display().to_string(),
+        );
+    }
+    for w in ws {
+        let path = w
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        v.set_str(format!("workspaces.{}.path", w.name), path);
+        v.set_str(
+            format!("workspaces.{}.bound", w.name),
+            if w.path.is_some() { "true" } else { "false" },
+        );
+        v.set_str(format!("workspaces.{}.claim", w.name), w.claim.clone());
+        v.set_str(
+            format!("workspaces.{}.volume", w.name),
+            if w.path.is_some() {
+                format!("ws-{}", w.name)
+            } else {
+                String::new()
+            },
+        );
+    }
+    v.set_str(
+        "credentials.path",
+        d.home.join(".creds").display().to_string(),
+    );
+    v
+}
+
+fn substitute_step(step: &Step, vars: &Vars) -> Step {
+    let mut v = serde_json::to_value(step).unwrap_or_default();
+    vars.apply_json(&mut v, &["params", "results"]);
+    serde_json::from_value(v).unwrap_or_else(|_| step.clone())
+}
+
+async fn run_task(
+    ex: &LocalExecutor,
+    req: &TaskRunRequest,
+    cancel: &CancellationToken,
+) -> Result<TaskOutcome, String> {
+    let d = mkdirs(&req.dir)?;
+    let deadline = req
+        .timeout
+        .filter(|t| !t.is_zero())
+        .map(|t| Instant::now() + t);
+    let pvars = path_vars(&req.spec, &d, &req.workspaces);
+
+    // sidecars: background processes for the life of the steps
+    let mut sidecars: Vec<Child> = Vec::new();
+    for (i, sc) in req.spec.sidecars.iter().enumerate() {
+        let sc = substitute_step(sc, &pvars);
+        let name = sc.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
+        match spawn(
+            ex,
+            req,
+            &d,
+            &sc,
+            &format!("sidecar-{name}"),
+            &BTreeMap::new(),
+        ) {
+            Ok((child, _)) => sidecars.push(child),
+            Err(e) => {
+                kill_all(&mut sidecars).await;
+                return Ok(failed(
+                    "Failed",
+                    format!("sidecar {name:?} could not start: {e}"),
+                    vec![],
+                ));
+            }
+        }
+    }
+
+    let mut steps_out = Vec::new();
+    let mut results: BTreeMap<String, String> = BTreeMap::new();
+    let mut step_results: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut failure: Option<(AttemptStatus, String, String)> = None;
+
+    for (i, raw) in req.spec.steps.iter().enumerate() {
+        let cname = step_container_name(raw, i);
+        let sname = raw.name.clone().unwrap_or_else(|| format!("unnamed-{i}"));
+        let sdir = d.steps.join(&cname);
+        let log = d.logs.join(format!("{cname}.log"));
+        let _ = std::fs::create_dir_all(sdir.join("results"));
+        if failure.is_some() {
+            let _ = std::fs::write(sdir.join("exitCode"), "1");
+            steps_out.push(StepOutcome {
+                name: sname,
+                termination_reason: "Skipped".into(),
+                exit_code: None,
+                duration_ms: 0,
+                log,
+            });
+            continue;
+        }
+        let mut vars = pvars.clone();
+        for r in &raw.results {
+            vars.set_str(
+                format!("step.results.{}.path", r.name),
+                sdir.join("results").join(&r.name).display().to_string(),
+            );
+        }
+        let mut step = substitute_step(raw, &vars);
+        // step results of earlier steps: runtime values, in env/command/args/when only
+        let mut rt = Vars::new();
+        for (s, rs) in &step_results {
+            for (k, v) in rs {
+                let val = parse_typed(v).unwrap_or(ParamValue::Str(v.clone()));
+                rt.set(format!("steps.{s}.results.{k}"), val);
+            }
+        }
+        if !rt.is_empty() {
+            step.command = step.command.map(|c| rt.apply_list(&c));
+            step.args = step.args.map(|a| rt.apply_list(&a));
+            for e in &mut step.env {
+                e.value = e.value.as_ref().map(|v| rt.apply_str(v));
+            }
+        }
+        // step-level when
+        let mut when_ok = true;
+        for w in &step.when {
+            let input = rt.apply_str(w.input.as_deref().unwrap_or(""));
+            let values = rt.apply_list(w.values.as_deref().unwrap_or(&[]));
+            let hit = values.contains(&input);
+            when_ok &= if w.operator.as_deref() == Some("notin") {
+                !hit
+            } else {
+                hit
+            };
+        }
+        if !when_ok {
+            let _ = std::fs::write(sdir.join("exitCode"), "0");
+            steps_out.push(StepOutcome {
+                name: sname,
+                termination_reason: "Skipped".into(),
+                exit_code: Some(0),
+                duration_ms: 0,
+                log,
+            });
+            continue;
+        }
+        if let Some(img) = &step.image {
+            ex.note_image(img);
+        }
+        let step_timeout = step
+            .timeout
+            .as_deref()
+            .and_then(parse_duration)
+            .filter(|t| !t.is_zero());
+        let started = Instant::now();
+        let step_deadline = match (step_timeout.map(|t| started + t), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let (mut child, readers) = match spawn(ex, req, &d, &step, &cname, &BTreeMap::new()) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::write(sdir.join("exitCode"), "1");
+                steps_out.push(StepOutcome {
+                    name: sname.clone(),
+                    termination_reason: "Error".into(),
+                    exit_code: None,
+                    duration_ms: 0,
+                    log,
+                });
+                failure = Some((
+                    AttemptStatus::Failed,
+                    "Failed".into(),
+                    format!("step {sname:?} could not start: {e}"),
+                ));
+                continue;
+            }
+        };
+        let ended = wait_child(&mut child, step_deadline, cancel).await;
+        for r in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+        let dur = started.elapsed().as_millis() as u64;
+        let (reason, code) = match ended {
+            Ended::Exited(code) => (None, code),
+            Ended::TimedOut => (Some("timeout"), -1),
+            Ended::Cancelled => (Some("cancel"), -1),
+        };
+        let _ = std::fs::write(sdir.join("exitCode"), code.to_string());
+        // collect results after every step, success or not (last writer wins)
+        if let Err(msg) = collect_results(&req.spec, &d.results, req.max_result_size, &mut results)
+        {
+            steps_out.push(StepOutcome {
+                name: sname,
+                termination_reason: "Error".into(),
+                exit_code: Some(code),
+                duration_ms: dur,
+                log,
+            });
+            failure = Some((
+                AttemptStatus::Failed,
+                "TaskRunResultLargerThanAllowedLimit".into(),
+                msg,
+            ));
+            continue;
+        }
+        let mut mine = BTreeMap::new();
+        for r in &raw.results {
+            let p = sdir.join("results").join(&r.name);
+            if let Ok(b) = std::fs::read(&p) {
+                mine.insert(r.name.clone(), String::from_utf8_lossy(&b).to_string());
+            }
+        }
+        step_results.insert(sname.clone(), mine);
+        match reason {
+            Some("timeout") => {
+                let whole =
+                    deadline.is_some_and(|dl| Instant::now() + Duration::from_millis(5) >= dl);
+                steps_out.push(StepOutcome {
+                    name: sname.clone(),
+                    termination_reason: "TimeoutExceeded".into(),
+                    exit_code: None,
+                    duration_ms: dur,
+                    log,
+                });
+                failure = Some(if whole {
+                    (
+                        AttemptStatus::TimedOut,
+                        "TaskRunTimeout".into(),
+                        format!(
+                            "TaskRun {:?} failed to finish within {:?}",
+                            req.name,
+                            format_duration(req.timeout.unwrap_or_default())
+                        ),
+                    )
+                } else {
+                    (
+                        AttemptStatus::Failed,
+                        "Failed".into(),
+                        format!(
+                            "step {sname:?} exceeded its timeout of {}",
+                            step.timeout.clone().unwrap_or_default()
+                        ),
+                    )
+                });
+            }
+            Some(_) => {
+                steps_out.push(StepOutcome {
+                    name: sname.clone(),
+                    termination_reason: "Cancelled".into(),
+                    exit_code: None,
+                    duration_ms: dur,
+                    log,
+                });
+                failure = Some((
+                    AttemptStatus::Cancelled,
+                    "TaskRunCancelled".into(),
+                    format!("TaskRun {:?} was cancelled", req.name),
+                ));
+            }
+            None if code == 0 => {
+                steps_out.push(StepOutcome {
+                    name: sname,
+                    termination_reason: "Completed".into(),
+                    exit_code: Some(0),
+                    duration_ms: dur,
+                    log,
+                });
+            }
+            None if step.on_error.as_deref() == Some("continue") => {
+                steps_out.push(StepOutcome {
+                    name: sname,
+                    termination_reason: "Continued".into(),
+                    exit_code: Some(code),
+                    duration_ms: dur,
+                    log,
+                });
+            }
+            None => {
+                steps_out.push(StepOutcome {
+                    name: sname.clone(),
+                    termination_reason: "Error".into(),
+                    exit_code: Some(code),
+                    duration_ms: dur,
+                    log,
+                });
+                failure = Some((
+                    AttemptStatus::Failed,
+                    "Failed".into(),
+                    format!("\"{cname}\" exited with code {code}"),
+                ));
+            }
+        }
+    }
+    kill_all(&mut sidecars).await;
+
+    // task results sourced from step results
+    for r in &req.spec.results {
+        if let Some(ParamValue::Str(v)) = &r.value {
+            if let Some(rest) = v.strip_prefix("$(steps.").and_then(|x| x.strip_suffix(')')) {
+                if let Some((s, k)) = rest.split_once(".results.") {
+                    if let Some(val) = step_results.get(s).and_then(|m| m.get(k)) {
+                        results.insert(r.name.clone(), val.clone());
+                    }
+                }
+            }
+        }
+    }
+    let typed = match type_results(&req.spec, &results) {
+        Ok(t) => t,
+        Err(msg) if failure.is_none() => {
+            failure = Some((AttemptStatus::Failed, "TaskRunValidationFailed".into(), msg));
+            BTreeMap::new()
+        }
+        Err(_) => BTreeMap::new(),
+    };
+    Ok(match failure {
+        None => TaskOutcome {
+            status: AttemptStatus::Succeeded,
+            reason: "Succeeded".into(),
+            message: "All Steps have completed executing".into(),
+            results: typed,
+            steps: steps_out,
+            duration: Duration::ZERO,
+        },
+        Some((status, reason, message)) => TaskOutcome {
+            status,
+            reason,
+            message,
+            results: typed,
+            steps: steps_out,
+            duration: Duration::ZERO,
+        },
+    })
+}
+
+fn failed(reason: &str, message: String, steps: Vec<StepOutcome>) -> TaskOutcome {
+    TaskOutcome {
+        status: AttemptStatus::Failed,
+        reason: reason.into(),
+        message,
+        results: BTreeMap::new(),
+        steps,
+        duration: Duration::ZERO,
+    }
+}
+
+fn collect_results(
+    spec: &TaskSpec,
+    dir: &Path,
+    max: usize,
+    into: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
+    for r in &spec.results {
+        let p = dir.join(&r.name);
+        let Ok(meta) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if meta.len() as usize > max {
+            return Err(format!(
+                "result {:?} is {} bytes, above the maximum of {max} bytes (Tekton's 4096-byte termination-message budget by default; raise it with --max-result-size, or pass large data through a workspace)",
+                r.name,
+                meta.len()
+            ));
+        }
+        let bytes =
+            std::fs::read(&p).map_err(|e| format!("cannot read result {:?}: {e}", r.name))?;
+        let s = String::from_utf8(bytes)
+            .map_err(|_| format!("result {:?} is not valid UTF-8", r.name))?;
+        into.insert(r.name.clone(), s);
+    }
+    Ok(())
+}
+
+/// Parse a JSON array/object result value.
+fn parse_typed(v: &str) -> Option<ParamValue> {
+    let t = v.trim_start();
+    if t.starts_with('[') || t.starts_with('{') {
+        serde_json::from_str::<ParamValue>(v).ok()
+    } else {
+        None
+    }
+}
+
+fn type_results(
+    spec: &TaskSpec,
+    raw: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, ParamValue>, String> {
+    let mut out = BTreeMap::new();
+    for r in &spec.results {
+        let Some(v) = raw.get(&r.name) else { continue };
+        let val = match r.result_type() {
+            ParamType::String => ParamValue::Str(v.clone()),
+            ParamType::Array => match parse_typed(v) {
+                Some(a @ ParamValue::Array(_)) => a,
+                _ => return Err(format!("Provided results don't match declared results; may be invalid JSON or missing result declaration: result {:?} is declared array but holds {v:?}", r.name)),
+            },
+            ParamType::Object => match parse_typed(v) {
+                Some(ParamValue::Object(o)) => {
+                    if let Some(props) = &r.properties {
+                        let missing: Vec<&String> = props.keys().filter(|k| !o.contains_key(*k)).collect();
+                        if !missing.is_empty() {
+                            return Err(format!("missing keys for these results which are required in TaskResult's properties {:?}: {missing:?}", r.name));
+                        }
+                    }
+                    ParamValue::Object(o)
+                }
+                _ => return Err(format!("Provided results don't match declared results; may be invalid JSON or missing result declaration: result {:?} is declared object but holds {v:?}", r.name)),
+            },
+        };
+        out.insert(r.name.clone(), val);
+    }
+    Ok(out)
+}
+
+/// Kubernetes `$(VAR)` expansion in command/args from the container's env; `$$` escapes.
+fn k8s_expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(rel) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + rel];
+                    if let Some(v) = env.get(name) {
+                        out.push_str(v);
+                        i += rel + 3;
+                        continue;
+                    }
+                }
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or('\0');
+        out.push(ch);
+        i += ch.len_utf8().max(1);
+    }
+    out
+}
+
+type Readers = Vec<tokio::task::JoinHandle<()>>;
+
+fn spawn(
+    ex: &LocalExecutor,
+    req: &TaskRunRequest,
+    d: &Dirs,
+    step: &Step,
+    cname: &str,
+    _extra: &BTreeMap<String, String>,
+) -> Result<(Child, Readers), String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), DEFAULT_PATH.into());
+    env.insert("HOME".into(), d.home.display().to_string());
+    for (k, v) in &ex.pass_env {
+        env.insert(k.clone(), v.clone());
+    }
+    for e in &step.env {
+        env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
+    }
+    let args: Vec<String> = step
+        .args
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| k8s_expand(a, &env))
+        .collect();
+    let (program, argv): (String, Vec<String>) = if let Some(script) = &step.script {
+        let path = d.scripts.join(cname);
+        let body = if script.trim_start().starts_with("#!") {
+            script.clone()
+        } else {
+            format!("#!/bin/sh\nset -e\n{script}")
+        };
+        write_exec(&path, &body)
+            .map_err(|e| format!("cannot write script {}: {e}", path.display()))?;
+        (path.display().to_string(), args)
+    } else if let Some(cmd) = step.command.as_ref().filter(|c| !c.is_empty()) {
+        let cmd: Vec<String> = cmd.iter().map(|a| k8s_expand(a, &env)).collect();
+        let mut argv = cmd[1..].to_vec();
+        argv.extend(args);
+        (cmd[0].clone(), argv)
+    } else {
+        return Err(format!(
+            "the step has neither command nor script, so it would run the image's entrypoint ({}), which the local executor cannot know; add a command or script",
+            step.image.as_deref().unwrap_or("no image")
+        ));
+    };
+    let cwd = match &step.working_dir {
+        None => d.work.clone(),
+        Some(w) if w.is_empty() => d.work.clone(),
+        Some(w) if Path::new(w).is_absolute() => PathBuf::from(w),
+        Some(w) => d.work.join(w),
+    };
+    if !cwd.exists() {
+        if cwd.starts_with(&req.dir) {
+            std::fs::create_dir_all(&cwd)
+                .map_err(|e| format!("cannot create workingDir {}: {e}", cwd.display()))?;
+        } else {
+            return Err(format!(
+                "workingDir {} does not exist on this host",
+                cwd.display()
+            ));
+        }
+    }
+    // Resolve the program against the step's PATH, not tenon's.
+    let program = resolve_program(
+        &program,
+        env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH),
+        &cwd,
+    );
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv)
+        .env_clear()
+        .envs(&env)
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let log_path = d.logs.join(format!("{cname}.log"));
+    let log = Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open log {}: {e}", log_path.display()))?,
+    ));
+    let mut readers = Vec::new();
+    let step_label = cname.strip_prefix("step-").unwrap_or(cname).to_string();
+    if let Some(o) = child.stdout.take() {
+        readers.push(pump(
+            o,
+            ex.console.clone(),
+            req.label.clone(),
+            step_label.clone(),
+            log.clone(),
+        ));
+    }
+    if let Some(e) = child.stderr.take() {
+        readers.push(pump(
+            e,
+            ex.console.clone(),
+            req.label.clone(),
+            step_label,
+            log,
+        ));
+    }
+    Ok((child, readers))
+}
+
+fn resolve_program(program: &str, path: &str, cwd: &Path) -> String {
+    if program.contains('/') {
+        let p = Path::new(program);
+        return if p.is_absolute() {
+            program.to_string()
+        } else {
+            cwd.join(p).display().to_string()
+        };
+    }
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let cand = Path::new(dir).join(program);
+        if cand.is_file() {
+            return cand.display().to_string();
+        }
+    }
+    program.to_string()
+}
+
+fn write_exec(path: &Path, body: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+fn pump<R: AsyncRead + Unpin + Send + 'static>(
+    r: R,
+    console: Arc<Console>,
+    label: String,
+    step: String,
+    log: Arc<Mutex<std::fs::File>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use std::io::Write;
+        let mut lines = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match lines.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Ok(mut f) = log.lock() {
+                        let _ = f.write_all(&buf);
+                    }
+                    let text = String::from_utf8_lossy(&buf);
+                    console.step_line(&label, &step, text.trim_end_matches(['\n', '\r']));
+                }
+            }
+        }
+    })
+}
+
+enum Ended {
+    Exited(i32),
+    TimedOut,
+    Cancelled,
+}
+
+async fn wait_child(
+    child: &mut Child,
+    deadline: Option<Instant>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let pid = child.id();
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = tokio::select! {
+        st = child.wait() => {
+            use std::os::unix::process::ExitStatusExt;
+            match st {
+                Ok(s) => Ended::Exited(s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))),
+                Err(_) => Ended::Exited(-1),
+            }
+        }
+        _ = sleep => Ended::TimedOut,
+        _ = cancel.cancelled() => Ended::Cancelled,
+    };
+    if let Some(pid) = pid {
+        if !matches!(ended, Ended::Exited(_)) {
+            kill_group(pid as i32, libc::SIGTERM);
+            if tokio::time::timeout(KILL_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                kill_group(pid as i32, libc::SIGKILL);
+            }
+        }
+        // Whatever the step left running in its group ends with it: no orphans.
+        kill_group(pid as i32, libc::SIGKILL);
+    }
+    let _ = child.wait().await;
+    ended
+}
+
+fn kill_group(pgid: i32, sig: i32) {
+    // SAFETY: killpg only sends a signal; a stale group id yields ESRCH, which we ignore.
+    unsafe {
+        libc::killpg(pgid, sig);
+    }
+}
+
+async fn kill_all(children: &mut Vec<Child>) {
+    for c in children.iter_mut() {
+        if let Some(pid) = c.id() {
+            kill_group(pid as i32, libc::SIGTERM);
+        }
+    }
+    for c in children.iter_mut() {
+        if tokio::time::timeout(KILL_GRACE, c.wait()).await.is_err() {
+            if let Some(pid) = c.id() {
+                kill_group(pid as i32, libc::SIGKILL);
+            }
+            let _ = c.wait().await;
+        }
+        if let Some(pid) = c.id() {
+            kill_group(pid as i32, libc::SIGKILL);
+        }
+    }
+    children.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_env_expansion() {
+        let env = BTreeMap::from([("A".to_string(), "x".to_string())]);
+        assert_eq!(k8s_expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
+    }
+
+    #[test]
+    fn typed_results() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "results": [{"name": "a", "type": "array"}, {"name": "o", "type": "object", "properties": {"k": {}}}, {"name": "s"}]
+        }))
+        .unwrap();
+        let raw = BTreeMap::from([
+            ("a".to_string(), "[\"1\",\"2\"]".to_string()),
+            ("o".to_string(), "{\"k\":\"v\"}".to_string()),
+            ("s".to_string(), "x\n".to_string()),
+        ]);
+        let t = type_results(&spec, &raw).unwrap();
+        assert_eq!(t["a"], ParamValue::Array(vec!["1".into(), "2".into()]));
+        assert_eq!(t["s"], ParamValue::Str("x\n".into()));
+        let bad = BTreeMap::from([("a".to_string(), "1,2".to_string())]);
+        assert!(type_results(&spec, &bad)
+            .unwrap_err()
+            .contains("declared array"));
+        let missing = BTreeMap::from([("o".to_string(), "{}".to_string())]);
+        assert!(type_results(&spec, &missing)
+            .unwrap_err()
+            .contains("missing keys"));
+    }
+}

@@ -1,0 +1,92 @@
+//! The executor seam: run one TaskRun attempt somewhere (local processes by default).
+//!
+//! The engine hands an executor a [`TaskRunRequest`] whose spec already has params and
+//! context substituted; the executor owns everything path-shaped (`$(results.x.path)`,
+//! `$(workspaces.w.path)`, step result and exit-code paths) because those differ between
+//! a host and a pod.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{ParamValue, TaskSpec};
+
+/// A workspace as the executor sees it.
+#[derive(Debug, Clone)]
+pub struct BoundWorkspace {
+    pub name: String,
+    /// Host directory; `None` for an optional workspace left unbound.
+    pub path: Option<PathBuf>,
+    pub read_only: bool,
+    /// PVC claim name, if bound to one (for `$(workspaces.w.claim)`).
+    pub claim: String,
+}
+
+/// One attempt of one TaskRun.
+#[derive(Debug, Clone)]
+pub struct TaskRunRequest {
+    /// TaskRun name (`<run>-<task>`, `-<i>` for matrix children).
+    pub name: String,
+    /// Short label for log prefixes (`train`, `train[1]`).
+    pub label: String,
+    pub spec: TaskSpec,
+    pub workspaces: Vec<BoundWorkspace>,
+    pub timeout: Option<Duration>,
+    /// 0 for the first attempt.
+    pub attempt: u32,
+    /// A fresh directory owned by this attempt.
+    pub dir: PathBuf,
+    /// The most bytes one result may hold.
+    pub max_result_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum AttemptStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepOutcome {
+    pub name: String,
+    /// `Completed`, `Error`, `Continued`, `Skipped`, `TimeoutExceeded`, `Cancelled`.
+    pub termination_reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub log: PathBuf,
+}
+
+/// What one attempt ended as.
+#[derive(Debug, Clone)]
+pub struct TaskOutcome {
+    pub status: AttemptStatus,
+    /// Tekton's reason (`Succeeded`, `Failed`, `TaskRunTimeout`, `TaskRunCancelled`,
+    /// `TaskRunResultLargerThanAllowedLimit`, `TaskRunValidationFailed`, ...).
+    pub reason: String,
+    pub message: String,
+    pub results: BTreeMap<String, ParamValue>,
+    pub steps: Vec<StepOutcome>,
+    pub duration: Duration,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs TaskRun attempts. Implementations must kill everything they started when
+/// `cancel` fires or the timeout passes, and never leave processes behind.
+pub trait Executor: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        req: TaskRunRequest,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, TaskOutcome>;
+}
