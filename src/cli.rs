@@ -112,17 +112,14 @@ pub struct RunArgs {
 }
 
 fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
     if k.is_empty() {
         return Err(format!("expected NAME=VALUE, got {s:?}"));
     }
     let t = v.trim_start();
     let value = if t.starts_with('[') || t.starts_with('{') {
-        serde_json::from_str::<ParamValue>(v).map_err(|e| {
-            format!("param {k}: {v:?} looks like JSON but is not a list or object of strings: {e}")
-        })?
+        serde_json::from_str::<ParamValue>(v)
+            .map_err(|e| format!("param {k}: {v:?} looks like JSON but is not a list or object of strings: {e}"))?
     } else {
         ParamValue::Str(v.to_string())
     };
@@ -141,8 +138,7 @@ pub fn default_store() -> PathBuf {
 
 /// Print a JSON document on stdout. A closed pipe is not an error.
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
-    let s = serde_json::to_string_pretty(v)
-        .map_err(|e| Error::Usage(format!("cannot render JSON: {e}")))?;
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Usage(format!("cannot render JSON: {e}")))?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{s}");
     Ok(())
@@ -150,10 +146,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
 
 fn load(dir: &Path) -> Result<Catalog, Error> {
     if !dir.exists() {
-        return Err(Error::Usage(format!(
-            "{}: no such file or directory",
-            dir.display()
-        )));
+        return Err(Error::Usage(format!("{}: no such file or directory", dir.display())));
     }
     Ok(model::load_dir(dir))
 }
@@ -198,12 +191,7 @@ fn validate(a: ValidateArgs) -> Result<Outcome, Error> {
                     + cat.pipeline_runs.len()
                     + cat.task_runs.len()
                     + cat.step_actions.len();
-                let _ = writeln!(
-                    std::io::stdout(),
-                    "{} Tekton object(s) in {} file(s): valid",
-                    n,
-                    cat.files.len()
-                );
+                let _ = writeln!(std::io::stdout(), "{} Tekton object(s) in {} file(s): valid", n, cat.files.len());
             } else {
                 let _ = writeln!(err, "{} error(s)", diags.len());
             }
@@ -243,10 +231,7 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
         .chain(cat.task_runs.iter().map(|r| r.name.as_str()))
         .collect();
     if names.is_empty() {
-        return Err(Error::Usage(format!(
-            "no PipelineRun or TaskRun found in {}",
-            a.dir.display()
-        )));
+        return Err(Error::Usage(format!("no PipelineRun or TaskRun found in {}", a.dir.display())));
     }
     if let Some(want) = &a.run {
         if !names.contains(&want.as_str()) {
@@ -263,10 +248,8 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
         }
     }
     let store = a.store.clone().unwrap_or_else(default_store);
-    std::fs::create_dir_all(&store).map_err(|e| Error::Io {
-        context: format!("cannot create state directory {}", store.display()),
-        source: e,
-    })?;
+    std::fs::create_dir_all(&store)
+        .map_err(|e| Error::Io { context: format!("cannot create state directory {}", store.display()), source: e })?;
     let mut pass_env = Vec::new();
     for name in &a.pass_env {
         if let Ok(v) = std::env::var(name) {
@@ -287,11 +270,7 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
     let opts = EngineOptions {
         parallel: a
             .parallel
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-            })
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
             .max(1),
         state_dir: store,
         repo_root: if a.dir.is_dir() {
@@ -306,21 +285,13 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
     let cat = Arc::new(cat);
     let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone());
     let mut runs = Vec::new();
-    for pr in cat
-        .pipeline_runs
-        .iter()
-        .filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name))
-    {
+    for pr in cat.pipeline_runs.iter().filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name)) {
         runs.push(engine.run_pipeline_run(pr).await);
         if cancel.is_cancelled() {
             break;
         }
     }
-    for tr in cat
-        .task_runs
-        .iter()
-        .filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name))
-    {
+    for tr in cat.task_runs.iter().filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name)) {
         if cancel.is_cancelled() {
             break;
         }
@@ -331,11 +302,7 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Human => print_human(&report, &console),
     }
-    Ok(if report.all_ok() {
-        Outcome::Ok
-    } else {
-        Outcome::RunFailed
-    })
+    Ok(if report.all_ok() { Outcome::Ok } else { Outcome::RunFailed })
 }
 
 fn print_human(report: &RunReport, c: &Console) {
@@ -343,18 +310,8 @@ fn print_human(report: &RunReport, c: &Console) {
     for r in &report.runs {
         let _ = writeln!(out, "{}", run_header(r));
         if !r.tasks.is_empty() {
-            let w = r
-                .tasks
-                .iter()
-                .map(|t| t.name.len())
-                .max()
-                .unwrap_or(4)
-                .max(4);
-            let _ = writeln!(
-                out,
-                "  {:w$}  {:9}  {:>8}  {:>9}  REASON",
-                "TASK", "STATUS", "ATTEMPTS", "DURATION"
-            );
+            let w = r.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+            let _ = writeln!(out, "  {:w$}  {:9}  {:>8}  {:>9}  REASON", "TASK", "STATUS", "ATTEMPTS", "DURATION");
             for t in &r.tasks {
                 let reason = if t.status == "Succeeded" {
                     String::new()
@@ -385,14 +342,7 @@ fn print_human(report: &RunReport, c: &Console) {
 }
 
 fn run_header(r: &RunSummary) -> String {
-    format!(
-        "{} {}: {} ({}) in {:.1}s",
-        r.kind,
-        r.name,
-        r.status,
-        r.reason,
-        r.duration_ms as f64 / 1000.0
-    )
+    format!("{} {}: {} ({}) in {:.1}s", r.kind, r.name, r.status, r.reason, r.duration_ms as f64 / 1000.0)
 }
 
 #[cfg(test)]
@@ -401,22 +351,10 @@ mod tests {
 
     #[test]
     fn param_flag_forms() {
-        assert_eq!(
-            parse_param("a=b=c").unwrap(),
-            ("a".into(), ParamValue::Str("b=c".into()))
-        );
-        assert_eq!(
-            parse_param("a=").unwrap(),
-            ("a".into(), ParamValue::Str("".into()))
-        );
-        assert_eq!(
-            parse_param("a=[\"x\",\"y\"]").unwrap().1,
-            ParamValue::Array(vec!["x".into(), "y".into()])
-        );
-        assert!(matches!(
-            parse_param("o={\"k\":\"v\"}").unwrap().1,
-            ParamValue::Object(_)
-        ));
+        assert_eq!(parse_param("a=b=c").unwrap(), ("a".into(), ParamValue::Str("b=c".into())));
+        assert_eq!(parse_param("a=").unwrap(), ("a".into(), ParamValue::Str("".into())));
+        assert_eq!(parse_param("a=[\"x\",\"y\"]").unwrap().1, ParamValue::Array(vec!["x".into(), "y".into()]));
+        assert!(matches!(parse_param("o={\"k\":\"v\"}").unwrap().1, ParamValue::Object(_)));
         assert!(parse_param("noequals").is_err());
         assert!(parse_param("=v").is_err());
         assert!(parse_param("a=[1,").is_err());

@@ -39,12 +39,7 @@ pub fn result_deps(pt: &PipelineTask) -> BTreeSet<String> {
         }
     }
     for w in &pt.when {
-        for s in w
-            .input
-            .iter()
-            .chain(w.values.iter().flatten())
-            .chain(w.cel.iter())
-        {
+        for s in w.input.iter().chain(w.values.iter().flatten()).chain(w.cel.iter()) {
             visit(s);
         }
     }
@@ -133,8 +128,7 @@ impl Dag {
             Active,
             Done,
         }
-        let mut mark: BTreeMap<&str, Mark> =
-            self.names.iter().map(|n| (n.as_str(), Mark::New)).collect();
+        let mut mark: BTreeMap<&str, Mark> = self.names.iter().map(|n| (n.as_str(), Mark::New)).collect();
         fn dfs<'a>(
             n: &'a str,
             dag: &'a Dag,
@@ -148,8 +142,7 @@ impl Dag {
                     match mark.get(p.as_str()).copied() {
                         Some(Mark::Active) => {
                             let start = stack.iter().position(|s| *s == p.as_str()).unwrap_or(0);
-                            let mut cyc: Vec<String> =
-                                stack[start..].iter().map(|s| s.to_string()).collect();
+                            let mut cyc: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
                             cyc.push(p.clone());
                             return Some(cyc);
                         }
@@ -182,11 +175,7 @@ impl Dag {
         self.names
             .iter()
             .filter(|n| !started.contains(*n) && !done.contains(*n))
-            .filter(|n| {
-                self.parents
-                    .get(*n)
-                    .is_none_or(|ps| ps.iter().all(|p| done.contains(p)))
-            })
+            .filter(|n| self.parents.get(*n).is_none_or(|ps| ps.iter().all(|p| done.contains(p))))
             .cloned()
             .collect()
     }
@@ -219,12 +208,7 @@ mod tests {
     #[test]
     fn ready_sets_table() {
         // diamond: a -> b (runAfter), a -> c (result), b,c -> d
-        let tasks = vec![
-            pt("a", &[], &[]),
-            pt("b", &["a"], &[]),
-            pt("c", &[], &["a"]),
-            pt("d", &["b"], &["c"]),
-        ];
+        let tasks = vec![pt("a", &[], &[]), pt("b", &["a"], &[]), pt("c", &[], &["a"]), pt("d", &["b"], &["c"])];
         let (dag, errs) = Dag::build(&tasks);
         assert!(errs.is_empty());
         let rows: &[(&[&str], &[&str], &[&str])] = &[
@@ -248,19 +232,8 @@ mod tests {
     #[test]
     fn errors() {
         let (_, errs) = Dag::build(&[pt("a", &["zz"], &[])]);
-        assert_eq!(
-            errs,
-            vec![DagError::Unknown {
-                task: "a".into(),
-                run_after_index: Some(0),
-                missing: "zz".into()
-            }]
-        );
-        let (_, errs) = Dag::build(&[
-            pt("a", &["c"], &[]),
-            pt("b", &["a"], &[]),
-            pt("c", &[], &["b"]),
-        ]);
+        assert_eq!(errs, vec![DagError::Unknown { task: "a".into(), run_after_index: Some(0), missing: "zz".into() }]);
+        let (_, errs) = Dag::build(&[pt("a", &["c"], &[]), pt("b", &["a"], &[]), pt("c", &[], &["b"])]);
         match &errs[..] {
             [DagError::Cycle { path }] => {
                 assert_eq!(path.first(), path.last());

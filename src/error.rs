@@ -58,13 +58,7 @@ mod tests {
             (Ok(Outcome::RunFailed), 1),
             (Err(Error::Invalid { count: 3 }), 2),
             (Err(Error::Usage("bad".into())), 2),
-            (
-                Err(Error::Io {
-                    context: "c".into(),
-                    source: io(),
-                }),
-                3,
-            ),
+            (Err(Error::Io { context: "c".into(), source: io() }), 3),
         ];
         for (r, want) in rows {
             assert_eq!(exit_code(&r), ExitCode::from(want), "{r:?}");

@@ -5,10 +5,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = tenon::cli::Cli::parse();
     tenon::telemetry::init(cli.log_format, cli.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

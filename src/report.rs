@@ -22,11 +22,7 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn new(runs: Vec<RunSummary>) -> Self {
-        RunReport {
-            api_version: API_VERSION,
-            kind: "RunReport",
-            runs,
-        }
+        RunReport { api_version: API_VERSION, kind: "RunReport", runs }
     }
     pub fn all_ok(&self) -> bool {
         self.runs.iter().all(|r| r.status == "Succeeded")

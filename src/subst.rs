@@ -54,11 +54,7 @@ pub fn find_refs(s: &str) -> Vec<VarRef<'_>> {
                     i += 2;
                     continue;
                 }
-                out.push(VarRef {
-                    start: i,
-                    end,
-                    expr: &s[i + 2..end - 1],
-                });
+                out.push(VarRef { start: i, end, expr: &s[i + 2..end - 1] });
                 i = end;
                 continue;
             }
@@ -107,14 +103,10 @@ pub fn parse_expr(expr: &str) -> Option<Vec<Seg>> {
                 if !expect_name {
                     return None;
                 }
-                let end = expr[i..]
-                    .find(['.', '[', ']'])
-                    .map_or(expr.len(), |r| r + i);
+                let end = expr[i..].find(['.', '[', ']']).map_or(expr.len(), |r| r + i);
                 let name = &expr[i..end];
                 if name.is_empty()
-                    || name
-                        .chars()
-                        .any(|c| c.is_whitespace() || c == '$' || c == '(' || c == '"' || c == '\'')
+                    || name.chars().any(|c| c.is_whitespace() || c == '$' || c == '(' || c == '"' || c == '\'')
                 {
                     return None;
                 }
@@ -128,10 +120,7 @@ pub fn parse_expr(expr: &str) -> Option<Vec<Seg>> {
         return None;
     }
     // Legacy `inputs.params.x` is `params.x`.
-    if segs.len() > 2
-        && segs[0] == Seg::Name("inputs".into())
-        && segs[1] == Seg::Name("params".into())
-    {
+    if segs.len() > 2 && segs[0] == Seg::Name("inputs".into()) && segs[1] == Seg::Name("params".into()) {
         segs.remove(0);
     }
     Some(segs)
@@ -198,22 +187,14 @@ impl Vars {
     /// A copy without the keys starting with `prefix`.
     pub fn without_prefix(&self, prefix: &str) -> Vars {
         Vars {
-            map: self
-                .map
-                .iter()
-                .filter(|(k, _)| !k.starts_with(prefix))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            map: self.map.iter().filter(|(k, _)| !k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }
 
     /// Resolve a parsed reference: the longest run of leading names that is a key,
     /// then index / star / object key on the value.
     pub fn resolve(&self, segs: &[Seg]) -> Option<Resolved> {
-        let names = segs
-            .iter()
-            .take_while(|s| matches!(s, Seg::Name(_)))
-            .count();
+        let names = segs.iter().take_while(|s| matches!(s, Seg::Name(_))).count();
         for k in (1..=names).rev() {
             let key = canonical(&segs[..k]);
             if let Some(v) = self.map.get(&key) {
@@ -235,9 +216,7 @@ impl Vars {
         let mut out = String::with_capacity(s.len());
         let mut last = 0;
         for r in find_refs(s) {
-            if let Some(Resolved::Value(ParamValue::Str(v))) =
-                r.segs().and_then(|segs| self.resolve(&segs))
-            {
+            if let Some(Resolved::Value(ParamValue::Str(v))) = r.segs().and_then(|segs| self.resolve(&segs)) {
                 out.push_str(&s[last..r.start]);
                 out.push_str(&v);
                 last = r.end;
@@ -278,9 +257,7 @@ impl Vars {
             ParamValue::Str(s) => {
                 let refs = find_refs(s);
                 if refs.len() == 1 && refs[0].start == 0 && refs[0].end == s.len() {
-                    if let Some(Resolved::Value(pv)) =
-                        refs[0].segs().and_then(|segs| self.resolve(&segs))
-                    {
+                    if let Some(Resolved::Value(pv)) = refs[0].segs().and_then(|segs| self.resolve(&segs)) {
                         if !matches!(pv, ParamValue::Str(_)) {
                             return pv;
                         }
@@ -289,11 +266,9 @@ impl Vars {
                 ParamValue::Str(self.apply_str(s))
             }
             ParamValue::Array(a) => ParamValue::Array(self.apply_list(a)),
-            ParamValue::Object(o) => ParamValue::Object(
-                o.iter()
-                    .map(|(k, v)| (k.clone(), self.apply_str(v)))
-                    .collect(),
-            ),
+            ParamValue::Object(o) => {
+                ParamValue::Object(o.iter().map(|(k, v)| (k.clone(), self.apply_str(v))).collect())
+            }
         }
     }
 
@@ -308,15 +283,8 @@ impl Vars {
             }
             Value::Array(items) => {
                 if items.iter().all(|i| i.is_string()) {
-                    let strs: Vec<String> = items
-                        .iter()
-                        .map(|i| i.as_str().unwrap_or_default().to_string())
-                        .collect();
-                    *items = self
-                        .apply_list(&strs)
-                        .into_iter()
-                        .map(Value::String)
-                        .collect();
+                    let strs: Vec<String> = items.iter().map(|i| i.as_str().unwrap_or_default().to_string()).collect();
+                    *items = self.apply_list(&strs).into_iter().map(Value::String).collect();
                 } else {
                     for i in items {
                         self.apply_json(i, skip);
@@ -341,10 +309,7 @@ fn access(v: &ParamValue, rest: &[Seg]) -> Resolved {
         (ParamValue::Array(_) | ParamValue::Object(_), [Seg::Star]) => Resolved::Value(v.clone()),
         (ParamValue::Array(a), [Seg::Index(i)]) => match a.get(*i) {
             Some(s) => Resolved::Value(ParamValue::Str(s.clone())),
-            None => Resolved::BadAccess(format!(
-                "index {i} out of range for an array of length {}",
-                a.len()
-            )),
+            None => Resolved::BadAccess(format!("index {i} out of range for an array of length {}", a.len())),
         },
         (ParamValue::Object(o), [Seg::Name(k)]) => match o.get(k) {
             Some(s) => Resolved::Value(ParamValue::Str(s.clone())),
@@ -364,14 +329,8 @@ mod tests {
         let mut v = Vars::new();
         v.set_str("params.x", "X");
         v.set_str("params.a.b", "dotted");
-        v.set(
-            "params.arr",
-            ParamValue::Array(vec!["1".into(), "2".into()]),
-        );
-        v.set(
-            "params.obj",
-            ParamValue::Object(BTreeMap::from([("k".into(), "K".into())])),
-        );
+        v.set("params.arr", ParamValue::Array(vec!["1".into(), "2".into()]));
+        v.set("params.obj", ParamValue::Object(BTreeMap::from([("k".into(), "K".into())])));
         v.set_str("tasks.t.results.r", "R\n");
         v.set_str("params.inj", "$(params.x)");
         v
@@ -408,12 +367,8 @@ mod tests {
     #[test]
     fn list_splicing() {
         let v = vars();
-        let got = v.apply_list(&[
-            "a".into(),
-            "$(params.arr[*])".into(),
-            "$(params.arr)".into(),
-            "x$(params.arr)".into(),
-        ]);
+        let got =
+            v.apply_list(&["a".into(), "$(params.arr[*])".into(), "$(params.arr)".into(), "x$(params.arr)".into()]);
         assert_eq!(got, vec!["a", "1", "2", "1", "2", "x$(params.arr)"]);
     }
 
@@ -424,14 +379,8 @@ mod tests {
             v.apply_value(&ParamValue::Str("$(params.arr[*])".into())),
             ParamValue::Array(vec!["1".into(), "2".into()])
         );
-        assert!(matches!(
-            v.apply_value(&ParamValue::Str("$(params.obj[*])".into())),
-            ParamValue::Object(_)
-        ));
-        assert_eq!(
-            v.apply_value(&ParamValue::Str("$(params.x)!".into())),
-            ParamValue::Str("X!".into())
-        );
+        assert!(matches!(v.apply_value(&ParamValue::Str("$(params.obj[*])".into())), ParamValue::Object(_)));
+        assert_eq!(v.apply_value(&ParamValue::Str("$(params.x)!".into())), ParamValue::Str("X!".into()));
     }
 
     #[test]
@@ -454,14 +403,8 @@ mod tests {
     #[test]
     fn bad_access_is_reported() {
         let v = vars();
-        assert!(matches!(
-            v.resolve_expr("params.arr[5]"),
-            Some(Resolved::BadAccess(_))
-        ));
-        assert!(matches!(
-            v.resolve_expr("params.obj.zz"),
-            Some(Resolved::BadAccess(_))
-        ));
+        assert!(matches!(v.resolve_expr("params.arr[5]"), Some(Resolved::BadAccess(_))));
+        assert!(matches!(v.resolve_expr("params.obj.zz"), Some(Resolved::BadAccess(_))));
         assert_eq!(v.resolve_expr("params.nope"), None);
     }
 }

@@ -15,20 +15,12 @@ pub struct Console {
 impl Console {
     pub fn new(quiet: bool) -> Self {
         let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Console {
-            color,
-            quiet,
-            lock: Mutex::new(()),
-        }
+        Console { color, quiet, lock: Mutex::new(()) }
     }
 
     /// A console that prints nothing (tests, library use).
     pub fn silent() -> Self {
-        Console {
-            color: false,
-            quiet: true,
-            lock: Mutex::new(()),
-        }
+        Console { color: false, quiet: true, lock: Mutex::new(()) }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {

@@ -4,10 +4,7 @@
 /// One combination: (param name, value) sorted by name.
 pub type Combo = Vec<(String, String)>;
 
-pub fn combinations(
-    params: &[(String, Vec<String>)],
-    include: &[Vec<(String, String)>],
-) -> Vec<Combo> {
+pub fn combinations(params: &[(String, Vec<String>)], include: &[Vec<(String, String)>]) -> Vec<Combo> {
     let mut combos: Vec<Combo> = Vec::new();
     if !params.is_empty() {
         let total: usize = params.iter().map(|(_, v)| v.len()).product();
@@ -43,11 +40,8 @@ pub fn combinations(
             }
         }
         if !merged {
-            let shares_value = entry.iter().any(|(n, v)| {
-                generated
-                    .iter()
-                    .any(|c| c.iter().any(|(cn, cv)| cn == n && cv == v))
-            });
+            let shares_value =
+                entry.iter().any(|(n, v)| generated.iter().any(|c| c.iter().any(|(cn, cv)| cn == n && cv == v)));
             if !shares_value {
                 combos.push(entry.clone());
             }
@@ -67,43 +61,24 @@ mod tests {
         (name.into(), vals.iter().map(|s| s.to_string()).collect())
     }
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     #[test]
     fn first_param_varies_fastest() {
-        let c = combinations(
-            &[
-                p("platform", &["linux", "mac"]),
-                p("browser", &["safari", "chrome"]),
-            ],
-            &[],
-        );
-        let got: Vec<Vec<&str>> = c
-            .iter()
-            .map(|c| vec![c[1].1.as_str(), c[0].1.as_str()])
-            .collect();
+        let c = combinations(&[p("platform", &["linux", "mac"]), p("browser", &["safari", "chrome"])], &[]);
+        let got: Vec<Vec<&str>> = c.iter().map(|c| vec![c[1].1.as_str(), c[0].1.as_str()]).collect();
         assert_eq!(
             got,
-            vec![
-                vec!["linux", "safari"],
-                vec!["mac", "safari"],
-                vec!["linux", "chrome"],
-                vec!["mac", "chrome"]
-            ]
+            vec![vec!["linux", "safari"], vec!["mac", "safari"], vec!["linux", "chrome"], vec!["mac", "chrome"]]
         );
     }
 
     #[test]
     fn include_rules() {
         // docs/matrix.md example
-        let params = [
-            p("GOARCH", &["linux/amd64", "linux/ppc64le", "linux/s390x"]),
-            p("version", &["go1.17", "go1.18.1"]),
-        ];
+        let params =
+            [p("GOARCH", &["linux/amd64", "linux/ppc64le", "linux/s390x"]), p("version", &["go1.17", "go1.18.1"])];
         let include = vec![
             kv(&[("GOARCH", "linux/amd64"), ("flags", "-race")]),
             kv(&[("version", "go1.17"), ("context", "path/to/go1.17/context")]),

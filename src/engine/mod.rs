@@ -18,12 +18,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::dag::Dag;
-use crate::exec::{
-    AttemptStatus, BoundWorkspace, Executor, StepOutcome, TaskOutcome, TaskRunRequest,
-};
+use crate::exec::{AttemptStatus, BoundWorkspace, Executor, StepOutcome, TaskOutcome, TaskRunRequest};
 use crate::model::{
-    format_duration, parse_duration, Catalog, Obj, ParamValue, PipelineRunSpec, PipelineSpec,
-    PipelineTask, TaskRunSpec, TaskSpec,
+    format_duration, parse_duration, Catalog, Obj, ParamValue, PipelineRunSpec, PipelineSpec, PipelineTask,
+    TaskRunSpec, TaskSpec,
 };
 use crate::report::{RunSummary, TaskSummary};
 use crate::subst::{find_refs, Seg, Vars};
@@ -160,22 +158,9 @@ pub fn new_uid(name: &str) -> String {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update(std::process::id().to_le_bytes());
-    h.update(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-            .to_le_bytes(),
-    );
+    h.update(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes());
     let x = format!("{:x}", h.finalize());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &x[..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -195,14 +180,7 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Self {
         let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
-        Engine {
-            cat,
-            exec,
-            opts,
-            console,
-            cancel,
-            sem,
-        }
+        Engine { cat, exec, opts, console, cancel, sem }
     }
 
     fn failed_summary(
@@ -213,12 +191,7 @@ impl Engine {
         started: SystemTime,
         f: Failure,
     ) -> RunSummary {
-        self.console.line(&format!(
-            "{} {kind} {name}: {}: {}",
-            self.console.red("✗"),
-            f.reason,
-            f.message
-        ));
+        self.console.line(&format!("{} {kind} {name}: {}: {}", self.console.red("✗"), f.reason, f.message));
         RunSummary {
             name: name.into(),
             kind: kind.into(),
@@ -241,7 +214,19 @@ impl Engine {
         let name = pr.name.clone();
         let (pipeline_name, spec): (Option<String>, PipelineSpec) =
             match (&pr.spec.pipeline_ref, &pr.spec.pipeline_spec) {
-                (_, Some(ps)) => (None, ps.clone()),
+                (_, Some(ps)) => {
+                    // an embedded pipelineSpec sees every workspace the run binds (propagation)
+                    let mut ps = ps.clone();
+                    for b in &pr.spec.workspaces {
+                        if !ps.workspaces.iter().any(|w| w.name == b.name) {
+                            ps.workspaces.push(crate::model::PipelineWorkspaceDeclaration {
+                                name: b.name.clone(),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    (None, ps)
+                }
                 (Some(r), None) => match r.name.as_deref().and_then(|n| self.cat.pipeline(n)) {
                     Some(p) => (Some(p.name.clone()), p.spec.clone()),
                     None => {
@@ -278,10 +263,7 @@ impl Engine {
                 "PipelineRun",
                 pipeline_name,
                 started,
-                Failure::new(
-                    "CreateRunFailed",
-                    format!("cannot create run directory {}: {e}", run_dir.display()),
-                ),
+                Failure::new("CreateRunFailed", format!("cannot create run directory {}: {e}", run_dir.display())),
             );
         }
         self.console.line(&format!(
@@ -296,16 +278,9 @@ impl Engine {
         ctx.set_str("context.pipelineRun.name", &name);
         ctx.set_str("context.pipelineRun.namespace", &self.opts.namespace);
         ctx.set_str("context.pipelineRun.uid", &uid);
-        ctx.set_str(
-            "context.pipeline.name",
-            pipeline_name.clone().unwrap_or_else(|| name.clone()),
-        );
-        let mut supplied: Vec<(String, ParamValue)> = pr
-            .spec
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), ctx.apply_value(&p.value)))
-            .collect();
+        ctx.set_str("context.pipeline.name", pipeline_name.clone().unwrap_or_else(|| name.clone()));
+        let mut supplied: Vec<(String, ParamValue)> =
+            pr.spec.params.iter().map(|p| (p.name.clone(), ctx.apply_value(&p.value))).collect();
         supplied.extend(self.opts.param_overrides.iter().cloned());
         let pvalues = match param_values(&spec.params, &supplied, &ctx, "pipelineRun") {
             Ok(v) => v,
@@ -316,33 +291,18 @@ impl Engine {
 
         // workspaces
         let repo_names = repo_workspaces(&pr.meta.annotations);
-        let volumes = match RunVolumes::prepare(
-            &self.cat,
-            &pr.spec.workspaces,
-            &repo_names,
-            &run_dir,
-            &self.opts,
-        ) {
+        let volumes = match RunVolumes::prepare(&self.cat, &pr.spec.workspaces, &repo_names, &run_dir, &self.opts) {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "PipelineRun", pipeline_name, started, f),
         };
         for w in &spec.workspaces {
-            pvars.set_str(
-                format!("workspaces.{}.bound", w.name),
-                if volumes.has(&w.name) {
-                    "true"
-                } else {
-                    "false"
-                },
-            );
+            pvars.set_str(format!("workspaces.{}.bound", w.name), if volumes.has(&w.name) { "true" } else { "false" });
         }
 
         // timeouts
         let t = pr.spec.timeouts.clone().unwrap_or_default();
         let dur = |s: &Option<String>| s.as_deref().and_then(parse_duration);
-        let pipeline_timeout = dur(&t.pipeline)
-            .or(dur(&pr.spec.timeout))
-            .unwrap_or(DEFAULT_TIMEOUT);
+        let pipeline_timeout = dur(&t.pipeline).or(dur(&pr.spec.timeout)).unwrap_or(DEFAULT_TIMEOUT);
         let mut tasks_timeout = dur(&t.tasks);
         let mut finally_timeout = dur(&t.finally);
         if !pipeline_timeout.is_zero() {
@@ -400,20 +360,15 @@ impl Engine {
         if !spec.finally.is_empty() {
             let pipeline_expired = run.timed_out.as_deref() == Some("pipeline");
             if run.cancelled || pipeline_expired {
-                let reason = if run.cancelled {
-                    "PipelineRun was cancelled"
-                } else {
-                    "PipelineRun timeout has been reached"
-                };
+                let reason =
+                    if run.cancelled { "PipelineRun was cancelled" } else { "PipelineRun timeout has been reached" };
                 for pt in &spec.finally {
                     run.skip(&pt.name, reason, false);
                 }
             } else {
                 let fin_deadline = nz(finally_timeout).map(|d| Instant::now() + d);
-                let fdag = Dag {
-                    names: spec.finally.iter().map(|t| t.name.clone()).collect(),
-                    parents: BTreeMap::new(),
-                };
+                let fdag =
+                    Dag { names: spec.finally.iter().map(|t| t.name.clone()).collect(), parents: BTreeMap::new() };
                 run.stopping = None; // finally tasks start regardless
                 run.drive(
                     &fdag,
@@ -433,37 +388,30 @@ impl Engine {
     pub async fn run_task_run(&self, tr: &Obj<TaskRunSpec>) -> RunSummary {
         let started = SystemTime::now();
         let name = tr.name.clone();
-        let (task_name, spec, embedded): (String, TaskSpec, bool) =
-            match (&tr.spec.task_ref, &tr.spec.task_spec) {
-                (_, Some(ts)) => (name.clone(), ts.clone(), true),
-                (Some(r), None) => match r.name.as_deref().and_then(|n| self.cat.task(n)) {
-                    Some(t) => (t.name.clone(), t.spec.clone(), false),
-                    None => {
-                        return self.failed_summary(
-                            &name,
-                            "TaskRun",
-                            None,
-                            started,
-                            Failure::new(
-                                "CouldntGetTask",
-                                format!("Task {:?} not found", r.name.as_deref().unwrap_or("")),
-                            ),
-                        )
-                    }
-                },
-                (None, None) => {
+        let (task_name, spec, embedded): (String, TaskSpec, bool) = match (&tr.spec.task_ref, &tr.spec.task_spec) {
+            (_, Some(ts)) => (name.clone(), ts.clone(), true),
+            (Some(r), None) => match r.name.as_deref().and_then(|n| self.cat.task(n)) {
+                Some(t) => (t.name.clone(), t.spec.clone(), false),
+                None => {
                     return self.failed_summary(
                         &name,
                         "TaskRun",
                         None,
                         started,
-                        Failure::new(
-                            "TaskRunValidationFailed",
-                            "expected exactly one, got neither: taskRef, taskSpec",
-                        ),
+                        Failure::new("CouldntGetTask", format!("Task {:?} not found", r.name.as_deref().unwrap_or(""))),
                     )
                 }
-            };
+            },
+            (None, None) => {
+                return self.failed_summary(
+                    &name,
+                    "TaskRun",
+                    None,
+                    started,
+                    Failure::new("TaskRunValidationFailed", "expected exactly one, got neither: taskRef, taskSpec"),
+                )
+            }
+        };
         let uid = new_uid(&name);
         let run_dir = self.opts.state_dir.join("runs").join(&name).join(&uid[..8]);
         if let Err(e) = std::fs::create_dir_all(&run_dir) {
@@ -472,10 +420,7 @@ impl Engine {
                 "TaskRun",
                 None,
                 started,
-                Failure::new(
-                    "CreateRunFailed",
-                    format!("cannot create run directory {}: {e}", run_dir.display()),
-                ),
+                Failure::new("CreateRunFailed", format!("cannot create run directory {}: {e}", run_dir.display())),
             );
         }
         self.console.line(&format!(
@@ -484,21 +429,11 @@ impl Engine {
             self.console.bold(&name),
             self.console.dim(&format!("({})", run_dir.display()))
         ));
-        let mut supplied: Vec<(String, ParamValue)> = tr
-            .spec
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.value.clone()))
-            .collect();
+        let mut supplied: Vec<(String, ParamValue)> =
+            tr.spec.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
         supplied.extend(self.opts.param_overrides.iter().cloned());
         let repo_names = repo_workspaces(&tr.meta.annotations);
-        let volumes = match RunVolumes::prepare(
-            &self.cat,
-            &tr.spec.workspaces,
-            &repo_names,
-            &run_dir,
-            &self.opts,
-        ) {
+        let volumes = match RunVolumes::prepare(&self.cat, &tr.spec.workspaces, &repo_names, &run_dir, &self.opts) {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
         };
@@ -507,16 +442,9 @@ impl Engine {
         ctx.set_str("context.taskRun.name", &name);
         ctx.set_str("context.taskRun.namespace", &self.opts.namespace);
         ctx.set_str("context.taskRun.uid", &uid);
-        ctx.set_str(
-            "context.task.name",
-            if embedded { &name } else { &task_name },
-        );
-        let bindings: Vec<(String, String, Option<String>)> = tr
-            .spec
-            .workspaces
-            .iter()
-            .map(|b| (b.name.clone(), b.name.clone(), None))
-            .collect();
+        ctx.set_str("context.task.name", if embedded { &name } else { &task_name });
+        let bindings: Vec<(String, String, Option<String>)> =
+            tr.spec.workspaces.iter().map(|b| (b.name.clone(), b.name.clone(), None)).collect();
         let req = match self.build_request(
             &name,
             &name,
@@ -528,11 +456,7 @@ impl Engine {
             &volumes,
             &bindings,
             &task_dir,
-            tr.spec
-                .timeout
-                .as_deref()
-                .and_then(parse_duration)
-                .unwrap_or(DEFAULT_TIMEOUT),
+            tr.spec.timeout.as_deref().and_then(parse_duration).unwrap_or(DEFAULT_TIMEOUT),
         ) {
             Ok(r) => r,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
@@ -557,11 +481,7 @@ impl Engine {
             name: name.clone(),
             status: status.into(),
             reason: outcome.reason.clone(),
-            message: if ok {
-                String::new()
-            } else {
-                outcome.message.clone()
-            },
+            message: if ok { String::new() } else { outcome.message.clone() },
             attempts,
             duration_ms: outcome.duration.as_millis() as u64,
             results: to_json(&outcome.results),
@@ -573,11 +493,7 @@ impl Engine {
             name,
             kind: "TaskRun".into(),
             pipeline: None,
-            status: if ok {
-                "Succeeded".into()
-            } else {
-                "Failed".into()
-            },
+            status: if ok { "Succeeded".into() } else { "Failed".into() },
             reason: outcome.reason.clone(),
             message: outcome.message.clone(),
             started_at: rfc3339(started),
@@ -611,23 +527,10 @@ impl Engine {
         if embedded && !pipeline_phase.is_empty() {
             spec = resolve::substitute(&spec, pipeline_phase);
         }
-        let values = param_values(
-            &spec.params,
-            supplied,
-            ctx,
-            &format!("TaskRun {taskrun_name:?}"),
-        )
-        .map_err(|f| {
+        let values = param_values(&spec.params, supplied, ctx, &format!("TaskRun {taskrun_name:?}")).map_err(|f| {
             Failure::new(
-                if f.reason == "ParameterMissing" {
-                    "TaskRunValidationFailed"
-                } else {
-                    &f.reason
-                },
-                format!(
-                    "invalid input params for task {taskrun_name}: {}",
-                    f.message
-                ),
+                if f.reason == "ParameterMissing" { "TaskRunValidationFailed" } else { &f.reason },
+                format!("invalid input params for task {taskrun_name}: {}", f.message),
             )
         })?;
         let mut vars = ctx.clone();
@@ -639,7 +542,15 @@ impl Engine {
         }
         vars.extend(&param_vars(&values));
         resolve::apply_step_template(&mut spec);
+        // StepAction params take whole values (`$(params.a[*])` stays an array)
+        let step_params: Vec<Vec<crate::model::Param>> = spec.steps.iter().map(|s| s.params.clone()).collect();
         spec = resolve::substitute(&spec, &vars);
+        for (step, params) in spec.steps.iter_mut().zip(step_params) {
+            step.params = params
+                .into_iter()
+                .map(|p| crate::model::Param { value: vars.apply_value(&p.value), name: p.name })
+                .collect();
+        }
         resolve::inline_step_actions(&mut spec, &self.cat)?;
         resolve::resolve_env(&mut spec, &self.cat)?;
         // workspaces
@@ -648,9 +559,7 @@ impl Engine {
         for decl in &spec.workspaces {
             let b = bindings.iter().find(|(n, _, _)| n == &decl.name);
             let bound = match b {
-                Some((_, run_name, sub)) => {
-                    Some(volumes.path_for(run_name, sub.as_deref(), dir, &decl.name)?)
-                }
+                Some((_, run_name, sub)) => Some(volumes.path_for(run_name, sub.as_deref(), dir, &decl.name)?),
                 None if embedded && volumes.has(&decl.name) => {
                     Some(volumes.path_for(&decl.name, None, dir, &decl.name)?)
                 }
@@ -658,20 +567,14 @@ impl Engine {
                 None => {
                     return Err(Failure::new(
                         "TaskRunValidationFailed",
-                        format!(
-                            "declared workspace {:?} is required but has not been bound",
-                            decl.name
-                        ),
+                        format!("declared workspace {:?} is required but has not been bound", decl.name),
                     ))
                 }
             };
             ws.push(BoundWorkspace {
                 name: decl.name.clone(),
                 read_only: decl.read_only || bound.as_ref().is_some_and(|(_, ro, _)| *ro),
-                claim: bound
-                    .as_ref()
-                    .map(|(_, _, c)| c.clone())
-                    .unwrap_or_default(),
+                claim: bound.as_ref().map(|(_, _, c)| c.clone()).unwrap_or_default(),
                 path: bound.map(|(p, _, _)| p),
             });
         }
@@ -680,12 +583,7 @@ impl Engine {
             for (tname, run_name, sub) in bindings {
                 if !ws.iter().any(|w| &w.name == tname) {
                     let (p, ro, claim) = volumes.path_for(run_name, sub.as_deref(), dir, tname)?;
-                    ws.push(BoundWorkspace {
-                        name: tname.clone(),
-                        path: Some(p),
-                        read_only: ro,
-                        claim,
-                    });
+                    ws.push(BoundWorkspace { name: tname.clone(), path: Some(p), read_only: ro, claim });
                 }
             }
         }
@@ -711,12 +609,7 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 fn repo_workspaces(ann: &BTreeMap<String, String>) -> Vec<String> {
     ann.get(crate::model::REPO_WORKSPACE_ANNOTATION)
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
         .unwrap_or_default()
 }
 
@@ -756,10 +649,8 @@ async fn run_attempts(
             }
         };
         attempt += 1;
-        let retryable = matches!(
-            outcome.status,
-            AttemptStatus::Failed | AttemptStatus::TimedOut
-        ) && !cancel.is_cancelled();
+        let retryable =
+            matches!(outcome.status, AttemptStatus::Failed | AttemptStatus::TimedOut) && !cancel.is_cancelled();
         if !retryable || attempt > retries {
             return (outcome, attempt);
         }
@@ -800,19 +691,11 @@ impl<'a> PipelineRunState<'a> {
             if st.is_done() {
                 return;
             }
-            st.state = State::Done(Done::Skipped {
-                reason: reason.to_string(),
-                by_when,
-            });
+            st.state = State::Done(Done::Skipped { reason: reason.to_string(), by_when });
             st.reason = reason.to_string();
         }
         let c = &self.engine.console;
-        c.line(&format!(
-            "{} {name} {} {}",
-            c.yellow("⊘"),
-            c.yellow("Skipped"),
-            c.dim(&format!("({reason})"))
-        ));
+        c.line(&format!("{} {name} {} {}", c.yellow("⊘"), c.yellow("Skipped"), c.dim(&format!("({reason})"))));
     }
 
     fn pt<'b>(&self, list: &'b [PipelineTask], name: &str) -> Option<&'b PipelineTask> {
@@ -829,25 +712,13 @@ impl<'a> PipelineRunState<'a> {
                 continue;
             }
             for (r, val) in &st.results {
-                v.set(
-                    format!(
-                        "{}.{name}.results.{r}",
-                        if st.finally { "finally" } else { "tasks" }
-                    ),
-                    val.clone(),
-                );
+                v.set(format!("{}.{name}.results.{r}", if st.finally { "finally" } else { "tasks" }), val.clone());
             }
             if st.matrix {
-                v.set_str(
-                    format!("tasks.{name}.matrix.length"),
-                    st.expected_children.to_string(),
-                );
+                v.set_str(format!("tasks.{name}.matrix.length"), st.expected_children.to_string());
                 for (r, val) in &st.results {
                     if let ParamValue::Array(a) = val {
-                        v.set_str(
-                            format!("tasks.{name}.matrix.{r}.length"),
-                            a.len().to_string(),
-                        );
+                        v.set_str(format!("tasks.{name}.matrix.{r}.length"), a.len().to_string());
                     }
                 }
             }
@@ -886,23 +757,15 @@ impl<'a> PipelineRunState<'a> {
     /// Decide what to do with a pipeline task whose parents are done.
     fn decide(&self, pt: &PipelineTask, dag: &Dag, finally: bool) -> Decision {
         if let Some(reason) = &self.stopping {
-            return Decision::Skip {
-                reason: reason.clone(),
-                by_when: false,
-            };
+            return Decision::Skip { reason: reason.clone(), by_when: false };
         }
         // parents skipped for a reason other than `when` cascade
         if let Some(parents) = dag.parents.get(&pt.name) {
             for p in parents {
-                if let Some(TaskState {
-                    state: State::Done(Done::Skipped { by_when: false, .. }),
-                    ..
-                }) = self.states.get(p)
+                if let Some(TaskState { state: State::Done(Done::Skipped { by_when: false, .. }), .. }) =
+                    self.states.get(p)
                 {
-                    return Decision::Skip {
-                        reason: "Parent Tasks were skipped".into(),
-                        by_when: false,
-                    };
+                    return Decision::Skip { reason: "Parent Tasks were skipped".into(), by_when: false };
                 }
             }
         }
@@ -918,29 +781,18 @@ impl<'a> PipelineRunState<'a> {
             }
             match &st.state {
                 State::Done(Done::Skipped { .. }) | State::Done(Done::Failed { .. }) if finally => {
-                    return Decision::Skip {
-                        reason: "Results were missing".into(),
-                        by_when: false,
-                    };
+                    return Decision::Skip { reason: "Results were missing".into(), by_when: false };
                 }
                 State::Done(Done::Skipped { by_when: true, .. }) => {
-                    return Decision::Skip {
-                        reason: "Results were missing".into(),
-                        by_when: false,
-                    };
+                    return Decision::Skip { reason: "Results were missing".into(), by_when: false };
                 }
                 _ if finally || continue_on_error => {
-                    return Decision::Skip {
-                        reason: "Results were missing".into(),
-                        by_when: false,
-                    }
+                    return Decision::Skip { reason: "Results were missing".into(), by_when: false }
                 }
                 _ => {
                     return Decision::FailRun(Failure::new(
                         "PipelineValidationFailed",
-                        format!(
-                            "Could not find result with name {result} for pipeline task {producer}"
-                        ),
+                        format!("Could not find result with name {result} for pipeline task {producer}"),
                     ))
                 }
             }
@@ -951,16 +803,9 @@ impl<'a> PipelineRunState<'a> {
             let input = vars.apply_str(w.input.as_deref().unwrap_or(""));
             let values = vars.apply_list(w.values.as_deref().unwrap_or(&[]));
             let hit = values.contains(&input);
-            let ok = if w.operator.as_deref() == Some("notin") {
-                !hit
-            } else {
-                hit
-            };
+            let ok = if w.operator.as_deref() == Some("notin") { !hit } else { hit };
             if !ok {
-                return Decision::Skip {
-                    reason: "When Expressions evaluated to false".into(),
-                    by_when: true,
-                };
+                return Decision::Skip { reason: "When Expressions evaluated to false".into(), by_when: true };
             }
         }
         // the task to run
@@ -971,11 +816,7 @@ impl<'a> PipelineRunState<'a> {
                 None => {
                     return Decision::FailRun(Failure::new(
                         "CouldntGetTask",
-                        format!(
-                            "Task {:?} not found for pipeline task {}",
-                            r.name.as_deref().unwrap_or(""),
-                            pt.name
-                        ),
+                        format!("Task {:?} not found for pipeline task {}", r.name.as_deref().unwrap_or(""), pt.name),
                     ))
                 }
             },
@@ -999,56 +840,50 @@ impl<'a> PipelineRunState<'a> {
             supplied.push((p.name.clone(), vars.apply_value(&p.value)));
         }
         // matrix
-        let combos: Vec<Vec<(String, String)>> =
-            match &pt.matrix {
-                None => vec![vec![]],
-                Some(m) => {
-                    let mut params = Vec::new();
-                    for p in &m.params {
-                        match vars.apply_value(&p.value) {
-                            ParamValue::Array(a) => params.push((p.name.clone(), a)),
-                            other => return Decision::FailRun(Failure::new(
+        let combos: Vec<Vec<(String, String)>> = match &pt.matrix {
+            None => vec![vec![]],
+            Some(m) => {
+                let mut params = Vec::new();
+                for p in &m.params {
+                    match vars.apply_value(&p.value) {
+                        ParamValue::Array(a) => params.push((p.name.clone(), a)),
+                        other => {
+                            return Decision::FailRun(Failure::new(
                                 "InvalidMatrixParameterTypes",
                                 format!(
                                     "matrix param {:?} of pipeline task {} is not an array: {:?}",
                                     p.name, pt.name, other
                                 ),
-                            )),
+                            ))
                         }
                     }
-                    let include: Vec<Vec<(String, String)>> = m
-                        .include
-                        .iter()
-                        .map(|inc| {
-                            inc.params
-                                .iter()
-                                .map(|p| match vars.apply_value(&p.value) {
-                                    ParamValue::Str(s) => (p.name.clone(), s),
-                                    other => (p.name.clone(), format!("{other:?}")),
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let c = matrix::combinations(&params, &include);
-                    if c.is_empty() {
-                        return Decision::Skip {
-                            reason: "Matrix Parameters have an empty array".into(),
-                            by_when: false,
-                        };
-                    }
-                    if c.len() > 256 {
-                        return Decision::FailRun(Failure::new(
-                            "PipelineValidationFailed",
-                            format!(
-                                "expected 0 <= {} <= 256: matrix of pipeline task {}",
-                                c.len(),
-                                pt.name
-                            ),
-                        ));
-                    }
-                    c
                 }
-            };
+                let include: Vec<Vec<(String, String)>> = m
+                    .include
+                    .iter()
+                    .map(|inc| {
+                        inc.params
+                            .iter()
+                            .map(|p| match vars.apply_value(&p.value) {
+                                ParamValue::Str(s) => (p.name.clone(), s),
+                                other => (p.name.clone(), format!("{other:?}")),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let c = matrix::combinations(&params, &include);
+                if c.is_empty() {
+                    return Decision::Skip { reason: "Matrix Parameters have an empty array".into(), by_when: false };
+                }
+                if c.len() > 256 {
+                    return Decision::FailRun(Failure::new(
+                        "PipelineValidationFailed",
+                        format!("expected 0 <= {} <= 256: matrix of pipeline task {}", c.len(), pt.name),
+                    ));
+                }
+                c
+            }
+        };
         // pipeline-phase substitution for embedded specs: results, context, statuses
         let mut phase = Vars::new();
         if embedded {
@@ -1096,11 +931,7 @@ impl<'a> PipelineRunState<'a> {
             } else {
                 format!("{}-{}", self.name, pt.name)
             };
-            let label = if pt.matrix.is_some() {
-                format!("{}[{i}]", pt.name)
-            } else {
-                pt.name.clone()
-            };
+            let label = if pt.matrix.is_some() { format!("{}[{i}]", pt.name) } else { pt.name.clone() };
             let mut sup = supplied.clone();
             sup.extend(combo.into_iter().map(|(k, v)| (k, ParamValue::Str(v))));
             let mut ctx = self.pvars.clone();
@@ -1108,10 +939,7 @@ impl<'a> PipelineRunState<'a> {
             ctx.set_str("context.taskRun.name", &tr_name);
             ctx.set_str("context.taskRun.namespace", &self.engine.opts.namespace);
             ctx.set_str("context.taskRun.uid", new_uid(&tr_name));
-            ctx.set_str(
-                "context.task.name",
-                task_name.clone().unwrap_or_else(|| tr_name.clone()),
-            );
+            ctx.set_str("context.task.name", task_name.clone().unwrap_or_else(|| tr_name.clone()));
             let dir = self.run_dir.join("taskruns").join(&tr_name);
             let req = match self.engine.build_request(
                 &tr_name,
@@ -1129,18 +957,8 @@ impl<'a> PipelineRunState<'a> {
                 Ok(r) => r,
                 Err(f) => return Decision::FailRun(f),
             };
-            let cancel = if finally {
-                self.finally_cancel.clone()
-            } else {
-                self.dag_cancel.clone()
-            };
-            launches.push(Launch {
-                pt_name: pt.name.clone(),
-                index: i,
-                req,
-                retries: pt.retries,
-                cancel,
-            });
+            let cancel = if finally { self.finally_cancel.clone() } else { self.dag_cancel.clone() };
+            launches.push(Launch { pt_name: pt.name.clone(), index: i, req, retries: pt.retries, cancel });
         }
         Decision::Run(launches)
     }
@@ -1183,18 +1001,10 @@ impl<'a> PipelineRunState<'a> {
                         Decision::Skip { reason, by_when } => self.skip(&name, &reason, by_when),
                         Decision::FailRun(f) => {
                             let c = &self.engine.console;
-                            c.line(&format!(
-                                "{} {name} {}: {}",
-                                c.red("✗"),
-                                f.reason,
-                                f.message
-                            ));
+                            c.line(&format!("{} {name} {}: {}", c.red("✗"), f.reason, f.message));
                             if let Some(st) = self.states.get_mut(&name) {
-                                st.state = State::Done(Done::Failed {
-                                    ignored: false,
-                                    timed_out: false,
-                                    cancelled: false,
-                                });
+                                st.state =
+                                    State::Done(Done::Failed { ignored: false, timed_out: false, cancelled: false });
                                 st.reason = f.reason.clone();
                                 st.message = f.message.clone();
                             }
@@ -1202,8 +1012,7 @@ impl<'a> PipelineRunState<'a> {
                                 self.run_failure = Some(f);
                             }
                             if !finally {
-                                self.stopping
-                                    .get_or_insert_with(|| "PipelineRun was stopping".into());
+                                self.stopping.get_or_insert_with(|| "PipelineRun was stopping".into());
                             }
                         }
                         Decision::Run(launches) => {
@@ -1214,21 +1023,14 @@ impl<'a> PipelineRunState<'a> {
                             st.task_run = launches.first().map(|l| l.req.name.clone());
                             for l in launches {
                                 let c = &self.engine.console;
-                                c.line(&format!(
-                                    "{} {} {}",
-                                    c.bold("→"),
-                                    l.req.label,
-                                    c.dim("started")
-                                ));
+                                c.line(&format!("{} {} {}", c.bold("→"), l.req.label, c.dim("started")));
                                 let exec = self.engine.exec.clone();
                                 let sem = self.engine.sem.clone();
                                 let console = self.engine.console.clone();
                                 let label = l.req.name.clone();
                                 self.joinset.spawn(async move {
-                                    let (o, attempts) = run_attempts(
-                                        exec, sem, l.req, l.retries, l.cancel, console,
-                                    )
-                                    .await;
+                                    let (o, attempts) =
+                                        run_attempts(exec, sem, l.req, l.retries, l.cancel, console).await;
                                     (l.pt_name, l.index, o, attempts, label)
                                 });
                             }
@@ -1237,19 +1039,14 @@ impl<'a> PipelineRunState<'a> {
                 }
             }
             if self.joinset.is_empty() {
-                let all_done = tasks
-                    .iter()
-                    .all(|t| self.states.get(&t.name).is_some_and(|s| s.is_done()));
+                let all_done = tasks.iter().all(|t| self.states.get(&t.name).is_some_and(|s| s.is_done()));
                 if all_done {
                     return;
                 }
                 // nothing running and nothing ready: skip the rest (stopping)
                 for t in tasks {
                     if !self.states[&t.name].is_done() {
-                        let reason = self
-                            .stopping
-                            .clone()
-                            .unwrap_or_else(|| "PipelineRun was stopping".into());
+                        let reason = self.stopping.clone().unwrap_or_else(|| "PipelineRun was stopping".into());
                         self.skip(&t.name, &reason, false);
                     }
                 }
@@ -1317,32 +1114,16 @@ impl<'a> PipelineRunState<'a> {
         };
         let ignore = pt.on_error.as_deref() == Some("continue");
         let st = self.states.get_mut(pt_name).expect("state exists");
-        st.children.push(ChildDone {
-            index,
-            name: tr_name,
-            outcome,
-            attempts,
-        });
+        st.children.push(ChildDone { index, name: tr_name, outcome, attempts });
         if st.children.len() < st.expected_children {
             return;
         }
         st.children.sort_by_key(|c| c.index);
         // aggregate
-        let all_ok = st
-            .children
-            .iter()
-            .all(|c| c.outcome.status == AttemptStatus::Succeeded);
-        let first_bad = st
-            .children
-            .iter()
-            .find(|c| c.outcome.status != AttemptStatus::Succeeded);
+        let all_ok = st.children.iter().all(|c| c.outcome.status == AttemptStatus::Succeeded);
+        let first_bad = st.children.iter().find(|c| c.outcome.status != AttemptStatus::Succeeded);
         st.attempts = st.children.iter().map(|c| c.attempts).max().unwrap_or(0);
-        st.duration = st
-            .children
-            .iter()
-            .map(|c| c.outcome.duration)
-            .max()
-            .unwrap_or_default();
+        st.duration = st.children.iter().map(|c| c.outcome.duration).max().unwrap_or_default();
         if st.matrix {
             let mut agg: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for c in &st.children {
@@ -1352,10 +1133,7 @@ impl<'a> PipelineRunState<'a> {
                     }
                 }
             }
-            st.results = agg
-                .into_iter()
-                .map(|(k, v)| (k, ParamValue::Array(v)))
-                .collect();
+            st.results = agg.into_iter().map(|(k, v)| (k, ParamValue::Array(v))).collect();
         } else if let Some(c) = st.children.first() {
             st.results = c.outcome.results.clone();
             st.steps = c.outcome.steps.clone();
@@ -1374,16 +1152,8 @@ impl<'a> PipelineRunState<'a> {
             let bad = first_bad.expect("some child failed");
             let timed_out = bad.outcome.status == AttemptStatus::TimedOut;
             let cancelled = bad.outcome.status == AttemptStatus::Cancelled;
-            st.state = State::Done(Done::Failed {
-                ignored: ignore,
-                timed_out,
-                cancelled,
-            });
-            st.reason = if ignore && !cancelled {
-                "FailureIgnored".into()
-            } else {
-                bad.outcome.reason.clone()
-            };
+            st.state = State::Done(Done::Failed { ignored: ignore, timed_out, cancelled });
+            st.reason = if ignore && !cancelled { "FailureIgnored".into() } else { bad.outcome.reason.clone() };
             st.message = bad.outcome.message.clone();
             let word = if cancelled {
                 "Cancelled"
@@ -1392,17 +1162,8 @@ impl<'a> PipelineRunState<'a> {
             } else {
                 "Failed"
             };
-            let extra = if ignore {
-                " (ignored: onError continue)"
-            } else {
-                ""
-            };
-            c.line(&format!(
-                "{} {pt_name} {}{extra}: {}",
-                c.red("✗"),
-                c.red(word),
-                st.message
-            ));
+            let extra = if ignore { " (ignored: onError continue)" } else { "" };
+            c.line(&format!("{} {pt_name} {}{extra}: {}", c.red("✗"), c.red(word), st.message));
             if !ignore && !finally && self.stopping.is_none() {
                 self.stopping = Some("PipelineRun was stopping".into());
             }
@@ -1422,13 +1183,7 @@ impl<'a> PipelineRunState<'a> {
         let mut vars = Vars::new();
         for (name, st) in &self.states {
             for (r, v) in &st.results {
-                vars.set(
-                    format!(
-                        "{}.{name}.results.{r}",
-                        if st.finally { "finally" } else { "tasks" }
-                    ),
-                    v.clone(),
-                );
+                vars.set(format!("{}.{name}.results.{r}", if st.finally { "finally" } else { "tasks" }), v.clone());
             }
         }
         for r in &self.spec.results {
@@ -1443,9 +1198,7 @@ impl<'a> PipelineRunState<'a> {
             for t in texts {
                 for rf in find_refs(t) {
                     let Some(segs) = rf.segs() else { continue };
-                    if let [Seg::Name(_), Seg::Name(task), Seg::Name(_), Seg::Name(res), ..] =
-                        segs.as_slice()
-                    {
+                    if let [Seg::Name(_), Seg::Name(task), Seg::Name(_), Seg::Name(res), ..] = segs.as_slice() {
                         match self.states.get(task) {
                             Some(st) if st.state == State::Done(Done::Succeeded) => {
                                 if !st.results.contains_key(res) {
@@ -1464,10 +1217,7 @@ impl<'a> PipelineRunState<'a> {
                 if self.run_failure.is_none() {
                     self.run_failure = Some(Failure::new(
                         "CouldntGetPipelineResult",
-                        format!(
-                            "invalid pipelineresults [{}], the referenced results don't exist: {m}",
-                            r.name
-                        ),
+                        format!("invalid pipelineresults [{}], the referenced results don't exist: {m}", r.name),
                     ));
                 }
                 continue;
@@ -1484,11 +1234,7 @@ impl<'a> PipelineRunState<'a> {
         for st in self.states.values() {
             match &st.state {
                 State::Done(Done::Succeeded) => succeeded += 1,
-                State::Done(Done::Failed {
-                    ignored: ig,
-                    cancelled: c,
-                    ..
-                }) => {
+                State::Done(Done::Failed { ignored: ig, cancelled: c, .. }) => {
                     if *c {
                         cancelled += 1
                     } else {
@@ -1504,27 +1250,18 @@ impl<'a> PipelineRunState<'a> {
                 _ => {}
             }
         }
-        let ign = if ignored > 0 {
-            format!(" (Ignored: {ignored})")
-        } else {
-            String::new()
-        };
-        let counts = format!("Tasks Completed: {} (Failed: {failed}, Cancelled {cancelled}), Skipped: {skipped}{ign}", succeeded + failed + cancelled);
+        let ign = if ignored > 0 { format!(" (Ignored: {ignored})") } else { String::new() };
+        let counts = format!(
+            "Tasks Completed: {} (Failed: {failed}, Cancelled {cancelled}), Skipped: {skipped}{ign}",
+            succeeded + failed + cancelled
+        );
         let (status, reason, message) = if self.cancelled {
-            (
-                "Failed",
-                "Cancelled".to_string(),
-                format!("PipelineRun {:?} was cancelled", self.name),
-            )
+            ("Failed", "Cancelled".to_string(), format!("PipelineRun {:?} was cancelled", self.name))
         } else if self.timed_out.is_some() {
             (
                 "Failed",
                 "PipelineRunTimeout".to_string(),
-                format!(
-                    "PipelineRun {:?} failed to finish within {:?}",
-                    self.name,
-                    format_duration(pipeline_timeout)
-                ),
+                format!("PipelineRun {:?} failed to finish within {:?}", self.name, format_duration(pipeline_timeout)),
             )
         } else if let Some(f) = &self.run_failure {
             ("Failed", f.reason.clone(), f.message.clone())
@@ -1536,31 +1273,17 @@ impl<'a> PipelineRunState<'a> {
             ("Succeeded", "Succeeded".to_string(), counts.clone())
         };
         let c = &self.engine.console;
-        let mark = if status == "Succeeded" {
-            c.green("✓")
-        } else {
-            c.red("✗")
-        };
+        let mark = if status == "Succeeded" { c.green("✓") } else { c.red("✗") };
         c.line(&format!(
             "{mark} PipelineRun {} {} {} {}",
             self.name,
-            if status == "Succeeded" {
-                c.green(&reason)
-            } else {
-                c.red(&reason)
-            },
+            if status == "Succeeded" { c.green(&reason) } else { c.red(&reason) },
             c.dim(&format!("({:.1}s)", t0.elapsed().as_secs_f64())),
             c.dim(&message)
         ));
         // tasks in declaration order; matrix children as name[i]
         let mut tasks = Vec::new();
-        for (pt, fin) in self
-            .spec
-            .tasks
-            .iter()
-            .map(|t| (t, false))
-            .chain(self.spec.finally.iter().map(|t| (t, true)))
-        {
+        for (pt, fin) in self.spec.tasks.iter().map(|t| (t, false)).chain(self.spec.finally.iter().map(|t| (t, true))) {
             let st = &self.states[&pt.name];
             if st.matrix && !st.children.is_empty() {
                 for ch in &st.children {
@@ -1575,12 +1298,8 @@ impl<'a> PipelineRunState<'a> {
             }
             let (status, reason) = match &st.state {
                 State::Done(Done::Succeeded) => ("Succeeded", st.reason.clone()),
-                State::Done(Done::Failed {
-                    cancelled: true, ..
-                }) => ("Cancelled", st.reason.clone()),
-                State::Done(Done::Failed {
-                    timed_out: true, ..
-                }) => ("TimedOut", st.reason.clone()),
+                State::Done(Done::Failed { cancelled: true, .. }) => ("Cancelled", st.reason.clone()),
+                State::Done(Done::Failed { timed_out: true, .. }) => ("TimedOut", st.reason.clone()),
                 State::Done(Done::Failed { .. }) => ("Failed", st.reason.clone()),
                 State::Done(Done::Skipped { reason, .. }) => ("Skipped", reason.clone()),
                 _ => ("Skipped", "PipelineRun was stopping".to_string()),
@@ -1625,16 +1344,8 @@ fn child_summary(name: &str, ch: &ChildDone, finally: bool, ignore: bool) -> Tas
     TaskSummary {
         name: name.into(),
         status: status.into(),
-        reason: if ignore && o.status == AttemptStatus::Failed {
-            "FailureIgnored".into()
-        } else {
-            o.reason.clone()
-        },
-        message: if o.status == AttemptStatus::Succeeded {
-            String::new()
-        } else {
-            o.message.clone()
-        },
+        reason: if ignore && o.status == AttemptStatus::Failed { "FailureIgnored".into() } else { o.reason.clone() },
+        message: if o.status == AttemptStatus::Succeeded { String::new() } else { o.message.clone() },
         attempts: ch.attempts,
         duration_ms: o.duration.as_millis() as u64,
         results: to_json(&o.results),
@@ -1677,9 +1388,7 @@ fn result_refs(pt: &PipelineTask) -> Vec<(String, String)> {
     for t in &texts {
         for r in find_refs(t) {
             if let Some(segs) = r.segs() {
-                if let [Seg::Name(a), Seg::Name(task), Seg::Name(b), Seg::Name(res), ..] =
-                    segs.as_slice()
-                {
+                if let [Seg::Name(a), Seg::Name(task), Seg::Name(b), Seg::Name(res), ..] = segs.as_slice() {
                     if a == "tasks" && b == "results" {
                         out.push((task.clone(), res.clone()));
                     }

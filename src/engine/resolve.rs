@@ -15,10 +15,7 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(reason: &str, message: impl Into<String>) -> Self {
-        Failure {
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Failure { reason: reason.into(), message: message.into() }
     }
 }
 
@@ -35,11 +32,7 @@ pub fn param_values(
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
     for d in decl {
-        let given = supplied
-            .iter()
-            .rev()
-            .find(|(n, _)| n == &d.name)
-            .map(|(_, v)| v.clone());
+        let given = supplied.iter().rev().find(|(n, _)| n == &d.name).map(|(_, v)| v.clone());
         let ty = d.param_type();
         let val = match (given, &d.default) {
             (Some(ParamValue::Object(g)), Some(ParamValue::Object(def))) => {
@@ -72,10 +65,7 @@ pub fn param_values(
         out.insert(d.name.clone(), val);
     }
     if !missing.is_empty() {
-        return Err(Failure::new(
-            "ParameterMissing",
-            format!("{what} missing parameters: {missing:?}"),
-        ));
+        return Err(Failure::new("ParameterMissing", format!("{what} missing parameters: {missing:?}")));
     }
     if !mismatched.is_empty() {
         return Err(Failure::new(
@@ -123,10 +113,7 @@ pub fn param_values(
             if !e.contains(v) {
                 return Err(Failure::new(
                     "InvalidParamValue",
-                    format!(
-                        "{what}: param `{}` value: {v} is not in the enum list {e:?}",
-                        d.name
-                    ),
+                    format!("{what}: param `{}` value: {v} is not in the enum list {e:?}", d.name),
                 ));
             }
         }
@@ -159,16 +146,7 @@ fn merge_step(s: &mut Step, t: &Step) {
         macro_rules! fill {
             ($($f:ident),*) => { $( if s.$f.is_none() { s.$f = t.$f.clone(); } )* };
         }
-        fill!(
-            image,
-            command,
-            args,
-            working_dir,
-            image_pull_policy,
-            compute_resources,
-            resources,
-            security_context
-        );
+        fill!(image, command, args, working_dir, image_pull_policy, compute_resources, resources, security_context);
         if s.command.is_some() && s.script.is_some() {
             // a template command never combines with a step script
             s.command = None;
@@ -206,10 +184,7 @@ pub fn inline_step_actions(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Fai
         let Some(r) = step.ref_.clone() else { continue };
         let name = r.name.clone().unwrap_or_default();
         let Some(sa) = cat.step_action(&name) else {
-            return Err(Failure::new(
-                "TaskRunResolutionFailed",
-                format!("StepAction {name:?} not found"),
-            ));
+            return Err(Failure::new("TaskRunResolutionFailed", format!("StepAction {name:?} not found")));
         };
         let a = &sa.spec;
         for p in &step.params {
@@ -220,17 +195,35 @@ pub fn inline_step_actions(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Fai
                 ));
             }
         }
+        // A param bound to a later-known step result (`$(steps.s.results.r[*])`) is
+        // forwarded: its uses in the action become references to that result, which the
+        // executor substitutes when the step runs.
+        let mut forwards: Vec<(String, String)> = Vec::new();
+        for p in &step.params {
+            if let ParamValue::Str(s) = &p.value {
+                let refs = crate::subst::find_refs(s);
+                if refs.len() == 1 && refs[0].start == 0 && refs[0].end == s.len() && refs[0].expr.starts_with("steps.")
+                {
+                    let base = refs[0].expr.strip_suffix("[*]").unwrap_or(refs[0].expr);
+                    forwards.push((p.name.clone(), base.to_string()));
+                }
+            }
+        }
+        // A value left as an unresolved reference of the wrong shape falls back to the
+        // StepAction's default, as Tekton's per-key merge does.
         let supplied: Vec<(String, ParamValue)> = step
             .params
             .iter()
+            .filter(|p| !forwards.iter().any(|(n, _)| n == &p.name))
+            .filter(|p| match (&p.value, a.params.iter().find(|d| d.name == p.name)) {
+                (ParamValue::Str(s), Some(d)) => !(s.contains("$(") && d.param_type() != ParamType::String),
+                _ => true,
+            })
             .map(|p| (p.name.clone(), p.value.clone()))
             .collect();
-        let values = param_values(
-            &a.params,
-            &supplied,
-            &Vars::new(),
-            &format!("StepAction {name:?}"),
-        )?;
+        let decls: Vec<ParamSpec> =
+            a.params.iter().filter(|d| !forwards.iter().any(|(n, _)| n == &d.name)).cloned().collect();
+        let values = param_values(&decls, &supplied, &Vars::new(), &format!("StepAction {name:?}"))?;
         let vars = param_vars(&values);
         let body = Step {
             name: step.name.clone(),
@@ -257,9 +250,45 @@ pub fn inline_step_actions(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Fai
         };
         let mut v = serde_json::to_value(&body).unwrap_or_default();
         vars.apply_json(&mut v, &[]);
+        if !forwards.is_empty() {
+            forward_refs(&mut v, &forwards);
+        }
         *step = serde_json::from_value(v).unwrap_or(body);
     }
     Ok(())
+}
+
+/// Rewrite `$(params.NAME<rest>)` to `$(BASE<rest>)` for each forwarded param.
+fn forward_refs(v: &mut serde_json::Value, forwards: &[(String, String)]) {
+    match v {
+        serde_json::Value::String(s) => {
+            for (name, base) in forwards {
+                for prefix in
+                    [format!("$(params.{name}"), format!("$(params[\"{name}\"]"), format!("$(params['{name}']")]
+                {
+                    let mut out = String::new();
+                    let mut rest = s.as_str();
+                    while let Some(i) = rest.find(&prefix) {
+                        let after = &rest[i + prefix.len()..];
+                        // only whole names: next char must end the name
+                        if after.starts_with(|c: char| c == ')' || c == '[' || c == '.') {
+                            out.push_str(&rest[..i]);
+                            out.push_str("$(");
+                            out.push_str(base);
+                        } else {
+                            out.push_str(&rest[..i + prefix.len()]);
+                        }
+                        rest = after;
+                    }
+                    out.push_str(rest);
+                    *s = out;
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| forward_refs(x, forwards)),
+        serde_json::Value::Object(m) => m.values_mut().for_each(|x| forward_refs(x, forwards)),
+        _ => {}
+    }
 }
 
 /// Resolve `env[].valueFrom` (configMapKeyRef / secretKeyRef) from objects in the
@@ -277,20 +306,13 @@ pub fn resolve_env(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Failure> {
             } else {
                 return Err(Failure::new(
                     "TaskRunValidationFailed",
-                    format!(
-                        "env {:?}: only configMapKeyRef and secretKeyRef are supported locally",
-                        e.name
-                    ),
+                    format!("env {:?}: only configMapKeyRef and secretKeyRef are supported locally", e.name),
                 ));
             };
             let name = r.get("name").and_then(|v| v.as_str()).unwrap_or_default();
             let key = r.get("key").and_then(|v| v.as_str()).unwrap_or_default();
             let optional = r.get("optional").and_then(|v| v.as_str()) == Some("true");
-            let obj = if kind == "ConfigMap" {
-                cat.config_map(name)
-            } else {
-                cat.secret(name)
-            };
+            let obj = if kind == "ConfigMap" { cat.config_map(name) } else { cat.secret(name) };
             let val = obj.and_then(|o| key_value(&o.spec, key, kind == "Secret"));
             match val {
                 Some(v) => e.value = Some(v),
@@ -324,11 +346,7 @@ pub fn key_value(d: &crate::model::KeyData, key: &str, secret: bool) -> Option<S
 pub fn key_bytes(d: &crate::model::KeyData, secret: bool) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     for (k, v) in &d.data {
-        let bytes = if secret {
-            base64_decode(v).unwrap_or_default()
-        } else {
-            v.as_bytes().to_vec()
-        };
+        let bytes = if secret { base64_decode(v).unwrap_or_default() } else { v.as_bytes().to_vec() };
         out.insert(k.clone(), bytes);
     }
     for (k, v) in &d.binary_data {
@@ -370,29 +388,15 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, default: Option<ParamValue>) -> ParamSpec {
-        ParamSpec {
-            name: name.into(),
-            default,
-            ..Default::default()
-        }
+        ParamSpec { name: name.into(), default, ..Default::default() }
     }
 
     #[test]
     fn param_value_table() {
         let s = |v: &str| ParamValue::Str(v.into());
         // supplied beats default; defaults reference other params
-        let decl = vec![
-            spec("a", Some(s("A"))),
-            spec("b", Some(s("$(params.a)-b"))),
-            spec("c", None),
-        ];
-        let got = param_values(
-            &decl,
-            &[("c".into(), s("C")), ("extra".into(), s("x"))],
-            &Vars::new(),
-            "t",
-        )
-        .unwrap();
+        let decl = vec![spec("a", Some(s("A"))), spec("b", Some(s("$(params.a)-b"))), spec("c", None)];
+        let got = param_values(&decl, &[("c".into(), s("C")), ("extra".into(), s("x"))], &Vars::new(), "t").unwrap();
         assert_eq!(got["b"], s("A-b"));
         assert_eq!(got["c"], s("C"));
         assert!(!got.contains_key("extra"));
@@ -401,50 +405,25 @@ mod tests {
         assert_eq!(e.reason, "ParameterMissing");
         assert!(e.message.contains("[\"c\"]"));
         // type mismatch
-        let e = param_values(
-            &decl,
-            &[("c".into(), ParamValue::Array(vec![]))],
-            &Vars::new(),
-            "t",
-        )
-        .unwrap_err();
+        let e = param_values(&decl, &[("c".into(), ParamValue::Array(vec![]))], &Vars::new(), "t").unwrap_err();
         assert_eq!(e.reason, "ParameterTypeMismatch");
         // cycle
-        let cyc = vec![
-            spec("x", Some(s("$(params.y)"))),
-            spec("y", Some(s("$(params.x)"))),
-        ];
+        let cyc = vec![spec("x", Some(s("$(params.y)"))), spec("y", Some(s("$(params.x)")))];
         assert!(param_values(&cyc, &[], &Vars::new(), "t").is_err());
         // object merge key by key
-        let mut o = ParamSpec {
-            name: "o".into(),
-            type_: Some("object".into()),
-            ..Default::default()
-        };
-        o.properties = Some(BTreeMap::from([
-            ("k1".into(), Default::default()),
-            ("k2".into(), Default::default()),
-        ]));
-        o.default = Some(ParamValue::Object(BTreeMap::from([
-            ("k1".into(), "d1".into()),
-            ("k2".into(), "d2".into()),
-        ])));
+        let mut o = ParamSpec { name: "o".into(), type_: Some("object".into()), ..Default::default() };
+        o.properties = Some(BTreeMap::from([("k1".into(), Default::default()), ("k2".into(), Default::default())]));
+        o.default = Some(ParamValue::Object(BTreeMap::from([("k1".into(), "d1".into()), ("k2".into(), "d2".into())])));
         let got = param_values(
             &[o],
-            &[(
-                "o".into(),
-                ParamValue::Object(BTreeMap::from([("k2".into(), "v2".into())])),
-            )],
+            &[("o".into(), ParamValue::Object(BTreeMap::from([("k2".into(), "v2".into())])))],
             &Vars::new(),
             "t",
         )
         .unwrap();
         assert_eq!(
             got["o"],
-            ParamValue::Object(BTreeMap::from([
-                ("k1".into(), "d1".into()),
-                ("k2".into(), "v2".into())
-            ]))
+            ParamValue::Object(BTreeMap::from([("k1".into(), "d1".into()), ("k2".into(), "v2".into())]))
         );
     }
 
@@ -458,15 +437,9 @@ mod tests {
         apply_step_template(&mut spec);
         assert_eq!(spec.steps[0].image.as_deref(), Some("ubuntu"));
         assert_eq!(spec.steps[1].image.as_deref(), Some("alpine"));
-        let env: Vec<(String, String)> = spec.steps[0]
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone().unwrap()))
-            .collect();
-        assert_eq!(
-            env,
-            vec![("A".into(), "t".into()), ("B".into(), "s".into())]
-        );
+        let env: Vec<(String, String)> =
+            spec.steps[0].env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
+        assert_eq!(env, vec![("A".into(), "t".into()), ("B".into(), "s".into())]);
     }
 
     #[test]

@@ -17,14 +17,8 @@ use crate::model::{Catalog, WorkspaceBinding};
 
 #[derive(Debug, Clone)]
 enum Volume {
-    EmptyDir {
-        sub: Option<String>,
-    },
-    Dir {
-        path: PathBuf,
-        read_only: bool,
-        claim: String,
-    },
+    EmptyDir { sub: Option<String> },
+    Dir { path: PathBuf, read_only: bool, claim: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -36,7 +30,10 @@ pub struct RunVolumes {
 pub fn join_sub(base: &Path, sub: &str) -> Result<PathBuf, Failure> {
     let p = Path::new(sub);
     if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(Failure::new("InvalidWorkspaceBindings", format!("subPath {sub:?} must be a relative path inside the volume (no leading '/', no '..')")));
+        return Err(Failure::new(
+            "InvalidWorkspaceBindings",
+            format!("subPath {sub:?} must be a relative path inside the volume (no leading '/', no '..')"),
+        ));
     }
     Ok(base.join(p))
 }
@@ -53,76 +50,70 @@ impl RunVolumes {
         for b in bindings {
             let sub = b.sub_path.as_deref().filter(|s| !s.is_empty());
             let vol = if repo.contains(&b.name) {
-                let root = opts
-                    .repo_root
-                    .canonicalize()
-                    .unwrap_or_else(|_| opts.repo_root.clone());
+                let root = opts.repo_root.canonicalize().unwrap_or_else(|_| opts.repo_root.clone());
                 let path = match sub {
                     Some(s) => join_sub(&root, s)?,
                     None => root,
                 };
                 if !path.is_dir() {
-                    return Err(Failure::new("InvalidWorkspaceBindings", format!("workspace {:?} is bound to the repository at {}, which is not a directory", b.name, path.display())));
-                }
-                Volume::Dir {
-                    path,
-                    read_only: true,
-                    claim: String::new(),
-                }
-            } else if b.empty_dir.is_some() {
-                Volume::EmptyDir {
-                    sub: sub.map(String::from),
-                }
-            } else if b.volume_claim_template.is_some() {
-                let base = run_dir.join("volumes").join(&b.name);
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: false,
-                    claim: format!("pvc-{}", b.name),
-                }
-            } else if let Some(pvc) = &b.persistent_volume_claim {
-                if pvc.claim_name.is_empty()
-                    || pvc.claim_name.contains('/')
-                    || pvc.claim_name.starts_with('.')
-                {
                     return Err(Failure::new(
                         "InvalidWorkspaceBindings",
                         format!(
-                            "workspace {:?}: invalid claimName {:?}",
-                            b.name, pvc.claim_name
+                            "workspace {:?} is bound to the repository at {}, which is not a directory",
+                            b.name,
+                            path.display()
                         ),
                     ));
                 }
-                let base = opts.state_dir.join("pvc").join(&pvc.claim_name);
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: pvc.read_only,
-                    claim: pvc.claim_name.clone(),
+                Volume::Dir { path, read_only: true, claim: String::new() }
+            } else if b.empty_dir.is_some() {
+                Volume::EmptyDir { sub: sub.map(String::from) }
+            } else if b.volume_claim_template.is_some() {
+                let base = run_dir.join("volumes").join(&b.name);
+                Volume::Dir { path: mk(&base, sub)?, read_only: false, claim: format!("pvc-{}", b.name) }
+            } else if let Some(pvc) = &b.persistent_volume_claim {
+                if pvc.claim_name.is_empty() || pvc.claim_name.contains('/') || pvc.claim_name.starts_with('.') {
+                    return Err(Failure::new(
+                        "InvalidWorkspaceBindings",
+                        format!("workspace {:?}: invalid claimName {:?}", b.name, pvc.claim_name),
+                    ));
                 }
+                let base = opts.state_dir.join("pvc").join(&pvc.claim_name);
+                Volume::Dir { path: mk(&base, sub)?, read_only: pvc.read_only, claim: pvc.claim_name.clone() }
             } else if let Some(cm) = &b.config_map {
                 let obj = cat.config_map(&cm.name).ok_or_else(|| {
-                    Failure::new("InvalidWorkspaceBindings", format!("workspace {:?} binds ConfigMap {:?}, which is not defined in the repository", b.name, cm.name))
+                    Failure::new(
+                        "InvalidWorkspaceBindings",
+                        format!(
+                            "workspace {:?} binds ConfigMap {:?}, which is not defined in the repository",
+                            b.name, cm.name
+                        ),
+                    )
                 })?;
                 let base = run_dir.join("volumes").join(&b.name);
                 materialize(&base, &key_bytes(&obj.spec, false), &cm.items, false)?;
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: true,
-                    claim: String::new(),
-                }
+                Volume::Dir { path: mk(&base, sub)?, read_only: true, claim: String::new() }
             } else if let Some(sec) = &b.secret {
                 let obj = cat.secret(&sec.secret_name).ok_or_else(|| {
-                    Failure::new("InvalidWorkspaceBindings", format!("workspace {:?} binds Secret {:?}, which is not defined in the repository", b.name, sec.secret_name))
+                    Failure::new(
+                        "InvalidWorkspaceBindings",
+                        format!(
+                            "workspace {:?} binds Secret {:?}, which is not defined in the repository",
+                            b.name, sec.secret_name
+                        ),
+                    )
                 })?;
                 let base = run_dir.join("volumes").join(&b.name);
                 materialize(&base, &key_bytes(&obj.spec, true), &sec.items, true)?;
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: true,
-                    claim: String::new(),
-                }
+                Volume::Dir { path: mk(&base, sub)?, read_only: true, claim: String::new() }
             } else {
-                return Err(Failure::new("InvalidWorkspaceBindings", format!("workspace {:?}: projected and csi volumes are not supported by the local executor", b.name)));
+                return Err(Failure::new(
+                    "InvalidWorkspaceBindings",
+                    format!(
+                        "workspace {:?}: projected and csi volumes are not supported by the local executor",
+                        b.name
+                    ),
+                ));
             };
             map.insert(b.name.clone(), vol);
         }
@@ -143,10 +134,9 @@ impl RunVolumes {
     ) -> Result<(PathBuf, bool, String), Failure> {
         let extra = extra_sub.filter(|s| !s.is_empty());
         match self.map.get(name) {
-            None => Err(Failure::new(
-                "InvalidWorkspaceBindings",
-                format!("workspace {name:?} is not bound by the run"),
-            )),
+            None => {
+                Err(Failure::new("InvalidWorkspaceBindings", format!("workspace {name:?} is not bound by the run")))
+            }
             Some(Volume::EmptyDir { sub }) => {
                 let mut p = taskrun_dir.join("ws").join(task_ws);
                 if let Some(s) = sub {
@@ -154,11 +144,7 @@ impl RunVolumes {
                 }
                 Ok((mk(&p, extra)?, false, String::new()))
             }
-            Some(Volume::Dir {
-                path,
-                read_only,
-                claim,
-            }) => {
+            Some(Volume::Dir { path, read_only, claim }) => {
                 let p = match extra {
                     Some(s) => join_sub(path, s)?,
                     None => path.clone(),
@@ -167,18 +153,11 @@ impl RunVolumes {
                     if *read_only {
                         return Err(Failure::new(
                             "InvalidWorkspaceBindings",
-                            format!(
-                                "subPath {} does not exist in read-only workspace {name:?}",
-                                p.display()
-                            ),
+                            format!("subPath {} does not exist in read-only workspace {name:?}", p.display()),
                         ));
                     }
-                    std::fs::create_dir_all(&p).map_err(|e| {
-                        Failure::new(
-                            "CreateRunFailed",
-                            format!("cannot create {}: {e}", p.display()),
-                        )
-                    })?;
+                    std::fs::create_dir_all(&p)
+                        .map_err(|e| Failure::new("CreateRunFailed", format!("cannot create {}: {e}", p.display())))?;
                 }
                 Ok((p, *read_only, claim.clone()))
             }
@@ -191,12 +170,8 @@ fn mk(base: &Path, sub: Option<&str>) -> Result<PathBuf, Failure> {
         Some(s) => join_sub(base, s)?,
         None => base.to_path_buf(),
     };
-    std::fs::create_dir_all(&p).map_err(|e| {
-        Failure::new(
-            "CreateRunFailed",
-            format!("cannot create {}: {e}", p.display()),
-        )
-    })?;
+    std::fs::create_dir_all(&p)
+        .map_err(|e| Failure::new("CreateRunFailed", format!("cannot create {}: {e}", p.display())))?;
     Ok(p)
 }
 
@@ -207,40 +182,26 @@ fn materialize(
     secret: bool,
 ) -> Result<(), Failure> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Failure::new(
-            "CreateRunFailed",
-            format!("cannot create {}: {e}", dir.display()),
-        )
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::new("CreateRunFailed", format!("cannot create {}: {e}", dir.display())))?;
     let pairs: Vec<(String, String)> = if items.is_empty() {
         data.keys().map(|k| (k.clone(), k.clone())).collect()
     } else {
-        items
-            .iter()
-            .map(|i| (i.key.clone(), i.path.clone()))
-            .collect()
+        items.iter().map(|i| (i.key.clone(), i.path.clone())).collect()
     };
     for (key, path) in pairs {
         let Some(bytes) = data.get(&key) else {
             return Err(Failure::new(
                 "InvalidWorkspaceBindings",
-                format!(
-                    "key {key:?} not found in the bound {}",
-                    if secret { "Secret" } else { "ConfigMap" }
-                ),
+                format!("key {key:?} not found in the bound {}", if secret { "Secret" } else { "ConfigMap" }),
             ));
         };
         let target = join_sub(dir, &path)?;
         if let Some(parent) = target.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        std::fs::write(&target, bytes).map_err(|e| {
-            Failure::new(
-                "CreateRunFailed",
-                format!("cannot write {}: {e}", target.display()),
-            )
-        })?;
+        std::fs::write(&target, bytes)
+            .map_err(|e| Failure::new("CreateRunFailed", format!("cannot write {}: {e}", target.display())))?;
         let mode = if secret { 0o400 } else { 0o444 };
         let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode));
     }

@@ -11,9 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    AttemptStatus, BoundWorkspace, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest,
-};
+use super::{AttemptStatus, BoundWorkspace, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest};
 use crate::model::{format_duration, parse_duration, ParamType, ParamValue, Step, TaskSpec};
 use crate::subst::Vars;
 use crate::ui::Console;
@@ -33,30 +31,19 @@ pub struct LocalExecutor {
 
 impl LocalExecutor {
     pub fn new(pass_env: Vec<(String, String)>, console: Arc<Console>) -> Self {
-        LocalExecutor {
-            pass_env,
-            console,
-            warned_images: Mutex::new(HashSet::new()),
-        }
+        LocalExecutor { pass_env, console, warned_images: Mutex::new(HashSet::new()) }
     }
 
     fn note_image(&self, image: &str) {
         let mut seen = self.warned_images.lock().unwrap_or_else(|e| e.into_inner());
         if seen.insert(image.to_string()) {
-            tracing::info!(
-                image,
-                "image is recorded, not used: the local executor runs steps on this host"
-            );
+            tracing::info!(image, "image is recorded, not used: the local executor runs steps on this host");
         }
     }
 }
 
 impl Executor for LocalExecutor {
-    fn run<'a>(
-        &'a self,
-        req: TaskRunRequest,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'a, TaskOutcome> {
+    fn run<'a>(&'a self, req: TaskRunRequest, cancel: CancellationToken) -> BoxFuture<'a, TaskOutcome> {
         Box::pin(async move {
             let start = Instant::now();
             let mut out = match run_task(self, &req, &cancel).await {
@@ -103,8 +90,7 @@ fn mkdirs(base: &Path) -> Result<Dirs, String> {
         logs: base.join("logs"),
     };
     for p in [&d.results, &d.steps, &d.home, &d.scripts, &d.work, &d.logs] {
-        std::fs::create_dir_all(p)
-            .map_err(|e| format!("cannot create run directory {}: {e}", p.display()))?;
+        std::fs::create_dir_all(p).map_err(|e| format!("cannot create run directory {}: {e}", p.display()))?;
     }
     Ok(d)
 }
@@ -113,48 +99,25 @@ fn mkdirs(base: &Path) -> Result<Dirs, String> {
 fn path_vars(spec: &TaskSpec, d: &Dirs, ws: &[BoundWorkspace]) -> Vars {
     let mut v = Vars::new();
     for r in &spec.results {
-        v.set_str(
-            format!("results.{}.path", r.name),
-            d.results.join(&r.name).display().to_string(),
-        );
+        v.set_str(format!("results.{}.path", r.name), d.results.join(&r.name).display().to_string());
     }
     for (i, s) in spec.steps.iter().enumerate() {
         let cname = step_container_name(s, i);
         let sdir = d.steps.join(&cname);
-        v.set_str(
-            format!("steps.{cname}.exitCode.path"),
-            sdir.join("exitCode").display().to_string(),
-        );
-        v.set_str(
-            format!("steps.{i}.exitCode.path"),
-            sdir.join("exitCode").display().to_string(),
-        );
+        v.set_str(format!("steps.{cname}.exitCode.path"), sdir.join("exitCode").display().to_string());
+        v.set_str(format!("steps.{i}.exitCode.path"), sdir.join("exitCode").display().to_string());
     }
     for w in ws {
-        let path = w
-            .path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let path = w.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         v.set_str(format!("workspaces.{}.path", w.name), path);
-        v.set_str(
-            format!("workspaces.{}.bound", w.name),
-            if w.path.is_some() { "true" } else { "false" },
-        );
+        v.set_str(format!("workspaces.{}.bound", w.name), if w.path.is_some() { "true" } else { "false" });
         v.set_str(format!("workspaces.{}.claim", w.name), w.claim.clone());
         v.set_str(
             format!("workspaces.{}.volume", w.name),
-            if w.path.is_some() {
-                format!("ws-{}", w.name)
-            } else {
-                String::new()
-            },
+            if w.path.is_some() { format!("ws-{}", w.name) } else { String::new() },
         );
     }
-    v.set_str(
-        "credentials.path",
-        d.home.join(".creds").display().to_string(),
-    );
+    v.set_str("credentials.path", d.home.join(".creds").display().to_string());
     v
 }
 
@@ -164,16 +127,9 @@ fn substitute_step(step: &Step, vars: &Vars) -> Step {
     serde_json::from_value(v).unwrap_or_else(|_| step.clone())
 }
 
-async fn run_task(
-    ex: &LocalExecutor,
-    req: &TaskRunRequest,
-    cancel: &CancellationToken,
-) -> Result<TaskOutcome, String> {
+async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &CancellationToken) -> Result<TaskOutcome, String> {
     let d = mkdirs(&req.dir)?;
-    let deadline = req
-        .timeout
-        .filter(|t| !t.is_zero())
-        .map(|t| Instant::now() + t);
+    let deadline = req.timeout.filter(|t| !t.is_zero()).map(|t| Instant::now() + t);
     let pvars = path_vars(&req.spec, &d, &req.workspaces);
 
     // sidecars: background processes for the life of the steps
@@ -181,22 +137,11 @@ async fn run_task(
     for (i, sc) in req.spec.sidecars.iter().enumerate() {
         let sc = substitute_step(sc, &pvars);
         let name = sc.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
-        match spawn(
-            ex,
-            req,
-            &d,
-            &sc,
-            &format!("sidecar-{name}"),
-            &BTreeMap::new(),
-        ) {
+        match spawn(ex, req, &d, &sc, &format!("sidecar-{name}"), &BTreeMap::new()) {
             Ok((child, _)) => sidecars.push(child),
             Err(e) => {
                 kill_all(&mut sidecars).await;
-                return Ok(failed(
-                    "Failed",
-                    format!("sidecar {name:?} could not start: {e}"),
-                    vec![],
-                ));
+                return Ok(failed("Failed", format!("sidecar {name:?} could not start: {e}"), vec![]));
             }
         }
     }
@@ -252,11 +197,7 @@ async fn run_task(
             let input = rt.apply_str(w.input.as_deref().unwrap_or(""));
             let values = rt.apply_list(w.values.as_deref().unwrap_or(&[]));
             let hit = values.contains(&input);
-            when_ok &= if w.operator.as_deref() == Some("notin") {
-                !hit
-            } else {
-                hit
-            };
+            when_ok &= if w.operator.as_deref() == Some("notin") { !hit } else { hit };
         }
         if !when_ok {
             let _ = std::fs::write(sdir.join("exitCode"), "0");
@@ -272,11 +213,7 @@ async fn run_task(
         if let Some(img) = &step.image {
             ex.note_image(img);
         }
-        let step_timeout = step
-            .timeout
-            .as_deref()
-            .and_then(parse_duration)
-            .filter(|t| !t.is_zero());
+        let step_timeout = step.timeout.as_deref().and_then(parse_duration).filter(|t| !t.is_zero());
         let started = Instant::now();
         let step_deadline = match (step_timeout.map(|t| started + t), deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -293,11 +230,8 @@ async fn run_task(
                     duration_ms: 0,
                     log,
                 });
-                failure = Some((
-                    AttemptStatus::Failed,
-                    "Failed".into(),
-                    format!("step {sname:?} could not start: {e}"),
-                ));
+                failure =
+                    Some((AttemptStatus::Failed, "Failed".into(), format!("step {sname:?} could not start: {e}")));
                 continue;
             }
         };
@@ -313,8 +247,7 @@ async fn run_task(
         };
         let _ = std::fs::write(sdir.join("exitCode"), code.to_string());
         // collect results after every step, success or not (last writer wins)
-        if let Err(msg) = collect_results(&req.spec, &d.results, req.max_result_size, &mut results)
-        {
+        if let Err(msg) = collect_results(&req.spec, &d.results, req.max_result_size, &mut results) {
             steps_out.push(StepOutcome {
                 name: sname,
                 termination_reason: "Error".into(),
@@ -322,11 +255,7 @@ async fn run_task(
                 duration_ms: dur,
                 log,
             });
-            failure = Some((
-                AttemptStatus::Failed,
-                "TaskRunResultLargerThanAllowedLimit".into(),
-                msg,
-            ));
+            failure = Some((AttemptStatus::Failed, "TaskRunResultLargerThanAllowedLimit".into(), msg));
             continue;
         }
         let mut mine = BTreeMap::new();
@@ -339,8 +268,7 @@ async fn run_task(
         step_results.insert(sname.clone(), mine);
         match reason {
             Some("timeout") => {
-                let whole =
-                    deadline.is_some_and(|dl| Instant::now() + Duration::from_millis(5) >= dl);
+                let whole = deadline.is_some_and(|dl| Instant::now() + Duration::from_millis(5) >= dl);
                 steps_out.push(StepOutcome {
                     name: sname.clone(),
                     termination_reason: "TimeoutExceeded".into(),
@@ -362,10 +290,7 @@ async fn run_task(
                     (
                         AttemptStatus::Failed,
                         "Failed".into(),
-                        format!(
-                            "step {sname:?} exceeded its timeout of {}",
-                            step.timeout.clone().unwrap_or_default()
-                        ),
+                        format!("step {sname:?} exceeded its timeout of {}", step.timeout.clone().unwrap_or_default()),
                     )
                 });
             }
@@ -409,11 +334,8 @@ async fn run_task(
                     duration_ms: dur,
                     log,
                 });
-                failure = Some((
-                    AttemptStatus::Failed,
-                    "Failed".into(),
-                    format!("\"{cname}\" exited with code {code}"),
-                ));
+                failure =
+                    Some((AttemptStatus::Failed, "Failed".into(), format!("\"{cname}\" exited with code {code}")));
             }
         }
     }
@@ -448,14 +370,9 @@ async fn run_task(
             steps: steps_out,
             duration: Duration::ZERO,
         },
-        Some((status, reason, message)) => TaskOutcome {
-            status,
-            reason,
-            message,
-            results: typed,
-            steps: steps_out,
-            duration: Duration::ZERO,
-        },
+        Some((status, reason, message)) => {
+            TaskOutcome { status, reason, message, results: typed, steps: steps_out, duration: Duration::ZERO }
+        }
     })
 }
 
@@ -470,12 +387,7 @@ fn failed(reason: &str, message: String, steps: Vec<StepOutcome>) -> TaskOutcome
     }
 }
 
-fn collect_results(
-    spec: &TaskSpec,
-    dir: &Path,
-    max: usize,
-    into: &mut BTreeMap<String, String>,
-) -> Result<(), String> {
+fn collect_results(spec: &TaskSpec, dir: &Path, max: usize, into: &mut BTreeMap<String, String>) -> Result<(), String> {
     for r in &spec.results {
         let p = dir.join(&r.name);
         let Ok(meta) = std::fs::metadata(&p) else {
@@ -488,10 +400,8 @@ fn collect_results(
                 meta.len()
             ));
         }
-        let bytes =
-            std::fs::read(&p).map_err(|e| format!("cannot read result {:?}: {e}", r.name))?;
-        let s = String::from_utf8(bytes)
-            .map_err(|_| format!("result {:?} is not valid UTF-8", r.name))?;
+        let bytes = std::fs::read(&p).map_err(|e| format!("cannot read result {:?}: {e}", r.name))?;
+        let s = String::from_utf8(bytes).map_err(|_| format!("result {:?} is not valid UTF-8", r.name))?;
         into.insert(r.name.clone(), s);
     }
     Ok(())
@@ -507,10 +417,7 @@ fn parse_typed(v: &str) -> Option<ParamValue> {
     }
 }
 
-fn type_results(
-    spec: &TaskSpec,
-    raw: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, ParamValue>, String> {
+fn type_results(spec: &TaskSpec, raw: &BTreeMap<String, String>) -> Result<BTreeMap<String, ParamValue>, String> {
     let mut out = BTreeMap::new();
     for r in &spec.results {
         let Some(v) = raw.get(&r.name) else { continue };
@@ -587,23 +494,20 @@ fn spawn(
     for e in &step.env {
         env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
     }
-    let args: Vec<String> = step
-        .args
-        .clone()
-        .unwrap_or_default()
-        .iter()
-        .map(|a| k8s_expand(a, &env))
-        .collect();
+    let args: Vec<String> = step.args.clone().unwrap_or_default().iter().map(|a| k8s_expand(a, &env)).collect();
     let (program, argv): (String, Vec<String>) = if let Some(script) = &step.script {
         let path = d.scripts.join(cname);
-        let body = if script.trim_start().starts_with("#!") {
-            script.clone()
-        } else {
-            format!("#!/bin/sh\nset -e\n{script}")
-        };
-        write_exec(&path, &body)
-            .map_err(|e| format!("cannot write script {}: {e}", path.display()))?;
-        (path.display().to_string(), args)
+        let body =
+            if script.trim_start().starts_with("#!") { script.clone() } else { format!("#!/bin/sh\nset -e\n{script}") };
+        write_exec(&path, &body).map_err(|e| format!("cannot write script {}: {e}", path.display()))?;
+        // Run the interpreter named by the shebang ourselves, as the kernel would: exec'ing
+        // a file just written can fail with ETXTBSY while another thread forks.
+        let (interp, interp_arg) = parse_shebang(&body);
+        let mut argv = Vec::new();
+        argv.extend(interp_arg);
+        argv.push(path.display().to_string());
+        argv.extend(args);
+        (interp, argv)
     } else if let Some(cmd) = step.command.as_ref().filter(|c| !c.is_empty()) {
         let cmd: Vec<String> = cmd.iter().map(|a| k8s_expand(a, &env)).collect();
         let mut argv = cmd[1..].to_vec();
@@ -623,21 +527,13 @@ fn spawn(
     };
     if !cwd.exists() {
         if cwd.starts_with(&req.dir) {
-            std::fs::create_dir_all(&cwd)
-                .map_err(|e| format!("cannot create workingDir {}: {e}", cwd.display()))?;
+            std::fs::create_dir_all(&cwd).map_err(|e| format!("cannot create workingDir {}: {e}", cwd.display()))?;
         } else {
-            return Err(format!(
-                "workingDir {} does not exist on this host",
-                cwd.display()
-            ));
+            return Err(format!("workingDir {} does not exist on this host", cwd.display()));
         }
     }
     // Resolve the program against the step's PATH, not tenon's.
-    let program = resolve_program(
-        &program,
-        env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH),
-        &cwd,
-    );
+    let program = resolve_program(&program, env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH), &cwd);
     let mut cmd = Command::new(&program);
     cmd.args(&argv)
         .env_clear()
@@ -648,9 +544,7 @@ fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
     let log_path = d.logs.join(format!("{cname}.log"));
     let log = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
@@ -662,34 +556,29 @@ fn spawn(
     let mut readers = Vec::new();
     let step_label = cname.strip_prefix("step-").unwrap_or(cname).to_string();
     if let Some(o) = child.stdout.take() {
-        readers.push(pump(
-            o,
-            ex.console.clone(),
-            req.label.clone(),
-            step_label.clone(),
-            log.clone(),
-        ));
+        readers.push(pump(o, ex.console.clone(), req.label.clone(), step_label.clone(), log.clone()));
     }
     if let Some(e) = child.stderr.take() {
-        readers.push(pump(
-            e,
-            ex.console.clone(),
-            req.label.clone(),
-            step_label,
-            log,
-        ));
+        readers.push(pump(e, ex.console.clone(), req.label.clone(), step_label, log));
     }
     Ok((child, readers))
+}
+
+/// Interpreter and optional single argument of a `#!` line (Linux passes the rest of
+/// the line as one argument).
+fn parse_shebang(body: &str) -> (String, Option<String>) {
+    let first = body.trim_start().lines().next().unwrap_or("");
+    let rest = first.strip_prefix("#!").unwrap_or("/bin/sh").trim();
+    match rest.split_once(char::is_whitespace) {
+        Some((i, a)) if !a.trim().is_empty() => (i.to_string(), Some(a.trim().to_string())),
+        _ => (rest.to_string(), None),
+    }
 }
 
 fn resolve_program(program: &str, path: &str, cwd: &Path) -> String {
     if program.contains('/') {
         let p = Path::new(program);
-        return if p.is_absolute() {
-            program.to_string()
-        } else {
-            cwd.join(p).display().to_string()
-        };
+        return if p.is_absolute() { program.to_string() } else { cwd.join(p).display().to_string() };
     }
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let cand = Path::new(dir).join(program);
@@ -739,11 +628,7 @@ enum Ended {
     Cancelled,
 }
 
-async fn wait_child(
-    child: &mut Child,
-    deadline: Option<Instant>,
-    cancel: &CancellationToken,
-) -> Ended {
+async fn wait_child(child: &mut Child, deadline: Option<Instant>, cancel: &CancellationToken) -> Ended {
     let pid = child.id();
     let sleep = async {
         match deadline {
@@ -765,10 +650,7 @@ async fn wait_child(
     if let Some(pid) = pid {
         if !matches!(ended, Ended::Exited(_)) {
             kill_group(pid as i32, libc::SIGTERM);
-            if tokio::time::timeout(KILL_GRACE, child.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
                 kill_group(pid as i32, libc::SIGKILL);
             }
         }
@@ -811,6 +693,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shebangs() {
+        assert_eq!(parse_shebang("#!/bin/sh\nx"), ("/bin/sh".into(), None));
+        assert_eq!(parse_shebang("#!/usr/bin/env python3\n"), ("/usr/bin/env".into(), Some("python3".into())));
+        assert_eq!(parse_shebang("  #!/bin/bash -eu\n"), ("/bin/bash".into(), Some("-eu".into())));
+    }
+
+    #[test]
     fn kubernetes_env_expansion() {
         let env = BTreeMap::from([("A".to_string(), "x".to_string())]);
         assert_eq!(k8s_expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
@@ -831,12 +720,8 @@ mod tests {
         assert_eq!(t["a"], ParamValue::Array(vec!["1".into(), "2".into()]));
         assert_eq!(t["s"], ParamValue::Str("x\n".into()));
         let bad = BTreeMap::from([("a".to_string(), "1,2".to_string())]);
-        assert!(type_results(&spec, &bad)
-            .unwrap_err()
-            .contains("declared array"));
+        assert!(type_results(&spec, &bad).unwrap_err().contains("declared array"));
         let missing = BTreeMap::from([("o".to_string(), "{}".to_string())]);
-        assert!(type_results(&spec, &missing)
-            .unwrap_err()
-            .contains("missing keys"));
+        assert!(type_results(&spec, &missing).unwrap_err().contains("missing keys"));
     }
 }

@@ -84,9 +84,5 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Runs TaskRun attempts. Implementations must kill everything they started when
 /// `cancel` fires or the timeout passes, and never leave processes behind.
 pub trait Executor: Send + Sync {
-    fn run<'a>(
-        &'a self,
-        req: TaskRunRequest,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'a, TaskOutcome>;
+    fn run<'a>(&'a self, req: TaskRunRequest, cancel: CancellationToken) -> BoxFuture<'a, TaskOutcome>;
 }

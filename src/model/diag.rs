@@ -21,13 +21,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn new(
-        file: &str,
-        pos: Pos,
-        object: Option<String>,
-        field: &str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(file: &str, pos: Pos, object: Option<String>, field: &str, message: impl Into<String>) -> Self {
         Diagnostic {
             file: file.to_string(),
             line: pos.line,
@@ -67,8 +61,7 @@ impl Diagnostics {
         self.0.len()
     }
     pub fn sorted(mut self) -> Self {
-        self.0
-            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        self.0.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         self.0.dedup();
         self
     }

@@ -108,32 +108,19 @@ impl Catalog {
     /// A diagnostic for `field` of `obj`, positioned at that field (or its nearest parent).
     pub fn diag<T>(&self, obj: &Obj<T>, field: &str, message: impl Into<String>) -> Diagnostic {
         let file = &self.files[obj.file];
-        let pos = file
-            .docs
-            .get(obj.doc)
-            .map(|d| d.pos_of(field))
-            .unwrap_or_default();
+        let pos = file.docs.get(obj.doc).map(|d| d.pos_of(field)).unwrap_or_default();
         Diagnostic::new(&file.path, pos, Some(obj.label()), field, message)
     }
 
     /// Position of a field of an object.
     pub fn pos_of<T>(&self, obj: &Obj<T>, field: &str) -> (String, Pos) {
         let file = &self.files[obj.file];
-        (
-            file.path.clone(),
-            file.docs
-                .get(obj.doc)
-                .map(|d| d.pos_of(field))
-                .unwrap_or_default(),
-        )
+        (file.path.clone(), file.docs.get(obj.doc).map(|d| d.pos_of(field)).unwrap_or_default())
     }
 
     /// Whether nothing runnable or referenceable was found.
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-            && self.pipelines.is_empty()
-            && self.pipeline_runs.is_empty()
-            && self.task_runs.is_empty()
+        self.tasks.is_empty() && self.pipelines.is_empty() && self.pipeline_runs.is_empty() && self.task_runs.is_empty()
     }
 }
 
@@ -146,7 +133,10 @@ pub fn load_dir(dir: &Path) -> Catalog {
     files.sort();
     let mut sources = Vec::new();
     for f in files {
-        let shown = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
+        let shown = match f.strip_prefix(dir) {
+            Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+            _ => f.display().to_string(),
+        };
         match std::fs::metadata(&f) {
             Ok(m) if m.len() > MAX_MANIFEST_BYTES => {
                 diags.push(Diagnostic::new(
@@ -163,21 +153,13 @@ pub fn load_dir(dir: &Path) -> Catalog {
         match std::fs::read(&f) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => sources.push((shown, text)),
-                Err(_) => diags.push(Diagnostic::new(
-                    &shown,
-                    Pos { line: 1, col: 1 },
-                    None,
-                    "",
-                    "file is not valid UTF-8",
-                )),
+                Err(_) => {
+                    diags.push(Diagnostic::new(&shown, Pos { line: 1, col: 1 }, None, "", "file is not valid UTF-8"))
+                }
             },
-            Err(e) => diags.push(Diagnostic::new(
-                &shown,
-                Pos { line: 1, col: 1 },
-                None,
-                "",
-                format!("cannot read file: {e}"),
-            )),
+            Err(e) => {
+                diags.push(Diagnostic::new(&shown, Pos { line: 1, col: 1 }, None, "", format!("cannot read file: {e}")))
+            }
         }
     }
     let mut cat = load_sources(sources);
@@ -238,19 +220,10 @@ pub fn load_sources(sources: Vec<(String, String)>) -> Catalog {
     for (path, text) in sources {
         let (docs, err) = parse_documents(&text);
         if let Some(e) = err {
-            cat.diagnostics.push(Diagnostic::new(
-                &path,
-                e.pos,
-                None,
-                "",
-                format!("invalid YAML: {}", e.message),
-            ));
+            cat.diagnostics.push(Diagnostic::new(&path, e.pos, None, "", format!("invalid YAML: {}", e.message)));
         }
         let file_idx = cat.files.len();
-        cat.files.push(SourceFile {
-            path: path.clone(),
-            docs: Vec::new(),
-        });
+        cat.files.push(SourceFile { path: path.clone(), docs: Vec::new() });
         let mut kept = Vec::new();
         for doc in docs {
             let doc_idx = kept.len();
@@ -264,20 +237,9 @@ pub fn load_sources(sources: Vec<(String, String)>) -> Catalog {
     cat
 }
 
-fn add_object(
-    cat: &mut Catalog,
-    path: &str,
-    doc: &Document,
-    value: Value,
-    file: usize,
-    doc_idx: usize,
-) {
+fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file: usize, doc_idx: usize) {
     let Value::Object(map) = &value else { return };
-    let api_version = map
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
     let Some(kind_s) = map.get("kind").and_then(Value::as_str) else {
         return;
     };
@@ -300,13 +262,7 @@ fn add_object(
         Ok(m) => m,
         Err((field, msg)) => {
             let f = join("metadata", &field);
-            cat.diagnostics.push(Diagnostic::new(
-                path,
-                doc.pos_of(&f),
-                Some(format!("{kind_s} (unnamed)")),
-                &f,
-                msg,
-            ));
+            cat.diagnostics.push(Diagnostic::new(path, doc.pos_of(&f), Some(format!("{kind_s} (unnamed)")), &f, msg));
             return;
         }
     };
@@ -344,24 +300,12 @@ fn add_object(
         ($list:ident, $v:expr, $prefix:expr) => {{
             let v = $v;
             match decode(&v) {
-                Ok(spec) => cat.$list.push(Obj {
-                    kind,
-                    api_version: api_version.clone(),
-                    name,
-                    meta,
-                    spec,
-                    file,
-                    doc: doc_idx,
-                }),
+                Ok(spec) => {
+                    cat.$list.push(Obj { kind, api_version: api_version.clone(), name, meta, spec, file, doc: doc_idx })
+                }
                 Err((field, msg)) => {
                     let f = join($prefix, &field);
-                    cat.diagnostics.push(Diagnostic::new(
-                        path,
-                        doc.pos_of(&f),
-                        Some(label),
-                        &f,
-                        msg,
-                    ));
+                    cat.diagnostics.push(Diagnostic::new(path, doc.pos_of(&f), Some(label), &f, msg));
                 }
             }
         }};
@@ -522,12 +466,7 @@ fn normalize_keys(v: &mut Value, parent_key: &str) {
             let renames: Vec<(String, &'static str)> = m
                 .keys()
                 .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
-                .filter_map(|k| {
-                    KNOWN_FIELDS
-                        .iter()
-                        .find(|f| f.eq_ignore_ascii_case(k))
-                        .map(|f| (k.clone(), *f))
-                })
+                .filter_map(|k| KNOWN_FIELDS.iter().find(|f| f.eq_ignore_ascii_case(k)).map(|f| (k.clone(), *f)))
                 .collect();
             for (from, to) in renames {
                 if !m.contains_key(to) {
@@ -568,18 +507,13 @@ mod tests {
         assert!(cat.diagnostics.is_empty(), "{}", cat.diagnostics);
         assert_eq!(cat.tasks.len(), 1);
         assert_eq!(cat.config_maps[0].spec.data["n"], "1");
-        assert!(
-            cat.pipeline_runs[0].name.starts_with("run-") && cat.pipeline_runs[0].name.len() == 9
-        );
+        assert!(cat.pipeline_runs[0].name.starts_with("run-") && cat.pipeline_runs[0].name.len() == 9);
     }
 
     #[test]
     fn keys_match_case_insensitively() {
         let cat = load("apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {name: a}\nspec:\n  workspaces: [{name: w, mountpath: /x}]\n  steps: [{image: x, script: echo}]\n");
-        assert_eq!(
-            cat.tasks[0].spec.workspaces[0].mount_path.as_deref(),
-            Some("/x")
-        );
+        assert_eq!(cat.tasks[0].spec.workspaces[0].mount_path.as_deref(), Some("/x"));
     }
 
     #[test]

@@ -10,9 +10,7 @@ mod validate;
 mod yaml;
 
 pub use diag::{Diagnostic, Diagnostics};
-pub use load::{
-    load_dir, load_sources, Catalog, Obj, ObjKind, SourceFile, REPO_WORKSPACE_ANNOTATION,
-};
+pub use load::{load_dir, load_sources, Catalog, Obj, ObjKind, SourceFile, REPO_WORKSPACE_ANNOTATION};
 pub use types::*;
 pub use validate::{param_name_ok, validate};
 pub use yaml::Pos;
@@ -30,17 +28,13 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_end == 0 {
             return None;
         }
         let n: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let mult = match &rest[..unit_end] {
             "ns" => 1e-9,
             "us" | "µs" | "μs" => 1e-6,
@@ -68,11 +62,7 @@ pub fn format_duration(d: std::time::Duration) -> String {
     let secs = d.as_secs();
     let frac = d.subsec_nanos();
     let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    let s_str = if frac == 0 {
-        format!("{s}")
-    } else {
-        format!("{}", s as f64 + frac as f64 / 1e9)
-    };
+    let s_str = if frac == 0 { format!("{s}") } else { format!("{}", s as f64 + frac as f64 / 1e9) };
     if h > 0 {
         format!("{h}h{m}m{s_str}s")
     } else if m > 0 {

@@ -20,15 +20,9 @@ pub struct ObjectMeta {
     pub generate_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(
-        skip_serializing_if = "Map::is_empty",
-        deserialize_with = "lenient_map"
-    )]
+    #[serde(skip_serializing_if = "Map::is_empty", deserialize_with = "lenient_map")]
     pub labels: Map,
-    #[serde(
-        skip_serializing_if = "Map::is_empty",
-        deserialize_with = "lenient_map"
-    )]
+    #[serde(skip_serializing_if = "Map::is_empty", deserialize_with = "lenient_map")]
     pub annotations: Map,
 }
 
@@ -58,20 +52,17 @@ impl<'de> Deserialize<'de> for ParamValue {
             Value::Array(items) => items
                 .iter()
                 .map(|i| {
-                    scalar(i).ok_or_else(|| {
-                        D::Error::custom(
-                            "array values must be strings, not nested lists or objects",
-                        )
-                    })
+                    scalar(i)
+                        .ok_or_else(|| D::Error::custom("array values must be strings, not nested lists or objects"))
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(ParamValue::Array),
             Value::Object(m) => m
                 .iter()
                 .map(|(k, i)| {
-                    scalar(i).map(|s| (k.clone(), s)).ok_or_else(|| {
-                        D::Error::custom(format!("object values must be strings, key {k:?} is not"))
-                    })
+                    scalar(i)
+                        .map(|s| (k.clone(), s))
+                        .ok_or_else(|| D::Error::custom(format!("object values must be strings, key {k:?} is not")))
                 })
                 .collect::<Result<BTreeMap<_, _>, _>>()
                 .map(ParamValue::Object),
@@ -634,9 +625,7 @@ pub fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
         Some(Value::Bool(b)) => Ok(b),
         Some(Value::String(s)) if s == "true" => Ok(true),
         Some(Value::String(s)) if s == "false" => Ok(false),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a boolean, got {other}"
-        ))),
+        Some(other) => Err(serde::de::Error::custom(format!("expected a boolean, got {other}"))),
     }
 }
 
@@ -647,23 +636,16 @@ pub fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         Some(Value::Number(n)) => n
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!("expected a non-negative integer, got {n}"))
-            }),
-        Some(Value::String(s)) => s.parse::<u32>().map_err(|_| {
-            serde::de::Error::custom(format!("expected a non-negative integer, got {s:?}"))
-        }),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a non-negative integer, got {other}"
-        ))),
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a non-negative integer, got {n}"))),
+        Some(Value::String(s)) => s
+            .parse::<u32>()
+            .map_err(|_| serde::de::Error::custom(format!("expected a non-negative integer, got {s:?}"))),
+        Some(other) => Err(serde::de::Error::custom(format!("expected a non-negative integer, got {other}"))),
     }
 }
 
 /// A string map whose values may be null (treated as empty).
 pub fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
     let m = Option::<BTreeMap<String, Option<String>>>::deserialize(d)?;
-    Ok(m.unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.unwrap_or_default()))
-        .collect())
+    Ok(m.unwrap_or_default().into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect())
 }

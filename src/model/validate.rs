@@ -12,10 +12,7 @@ use crate::subst::{find_refs, Seg};
 
 /// Validate everything in the catalog. Load-time diagnostics are included first.
 pub fn validate(cat: &Catalog) -> Diagnostics {
-    let mut v = Validator {
-        cat,
-        out: Diagnostics::default(),
-    };
+    let mut v = Validator { cat, out: Diagnostics::default() };
     v.out.0.extend(cat.diagnostics.0.iter().cloned());
     v.duplicates();
     for t in &cat.tasks {
@@ -85,8 +82,7 @@ fn did_you_mean<'b>(name: &str, candidates: impl IntoIterator<Item = &'b str>) -
 pub fn dns_label_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -106,8 +102,7 @@ fn result_name_ok(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn value_type(v: &ParamValue) -> ParamType {
@@ -126,27 +121,13 @@ fn is_isolated_ref(s: &str) -> bool {
 
 impl<'a> Validator<'a> {
     fn ctx<T>(&self, o: &Obj<T>) -> Ctx {
-        Ctx {
-            file: o.file,
-            doc: o.doc,
-            label: o.label(),
-        }
+        Ctx { file: o.file, doc: o.doc, label: o.label() }
     }
 
     fn err(&mut self, ctx: &Ctx, field: &str, msg: impl Into<String>) {
         let file = &self.cat.files[ctx.file];
-        let pos = file
-            .docs
-            .get(ctx.doc)
-            .map(|d| d.pos_of(field))
-            .unwrap_or_default();
-        self.out.push(Diagnostic::new(
-            &file.path,
-            pos,
-            Some(ctx.label.clone()),
-            field,
-            msg,
-        ));
+        let pos = file.docs.get(ctx.doc).map(|d| d.pos_of(field)).unwrap_or_default();
+        self.out.push(Diagnostic::new(&file.path, pos, Some(ctx.label.clone()), field, msg));
     }
 
     fn duplicates(&mut self) {
@@ -160,11 +141,7 @@ impl<'a> Validator<'a> {
                     v.err(
                         &ctx,
                         "metadata.name",
-                        format!(
-                            "duplicate {} name {:?} (also defined in {first_file})",
-                            o.kind.as_str(),
-                            o.name
-                        ),
+                        format!("duplicate {} name {:?} (also defined in {first_file})", o.kind.as_str(), o.name),
                     );
                 }
             }
@@ -187,11 +164,7 @@ impl<'a> Validator<'a> {
                 continue;
             }
             if !seen.insert(p.name.clone()) {
-                self.err(
-                    ctx,
-                    &format!("{f}.name"),
-                    format!("parameter {:?} appears more than once", p.name),
-                );
+                self.err(ctx, &format!("{f}.name"), format!("parameter {:?} appears more than once", p.name));
             }
             if let Some(t) = &p.type_ {
                 if !matches!(t.as_str(), "string" | "array" | "object") {
@@ -205,18 +178,21 @@ impl<'a> Validator<'a> {
             }
             let pt = p.param_type();
             if !param_name_ok(&p.name, pt == ParamType::Object) {
-                self.err(ctx, &format!("{f}.name"), format!("invalid param name {:?}: must match ^[_a-zA-Z][_a-zA-Z0-9.-]*$ (no dots for object params)", p.name));
+                self.err(
+                    ctx,
+                    &format!("{f}.name"),
+                    format!(
+                        "invalid param name {:?}: must match ^[_a-zA-Z][_a-zA-Z0-9.-]*$ (no dots for object params)",
+                        p.name
+                    ),
+                );
             }
             if let Some(d) = &p.default {
                 if value_type(d) != pt {
                     self.err(
                         ctx,
                         &format!("{f}.default"),
-                        format!(
-                            "{:?} type does not match default value's type: {:?}",
-                            pt.as_str(),
-                            d.type_name()
-                        ),
+                        format!("{:?} type does not match default value's type: {:?}", pt.as_str(), d.type_name()),
                     );
                 }
             }
@@ -233,23 +209,13 @@ impl<'a> Validator<'a> {
                                 );
                             }
                         }
-                        if let Some(ParamValue::Object(d)) = &p.default {
-                            let missing: Vec<&String> =
-                                props.keys().filter(|k| !d.contains_key(*k)).collect();
-                            if !missing.is_empty() {
-                                self.err(ctx, &format!("{f}.default"), format!("missing keys for these params which are required in ParamSpec's properties: {missing:?}"));
-                            }
-                        }
+                        // a partial default is fine: supplied values are merged over it key by key
                     }
                 }
             }
             if let Some(e) = &p.enum_ {
                 if pt != ParamType::String {
-                    self.err(
-                        ctx,
-                        &format!("{f}.enum"),
-                        "enum is only allowed on string params",
-                    );
+                    self.err(ctx, &format!("{f}.enum"), "enum is only allowed on string params");
                 } else if let Some(ParamValue::Str(d)) = &p.default {
                     if !e.contains(d) {
                         self.err(
@@ -276,7 +242,11 @@ impl<'a> Validator<'a> {
         let mut seen = BTreeSet::new();
         for (i, p) in supplied.iter().enumerate() {
             if !seen.insert(p.name.as_str()) {
-                self.err(ctx, &format!("{base}[{i}].name"), format!("parameter names must be unique, the parameter {:?} is also defined earlier", p.name));
+                self.err(
+                    ctx,
+                    &format!("{base}[{i}].name"),
+                    format!("parameter names must be unique, the parameter {:?} is also defined earlier", p.name),
+                );
             }
             if let Some(d) = decl.iter().find(|d| d.name == p.name) {
                 let dt = d.param_type();
@@ -285,17 +255,23 @@ impl<'a> Validator<'a> {
                     _ => true,
                 };
                 if literal && value_type(&p.value) != dt {
-                    self.err(ctx, &format!("{base}[{i}].value"), format!("param types don't match the user-specified type: param {:?} is declared {} but given {}", p.name, dt.as_str(), p.value.type_name()));
+                    self.err(
+                        ctx,
+                        &format!("{base}[{i}].value"),
+                        format!(
+                            "param types don't match the user-specified type: param {:?} is declared {} but given {}",
+                            p.name,
+                            dt.as_str(),
+                            p.value.type_name()
+                        ),
+                    );
                 }
                 if let (Some(e), ParamValue::Str(s)) = (&d.enum_, &p.value) {
                     if !s.contains("$(") && !e.contains(s) {
                         self.err(
                             ctx,
                             &format!("{base}[{i}].value"),
-                            format!(
-                                "param `{}` value: {s} is not in the enum list {e:?}",
-                                p.name
-                            ),
+                            format!("param `{}` value: {s} is not in the enum list {e:?}", p.name),
                         );
                     }
                 }
@@ -317,20 +293,12 @@ impl<'a> Validator<'a> {
         let missing: Vec<&str> = decl
             .iter()
             .filter(|d| d.default.is_none())
-            .filter(|d| {
-                !supplied.iter().any(|p| p.name == d.name) && !also.contains(&d.name.as_str())
-            })
+            .filter(|d| !supplied.iter().any(|p| p.name == d.name) && !also.contains(&d.name.as_str()))
             .map(|d| d.name.as_str())
             .collect();
         if !missing.is_empty() {
-            let field = base
-                .rsplit_once('.')
-                .map_or(String::new(), |(p, _)| p.to_string());
-            self.err(
-                ctx,
-                &field,
-                format!("{what} missing parameters: {missing:?} (declared without default)"),
-            );
+            let field = base.rsplit_once('.').map_or(String::new(), |(p, _)| p.to_string());
+            self.err(ctx, &field, format!("{what} missing parameters: {missing:?} (declared without default)"));
         }
     }
 
@@ -349,11 +317,7 @@ impl<'a> Validator<'a> {
                 self.err(ctx, &format!("{f}.name"), format!("invalid result name {:?}: must consist of alphanumerics, '-', '_' or '.', starting and ending alphanumeric", r.name));
             }
             if !rseen.insert(r.name.clone()) {
-                self.err(
-                    ctx,
-                    &format!("{f}.name"),
-                    format!("result {:?} appears more than once", r.name),
-                );
+                self.err(ctx, &format!("{f}.name"), format!("result {:?} appears more than once", r.name));
             }
             if let Some(t) = &r.type_ {
                 if !matches!(t.as_str(), "string" | "array" | "object") {
@@ -374,22 +338,11 @@ impl<'a> Validator<'a> {
         for (i, w) in spec.workspaces.iter().enumerate() {
             let f = format!("{base}.workspaces[{i}]");
             if !wnames.insert(w.name.clone()) {
-                self.err(
-                    ctx,
-                    &format!("{f}.name"),
-                    format!("workspace name {:?} must be unique", w.name),
-                );
+                self.err(ctx, &format!("{f}.name"), format!("workspace name {:?} must be unique", w.name));
             }
-            let mp = w
-                .mount_path
-                .clone()
-                .unwrap_or_else(|| format!("/workspace/{}", w.name));
+            let mp = w.mount_path.clone().unwrap_or_else(|| format!("/workspace/{}", w.name));
             if !wpaths.insert(mp.clone()) {
-                self.err(
-                    ctx,
-                    &format!("{f}.mountPath"),
-                    format!("workspace mount path {mp:?} must be unique"),
-                );
+                self.err(ctx, &format!("{f}.mountPath"), format!("workspace mount path {mp:?} must be unique"));
             }
         }
         // steps
@@ -409,39 +362,14 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
-            self.container(
-                ctx,
-                &f,
-                s,
-                spec,
-                env,
-                true,
-                template_image.is_some(),
-                &snames_before(&spec.steps, i),
-            );
+            self.container(ctx, &f, s, spec, env, true, template_image.is_some(), &snames_before(&spec.steps, i));
         }
         for (i, s) in spec.sidecars.iter().enumerate() {
             let f = format!("{base}.sidecars[{i}]");
-            self.container(
-                ctx,
-                &f,
-                s,
-                spec,
-                env,
-                false,
-                template_image.is_some(),
-                &BTreeSet::new(),
-            );
+            self.container(ctx, &f, s, spec, env, false, template_image.is_some(), &BTreeSet::new());
         }
         if let Some(t) = &spec.step_template {
-            self.strings_in_container(
-                ctx,
-                &format!("{base}.stepTemplate"),
-                t,
-                spec,
-                env,
-                &BTreeSet::new(),
-            );
+            self.strings_in_container(ctx, &format!("{base}.stepTemplate"), t, spec, env, &BTreeSet::new());
         }
     }
 
@@ -469,11 +397,7 @@ impl<'a> Validator<'a> {
                 ("workingDir", s.working_dir.is_some()),
             ] {
                 if set {
-                    self.err(
-                        ctx,
-                        &format!("{f}.{field}"),
-                        format!("{field} cannot be used with Ref"),
-                    );
+                    self.err(ctx, &format!("{f}.{field}"), format!("{field} cannot be used with Ref"));
                 }
             }
             match &r.name {
@@ -491,21 +415,13 @@ impl<'a> Validator<'a> {
             }
         } else {
             if !s.params.is_empty() && is_step {
-                self.err(
-                    ctx,
-                    &format!("{f}.params"),
-                    "params cannot be used without Ref",
-                );
+                self.err(ctx, &format!("{f}.params"), "params cannot be used without Ref");
             }
             if s.image.is_none() && !template_image {
                 self.err(ctx, f, "missing field(s): image");
             }
             if s.script.is_some() && s.command.is_some() {
-                self.err(
-                    ctx,
-                    &format!("{f}.script"),
-                    "script cannot be used with command",
-                );
+                self.err(ctx, &format!("{f}.script"), "script cannot be used with command");
             }
         }
         if let Some(oe) = &s.on_error {
@@ -527,14 +443,14 @@ impl<'a> Validator<'a> {
             }
         }
         for (i, m) in s.volume_mounts.iter().enumerate() {
-            if m.mount_path.starts_with("/tekton/") {
+            if m.mount_path.starts_with("/tekton/")
+                && m.mount_path != "/tekton/home"
+                && !m.mount_path.starts_with("/tekton/home/")
+            {
                 self.err(
                     ctx,
                     &format!("{f}.volumeMounts[{i}].mountPath"),
-                    format!(
-                        "volumeMount cannot be mounted under /tekton/ ({})",
-                        m.mount_path
-                    ),
+                    format!("volumeMount cannot be mounted under /tekton/ ({})", m.mount_path),
                 );
             }
         }
@@ -543,11 +459,7 @@ impl<'a> Validator<'a> {
         }
         for (i, w) in s.workspaces.iter().enumerate() {
             if !spec.workspaces.iter().any(|d| d.name == w.name) {
-                self.err(
-                    ctx,
-                    &format!("{f}.workspaces[{i}].name"),
-                    format!("undefined workspace {:?}", w.name),
-                );
+                self.err(ctx, &format!("{f}.workspaces[{i}].name"), format!("undefined workspace {:?}", w.name));
             }
         }
         self.strings_in_container(ctx, f, s, spec, env, earlier);
@@ -563,53 +475,21 @@ impl<'a> Validator<'a> {
         earlier: &BTreeSet<String>,
     ) {
         if let Some(sc) = &s.script {
-            self.task_refs(
-                ctx,
-                &format!("{f}.script"),
-                sc,
-                FieldKind::Script,
-                spec,
-                env,
-                earlier,
-            );
+            self.task_refs(ctx, &format!("{f}.script"), sc, FieldKind::Script, spec, env, earlier);
         }
         for (name, list) in [("command", &s.command), ("args", &s.args)] {
             for (i, a) in list.iter().flatten().enumerate() {
-                self.task_refs(
-                    ctx,
-                    &format!("{f}.{name}[{i}]"),
-                    a,
-                    FieldKind::ListElem,
-                    spec,
-                    env,
-                    earlier,
-                );
+                self.task_refs(ctx, &format!("{f}.{name}[{i}]"), a, FieldKind::ListElem, spec, env, earlier);
             }
         }
         for (i, e) in s.env.iter().enumerate() {
             if let Some(v) = &e.value {
-                self.task_refs(
-                    ctx,
-                    &format!("{f}.env[{i}].value"),
-                    v,
-                    FieldKind::Other,
-                    spec,
-                    env,
-                    earlier,
-                );
+                self.task_refs(ctx, &format!("{f}.env[{i}].value"), v, FieldKind::Other, spec, env, earlier);
             }
         }
         for (name, v) in [("image", &s.image), ("workingDir", &s.working_dir)] {
             if let Some(v) = v {
-                self.task_refs(
-                    ctx,
-                    &format!("{f}.{name}"),
-                    v,
-                    FieldKind::Other,
-                    spec,
-                    env,
-                    earlier,
-                );
+                self.task_refs(ctx, &format!("{f}.{name}"), v, FieldKind::Other, spec, env, earlier);
             }
         }
     }
@@ -674,18 +554,30 @@ impl<'a> Validator<'a> {
                 "results" => {
                     if let Some(Seg::Name(name)) = segs.get(1) {
                         if !spec.results.iter().any(|x| &x.name == name) {
-                            let hint =
-                                did_you_mean(name, spec.results.iter().map(|x| x.name.as_str()));
-                            self.err(ctx, field, format!("non-existent variable in {:?}: result {name:?} is not declared in results{hint}", r.expr));
+                            let hint = did_you_mean(name, spec.results.iter().map(|x| x.name.as_str()));
+                            self.err(
+                                ctx,
+                                field,
+                                format!(
+                                    "non-existent variable in {:?}: result {name:?} is not declared in results{hint}",
+                                    r.expr
+                                ),
+                            );
                         }
                     }
                 }
                 "workspaces" => {
                     if let Some(Seg::Name(name)) = segs.get(1) {
                         if !env.embedded && !spec.workspaces.iter().any(|w| &w.name == name) {
-                            let hint =
-                                did_you_mean(name, spec.workspaces.iter().map(|w| w.name.as_str()));
-                            self.err(ctx, field, format!("non-existent variable in {:?}: workspace {name:?} is not declared{hint}", r.expr));
+                            let hint = did_you_mean(name, spec.workspaces.iter().map(|w| w.name.as_str()));
+                            self.err(
+                                ctx,
+                                field,
+                                format!(
+                                    "non-existent variable in {:?}: workspace {name:?} is not declared{hint}",
+                                    r.expr
+                                ),
+                            );
                         }
                     }
                 }
@@ -703,15 +595,18 @@ impl<'a> Validator<'a> {
                     }
                 }
                 "steps" => {
-                    if kind == FieldKind::Script
-                        && segs.iter().any(|s| s == &Seg::Name("results".into()))
-                    {
+                    if kind == FieldKind::Script && segs.iter().any(|s| s == &Seg::Name("results".into())) {
                         self.err(ctx, field, format!("stepResult substitutions are only allowed in env, command and args. Found usage in script: $({})", r.expr));
                     } else if let Some(Seg::Name(sname)) = segs.get(1) {
-                        if segs.get(2) == Some(&Seg::Name("results".into()))
-                            && !earlier.contains(sname)
-                        {
-                            self.err(ctx, field, format!("invalid reference $({}): step {sname:?} does not come before this step", r.expr));
+                        if segs.get(2) == Some(&Seg::Name("results".into())) && !earlier.contains(sname) {
+                            self.err(
+                                ctx,
+                                field,
+                                format!(
+                                    "invalid reference $({}): step {sname:?} does not come before this step",
+                                    r.expr
+                                ),
+                            );
                         }
                     }
                 }
@@ -733,11 +628,7 @@ impl<'a> Validator<'a> {
     fn when_expr(&mut self, ctx: &Ctx, f: &str, w: &WhenExpression) {
         if let Some(cel) = &w.cel {
             if w.operator.is_some() || w.input.is_some() || w.values.is_some() {
-                self.err(
-                    ctx,
-                    f,
-                    "cel and input+operator+values cannot be set in one WhenExpression",
-                );
+                self.err(ctx, f, "cel and input+operator+values cannot be set in one WhenExpression");
             } else {
                 self.err(ctx, &format!("{f}.cel"), format!("unsupported: CEL when expressions (alpha, feature flag enable-cel-in-whenexpression) are not supported by tenon: {cel:?}; use input/operator/values"));
             }
@@ -753,11 +644,7 @@ impl<'a> Validator<'a> {
             None => self.err(ctx, f, "missing field(s): operator"),
         }
         if w.values.as_ref().is_none_or(|v| v.is_empty()) {
-            self.err(
-                ctx,
-                &format!("{f}.values"),
-                "expecting non-empty values field",
-            );
+            self.err(ctx, &format!("{f}.values"), "expecting non-empty values field");
         }
     }
 
@@ -781,18 +668,12 @@ impl<'a> Validator<'a> {
                 self.err(
                     ctx,
                     &format!("{base}.finally"),
-                    format!(
-                        "spec.tasks is empty but spec.finally has {} tasks",
-                        spec.finally.len()
-                    ),
+                    format!("spec.tasks is empty but spec.finally has {} tasks", spec.finally.len()),
                 );
             }
         }
-        let pparams: BTreeMap<String, ParamType> = spec
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.param_type()))
-            .collect();
+        let pparams: BTreeMap<String, ParamType> =
+            spec.params.iter().map(|p| (p.name.clone(), p.param_type())).collect();
         let pworkspaces: BTreeSet<&str> = spec.workspaces.iter().map(|w| w.name.as_str()).collect();
         let mut wseen = BTreeSet::new();
         for (i, w) in spec.workspaces.iter().enumerate() {
@@ -817,33 +698,33 @@ impl<'a> Validator<'a> {
                     self.err(ctx, &format!("{f}.name"), format!("invalid value {:?}: a pipeline task name must be a DNS-1123 label (lowercase alphanumerics and '-', at most 63)", pt.name));
                 }
                 if !pt.name.is_empty() && !seen.insert(pt.name.clone()) {
-                    self.err(ctx, &format!("{f}.name"), format!("expected exactly one, got both: pipeline task name {:?} is used more than once", pt.name));
+                    self.err(
+                        ctx,
+                        &format!("{f}.name"),
+                        format!(
+                            "expected exactly one, got both: pipeline task name {:?} is used more than once",
+                            pt.name
+                        ),
+                    );
                 }
                 if is_finally && !pt.run_after.is_empty() {
-                    self.err(ctx, &format!("{f}.runAfter"), format!("no runAfter allowed under spec.finally, final task {} has runAfter specified", pt.name));
+                    self.err(
+                        ctx,
+                        &format!("{f}.runAfter"),
+                        format!(
+                            "no runAfter allowed under spec.finally, final task {} has runAfter specified",
+                            pt.name
+                        ),
+                    );
                 }
-                self.pipeline_task(
-                    ctx,
-                    &f,
-                    pt,
-                    spec,
-                    &pparams,
-                    &pworkspaces,
-                    &dag_names,
-                    &finally_names,
-                    is_finally,
-                );
+                self.pipeline_task(ctx, &f, pt, spec, &pparams, &pworkspaces, &dag_names, &finally_names, is_finally);
             }
         }
         // DAG: unknown runAfter, cycles
         let (_, errs) = Dag::build(&spec.tasks);
         for e in errs {
             match e {
-                DagError::Unknown {
-                    task,
-                    run_after_index,
-                    missing,
-                } => {
+                DagError::Unknown { task, run_after_index, missing } => {
                     let idx = spec.tasks.iter().position(|t| t.name == task).unwrap_or(0);
                     let f = match run_after_index {
                         Some(j) => format!("{base}.tasks[{idx}].runAfter[{j}]"),
@@ -858,16 +739,8 @@ impl<'a> Validator<'a> {
                     self.err(ctx, &f, format!("task {task:?} depends on {missing:?} but {missing:?} wasn't present in Pipeline{hint}{extra}"));
                 }
                 DagError::Cycle { path } => {
-                    let idx = spec
-                        .tasks
-                        .iter()
-                        .position(|t| Some(&t.name) == path.first())
-                        .unwrap_or(0);
-                    self.err(
-                        ctx,
-                        &format!("{base}.tasks[{idx}]"),
-                        format!("cycle detected: {}", path.join(" -> ")),
-                    );
+                    let idx = spec.tasks.iter().position(|t| Some(&t.name) == path.first()).unwrap_or(0);
+                    self.err(ctx, &format!("{base}.tasks[{idx}]"), format!("cycle detected: {}", path.join(" -> ")));
                 }
             }
         }
@@ -875,11 +748,7 @@ impl<'a> Validator<'a> {
         for (i, r) in spec.results.iter().enumerate() {
             let f = format!("{base}.results[{i}].value");
             let Some(v) = &r.value else {
-                self.err(
-                    ctx,
-                    &format!("{base}.results[{i}]"),
-                    "missing field(s): value",
-                );
+                self.err(ctx, &format!("{base}.results[{i}]"), "missing field(s): value");
                 continue;
             };
             let texts: Vec<&String> = match v {
@@ -896,44 +765,22 @@ impl<'a> Validator<'a> {
                             if (h == "tasks" || h == "finally") && res == "results" =>
                         {
                             any = true;
-                            let names = if h == "tasks" {
-                                &dag_names
-                            } else {
-                                &finally_names
-                            };
+                            let names = if h == "tasks" { &dag_names } else { &finally_names };
                             if !names.contains(task.as_str()) {
                                 let hint = did_you_mean(task, names.iter().copied());
                                 self.err(
                                     ctx,
                                     &f,
-                                    format!(
-                                        "referencing a nonexistent task {task:?} in $({}){hint}",
-                                        rf.expr
-                                    ),
+                                    format!("referencing a nonexistent task {task:?} in $({}){hint}", rf.expr),
                                 );
                             } else {
-                                let list = if h == "tasks" {
-                                    &spec.tasks
-                                } else {
-                                    &spec.finally
-                                };
-                                if let Some(ts) = list
-                                    .iter()
-                                    .find(|t| &t.name == task)
-                                    .and_then(|pt| self.resolve_task(pt))
+                                let list = if h == "tasks" { &spec.tasks } else { &spec.finally };
+                                if let Some(ts) =
+                                    list.iter().find(|t| &t.name == task).and_then(|pt| self.resolve_task(pt))
                                 {
                                     if !ts.results.iter().any(|x| &x.name == rname) {
-                                        let hint = did_you_mean(
-                                            rname,
-                                            ts.results.iter().map(|x| x.name.as_str()),
-                                        );
-                                        self.err(
-                                            ctx,
-                                            &f,
-                                            format!(
-                                                "task {task:?} declares no result {rname:?}{hint}"
-                                            ),
-                                        );
+                                        let hint = did_you_mean(rname, ts.results.iter().map(|x| x.name.as_str()));
+                                        self.err(ctx, &f, format!("task {task:?} declares no result {rname:?}{hint}"));
                                     }
                                 }
                             }
@@ -941,16 +788,17 @@ impl<'a> Validator<'a> {
                         _ => self.err(
                             ctx,
                             &f,
-                            format!(
-                                "pipeline results may only reference task results, found $({})",
-                                rf.expr
-                            ),
+                            format!("pipeline results may only reference task results, found $({})", rf.expr),
                         ),
                     }
                 }
             }
             if !any {
-                self.err(ctx, &f, "expected pipeline results to be task result expressions but no expressions were found");
+                self.err(
+                    ctx,
+                    &f,
+                    "expected pipeline results to be task result expressions but no expressions were found",
+                );
             }
         }
     }
@@ -969,22 +817,13 @@ impl<'a> Validator<'a> {
         is_finally: bool,
     ) {
         // what runs
-        let task_spec: Option<&TaskSpec> = match (
-            &pt.task_ref,
-            &pt.task_spec,
-            &pt.pipeline_ref,
-            &pt.pipeline_spec,
-        ) {
+        let task_spec: Option<&TaskSpec> = match (&pt.task_ref, &pt.task_spec, &pt.pipeline_ref, &pt.pipeline_spec) {
             (Some(_), Some(_), _, _) => {
                 self.err(ctx, f, "expected exactly one, got both: taskRef, taskSpec");
                 None
             }
             (None, None, None, None) => {
-                self.err(
-                    ctx,
-                    f,
-                    "expected exactly one, got neither: taskRef, taskSpec",
-                );
+                self.err(ctx, f, "expected exactly one, got neither: taskRef, taskSpec");
                 None
             }
             (None, None, _, _) => {
@@ -998,13 +837,14 @@ impl<'a> Validator<'a> {
             (Some(r), None, _, _) => self.task_ref(ctx, &format!("{f}.taskRef"), r),
             (None, Some(ts), _, _) => {
                 if ts.api_version.is_some() || ts.kind.is_some() || ts.spec.is_some() {
-                    self.err(ctx, &format!("{f}.taskSpec"), "unsupported: custom task specs (apiVersion/kind/spec) are not supported by tenon");
+                    self.err(
+                        ctx,
+                        &format!("{f}.taskSpec"),
+                        "unsupported: custom task specs (apiVersion/kind/spec) are not supported by tenon",
+                    );
                     None
                 } else {
-                    let env = TaskEnv {
-                        embedded: true,
-                        parent_params: pparams.clone(),
-                    };
+                    let env = TaskEnv { embedded: true, parent_params: pparams.clone() };
                     self.task_spec(ctx, &format!("{f}.taskSpec"), &ts.task, &env);
                     Some(&ts.task)
                 }
@@ -1012,10 +852,16 @@ impl<'a> Validator<'a> {
         };
         // params: refs
         let mut supplied = pt.params.clone();
+        // matrix params and include params are supplied per combination
         let matrix_names: Vec<String> = pt
             .matrix
             .iter()
-            .flat_map(|m| m.params.iter().map(|p| p.name.clone()))
+            .flat_map(|m| {
+                m.params
+                    .iter()
+                    .map(|p| p.name.clone())
+                    .chain(m.include.iter().flat_map(|i| i.params.iter().map(|p| p.name.clone())))
+            })
             .collect();
         for (i, p) in pt.params.iter().enumerate() {
             for (j, s) in value_strings(&p.value).into_iter().enumerate() {
@@ -1051,18 +897,12 @@ impl<'a> Validator<'a> {
                 );
             } else {
                 // embedded specs may take params from the pipeline (propagation)
-                supplied.extend(
-                    spec.params
-                        .iter()
-                        .filter(|pp| !pt.params.iter().any(|p| p.name == pp.name))
-                        .map(|pp| Param {
-                            name: pp.name.clone(),
-                            value: pp
-                                .default
-                                .clone()
-                                .unwrap_or(ParamValue::Str("$(params.x)".into())),
-                        }),
-                );
+                supplied.extend(spec.params.iter().filter(|pp| !pt.params.iter().any(|p| p.name == pp.name)).map(
+                    |pp| Param {
+                        name: pp.name.clone(),
+                        value: pp.default.clone().unwrap_or(ParamValue::Str("$(params.x)".into())),
+                    },
+                ));
                 let also: Vec<&str> = matrix_names
                     .iter()
                     .map(String::as_str)
@@ -1090,10 +930,7 @@ impl<'a> Validator<'a> {
                     self.err(
                         ctx,
                         &format!("{f}.workspaces[{i}].name"),
-                        format!(
-                            "workspace binding {:?} does not match any declared workspace{hint}",
-                            b.name
-                        ),
+                        format!("workspace binding {:?} does not match any declared workspace{hint}", b.name),
                     );
                 }
             }
@@ -1105,10 +942,7 @@ impl<'a> Validator<'a> {
                     self.err(
                         ctx,
                         &format!("{f}.workspaces"),
-                        format!(
-                            "declared workspace {:?} is required but has not been bound",
-                            w.name
-                        ),
+                        format!("declared workspace {:?} is required but has not been bound", w.name),
                     );
                 }
             }
@@ -1122,10 +956,7 @@ impl<'a> Validator<'a> {
                     self.err(
                         ctx,
                         &pf,
-                        format!(
-                            "expected exactly one, got both: matrix[{}], params[{}]",
-                            p.name, p.name
-                        ),
+                        format!("expected exactly one, got both: matrix[{}], params[{}]", p.name, p.name),
                     );
                 }
                 match &p.value {
@@ -1164,21 +995,13 @@ impl<'a> Validator<'a> {
                     other => self.err(
                         ctx,
                         &format!("{pf}.value"),
-                        format!(
-                            "matrix params must be arrays, {:?} is {}",
-                            p.name,
-                            other.type_name()
-                        ),
+                        format!("matrix params must be arrays, {:?} is {}", p.name, other.type_name()),
                     ),
                 }
             }
             if let Some(c) = count {
                 if c > 256 {
-                    self.err(
-                        ctx,
-                        &format!("{f}.matrix"),
-                        format!("expected 0 <= {c} <= 256: matrix"),
-                    );
+                    self.err(ctx, &format!("{f}.matrix"), format!("expected 0 <= {c} <= 256: matrix"));
                 }
             }
             for (i, inc) in m.include.iter().enumerate() {
@@ -1262,7 +1085,11 @@ impl<'a> Validator<'a> {
                     "PipelineTask OnError must be either \"continue\" or \"stopAndFail\"",
                 );
             } else if oe == "continue" && pt.retries > 0 {
-                self.err(ctx, &format!("{f}.onError"), "PipelineTask OnError cannot be set to \"continue\" when Retries is greater than 0");
+                self.err(
+                    ctx,
+                    &format!("{f}.onError"),
+                    "PipelineTask OnError cannot be set to \"continue\" when Retries is greater than 0",
+                );
             }
         }
         if let Some(t) = &pt.timeout {
@@ -1305,14 +1132,10 @@ impl<'a> Validator<'a> {
             return None;
         }
         match r.kind.as_deref() {
-            None | Some("Task") => {}
-            Some("ClusterTask") => {}
+            None => {}
+            Some(k) if k.eq_ignore_ascii_case("Task") || k == "ClusterTask" => {}
             Some(k) => {
-                self.err(
-                    ctx,
-                    &format!("{f}.kind"),
-                    format!("unsupported taskRef kind {k:?} (expected Task)"),
-                );
+                self.err(ctx, &format!("{f}.kind"), format!("unsupported taskRef kind {k:?} (expected Task)"));
                 return None;
             }
         }
@@ -1325,11 +1148,7 @@ impl<'a> Validator<'a> {
             Some(t) => Some(&t.spec),
             None => {
                 let hint = did_you_mean(name, cat.tasks.iter().map(|t| t.name.as_str()));
-                self.err(
-                    ctx,
-                    &format!("{f}.name"),
-                    format!("unknown Task {name:?}{hint}"),
-                );
+                self.err(ctx, &format!("{f}.name"), format!("unknown Task {name:?}{hint}"));
                 None
             }
         }
@@ -1362,7 +1181,14 @@ impl<'a> Validator<'a> {
                     match pparams.get(name) {
                         None => {
                             let hint = did_you_mean(name, pparams.keys().map(String::as_str));
-                            self.err(ctx, field, format!("non-existent variable in {:?}: pipeline param {name:?} is not declared{hint}", r.expr));
+                            self.err(
+                                ctx,
+                                field,
+                                format!(
+                                    "non-existent variable in {:?}: pipeline param {name:?} is not declared{hint}",
+                                    r.expr
+                                ),
+                            );
                         }
                         Some(ParamType::Array) | Some(ParamType::Object) => {
                             let whole = segs.len() == 2 || matches!(segs.get(2), Some(Seg::Star));
@@ -1373,73 +1199,64 @@ impl<'a> Validator<'a> {
                         Some(ParamType::String) => {}
                     }
                 }
-                "tasks" => {
-                    match segs.as_slice() {
-                        [_, Seg::Name(s)] if s == "status" => {
-                            if !is_finally {
-                                self.err(ctx, field, "pipeline tasks can not refer to execution status of any other pipeline task or aggregate status of tasks");
-                            }
+                "tasks" => match segs.as_slice() {
+                    [_, Seg::Name(s)] if s == "status" => {
+                        if !is_finally {
+                            self.err(ctx, field, "pipeline tasks can not refer to execution status of any other pipeline task or aggregate status of tasks");
                         }
-                        [_, Seg::Name(t), Seg::Name(k)] if k == "status" || k == "reason" => {
-                            if !is_finally {
-                                self.err(ctx, field, "pipeline tasks can not refer to execution status of any other pipeline task or aggregate status of tasks");
-                            } else if !dag_names.contains(t.as_str()) {
-                                let hint = did_you_mean(t, dag_names.iter().copied());
-                                self.err(
-                                    ctx,
-                                    field,
-                                    format!(
-                                        "$({}) refers to unknown pipeline task {t:?}{hint}",
-                                        r.expr
-                                    ),
-                                );
-                            }
+                    }
+                    [_, Seg::Name(t), Seg::Name(k)] if k == "status" || k == "reason" => {
+                        if !is_finally {
+                            self.err(ctx, field, "pipeline tasks can not refer to execution status of any other pipeline task or aggregate status of tasks");
+                        } else if !dag_names.contains(t.as_str()) {
+                            let hint = did_you_mean(t, dag_names.iter().copied());
+                            self.err(ctx, field, format!("$({}) refers to unknown pipeline task {t:?}{hint}", r.expr));
                         }
-                        [_, Seg::Name(t), Seg::Name(k), Seg::Name(rname), rest @ ..]
-                            if k == "results" =>
-                        {
-                            if t == this_task {
-                                self.err(ctx, field, format!("pipeline task {t:?} cannot consume its own result in $({})", r.expr));
-                                continue;
-                            }
-                            if finally_names.contains(t.as_str()) {
-                                self.err(ctx, field, format!("invalid task result reference, {} task has task result reference from a final task {t}", if is_finally { "final" } else { "pipeline" }));
-                                continue;
-                            }
-                            let Some(ptask) = spec.tasks.iter().find(|x| &x.name == t) else {
-                                let hint = did_you_mean(t, dag_names.iter().copied());
-                                self.err(ctx, field, format!("invalid result reference $({}): pipeline task {t:?} does not exist{hint}", r.expr));
-                                continue;
-                            };
-                            if let Some(ts) = self.resolve_task(ptask) {
-                                match ts.results.iter().find(|x| &x.name == rname) {
-                                    None => {
-                                        let hint = did_you_mean(
-                                            rname,
-                                            ts.results.iter().map(|x| x.name.as_str()),
-                                        );
-                                        self.err(ctx, field, format!("invalid result reference $({}): task {t:?} declares no result {rname:?}{hint}", r.expr));
-                                    }
-                                    Some(res) => {
-                                        let whole = rest.is_empty()
-                                            || matches!(rest.first(), Some(Seg::Star));
-                                        if ptask.matrix.is_some()
-                                            && !matches!(rest.first(), Some(Seg::Star))
-                                        {
-                                            self.err(ctx, field, format!("A matrixed pipelineTask can only be consumed in aggregate using [*] notation, but is currently set to $({})", r.expr));
-                                        } else if res.result_type() != ParamType::String
-                                            && whole
-                                            && !isolated
-                                        {
-                                            self.err(ctx, field, format!("variable type invalid in {:?}: result {rname:?} is {}; use it whole only as an isolated value", r.expr, res.result_type().as_str()));
-                                        }
+                    }
+                    [_, Seg::Name(t), Seg::Name(k), Seg::Name(rname), rest @ ..] if k == "results" => {
+                        if t == this_task {
+                            self.err(
+                                ctx,
+                                field,
+                                format!("pipeline task {t:?} cannot consume its own result in $({})", r.expr),
+                            );
+                            continue;
+                        }
+                        if finally_names.contains(t.as_str()) {
+                            self.err(ctx, field, format!("invalid task result reference, {} task has task result reference from a final task {t}", if is_finally { "final" } else { "pipeline" }));
+                            continue;
+                        }
+                        let Some(ptask) = spec.tasks.iter().find(|x| &x.name == t) else {
+                            let hint = did_you_mean(t, dag_names.iter().copied());
+                            self.err(
+                                ctx,
+                                field,
+                                format!(
+                                    "invalid result reference $({}): pipeline task {t:?} does not exist{hint}",
+                                    r.expr
+                                ),
+                            );
+                            continue;
+                        };
+                        if let Some(ts) = self.resolve_task(ptask) {
+                            match ts.results.iter().find(|x| &x.name == rname) {
+                                None => {
+                                    let hint = did_you_mean(rname, ts.results.iter().map(|x| x.name.as_str()));
+                                    self.err(ctx, field, format!("invalid result reference $({}): task {t:?} declares no result {rname:?}{hint}", r.expr));
+                                }
+                                Some(res) => {
+                                    let whole = rest.is_empty() || matches!(rest.first(), Some(Seg::Star));
+                                    if ptask.matrix.is_some() && !matches!(rest.first(), Some(Seg::Star)) {
+                                        self.err(ctx, field, format!("A matrixed pipelineTask can only be consumed in aggregate using [*] notation, but is currently set to $({})", r.expr));
+                                    } else if res.result_type() != ParamType::String && whole && !isolated {
+                                        self.err(ctx, field, format!("variable type invalid in {:?}: result {rname:?} is {}; use it whole only as an isolated value", r.expr, res.result_type().as_str()));
                                     }
                                 }
                             }
                         }
-                        _ => {}
                     }
-                }
+                    _ => {}
+                },
                 "context" => {
                     let ok = match (segs.get(1), segs.get(2)) {
                         (Some(Seg::Name(a)), Some(Seg::Name(b))) => match a.as_str() {
@@ -1464,25 +1281,24 @@ impl<'a> Validator<'a> {
     fn pipeline_run(&mut self, pr: &Obj<PipelineRunSpec>) {
         let ctx = self.ctx(pr);
         let s = &pr.spec;
-        let pspec: Option<&PipelineSpec> = match (&s.pipeline_ref, &s.pipeline_spec) {
+        let pspec: Option<PipelineSpec> = match (&s.pipeline_ref, &s.pipeline_spec) {
             (Some(_), Some(_)) => {
-                self.err(
-                    &ctx,
-                    "spec",
-                    "expected exactly one, got both: pipelineRef, pipelineSpec",
-                );
+                self.err(&ctx, "spec", "expected exactly one, got both: pipelineRef, pipelineSpec");
                 None
             }
             (None, None) => {
-                self.err(
-                    &ctx,
-                    "spec",
-                    "expected exactly one, got neither: pipelineRef, pipelineSpec",
-                );
+                self.err(&ctx, "spec", "expected exactly one, got neither: pipelineRef, pipelineSpec");
                 None
             }
             (None, Some(ps)) => {
-                self.pipeline_spec(&ctx, "spec.pipelineSpec", ps);
+                // an embedded pipelineSpec sees every workspace the run binds (propagation)
+                let mut ps = ps.clone();
+                for b in &s.workspaces {
+                    if !ps.workspaces.iter().any(|w| w.name == b.name) {
+                        ps.workspaces.push(PipelineWorkspaceDeclaration { name: b.name.clone(), ..Default::default() });
+                    }
+                }
+                self.pipeline_spec(&ctx, "spec.pipelineSpec", &ps);
                 Some(ps)
             }
             (Some(r), None) => {
@@ -1492,24 +1308,15 @@ impl<'a> Validator<'a> {
                 } else if let Some(name) = &r.name {
                     let cat: &Catalog = self.cat;
                     match cat.pipeline(name) {
-                        Some(p) => Some(&p.spec),
+                        Some(p) => Some(p.spec.clone()),
                         None => {
-                            let hint =
-                                did_you_mean(name, cat.pipelines.iter().map(|p| p.name.as_str()));
-                            self.err(
-                                &ctx,
-                                "spec.pipelineRef.name",
-                                format!("unknown Pipeline {name:?}{hint}"),
-                            );
+                            let hint = did_you_mean(name, cat.pipelines.iter().map(|p| p.name.as_str()));
+                            self.err(&ctx, "spec.pipelineRef.name", format!("unknown Pipeline {name:?}{hint}"));
                             None
                         }
                     }
                 } else {
-                    self.err(
-                        &ctx,
-                        "spec.pipelineRef",
-                        "missing field(s): pipelineRef.name",
-                    );
+                    self.err(&ctx, "spec.pipelineRef", "missing field(s): pipelineRef.name");
                     None
                 }
             }
@@ -1528,47 +1335,36 @@ impl<'a> Validator<'a> {
             }
         }
         if let Some(ps) = pspec {
-            self.supplied_params(
-                &ctx,
-                "spec.params",
-                &ps.params,
-                &s.params,
-                &[],
-                "pipelineRun",
-            );
+            self.supplied_params(&ctx, "spec.params", &ps.params, &s.params, &[], "pipelineRun");
             let bound: BTreeSet<&str> = s.workspaces.iter().map(|w| w.name.as_str()).collect();
             for w in &ps.workspaces {
                 if !w.optional && !bound.contains(w.name.as_str()) {
                     self.err(
                         &ctx,
                         "spec.workspaces",
-                        format!(
-                            "pipeline requires workspace with name {:?} be provided by pipelinerun",
-                            w.name
-                        ),
+                        format!("pipeline requires workspace with name {:?} be provided by pipelinerun", w.name),
                     );
                 }
             }
             for (i, b) in s.workspaces.iter().enumerate() {
                 if !ps.workspaces.iter().any(|w| w.name == b.name) {
                     let hint = did_you_mean(&b.name, ps.workspaces.iter().map(|w| w.name.as_str()));
-                    self.err(&ctx, &format!("spec.workspaces[{i}].name"), format!("workspace binding {:?} does not match any workspace declared by the Pipeline{hint}", b.name));
+                    self.err(
+                        &ctx,
+                        &format!("spec.workspaces[{i}].name"),
+                        format!(
+                            "workspace binding {:?} does not match any workspace declared by the Pipeline{hint}",
+                            b.name
+                        ),
+                    );
                 }
             }
             for (i, t) in s.task_run_specs.iter().enumerate() {
-                if !ps
-                    .tasks
-                    .iter()
-                    .chain(ps.finally.iter())
-                    .any(|x| x.name == t.pipeline_task_name)
-                {
+                if !ps.tasks.iter().chain(ps.finally.iter()).any(|x| x.name == t.pipeline_task_name) {
                     self.err(
                         &ctx,
                         &format!("spec.taskRunSpecs[{i}].pipelineTaskName"),
-                        format!(
-                            "taskRunSpecs names unknown pipeline task {:?}",
-                            t.pipeline_task_name
-                        ),
+                        format!("taskRunSpecs names unknown pipeline task {:?}", t.pipeline_task_name),
                     );
                 }
             }
@@ -1583,29 +1379,17 @@ impl<'a> Validator<'a> {
         let s = &tr.spec;
         let tspec: Option<&TaskSpec> = match (&s.task_ref, &s.task_spec) {
             (Some(_), Some(_)) => {
-                self.err(
-                    &ctx,
-                    "spec",
-                    "expected exactly one, got both: taskRef, taskSpec",
-                );
+                self.err(&ctx, "spec", "expected exactly one, got both: taskRef, taskSpec");
                 None
             }
             (None, None) => {
-                self.err(
-                    &ctx,
-                    "spec",
-                    "expected exactly one, got neither: taskRef, taskSpec",
-                );
+                self.err(&ctx, "spec", "expected exactly one, got neither: taskRef, taskSpec");
                 None
             }
             (None, Some(ts)) => {
                 let env = TaskEnv {
                     embedded: true,
-                    parent_params: s
-                        .params
-                        .iter()
-                        .map(|p| (p.name.clone(), value_type(&p.value)))
-                        .collect(),
+                    parent_params: s.params.iter().map(|p| (p.name.clone(), value_type(&p.value))).collect(),
                 };
                 self.task_spec(&ctx, "spec.taskSpec", ts, &env);
                 Some(ts)
@@ -1619,10 +1403,7 @@ impl<'a> Validator<'a> {
                     self.err(
                         &ctx,
                         "spec.workspaces",
-                        format!(
-                            "declared workspace {:?} is required but has not been bound",
-                            w.name
-                        ),
+                        format!("declared workspace {:?} is required but has not been bound", w.name),
                     );
                 }
             }
@@ -1632,10 +1413,7 @@ impl<'a> Validator<'a> {
                         self.err(
                             &ctx,
                             &format!("spec.workspaces[{i}].name"),
-                            format!(
-                                "workspace binding {:?} does not match any declared workspace",
-                                b.name
-                            ),
+                            format!("workspace binding {:?} does not match any declared workspace", b.name),
                         );
                     }
                 }
@@ -1659,11 +1437,7 @@ impl<'a> Validator<'a> {
         for (i, b) in ws.iter().enumerate() {
             let f = format!("spec.workspaces[{i}]");
             if !seen.insert(b.name.as_str()) {
-                self.err(
-                    ctx,
-                    &format!("{f}.name"),
-                    format!("workspace binding {:?} appears more than once", b.name),
-                );
+                self.err(ctx, &format!("{f}.name"), format!("workspace binding {:?} appears more than once", b.name));
             }
             let n = [
                 b.empty_dir.is_some(),
@@ -1682,7 +1456,11 @@ impl<'a> Validator<'a> {
             }
             if let Some(sp) = &b.sub_path {
                 if sp.starts_with('/') || sp.split('/').any(|c| c == "..") {
-                    self.err(ctx, &format!("{f}.subPath"), format!("subPath {sp:?} must be a relative path inside the volume (no leading '/', no '..')"));
+                    self.err(
+                        ctx,
+                        &format!("{f}.subPath"),
+                        format!("subPath {sp:?} must be a relative path inside the volume (no leading '/', no '..')"),
+                    );
                 }
             }
         }
@@ -1693,7 +1471,11 @@ impl<'a> Validator<'a> {
             for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 if !ws.iter().any(|w| w.name == name) {
                     let hint = did_you_mean(name, ws.iter().map(|w| w.name.as_str()));
-                    self.err(ctx, &format!("metadata.annotations[{REPO_WORKSPACE_ANNOTATION:?}]"), format!("names workspace binding {name:?}, but the run binds no such workspace{hint}"));
+                    self.err(
+                        ctx,
+                        &format!("metadata.annotations[{REPO_WORKSPACE_ANNOTATION:?}]"),
+                        format!("names workspace binding {name:?}, but the run binds no such workspace{hint}"),
+                    );
                 }
             }
         }
@@ -1709,17 +1491,17 @@ impl<'a> Validator<'a> {
             return;
         };
         let mut parsed = BTreeMap::new();
-        for (name, v) in [
-            ("pipeline", &t.pipeline),
-            ("tasks", &t.tasks),
-            ("finally", &t.finally),
-        ] {
+        for (name, v) in [("pipeline", &t.pipeline), ("tasks", &t.tasks), ("finally", &t.finally)] {
             if let Some(v) = v {
                 match parse_duration(v) {
                     Some(d) => {
                         parsed.insert(name, d);
                     }
-                    None => self.err(ctx, &format!("spec.timeouts.{name}"), format!("invalid value: {v} should be >= 0 and a Go duration such as 90s, 5m, 1h30m")),
+                    None => self.err(
+                        ctx,
+                        &format!("spec.timeouts.{name}"),
+                        format!("invalid value: {v} should be >= 0 and a Go duration such as 90s, 5m, 1h30m"),
+                    ),
                 }
             }
         }
@@ -1729,23 +1511,22 @@ impl<'a> Validator<'a> {
             return;
         }
         let limit = pipeline.unwrap_or(std::time::Duration::from_secs(3600));
-        let lname = if pipeline.is_some() {
-            "pipeline duration"
-        } else {
-            "default timeout duration"
-        };
+        let lname = if pipeline.is_some() { "pipeline duration" } else { "default timeout duration" };
         for name in ["tasks", "finally"] {
             if let Some(d) = parsed.get(name) {
                 if *d == zero {
-                    self.err(ctx, &format!("spec.timeouts.{name}"), format!("invalid value: 0s: timeouts.{name} may be 0 (no timeout) only when timeouts.pipeline is 0"));
-                } else if *d > limit {
                     self.err(
                         ctx,
                         &format!("spec.timeouts.{name}"),
                         format!(
-                            "invalid value: {} should be <= {lname}",
-                            super::format_duration(*d)
+                            "invalid value: 0s: timeouts.{name} may be 0 (no timeout) only when timeouts.pipeline is 0"
                         ),
+                    );
+                } else if *d > limit {
+                    self.err(
+                        ctx,
+                        &format!("spec.timeouts.{name}"),
+                        format!("invalid value: {} should be <= {lname}", super::format_duration(*d)),
                     );
                 }
             }

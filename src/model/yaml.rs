@@ -13,9 +13,8 @@
 
 use std::collections::BTreeMap;
 
+use libyaml_safer::{EventData, Mark, Parser, ScalarStyle};
 use serde_json::{Map, Value};
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// A 1-based line and column in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -81,7 +80,8 @@ pub struct SyntaxError {
 #[derive(Debug, Clone)]
 enum Node {
     Null(Pos),
-    Scalar(String, TScalarStyle, Pos),
+    /// Text, whether it was a plain (unquoted) scalar, position.
+    Scalar(String, bool, Pos),
     Seq(Vec<Node>, Pos),
     Map(Vec<(Node, Node)>, Pos),
 }
@@ -95,29 +95,25 @@ impl Node {
 }
 
 enum Frame {
-    Seq(Vec<Node>, Pos, usize),
-    Map(Vec<(Node, Node)>, Option<Node>, Pos, usize),
+    Seq(Vec<Node>, Pos, Option<String>),
+    Map(Vec<(Node, Node)>, Option<Node>, Pos, Option<String>),
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
     docs: Vec<Node>,
-    anchors: BTreeMap<usize, Node>,
-    error: Option<SyntaxError>,
+    anchors: BTreeMap<String, Node>,
 }
 
-fn to_pos(m: &Marker) -> Pos {
-    Pos {
-        line: m.line(),
-        col: m.col() + 1,
-    }
+fn to_pos(m: &Mark) -> Pos {
+    Pos { line: m.line as usize + 1, col: m.column as usize + 1 }
 }
 
 impl Builder {
-    fn push_node(&mut self, node: Node, anchor: usize) {
-        if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+    fn push_node(&mut self, node: Node, anchor: Option<String>) {
+        if let Some(a) = anchor {
+            self.anchors.insert(a, node.clone());
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
@@ -130,66 +126,89 @@ impl Builder {
     }
 }
 
-impl MarkedEventReceiver for Builder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = to_pos(&mark);
-        match ev {
-            Event::Scalar(text, style, anchor, tag) => {
-                let is_null = style == TScalarStyle::Plain
-                    && tag.is_none()
-                    && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL");
-                let node = if is_null {
-                    Node::Null(pos)
-                } else {
-                    Node::Scalar(text, style, pos)
-                };
-                self.push_node(node, anchor);
-            }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), pos, anchor)),
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map(Vec::new(), None, pos, anchor))
-            }
-            Event::SequenceEnd => {
-                if let Some(Frame::Seq(items, p, anchor)) = self.stack.pop() {
-                    self.push_node(Node::Seq(items, p), anchor);
-                }
-            }
-            Event::MappingEnd => {
-                if let Some(Frame::Map(entries, _, p, anchor)) = self.stack.pop() {
-                    self.push_node(Node::Map(entries, p), anchor);
-                }
-            }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(n) => self.push_node(n, 0),
-                None => {
-                    if self.error.is_none() {
-                        self.error = Some(SyntaxError {
-                            pos,
-                            message: "unknown alias".into(),
-                        });
-                    }
-                    self.push_node(Node::Null(pos), 0);
-                }
-            },
-            Event::DocumentEnd if self.stack.is_empty() => {}
-            _ => {}
-        }
-    }
-}
+/// The most nodes one file may hold (alias expansion included): a guard against
+/// "billion laughs" documents.
+const MAX_NODES: usize = 1_000_000;
 
 /// Parse a (possibly multi-document) YAML text. Empty documents are dropped.
 /// On a syntax error, the documents before it are returned along with the error.
 pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
+    // The parser can panic at an unterminated final line; a trailing newline moves no
+    // position, and a panic that still escapes becomes a syntax error.
+    let owned;
+    let text = if text.ends_with('\n') {
+        text
+    } else {
+        owned = format!("{text}\n");
+        owned.as_str()
+    };
+    match std::panic::catch_unwind(|| parse_inner(text)) {
+        Ok(r) => r,
+        Err(_) => (
+            vec![],
+            Some(SyntaxError { pos: Pos { line: 1, col: 1 }, message: "the YAML parser failed on this file".into() }),
+        ),
+    }
+}
+
+fn parse_inner(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
     let mut b = Builder::default();
-    let mut parser = Parser::new_from_str(text);
-    let scan = parser.load(&mut b, true);
-    let mut err = b.error.take();
-    if let Err(e) = scan {
-        let m = e.marker();
-        err = Some(SyntaxError {
-            pos: to_pos(m),
-            message: e.info().to_string(),
-        });
+    let mut input = text.as_bytes();
+    let mut parser = Parser::new();
+    parser.set_input_string(&mut input);
+    let mut err = None;
+    let mut nodes = 0usize;
+    loop {
+        let ev = match parser.parse() {
+            Ok(ev) => ev,
+            Err(e) => {
+                let pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or_default();
+                let mut message = e.problem().to_string();
+                if let Some(c) = e.context() {
+                    message = format!("{message} ({c})");
+                }
+                err = Some(SyntaxError { pos, message });
+                break;
+            }
+        };
+        let pos = to_pos(&ev.start_mark);
+        nodes += 1;
+        if nodes > MAX_NODES {
+            err = Some(SyntaxError { pos, message: format!("document has more than {MAX_NODES} nodes") });
+            break;
+        }
+        match ev.data {
+            EventData::StreamEnd => break,
+            EventData::Scalar { value, anchor, tag, style, .. } => {
+                let plain = style == ScalarStyle::Plain;
+                let is_null = plain && tag.is_none() && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                let node = if is_null { Node::Null(pos) } else { Node::Scalar(value, plain && tag.is_none(), pos) };
+                b.push_node(node, anchor);
+            }
+            EventData::SequenceStart { anchor, .. } => b.stack.push(Frame::Seq(Vec::new(), pos, anchor)),
+            EventData::MappingStart { anchor, .. } => b.stack.push(Frame::Map(Vec::new(), None, pos, anchor)),
+            EventData::SequenceEnd => {
+                if let Some(Frame::Seq(items, p, anchor)) = b.stack.pop() {
+                    b.push_node(Node::Seq(items, p), anchor);
+                }
+            }
+            EventData::MappingEnd => {
+                if let Some(Frame::Map(entries, _, p, anchor)) = b.stack.pop() {
+                    b.push_node(Node::Map(entries, p), anchor);
+                }
+            }
+            EventData::Alias { anchor } => match b.anchors.get(&anchor).cloned() {
+                Some(n) => {
+                    nodes += count_nodes(&n);
+                    b.push_node(n, None)
+                }
+                None => {
+                    err = Some(SyntaxError { pos, message: format!("unknown alias {anchor:?}") });
+                    break;
+                }
+            },
+            _ => {}
+        }
     }
     let mut docs = Vec::new();
     for node in b.docs {
@@ -205,20 +224,21 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
                 continue;
             }
         };
-        docs.push(Document {
-            value,
-            positions,
-            start,
-        });
+        docs.push(Document { value, positions, start });
     }
     (docs, err)
 }
 
+fn count_nodes(n: &Node) -> usize {
+    match n {
+        Node::Seq(items, _) => 1 + items.iter().map(count_nodes).sum::<usize>(),
+        Node::Map(entries, _) => 1 + entries.iter().map(|(k, v)| count_nodes(k) + count_nodes(v)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
 fn join_key(prefix: &str, key: &str) -> String {
-    let simple = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let simple = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     match (prefix.is_empty(), simple) {
         (true, true) => key.to_string(),
         (false, true) => format!("{prefix}.{key}"),
@@ -235,17 +255,11 @@ fn shown_pos(node: &Node) -> Pos {
     }
 }
 
-fn convert(
-    node: &Node,
-    path: &str,
-    positions: &mut BTreeMap<String, Pos>,
-) -> Result<Value, SyntaxError> {
-    positions
-        .entry(path.to_string())
-        .or_insert_with(|| shown_pos(node));
+fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>) -> Result<Value, SyntaxError> {
+    positions.entry(path.to_string()).or_insert_with(|| shown_pos(node));
     Ok(match node {
         Node::Null(_) => Value::Null,
-        Node::Scalar(text, style, _) => Value::String(scalar_string(text, *style)),
+        Node::Scalar(text, plain, _) => Value::String(scalar_string(text, *plain)),
         Node::Seq(items, _) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
@@ -261,12 +275,7 @@ fn convert(
                     // Keys keep their text: `n:` or `on:` as a key is a name, not a bool.
                     Node::Scalar(t, _, _) => t.clone(),
                     Node::Null(_) => "null".to_string(),
-                    _ => {
-                        return Err(SyntaxError {
-                            pos: k.pos(),
-                            message: "mapping keys must be scalars".into(),
-                        })
-                    }
+                    _ => return Err(SyntaxError { pos: k.pos(), message: "mapping keys must be scalars".into() }),
                 };
                 if key == "<<" {
                     // YAML merge key: merge the mapping(s) in, without overriding.
@@ -291,10 +300,7 @@ fn convert(
                 }
                 let child = join_key(path, &key);
                 if !explicit.insert(key.clone()) {
-                    return Err(SyntaxError {
-                        pos: k.pos(),
-                        message: format!("duplicate key {key:?} in mapping"),
-                    });
+                    return Err(SyntaxError { pos: k.pos(), message: format!("duplicate key {key:?} in mapping") });
                 }
                 // A field is shown at its key (`runAfter:`), where the reader looks.
                 positions.insert(child.clone(), k.pos());
@@ -307,17 +313,13 @@ fn convert(
 }
 
 /// Resolve a scalar as `sigs.k8s.io/yaml` would and render it as the string of its JSON form.
-fn scalar_string(text: &str, style: TScalarStyle) -> String {
-    if style != TScalarStyle::Plain {
+fn scalar_string(text: &str, plain: bool) -> String {
+    if !plain {
         return text.to_string();
     }
     match text {
-        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y" | "Y" => {
-            return "true".into()
-        }
-        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" => {
-            return "false".into()
-        }
+        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y" | "Y" => return "true".into(),
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" => return "false".into(),
         _ => {}
     }
     if let Some(n) = normalize_number(text) {
@@ -337,14 +339,10 @@ fn normalize_number(text: &str) -> Option<String> {
     }
     let sign = if neg { "-" } else { "" };
     if let Some(hex) = digits.strip_prefix("0x") {
-        return u64::from_str_radix(hex, 16)
-            .ok()
-            .map(|v| format!("{sign}{v}"));
+        return u64::from_str_radix(hex, 16).ok().map(|v| format!("{sign}{v}"));
     }
     if let Some(oct) = digits.strip_prefix("0o") {
-        return u64::from_str_radix(oct, 8)
-            .ok()
-            .map(|v| format!("{sign}{v}"));
+        return u64::from_str_radix(oct, 8).ok().map(|v| format!("{sign}{v}"));
     }
     if digits.bytes().all(|b| b.is_ascii_digit()) {
         // YAML 1.1: a leading 0 means octal.
@@ -357,13 +355,8 @@ fn normalize_number(text: &str) -> Option<String> {
         return digits.parse::<u64>().ok().map(|v| format!("{sign}{v}"));
     }
     // Floats: digits with one '.', optional exponent.
-    let looks_float = digits
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_digit() || b == b'.')
-        && digits
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+    let looks_float = digits.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
         && digits.bytes().any(|b| b.is_ascii_digit());
     if looks_float {
         if let Ok(f) = t.parse::<f64>() {
@@ -456,6 +449,12 @@ mod tests {
         let e = err.unwrap();
         assert!(e.message.contains("duplicate key"), "{}", e.message);
         assert_eq!(e.pos.line, 2);
+    }
+
+    #[test]
+    fn no_trailing_newline_in_block_scalar() {
+        let d = one("s: |\n  if x; then\n    y\n  fi");
+        assert_eq!(d.value["s"], "if x; then\n  y\nfi\n");
     }
 
     #[test]
