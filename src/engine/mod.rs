@@ -215,16 +215,8 @@ impl Engine {
         let (pipeline_name, spec): (Option<String>, PipelineSpec) =
             match (&pr.spec.pipeline_ref, &pr.spec.pipeline_spec) {
                 (_, Some(ps)) => {
-                    // an embedded pipelineSpec sees every workspace the run binds (propagation)
                     let mut ps = ps.clone();
-                    for b in &pr.spec.workspaces {
-                        if !ps.workspaces.iter().any(|w| w.name == b.name) {
-                            ps.workspaces.push(crate::model::PipelineWorkspaceDeclaration {
-                                name: b.name.clone(),
-                                ..Default::default()
-                            });
-                        }
-                    }
+                    crate::model::propagate_run_into_spec(&mut ps, &pr.spec);
                     (None, ps)
                 }
                 (Some(r), None) => match r.name.as_deref().and_then(|n| self.cat.pipeline(n)) {

@@ -15,6 +15,21 @@ pub use types::*;
 pub use validate::{param_name_ok, validate};
 pub use yaml::Pos;
 
+/// An embedded `pipelineSpec` sees every workspace and param its PipelineRun supplies,
+/// declared or not (Tekton's propagation).
+pub fn propagate_run_into_spec(ps: &mut PipelineSpec, run: &PipelineRunSpec) {
+    for b in &run.workspaces {
+        if !ps.workspaces.iter().any(|w| w.name == b.name) {
+            ps.workspaces.push(PipelineWorkspaceDeclaration { name: b.name.clone(), ..Default::default() });
+        }
+    }
+    for p in &run.params {
+        if !ps.params.iter().any(|d| d.name == p.name) {
+            ps.params.push(ParamSpec { name: p.name.clone(), default: Some(p.value.clone()), ..Default::default() });
+        }
+    }
+}
+
 /// Parse a Go duration (`90s`, `1h30m`, `1.5h`, `300ms`, `0`).
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();

@@ -1291,13 +1291,8 @@ impl<'a> Validator<'a> {
                 None
             }
             (None, Some(ps)) => {
-                // an embedded pipelineSpec sees every workspace the run binds (propagation)
                 let mut ps = ps.clone();
-                for b in &s.workspaces {
-                    if !ps.workspaces.iter().any(|w| w.name == b.name) {
-                        ps.workspaces.push(PipelineWorkspaceDeclaration { name: b.name.clone(), ..Default::default() });
-                    }
-                }
+                super::propagate_run_into_spec(&mut ps, s);
                 self.pipeline_spec(&ctx, "spec.pipelineSpec", &ps);
                 Some(ps)
             }
