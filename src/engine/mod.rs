@@ -528,8 +528,20 @@ impl Engine {
         let mut vars = ctx.clone();
         // embedded specs see undeclared supplied params too (propagation)
         if embedded {
+            let mut merged: BTreeMap<&str, ParamValue> = BTreeMap::new();
             for (k, v) in supplied {
-                vars.set(format!("params.{k}"), v.clone());
+                // later values win; objects merge key by key
+                let nv = match (merged.remove(k.as_str()), v) {
+                    (Some(ParamValue::Object(mut old)), ParamValue::Object(new)) => {
+                        old.extend(new.clone());
+                        ParamValue::Object(old)
+                    }
+                    (_, v) => v.clone(),
+                };
+                merged.insert(k, nv);
+            }
+            for (k, v) in merged {
+                vars.set(format!("params.{k}"), v);
             }
         }
         vars.extend(&param_vars(&values));

@@ -514,10 +514,16 @@ fn spawn(
         argv.extend(args);
         (cmd[0].clone(), argv)
     } else {
-        return Err(format!(
-            "the step has neither command nor script, so it would run the image's entrypoint ({}), which the local executor cannot know; add a command or script",
-            step.image.as_deref().unwrap_or("no image")
-        ));
+        let image = step.image.as_deref().unwrap_or("");
+        match image_default_command(image, &args) {
+            Some(argv) if !argv.is_empty() => (argv[0].clone(), argv[1..].to_vec()),
+            _ => {
+                return Err(format!(
+                    "the step has neither command nor script, so it would run the entrypoint of image {image:?}, which the local executor does not know (known: {}); add a command or script",
+                    KNOWN_IMAGES.join(", ")
+                ))
+            }
+        }
     };
     let cwd = match &step.working_dir {
         None => d.work.clone(),
@@ -562,6 +568,42 @@ fn spawn(
         readers.push(pump(e, ex.console.clone(), req.label.clone(), step_label, log));
     }
     Ok((child, readers))
+}
+
+/// Images whose ENTRYPOINT/CMD the local executor knows, for steps with neither
+/// `command` nor `script`.
+pub const KNOWN_IMAGES: &[&str] = &["alpine", "bash", "busybox", "debian", "ubuntu", "python"];
+
+/// What a container of `image` would run given `args`, for the images in
+/// [`KNOWN_IMAGES`]: their ENTRYPOINT/CMD from Docker Hub.
+///
+/// | image | ENTRYPOINT | CMD |
+/// |---|---|---|
+/// | alpine, busybox | none | `sh` |
+/// | debian, ubuntu | none | `bash` |
+/// | python | none | `python3` |
+/// | bash | `docker-entrypoint.sh` (prefixes `bash` when the first arg starts with `-`) | `bash` |
+pub fn image_default_command(image: &str, args: &[String]) -> Option<Vec<String>> {
+    // registry/path/name:tag@digest -> name
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
+    let name = last.split(':').next().unwrap_or(last);
+    let cmd: &str = match name {
+        "alpine" | "busybox" => "sh",
+        "debian" | "ubuntu" => "bash",
+        "python" => "python3",
+        "bash" => {
+            return Some(match args.first() {
+                None => vec!["bash".into()],
+                Some(a) if a.starts_with('-') => {
+                    std::iter::once("bash".to_string()).chain(args.iter().cloned()).collect()
+                }
+                Some(_) => args.to_vec(),
+            })
+        }
+        _ => return None,
+    };
+    Some(if args.is_empty() { vec![cmd.to_string()] } else { args.to_vec() })
 }
 
 /// Interpreter and optional single argument of a `#!` line (Linux passes the rest of
@@ -691,6 +733,19 @@ async fn kill_all(children: &mut Vec<Child>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_entrypoints() {
+        let a = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            image_default_command("mirror.gcr.io/bash@sha256:abc", &a(&["echo", "hi"])),
+            Some(a(&["echo", "hi"]))
+        );
+        assert_eq!(image_default_command("bash:5", &a(&["-c", "echo hi"])), Some(a(&["bash", "-c", "echo hi"])));
+        assert_eq!(image_default_command("docker.io/library/busybox", &a(&[])), Some(a(&["sh"])));
+        assert_eq!(image_default_command("ubuntu:22.04", &a(&["ls"])), Some(a(&["ls"])));
+        assert_eq!(image_default_command("gcr.io/kaniko-project/executor:v1", &a(&["--x"])), None);
+    }
 
     #[test]
     fn shebangs() {

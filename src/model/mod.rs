@@ -25,7 +25,16 @@ pub fn propagate_run_into_spec(ps: &mut PipelineSpec, run: &PipelineRunSpec) {
     }
     for p in &run.params {
         if !ps.params.iter().any(|d| d.name == p.name) {
-            ps.params.push(ParamSpec { name: p.name.clone(), default: Some(p.value.clone()), ..Default::default() });
+            let properties = match &p.value {
+                ParamValue::Object(o) => Some(o.keys().map(|k| (k.clone(), PropertySpec::default())).collect()),
+                _ => None,
+            };
+            ps.params.push(ParamSpec {
+                name: p.name.clone(),
+                default: Some(p.value.clone()),
+                properties,
+                ..Default::default()
+            });
         }
     }
 }
