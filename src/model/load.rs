@@ -17,7 +17,7 @@ pub const REPO_WORKSPACE_ANNOTATION: &str = "tenon.dev/repo-workspace";
 /// The most bytes read from one manifest file.
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ObjKind {
     Task,
     Pipeline,
@@ -86,6 +86,8 @@ pub struct Catalog {
     pub pvcs: Vec<Obj<Value>>,
     /// Problems found while reading and decoding (syntax, types).
     pub diagnostics: Diagnostics,
+    /// Objects that exist but failed to decode: references to them are not "unknown".
+    pub broken: std::collections::BTreeSet<(ObjKind, String)>,
 }
 
 impl Catalog {
@@ -218,8 +220,8 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Diagnostic
 pub fn load_sources(sources: Vec<(String, String)>) -> Catalog {
     let mut cat = Catalog::default();
     for (path, text) in sources {
-        let (docs, err) = parse_documents(&text);
-        if let Some(e) = err {
+        let (docs, errs) = parse_documents(&text);
+        for e in errs {
             cat.diagnostics.push(Diagnostic::new(&path, e.pos, None, "", format!("invalid YAML: {}", e.message)));
         }
         let file_idx = cat.files.len();
@@ -306,6 +308,7 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
                 Err((field, msg)) => {
                     let f = join($prefix, &field);
                     cat.diagnostics.push(Diagnostic::new(path, doc.pos_of(&f), Some(label), &f, msg));
+                    cat.broken.insert((kind, name));
                 }
             }
         }};

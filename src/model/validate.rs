@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::diag::{Diagnostic, Diagnostics};
-use super::load::{Catalog, Obj, REPO_WORKSPACE_ANNOTATION};
+use super::load::{Catalog, Obj, ObjKind, REPO_WORKSPACE_ANNOTATION};
 use super::parse_duration;
 use super::types::*;
 use crate::dag::{Dag, DagError};
@@ -15,6 +15,7 @@ pub fn validate(cat: &Catalog) -> Diagnostics {
     let mut v = Validator { cat, out: Diagnostics::default() };
     v.out.0.extend(cat.diagnostics.0.iter().cloned());
     v.duplicates();
+    v.names();
     for t in &cat.tasks {
         let ctx = v.ctx(t);
         v.task_spec(&ctx, "spec", &t.spec, &TaskEnv::default());
@@ -87,6 +88,17 @@ pub fn dns_label_ok(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// DNS-1123 subdomain (Kubernetes object names): labels joined by '.', ≤ 253.
+pub fn dns_subdomain_ok(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
 /// Param names: `^[_a-zA-Z][_a-zA-Z0-9.-]*$` (objects: no dots).
 pub fn param_name_ok(s: &str, object: bool) -> bool {
     let mut chars = s.chars();
@@ -128,6 +140,34 @@ impl<'a> Validator<'a> {
         let file = &self.cat.files[ctx.file];
         let pos = file.docs.get(ctx.doc).map(|d| d.pos_of(field)).unwrap_or_default();
         self.out.push(Diagnostic::new(&file.path, pos, Some(ctx.label.clone()), field, msg));
+    }
+
+    /// A subPath must stay inside its volume.
+    fn sub_path(&mut self, ctx: &Ctx, field: &str, sp: &str) {
+        if sp.starts_with('/') || sp.split('/').any(|c| c == "..") {
+            self.err(
+                ctx,
+                field,
+                format!("subPath {sp:?} must be a relative path inside the volume (no leading '/', no '..')"),
+            );
+        }
+    }
+
+    /// Kubernetes object names: DNS-1123 subdomains.
+    fn names(&mut self) {
+        fn check<T>(v: &mut Validator, objs: &[Obj<T>]) {
+            for o in objs {
+                if o.meta.name.is_some() && !dns_subdomain_ok(&o.name) {
+                    let ctx = v.ctx(o);
+                    v.err(&ctx, "metadata.name", format!("invalid value {:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', start and end with an alphanumeric character, and be at most 253 characters", o.name));
+                }
+            }
+        }
+        check(self, &self.cat.tasks);
+        check(self, &self.cat.pipelines);
+        check(self, &self.cat.pipeline_runs);
+        check(self, &self.cat.task_runs);
+        check(self, &self.cat.step_actions);
     }
 
     fn duplicates(&mut self) {
@@ -402,7 +442,7 @@ impl<'a> Validator<'a> {
             }
             match &r.name {
                 Some(n) if r.resolver.is_none() => {
-                    if self.cat.step_action(n).is_none() {
+                    if self.cat.step_action(n).is_none() && !self.cat.broken.contains(&(ObjKind::StepAction, n.clone())) {
                         let names = self.cat.step_actions.iter().map(|a| a.name.as_str());
                         let hint = did_you_mean(n, names);
                         self.err(ctx, &format!("{f}.ref.name"), format!("unknown StepAction {n:?}{hint}"));
@@ -920,6 +960,9 @@ impl<'a> Validator<'a> {
             }
             // workspaces
             for (i, b) in pt.workspaces.iter().enumerate() {
+                if let Some(sp) = &b.sub_path {
+                    self.sub_path(ctx, &format!("{f}.workspaces[{i}].subPath"), sp);
+                }
                 let target = b.workspace.as_deref().unwrap_or(&b.name);
                 if !pworkspaces.contains(target) {
                     let hint = did_you_mean(target, pworkspaces.iter().copied());
@@ -1146,6 +1189,7 @@ impl<'a> Validator<'a> {
         let cat: &'a Catalog = self.cat;
         match cat.task(name) {
             Some(t) => Some(&t.spec),
+            None if cat.broken.contains(&(ObjKind::Task, name.clone())) => None,
             None => {
                 let hint = did_you_mean(name, cat.tasks.iter().map(|t| t.name.as_str()));
                 self.err(ctx, &format!("{f}.name"), format!("unknown Task {name:?}{hint}"));
@@ -1304,6 +1348,7 @@ impl<'a> Validator<'a> {
                     let cat: &Catalog = self.cat;
                     match cat.pipeline(name) {
                         Some(p) => Some(p.spec.clone()),
+                        None if cat.broken.contains(&(ObjKind::Pipeline, name.clone())) => None,
                         None => {
                             let hint = did_you_mean(name, cat.pipelines.iter().map(|p| p.name.as_str()));
                             self.err(&ctx, "spec.pipelineRef.name", format!("unknown Pipeline {name:?}{hint}"));
@@ -1434,29 +1479,26 @@ impl<'a> Validator<'a> {
             if !seen.insert(b.name.as_str()) {
                 self.err(ctx, &format!("{f}.name"), format!("workspace binding {:?} appears more than once", b.name));
             }
-            let n = [
-                b.empty_dir.is_some(),
-                b.persistent_volume_claim.is_some(),
-                b.volume_claim_template.is_some(),
-                b.config_map.is_some(),
-                b.secret.is_some(),
-                b.projected.is_some(),
-                b.csi.is_some(),
+            let given: Vec<&str> = [
+                ("emptyDir", b.empty_dir.is_some()),
+                ("persistentVolumeClaim", b.persistent_volume_claim.is_some()),
+                ("volumeClaimTemplate", b.volume_claim_template.is_some()),
+                ("configMap", b.config_map.is_some()),
+                ("secret", b.secret.is_some()),
+                ("projected", b.projected.is_some()),
+                ("csi", b.csi.is_some()),
             ]
-            .iter()
-            .filter(|x| **x)
-            .count();
-            if n != 1 {
-                self.err(ctx, &f, format!("expected exactly one, got {}: emptyDir, persistentVolumeClaim, volumeClaimTemplate, configMap, secret, projected, csi", if n == 0 { "neither" } else { "both" }));
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(n, _)| n)
+            .collect();
+            match given.len() {
+                1 => {}
+                0 => self.err(ctx, &f, "expected exactly one, got neither: emptyDir, persistentVolumeClaim, volumeClaimTemplate, configMap, secret, projected, csi"),
+                _ => self.err(ctx, &f, format!("expected exactly one, got both: {}", given.join(", "))),
             }
             if let Some(sp) = &b.sub_path {
-                if sp.starts_with('/') || sp.split('/').any(|c| c == "..") {
-                    self.err(
-                        ctx,
-                        &format!("{f}.subPath"),
-                        format!("subPath {sp:?} must be a relative path inside the volume (no leading '/', no '..')"),
-                    );
-                }
+                self.sub_path(ctx, &format!("{f}.subPath"), sp);
             }
         }
     }

@@ -132,7 +132,7 @@ const MAX_NODES: usize = 1_000_000;
 
 /// Parse a (possibly multi-document) YAML text. Empty documents are dropped.
 /// On a syntax error, the documents before it are returned along with the error.
-pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
+pub fn parse_documents(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
     // The parser can panic at an unterminated final line; a trailing newline moves no
     // position, and a panic that still escapes becomes a syntax error.
     let owned;
@@ -146,12 +146,12 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
         Ok(r) => r,
         Err(_) => (
             vec![],
-            Some(SyntaxError { pos: Pos { line: 1, col: 1 }, message: "the YAML parser failed on this file".into() }),
+            vec![SyntaxError { pos: Pos { line: 1, col: 1 }, message: "the YAML parser failed on this file".into() }],
         ),
     }
 }
 
-fn parse_inner(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
+fn parse_inner(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
     let mut b = Builder::default();
     let mut input = text.as_bytes();
     let mut parser = Parser::new();
@@ -162,10 +162,18 @@ fn parse_inner(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
         let ev = match parser.parse() {
             Ok(ev) => ev,
             Err(e) => {
-                let pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or_default();
+                let mut pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or_default();
                 let mut message = e.problem().to_string();
                 if let Some(c) = e.context() {
-                    message = format!("{message} ({c})");
+                    // an unclosed flow collection is best shown where it was opened
+                    if c.contains("flow") {
+                        if let Some(m) = e.context_mark() {
+                            message = format!("{message} ({c} opened here; the parser gave up at {pos})");
+                            pos = to_pos(&m);
+                        }
+                    } else {
+                        message = format!("{message} ({c})");
+                    }
                 }
                 err = Some(SyntaxError { pos, message });
                 break;
@@ -211,22 +219,18 @@ fn parse_inner(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
         }
     }
     let mut docs = Vec::new();
+    let mut errs: Vec<SyntaxError> = err.into_iter().collect();
     for node in b.docs {
         if matches!(node, Node::Null(_)) {
             continue;
         }
         let start = shown_pos(&node);
         let mut positions = BTreeMap::new();
-        let value = match convert(&node, "", &mut positions) {
-            Ok(v) => v,
-            Err(e) => {
-                err.get_or_insert(e);
-                continue;
-            }
-        };
+        let value = convert(&node, "", &mut positions, &mut errs);
         docs.push(Document { value, positions, start });
     }
-    (docs, err)
+    errs.sort_by_key(|e| e.pos);
+    (docs, errs)
 }
 
 fn count_nodes(n: &Node) -> usize {
@@ -255,18 +259,16 @@ fn shown_pos(node: &Node) -> Pos {
     }
 }
 
-fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>) -> Result<Value, SyntaxError> {
+/// Convert a node; problems (duplicate keys, non-scalar keys) are collected and the
+/// document is kept, so one mistake does not hide the objects it belongs to.
+fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>, errs: &mut Vec<SyntaxError>) -> Value {
     positions.entry(path.to_string()).or_insert_with(|| shown_pos(node));
-    Ok(match node {
+    match node {
         Node::Null(_) => Value::Null,
         Node::Scalar(text, plain, _) => Value::String(scalar_string(text, *plain)),
-        Node::Seq(items, _) => {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                out.push(convert(item, &format!("{path}[{i}]"), positions)?);
-            }
-            Value::Array(out)
-        }
+        Node::Seq(items, _) => Value::Array(
+            items.iter().enumerate().map(|(i, item)| convert(item, &format!("{path}[{i}]"), positions, errs)).collect(),
+        ),
         Node::Map(entries, _) => {
             let mut out = Map::new();
             let mut explicit = std::collections::HashSet::new();
@@ -275,12 +277,14 @@ fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>) -> Re
                     // Keys keep their text: `n:` or `on:` as a key is a name, not a bool.
                     Node::Scalar(t, _, _) => t.clone(),
                     Node::Null(_) => "null".to_string(),
-                    _ => return Err(SyntaxError { pos: k.pos(), message: "mapping keys must be scalars".into() }),
+                    _ => {
+                        errs.push(SyntaxError { pos: k.pos(), message: "mapping keys must be scalars".into() });
+                        continue;
+                    }
                 };
                 if key == "<<" {
                     // YAML merge key: merge the mapping(s) in, without overriding.
-                    let merged = convert(v, path, positions)?;
-                    let maps = match merged {
+                    let maps = match convert(v, path, positions, errs) {
                         Value::Object(m) => vec![m],
                         Value::Array(a) => a
                             .into_iter()
@@ -300,16 +304,16 @@ fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>) -> Re
                 }
                 let child = join_key(path, &key);
                 if !explicit.insert(key.clone()) {
-                    return Err(SyntaxError { pos: k.pos(), message: format!("duplicate key {key:?} in mapping") });
+                    errs.push(SyntaxError { pos: k.pos(), message: format!("duplicate key {key:?} in mapping") });
                 }
                 // A field is shown at its key (`runAfter:`), where the reader looks.
                 positions.insert(child.clone(), k.pos());
-                let val = convert(v, &child, positions)?;
+                let val = convert(v, &child, positions, errs);
                 out.insert(key, val);
             }
             Value::Object(out)
         }
-    })
+    }
 }
 
 /// Resolve a scalar as `sigs.k8s.io/yaml` would and render it as the string of its JSON form.
@@ -393,7 +397,7 @@ mod tests {
 
     fn one(text: &str) -> Document {
         let (mut docs, err) = parse_documents(text);
-        assert!(err.is_none(), "{err:?}");
+        assert!(err.is_empty(), "{err:?}");
         assert_eq!(docs.len(), 1);
         docs.remove(0)
     }
@@ -440,13 +444,14 @@ mod tests {
     #[test]
     fn multi_document_and_errors() {
         let (docs, err) = parse_documents("a: 1\n---\n---\nb: 2\n");
-        assert!(err.is_none());
+        assert!(err.is_empty());
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].start.line, 4);
         let (_, err) = parse_documents("a: [1, 2\nb: 3\n");
-        assert!(err.is_some());
-        let (_, err) = parse_documents("a: 1\na: 2\n");
-        let e = err.unwrap();
+        assert_eq!(err[0].pos, Pos { line: 1, col: 4 }, "shown where the list opens");
+        let (docs, err) = parse_documents("a: 1\na: 2\n");
+        assert_eq!(docs.len(), 1, "the document is kept");
+        let e = &err[0];
         assert!(e.message.contains("duplicate key"), "{}", e.message);
         assert_eq!(e.pos.line, 2);
     }

@@ -1,0 +1,415 @@
+//! Content hashing: a Merkle digest over a directory tree, fed by a stat cache so an
+//! unchanged file is never re-read.
+//!
+//! An entry is (relative path, kind, executable bit, content digest): renames, mode
+//! changes, empty directories and file<->directory swaps all change the root digest.
+//! Symlinks hash their target text and are never followed, so nothing outside the tree
+//! is read. Files are hashed in parallel (rayon) in 1 MiB chunks, so memory stays bounded
+//! whatever the file size. SHA-256 comes from `sha2`, which dispatches to the CPU's SHA
+//! extensions at run time when present.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(H[(x >> 4) as usize] as char);
+        s.push(H[(x & 15) as usize] as char);
+    }
+    s
+}
+
+/// Stream a file through SHA-256 with a fixed buffer.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One entry of a hashed tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: String,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exec: bool,
+    /// Content digest (files), target-text digest (symlinks), empty for directories.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+}
+
+/// A hashed tree: its root digest and sorted entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Tree {
+    pub root: String,
+    pub entries: Vec<Entry>,
+}
+
+impl Tree {
+    fn seal(mut entries: Vec<Entry>) -> Tree {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut h = Sha256::new();
+        h.update(b"tenon-tree-v1\n");
+        for e in &entries {
+            // length-prefixed path: no separator ambiguity
+            let kind = match e.kind {
+                Kind::File => 'f',
+                Kind::Dir => 'd',
+                Kind::Symlink => 'l',
+            };
+            h.update(format!("{kind} {} {}:{} {}\n", e.exec as u8, e.path.len(), e.path, e.digest).as_bytes());
+        }
+        Tree { root: hex(&h.finalize()), entries }
+    }
+}
+
+/// What the stat cache remembers about one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl Stat {
+    pub fn of(m: &std::fs::Metadata) -> Stat {
+        Stat {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
+}
+
+/// A remembered digest: valid for exactly this stat, recorded at `recorded_ns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatRecord {
+    pub stat: Stat,
+    pub digest: String,
+    pub recorded_ns: i64,
+}
+
+/// A file modified this close to the moment its digest was recorded may have been
+/// modified again within the same timestamp tick: such a record is not trusted (git's
+/// "racy clean" rule). Two seconds covers filesystems with coarse timestamps.
+pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+impl StatRecord {
+    /// Whether this record proves the file with stat `now` still has `digest`.
+    pub fn trusted_for(&self, now: &Stat) -> bool {
+        self.stat == *now
+            && self.stat.mtime_ns < self.recorded_ns - RACY_WINDOW_NS
+            && self.stat.ctime_ns < self.recorded_ns - RACY_WINDOW_NS
+    }
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// An in-memory view of the persisted stat cache: absolute path -> record. Updated
+/// records are collected for the store to persist.
+#[derive(Debug, Default)]
+pub struct StatCache {
+    known: HashMap<PathBuf, StatRecord>,
+    updated: Mutex<HashMap<PathBuf, StatRecord>>,
+}
+
+impl StatCache {
+    pub fn new(known: HashMap<PathBuf, StatRecord>) -> Self {
+        StatCache { known, updated: Mutex::new(HashMap::new()) }
+    }
+    fn lookup(&self, path: &Path, st: &Stat) -> Option<String> {
+        if let Some(r) = self.updated.lock().ok()?.get(path) {
+            if r.stat == *st {
+                // hashed during this process: exact for this stat
+                return Some(r.digest.clone());
+            }
+        }
+        self.known.get(path).filter(|r| r.trusted_for(st)).map(|r| r.digest.clone())
+    }
+    fn remember(&self, path: PathBuf, stat: Stat, digest: String) {
+        if let Ok(mut u) = self.updated.lock() {
+            u.insert(path, StatRecord { stat, digest, recorded_ns: now_ns() });
+        }
+    }
+    /// Records hashed since this cache was loaded, to persist.
+    pub fn take_updates(&self) -> Vec<(PathBuf, StatRecord)> {
+        self.updated.lock().map(|mut u| u.drain().collect()).unwrap_or_default()
+    }
+}
+
+/// Counters for one hashing pass.
+#[derive(Debug, Default)]
+pub struct HashStats {
+    pub files: AtomicU64,
+    pub hashed_files: AtomicU64,
+    pub hashed_bytes: AtomicU64,
+}
+
+/// Which paths of a tree count: `include` globs (empty = everything) minus `exclude`.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+}
+
+impl Filter {
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Filter, String> {
+        let build = |pats: &[String]| -> Result<GlobSet, String> {
+            let mut b = GlobSetBuilder::new();
+            for p in pats {
+                let p = p.trim().trim_start_matches("./");
+                if p.is_empty() {
+                    continue;
+                }
+                b.add(Glob::new(p).map_err(|e| format!("invalid glob {p:?}: {e}"))?);
+                // `dir` and `dir/` also mean everything below it
+                let dir = p.trim_end_matches('/');
+                if !dir.contains(['*', '?', '[']) {
+                    b.add(Glob::new(&format!("{dir}/**")).map_err(|e| format!("invalid glob {p:?}: {e}"))?);
+                }
+            }
+            b.build().map_err(|e| e.to_string())
+        };
+        let include = if include.iter().all(|p| p.trim().is_empty()) { None } else { Some(build(include)?) };
+        Ok(Filter { include, exclude: build(exclude)? })
+    }
+    pub fn everything() -> Filter {
+        Filter { include: None, exclude: GlobSet::empty() }
+    }
+    fn excluded(&self, rel: &str) -> bool {
+        self.exclude.is_match(rel)
+    }
+    fn included(&self, rel: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(rel))
+    }
+    fn narrowed(&self) -> bool {
+        self.include.is_some()
+    }
+}
+
+/// Names never part of any input tree.
+const ALWAYS_SKIPPED: &[&str] = &[".git"];
+
+/// Hash the tree under `root` (a file or directory), entries relative to it.
+pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashStats) -> std::io::Result<Tree> {
+    let meta = std::fs::symlink_metadata(root)?;
+    let mut found: Vec<(String, PathBuf, std::fs::Metadata)> = Vec::new();
+    if meta.is_dir() {
+        walk(root, "", filter, &mut found)?;
+    } else {
+        let name = root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        found.push((name, root.to_path_buf(), meta));
+    }
+    let entries: Vec<std::io::Result<Entry>> = found
+        .into_par_iter()
+        .map(|(rel, abs, m)| {
+            let ft = m.file_type();
+            if ft.is_dir() {
+                return Ok(Entry { path: rel, kind: Kind::Dir, exec: false, digest: String::new() });
+            }
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&abs)?;
+                return Ok(Entry {
+                    path: rel,
+                    kind: Kind::Symlink,
+                    exec: false,
+                    digest: sha256_hex(target.as_os_str().as_encoded_bytes()),
+                });
+            }
+            stats.files.fetch_add(1, Ordering::Relaxed);
+            let st = Stat::of(&m);
+            let digest = match cache.lookup(&abs, &st) {
+                Some(d) => d,
+                None => {
+                    let d = hash_file(&abs)?;
+                    stats.hashed_files.fetch_add(1, Ordering::Relaxed);
+                    stats.hashed_bytes.fetch_add(st.size, Ordering::Relaxed);
+                    // the file may have changed while we read it: only remember a stable stat
+                    if let Ok(after) = std::fs::symlink_metadata(&abs) {
+                        if Stat::of(&after) == st {
+                            cache.remember(abs.clone(), st, d.clone());
+                        }
+                    }
+                    d
+                }
+            };
+            Ok(Entry { path: rel, kind: Kind::File, exec: m.mode() & 0o111 != 0, digest })
+        })
+        .collect();
+    let entries = entries.into_iter().collect::<std::io::Result<Vec<_>>>()?;
+    Ok(Tree::seal(entries))
+}
+
+fn walk(
+    dir: &Path,
+    rel: &str,
+    filter: &Filter,
+    out: &mut Vec<(String, PathBuf, std::fs::Metadata)>,
+) -> std::io::Result<()> {
+    let mut names: Vec<(String, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| (e.file_name().to_string_lossy().to_string(), e.path()))
+        .collect();
+    names.sort();
+    for (name, abs) in names {
+        if rel.is_empty() && ALWAYS_SKIPPED.contains(&name.as_str()) {
+            continue;
+        }
+        let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        if filter.excluded(&child) {
+            continue;
+        }
+        let m = std::fs::symlink_metadata(&abs)?;
+        if m.is_dir() {
+            if !filter.narrowed() || filter.included(&child) {
+                out.push((child.clone(), abs.clone(), m));
+            }
+            walk(&abs, &child, filter, out)?;
+        } else if filter.included(&child) {
+            out.push((child, abs, m));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tree(dir: &Path) -> Tree {
+        hash_tree(dir, &Filter::everything(), &StatCache::default(), &HashStats::default()).unwrap()
+    }
+
+    #[test]
+    fn known_digest() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn every_kind_of_change_changes_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("a"), "1").unwrap();
+        std::fs::create_dir(p.join("sub")).unwrap();
+        std::fs::write(p.join("sub/b"), "2").unwrap();
+        let mut seen = vec![tree(p).root];
+        let mut check = |what: &str| {
+            let r = tree(p).root;
+            assert!(!seen.contains(&r), "{what} did not change the root digest");
+            seen.push(r);
+        };
+        std::fs::write(p.join("a"), "1'").unwrap();
+        check("content");
+        std::fs::rename(p.join("a"), p.join("a2")).unwrap();
+        check("rename");
+        std::fs::set_permissions(p.join("a2"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        check("chmod +x");
+        std::fs::create_dir(p.join("empty")).unwrap();
+        check("empty dir");
+        std::os::unix::fs::symlink("a2", p.join("link")).unwrap();
+        check("symlink");
+        std::fs::remove_file(p.join("link")).unwrap();
+        std::os::unix::fs::symlink("sub/b", p.join("link")).unwrap();
+        check("symlink retarget");
+        std::fs::remove_dir(p.join("empty")).unwrap();
+        std::fs::write(p.join("empty"), "").unwrap();
+        check("dir replaced by file");
+        // .git is never an input
+        let before = tree(p).root;
+        std::fs::create_dir(p.join(".git")).unwrap();
+        std::fs::write(p.join(".git/HEAD"), "x").unwrap();
+        assert_eq!(tree(p).root, before);
+    }
+
+    #[test]
+    fn same_content_elsewhere_same_root() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [a.path(), b.path()] {
+            std::fs::create_dir(d.join("x")).unwrap();
+            std::fs::write(d.join("x/f"), "same").unwrap();
+        }
+        assert_eq!(tree(a.path()).root, tree(b.path()).root);
+    }
+
+    #[test]
+    fn filters_narrow_and_exclude() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("src")).unwrap();
+        std::fs::create_dir_all(p.join("docs")).unwrap();
+        std::fs::write(p.join("src/a.py"), "a").unwrap();
+        std::fs::write(p.join("src/a.pyc"), "junk").unwrap();
+        std::fs::write(p.join("docs/x.md"), "d").unwrap();
+        let f = Filter::new(&["src".into()], &["**/*.pyc".into()]).unwrap();
+        let t = hash_tree(p, &f, &StatCache::default(), &HashStats::default()).unwrap();
+        let paths: Vec<&str> = t.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec!["src", "src/a.py"]);
+        assert!(Filter::new(&["[".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn stat_cache_trusts_only_old_exact_records() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, "one").unwrap();
+        let st = Stat::of(&std::fs::metadata(&f).unwrap());
+        let rec = StatRecord { stat: st, digest: "bogus".into(), recorded_ns: st.mtime_ns + 10 };
+        // racy: recorded right after the write -> not trusted, re-hashed
+        let cache = StatCache::new(HashMap::from([(f.clone(), rec.clone())]));
+        let stats = HashStats::default();
+        let t = hash_tree(d.path(), &Filter::everything(), &cache, &stats).unwrap();
+        assert_eq!(t.entries[0].digest, sha256_hex(b"one"));
+        assert_eq!(stats.hashed_files.load(Ordering::Relaxed), 1);
+        // old exact record: trusted (the bogus digest proves the file was not read)
+        let old = StatRecord { recorded_ns: st.mtime_ns.max(st.ctime_ns) + RACY_WINDOW_NS + 1, ..rec };
+        let cache = StatCache::new(HashMap::from([(f.clone(), old.clone())]));
+        let stats = HashStats::default();
+        let t = hash_tree(d.path(), &Filter::everything(), &cache, &stats).unwrap();
+        assert_eq!(t.entries[0].digest, "bogus");
+        assert_eq!(stats.hashed_files.load(Ordering::Relaxed), 0);
+        // same size, new content, any stat difference -> re-hashed
+        std::fs::write(&f, "two").unwrap();
+        let t = hash_tree(d.path(), &Filter::everything(), &cache, &HashStats::default()).unwrap();
+        assert_eq!(t.entries[0].digest, sha256_hex(b"two"));
+    }
+}

@@ -1,0 +1,707 @@
+//! The record seam: cache records, results and content-addressed outputs.
+//!
+//! The embedded store is one directory: `tenon.db` (SQLite, WAL) for records, the stat
+//! cache and run history; `objects/ab/cdef...` for output files named by their SHA-256;
+//! `locks/` for per-key advisory locks. Crash safety: objects are written to a temporary
+//! file and renamed into place before the record that names them is committed, and only
+//! successful task runs are recorded, in one transaction, so a `kill -9` at any moment
+//! leaves nothing that can cause a false hit. Two processes on one store serialize on the
+//! per-key lock (released by the kernel if a holder dies) and on SQLite's own locking.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use crate::hash::{self, Stat, StatRecord, Tree};
+use crate::model::ParamValue;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("store database error")]
+    Db(#[from] rusqlite::Error),
+    #[error("store I/O error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt record {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Files a task declared as outputs, one set per `workspace:path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputSet {
+    pub workspace: String,
+    pub path: String,
+    pub tree: Tree,
+}
+
+/// A successful task run, reusable by key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub key: String,
+    /// The PipelineRun/TaskRun object that produced it, and that run's uid.
+    pub run: String,
+    pub run_uid: String,
+    /// The pipeline task (or TaskRun) name.
+    pub task: String,
+    pub created_ns: i64,
+    pub duration_ms: u64,
+    /// The full key preimage, kept so a later miss can be explained field by field.
+    pub preimage: serde_json::Value,
+    pub results: BTreeMap<String, ParamValue>,
+    pub outputs: Vec<OutputSet>,
+}
+
+/// A summary row for `tenon cache ls`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordInfo {
+    pub key: String,
+    pub run: String,
+    pub task: String,
+    pub created_ns: i64,
+    pub duration_ms: u64,
+    pub output_bytes: u64,
+}
+
+/// The store seam.
+pub trait Store: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<Record>>;
+    /// Commit a successful record (its output objects must already be stored).
+    fn put(&self, rec: &Record) -> Result<()>;
+    /// The most recent record of `task` in `run`, to explain a miss.
+    fn latest_for(&self, run: &str, task: &str) -> Result<Option<Record>>;
+    /// Copy files into content-addressed storage; returns the tree of what was stored.
+    fn store_output(&self, src: &Path) -> Result<Tree>;
+    /// Restore a stored tree at `dest` (copies, never links: tasks may modify them).
+    fn restore_output(&self, tree: &Tree, dest: &Path) -> Result<()>;
+    /// Stat cache for files under `prefix`.
+    fn stat_cache(&self) -> Result<HashMap<PathBuf, StatRecord>>;
+    fn save_stats(&self, updates: &[(PathBuf, StatRecord)]) -> Result<()>;
+    /// Remember a tree's entries (for explanations), by root digest.
+    fn put_tree(&self, tree: &Tree) -> Result<()>;
+    fn get_tree(&self, root: &str) -> Result<Option<Tree>>;
+    /// Record which keys a finished run used (gc keeps the latest successful one).
+    fn record_run(&self, run: &str, uid: &str, ok: bool, keys: &[String]) -> Result<()>;
+    /// Hold an exclusive lock on `key` until the guard drops (blocks while another
+    /// process holds it).
+    fn lock_key(&self, key: &str) -> Result<KeyLock>;
+}
+
+/// An advisory lock held on one key.
+pub struct KeyLock {
+    _file: std::fs::File,
+}
+
+pub struct SqliteStore {
+    root: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+  key TEXT PRIMARY KEY, run TEXT NOT NULL, run_uid TEXT NOT NULL, task TEXT NOT NULL,
+  created_ns INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+  preimage TEXT NOT NULL, results TEXT NOT NULL, outputs TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS records_by_task ON records (run, task, created_ns);
+CREATE TABLE IF NOT EXISTS stat_cache (
+  path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
+  mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT NOT NULL, recorded_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+  run TEXT NOT NULL, uid TEXT NOT NULL, finished_ns INTEGER NOT NULL, ok INTEGER NOT NULL, keys TEXT NOT NULL,
+  PRIMARY KEY (run, uid));
+";
+
+pub const STORE_FORMAT: &str = "1";
+
+impl SqliteStore {
+    pub fn open(root: &Path) -> Result<SqliteStore> {
+        let err =
+            |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open { path: root.to_path_buf(), source: e };
+        for d in ["objects", "locks", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).map_err(|e| err(Box::new(e)))?;
+        }
+        let conn = Connection::open(root.join("tenon.db")).map_err(|e| err(Box::new(e)))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| err(Box::new(e)))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(Box::new(e)))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(Box::new(e)))?;
+        conn.execute_batch(SCHEMA).map_err(|e| err(Box::new(e)))?;
+        let fmt: Option<String> = conn
+            .query_row("SELECT v FROM meta WHERE k = 'format'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| err(Box::new(e)))?;
+        match fmt.as_deref() {
+            None => {
+                conn.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('format', ?1)", [STORE_FORMAT])
+                    .map_err(|e| err(Box::new(e)))?;
+            }
+            Some(STORE_FORMAT) => {}
+            Some(other) => {
+                return Err(err(format!(
+                    "store format {other} is not supported by this tenon (expects {STORE_FORMAT}); use another --store"
+                )
+                .into()))
+            }
+        }
+        Ok(SqliteStore { root: root.to_path_buf(), conn: Mutex::new(conn) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn object_path(&self, digest: &str) -> PathBuf {
+        let (a, b) = digest.split_at(2.min(digest.len()));
+        self.root.join("objects").join(a).join(b)
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io { path: path.to_path_buf(), source }
+    }
+
+    fn row_to_record(
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<(String, String, String, String, i64, i64, String, String, String)> {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+        ))
+    }
+
+    fn decode(raw: (String, String, String, String, i64, i64, String, String, String)) -> Result<Record> {
+        let (key, run, run_uid, task, created_ns, duration_ms, pre, res, outs) = raw;
+        let corrupt = |m: String| StoreError::Corrupt { key: key.clone(), message: m };
+        Ok(Record {
+            preimage: serde_json::from_str(&pre).map_err(|e| corrupt(e.to_string()))?,
+            results: serde_json::from_str(&res).map_err(|e| corrupt(e.to_string()))?,
+            outputs: serde_json::from_str(&outs).map_err(|e| corrupt(e.to_string()))?,
+            key: key.clone(),
+            run,
+            run_uid,
+            task,
+            created_ns,
+            duration_ms: duration_ms as u64,
+        })
+    }
+
+    /// Records, newest first.
+    pub fn list(&self) -> Result<Vec<RecordInfo>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT key, run, task, created_ns, duration_ms, outputs FROM records ORDER BY created_ns DESC")?;
+        let rows = st.query_map([], |r| {
+            let outs: String = r.get(5)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                outs,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, run, task, created_ns, duration_ms, outs) = row?;
+            let sets: Vec<OutputSet> = serde_json::from_str(&outs).unwrap_or_default();
+            let output_bytes =
+                sets.iter().flat_map(|s| s.tree.entries.iter()).map(|e| self.object_size(&e.digest)).sum();
+            out.push(RecordInfo { key, run, task, created_ns, duration_ms: duration_ms as u64, output_bytes });
+        }
+        Ok(out)
+    }
+
+    fn object_size(&self, digest: &str) -> u64 {
+        if digest.is_empty() {
+            return 0;
+        }
+        std::fs::metadata(self.object_path(digest)).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Keys the latest successful run of each PipelineRun/TaskRun used.
+    pub fn protected_keys(&self) -> Result<BTreeSet<String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT r.keys FROM runs r WHERE r.ok = 1 AND r.finished_ns = (SELECT MAX(finished_ns) FROM runs x WHERE x.run = r.run AND x.ok = 1)",
+        )?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        let mut keys = BTreeSet::new();
+        for row in rows {
+            let list: Vec<String> = serde_json::from_str(&row?).unwrap_or_default();
+            keys.extend(list);
+        }
+        Ok(keys)
+    }
+
+    /// Delete records older than `older_than_ns` and, oldest first, until stored objects
+    /// fit in `max_bytes`; never what the latest successful run of a PipelineRun used.
+    /// Then remove objects no record names. Returns (records removed, bytes freed).
+    pub fn gc(&self, older_than_ns: Option<i64>, max_bytes: Option<u64>) -> Result<(usize, u64)> {
+        let protected = self.protected_keys()?;
+        let mut infos = self.list()?;
+        infos.reverse(); // oldest first
+        let mut doomed: Vec<String> = Vec::new();
+        if let Some(cut) = older_than_ns {
+            doomed.extend(
+                infos.iter().filter(|i| i.created_ns < cut && !protected.contains(&i.key)).map(|i| i.key.clone()),
+            );
+        }
+        if let Some(max) = max_bytes {
+            let mut total: u64 = self.objects_size()?;
+            for i in &infos {
+                if total <= max {
+                    break;
+                }
+                if protected.contains(&i.key) || doomed.contains(&i.key) {
+                    continue;
+                }
+                doomed.push(i.key.clone());
+                total = total.saturating_sub(i.output_bytes);
+            }
+        }
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            for k in &doomed {
+                tx.execute("DELETE FROM records WHERE key = ?1", [k])?;
+            }
+            tx.commit()?;
+        }
+        let freed = self.sweep_objects()?;
+        Ok((doomed.len(), freed))
+    }
+
+    fn objects_size(&self) -> Result<u64> {
+        let mut total = 0;
+        for p in self.all_objects()? {
+            total += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    fn all_objects(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let dir = self.root.join("objects");
+        for a in std::fs::read_dir(&dir).map_err(Self::io(&dir))?.flatten() {
+            if let Ok(rd) = std::fs::read_dir(a.path()) {
+                out.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn referenced_objects(&self) -> Result<BTreeSet<String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT outputs FROM records")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        let mut set = BTreeSet::new();
+        for row in rows {
+            let sets: Vec<OutputSet> = serde_json::from_str(&row?).unwrap_or_default();
+            for s in sets {
+                set.extend(s.tree.entries.into_iter().filter(|e| !e.digest.is_empty()).map(|e| e.digest));
+            }
+        }
+        Ok(set)
+    }
+
+    fn sweep_objects(&self) -> Result<u64> {
+        let keep = self.referenced_objects()?;
+        let mut freed = 0;
+        for p in self.all_objects()? {
+            let digest = format!(
+                "{}{}",
+                p.parent().and_then(|d| d.file_name()).map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+                p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+            );
+            if !keep.contains(&digest) {
+                freed += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Re-hash every stored object; returns the digests whose content does not match.
+    pub fn verify(&self) -> Result<(usize, Vec<String>)> {
+        let mut bad = Vec::new();
+        let objs = self.all_objects()?;
+        for p in &objs {
+            let want = format!(
+                "{}{}",
+                p.parent().and_then(|d| d.file_name()).map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+                p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+            );
+            match hash::hash_file(p) {
+                Ok(got) if got == want => {}
+                _ => bad.push(want),
+            }
+        }
+        // records naming missing objects are corrupt too
+        for d in self.referenced_objects()? {
+            if !self.object_path(&d).exists() && !bad.contains(&d) {
+                bad.push(d);
+            }
+        }
+        Ok((objs.len(), bad))
+    }
+
+    fn store_file(&self, src: &Path) -> Result<String> {
+        let digest = hash::hash_file(src).map_err(Self::io(src))?;
+        let dest = self.object_path(&digest);
+        if dest.exists() {
+            return Ok(digest);
+        }
+        let tmp = self.root.join("tmp").join(format!("{}-{}", std::process::id(), &digest[..16]));
+        reflink_copy::reflink_or_copy(src, &tmp).map_err(Self::io(src))?;
+        // the source may have changed while we copied: the object must match its name
+        let got = hash::hash_file(&tmp).map_err(Self::io(&tmp))?;
+        if got != digest {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Io {
+                path: src.to_path_buf(),
+                source: std::io::Error::other("file changed while it was being stored"),
+            });
+        }
+        if let Ok(f) = std::fs::File::open(&tmp) {
+            let _ = f.sync_all();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+        }
+        std::fs::rename(&tmp, &dest).map_err(Self::io(&dest))?;
+        Ok(digest)
+    }
+}
+
+impl Store for SqliteStore {
+    fn get(&self, key: &str) -> Result<Option<Record>> {
+        let raw = self
+            .conn()
+            .query_row(
+                "SELECT key, run, run_uid, task, created_ns, duration_ms, preimage, results, outputs FROM records WHERE key = ?1",
+                [key],
+                Self::row_to_record,
+            )
+            .optional()?;
+        let Some(raw) = raw else { return Ok(None) };
+        let rec = Self::decode(raw)?;
+        // a record whose objects are gone is not a hit
+        for s in &rec.outputs {
+            for e in &s.tree.entries {
+                if e.kind == hash::Kind::File && !self.object_path(&e.digest).exists() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(rec))
+    }
+
+    fn put(&self, rec: &Record) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR REPLACE INTO records (key, run, run_uid, task, created_ns, duration_ms, preimage, results, outputs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                rec.key,
+                rec.run,
+                rec.run_uid,
+                rec.task,
+                rec.created_ns,
+                rec.duration_ms as i64,
+                rec.preimage.to_string(),
+                serde_json::to_string(&rec.results).unwrap_or_default(),
+                serde_json::to_string(&rec.outputs).unwrap_or_default(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn latest_for(&self, run: &str, task: &str) -> Result<Option<Record>> {
+        let raw = self
+            .conn()
+            .query_row(
+                "SELECT key, run, run_uid, task, created_ns, duration_ms, preimage, results, outputs FROM records WHERE run = ?1 AND task = ?2 ORDER BY created_ns DESC LIMIT 1",
+                [run, task],
+                Self::row_to_record,
+            )
+            .optional()?;
+        raw.map(Self::decode).transpose()
+    }
+
+    fn store_output(&self, src: &Path) -> Result<Tree> {
+        let meta = std::fs::symlink_metadata(src).map_err(Self::io(src))?;
+        let mut entries = Vec::new();
+        if meta.is_dir() {
+            let cache = hash::StatCache::default();
+            let t = hash::hash_tree(src, &hash::Filter::everything(), &cache, &hash::HashStats::default())
+                .map_err(Self::io(src))?;
+            for e in t.entries {
+                if e.kind == hash::Kind::File {
+                    let digest = self.store_file(&src.join(&e.path))?;
+                    entries.push(hash::Entry { digest, ..e });
+                } else {
+                    entries.push(e);
+                }
+            }
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(src).map_err(Self::io(src))?;
+            entries.push(hash::Entry {
+                path: String::new(),
+                kind: hash::Kind::Symlink,
+                exec: false,
+                digest: target.to_string_lossy().to_string(),
+            });
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let digest = self.store_file(src)?;
+            entries.push(hash::Entry {
+                path: String::new(),
+                kind: hash::Kind::File,
+                exec: meta.permissions().mode() & 0o111 != 0,
+                digest,
+            });
+        }
+        let mut h = sha2::Sha256::new();
+        use sha2::Digest;
+        for e in &entries {
+            h.update(format!("{:?} {} {}:{} {}\n", e.kind, e.exec as u8, e.path.len(), e.path, e.digest).as_bytes());
+        }
+        Ok(Tree { root: hash::hex(&h.finalize()), entries })
+    }
+
+    fn restore_output(&self, tree: &Tree, dest: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for e in &tree.entries {
+            let target = if e.path.is_empty() { dest.to_path_buf() } else { dest.join(&e.path) };
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+            }
+            match e.kind {
+                hash::Kind::Dir => std::fs::create_dir_all(&target).map_err(Self::io(&target))?,
+                hash::Kind::Symlink => {
+                    let _ = std::fs::remove_file(&target);
+                    std::os::unix::fs::symlink(&e.digest, &target).map_err(Self::io(&target))?;
+                }
+                hash::Kind::File => {
+                    let obj = self.object_path(&e.digest);
+                    let _ = std::fs::remove_file(&target);
+                    reflink_copy::reflink_or_copy(&obj, &target).map_err(Self::io(&obj))?;
+                    let mode = if e.exec { 0o755 } else { 0o644 };
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                        .map_err(Self::io(&target))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stat_cache(&self) -> Result<HashMap<PathBuf, StatRecord>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached("SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest, recorded_ns FROM stat_cache")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                PathBuf::from(r.get::<_, String>(0)?),
+                StatRecord {
+                    stat: Stat {
+                        dev: r.get::<_, i64>(1)? as u64,
+                        ino: r.get::<_, i64>(2)? as u64,
+                        size: r.get::<_, i64>(3)? as u64,
+                        mtime_ns: r.get(4)?,
+                        ctime_ns: r.get(5)?,
+                    },
+                    digest: r.get(6)?,
+                    recorded_ns: r.get(7)?,
+                },
+            ))
+        })?;
+        let mut map = HashMap::new();
+        for row in rows {
+            let (p, rec) = row?;
+            map.insert(p, rec);
+        }
+        Ok(map)
+    }
+
+    fn save_stats(&self, updates: &[(PathBuf, StatRecord)]) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO stat_cache (path, dev, ino, size, mtime_ns, ctime_ns, digest, recorded_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (p, r) in updates {
+                st.execute(params![
+                    p.to_string_lossy(),
+                    r.stat.dev as i64,
+                    r.stat.ino as i64,
+                    r.stat.size as i64,
+                    r.stat.mtime_ns,
+                    r.stat.ctime_ns,
+                    r.digest,
+                    r.recorded_ns
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn put_tree(&self, tree: &Tree) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO trees (root, entries) VALUES (?1, ?2)",
+            params![tree.root, serde_json::to_string(&tree.entries).unwrap_or_default()],
+        )?;
+        Ok(())
+    }
+
+    fn get_tree(&self, root: &str) -> Result<Option<Tree>> {
+        let raw: Option<String> =
+            self.conn().query_row("SELECT entries FROM trees WHERE root = ?1", [root], |r| r.get(0)).optional()?;
+        Ok(raw.and_then(|s| serde_json::from_str(&s).ok()).map(|entries| Tree { root: root.to_string(), entries }))
+    }
+
+    fn record_run(&self, run: &str, uid: &str, ok: bool, keys: &[String]) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO runs (run, uid, finished_ns, ok, keys) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run, uid, hash::now_ns(), ok as i64, serde_json::to_string(keys).unwrap_or_default()],
+        )?;
+        Ok(())
+    }
+
+    fn lock_key(&self, key: &str) -> Result<KeyLock> {
+        use fs4::fs_std::FileExt;
+        let p = self.root.join("locks").join(format!("{key}.lock"));
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(Self::io(&p))?;
+        f.lock_exclusive().map_err(Self::io(&p))?;
+        Ok(KeyLock { _file: f })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, run: &str, created: i64) -> Record {
+        Record {
+            key: key.into(),
+            run: run.into(),
+            run_uid: "u".into(),
+            task: "t".into(),
+            created_ns: created,
+            duration_ms: 5,
+            preimage: serde_json::json!({"v": 1}),
+            results: BTreeMap::from([("r".to_string(), ParamValue::Str("x\n".into()))]),
+            outputs: vec![],
+        }
+    }
+
+    #[test]
+    fn records_round_trip_in_a_real_sqlite_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path()).unwrap();
+        assert!(s.get("k").unwrap().is_none());
+        s.put(&rec("k", "run", 1)).unwrap();
+        drop(s);
+        let s = SqliteStore::open(d.path()).unwrap();
+        let r = s.get("k").unwrap().unwrap();
+        assert_eq!(r, rec("k", "run", 1));
+        s.put(&rec("k2", "run", 2)).unwrap();
+        assert_eq!(s.latest_for("run", "t").unwrap().unwrap().key, "k2");
+    }
+
+    #[test]
+    fn outputs_are_content_addressed_and_restored_as_copies() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("store")).unwrap();
+        let src = d.path().join("out");
+        std::fs::create_dir_all(src.join("m")).unwrap();
+        std::fs::write(src.join("m/model.bin"), b"weights").unwrap();
+        let tree = s.store_output(&src).unwrap();
+        assert!(s.object_path(&hash::sha256_hex(b"weights")).exists());
+        let dest = d.path().join("restored");
+        s.restore_output(&tree, &dest).unwrap();
+        assert_eq!(std::fs::read(dest.join("m/model.bin")).unwrap(), b"weights");
+        // modifying the restored copy never corrupts the store
+        std::fs::write(dest.join("m/model.bin"), b"tampered").unwrap();
+        assert_eq!(std::fs::read(s.object_path(&hash::sha256_hex(b"weights"))).unwrap(), b"weights");
+        let (n, bad) = s.verify().unwrap();
+        assert_eq!((n, bad.len()), (1, 0));
+    }
+
+    #[test]
+    fn gc_keeps_what_the_latest_successful_run_used() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path()).unwrap();
+        s.put(&rec("old", "run", 1)).unwrap();
+        s.put(&rec("kept", "run", 2)).unwrap();
+        s.record_run("run", "u1", true, &["kept".into()]).unwrap();
+        let (removed, _) = s.gc(Some(i64::MAX), None).unwrap();
+        assert_eq!(removed, 1);
+        assert!(s.get("old").unwrap().is_none());
+        assert!(s.get("kept").unwrap().is_some());
+    }
+
+    #[test]
+    fn verify_reports_corruption_and_missing_objects_are_no_hit() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path().join("st").as_path()).unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"data").unwrap();
+        let tree = s.store_output(&f).unwrap();
+        let mut r = rec("k", "run", 1);
+        r.outputs = vec![OutputSet { workspace: "w".into(), path: "f".into(), tree: tree.clone() }];
+        s.put(&r).unwrap();
+        let obj = s.object_path(&tree.entries[0].digest);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&obj, b"rot").unwrap();
+        assert_eq!(s.verify().unwrap().1, vec![tree.entries[0].digest.clone()]);
+        std::fs::remove_file(&obj).unwrap();
+        assert!(s.get("k").unwrap().is_none(), "a record whose objects are gone must not hit");
+    }
+
+    #[test]
+    fn key_lock_is_exclusive_across_handles() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path()).unwrap();
+        let g = s.lock_key("abc").unwrap();
+        let p = d.path().join("locks/abc.lock");
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        use fs4::fs_std::FileExt;
+        assert!(!f.try_lock_exclusive().unwrap_or(false), "second lock must not be granted while held");
+        drop(g);
+        assert!(f.try_lock_exclusive().unwrap());
+    }
+}
