@@ -9,6 +9,7 @@
 //!   -> record (trait Store) -> promote (git write-back)
 //! ```
 
+pub mod cache;
 pub mod cli;
 pub mod dag;
 pub mod engine;

@@ -326,6 +326,8 @@ impl Engine {
             run_failure: None,
             timed_out: None,
             cancelled: false,
+            tasks_timeout: nz(tasks_timeout),
+            finally_timeout: nz(finally_timeout),
             joinset: JoinSet::new(),
             dag_cancel: self.cancel.child_token(),
             finally_cancel: self.cancel.child_token(),
@@ -684,6 +686,8 @@ struct PipelineRunState<'a> {
     /// `tasks`, `finally` or `pipeline` when a timeout fired.
     timed_out: Option<String>,
     cancelled: bool,
+    tasks_timeout: Option<Duration>,
+    finally_timeout: Option<Duration>,
     joinset: JoinSet<(String, usize, TaskOutcome, u32, String)>,
     dag_cancel: CancellationToken,
     finally_cancel: CancellationToken,
@@ -1256,7 +1260,7 @@ impl<'a> PipelineRunState<'a> {
         }
         let ign = if ignored > 0 { format!(" (Ignored: {ignored})") } else { String::new() };
         let counts = format!(
-            "Tasks Completed: {} (Failed: {failed}, Cancelled {cancelled}), Skipped: {skipped}{ign}",
+            "Tasks Completed: {} (Failed: {failed}{ign}, Cancelled {cancelled}), Skipped: {skipped}",
             succeeded + failed + cancelled
         );
         let (status, reason, message) = if self.cancelled {
@@ -1265,7 +1269,25 @@ impl<'a> PipelineRunState<'a> {
             (
                 "Failed",
                 "PipelineRunTimeout".to_string(),
-                format!("PipelineRun {:?} failed to finish within {:?}", self.name, format_duration(pipeline_timeout)),
+                match (self.timed_out.as_deref(), self.tasks_timeout, self.finally_timeout) {
+                    (Some("tasks"), Some(t), _) => {
+                        format!(
+                            "PipelineRun {:?} failed due to tasks failed to finish within {:?}",
+                            self.name,
+                            format_duration(t)
+                        )
+                    }
+                    (Some("finally"), _, Some(t)) => format!(
+                        "PipelineRun {:?} failed due to finally tasks failed to finish within {:?}",
+                        self.name,
+                        format_duration(t)
+                    ),
+                    _ => format!(
+                        "PipelineRun {:?} failed to finish within {:?}",
+                        self.name,
+                        format_duration(pipeline_timeout)
+                    ),
+                },
             )
         } else if let Some(f) = &self.run_failure {
             ("Failed", f.reason.clone(), f.message.clone())

@@ -17,8 +17,17 @@ use crate::model::{Catalog, WorkspaceBinding};
 
 #[derive(Debug, Clone)]
 enum Volume {
-    EmptyDir { sub: Option<String> },
-    Dir { path: PathBuf, read_only: bool, claim: String },
+    EmptyDir {
+        sub: Option<String>,
+    },
+    /// `what` says what backs it, for cache keys: `repo`, `volumeClaimTemplate`,
+    /// `persistentVolumeClaim:<claim>`, `configMap:<digest>`, `secret:<digest>`.
+    Dir {
+        path: PathBuf,
+        read_only: bool,
+        claim: String,
+        what: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -65,12 +74,17 @@ impl RunVolumes {
                         ),
                     ));
                 }
-                Volume::Dir { path, read_only: true, claim: String::new() }
+                Volume::Dir { path, read_only: true, claim: String::new(), what: "repo".into() }
             } else if b.empty_dir.is_some() {
                 Volume::EmptyDir { sub: sub.map(String::from) }
             } else if b.volume_claim_template.is_some() {
                 let base = run_dir.join("volumes").join(&b.name);
-                Volume::Dir { path: mk(&base, sub)?, read_only: false, claim: format!("pvc-{}", b.name) }
+                Volume::Dir {
+                    path: mk(&base, sub)?,
+                    read_only: false,
+                    claim: format!("pvc-{}", b.name),
+                    what: "volumeClaimTemplate".into(),
+                }
             } else if let Some(pvc) = &b.persistent_volume_claim {
                 if pvc.claim_name.is_empty() || pvc.claim_name.contains('/') || pvc.claim_name.starts_with('.') {
                     return Err(Failure::new(
@@ -79,7 +93,12 @@ impl RunVolumes {
                     ));
                 }
                 let base = opts.state_dir.join("pvc").join(&pvc.claim_name);
-                Volume::Dir { path: mk(&base, sub)?, read_only: pvc.read_only, claim: pvc.claim_name.clone() }
+                Volume::Dir {
+                    path: mk(&base, sub)?,
+                    read_only: pvc.read_only,
+                    claim: pvc.claim_name.clone(),
+                    what: format!("persistentVolumeClaim:{}", pvc.claim_name),
+                }
             } else if let Some(cm) = &b.config_map {
                 let obj = cat.config_map(&cm.name).ok_or_else(|| {
                     Failure::new(
@@ -91,8 +110,14 @@ impl RunVolumes {
                     )
                 })?;
                 let base = run_dir.join("volumes").join(&b.name);
-                materialize(&base, &key_bytes(&obj.spec, false), &cm.items, false)?;
-                Volume::Dir { path: mk(&base, sub)?, read_only: true, claim: String::new() }
+                let data = key_bytes(&obj.spec, false);
+                materialize(&base, &data, &cm.items, false)?;
+                Volume::Dir {
+                    path: mk(&base, sub)?,
+                    read_only: true,
+                    claim: String::new(),
+                    what: format!("configMap:{}", data_digest(&data, &cm.items)),
+                }
             } else if let Some(sec) = &b.secret {
                 let obj = cat.secret(&sec.secret_name).ok_or_else(|| {
                     Failure::new(
@@ -104,8 +129,15 @@ impl RunVolumes {
                     )
                 })?;
                 let base = run_dir.join("volumes").join(&b.name);
-                materialize(&base, &key_bytes(&obj.spec, true), &sec.items, true)?;
-                Volume::Dir { path: mk(&base, sub)?, read_only: true, claim: String::new() }
+                let data = key_bytes(&obj.spec, true);
+                materialize(&base, &data, &sec.items, true)?;
+                // only a digest of the secret's content ever leaves this function
+                Volume::Dir {
+                    path: mk(&base, sub)?,
+                    read_only: true,
+                    claim: String::new(),
+                    what: format!("secret:{}", data_digest(&data, &sec.items)),
+                }
             } else {
                 return Err(Failure::new(
                     "InvalidWorkspaceBindings",
@@ -122,6 +154,19 @@ impl RunVolumes {
 
     pub fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)
+    }
+
+    /// What backs run binding `name` (`emptyDir`, `repo`, `volumeClaimTemplate`, ...).
+    pub fn describe(&self, name: &str) -> String {
+        match self.map.get(name) {
+            None => "unbound".into(),
+            Some(Volume::EmptyDir { .. }) => "emptyDir".into(),
+            Some(Volume::Dir { what, .. }) => what.clone(),
+        }
+    }
+
+    pub fn is_repo(&self, name: &str) -> bool {
+        self.describe(name) == "repo"
     }
 
     /// Host path, read-only flag and claim name for a task's use of run binding `name`.
@@ -144,7 +189,7 @@ impl RunVolumes {
                 }
                 Ok((mk(&p, extra)?, false, String::new()))
             }
-            Some(Volume::Dir { path, read_only, claim }) => {
+            Some(Volume::Dir { path, read_only, claim, .. }) => {
                 let p = match extra {
                     Some(s) => join_sub(path, s)?,
                     None => path.clone(),
@@ -163,6 +208,19 @@ impl RunVolumes {
             }
         }
     }
+}
+
+fn data_digest(data: &BTreeMap<String, Vec<u8>>, items: &[crate::model::KeyToPath]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update(format!("{}:{k}:{}\n", k.len(), v.len()).as_bytes());
+        h.update(v);
+    }
+    for i in items {
+        h.update(format!("item {}:{}\n", i.key, i.path).as_bytes());
+    }
+    crate::hash::hex(&h.finalize())
 }
 
 fn mk(base: &Path, sub: Option<&str>) -> Result<PathBuf, Failure> {

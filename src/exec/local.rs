@@ -133,12 +133,12 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
     let pvars = path_vars(&req.spec, &d, &req.workspaces);
 
     // sidecars: background processes for the life of the steps
-    let mut sidecars: Vec<Child> = Vec::new();
+    let mut sidecars: Vec<(Child, String)> = Vec::new();
     for (i, sc) in req.spec.sidecars.iter().enumerate() {
         let sc = substitute_step(sc, &pvars);
         let name = sc.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
-        match spawn(ex, req, &d, &sc, &format!("sidecar-{name}"), &BTreeMap::new()) {
-            Ok((child, _)) => sidecars.push(child),
+        match spawn(ex, req, &d, &sc, &format!("sidecar-{name}")) {
+            Ok((child, _, marker)) => sidecars.push((child, marker)),
             Err(e) => {
                 kill_all(&mut sidecars).await;
                 return Ok(failed("Failed", format!("sidecar {name:?} could not start: {e}"), vec![]));
@@ -219,7 +219,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let (mut child, readers) = match spawn(ex, req, &d, &step, &cname, &BTreeMap::new()) {
+        let (mut child, readers, marker) = match spawn(ex, req, &d, &step, &cname) {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::write(sdir.join("exitCode"), "1");
@@ -236,6 +236,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
             }
         };
         let ended = wait_child(&mut child, step_deadline, cancel).await;
+        let _ = tokio::task::spawn_blocking(move || kill_marked(&marker)).await;
         for r in readers {
             let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
         }
@@ -477,14 +478,46 @@ fn k8s_expand(s: &str, env: &BTreeMap<String, String>) -> String {
 
 type Readers = Vec<tokio::task::JoinHandle<()>>;
 
+/// Environment variable marking every process a step starts (value unique per step).
+pub const STEP_MARKER: &str = "TENON_STEP";
+
+/// Kill every process whose environment carries `TENON_STEP=<marker>`: whatever a step
+/// left behind, even outside its process group. Repeats until none is left (bounded).
+pub fn kill_marked(marker: &str) {
+    let needle = format!("{STEP_MARKER}={marker}");
+    let me = std::process::id();
+    for _ in 0..10 {
+        let mut found = false;
+        let Ok(rd) = std::fs::read_dir("/proc") else { return };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if pid as u32 == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                // zombies keep their environ unreadable or empty; a live match is killed
+                // SAFETY: kill only sends a signal.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                found = true;
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn spawn(
     ex: &LocalExecutor,
     req: &TaskRunRequest,
     d: &Dirs,
     step: &Step,
     cname: &str,
-    _extra: &BTreeMap<String, String>,
-) -> Result<(Child, Readers), String> {
+) -> Result<(Child, Readers, String), String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("PATH".into(), DEFAULT_PATH.into());
     env.insert("HOME".into(), d.home.display().to_string());
@@ -541,6 +574,10 @@ fn spawn(
     // Resolve the program against the step's PATH, not tenon's.
     let program = resolve_program(&program, env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH), &cwd);
     let mut cmd = Command::new(&program);
+    // A marker every descendant inherits, so processes that escape the step's process
+    // group (setsid, daemons) are still found and killed when the step ends.
+    let marker = format!("{}-{cname}-{}", req.name, crate::engine::new_uid(&req.dir.display().to_string()));
+    env.insert(STEP_MARKER.into(), marker.clone());
     cmd.args(&argv)
         .env_clear()
         .envs(&env)
@@ -567,7 +604,7 @@ fn spawn(
     if let Some(e) = child.stderr.take() {
         readers.push(pump(e, ex.console.clone(), req.label.clone(), step_label, log));
     }
-    Ok((child, readers))
+    Ok((child, readers, marker))
 }
 
 /// Images whose ENTRYPOINT/CMD the local executor knows, for steps with neither
@@ -710,13 +747,15 @@ fn kill_group(pgid: i32, sig: i32) {
     }
 }
 
-async fn kill_all(children: &mut Vec<Child>) {
-    for c in children.iter_mut() {
+async fn kill_all(children: &mut Vec<(Child, String)>) {
+    for (c, _) in children.iter_mut() {
         if let Some(pid) = c.id() {
             kill_group(pid as i32, libc::SIGTERM);
         }
     }
-    for c in children.iter_mut() {
+    for (c, marker) in children.iter_mut() {
+        let m = marker.clone();
+        let _ = tokio::task::spawn_blocking(move || kill_marked(&m)).await;
         if tokio::time::timeout(KILL_GRACE, c.wait()).await.is_err() {
             if let Some(pid) = c.id() {
                 kill_group(pid as i32, libc::SIGKILL);

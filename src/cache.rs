@@ -1,0 +1,311 @@
+//! Cache keys and their explanations. Pure apart from reading trees from the store.
+//!
+//! A key is the SHA-256 of a canonical, versioned [`Preimage`]: the task spec after
+//! param substitution (run-unique values such as `$(context.pipelineRun.name)`,
+//! `$(context.pipelineRun.uid)`, `$(context.taskRun.name/uid)` and
+//! `$(context.task.retry-count)` are left unsubstituted, so they do not make every run
+//! unique), the param values, the digest of every input tree, the upstream results the
+//! task consumes (so an upstream rerun with identical results does not cascade: early
+//! cutoff), the digests of upstream outputs on shared workspaces, the workspace kinds and
+//! ConfigMap/Secret content digests, the declared outputs and the executor. Images and
+//! env are part of the spec. The full preimage is kept with every record, so a miss is
+//! explained field by field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::hash::{sha256_hex, Kind, Tree};
+
+/// Bump on any change to what goes into a key: old records then miss once, loudly.
+pub const KEY_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preimage {
+    pub version: u32,
+    pub executor: String,
+    /// The TaskSpec after substitution, as JSON.
+    pub spec: Value,
+    pub params: BTreeMap<String, Value>,
+    /// Repository input trees: workspace -> root digest.
+    pub inputs: BTreeMap<String, String>,
+    /// `tasks.X.results.Y` consumed -> value.
+    pub upstream_results: BTreeMap<String, Value>,
+    /// `task workspace:path` of upstream outputs on shared workspaces -> tree digest.
+    pub upstream_outputs: BTreeMap<String, String>,
+    /// Workspace -> what backs it (`emptyDir`, `volumeClaimTemplate`, `configMap:<digest>`, ...).
+    pub workspaces: BTreeMap<String, String>,
+    /// Declared outputs (`workspace:path`).
+    pub outputs: Vec<String>,
+}
+
+impl Preimage {
+    pub fn key(&self) -> String {
+        // serde_json writes struct fields in declaration order and BTreeMaps sorted:
+        // the encoding is canonical for a given preimage.
+        sha256_hex(serde_json::to_string(self).unwrap_or_default().as_bytes())
+    }
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min(8)]
+}
+
+fn render(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let s = s.replace('\n', "\\n");
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// The first JSON path at which two values differ.
+pub fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => {
+                        if let Some(d) = first_difference(va, vb, &p) {
+                            return Some(d);
+                        }
+                    }
+                    _ => return Some(p),
+                }
+            }
+            None
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for (i, (va, vb)) in x.iter().zip(y.iter()).enumerate() {
+                if let Some(d) = first_difference(va, vb, &format!("{path}[{i}]")) {
+                    return Some(d);
+                }
+            }
+            (x.len() != y.len()).then(|| format!("{path}[{}]", x.len().min(y.len())))
+        }
+        _ => (a != b).then(|| path.to_string()),
+    }
+}
+
+/// Why `new` misses, given the most recent earlier preimage of the same task and a
+/// way to fetch input trees by digest. Reasons a person can act on, most specific first.
+pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tree>) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.version != new.version {
+        out.push(format!("cache key schema changed (v{} -> v{})", old.version, new.version));
+        return out;
+    }
+    if old.executor != new.executor {
+        out.push(format!("executor changed ({} -> {})", old.executor, new.executor));
+    }
+    for (k, v) in &new.upstream_results {
+        match old.upstream_results.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => out.push(format!("upstream result {k} changed ({} -> {})", render(o), render(v))),
+            None => out.push(format!("now consumes upstream result {k}")),
+        }
+    }
+    for (ws, root) in &new.inputs {
+        match old.inputs.get(ws) {
+            Some(o) if o == root => {}
+            Some(o) => out.extend(diff_trees(ws, o, root, tree)),
+            None => out.push(format!("now reads workspace {ws} from the repository")),
+        }
+    }
+    for (k, d) in &new.upstream_outputs {
+        match old.upstream_outputs.get(k) {
+            Some(o) if o == d => {}
+            Some(o) => out.push(format!("upstream output {k} changed (sha256 {}..->{}..)", short(o), short(d))),
+            None => out.push(format!("new upstream output {k}")),
+        }
+    }
+    for k in old.upstream_outputs.keys().filter(|k| !new.upstream_outputs.contains_key(*k)) {
+        out.push(format!("upstream output {k} no longer present"));
+    }
+    for (k, v) in &new.params {
+        match old.params.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => out.push(format!("param {k} changed {} -> {}", render(o), render(v))),
+            None => out.push(format!("param {k} added ({})", render(v))),
+        }
+    }
+    for k in old.params.keys().filter(|k| !new.params.contains_key(*k)) {
+        out.push(format!("param {k} removed"));
+    }
+    for (k, v) in &new.workspaces {
+        if old.workspaces.get(k) != Some(v) {
+            out.push(format!("workspace {k} is now backed by {v}"));
+        }
+    }
+    if old.outputs != new.outputs {
+        out.push(format!("declared outputs changed ({:?} -> {:?})", old.outputs, new.outputs));
+    }
+    if old.spec != new.spec {
+        // a spec difference that only reflects a changed upstream result or param is already said
+        if out.is_empty() {
+            match first_difference(&old.spec, &new.spec, "") {
+                Some(p) => out.push(format!("task spec changed at {p}")),
+                None => out.push("task spec changed".into()),
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push("cache key changed".into());
+    }
+    out
+}
+
+fn diff_trees(ws: &str, old: &str, new: &str, tree: &dyn Fn(&str) -> Option<Tree>) -> Vec<String> {
+    let (Some(a), Some(b)) = (tree(old), tree(new)) else {
+        return vec![format!("inputs in workspace {ws} changed (tree {}..->{}..)", short(old), short(new))];
+    };
+    let am: BTreeMap<&str, &crate::hash::Entry> = a.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let bm: BTreeMap<&str, &crate::hash::Entry> = b.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mut out = Vec::new();
+    for (p, eb) in &bm {
+        match am.get(p) {
+            None => out.push(format!("input {p} added")),
+            Some(ea) if ea.kind != eb.kind => {
+                out.push(format!("input {p} changed from {:?} to {:?}", ea.kind, eb.kind).to_lowercase())
+            }
+            Some(ea) if ea.digest != eb.digest => {
+                if eb.kind == Kind::Symlink {
+                    out.push(format!("input {p} (symlink) retargeted"));
+                } else {
+                    out.push(format!("input {p} changed (sha256 {}..->{}..)", short(&ea.digest), short(&eb.digest)));
+                }
+            }
+            Some(ea) if ea.exec != eb.exec => {
+                out.push(format!("input {p} {}", if eb.exec { "became executable" } else { "is no longer executable" }))
+            }
+            _ => {}
+        }
+    }
+    for p in am.keys().filter(|p| !bm.contains_key(*p)) {
+        out.push(format!("input {p} removed"));
+    }
+    const MAX: usize = 8;
+    if out.len() > MAX {
+        let more = out.len() - MAX;
+        out.truncate(MAX);
+        out.push(format!("... and {more} more input changes"));
+    }
+    if out.is_empty() {
+        out.push(format!("inputs in workspace {ws} changed"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::Entry;
+    use serde_json::json;
+
+    fn pre() -> Preimage {
+        Preimage {
+            version: KEY_SCHEMA_VERSION,
+            executor: "local".into(),
+            spec: json!({"steps": [{"script": "python train.py --lr 0.1"}]}),
+            params: BTreeMap::from([("lr".into(), json!("0.1"))]),
+            inputs: BTreeMap::from([("source".into(), "t1".into())]),
+            upstream_results: BTreeMap::from([("tasks.prepare.results.digest".into(), json!("abc"))]),
+            upstream_outputs: BTreeMap::new(),
+            workspaces: BTreeMap::from([("source".into(), "repo".into())]),
+            outputs: vec![],
+        }
+    }
+
+    fn trees(root: &str) -> Option<Tree> {
+        let f = |p: &str, d: &str| Entry { path: p.into(), kind: Kind::File, exec: false, digest: d.into() };
+        match root {
+            "t1" => {
+                Some(Tree { root: "t1".into(), entries: vec![f("src/train.py", "1f2e3d4c5b"), f("data.csv", "aa")] })
+            }
+            "t2" => {
+                Some(Tree { root: "t2".into(), entries: vec![f("src/train.py", "9a0b1c2d3e"), f("new.txt", "bb")] })
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn keys_are_stable_and_sensitive() {
+        let a = pre();
+        assert_eq!(a.key(), pre().key());
+        assert_eq!(a.key().len(), 64);
+        let mut b = pre();
+        b.params.insert("lr".into(), json!("0.2"));
+        assert_ne!(a.key(), b.key());
+    }
+
+    #[test]
+    fn explanation_table() {
+        type Edit = fn(&mut Preimage);
+        let rows: Vec<(Edit, &[&str])> = vec![
+            (
+                |p| {
+                    p.params.insert("lr".into(), json!("0.2"));
+                },
+                &["param lr changed 0.1 -> 0.2"],
+            ),
+            (
+                |p| {
+                    p.inputs.insert("source".into(), "t2".into());
+                },
+                &[
+                    "input new.txt added",
+                    "input src/train.py changed (sha256 1f2e3d4c..->9a0b1c2d..)",
+                    "input data.csv removed",
+                ],
+            ),
+            (
+                |p| {
+                    p.upstream_results.insert("tasks.prepare.results.digest".into(), json!("def"));
+                },
+                &["upstream result tasks.prepare.results.digest changed (abc -> def)"],
+            ),
+            (
+                |p| {
+                    p.spec = json!({"steps": [{"script": "python train.py --lr 0.3"}]});
+                },
+                &["task spec changed at steps[0].script"],
+            ),
+            (
+                |p| {
+                    p.version = 99;
+                },
+                &["cache key schema changed (v1 -> v99)"],
+            ),
+            (
+                |p| {
+                    p.executor = "kubernetes".into();
+                },
+                &["executor changed (local -> kubernetes)"],
+            ),
+        ];
+        for (edit, want) in rows {
+            let mut new = pre();
+            edit(&mut new);
+            assert_eq!(explain(&pre(), &new, &trees), want.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn first_difference_paths() {
+        assert_eq!(first_difference(&json!({"a": [1, 2]}), &json!({"a": [1, 3]}), ""), Some("a[1]".into()));
+        assert_eq!(first_difference(&json!({"a": 1}), &json!({"a": 1, "b": 2}), ""), Some("b".into()));
+        assert_eq!(first_difference(&json!([1]), &json!([1]), ""), None);
+    }
+}
