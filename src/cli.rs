@@ -7,11 +7,13 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::cached::CacheCtx;
 use crate::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
 use crate::error::{Error, Outcome};
 use crate::exec::local::LocalExecutor;
 use crate::model::{self, Catalog, ParamValue};
-use crate::report::{RunReport, RunSummary, ValidationReport, API_VERSION};
+use crate::report::{HashingStats, PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
+use crate::store::SqliteStore;
 use crate::telemetry::LogFormat;
 use crate::ui::Console;
 
@@ -55,6 +57,98 @@ pub enum Command {
     /// (with --output json, exactly one RunReport JSON document). Exits 0 when every run
     /// succeeds, 1 when one fails, 2 for invalid manifests or usage.
     Run(RunArgs),
+    /// Say, for every task, whether a run would run it, reuse a cached result, or skip
+    /// it, and why, without running anything.
+    ///
+    /// Reasons are specific: `input src/train.py changed (sha256 1f2e..->9a0b..)`,
+    /// `param lr changed 0.1 -> 0.2`, `upstream result tasks.prepare.results.digest
+    /// changed`, `task spec changed at steps[0].script`, `no earlier record`; a task whose
+    /// key depends on a task that must run first says `run (after prepare)`. Exits 0, or 2
+    /// for invalid manifests. `--output json` prints a `Plan` document (stable, for
+    /// pull-request comments).
+    Plan(PlanArgs),
+    /// Inspect and maintain the cache: `ls`, `gc`, `verify`.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cache records, newest first.
+    Ls(StoreArgs),
+    /// Remove old records and unreferenced outputs. Never removes what the latest
+    /// successful run of each PipelineRun/TaskRun used.
+    Gc(GcArgs),
+    /// Re-hash every stored output; exits 1 and lists them when any is corrupt.
+    Verify(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// tenon's state directory (see `tenon run --help`).
+    #[arg(long, env = "TENON_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Remove records older than this (Go/humantime duration: 7d, 36h, 90m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub older_than: Option<std::time::Duration>,
+    /// Remove the oldest records until stored outputs fit in this size (e.g. 10GiB, 500MB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Directory of manifests (also the repository tree).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Plan only the PipelineRun or TaskRun with this name.
+    #[arg(long = "run", value_name = "NAME")]
+    pub run: Option<String>,
+    /// Override a run param: NAME=VALUE (as for `tenon run`).
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, ParamValue)>,
+    /// tenon's state directory, where the cache lives.
+    #[arg(long, env = "TENON_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Plan as if these pipeline tasks were forced to run (`--rerun`). Repeatable.
+    #[arg(long = "rerun", value_name = "TASK")]
+    pub rerun: Vec<String>,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 7d, 36h, 90m)"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n.parse().map_err(|_| format!("{s:?}: expected a size such as 500MB or 10GiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        _ => return Err(format!("{s:?}: unknown unit (use B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    Ok((n * mult) as u64)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,6 +200,12 @@ pub struct RunArgs {
     /// Do not stream step output to stderr (it is still saved to log files).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Run every task even when a cached result exists (results are still recorded).
+    #[arg(long, env = "TENON_NO_CACHE")]
+    pub no_cache: bool,
+    /// Run this pipeline task even when a cached result exists. Repeatable.
+    #[arg(long = "rerun", value_name = "TASK")]
+    pub rerun: Vec<String>,
     /// `json` prints one RunReport document on stdout and nothing else there.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
@@ -155,6 +255,8 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
     match cli.command {
         Command::Validate(a) => validate(a),
         Command::Run(a) => run_cmd(a).await,
+        Command::Plan(a) => plan_cmd(a).await,
+        Command::Cache(c) => cache_cmd(c),
     }
 }
 
@@ -204,7 +306,153 @@ fn validate(a: ValidateArgs) -> Result<Outcome, Error> {
     }
 }
 
+async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
+    let args = RunArgs {
+        dir: a.dir,
+        run: a.run,
+        params: a.params,
+        parallel: None,
+        store: a.store,
+        max_result_size: DEFAULT_MAX_RESULT_SIZE,
+        pass_env: vec![],
+        namespace: a.namespace,
+        quiet: true,
+        no_cache: false,
+        rerun: a.rerun,
+        output: a.output,
+    };
+    let report = execute(&args, true).await?;
+    let plan = PlanReport::from_dry_run(report);
+    match a.output {
+        OutputFormat::Json => print_json(&plan)?,
+        OutputFormat::Human => {
+            let mut out = std::io::stdout().lock();
+            for r in &plan.runs {
+                let _ = writeln!(
+                    out,
+                    "{} {}{}",
+                    r.kind,
+                    r.name,
+                    r.pipeline.as_ref().map(|p| format!(" (pipeline {p})")).unwrap_or_default()
+                );
+                if let Some(e) = &r.error {
+                    let _ = writeln!(out, "  cannot plan: {e}");
+                }
+                let w = r.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+                for t in &r.tasks {
+                    let first = t.reasons.first().cloned().unwrap_or_default();
+                    let _ = writeln!(out, "  {:w$}  {:7}  {first}", t.name, t.decision);
+                    for more in t.reasons.iter().skip(1) {
+                        let _ = writeln!(out, "  {:w$}  {:7}  {more}", "", "");
+                    }
+                }
+            }
+            if let Some(h) = &plan.hashing {
+                let _ =
+                    writeln!(out, "inputs: {} files, {} hashed ({} bytes)", h.files, h.hashed_files, h.hashed_bytes);
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn open_store(dir: Option<&PathBuf>) -> Result<SqliteStore, Error> {
+    let store = dir.cloned().unwrap_or_else(default_store);
+    std::fs::create_dir_all(&store)
+        .map_err(|e| Error::Io { context: format!("cannot create state directory {}", store.display()), source: e })?;
+    SqliteStore::open(&store.join("cache")).map_err(|e| Error::Io {
+        context: format!("cannot open the cache in {}: {e}", store.display()),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
+    let db = |e: crate::store::StoreError| Error::Io {
+        context: "cache error".into(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    match c {
+        CacheCommand::Ls(a) => {
+            let s = open_store(a.store.as_ref())?;
+            let list = s.list().map_err(db)?;
+            match a.output {
+                OutputFormat::Json => {
+                    print_json(&serde_json::json!({"apiVersion": API_VERSION, "kind": "CacheList", "records": list}))?
+                }
+                OutputFormat::Human => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(
+                        out,
+                        "{:16}  {:24}  {:24}  {:>10}  {:>12}  CREATED",
+                        "KEY", "RUN", "TASK", "DURATION", "OUTPUTS"
+                    );
+                    for r in &list {
+                        let created = humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.created_ns.max(0) as u64),
+                        );
+                        let _ = writeln!(
+                            out,
+                            "{:16}  {:24}  {:24}  {:>9.1}s  {:>12}  {created}",
+                            &r.key[..16],
+                            r.run,
+                            r.task,
+                            r.duration_ms as f64 / 1000.0,
+                            r.output_bytes
+                        );
+                    }
+                    let _ = writeln!(out, "{} record(s)", list.len());
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        CacheCommand::Gc(a) => {
+            if a.older_than.is_none() && a.max_size.is_none() {
+                return Err(Error::Usage("cache gc needs --older-than DURATION and/or --max-size SIZE".into()));
+            }
+            let s = open_store(a.store.store.as_ref())?;
+            let cut = a.older_than.map(|d| crate::hash::now_ns() - d.as_nanos() as i64);
+            let (n, freed) = s.gc(cut, a.max_size).map_err(db)?;
+            match a.store.output {
+                OutputFormat::Json => print_json(
+                    &serde_json::json!({"apiVersion": API_VERSION, "kind": "CacheGc", "removedRecords": n, "freedBytes": freed}),
+                )?,
+                OutputFormat::Human => {
+                    let _ = writeln!(std::io::stdout(), "removed {n} record(s), freed {freed} bytes");
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        CacheCommand::Verify(a) => {
+            let s = open_store(a.store.as_ref())?;
+            let (n, bad) = s.verify().map_err(db)?;
+            match a.output {
+                OutputFormat::Json => print_json(
+                    &serde_json::json!({"apiVersion": API_VERSION, "kind": "CacheVerify", "objects": n, "corrupt": bad}),
+                )?,
+                OutputFormat::Human => {
+                    let mut out = std::io::stdout().lock();
+                    for b in &bad {
+                        let _ = writeln!(out, "corrupt or missing: sha256:{b}");
+                    }
+                    let _ = writeln!(out, "{n} object(s) checked, {} corrupt", bad.len());
+                }
+            }
+            Ok(if bad.is_empty() { Outcome::Ok } else { Outcome::RunFailed })
+        }
+    }
+}
+
 async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
+    let report = execute(&a, false).await?;
+    match a.output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Human => print_human(&report),
+    }
+    Ok(if report.all_ok() { Outcome::Ok } else { Outcome::RunFailed })
+}
+
+/// Load, validate and run (or, with `dry_run`, plan) the selected runs.
+async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
     let cat = load(&a.dir)?;
     let diags = model::validate(&cat);
     if !diags.is_empty() {
@@ -256,7 +504,7 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
             pass_env.push((name.clone(), v));
         }
     }
-    let console = Arc::new(Console::new(a.quiet));
+    let console = Arc::new(if dry_run { Console::silent() } else { Console::new(a.quiet) });
     let exec = Arc::new(LocalExecutor::new(pass_env, console.clone()));
     let cancel = CancellationToken::new();
     {
@@ -283,7 +531,13 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
         namespace: a.namespace.clone(),
     };
     let cat = Arc::new(cat);
-    let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone());
+    let store = Arc::new(open_store(Some(&opts.state_dir))?);
+    let rerun: std::collections::BTreeSet<String> = a.rerun.iter().cloned().collect();
+    let cache = Arc::new(
+        CacheCtx::new(store, a.no_cache, rerun, dry_run)
+            .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?,
+    );
+    let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();
     for pr in cat.pipeline_runs.iter().filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name)) {
         runs.push(engine.run_pipeline_run(pr).await);
@@ -297,15 +551,18 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
         }
         runs.push(engine.run_task_run(tr).await);
     }
-    let report = RunReport::new(runs);
-    match a.output {
-        OutputFormat::Json => print_json(&report)?,
-        OutputFormat::Human => print_human(&report, &console),
-    }
-    Ok(if report.all_ok() { Outcome::Ok } else { Outcome::RunFailed })
+    cache.flush();
+    let mut report = RunReport::new(runs);
+    use std::sync::atomic::Ordering;
+    report.hashing = Some(HashingStats {
+        files: cache.hash_stats.files.load(Ordering::Relaxed),
+        hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),
+        hashed_bytes: cache.hash_stats.hashed_bytes.load(Ordering::Relaxed),
+    });
+    Ok(report)
 }
 
-fn print_human(report: &RunReport, c: &Console) {
+fn print_human(report: &RunReport) {
     let mut out = std::io::stdout().lock();
     for r in &report.runs {
         let _ = writeln!(out, "{}", run_header(r));
@@ -338,7 +595,6 @@ fn print_human(report: &RunReport, c: &Console) {
             let _ = writeln!(out, "  logs: {d}");
         }
     }
-    let _ = c;
 }
 
 fn run_header(r: &RunSummary) -> String {

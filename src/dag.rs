@@ -170,6 +170,20 @@ impl Dag {
         None
     }
 
+    /// Every task `name` transitively depends on.
+    pub fn ancestors(&self, name: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut stack: Vec<&str> = vec![name];
+        while let Some(n) = stack.pop() {
+            for p in self.parents.get(n).into_iter().flatten() {
+                if out.insert(p.clone()) {
+                    stack.push(p);
+                }
+            }
+        }
+        out
+    }
+
     /// Tasks not yet started whose parents are all done, in declaration order.
     pub fn ready(&self, done: &BTreeSet<String>, started: &BTreeSet<String>) -> Vec<String> {
         self.names

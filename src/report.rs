@@ -18,11 +18,25 @@ pub struct RunReport {
     pub api_version: &'static str,
     pub kind: &'static str,
     pub runs: Vec<RunSummary>,
+    /// Input hashing done by this invocation (absent when caching is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hashing: Option<HashingStats>,
+}
+
+/// How much input hashing an invocation did.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HashingStats {
+    /// Input files seen.
+    pub files: u64,
+    /// Files actually read and hashed (the rest came from the stat cache).
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
 }
 
 impl RunReport {
     pub fn new(runs: Vec<RunSummary>) -> Self {
-        RunReport { api_version: API_VERSION, kind: "RunReport", runs }
+        RunReport { api_version: API_VERSION, kind: "RunReport", runs, hashing: None }
     }
     pub fn all_ok(&self) -> bool {
         self.runs.iter().all(|r| r.status == "Succeeded")
@@ -54,8 +68,17 @@ pub struct RunSummary {
     pub run_dir: Option<String>,
 }
 
+/// Where a cached task's record came from.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedFrom {
+    pub run: String,
+    pub run_uid: String,
+    pub created_at: String,
+}
+
 /// One pipeline task (or one matrix child, named `task[i]`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskSummary {
     pub name: String,
@@ -78,6 +101,14 @@ pub struct TaskSummary {
     /// Per step: name, termination reason, exit code, log file (last attempt).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<crate::exec::StepOutcome>,
+    /// The cache key of this TaskRun (absent when caching is off or it is not cacheable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    /// Why it ran (or, cached, where from): `input src/train.py changed (...)`, ...
+    #[serde(rename = "cacheReasons", skip_serializing_if = "Vec::is_empty")]
+    pub cache_reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<CachedFrom>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,4 +119,88 @@ pub struct ValidationReport {
     pub valid: bool,
     pub errors: Vec<Diagnostic>,
     pub objects: BTreeMap<&'static str, usize>,
+}
+
+/// `tenon plan --output json`: what a run would do, without running anything.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanReport {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub runs: Vec<PlanRun>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hashing: Option<HashingStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanRun {
+    pub name: String,
+    pub kind: String,
+    pub pipeline: Option<String>,
+    /// Set when the run could not be planned (e.g. a missing param).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub tasks: Vec<PlanTask>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanTask {
+    pub name: String,
+    /// `run`, `cached` or `skipped`.
+    pub decision: String,
+    /// Reasons a person can act on: `input src/train.py changed (sha256 1f2e..->9a0b..)`,
+    /// `param lr changed 0.1 -> 0.2`, `run (after prepare)`, `no earlier record`, ...
+    pub reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<CachedFrom>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub finally: bool,
+}
+
+impl PlanReport {
+    /// A plan from a dry run's report.
+    pub fn from_dry_run(r: RunReport) -> PlanReport {
+        let runs = r
+            .runs
+            .into_iter()
+            .map(|run| {
+                let error =
+                    (run.status == "Failed" && run.tasks.iter().all(|t| t.status != "Failed") && run.tasks.is_empty())
+                        .then(|| format!("{}: {}", run.reason, run.message));
+                let tasks = run
+                    .tasks
+                    .into_iter()
+                    .map(|t| {
+                        let (decision, reasons) = match t.status.as_str() {
+                            "Cached" => ("cached", t.cache_reasons),
+                            "Skipped" => ("skipped", vec![t.reason]),
+                            "Failed" => ("run", vec![format!("{}: {}", t.reason, t.message)]),
+                            _ => (
+                                "run",
+                                if t.cache_reasons.is_empty() {
+                                    vec!["caching is off".into()]
+                                } else {
+                                    t.cache_reasons
+                                },
+                            ),
+                        };
+                        PlanTask {
+                            name: t.name,
+                            decision: decision.into(),
+                            reasons,
+                            cache_key: t.cache_key,
+                            cached_from: t.cached_from,
+                            finally: t.finally,
+                        }
+                    })
+                    .collect();
+                PlanRun { name: run.name, kind: run.kind, pipeline: run.pipeline, error, tasks }
+            })
+            .collect();
+        PlanReport { api_version: API_VERSION, kind: "Plan", runs, hashing: r.hashing }
+    }
 }

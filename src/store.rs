@@ -378,7 +378,9 @@ impl SqliteStore {
         if dest.exists() {
             return Ok(digest);
         }
-        let tmp = self.root.join("tmp").join(format!("{}-{}", std::process::id(), &digest[..16]));
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}-{n}-{}", std::process::id(), &digest[..16]));
         reflink_copy::reflink_or_copy(src, &tmp).map_err(Self::io(src))?;
         // the source may have changed while we copied: the object must match its name
         let got = hash::hash_file(&tmp).map_err(Self::io(&tmp))?;

@@ -93,6 +93,9 @@ fn spawn_tenon(args: &[&str], store: &Path, envs: &[(&str, &str)]) -> Spawned {
         .env("HOME", store)
         .env("TENON_STORE", store)
         .env("NO_COLOR", "1")
+        // these tests are about Tekton's scheduling semantics: identical tasks must run,
+        // not reuse each other's cached results (the cache has its own tests)
+        .env("TENON_NO_CACHE", "true")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap());

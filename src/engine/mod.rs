@@ -2,9 +2,10 @@
 //! (DAG, when/skip cascade, finally, retries, timeouts, onError, matrix, results)
 //! on top of an [`Executor`].
 
+pub mod cached;
 pub mod matrix;
 pub mod resolve;
-mod workspaces;
+pub mod workspaces;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use crate::model::{
 use crate::report::{RunSummary, TaskSummary};
 use crate::subst::{find_refs, Seg, Vars};
 use crate::ui::Console;
+use cached::{CacheCtx, CacheJob, CacheOutcome};
 use resolve::{param_values, param_vars, Failure};
 use workspaces::RunVolumes;
 
@@ -56,6 +58,8 @@ pub struct Engine {
     /// Cancels every run (Ctrl-C).
     pub cancel: CancellationToken,
     sem: Arc<Semaphore>,
+    /// The cache, when enabled (`tenon run` by default; `tenon plan` in dry-run mode).
+    pub cache: Option<Arc<CacheCtx>>,
 }
 
 /// Where a pipeline task stands.
@@ -98,6 +102,12 @@ struct TaskState {
     children: Vec<ChildDone>,
     expected_children: usize,
     matrix: bool,
+    /// Task workspace -> run-level binding, for outputs on shared volumes.
+    ws_map: BTreeMap<String, String>,
+    /// Outputs this task produced or restored: (run-level workspace, set).
+    outputs: Vec<(String, crate::store::OutputSet)>,
+    /// Planning: this task would run, so its results are unknown.
+    would_run: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +116,7 @@ struct ChildDone {
     name: String,
     outcome: TaskOutcome,
     attempts: u32,
+    cache: CacheOutcome,
 }
 
 impl TaskState {
@@ -123,6 +134,9 @@ impl TaskState {
             children: vec![],
             expected_children: 0,
             matrix: false,
+            ws_map: BTreeMap::new(),
+            outputs: vec![],
+            would_run: false,
         }
     }
     fn is_done(&self) -> bool {
@@ -145,12 +159,193 @@ struct Launch {
     req: TaskRunRequest,
     retries: u32,
     cancel: CancellationToken,
+    job: Option<CacheJob>,
+}
+
+/// A finished (or, planning, decided) TaskRun.
+struct ChildMsg {
+    pt_name: String,
+    index: usize,
+    tr_name: String,
+    outcome: TaskOutcome,
+    attempts: u32,
+    cache: CacheOutcome,
+    outputs: Vec<crate::store::OutputSet>,
+}
+
+fn cached_outcome(results: BTreeMap<String, ParamValue>) -> TaskOutcome {
+    TaskOutcome {
+        status: AttemptStatus::Succeeded,
+        reason: "Cached".into(),
+        message: String::new(),
+        results,
+        steps: vec![],
+        duration: Duration::ZERO,
+    }
+}
+
+/// Run one TaskRun through the cache: hit -> restore; miss -> lock, run, record.
+async fn execute_launch(
+    exec: Arc<dyn Executor>,
+    sem: Arc<Semaphore>,
+    console: Arc<Console>,
+    cache: Option<Arc<CacheCtx>>,
+    l: Launch,
+) -> ChildMsg {
+    let tr_name = l.req.name.clone();
+    let msg = |outcome: TaskOutcome, attempts: u32, cache: CacheOutcome, outputs| ChildMsg {
+        pt_name: l.pt_name.clone(),
+        index: l.index,
+        tr_name: tr_name.clone(),
+        outcome,
+        attempts,
+        cache,
+        outputs,
+    };
+    let (Some(ctx), Some(job)) = (cache, l.job.clone()) else {
+        let (o, a) = run_attempts(exec, sem, l.req.clone(), l.retries, l.cancel.clone(), console).await;
+        return msg(o, a, CacheOutcome::Off, vec![]);
+    };
+    let blocking = |f: Box<dyn FnOnce() -> CacheStep + Send>| async move {
+        tokio::task::spawn_blocking(f).await.unwrap_or(CacheStep::Error("cache worker failed".into()))
+    };
+    let uncacheable = job.uncacheable.clone();
+    let (pre, key) = match &uncacheable {
+        Some(_) => (None, String::new()),
+        None => {
+            let (c, j) = (ctx.clone(), job.clone());
+            match blocking(Box::new(move || match cached::compute(&c, &j) {
+                Ok(p) => CacheStep::Pre(Box::new(p)),
+                Err(e) => CacheStep::Error(e),
+            }))
+            .await
+            {
+                CacheStep::Pre(p) => {
+                    let k = p.key();
+                    (Some(*p), k)
+                }
+                CacheStep::Error(e) => {
+                    console.line(&format!("{} {}: not cached: {e}", console.yellow("!"), l.req.label));
+                    (None, String::new())
+                }
+                _ => (None, String::new()),
+            }
+        }
+    };
+    let Some(pre) = pre else {
+        let reason = uncacheable.unwrap_or_else(|| "its inputs could not be hashed".into());
+        if ctx.dry_run {
+            return msg(cached_outcome(BTreeMap::new()), 0, CacheOutcome::Uncacheable { reason }, vec![]);
+        }
+        let (o, a) = run_attempts(exec, sem, l.req.clone(), l.retries, l.cancel.clone(), console).await;
+        return msg(o, a, CacheOutcome::Uncacheable { reason }, vec![]);
+    };
+    // look up (twice when running: again under the key lock, as another process may
+    // have produced it meanwhile)
+    let lookup = |ctx: Arc<CacheCtx>, key: String, req: TaskRunRequest, restore: bool| {
+        blocking(Box::new(move || match ctx.store.get(&key) {
+            Ok(Some(rec)) => {
+                if restore {
+                    if let Err(e) = cached::restore(&ctx, &rec, &req) {
+                        return CacheStep::Error(e);
+                    }
+                }
+                CacheStep::Hit(Box::new(rec))
+            }
+            Ok(None) => CacheStep::Miss,
+            Err(e) => CacheStep::Error(e.to_string()),
+        }))
+    };
+    let hit = |rec: crate::store::Record| {
+        let cache = CacheOutcome::Hit {
+            key: rec.key.clone(),
+            run: rec.run.clone(),
+            run_uid: rec.run_uid.clone(),
+            created_ns: rec.created_ns,
+        };
+        (cached_outcome(cached::localize_results(&rec.results, &l.req)), cache, rec.outputs.clone())
+    };
+    if job.forced.is_none() {
+        match lookup(ctx.clone(), key.clone(), l.req.clone(), !ctx.dry_run).await {
+            CacheStep::Hit(rec) => {
+                let (o, c, outs) = hit(*rec);
+                return msg(o, 0, c, outs);
+            }
+            CacheStep::Error(e) => {
+                console.line(&format!("{} {}: cache lookup failed, running: {e}", console.yellow("!"), l.req.label))
+            }
+            _ => {}
+        }
+    }
+    let (c, j, p) = (ctx.clone(), job.clone(), pre.clone());
+    let reasons = match blocking(Box::new(move || CacheStep::Reasons(cached::miss_reasons(&c, &j, &p)))).await {
+        CacheStep::Reasons(r) => r,
+        _ => vec!["no earlier record".into()],
+    };
+    if ctx.dry_run {
+        return msg(cached_outcome(BTreeMap::new()), 0, CacheOutcome::Miss { key, reasons }, vec![]);
+    }
+    // Never run one key twice at once (across processes too): the second waits and then
+    // reuses the first's record. A forced run does not wait: it was asked to run.
+    let lock = if job.forced.is_none() {
+        let (c, k) = (ctx.clone(), key.clone());
+        tokio::task::spawn_blocking(move || c.store.lock_key(&k)).await.ok().and_then(|r| r.ok())
+    } else {
+        None
+    };
+    if job.forced.is_none() {
+        if let CacheStep::Hit(rec) = lookup(ctx.clone(), key.clone(), l.req.clone(), true).await {
+            let (o, c, outs) = hit(*rec);
+            return msg(o, 0, c, outs);
+        }
+    }
+    let (o, a) = run_attempts(exec, sem, l.req.clone(), l.retries, l.cancel.clone(), console.clone()).await;
+    let mut outputs = vec![];
+    if o.status == AttemptStatus::Succeeded {
+        let (c, j, k, p, req, res, d) = (
+            ctx.clone(),
+            job.clone(),
+            key.clone(),
+            pre.clone(),
+            l.req.clone(),
+            o.results.clone(),
+            o.duration.as_millis() as u64,
+        );
+        match blocking(Box::new(move || match cached::record(&c, &j, &k, &p, &req, &res, d) {
+            Ok(outs) => CacheStep::Outputs(outs),
+            Err(e) => CacheStep::Error(e),
+        }))
+        .await
+        {
+            CacheStep::Outputs(outs) => outputs = outs,
+            CacheStep::Error(e) => console.line(&format!("{} {}: not cached: {e}", console.yellow("!"), l.req.label)),
+            _ => {}
+        }
+    }
+    drop(lock);
+    msg(o, a, CacheOutcome::Miss { key, reasons }, outputs)
+}
+
+/// Results of blocking cache work.
+enum CacheStep {
+    Pre(Box<crate::cache::Preimage>),
+    Hit(Box<crate::store::Record>),
+    Miss,
+    Reasons(Vec<String>),
+    Outputs(Vec<crate::store::OutputSet>),
+    Error(String),
 }
 
 /// What to do with a pipeline task whose parents are done.
 enum Decision {
-    Run(Vec<Launch>),
-    Skip { reason: String, by_when: bool },
+    /// Launch these TaskRuns; (task workspace, run binding) pairs.
+    Run(Vec<Launch>, Vec<(String, String)>),
+    /// Planning: would run once `task` has run.
+    After(String),
+    Skip {
+        reason: String,
+        by_when: bool,
+    },
     FailRun(Failure),
 }
 
@@ -180,7 +375,26 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Self {
         let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
-        Engine { cat, exec, opts, console, cancel, sem }
+        Engine { cat, exec, opts, console, cancel, sem, cache: None }
+    }
+
+    /// Enable the cache (and, with `dry_run`, plan instead of running).
+    pub fn with_cache(mut self, cache: Arc<CacheCtx>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Where a run keeps its TaskRun directories (planning: a scratch dir removed after).
+    fn run_dir_for(&self, name: &str, uid: &str) -> PathBuf {
+        if self.dry_run() {
+            self.opts.state_dir.join("tmp").join(format!("plan-{}-{}", std::process::id(), &uid[..8]))
+        } else {
+            self.opts.state_dir.join("runs").join(name).join(&uid[..8])
+        }
+    }
+
+    fn dry_run(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.dry_run)
     }
 
     fn failed_summary(
@@ -248,7 +462,7 @@ impl Engine {
                 }
             };
         let uid = new_uid(&name);
-        let run_dir = self.opts.state_dir.join("runs").join(&name).join(&uid[..8]);
+        let run_dir = self.run_dir_for(&name, &uid);
         if let Err(e) = std::fs::create_dir_all(&run_dir) {
             return self.failed_summary(
                 &name,
@@ -313,9 +527,15 @@ impl Engine {
         let pipeline_deadline = nz(Some(pipeline_timeout)).map(|d| t0 + d);
         let tasks_deadline = nz(tasks_timeout).map(|d| t0 + d);
 
+        let pipeline_annotations = match pipeline_name.as_deref().and_then(|n| self.cat.pipeline(n)) {
+            Some(p) => p.meta.annotations.clone(),
+            None => pr.meta.annotations.clone(),
+        };
         let mut run = PipelineRunState {
             engine: self,
             name: name.clone(),
+            uid: uid.clone(),
+            pipeline_annotations,
             spec: &spec,
             pr,
             pvars,
@@ -375,7 +595,12 @@ impl Engine {
                 .await;
             }
         }
-        run.finish(pipeline_name, started, t0, pipeline_timeout)
+        let mut summary = run.finish(pipeline_name, started, t0, pipeline_timeout);
+        if self.dry_run() {
+            let _ = std::fs::remove_dir_all(&run_dir);
+            summary.run_dir = None;
+        }
+        summary
     }
 
     /// Run one TaskRun object to completion.
@@ -407,7 +632,7 @@ impl Engine {
             }
         };
         let uid = new_uid(&name);
-        let run_dir = self.opts.state_dir.join("runs").join(&name).join(&uid[..8]);
+        let run_dir = self.run_dir_for(&name, &uid);
         if let Err(e) = std::fs::create_dir_all(&run_dir) {
             return self.failed_summary(
                 &name,
@@ -455,34 +680,112 @@ impl Engine {
             Ok(r) => r,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
         };
-        let (outcome, attempts) = run_attempts(
-            self.exec.clone(),
-            self.sem.clone(),
-            req,
-            tr.spec.retries,
-            self.cancel.clone(),
-            self.console.clone(),
-        )
-        .await;
-        let status = match outcome.status {
-            AttemptStatus::Succeeded => "Succeeded",
-            AttemptStatus::Failed => "Failed",
-            AttemptStatus::TimedOut => "TimedOut",
-            AttemptStatus::Cancelled => "Cancelled",
+        let job = match &self.cache {
+            None => None,
+            Some(cache) => {
+                let timeout = tr.spec.timeout.as_deref().and_then(parse_duration).unwrap_or(DEFAULT_TIMEOUT);
+                let key_req = match self.build_request(
+                    &name,
+                    &name,
+                    &spec,
+                    &supplied,
+                    embedded,
+                    &stabilize(&ctx),
+                    &Vars::new(),
+                    &volumes,
+                    &bindings,
+                    &task_dir,
+                    timeout,
+                ) {
+                    Ok(r) => r,
+                    Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
+                };
+                let ann = |n: &str| {
+                    tr.meta.annotations.get(n).cloned().or_else(|| {
+                        tr.spec
+                            .task_ref
+                            .as_ref()
+                            .and_then(|r| r.name.as_deref())
+                            .and_then(|t| self.cat.task(t))
+                            .and_then(|t| t.meta.annotations.get(n).cloned())
+                    })
+                };
+                let mut job = CacheJob {
+                    run: name.clone(),
+                    run_uid: uid.clone(),
+                    task: name.clone(),
+                    key_spec: key_req.spec,
+                    ..Default::default()
+                };
+                for (k, v) in &supplied {
+                    job.params.insert(k.clone(), v.to_json());
+                }
+                let include = ann(cached::INPUTS_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default();
+                let exclude = ann(cached::EXCLUDE_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default();
+                for o in ann(cached::OUTPUTS_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default() {
+                    match o.split_once(':') {
+                        Some((w, p)) if !w.is_empty() && !p.is_empty() => {
+                            job.outputs.push((w.to_string(), p.to_string()))
+                        }
+                        _ => {
+                            job.uncacheable =
+                                Some(format!("{} entry {o:?} is not workspace:path", cached::OUTPUTS_ANNOTATION))
+                        }
+                    }
+                }
+                if ann(cached::CACHE_ANNOTATION).as_deref() == Some("false") {
+                    job.uncacheable = Some(format!("{}: \"false\"", cached::CACHE_ANNOTATION));
+                }
+                for (tname, run_name, _) in &bindings {
+                    let what = volumes.describe(run_name);
+                    job.workspaces.insert(tname.clone(), what.clone());
+                    if what == "repo" {
+                        if let Some(path) =
+                            req.workspaces.iter().find(|w| &w.name == tname).and_then(|w| w.path.clone())
+                        {
+                            job.inputs.push((tname.clone(), path, include.clone(), exclude.clone()));
+                        }
+                    } else if what.starts_with("persistentVolumeClaim") {
+                        job.uncacheable.get_or_insert(format!(
+                            "binds workspace {tname:?} to a persistentVolumeClaim, whose content tenon does not track"
+                        ));
+                    }
+                }
+                if cache.no_cache {
+                    job.forced = Some("forced: --no-cache".into());
+                } else if cache.rerun.contains(&name) {
+                    job.forced = Some(format!("forced: --rerun {name}"));
+                }
+                Some(job)
+            }
         };
+        let launch =
+            Launch { pt_name: name.clone(), index: 0, req, retries: tr.spec.retries, cancel: self.cancel.clone(), job };
+        let m =
+            execute_launch(self.exec.clone(), self.sem.clone(), self.console.clone(), self.cache.clone(), launch).await;
+        let outcome = m.outcome.clone();
+        let mut task = child_summary(
+            &name,
+            &ChildDone {
+                index: 0,
+                name: name.clone(),
+                outcome: m.outcome,
+                attempts: m.attempts,
+                cache: m.cache.clone(),
+            },
+            false,
+            false,
+        );
+        task.task_run = Some(name.clone());
         let ok = outcome.status == AttemptStatus::Succeeded;
-        let task = TaskSummary {
-            name: name.clone(),
-            status: status.into(),
-            reason: outcome.reason.clone(),
-            message: if ok { String::new() } else { outcome.message.clone() },
-            attempts,
-            duration_ms: outcome.duration.as_millis() as u64,
-            results: to_json(&outcome.results),
-            finally: false,
-            task_run: Some(name.clone()),
-            steps: outcome.steps.clone(),
-        };
+        if let Some(cache) = &self.cache {
+            if !cache.dry_run {
+                let keys: Vec<String> = m.cache.key().map(String::from).into_iter().collect();
+                if let Err(e) = cache.store.record_run(&name, &uid, ok, &keys) {
+                    tracing::warn!(error = %e, "could not record the run");
+                }
+            }
+        }
         RunSummary {
             name,
             kind: "TaskRun".into(),
@@ -494,7 +797,12 @@ impl Engine {
             duration_ms: started.elapsed().unwrap_or_default().as_millis() as u64,
             results: to_json(&outcome.results),
             tasks: vec![task],
-            run_dir: Some(run_dir.display().to_string()),
+            run_dir: if self.dry_run() {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                None
+            } else {
+                Some(run_dir.display().to_string())
+            },
         }
     }
 
@@ -674,6 +982,9 @@ async fn run_attempts(
 struct PipelineRunState<'a> {
     engine: &'a Engine,
     name: String,
+    uid: String,
+    /// The Pipeline's annotations (the PipelineRun's for an embedded pipelineSpec).
+    pipeline_annotations: BTreeMap<String, String>,
     spec: &'a PipelineSpec,
     pr: &'a Obj<PipelineRunSpec>,
     pvars: Vars,
@@ -688,7 +999,7 @@ struct PipelineRunState<'a> {
     cancelled: bool,
     tasks_timeout: Option<Duration>,
     finally_timeout: Option<Duration>,
-    joinset: JoinSet<(String, usize, TaskOutcome, u32, String)>,
+    joinset: JoinSet<ChildMsg>,
     dag_cancel: CancellationToken,
     finally_cancel: CancellationToken,
 }
@@ -783,6 +1094,10 @@ impl<'a> PipelineRunState<'a> {
             let Some(st) = self.states.get(&producer) else {
                 continue;
             };
+            if st.would_run {
+                // planning: the producer must run first, so its results are unknown
+                return Decision::After(producer);
+            }
             let has = st.results.contains_key(&result);
             if has {
                 continue;
@@ -965,10 +1280,159 @@ impl<'a> PipelineRunState<'a> {
                 Ok(r) => r,
                 Err(f) => return Decision::FailRun(f),
             };
+            let job = match &self.engine.cache {
+                None => None,
+                Some(_) => {
+                    let key_req = match self.engine.build_request(
+                        &tr_name,
+                        &label,
+                        &spec,
+                        &sup,
+                        embedded,
+                        &stabilize(&ctx),
+                        &stabilize(&phase),
+                        &self.volumes,
+                        &bindings,
+                        &dir,
+                        timeout,
+                    ) {
+                        Ok(r) => r,
+                        Err(f) => return Decision::FailRun(f),
+                    };
+                    match self.cache_job(
+                        pt,
+                        dag,
+                        &label,
+                        key_req.spec,
+                        &sup,
+                        &bindings,
+                        &req,
+                        &vars,
+                        task_name.as_deref(),
+                    ) {
+                        Ok(j) => Some(j),
+                        Err(d) => return d,
+                    }
+                }
+            };
             let cancel = if finally { self.finally_cancel.clone() } else { self.dag_cancel.clone() };
-            launches.push(Launch { pt_name: pt.name.clone(), index: i, req, retries: pt.retries, cancel });
+            launches.push(Launch { pt_name: pt.name.clone(), index: i, req, retries: pt.retries, cancel, job });
         }
-        Decision::Run(launches)
+        Decision::Run(launches, bindings.iter().map(|(t, r, _)| (t.clone(), r.clone())).collect())
+    }
+
+    /// Annotation `name` for pipeline task `pt`: the Pipeline's (or, for an embedded
+    /// pipelineSpec, the PipelineRun's) `name.<pt>` wins over the Task's own.
+    fn task_annotation(&self, pt: &PipelineTask, task_name: Option<&str>, name: &str) -> Option<String> {
+        let scoped = format!("{name}.{}", pt.name);
+        if let Some(v) = self.pipeline_annotations.get(&scoped).or_else(|| self.pr.meta.annotations.get(&scoped)) {
+            return Some(v.clone());
+        }
+        let own = match (&pt.task_spec, task_name) {
+            (Some(ts), _) => ts.metadata.as_ref().and_then(|m| m.annotations.get(name)).cloned(),
+            (None, Some(t)) => self.engine.cat.task(t).and_then(|t| t.meta.annotations.get(name)).cloned(),
+            _ => None,
+        };
+        own
+    }
+
+    /// Everything the cache needs to key one TaskRun of `pt`. In planning, a task whose
+    /// key depends on a task that would run first is decided `run (after X)` here.
+    #[allow(clippy::too_many_arguments)]
+    fn cache_job(
+        &self,
+        pt: &PipelineTask,
+        dag: &Dag,
+        label: &str,
+        key_spec: TaskSpec,
+        sup: &[(String, ParamValue)],
+        bindings: &[(String, String, Option<String>)],
+        req: &TaskRunRequest,
+        vars: &Vars,
+        task_name: Option<&str>,
+    ) -> Result<CacheJob, Decision> {
+        let cache = self.engine.cache.as_ref().expect("cache enabled");
+        let ann = |n: &str| self.task_annotation(pt, task_name, n);
+        let mut job = CacheJob {
+            run: self.name.clone(),
+            run_uid: self.uid.clone(),
+            task: label.to_string(),
+            key_spec,
+            ..Default::default()
+        };
+        for (k, v) in sup {
+            job.params.insert(k.clone(), v.to_json());
+        }
+        let include = ann(cached::INPUTS_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default();
+        let exclude = ann(cached::EXCLUDE_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default();
+        for o in ann(cached::OUTPUTS_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default() {
+            match o.split_once(':') {
+                Some((w, p)) if !w.is_empty() && !p.is_empty() => job.outputs.push((w.to_string(), p.to_string())),
+                _ => {
+                    job.uncacheable = Some(format!("{} entry {o:?} is not workspace:path", cached::OUTPUTS_ANNOTATION))
+                }
+            }
+        }
+        if ann(cached::CACHE_ANNOTATION).as_deref() == Some("false") {
+            job.uncacheable = Some(format!("{}: \"false\"", cached::CACHE_ANNOTATION));
+        }
+        let ancestors = dag.ancestors(&pt.name);
+        let mut shared: BTreeSet<String> = BTreeSet::new();
+        for (tname, run_name, sub) in bindings {
+            let what = self.volumes.describe(run_name);
+            let shown = match sub {
+                Some(s) if !s.is_empty() => format!("{what} (subPath {s})"),
+                _ => what.clone(),
+            };
+            job.workspaces.insert(tname.clone(), shown);
+            let decl_ro = req.workspaces.iter().find(|w| &w.name == tname).is_some_and(|w| w.read_only);
+            if what == "repo" {
+                if let Some(path) = req.workspaces.iter().find(|w| &w.name == tname).and_then(|w| w.path.clone()) {
+                    job.inputs.push((tname.clone(), path, include.clone(), exclude.clone()));
+                }
+            } else if what.starts_with("persistentVolumeClaim") {
+                job.uncacheable.get_or_insert(format!(
+                    "binds workspace {tname:?} to a persistentVolumeClaim, whose content tenon does not track"
+                ));
+            } else if what == "volumeClaimTemplate" {
+                shared.insert(run_name.clone());
+                if !decl_ro && !job.outputs.iter().any(|(w, _)| w == tname) {
+                    job.uncacheable.get_or_insert(format!(
+                        "writes to shared workspace {tname:?} without declaring {} (e.g. \"{tname}:path/\")",
+                        cached::OUTPUTS_ANNOTATION
+                    ));
+                }
+            }
+        }
+        // upstream results consumed (early cutoff: same values, same key)
+        for (producer, result) in result_refs(pt) {
+            if self.states.get(&producer).is_some_and(|s| s.would_run) {
+                return Err(Decision::After(producer));
+            }
+            let k = format!("tasks.{producer}.results.{result}");
+            if let Some(v) = vars.get(&k) {
+                job.upstream_results.insert(k, v.to_json());
+            }
+        }
+        // outputs of ancestors on the shared volumes this task sees
+        for a in &ancestors {
+            let Some(st) = self.states.get(a) else { continue };
+            let touches = st.ws_map.values().any(|r| shared.contains(r));
+            if st.would_run && touches {
+                return Err(Decision::After(a.clone()));
+            }
+            for (run_ws, set) in &st.outputs {
+                if shared.contains(run_ws) {
+                    job.upstream_outputs.insert(format!("{a} {run_ws}:{}", set.path), set.tree.root.clone());
+                }
+            }
+        }
+        if cache.no_cache {
+            job.forced = Some("forced: --no-cache".into());
+        } else if cache.rerun.contains(&pt.name) {
+            job.forced = Some(format!("forced: --rerun {}", pt.name));
+        }
+        Ok(job)
     }
 
     /// Schedule and run `tasks` (the DAG or the finally set) until all are done.
@@ -1023,24 +1487,42 @@ impl<'a> PipelineRunState<'a> {
                                 self.stopping.get_or_insert_with(|| "PipelineRun was stopping".into());
                             }
                         }
-                        Decision::Run(launches) => {
+                        Decision::After(producer) => {
+                            let c = &self.engine.console;
+                            c.line(&format!(
+                                "{} {name} {}",
+                                c.bold("→"),
+                                c.dim(&format!("would run (after {producer})"))
+                            ));
+                            let st = self.states.get_mut(&name).expect("state exists");
+                            st.state = State::Done(Done::Succeeded);
+                            st.would_run = true;
+                            st.reason = "Planned".into();
+                            st.children.push(ChildDone {
+                                index: 0,
+                                name: String::new(),
+                                outcome: cached_outcome(BTreeMap::new()),
+                                attempts: 0,
+                                cache: CacheOutcome::After { task: producer },
+                            });
+                        }
+                        Decision::Run(launches, ws_map) => {
                             let st = self.states.get_mut(&name).expect("state exists");
                             st.state = State::Running;
                             st.expected_children = launches.len();
                             st.matrix = pt.matrix.is_some();
                             st.task_run = launches.first().map(|l| l.req.name.clone());
+                            st.ws_map = ws_map.into_iter().collect();
                             for l in launches {
                                 let c = &self.engine.console;
-                                c.line(&format!("{} {} {}", c.bold("→"), l.req.label, c.dim("started")));
+                                if !self.engine.dry_run() {
+                                    c.line(&format!("{} {} {}", c.bold("→"), l.req.label, c.dim("started")));
+                                }
                                 let exec = self.engine.exec.clone();
                                 let sem = self.engine.sem.clone();
                                 let console = self.engine.console.clone();
-                                let label = l.req.name.clone();
-                                self.joinset.spawn(async move {
-                                    let (o, attempts) =
-                                        run_attempts(exec, sem, l.req, l.retries, l.cancel, console).await;
-                                    (l.pt_name, l.index, o, attempts, label)
-                                });
+                                let cache = self.engine.cache.clone();
+                                self.joinset.spawn(execute_launch(exec, sem, console, cache, l));
                             }
                         }
                     }
@@ -1068,8 +1550,8 @@ impl<'a> PipelineRunState<'a> {
             };
             tokio::select! {
                 res = self.joinset.join_next() => {
-                    if let Some(Ok((pt_name, index, outcome, attempts, tr_name))) = res {
-                        self.child_done(tasks, &pt_name, index, outcome, attempts, tr_name, finally);
+                    if let Some(Ok(m)) = res {
+                        self.child_done(tasks, m, finally);
                     }
                 }
                 _ = sleep => {
@@ -1091,8 +1573,8 @@ impl<'a> PipelineRunState<'a> {
                     if which == "pipeline" { self.finally_cancel.cancel(); }
                     // drain: cancelled children report back
                     while let Some(res) = self.joinset.join_next().await {
-                        if let Ok((pt_name, index, outcome, attempts, tr_name)) = res {
-                            self.child_done(tasks, &pt_name, index, outcome, attempts, tr_name, finally);
+                        if let Ok(m) = res {
+                            self.child_done(tasks, m, finally);
                         }
                     }
                 }
@@ -1107,22 +1589,28 @@ impl<'a> PipelineRunState<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn child_done(
-        &mut self,
-        tasks: &[PipelineTask],
-        pt_name: &str,
-        index: usize,
-        outcome: TaskOutcome,
-        attempts: u32,
-        tr_name: String,
-        finally: bool,
-    ) {
+    fn child_done(&mut self, tasks: &[PipelineTask], m: ChildMsg, finally: bool) {
+        let pt_name = m.pt_name.as_str();
         let Some(pt) = self.pt(tasks, pt_name) else {
             return;
         };
         let ignore = pt.on_error.as_deref() == Some("continue");
+        let dry = self.engine.dry_run();
         let st = self.states.get_mut(pt_name).expect("state exists");
-        st.children.push(ChildDone { index, name: tr_name, outcome, attempts });
+        for set in m.outputs {
+            let run_ws = st.ws_map.get(&set.workspace).cloned().unwrap_or_else(|| set.workspace.clone());
+            st.outputs.push((run_ws, set));
+        }
+        if dry && matches!(m.cache, CacheOutcome::Miss { .. } | CacheOutcome::Uncacheable { .. }) {
+            st.would_run = true;
+        }
+        st.children.push(ChildDone {
+            index: m.index,
+            name: m.tr_name,
+            outcome: m.outcome,
+            attempts: m.attempts,
+            cache: m.cache,
+        });
         if st.children.len() < st.expected_children {
             return;
         }
@@ -1147,7 +1635,19 @@ impl<'a> PipelineRunState<'a> {
             st.steps = c.outcome.steps.clone();
         }
         let c = &self.engine.console;
-        if all_ok {
+        let all_cached = st.children.iter().all(|c| matches!(c.cache, CacheOutcome::Hit { .. }));
+        if all_ok && dry {
+            st.state = State::Done(Done::Succeeded);
+            st.reason = if all_cached { "Cached".into() } else { "Planned".into() };
+            let word = if all_cached { c.green("cached") } else { c.yellow("would run") };
+            let why = st.children.iter().flat_map(|ch| ch.cache.reasons()).next().unwrap_or_default();
+            c.line(&format!("{} {pt_name} {word} {}", c.bold("·"), c.dim(&why)));
+        } else if all_ok && all_cached {
+            st.state = State::Done(Done::Succeeded);
+            st.reason = "Cached".into();
+            let from = st.children.iter().flat_map(|ch| ch.cache.reasons()).next().unwrap_or_default();
+            c.line(&format!("{} {pt_name} {} {}", c.green("✓"), c.green("Cached"), c.dim(&format!("({from})"))));
+        } else if all_ok {
             st.state = State::Done(Done::Succeeded);
             st.reason = "Succeeded".into();
             c.line(&format!(
@@ -1194,7 +1694,8 @@ impl<'a> PipelineRunState<'a> {
                 vars.set(format!("{}.{name}.results.{r}", if st.finally { "finally" } else { "tasks" }), v.clone());
             }
         }
-        for r in &self.spec.results {
+        let planning = self.engine.dry_run();
+        for r in self.spec.results.iter().filter(|_| !planning) {
             let Some(value) = &r.value else { continue };
             let texts: Vec<&str> = match value {
                 ParamValue::Str(s) => vec![s.as_str()],
@@ -1323,6 +1824,7 @@ impl<'a> PipelineRunState<'a> {
                 continue;
             }
             let (status, reason) = match &st.state {
+                State::Done(Done::Succeeded) if st.reason == "Cached" => ("Cached", st.reason.clone()),
                 State::Done(Done::Succeeded) => ("Succeeded", st.reason.clone()),
                 State::Done(Done::Failed { cancelled: true, .. }) => ("Cancelled", st.reason.clone()),
                 State::Done(Done::Failed { timed_out: true, .. }) => ("TimedOut", st.reason.clone()),
@@ -1341,7 +1843,24 @@ impl<'a> PipelineRunState<'a> {
                 finally: fin,
                 task_run: st.task_run.clone(),
                 steps: st.steps.clone(),
+                ..TaskSummary::default()
             });
+            if let (Some(t), Some(ch)) = (tasks.last_mut(), st.children.first()) {
+                set_cache_fields(t, &ch.cache);
+            }
+        }
+        // remember which records this run used, so gc keeps them while it is the latest
+        if let Some(cache) = &self.engine.cache {
+            if !cache.dry_run {
+                let keys: Vec<String> = self
+                    .states
+                    .values()
+                    .flat_map(|s| s.children.iter().filter_map(|c| c.cache.key().map(String::from)))
+                    .collect();
+                if let Err(e) = cache.store.record_run(&self.name, &self.uid, status == "Succeeded", &keys) {
+                    tracing::warn!(error = %e, "could not record the run");
+                }
+            }
         }
         RunSummary {
             name: self.name.clone(),
@@ -1367,7 +1886,8 @@ fn child_summary(name: &str, ch: &ChildDone, finally: bool, ignore: bool) -> Tas
         AttemptStatus::TimedOut => "TimedOut",
         AttemptStatus::Cancelled => "Cancelled",
     };
-    TaskSummary {
+    let status = if matches!(ch.cache, CacheOutcome::Hit { .. }) { "Cached" } else { status };
+    let mut t = TaskSummary {
         name: name.into(),
         status: status.into(),
         reason: if ignore && o.status == AttemptStatus::Failed { "FailureIgnored".into() } else { o.reason.clone() },
@@ -1378,7 +1898,40 @@ fn child_summary(name: &str, ch: &ChildDone, finally: bool, ignore: bool) -> Tas
         finally,
         task_run: Some(ch.name.clone()),
         steps: o.steps.clone(),
+        ..TaskSummary::default()
+    };
+    set_cache_fields(&mut t, &ch.cache);
+    t
+}
+
+fn set_cache_fields(t: &mut TaskSummary, c: &CacheOutcome) {
+    t.cache_key = c.key().map(String::from);
+    t.cache_reasons = c.reasons();
+    if let CacheOutcome::Hit { run, run_uid, created_ns, .. } = c {
+        t.cached_from = Some(crate::report::CachedFrom {
+            run: run.clone(),
+            run_uid: run_uid.clone(),
+            created_at: rfc3339(std::time::UNIX_EPOCH + Duration::from_nanos((*created_ns).max(0) as u64)),
+        });
     }
+}
+
+/// Context with run-unique values left unsubstituted, for cache keys: a task that only
+/// differs in its run's name or uid is the same task.
+fn stabilize(v: &Vars) -> Vars {
+    let mut out = v.clone();
+    for k in ["context.pipelineRun.name", "context.pipelineRun.uid", "context.taskRun.name", "context.taskRun.uid"] {
+        if out.contains(k) {
+            out.set_str(k, format!("$({k})"));
+        }
+    }
+    // an embedded task's name is its TaskRun's name: run-unique too
+    if let (Some(a), Some(b)) = (v.get("context.task.name"), v.get("context.taskRun.name")) {
+        if a == b {
+            out.set_str("context.task.name", "$(context.task.name)");
+        }
+    }
+    out
 }
 
 fn strip_params(v: &Vars) -> Vars {

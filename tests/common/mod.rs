@@ -53,6 +53,23 @@ pub fn tenon(args: &[&str], store: &Path) -> Run {
         .env("HOME", store)
         .env("TENON_STORE", store)
         .env("NO_COLOR", "1")
+        // most tests are about Tekton semantics: identical tasks must really run (the
+        // cache has its own tests, which use `tenon_cached`)
+        .env("TENON_NO_CACHE", "true")
+        .output()
+        .expect("tenon runs")
+        .into()
+}
+
+/// Run `tenon ARGS` with the cache enabled.
+pub fn tenon_cached(args: &[&str], store: &Path) -> Run {
+    Command::new(bin())
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", store)
+        .env("TENON_STORE", store)
+        .env("NO_COLOR", "1")
         .output()
         .expect("tenon runs")
         .into()

@@ -1,0 +1,294 @@
+//! Glue between the engine and the cache: building a task's cache job, computing its key
+//! (hashing its inputs), restoring a hit, recording a success.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::cache::{explain, Preimage, KEY_SCHEMA_VERSION};
+use crate::exec::TaskRunRequest;
+use crate::hash::{self, Filter, HashStats, StatCache, Tree};
+use crate::model::{ParamValue, TaskSpec};
+use crate::store::{OutputSet, Record, Store};
+
+/// Annotation: globs (comma or newline separated) narrowing a task's repository inputs.
+pub const INPUTS_ANNOTATION: &str = "tenon.dev/inputs";
+/// Annotation: globs removed from a task's repository inputs.
+pub const EXCLUDE_ANNOTATION: &str = "tenon.dev/exclude";
+/// Annotation: `workspace:path` entries a task produces, stored and restored by the cache.
+pub const OUTPUTS_ANNOTATION: &str = "tenon.dev/outputs";
+/// Annotation (on a task): `"false"` never caches it.
+pub const CACHE_ANNOTATION: &str = "tenon.dev/cache";
+
+/// Split an annotation value into entries.
+pub fn entries(v: &str) -> Vec<String> {
+    v.split([',', '\n']).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+/// Cache state shared by every task of an engine.
+pub struct CacheCtx {
+    pub store: Arc<dyn Store>,
+    pub stats: StatCache,
+    pub hash_stats: HashStats,
+    memo: Mutex<HashMap<(PathBuf, String), Tree>>,
+    /// `--no-cache`: run everything (records are still written).
+    pub no_cache: bool,
+    /// `--rerun TASK`: run these pipeline tasks.
+    pub rerun: BTreeSet<String>,
+    /// `tenon plan`: decide, never run.
+    pub dry_run: bool,
+    pub executor: String,
+}
+
+impl CacheCtx {
+    pub fn new(store: Arc<dyn Store>, no_cache: bool, rerun: BTreeSet<String>, dry_run: bool) -> Result<Self, String> {
+        let known = store.stat_cache().map_err(|e| format!("cannot read the stat cache: {e}"))?;
+        Ok(CacheCtx {
+            store,
+            stats: StatCache::new(known),
+            hash_stats: HashStats::default(),
+            memo: Mutex::new(HashMap::new()),
+            no_cache,
+            rerun,
+            dry_run,
+            executor: "local".into(),
+        })
+    }
+
+    /// Persist what this process learned about file digests.
+    pub fn flush(&self) {
+        let updates = self.stats.take_updates();
+        if let Err(e) = self.store.save_stats(&updates) {
+            tracing::warn!(error = %e, "could not save the stat cache");
+        }
+    }
+
+    /// Hash a repository tree once per process (a consistent snapshot for the run).
+    fn tree(&self, root: &Path, include: &[String], exclude: &[String]) -> Result<Tree, String> {
+        let memo_key = (root.to_path_buf(), format!("{include:?}{exclude:?}"));
+        if let Some(t) = self.memo.lock().ok().and_then(|m| m.get(&memo_key).cloned()) {
+            return Ok(t);
+        }
+        let filter = Filter::new(include, exclude)?;
+        let t = hash::hash_tree(root, &filter, &self.stats, &self.hash_stats)
+            .map_err(|e| format!("cannot hash inputs under {}: {e}", root.display()))?;
+        if let Err(e) = self.store.put_tree(&t) {
+            tracing::warn!(error = %e, "could not remember an input tree");
+        }
+        if let Ok(mut m) = self.memo.lock() {
+            m.insert(memo_key, t.clone());
+        }
+        Ok(t)
+    }
+}
+
+/// Everything needed to compute one TaskRun's key, gathered by the engine.
+#[derive(Debug, Clone, Default)]
+pub struct CacheJob {
+    pub run: String,
+    pub run_uid: String,
+    /// The pipeline task (or TaskRun) name, `task[i]` for matrix children.
+    pub task: String,
+    /// The spec with stable context (run-unique values left unsubstituted).
+    pub key_spec: TaskSpec,
+    pub params: BTreeMap<String, Value>,
+    /// (task workspace, host root, include globs, exclude globs) of repository inputs.
+    pub inputs: Vec<(String, PathBuf, Vec<String>, Vec<String>)>,
+    pub upstream_results: BTreeMap<String, Value>,
+    pub upstream_outputs: BTreeMap<String, String>,
+    pub workspaces: BTreeMap<String, String>,
+    /// Declared outputs: (task workspace, relative path).
+    pub outputs: Vec<(String, String)>,
+    /// Why this task can never be cached, if so.
+    pub uncacheable: Option<String>,
+    /// Why this task is forced to run (`--no-cache`, `--rerun`).
+    pub forced: Option<String>,
+}
+
+/// What the cache decided for one TaskRun.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheOutcome {
+    /// Caching is off for this engine.
+    Off,
+    Hit {
+        key: String,
+        run: String,
+        run_uid: String,
+        created_ns: i64,
+    },
+    /// Ran (or, planning, would run) because of `reasons`.
+    Miss {
+        key: String,
+        reasons: Vec<String>,
+    },
+    Uncacheable {
+        reason: String,
+    },
+    /// Planning: the key depends on a task that must run first.
+    After {
+        task: String,
+    },
+}
+
+impl CacheOutcome {
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            CacheOutcome::Hit { key, .. } | CacheOutcome::Miss { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+    pub fn reasons(&self) -> Vec<String> {
+        match self {
+            CacheOutcome::Off => vec![],
+            CacheOutcome::Hit { run, run_uid, .. } => {
+                vec![format!("cached: produced by {run} ({})", &run_uid[..run_uid.len().min(8)])]
+            }
+            CacheOutcome::Miss { reasons, .. } => reasons.clone(),
+            CacheOutcome::Uncacheable { reason } => vec![format!("not cacheable: {reason}")],
+            CacheOutcome::After { task } => vec![format!("run (after {task})")],
+        }
+    }
+}
+
+/// Compute the key of a job (hashing its inputs).
+pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
+    let mut inputs = BTreeMap::new();
+    for (ws, root, inc, exc) in &job.inputs {
+        let t = ctx.tree(root, inc, exc)?;
+        inputs.insert(ws.clone(), t.root);
+    }
+    let mut spec = serde_json::to_value(&job.key_spec).map_err(|e| e.to_string())?;
+    // param declarations are covered by `params`; descriptions never change behaviour
+    if let Value::Object(m) = &mut spec {
+        m.remove("description");
+        m.remove("displayName");
+    }
+    Ok(Preimage {
+        version: KEY_SCHEMA_VERSION,
+        executor: ctx.executor.clone(),
+        spec,
+        params: job.params.clone(),
+        inputs,
+        upstream_results: job.upstream_results.clone(),
+        upstream_outputs: job.upstream_outputs.clone(),
+        workspaces: job.workspaces.clone(),
+        outputs: job.outputs.iter().map(|(w, p)| format!("{w}:{p}")).collect(),
+    })
+}
+
+/// Why a key misses: compared with the latest record of the same task.
+pub fn miss_reasons(ctx: &CacheCtx, job: &CacheJob, pre: &Preimage) -> Vec<String> {
+    if let Some(f) = &job.forced {
+        return vec![f.clone()];
+    }
+    match ctx.store.latest_for(&job.run, &job.task) {
+        Ok(Some(rec)) => match serde_json::from_value::<Preimage>(rec.preimage.clone()) {
+            Ok(old) => explain(&old, pre, &|root| ctx.store.get_tree(root).ok().flatten()),
+            Err(_) => vec!["the earlier record was written by another cache key schema".into()],
+        },
+        Ok(None) => vec!["no earlier record".into()],
+        Err(e) => vec![format!("no earlier record could be read ({e})")],
+    }
+}
+
+/// Host path of a declared output.
+pub fn output_path(req: &TaskRunRequest, ws: &str, rel: &str) -> Result<PathBuf, String> {
+    let w = req
+        .workspaces
+        .iter()
+        .find(|w| w.name == ws)
+        .ok_or_else(|| format!("output {ws}:{rel}: the task has no workspace {ws:?}"))?;
+    let root = w.path.as_ref().ok_or_else(|| format!("output {ws}:{rel}: workspace {ws:?} is not bound"))?;
+    crate::engine::workspaces::join_sub(root, rel.trim_end_matches('/')).map_err(|f| f.message)
+}
+
+/// Results that mention this attempt's workspace paths are stored with
+/// `$(workspaces.NAME.path)` in their place, and given the current paths on reuse, so a
+/// cached result never points into another run's directories.
+pub fn portable_results(results: &BTreeMap<String, ParamValue>, req: &TaskRunRequest) -> BTreeMap<String, ParamValue> {
+    let mut paths: Vec<(String, String)> = req
+        .workspaces
+        .iter()
+        .filter_map(|w| w.path.as_ref().map(|p| (p.display().to_string(), format!("$(workspaces.{}.path)", w.name))))
+        .filter(|(p, _)| p.len() > 1)
+        .collect();
+    // longest first, so nested workspaces are replaced by the most specific one
+    paths.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    let fix = |s: &str| paths.iter().fold(s.to_string(), |acc, (p, token)| acc.replace(p, token));
+    map_results(results, &fix)
+}
+
+/// The inverse of [`portable_results`] for the current attempt.
+pub fn localize_results(results: &BTreeMap<String, ParamValue>, req: &TaskRunRequest) -> BTreeMap<String, ParamValue> {
+    let mut vars = crate::subst::Vars::new();
+    for w in &req.workspaces {
+        vars.set_str(
+            format!("workspaces.{}.path", w.name),
+            w.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        );
+    }
+    let fix = |s: &str| if s.contains("$(workspaces.") { vars.apply_str(s) } else { s.to_string() };
+    map_results(results, &fix)
+}
+
+fn map_results(results: &BTreeMap<String, ParamValue>, f: &dyn Fn(&str) -> String) -> BTreeMap<String, ParamValue> {
+    results
+        .iter()
+        .map(|(k, v)| {
+            let nv = match v {
+                ParamValue::Str(s) => ParamValue::Str(f(s)),
+                ParamValue::Array(a) => ParamValue::Array(a.iter().map(|s| f(s)).collect()),
+                ParamValue::Object(o) => ParamValue::Object(o.iter().map(|(k, s)| (k.clone(), f(s))).collect()),
+            };
+            (k.clone(), nv)
+        })
+        .collect()
+}
+
+/// Restore a hit's outputs into the task's workspaces.
+pub fn restore(ctx: &CacheCtx, rec: &Record, req: &TaskRunRequest) -> Result<(), String> {
+    for o in &rec.outputs {
+        let dest = output_path(req, &o.workspace, &o.path)?;
+        ctx.store
+            .restore_output(&o.tree, &dest)
+            .map_err(|e| format!("cannot restore output {}:{}: {e}", o.workspace, o.path))?;
+    }
+    Ok(())
+}
+
+/// Store a success's outputs and commit its record.
+#[allow(clippy::too_many_arguments)]
+pub fn record(
+    ctx: &CacheCtx,
+    job: &CacheJob,
+    key: &str,
+    pre: &Preimage,
+    req: &TaskRunRequest,
+    results: &BTreeMap<String, ParamValue>,
+    duration_ms: u64,
+) -> Result<Vec<OutputSet>, String> {
+    let mut outputs = Vec::new();
+    for (ws, rel) in &job.outputs {
+        let src = output_path(req, ws, rel)?;
+        if std::fs::symlink_metadata(&src).is_err() {
+            return Err(format!("declared output {ws}:{rel} was not produced ({} does not exist)", src.display()));
+        }
+        let tree = ctx.store.store_output(&src).map_err(|e| format!("cannot store output {ws}:{rel}: {e}"))?;
+        outputs.push(OutputSet { workspace: ws.clone(), path: rel.clone(), tree });
+    }
+    let rec = Record {
+        key: key.to_string(),
+        run: job.run.clone(),
+        run_uid: job.run_uid.clone(),
+        task: job.task.clone(),
+        created_ns: hash::now_ns(),
+        duration_ms,
+        preimage: serde_json::to_value(pre).map_err(|e| e.to_string())?,
+        results: portable_results(results, req),
+        outputs: outputs.clone(),
+    };
+    ctx.store.put(&rec).map_err(|e| format!("cannot record the result: {e}"))?;
+    Ok(outputs)
+}
