@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::cached::CacheCtx;
 use crate::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
 use crate::error::{Error, Outcome};
-use crate::exec::local::LocalExecutor;
+use crate::exec::local::{LocalExecutor, Sandbox, SandboxMode};
 use crate::model::{self, Catalog, ParamValue};
 use crate::report::{HashingStats, PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
 use crate::store::SqliteStore;
@@ -121,6 +121,9 @@ pub struct PlanArgs {
     /// Plan as if these pipeline tasks were forced to run (`--rerun`). Repeatable.
     #[arg(long = "rerun", value_name = "TASK")]
     pub rerun: Vec<String>,
+    /// The sandbox the run would use (it is part of cache keys); see `tenon run --help`.
+    #[arg(long, value_enum, env = "TENON_SANDBOX", default_value_t = SandboxMode::Auto)]
+    pub sandbox: SandboxMode,
     #[arg(long, default_value = "default")]
     pub namespace: String,
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
@@ -203,6 +206,11 @@ pub struct RunArgs {
     /// Run every task even when a cached result exists (results are still recorded).
     #[arg(long, env = "TENON_NO_CACHE")]
     pub no_cache: bool,
+    /// How steps see the filesystem: `bwrap` runs each step in private mount and PID
+    /// namespaces with a pod's paths (/tekton/results, /workspace/<name>, Task volumes);
+    /// `host` uses host paths; `auto` picks bwrap when it is installed and works.
+    #[arg(long, value_enum, env = "TENON_SANDBOX", default_value_t = SandboxMode::Auto)]
+    pub sandbox: SandboxMode,
     /// Run this pipeline task even when a cached result exists. Repeatable.
     #[arg(long = "rerun", value_name = "TASK")]
     pub rerun: Vec<String>,
@@ -318,6 +326,7 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
         namespace: a.namespace,
         quiet: true,
         no_cache: false,
+        sandbox: a.sandbox,
         rerun: a.rerun,
         output: a.output,
     };
@@ -354,6 +363,14 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// The executor identity a real run would use (plans must key like runs do).
+fn detected_executor_id(mode: SandboxMode) -> String {
+    match Sandbox::detect(mode) {
+        Ok(s) if s.is_bwrap() => "local+bwrap".into(),
+        _ => "local".into(),
+    }
 }
 
 fn open_store(dir: Option<&PathBuf>) -> Result<SqliteStore, Error> {
@@ -505,7 +522,9 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
         }
     }
     let console = Arc::new(if dry_run { Console::silent() } else { Console::new(a.quiet) });
-    let exec = Arc::new(LocalExecutor::new(pass_env, console.clone()));
+    let sandbox = if dry_run { Sandbox::Host } else { Sandbox::detect(a.sandbox).map_err(Error::Usage)? };
+    let executor_id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
+    let exec = Arc::new(LocalExecutor::new(pass_env, console.clone()).with_sandbox(sandbox));
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -533,10 +552,10 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
     let cat = Arc::new(cat);
     let store = Arc::new(open_store(Some(&opts.state_dir))?);
     let rerun: std::collections::BTreeSet<String> = a.rerun.iter().cloned().collect();
-    let cache = Arc::new(
-        CacheCtx::new(store, a.no_cache, rerun, dry_run)
-            .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?,
-    );
+    let mut cache_ctx = CacheCtx::new(store, a.no_cache, rerun, dry_run)
+        .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
+    cache_ctx.executor = if dry_run { detected_executor_id(a.sandbox) } else { executor_id.to_string() };
+    let cache = Arc::new(cache_ctx);
     let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();
     for pr in cat.pipeline_runs.iter().filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name)) {

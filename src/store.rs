@@ -294,7 +294,18 @@ impl SqliteStore {
             }
             tx.commit()?;
         }
-        let freed = self.sweep_objects()?;
+        let mut freed = self.sweep_objects()?;
+        // temporary files left by processes that died mid-store
+        let tmp = self.root.join("tmp");
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for e in std::fs::read_dir(&tmp).map_err(Self::io(&tmp))?.flatten() {
+            if let Ok(m) = e.metadata() {
+                if m.modified().is_ok_and(|t| t < hour_ago) {
+                    freed += m.len();
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Ok((doomed.len(), freed))
     }
 
@@ -581,6 +592,12 @@ impl Store for SqliteStore {
     }
 
     fn put_tree(&self, tree: &Tree) -> Result<()> {
+        // a tree is immutable by its digest: skip the (possibly large) encoding when known
+        let known: Option<i64> =
+            self.conn().query_row("SELECT 1 FROM trees WHERE root = ?1", [&tree.root], |r| r.get(0)).optional()?;
+        if known.is_some() {
+            return Ok(());
+        }
         self.conn().execute(
             "INSERT OR IGNORE INTO trees (root, entries) VALUES (?1, ?2)",
             params![tree.root, serde_json::to_string(&tree.entries).unwrap_or_default()],

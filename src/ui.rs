@@ -9,18 +9,20 @@ pub struct Console {
     color: bool,
     /// Suppress live step output (progress lines still print).
     quiet: bool,
+    /// Print nothing at all.
+    silent: bool,
     lock: Mutex<()>,
 }
 
 impl Console {
     pub fn new(quiet: bool) -> Self {
         let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Console { color, quiet, lock: Mutex::new(()) }
+        Console { color, quiet, silent: false, lock: Mutex::new(()) }
     }
 
     /// A console that prints nothing (tests, library use).
     pub fn silent() -> Self {
-        Console { color: false, quiet: true, lock: Mutex::new(()) }
+        Console { color: false, quiet: true, silent: true, lock: Mutex::new(()) }
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -58,6 +60,9 @@ impl Console {
 
     /// A progress line.
     pub fn line(&self, s: &str) {
+        if self.silent {
+            return;
+        }
         let _g = self.lock.lock();
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{s}");

@@ -901,7 +901,9 @@ impl Engine {
                 }
             }
         }
+        let volumes = workspaces::task_volumes(&self.cat, &spec, dir, &self.opts)?;
         Ok(TaskRunRequest {
+            volumes,
             name: taskrun_name.into(),
             label: label.into(),
             spec,

@@ -210,6 +210,66 @@ impl RunVolumes {
     }
 }
 
+/// A Task's `volumes` as host directories: `emptyDir` per TaskRun, `configMap`/`secret`
+/// materialised from objects in the repository, `persistentVolumeClaim` under the state dir.
+pub fn task_volumes(
+    cat: &Catalog,
+    spec: &crate::model::TaskSpec,
+    dir: &Path,
+    opts: &EngineOptions,
+) -> Result<BTreeMap<String, PathBuf>, Failure> {
+    let mut out = BTreeMap::new();
+    for v in &spec.volumes {
+        let name = v.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        if name.is_empty() {
+            continue;
+        }
+        let base = dir.join("volumes").join(&name);
+        let items = |o: &serde_json::Value| -> Vec<crate::model::KeyToPath> {
+            o.get("items").and_then(|i| serde_json::from_value(i.clone()).ok()).unwrap_or_default()
+        };
+        let path = if let Some(cm) = v.get("configMap") {
+            let cname = cm.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            let obj = cat.config_map(cname).ok_or_else(|| {
+                Failure::new(
+                    "TaskRunValidationFailed",
+                    format!("volume {name:?} binds ConfigMap {cname:?}, which is not defined in the repository"),
+                )
+            })?;
+            materialize(&base, &key_bytes(&obj.spec, false), &items(cm), false)?;
+            base
+        } else if let Some(sec) = v.get("secret") {
+            let sname = sec.get("secretName").and_then(|n| n.as_str()).unwrap_or_default();
+            let obj = cat.secret(sname).ok_or_else(|| {
+                Failure::new(
+                    "TaskRunValidationFailed",
+                    format!("volume {name:?} binds Secret {sname:?}, which is not defined in the repository"),
+                )
+            })?;
+            materialize(&base, &key_bytes(&obj.spec, true), &items(sec), true)?;
+            base
+        } else if let Some(pvc) = v.get("persistentVolumeClaim") {
+            let claim = pvc.get("claimName").and_then(|n| n.as_str()).unwrap_or_default();
+            if claim.is_empty() || claim.contains('/') || claim.starts_with('.') {
+                return Err(Failure::new(
+                    "TaskRunValidationFailed",
+                    format!("volume {name:?}: invalid claimName {claim:?}"),
+                ));
+            }
+            mk(&opts.state_dir.join("pvc").join(claim), None)?
+        } else if v.get("emptyDir").is_some() || v.as_object().is_some_and(|m| m.len() == 1) {
+            mk(&base, None)?
+        } else {
+            return Err(Failure::new(
+                "TaskRunValidationFailed",
+                format!("volume {name:?}: only emptyDir, configMap, secret and persistentVolumeClaim volumes are supported locally"),
+            ));
+        };
+        out.insert(name, path);
+    }
+    Ok(out)
+}
+
 fn data_digest(data: &BTreeMap<String, Vec<u8>>, items: &[crate::model::KeyToPath]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();

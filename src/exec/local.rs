@@ -26,12 +26,119 @@ pub struct LocalExecutor {
     /// Host environment variables passed to steps (`--pass-env`).
     pub pass_env: Vec<(String, String)>,
     pub console: Arc<Console>,
+    /// How steps are isolated (see [`Sandbox`]).
+    pub sandbox: Sandbox,
     warned_images: Mutex<HashSet<String>>,
+}
+
+/// How the local executor lays out a step's filesystem.
+///
+/// - `Host`: steps see host paths: `$(results.x.path)` is a file in the TaskRun
+///   directory, `$(workspaces.w.path)` the workspace's host directory.
+/// - `Bwrap`: each step runs under bubblewrap in private mount and PID namespaces, with
+///   the paths a Tekton pod has: `/tekton/results`, `/tekton/home`, `/tekton/steps`,
+///   `/tekton/scripts`, `/workspace/<name>` (or the declared `mountPath`), Task `volumes`
+///   at their `volumeMounts`. The host's own directories stay visible (this is not a
+///   security boundary), and when a step ends every process it started ends with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sandbox {
+    Host,
+    Bwrap { bwrap: PathBuf, binds: Vec<String> },
+}
+
+/// `--sandbox` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    /// bubblewrap when it is installed and works here, else host paths.
+    Auto,
+    Bwrap,
+    Host,
+}
+
+impl Sandbox {
+    /// Pick a sandbox for `mode`; `Err` when bwrap was required but cannot be used.
+    pub fn detect(mode: SandboxMode) -> Result<Sandbox, String> {
+        if mode == SandboxMode::Host {
+            return Ok(Sandbox::Host);
+        }
+        let found = std::env::var_os("TENON_BWRAP").map(PathBuf::from).or_else(|| {
+            ["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"].iter().map(PathBuf::from).find(|p| p.is_file())
+        });
+        let Some(bwrap) = found else {
+            return match mode {
+                SandboxMode::Bwrap => {
+                    Err("--sandbox bwrap: bubblewrap (bwrap) is not installed (Debian: apt-get install bubblewrap)"
+                        .into())
+                }
+                _ => Ok(Sandbox::Host),
+            };
+        };
+        let sb = Sandbox::Bwrap { bwrap: bwrap.clone(), binds: host_binds() };
+        // probe once: namespaces may be unavailable (containers without privileges)
+        let mut probe = std::process::Command::new(&bwrap);
+        probe.args(sb.prefix(&[])).arg("--").arg("/bin/true").stdout(Stdio::null()).stderr(Stdio::piped());
+        match probe.output() {
+            Ok(o) if o.status.success() => Ok(sb),
+            Ok(o) if mode == SandboxMode::Bwrap => Err(format!(
+                "--sandbox bwrap: bubblewrap does not work here: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) if mode == SandboxMode::Bwrap => {
+                Err(format!("--sandbox bwrap: cannot run {}: {e}", bwrap.display()))
+            }
+            _ => Ok(Sandbox::Host),
+        }
+    }
+
+    pub fn is_bwrap(&self) -> bool {
+        matches!(self, Sandbox::Bwrap { .. })
+    }
+
+    /// bwrap arguments before the per-step binds.
+    fn prefix(&self, extra: &[String]) -> Vec<String> {
+        let Sandbox::Bwrap { binds, .. } = self else { return vec![] };
+        let mut a: Vec<String> =
+            ["--die-with-parent", "--unshare-pid", "--tmpfs", "/"].iter().map(|s| s.to_string()).collect();
+        a.extend(binds.iter().cloned());
+        a.extend(["--proc", "/proc", "--dev-bind", "/dev", "/dev"].iter().map(|s| s.to_string()));
+        a.extend(extra.iter().cloned());
+        a
+    }
+}
+
+/// The host's top-level directories, bound at the same place in the sandbox (so the
+/// step's tools are there), except what the sandbox provides itself.
+fn host_binds() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/") else { return out };
+    let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    names.sort();
+    for n in names {
+        if matches!(n.as_str(), "proc" | "dev" | "tekton" | "workspace") {
+            continue;
+        }
+        let p = format!("/{n}");
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(t) = std::fs::read_link(&p) {
+                    out.extend(["--symlink".to_string(), t.display().to_string(), p]);
+                }
+            }
+            Ok(m) if m.is_dir() => out.extend(["--bind".to_string(), p.clone(), p]),
+            _ => {}
+        }
+    }
+    out
 }
 
 impl LocalExecutor {
     pub fn new(pass_env: Vec<(String, String)>, console: Arc<Console>) -> Self {
-        LocalExecutor { pass_env, console, warned_images: Mutex::new(HashSet::new()) }
+        LocalExecutor { pass_env, console, sandbox: Sandbox::Host, warned_images: Mutex::new(HashSet::new()) }
+    }
+
+    pub fn with_sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = sandbox;
+        self
     }
 
     fn note_image(&self, image: &str) {
@@ -95,20 +202,125 @@ fn mkdirs(base: &Path) -> Result<Dirs, String> {
     Ok(d)
 }
 
+/// Where a step sees each of a TaskRun's directories: host paths, or a pod's paths
+/// bound from the host dirs in the sandbox.
+struct Layout {
+    sandbox: bool,
+    results: PathBuf,
+    steps: PathBuf,
+    home: PathBuf,
+    scripts: PathBuf,
+    work: PathBuf,
+}
+
+impl Layout {
+    fn new(d: &Dirs, sandbox: bool) -> Layout {
+        if sandbox {
+            Layout {
+                sandbox,
+                results: "/tekton/results".into(),
+                steps: "/tekton/steps".into(),
+                home: "/tekton/home".into(),
+                scripts: "/tekton/scripts".into(),
+                work: "/workspace".into(),
+            }
+        } else {
+            Layout {
+                sandbox,
+                results: d.results.clone(),
+                steps: d.steps.clone(),
+                home: d.home.clone(),
+                scripts: d.scripts.clone(),
+                work: d.work.clone(),
+            }
+        }
+    }
+
+    /// Where workspace `w` appears to steps.
+    fn workspace(&self, spec: &TaskSpec, w: &BoundWorkspace) -> Option<String> {
+        let host = w.path.as_ref()?;
+        if !self.sandbox {
+            return Some(host.display().to_string());
+        }
+        let mp = spec.workspaces.iter().find(|d| d.name == w.name).and_then(|d| d.mount_path.clone());
+        Some(mp.filter(|m| !m.is_empty()).unwrap_or_else(|| format!("/workspace/{}", w.name)))
+    }
+
+    /// The host path behind a pod path (identity outside the pod's own mounts).
+    fn host_path(&self, d: &Dirs, spec: &TaskSpec, ws: &[BoundWorkspace], p: &Path) -> PathBuf {
+        let mut pairs: Vec<(PathBuf, PathBuf)> = vec![
+            (self.results.clone(), d.results.clone()),
+            (self.steps.clone(), d.steps.clone()),
+            (self.home.clone(), d.home.clone()),
+            (self.scripts.clone(), d.scripts.clone()),
+            (self.work.clone(), d.work.clone()),
+        ];
+        for w in ws {
+            if let (Some(h), Some(at)) = (&w.path, self.workspace(spec, w)) {
+                pairs.push((PathBuf::from(at), h.clone()));
+            }
+        }
+        pairs.sort_by_key(|(pod, _)| std::cmp::Reverse(pod.as_os_str().len()));
+        for (pod, host) in pairs {
+            if let Ok(rel) = p.strip_prefix(&pod) {
+                return host.join(rel);
+            }
+        }
+        p.to_path_buf()
+    }
+
+    /// bwrap binds of one TaskRun (host dir -> pod path), parents before children.
+    fn binds(
+        &self,
+        d: &Dirs,
+        spec: &TaskSpec,
+        ws: &[BoundWorkspace],
+        volumes: &BTreeMap<String, PathBuf>,
+        step: &Step,
+    ) -> Result<Vec<String>, String> {
+        let mut b: Vec<(String, String, bool)> = vec![
+            (d.work.display().to_string(), "/workspace".into(), false),
+            (d.results.display().to_string(), "/tekton/results".into(), false),
+            (d.steps.display().to_string(), "/tekton/steps".into(), false),
+            (d.home.display().to_string(), "/tekton/home".into(), false),
+            (d.scripts.display().to_string(), "/tekton/scripts".into(), true),
+        ];
+        for w in ws {
+            if let (Some(host), Some(at)) = (&w.path, self.workspace(spec, w)) {
+                b.push((host.display().to_string(), at, w.read_only));
+            }
+        }
+        for m in &step.volume_mounts {
+            let Some(host) = volumes.get(&m.name) else {
+                return Err(format!("volumeMount {:?}: no volume named {:?} in the Task", m.mount_path, m.name));
+            };
+            let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sp) => crate::engine::workspaces::join_sub(host, sp).map_err(|f| f.message)?,
+                None => host.clone(),
+            };
+            b.push((host.display().to_string(), m.mount_path.clone(), m.read_only));
+        }
+        b.sort_by_key(|(_, at, _)| at.matches('/').count());
+        Ok(b.into_iter()
+            .flat_map(|(h, at, ro)| [if ro { "--ro-bind".to_string() } else { "--bind".to_string() }, h, at])
+            .collect())
+    }
+}
+
 /// Executor-level substitution: result, step and workspace paths.
-fn path_vars(spec: &TaskSpec, d: &Dirs, ws: &[BoundWorkspace]) -> Vars {
+fn path_vars(spec: &TaskSpec, l: &Layout, ws: &[BoundWorkspace]) -> Vars {
     let mut v = Vars::new();
     for r in &spec.results {
-        v.set_str(format!("results.{}.path", r.name), d.results.join(&r.name).display().to_string());
+        v.set_str(format!("results.{}.path", r.name), l.results.join(&r.name).display().to_string());
     }
     for (i, s) in spec.steps.iter().enumerate() {
         let cname = step_container_name(s, i);
-        let sdir = d.steps.join(&cname);
+        let sdir = l.steps.join(&cname);
         v.set_str(format!("steps.{cname}.exitCode.path"), sdir.join("exitCode").display().to_string());
         v.set_str(format!("steps.{i}.exitCode.path"), sdir.join("exitCode").display().to_string());
     }
     for w in ws {
-        let path = w.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let path = l.workspace(spec, w).unwrap_or_default();
         v.set_str(format!("workspaces.{}.path", w.name), path);
         v.set_str(format!("workspaces.{}.bound", w.name), if w.path.is_some() { "true" } else { "false" });
         v.set_str(format!("workspaces.{}.claim", w.name), w.claim.clone());
@@ -117,7 +329,7 @@ fn path_vars(spec: &TaskSpec, d: &Dirs, ws: &[BoundWorkspace]) -> Vars {
             if w.path.is_some() { format!("ws-{}", w.name) } else { String::new() },
         );
     }
-    v.set_str("credentials.path", d.home.join(".creds").display().to_string());
+    v.set_str("credentials.path", l.home.join(".creds").display().to_string());
     v
 }
 
@@ -130,14 +342,15 @@ fn substitute_step(step: &Step, vars: &Vars) -> Step {
 async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &CancellationToken) -> Result<TaskOutcome, String> {
     let d = mkdirs(&req.dir)?;
     let deadline = req.timeout.filter(|t| !t.is_zero()).map(|t| Instant::now() + t);
-    let pvars = path_vars(&req.spec, &d, &req.workspaces);
+    let layout = Layout::new(&d, ex.sandbox.is_bwrap());
+    let pvars = path_vars(&req.spec, &layout, &req.workspaces);
 
     // sidecars: background processes for the life of the steps
     let mut sidecars: Vec<(Child, String)> = Vec::new();
     for (i, sc) in req.spec.sidecars.iter().enumerate() {
         let sc = substitute_step(sc, &pvars);
         let name = sc.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
-        match spawn(ex, req, &d, &sc, &format!("sidecar-{name}")) {
+        match spawn(ex, req, &d, &layout, &sc, &format!("sidecar-{name}")) {
             Ok((child, _, marker)) => sidecars.push((child, marker)),
             Err(e) => {
                 kill_all(&mut sidecars).await;
@@ -172,7 +385,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         for r in &raw.results {
             vars.set_str(
                 format!("step.results.{}.path", r.name),
-                sdir.join("results").join(&r.name).display().to_string(),
+                layout.steps.join(&cname).join("results").join(&r.name).display().to_string(),
             );
         }
         let mut step = substitute_step(raw, &vars);
@@ -219,7 +432,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let (mut child, readers, marker) = match spawn(ex, req, &d, &step, &cname) {
+        let (mut child, readers, marker) = match spawn(ex, req, &d, &layout, &step, &cname) {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::write(sdir.join("exitCode"), "1");
@@ -515,12 +728,13 @@ fn spawn(
     ex: &LocalExecutor,
     req: &TaskRunRequest,
     d: &Dirs,
+    layout: &Layout,
     step: &Step,
     cname: &str,
 ) -> Result<(Child, Readers, String), String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("PATH".into(), DEFAULT_PATH.into());
-    env.insert("HOME".into(), d.home.display().to_string());
+    env.insert("HOME".into(), layout.home.display().to_string());
     for (k, v) in &ex.pass_env {
         env.insert(k.clone(), v.clone());
     }
@@ -536,9 +750,10 @@ fn spawn(
         // Run the interpreter named by the shebang ourselves, as the kernel would: exec'ing
         // a file just written can fail with ETXTBSY while another thread forks.
         let (interp, interp_arg) = parse_shebang(&body);
+        let (interp, interp_arg) = image_shell(interp, interp_arg, step.image.as_deref());
         let mut argv = Vec::new();
         argv.extend(interp_arg);
-        argv.push(path.display().to_string());
+        argv.push(layout.scripts.join(cname).display().to_string());
         argv.extend(args);
         (interp, argv)
     } else if let Some(cmd) = step.command.as_ref().filter(|c| !c.is_empty()) {
@@ -559,20 +774,69 @@ fn spawn(
         }
     };
     let cwd = match &step.working_dir {
-        None => d.work.clone(),
-        Some(w) if w.is_empty() => d.work.clone(),
+        None => layout.work.clone(),
+        Some(w) if w.is_empty() => layout.work.clone(),
         Some(w) if Path::new(w).is_absolute() => PathBuf::from(w),
-        Some(w) => d.work.join(w),
+        Some(w) => layout.work.join(w),
     };
-    if !cwd.exists() {
-        if cwd.starts_with(&req.dir) {
-            std::fs::create_dir_all(&cwd).map_err(|e| format!("cannot create workingDir {}: {e}", cwd.display()))?;
-        } else {
-            return Err(format!("workingDir {} does not exist on this host", cwd.display()));
+    let mut bwrap_extra: Vec<String> = Vec::new();
+    if layout.sandbox {
+        // directories under the pod's own mounts are created on their host side
+        let host_side = [(&layout.work, &d.work), (&layout.home, &d.home), (&layout.results, &d.results)]
+            .into_iter()
+            .find_map(|(pod, host)| cwd.strip_prefix(pod).ok().map(|rel| host.join(rel)));
+        match host_side {
+            Some(h) => {
+                std::fs::create_dir_all(&h).map_err(|e| format!("cannot create workingDir {}: {e}", cwd.display()))?
+            }
+            None => {
+                if !cwd.exists() {
+                    bwrap_extra.extend(["--dir".to_string(), cwd.display().to_string()]);
+                }
+            }
+        }
+    } else {
+        if !step.volume_mounts.is_empty() {
+            return Err(format!(
+                "volumeMounts at {} need the bwrap sandbox (install bubblewrap, or use --sandbox bwrap)",
+                step.volume_mounts.iter().map(|m| m.mount_path.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if !cwd.exists() {
+            if cwd.starts_with(&req.dir) {
+                std::fs::create_dir_all(&cwd)
+                    .map_err(|e| format!("cannot create workingDir {}: {e}", cwd.display()))?;
+            } else {
+                return Err(format!("workingDir {} does not exist on this host", cwd.display()));
+            }
         }
     }
-    // Resolve the program against the step's PATH, not tenon's.
-    let program = resolve_program(&program, env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH), &cwd);
+    // Resolve the program against the step's PATH, not tenon's (inside the sandbox the
+    // host's directories are at the same places).
+    let program = resolve_program(
+        &program,
+        env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH),
+        if layout.sandbox { &d.work } else { &cwd },
+    );
+    // Under bwrap a program that cannot start would look like a step exiting 1: check
+    // first, on the host side of the path, so onError: continue does not cover it.
+    if layout.sandbox && Path::new(&program).is_absolute() {
+        let host = layout.host_path(d, &req.spec, &req.workspaces, Path::new(&program));
+        if !host.is_file() {
+            return Err(format!("cannot run {program}: No such file or directory"));
+        }
+    }
+    let (program, argv) = match &ex.sandbox {
+        Sandbox::Host => (program, argv),
+        sb @ Sandbox::Bwrap { bwrap, .. } => {
+            let mut a = sb.prefix(&layout.binds(d, &req.spec, &req.workspaces, &req.volumes, step)?);
+            a.extend(bwrap_extra);
+            a.extend(["--chdir".to_string(), cwd.display().to_string(), "--".to_string(), program]);
+            a.extend(argv);
+            (bwrap.display().to_string(), a)
+        }
+    };
+    let cwd = if layout.sandbox { d.work.clone() } else { cwd };
     let mut cmd = Command::new(&program);
     // A marker every descendant inherits, so processes that escape the step's process
     // group (setsid, daemons) are still found and killed when the step ends.
@@ -642,6 +906,31 @@ pub fn image_default_command(image: &str, args: &[String]) -> Option<Vec<String>
     };
     Some(if args.is_empty() { vec![cmd.to_string()] } else { args.to_vec() })
 }
+
+/// The `sh` a script gets is the image's: busybox ash in alpine, busybox and bash images
+/// (the Docker `bash` image is alpine-based), where `ash` exists too. Scripts for those
+/// images run under busybox's ash when it is installed, so they behave as they do there.
+fn image_shell(interp: String, arg: Option<String>, image: Option<&str>) -> (String, Option<String>) {
+    let name = image.map(|i| {
+        let no_digest = i.split('@').next().unwrap_or(i);
+        let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
+        last.split(':').next().unwrap_or(last).to_string()
+    });
+    let ash_image = matches!(name.as_deref(), Some("alpine" | "busybox" | "bash"));
+    let wants_sh = match (interp.as_str(), arg.as_deref()) {
+        ("/bin/sh" | "/bin/ash", _) => true,
+        ("/usr/bin/env", Some("sh" | "ash")) => true,
+        _ => false,
+    };
+    let wants_ash = interp == "/bin/ash" || arg.as_deref() == Some("ash");
+    if (wants_sh && ash_image || wants_ash) && Path::new(BUSYBOX_SH).is_file() {
+        return (BUSYBOX_SH.to_string(), Some("sh".into()));
+    }
+    (interp, arg)
+}
+
+/// Where Debian's busybox package installs the binary ("sh" is its ash).
+const BUSYBOX_SH: &str = "/bin/busybox";
 
 /// Interpreter and optional single argument of a `#!` line (Linux passes the rest of
 /// the line as one argument).

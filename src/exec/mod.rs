@@ -44,6 +44,8 @@ pub struct TaskRunRequest {
     pub dir: PathBuf,
     /// The most bytes one result may hold.
     pub max_result_size: usize,
+    /// Task `volumes` by name, as host directories (for steps' `volumeMounts`).
+    pub volumes: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
