@@ -204,7 +204,7 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// Run every task even when a cached result exists (results are still recorded).
-    #[arg(long, env = "TENON_NO_CACHE")]
+    #[arg(long, env = "TENON_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
     /// How steps see the filesystem: `bwrap` runs each step in private mount and PID
     /// namespaces with a pod's paths (/tekton/results, /workspace/<name>, Task volumes);

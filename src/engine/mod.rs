@@ -631,6 +631,11 @@ impl Engine {
                 )
             }
         };
+        // podTemplate volumes join the Task's own
+        let mut spec = spec;
+        if let Some(vols) = tr.spec.pod_template.as_ref().and_then(|p| p.get("volumes")).and_then(|v| v.as_array()) {
+            spec.volumes.extend(vols.iter().cloned());
+        }
         let uid = new_uid(&name);
         let run_dir = self.run_dir_for(&name, &uid);
         if let Err(e) = std::fs::create_dir_all(&run_dir) {

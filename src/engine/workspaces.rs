@@ -138,13 +138,50 @@ impl RunVolumes {
                     claim: String::new(),
                     what: format!("secret:{}", data_digest(&data, &sec.items)),
                 }
+            } else if let Some(proj) = &b.projected {
+                // secrets and configMaps projected into one read-only directory
+                let base = run_dir.join("volumes").join(&b.name);
+                let mut digests = Vec::new();
+                for src in proj.get("sources").and_then(|v| v.as_array()).into_iter().flatten() {
+                    let items = |o: &serde_json::Value| -> Vec<crate::model::KeyToPath> {
+                        o.get("items").and_then(|i| serde_json::from_value(i.clone()).ok()).unwrap_or_default()
+                    };
+                    let (kind, o, secret) =
+                        match (src.get("secret"), src.get("configMap")) {
+                            (Some(o), _) => ("Secret", o, true),
+                            (None, Some(o)) => ("ConfigMap", o, false),
+                            _ => return Err(Failure::new(
+                                "InvalidWorkspaceBindings",
+                                format!(
+                                    "workspace {:?}: only secret and configMap projected sources are supported locally",
+                                    b.name
+                                ),
+                            )),
+                        };
+                    let name = o.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+                    let obj = if secret { cat.secret(name) } else { cat.config_map(name) }.ok_or_else(|| {
+                        Failure::new(
+                            "InvalidWorkspaceBindings",
+                            format!(
+                                "workspace {:?} projects {kind} {name:?}, which is not defined in the repository",
+                                b.name
+                            ),
+                        )
+                    })?;
+                    let data = key_bytes(&obj.spec, secret);
+                    materialize(&base, &data, &items(o), secret)?;
+                    digests.push(format!("{kind}:{}", data_digest(&data, &items(o))));
+                }
+                Volume::Dir {
+                    path: mk(&base, sub)?,
+                    read_only: true,
+                    claim: String::new(),
+                    what: format!("projected:{}", digests.join(",")),
+                }
             } else {
                 return Err(Failure::new(
                     "InvalidWorkspaceBindings",
-                    format!(
-                        "workspace {:?}: projected and csi volumes are not supported by the local executor",
-                        b.name
-                    ),
+                    format!("workspace {:?}: csi volumes are not supported by the local executor", b.name),
                 ));
             };
             map.insert(b.name.clone(), vol);

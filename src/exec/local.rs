@@ -285,13 +285,32 @@ impl Layout {
             (d.home.display().to_string(), "/tekton/home".into(), false),
             (d.scripts.display().to_string(), "/tekton/scripts".into(), true),
         ];
+        // isolated workspaces: once any step or sidecar lists a workspace, only those
+        // containers see it (at their own mountPath when given)
+        let listed = |name: &str| {
+            spec.steps.iter().chain(spec.sidecars.iter()).any(|s| s.workspaces.iter().any(|u| u.name == name))
+        };
         for w in ws {
             if let (Some(host), Some(at)) = (&w.path, self.workspace(spec, w)) {
-                b.push((host.display().to_string(), at, w.read_only));
+                if listed(&w.name) {
+                    match step.workspaces.iter().find(|u| u.name == w.name) {
+                        Some(u) => b.push((
+                            host.display().to_string(),
+                            u.mount_path.clone().filter(|m| !m.is_empty()).unwrap_or(at),
+                            w.read_only,
+                        )),
+                        None => continue,
+                    }
+                } else {
+                    b.push((host.display().to_string(), at, w.read_only));
+                }
             }
         }
         for m in &step.volume_mounts {
-            let Some(host) = volumes.get(&m.name) else {
+            // `$(workspaces.w.volume)` names a workspace's volume: `ws-<name>`
+            let ws_volume =
+                m.name.strip_prefix("ws-").and_then(|n| ws.iter().find(|w| w.name == n)).and_then(|w| w.path.as_ref());
+            let Some(host) = volumes.get(&m.name).or(ws_volume) else {
                 return Err(format!("volumeMount {:?}: no volume named {:?} in the Task", m.mount_path, m.name));
             };
             let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
@@ -343,6 +362,12 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
     let d = mkdirs(&req.dir)?;
     let deadline = req.timeout.filter(|t| !t.is_zero()).map(|t| Instant::now() + t);
     let layout = Layout::new(&d, ex.sandbox.is_bwrap());
+    // /tekton/steps/<index> -> step-<name>, as Tekton lays it out
+    for (i, s) in req.spec.steps.iter().enumerate() {
+        let cname = step_container_name(s, i);
+        let _ = std::fs::create_dir_all(d.steps.join(&cname));
+        let _ = std::os::unix::fs::symlink(&cname, d.steps.join(i.to_string()));
+    }
     let pvars = path_vars(&req.spec, &layout, &req.workspaces);
 
     // sidecars: background processes for the life of the steps
@@ -356,6 +381,12 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                 kill_all(&mut sidecars).await;
                 return Ok(failed("Failed", format!("sidecar {name:?} could not start: {e}"), vec![]));
             }
+        }
+        // step 0 waits until every sidecar is ready (its probe passes, or it has been
+        // running a moment, or it already finished)
+        if let Err(e) = wait_ready(ex, req, &d, &layout, &sc, &name, &mut sidecars, cancel).await {
+            kill_all(&mut sidecars).await;
+            return Ok(failed("SidecarFailed", e, vec![]));
         }
     }
 
@@ -694,6 +725,64 @@ type Readers = Vec<tokio::task::JoinHandle<()>>;
 /// Environment variable marking every process a step starts (value unique per step).
 pub const STEP_MARKER: &str = "TENON_STEP";
 
+/// Wait until a sidecar is ready: an `exec` readiness/startup probe passes (polled every
+/// 200 ms, up to its `timeoutSeconds`×`failureThreshold` or 60 s), else 1 s of running.
+#[allow(clippy::too_many_arguments)]
+async fn wait_ready(
+    ex: &LocalExecutor,
+    req: &TaskRunRequest,
+    d: &Dirs,
+    layout: &Layout,
+    sc: &Step,
+    name: &str,
+    sidecars: &mut [(Child, String)],
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let probe = sc
+        .startup_probe
+        .as_ref()
+        .or(sc.readiness_probe.as_ref())
+        .and_then(|p| p.get("exec"))
+        .and_then(|e| e.get("command"))
+        .and_then(|c| serde_json::from_value::<Vec<String>>(c.clone()).ok());
+    let started = Instant::now();
+    let Some(command) = probe.filter(|c| !c.is_empty()) else {
+        while started.elapsed() < Duration::from_secs(1) {
+            if let Some((c, _)) = sidecars.last_mut() {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return Ok(());
+    };
+    let limit = Duration::from_secs(60);
+    let probe_step =
+        Step { name: Some(format!("{name}-probe")), command: Some(command), args: None, script: None, ..sc.clone() };
+    loop {
+        if cancel.is_cancelled() {
+            return Err(format!("sidecar {name:?}: cancelled before it was ready"));
+        }
+        let (mut child, readers, marker) = spawn(ex, req, d, layout, &probe_step, &format!("sidecar-{name}-probe"))?;
+        let ended = wait_child(&mut child, Some(Instant::now() + Duration::from_secs(10)), cancel).await;
+        let _ = tokio::task::spawn_blocking(move || kill_marked(&marker)).await;
+        for r in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+        }
+        if matches!(ended, Ended::Exited(0)) {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            return Err(format!(
+                "sidecar {name:?} did not become ready within {}s (its probe kept failing)",
+                limit.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Kill every process whose environment carries `TENON_STEP=<marker>`: whatever a step
 /// left behind, even outside its process group. Repeats until none is left (bounded).
 pub fn kill_marked(marker: &str) {
@@ -862,11 +951,35 @@ fn spawn(
     ));
     let mut readers = Vec::new();
     let step_label = cname.strip_prefix("step-").unwrap_or(cname).to_string();
+    // stdoutConfig/stderrConfig: also write the stream to a file the step names
+    let tee = |cfg: &Option<serde_json::Value>| -> Option<Arc<Mutex<std::fs::File>>> {
+        let path = cfg.as_ref()?.get("path")?.as_str()?;
+        let in_volume = step.volume_mounts.iter().find_map(|m| {
+            let rel = Path::new(path).strip_prefix(&m.mount_path).ok()?;
+            Some(req.volumes.get(&m.name)?.join(rel))
+        });
+        let host = match in_volume {
+            Some(h) if layout.sandbox => h,
+            _ if layout.sandbox => layout.host_path(d, &req.spec, &req.workspaces, Path::new(path)),
+            _ => PathBuf::from(path),
+        };
+        if let Some(parent) = host.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        std::fs::File::create(&host).ok().map(|f| Arc::new(Mutex::new(f)))
+    };
     if let Some(o) = child.stdout.take() {
-        readers.push(pump(o, ex.console.clone(), req.label.clone(), step_label.clone(), log.clone()));
+        readers.push(pump(
+            o,
+            ex.console.clone(),
+            req.label.clone(),
+            step_label.clone(),
+            log.clone(),
+            tee(&step.stdout_config),
+        ));
     }
     if let Some(e) = child.stderr.take() {
-        readers.push(pump(e, ex.console.clone(), req.label.clone(), step_label, log));
+        readers.push(pump(e, ex.console.clone(), req.label.clone(), step_label, log, tee(&step.stderr_config)));
     }
     Ok((child, readers, marker))
 }
@@ -969,6 +1082,7 @@ fn pump<R: AsyncRead + Unpin + Send + 'static>(
     label: String,
     step: String,
     log: Arc<Mutex<std::fs::File>>,
+    tee: Option<Arc<Mutex<std::fs::File>>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use std::io::Write;
@@ -981,6 +1095,11 @@ fn pump<R: AsyncRead + Unpin + Send + 'static>(
                 Ok(_) => {
                     if let Ok(mut f) = log.lock() {
                         let _ = f.write_all(&buf);
+                    }
+                    if let Some(t) = &tee {
+                        if let Ok(mut f) = t.lock() {
+                            let _ = f.write_all(&buf);
+                        }
                     }
                     let text = String::from_utf8_lossy(&buf);
                     console.step_line(&label, &step, text.trim_end_matches(['\n', '\r']));

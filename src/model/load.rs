@@ -435,6 +435,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "computeResources",
     "securityContext",
     "readinessProbe",
+    "startupProbe",
     "serviceAccountName",
     "podTemplate",
     "taskRunTemplate",

@@ -282,6 +282,8 @@ pub struct Step {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stdout_config: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_config: Option<Value>,
@@ -536,6 +538,8 @@ pub struct PipelineTaskRunSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct PipelineRunSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_run_template: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pipeline_ref: Option<Ref>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pipeline_spec: Option<PipelineSpec>,
@@ -557,6 +561,8 @@ pub struct PipelineRunSpec {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TaskRunSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_ref: Option<Ref>,
     #[serde(skip_serializing_if = "Option::is_none")]

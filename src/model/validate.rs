@@ -634,6 +634,12 @@ impl<'a> Validator<'a> {
                         self.err(ctx, field, format!("non-existent variable in {:?}", r.expr));
                     }
                 }
+                "artifacts" => {
+                    self.err(ctx, field, format!("unsupported: artifacts (alpha, feature flag enable-artifacts) are not supported by tenon: $({})", r.expr));
+                }
+                "step" if matches!(segs.get(1), Some(Seg::Name(n)) if n == "artifacts") => {
+                    self.err(ctx, field, format!("unsupported: artifacts (alpha, feature flag enable-artifacts) are not supported by tenon: $({})", r.expr));
+                }
                 "steps" => {
                     if kind == FieldKind::Script && segs.iter().any(|s| s == &Seg::Name("results".into())) {
                         self.err(ctx, field, format!("stepResult substitutions are only allowed in env, command and args. Found usage in script: $({})", r.expr));
