@@ -10,6 +10,7 @@
 //! ```
 
 pub mod cache;
+pub mod cel;
 pub mod cli;
 pub mod dag;
 pub mod engine;

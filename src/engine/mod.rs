@@ -1130,12 +1130,17 @@ impl<'a> PipelineRunState<'a> {
         let vars = self.vars_for(pt, finally);
         // when
         for w in &pt.when {
-            let input = vars.apply_str(w.input.as_deref().unwrap_or(""));
-            let values = vars.apply_list(w.values.as_deref().unwrap_or(&[]));
-            let hit = values.contains(&input);
-            let ok = if w.operator.as_deref() == Some("notin") { !hit } else { hit };
-            if !ok {
-                return Decision::Skip { reason: "When Expressions evaluated to false".into(), by_when: true };
+            match crate::cel::when_holds(w, &vars) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Decision::Skip { reason: "When Expressions evaluated to false".into(), by_when: true }
+                }
+                Err(e) => {
+                    return Decision::FailRun(Failure::new(
+                        "CELEvaluationFailed",
+                        format!("pipeline task {}: {e}", pt.name),
+                    ))
+                }
             }
         }
         // the task to run

@@ -146,18 +146,19 @@ impl RunVolumes {
                     let items = |o: &serde_json::Value| -> Vec<crate::model::KeyToPath> {
                         o.get("items").and_then(|i| serde_json::from_value(i.clone()).ok()).unwrap_or_default()
                     };
-                    let (kind, o, secret) =
-                        match (src.get("secret"), src.get("configMap")) {
-                            (Some(o), _) => ("Secret", o, true),
-                            (None, Some(o)) => ("ConfigMap", o, false),
-                            _ => return Err(Failure::new(
+                    let (kind, o, secret) = match (src.get("secret"), src.get("configMap")) {
+                        (Some(o), _) => ("Secret", o, true),
+                        (None, Some(o)) => ("ConfigMap", o, false),
+                        _ => {
+                            return Err(Failure::new(
                                 "InvalidWorkspaceBindings",
                                 format!(
                                     "workspace {:?}: only secret and configMap projected sources are supported locally",
                                     b.name
                                 ),
-                            )),
-                        };
+                            ))
+                        }
+                    };
                     let name = o.get("name").and_then(|n| n.as_str()).unwrap_or_default();
                     let obj = if secret { cat.secret(name) } else { cat.config_map(name) }.ok_or_else(|| {
                         Failure::new(

@@ -438,10 +438,14 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         // step-level when
         let mut when_ok = true;
         for w in &step.when {
-            let input = rt.apply_str(w.input.as_deref().unwrap_or(""));
-            let values = rt.apply_list(w.values.as_deref().unwrap_or(&[]));
-            let hit = values.contains(&input);
-            when_ok &= if w.operator.as_deref() == Some("notin") { !hit } else { hit };
+            match crate::cel::when_holds(w, &rt) {
+                Ok(ok) => when_ok &= ok,
+                Err(e) => {
+                    failure =
+                        Some((AttemptStatus::Failed, "CELEvaluationFailed".into(), format!("step {sname:?}: {e}")));
+                    when_ok = false;
+                }
+            }
         }
         if !when_ok {
             let _ = std::fs::write(sdir.join("exitCode"), "0");

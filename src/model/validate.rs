@@ -675,8 +675,8 @@ impl<'a> Validator<'a> {
         if let Some(cel) = &w.cel {
             if w.operator.is_some() || w.input.is_some() || w.values.is_some() {
                 self.err(ctx, f, "cel and input+operator+values cannot be set in one WhenExpression");
-            } else {
-                self.err(ctx, &format!("{f}.cel"), format!("unsupported: CEL when expressions (alpha, feature flag enable-cel-in-whenexpression) are not supported by tenon: {cel:?}; use input/operator/values"));
+            } else if cel.trim().is_empty() {
+                self.err(ctx, &format!("{f}.cel"), "invalid cel expression: empty");
             }
             return;
         }

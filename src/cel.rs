@@ -1,0 +1,342 @@
+//! A small CEL subset for `when: [{cel: ...}]` (Tekton's alpha CEL when expressions):
+//! literals (strings, numbers, booleans, lists), `== != < <= > >=`, `&& || !`, `in`,
+//! parentheses, `int()`, `double()`, `string()`, and the string methods `startsWith`,
+//! `endsWith`, `contains`, `matches` (substring). Tekton substitutes `$(...)` first, so
+//! expressions compare quoted values: `"'$(params.branch)' == 'main'"`, or numbers:
+//! `"double('$(tasks.eval.results.accuracy)') >= 0.9"`. Types are strict as in CEL:
+//! comparing a string with a number is an error, not false.
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    List(Vec<Val>),
+}
+
+impl Val {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Val::Str(_) => "string",
+            Val::Num(_) => "number",
+            Val::Bool(_) => "bool",
+            Val::List(_) => "list",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Str(String),
+    Num(f64),
+    Ident(String),
+    Op(&'static str),
+}
+
+fn lex(s: &str) -> Result<Vec<Tok>, String> {
+    let c: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < c.len() {
+        let ch = c[i];
+        if ch.is_whitespace() {
+            i += 1;
+        } else if ch == '\'' || ch == '"' {
+            let q = ch;
+            let mut lit = String::new();
+            i += 1;
+            while i < c.len() && c[i] != q {
+                if c[i] == '\\' && i + 1 < c.len() {
+                    i += 1;
+                }
+                lit.push(c[i]);
+                i += 1;
+            }
+            if i >= c.len() {
+                return Err("unterminated string literal".into());
+            }
+            i += 1;
+            out.push(Tok::Str(lit));
+        } else if ch.is_ascii_digit() || (ch == '.' && c.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+            let start = i;
+            while i < c.len() && (c[i].is_ascii_digit() || c[i] == '.' || c[i] == 'e' || c[i] == 'E') {
+                i += 1;
+            }
+            let t: String = c[start..i].iter().collect();
+            out.push(Tok::Num(t.parse().map_err(|_| format!("invalid number {t:?}"))?));
+        } else if ch.is_alphabetic() || ch == '_' {
+            let start = i;
+            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
+                i += 1;
+            }
+            out.push(Tok::Ident(c[start..i].iter().collect()));
+        } else {
+            let two: String = c[i..(i + 2).min(c.len())].iter().collect();
+            let op = ["==", "!=", "<=", ">=", "&&", "||"].into_iter().find(|o| *o == two);
+            if let Some(o) = op {
+                out.push(Tok::Op(o));
+                i += 2;
+            } else {
+                let o = match ch {
+                    '<' => "<",
+                    '>' => ">",
+                    '!' => "!",
+                    '(' => "(",
+                    ')' => ")",
+                    '[' => "[",
+                    ']' => "]",
+                    ',' => ",",
+                    '.' => ".",
+                    '-' => "-",
+                    _ => return Err(format!("unexpected character {ch:?}")),
+                };
+                out.push(Tok::Op(o));
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct P {
+    t: Vec<Tok>,
+    i: usize,
+}
+
+impl P {
+    fn peek(&self) -> Option<&Tok> {
+        self.t.get(self.i)
+    }
+    fn eat(&mut self, op: &str) -> bool {
+        if self.peek() == Some(&Tok::Op(leak(op))) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect(&mut self, op: &str) -> Result<(), String> {
+        if self.eat(op) {
+            Ok(())
+        } else {
+            Err(format!("expected {op:?}"))
+        }
+    }
+    fn or(&mut self) -> Result<Val, String> {
+        let mut l = self.and()?;
+        while self.eat("||") {
+            let r = self.and()?;
+            l = Val::Bool(truth(&l)? || truth(&r)?);
+        }
+        Ok(l)
+    }
+    fn and(&mut self) -> Result<Val, String> {
+        let mut l = self.cmp()?;
+        while self.eat("&&") {
+            let r = self.cmp()?;
+            l = Val::Bool(truth(&l)? && truth(&r)?);
+        }
+        Ok(l)
+    }
+    fn cmp(&mut self) -> Result<Val, String> {
+        let l = self.unary()?;
+        for op in ["==", "!=", "<=", ">=", "<", ">"] {
+            if self.eat(op) {
+                let r = self.unary()?;
+                return compare(op, &l, &r).map(Val::Bool);
+            }
+        }
+        if self.peek() == Some(&Tok::Ident("in".into())) {
+            self.i += 1;
+            let r = self.unary()?;
+            return match r {
+                Val::List(items) => Ok(Val::Bool(items.contains(&l))),
+                other => Err(format!("'in' needs a list, got {}", other.type_name())),
+            };
+        }
+        Ok(l)
+    }
+    fn unary(&mut self) -> Result<Val, String> {
+        if self.eat("!") {
+            let v = self.unary()?;
+            return Ok(Val::Bool(!truth(&v)?));
+        }
+        if self.eat("-") {
+            return match self.unary()? {
+                Val::Num(n) => Ok(Val::Num(-n)),
+                other => Err(format!("cannot negate a {}", other.type_name())),
+            };
+        }
+        let mut v = self.primary()?;
+        while self.eat(".") {
+            let Some(Tok::Ident(m)) = self.peek().cloned() else {
+                return Err("expected a method name after '.'".into());
+            };
+            self.i += 1;
+            self.expect("(")?;
+            let arg = self.or()?;
+            self.expect(")")?;
+            v = match (&v, &arg, m.as_str()) {
+                (Val::Str(a), Val::Str(b), "startsWith") => Val::Bool(a.starts_with(b.as_str())),
+                (Val::Str(a), Val::Str(b), "endsWith") => Val::Bool(a.ends_with(b.as_str())),
+                (Val::Str(a), Val::Str(b), "contains") => Val::Bool(a.contains(b.as_str())),
+                _ => return Err(format!("unsupported method {m}() on {}", v.type_name())),
+            };
+        }
+        Ok(v)
+    }
+    fn primary(&mut self) -> Result<Val, String> {
+        match self.peek().cloned() {
+            Some(Tok::Str(s)) => {
+                self.i += 1;
+                Ok(Val::Str(s))
+            }
+            Some(Tok::Num(n)) => {
+                self.i += 1;
+                Ok(Val::Num(n))
+            }
+            Some(Tok::Ident(id)) => {
+                self.i += 1;
+                match id.as_str() {
+                    "true" => Ok(Val::Bool(true)),
+                    "false" => Ok(Val::Bool(false)),
+                    "int" | "double" | "string" => {
+                        self.expect("(")?;
+                        let v = self.or()?;
+                        self.expect(")")?;
+                        convert(&id, v)
+                    }
+                    other => Err(format!(
+                        "unknown identifier {other:?} (Tekton variables must be substituted, and quoted when strings)"
+                    )),
+                }
+            }
+            Some(Tok::Op("(")) => {
+                self.i += 1;
+                let v = self.or()?;
+                self.expect(")")?;
+                Ok(v)
+            }
+            Some(Tok::Op("[")) => {
+                self.i += 1;
+                let mut items = Vec::new();
+                if !self.eat("]") {
+                    loop {
+                        items.push(self.or()?);
+                        if self.eat("]") {
+                            break;
+                        }
+                        self.expect(",")?;
+                        if self.eat("]") {
+                            break;
+                        }
+                    }
+                }
+                Ok(Val::List(items))
+            }
+            Some(t) => Err(format!("unexpected {t:?}")),
+            None => Err("unexpected end of expression".into()),
+        }
+    }
+}
+
+fn leak(op: &str) -> &'static str {
+    ["==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "(", ")", "[", "]", ",", ".", "-"]
+        .into_iter()
+        .find(|o| *o == op)
+        .unwrap_or("")
+}
+
+fn truth(v: &Val) -> Result<bool, String> {
+    match v {
+        Val::Bool(b) => Ok(*b),
+        other => Err(format!("expected a bool, got {}", other.type_name())),
+    }
+}
+
+fn convert(f: &str, v: Val) -> Result<Val, String> {
+    match (f, v) {
+        ("string", Val::Str(s)) => Ok(Val::Str(s)),
+        ("string", Val::Num(n)) => Ok(Val::Str(n.to_string())),
+        ("string", Val::Bool(b)) => Ok(Val::Str(b.to_string())),
+        ("double" | "int", Val::Num(n)) => Ok(Val::Num(if f == "int" { n.trunc() } else { n })),
+        ("double" | "int", Val::Str(s)) => {
+            let n: f64 = s.trim().parse().map_err(|_| format!("{f}({s:?}): not a number"))?;
+            Ok(Val::Num(if f == "int" { n.trunc() } else { n }))
+        }
+        (f, v) => Err(format!("cannot convert {} with {f}()", v.type_name())),
+    }
+}
+
+fn compare(op: &str, l: &Val, r: &Val) -> Result<bool, String> {
+    use std::cmp::Ordering;
+    let ord = match (l, r) {
+        (Val::Str(a), Val::Str(b)) => a.cmp(b),
+        (Val::Num(a), Val::Num(b)) => a.partial_cmp(b).ok_or("NaN comparison")?,
+        (Val::Bool(a), Val::Bool(b)) => a.cmp(b),
+        (Val::List(a), Val::List(b)) if op == "==" || op == "!=" => {
+            return Ok((a == b) == (op == "=="));
+        }
+        _ => return Err(format!("no such overload: {} {op} {}", l.type_name(), r.type_name())),
+    };
+    Ok(match op {
+        "==" => ord == Ordering::Equal,
+        "!=" => ord != Ordering::Equal,
+        "<" => ord == Ordering::Less,
+        "<=" => ord != Ordering::Greater,
+        ">" => ord == Ordering::Greater,
+        _ => ord != Ordering::Less,
+    })
+}
+
+/// Evaluate an (already substituted) expression to a bool.
+pub fn eval_bool(expr: &str) -> Result<bool, String> {
+    let mut p = P { t: lex(expr)?, i: 0 };
+    let v = p.or()?;
+    if p.i != p.t.len() {
+        return Err(format!("unexpected {:?} after the expression", p.t[p.i]));
+    }
+    match v {
+        Val::Bool(b) => Ok(b),
+        other => Err(format!("the expression is a {}, not a bool", other.type_name())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let rows = [
+            ("'README.md' == 'README.md'", Ok(true)),
+            ("'a' != 'b'", Ok(true)),
+            ("'yes'=='missing'", Ok(false)),
+            ("double('0.93') >= 0.9", Ok(true)),
+            ("double('0.85') >= 0.9 || 'main' in ['main', 'dev']", Ok(true)),
+            ("!(1 < 2) && true", Ok(false)),
+            ("int('7') == 7", Ok(true)),
+            ("'feature/x'.startsWith('feature/')", Ok(true)),
+            ("-1 < 0", Ok(true)),
+        ];
+        for (e, want) in rows {
+            assert_eq!(eval_bool(e), want, "{e}");
+        }
+        for bad in ["'0.9' > 0.5", "1 +", "'x'", "unknown == 1", "'abc", "double('x') > 1"] {
+            assert!(eval_bool(bad).is_err(), "{bad} should be an error");
+        }
+    }
+}
+
+/// Whether a `when` expression holds, after substituting `vars`: `input` `in`/`notin`
+/// `values` (exact string match, isolated arrays spliced), or a `cel` expression.
+pub fn when_holds(w: &crate::model::WhenExpression, vars: &crate::subst::Vars) -> Result<bool, String> {
+    if let Some(cel) = &w.cel {
+        let expr = vars.apply_str(cel);
+        return eval_bool(&expr).map_err(|e| format!("CEL expression {expr:?}: {e}"));
+    }
+    let input = vars.apply_str(w.input.as_deref().unwrap_or(""));
+    let values = vars.apply_list(w.values.as_deref().unwrap_or(&[]));
+    let hit = values.contains(&input);
+    Ok(if w.operator.as_deref() == Some("notin") { !hit } else { hit })
+}
