@@ -133,9 +133,20 @@ pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tre
     for k in old.upstream_outputs.keys().filter(|k| !new.upstream_outputs.contains_key(*k)) {
         out.push(format!("upstream output {k} no longer present"));
     }
+    // a param that only carries a changed upstream result is already explained by it
+    let changed_upstream: Vec<(String, String)> = new
+        .upstream_results
+        .iter()
+        .filter_map(|(k, v)| old.upstream_results.get(k).filter(|o| *o != v).map(|o| (render(o), render(v))))
+        .collect();
+    let carried = |o: &Value, v: &Value| {
+        let (ro, rv) = (render(o), render(v));
+        changed_upstream.iter().any(|(uo, un)| !uo.is_empty() && ro.contains(uo.as_str()) && rv.contains(un.as_str()))
+    };
     for (k, v) in &new.params {
         match old.params.get(k) {
             Some(o) if o == v => {}
+            Some(o) if carried(o, v) => {}
             Some(o) => out.push(format!("param {k} changed {} -> {}", render(o), render(v))),
             None => out.push(format!("param {k} added ({})", render(v))),
         }
@@ -166,6 +177,14 @@ pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tre
     out
 }
 
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::File => "file",
+        Kind::Dir => "dir",
+        Kind::Symlink => "symlink",
+    }
+}
+
 fn diff_trees(ws: &str, old: &str, new: &str, tree: &dyn Fn(&str) -> Option<Tree>) -> Vec<String> {
     let (Some(a), Some(b)) = (tree(old), tree(new)) else {
         return vec![format!("inputs in workspace {ws} changed (tree {}..->{}..)", short(old), short(new))];
@@ -177,7 +196,7 @@ fn diff_trees(ws: &str, old: &str, new: &str, tree: &dyn Fn(&str) -> Option<Tree
         match am.get(p) {
             None => out.push(format!("input {p} added")),
             Some(ea) if ea.kind != eb.kind => {
-                out.push(format!("input {p} changed from {:?} to {:?}", ea.kind, eb.kind).to_lowercase())
+                out.push(format!("input {p} changed from {} to {}", kind_name(ea.kind), kind_name(eb.kind)))
             }
             Some(ea) if ea.digest != eb.digest => {
                 if eb.kind == Kind::Symlink {

@@ -527,6 +527,18 @@ impl Store for SqliteStore {
                     let obj = self.object_path(&e.digest);
                     let _ = std::fs::remove_file(&target);
                     reflink_copy::reflink_or_copy(&obj, &target).map_err(Self::io(&obj))?;
+                    // a corrupted object must never be restored as if it were the output
+                    let got = hash::hash_file(&target).map_err(Self::io(&target))?;
+                    if got != e.digest {
+                        let _ = std::fs::remove_file(&target);
+                        return Err(StoreError::Corrupt {
+                            key: e.digest.clone(),
+                            message: format!(
+                                "stored object for {} does not match its digest (run `tenon cache verify`)",
+                                e.path
+                            ),
+                        });
+                    }
                     let mode = if e.exec { 0o755 } else { 0o644 };
                     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
                         .map_err(Self::io(&target))?;

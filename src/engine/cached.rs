@@ -105,6 +105,11 @@ pub struct CacheJob {
     pub uncacheable: Option<String>,
     /// Why this task is forced to run (`--no-cache`, `--rerun`).
     pub forced: Option<String>,
+    /// Params that just pass a run param through: task param -> run param name.
+    pub param_sources: BTreeMap<String, String>,
+    /// This run's directory: run-unique, so replaced by a placeholder in the preimage
+    /// (a consumer of a path result is the same task in every run).
+    pub run_dir: Option<PathBuf>,
 }
 
 /// What the cache decided for one TaskRun.
@@ -165,7 +170,7 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
         m.remove("description");
         m.remove("displayName");
     }
-    Ok(Preimage {
+    let pre = Preimage {
         version: KEY_SCHEMA_VERSION,
         executor: ctx.executor.clone(),
         spec,
@@ -175,7 +180,19 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
         upstream_outputs: job.upstream_outputs.clone(),
         workspaces: job.workspaces.clone(),
         outputs: job.outputs.iter().map(|(w, p)| format!("{w}:{p}")).collect(),
-    })
+    };
+    match &job.run_dir {
+        Some(dir) => {
+            let text = serde_json::to_string(&pre).map_err(|e| e.to_string())?;
+            let dir = dir.display().to_string();
+            if dir.len() > 1 && text.contains(&dir) {
+                serde_json::from_str(&text.replace(&dir, "$(tenon.runDir)")).map_err(|e| e.to_string())
+            } else {
+                Ok(pre)
+            }
+        }
+        None => Ok(pre),
+    }
 }
 
 /// Why a key misses: compared with the latest record of the same task.
@@ -185,7 +202,17 @@ pub fn miss_reasons(ctx: &CacheCtx, job: &CacheJob, pre: &Preimage) -> Vec<Strin
     }
     match ctx.store.latest_for(&job.run, &job.task) {
         Ok(Some(rec)) => match serde_json::from_value::<Preimage>(rec.preimage.clone()) {
-            Ok(old) => explain(&old, pre, &|root| ctx.store.get_tree(root).ok().flatten()),
+            Ok(old) => explain(&old, pre, &|root| ctx.store.get_tree(root).ok().flatten())
+                .into_iter()
+                .map(|r| {
+                    // name the run param the user changed, when a task param just passes it on
+                    let from = job.param_sources.iter().find(|(k, _)| r.starts_with(&format!("param {k} changed ")));
+                    match from {
+                        Some((k, src)) if k != src => format!("{r} (from run param {src})"),
+                        _ => r,
+                    }
+                })
+                .collect(),
             Err(_) => vec!["the earlier record was written by another cache key schema".into()],
         },
         Ok(None) => vec!["no earlier record".into()],

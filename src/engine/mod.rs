@@ -1370,8 +1370,19 @@ impl<'a> PipelineRunState<'a> {
             run_uid: self.uid.clone(),
             task: label.to_string(),
             key_spec,
+            run_dir: Some(self.run_dir.clone()),
             ..Default::default()
         };
+        for p in &pt.params {
+            if let ParamValue::Str(v) = &p.value {
+                let refs = find_refs(v);
+                if refs.len() == 1 && refs[0].start == 0 && refs[0].end == v.len() {
+                    if let Some(name) = refs[0].expr.strip_prefix("params.") {
+                        job.param_sources.insert(p.name.clone(), name.to_string());
+                    }
+                }
+            }
+        }
         for (k, v) in sup {
             job.params.insert(k.clone(), v.to_json());
         }

@@ -1,0 +1,1864 @@
+//! Incremental runs end to end: the real `tenon` binary, real files in temp dirs, the
+//! cache enabled (`common::tenon_cached`). Every test has its own repository dir, store
+//! dir and scratch dir (siblings in one temp dir: the store is never inside the repo).
+//!
+//! Expected values are what a correct content-hash cache must do; a failing assertion
+//! here is a caching bug in tenon (false hit, missing/misleading reason, crash).
+//!
+//! About the stat cache: a digest is only trusted when the file's mtime *and ctime* are
+//! more than 2 s older than the moment it was recorded (racy-clean rule). `touch -d`
+//! can backdate mtime but never ctime, so tests that assert `hashedFiles == 0` wait
+//! 2.1 s after writing their files before the run whose records they rely on.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{task, tenon_cached, Run};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+// ------------------------------------------------------------------------------------------
+// helpers
+// ------------------------------------------------------------------------------------------
+
+/// One test's world: a repository dir (holding `pipeline.yaml`), a store and a scratch
+/// dir for files outside the repository (execution logs, pid files).
+struct World {
+    _tmp: tempfile::TempDir,
+    repo: PathBuf,
+    store: PathBuf,
+    scratch: PathBuf,
+}
+
+impl World {
+    /// `yaml` may contain `@SCRATCH@`, replaced by the scratch dir's path.
+    fn new(yaml: &str) -> World {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().canonicalize().unwrap();
+        let (repo, store, scratch) = (root.join("repo"), root.join("store"), root.join("scratch"));
+        for d in [&repo, &store, &scratch] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(repo.join("pipeline.yaml"), yaml.replace("@SCRATCH@", scratch.to_str().unwrap())).unwrap();
+        World { _tmp: tmp, repo, store, scratch }
+    }
+
+    fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
+        let p = self.repo.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.repo.join(rel)
+    }
+
+    /// `tenon run REPO --output json -q EXTRA...` with the cache on.
+    fn run(&self, extra: &[&str]) -> (Run, Value) {
+        let d = self.repo.to_str().unwrap().to_string();
+        let mut args = vec!["run", d.as_str(), "--output", "json", "-q"];
+        args.extend_from_slice(extra);
+        let r = tenon_cached(&args, &self.store);
+        let v = r.json();
+        (r, v)
+    }
+
+    /// A run that must exit `code`.
+    #[track_caller]
+    fn run_ok(&self, extra: &[&str], code: i32) -> Value {
+        let (r, v) = self.run(extra);
+        assert_eq!(r.code, code, "exit code of tenon run {extra:?}\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
+        v
+    }
+
+    /// `tenon ARGS` against this world's store (cache on), any subcommand.
+    fn tenon(&self, args: &[&str]) -> Run {
+        tenon_cached(args, &self.store)
+    }
+
+    fn plan(&self, extra: &[&str]) -> Value {
+        let d = self.repo.to_str().unwrap().to_string();
+        let mut args = vec!["plan", d.as_str(), "--output", "json"];
+        args.extend_from_slice(extra);
+        let r = self.tenon(&args);
+        assert_eq!(r.code, 0, "tenon plan exit code\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
+        r.json()
+    }
+
+    fn cache_ls(&self) -> Value {
+        let r = self.tenon(&["cache", "ls", "--output", "json"]);
+        assert_eq!(r.code, 0, "cache ls: {}", r.stderr);
+        r.json()
+    }
+
+    /// Lines of a scratch file, then empty it (execution logs).
+    fn take_log(&self, name: &str) -> Vec<String> {
+        let p = self.scratch.join(name);
+        let s = std::fs::read_to_string(&p).unwrap_or_default();
+        let _ = std::fs::remove_file(&p);
+        let mut v: Vec<String> = s.lines().map(String::from).collect();
+        v.sort();
+        v
+    }
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    let d = Sha256::digest(b);
+    d.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The reason tenon must give for a changed input file.
+fn changed(path: &str, old: &[u8], new: &[u8]) -> String {
+    format!("input {path} changed (sha256 {}..->{}..)", &sha_hex(old)[..8], &sha_hex(new)[..8])
+}
+
+fn status<'a>(report: &'a Value, name: &str) -> &'a str {
+    task(report, name)["status"].as_str().unwrap_or("")
+}
+
+fn reasons(report: &Value, name: &str) -> Vec<String> {
+    task(report, name)["cacheReasons"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn result<'a>(report: &'a Value, name: &str, r: &str) -> &'a str {
+    task(report, name)["results"][r].as_str().unwrap_or_else(|| panic!("no result {r} of {name}: {report:#}"))
+}
+
+/// The 8-hex uid prefix of the first run (last component of its runDir).
+fn uid8(report: &Value) -> String {
+    let d = run_dir(report);
+    d.file_name().unwrap().to_string_lossy().to_string()
+}
+
+fn run_dir(report: &Value) -> PathBuf {
+    PathBuf::from(report["runs"][0]["runDir"].as_str().unwrap_or_else(|| panic!("no runDir: {report:#}")))
+}
+
+fn hashing(report: &Value, field: &str) -> u64 {
+    report["hashing"][field].as_u64().unwrap_or_else(|| panic!("no hashing.{field}: {report:#}"))
+}
+
+/// Assert every listed task's status (and that the report has no other tasks).
+#[track_caller]
+fn assert_statuses(report: &Value, step: &str, want: &[(&str, &str)]) {
+    let got: Vec<(String, String)> = report["runs"][0]["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{step}: no tasks in {report:#}"))
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap_or("").to_string(), t["status"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    let mut want_sorted: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    want_sorted.sort();
+    assert_eq!(got_sorted, want_sorted, "{step}: task statuses\nreport: {report:#}");
+}
+
+#[track_caller]
+fn assert_reasons(report: &Value, name: &str, step: &str, want: &[&str]) {
+    assert_eq!(reasons(report, name), want, "{step}: cacheReasons of {name}\nreport: {report:#}");
+}
+
+/// `name`'s reasons include `want` (other reasons are checked by dedicated tests).
+#[track_caller]
+fn assert_reason_listed(report: &Value, name: &str, step: &str, want: &str) {
+    let got = reasons(report, name);
+    assert!(got.iter().any(|r| r == want), "{step}: {name} reasons {got:?} lack {want:?}\nreport: {report:#}");
+}
+
+/// A Cached task: has a key, a `cachedFrom` of `run` and the matching reason.
+#[track_caller]
+fn assert_cached_from(report: &Value, name: &str, step: &str, from_uid8: &str) {
+    let t = task(report, name);
+    assert_eq!(t["status"], "Cached", "{step}: {name} status\nreport: {report:#}");
+    let uid = t["cachedFrom"]["runUid"].as_str().unwrap_or_else(|| panic!("{step}: {name} has no cachedFrom: {t:#}"));
+    assert!(uid.starts_with(from_uid8), "{step}: {name} cached from {uid}, want run {from_uid8}\nreport: {report:#}");
+    assert_eq!(t["cachedFrom"]["run"], report["runs"][0]["name"], "{step}: {name} cachedFrom.run");
+    assert!(t["cacheKey"].as_str().is_some_and(|k| k.len() == 64), "{step}: {name} cacheKey: {t:#}");
+    assert_eq!(reasons(report, name).len(), 1, "{step}: {name} reasons: {t:#}");
+    assert!(
+        reasons(report, name)[0].starts_with("cached: produced by "),
+        "{step}: {name} reason: {:?}",
+        reasons(report, name)
+    );
+}
+
+/// Set a path's mtime (seconds + nanoseconds) without following symlinks.
+fn set_mtime(path: &Path, secs: i64, nsec: i64) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let times = [
+        libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: nsec as _ },
+        libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: nsec as _ },
+    ];
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(rc, 0, "utimensat {}: {}", path.display(), std::io::Error::last_os_error());
+}
+
+/// Backdate every file of `dir` to 2020-01-01 (mtime only: ctime cannot be backdated).
+fn backdate_all(dir: &Path) {
+    let st = Command::new("find")
+        .arg(dir)
+        .args(["-exec", "touch", "-h", "-d", "2020-01-01 00:00:00", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Wait out the 2 s racy window so digests recorded by the next run are trusted.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(2100));
+}
+
+/// A tenon process whose stdout/stderr go to files.
+struct Spawned {
+    child: std::process::Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+fn spawn_run(w: &World, tag: &str, extra: &[&str]) -> Spawned {
+    let out = w.scratch.join(format!("{tag}.stdout"));
+    let err = w.scratch.join(format!("{tag}.stderr"));
+    let mut args =
+        vec!["run".to_string(), w.repo.to_str().unwrap().into(), "--output".into(), "json".into(), "-q".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = Command::new(common::bin())
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &w.store)
+        .env("TENON_STORE", &w.store)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("spawn tenon");
+    Spawned { child, out, err }
+}
+
+impl Spawned {
+    fn wait(mut self, deadline: Duration) -> Run {
+        let t = Instant::now();
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if t.elapsed() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "tenon did not exit within {deadline:?}: {}",
+                    std::fs::read_to_string(&self.err).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Run {
+            code: st.code().unwrap_or(-1),
+            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.err).unwrap_or_default(),
+        }
+    }
+}
+
+/// Host pids of every live descendant of `pid` (from /proc): the processes a tenon
+/// started, so they can be killed by id after tenon itself is killed.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent: Vec<(u32, u32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // fields after the parenthesised comm: state ppid ...
+        let Some(pp) = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok()) else {
+            continue;
+        };
+        parent.push((p, pp));
+    }
+    let mut out = vec![];
+    let mut frontier = vec![pid];
+    while let Some(x) = frontier.pop() {
+        for (c, _) in parent.iter().filter(|(_, pp)| *pp == x) {
+            if !out.contains(c) {
+                out.push(*c);
+                frontier.push(*c);
+            }
+        }
+    }
+    out
+}
+
+/// Lines tenon prints when the cache/store misbehaves.
+#[track_caller]
+fn assert_no_store_trouble(r: &Run, step: &str) {
+    for bad in ["not cached:", "cache lookup failed", "could not", "cannot open", "store database error", "panicked"] {
+        assert!(!r.stderr.contains(bad), "{step}: stderr mentions {bad:?}:\n{}", r.stderr);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. the diamond edit sequence
+// ------------------------------------------------------------------------------------------
+
+const DIAMOND: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: t-a
+  annotations:
+    tenon.dev/inputs: "a/"
+spec:
+  params:
+    - name: log
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo a >> "$(params.log)"
+        cat "$(workspaces.source.path)/a/in.txt" "$(workspaces.source.path)/a/big.bin" | sha256sum | cut -c1-16 | tr -d '\n' > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: t-b
+  annotations:
+    tenon.dev/inputs: "b/"
+spec:
+  params:
+    - name: log
+    - name: up
+    - name: lr
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo b >> "$(params.log)"
+        { cat "$(workspaces.source.path)/b/in.txt"; echo "$(params.up)"; echo "$(params.lr)"; } | sha256sum | cut -c1-16 | tr -d '\n' > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: t-c
+  annotations:
+    tenon.dev/inputs: "c/in.txt"
+spec:
+  params:
+    - name: log
+    - name: up
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo c >> "$(params.log)"
+        f="$(workspaces.source.path)/c/in.txt"
+        if grep -q FAIL "$f"; then echo "c: bad input" >&2; exit 3; fi
+        n=`wc -l < "$f" | tr -d ' '`
+        printf '%s:%s' "$(params.up)" "$n" > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: t-d
+spec:
+  params:
+    - name: log
+    - name: left
+    - name: right
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo d >> "$(params.log)"
+        { cat "$(workspaces.source.path)/d/in.txt"; echo "$(params.left)"; echo "$(params.right)"; } | sha256sum | cut -c1-16 | tr -d '\n' > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: diamond
+  annotations:
+    # t-d declares no inputs of its own: the per pipeline task override narrows them
+    tenon.dev/inputs.d: "d/"
+spec:
+  params:
+    - name: lr
+      default: "0.1"
+    - name: log
+  workspaces:
+    - name: source
+  results:
+    - name: out
+      value: $(tasks.d.results.r)
+  tasks:
+    - name: a
+      taskRef:
+        name: t-a
+      params:
+        - name: log
+          value: $(params.log)
+      workspaces:
+        - name: source
+          workspace: source
+    - name: b
+      taskRef:
+        name: t-b
+      params:
+        - name: log
+          value: $(params.log)
+        - name: up
+          value: $(tasks.a.results.r)
+        - name: lr
+          value: $(params.lr)
+      workspaces:
+        - name: source
+          workspace: source
+    - name: c
+      taskRef:
+        name: t-c
+      params:
+        - name: log
+          value: $(params.log)
+        - name: up
+          value: $(tasks.a.results.r)
+      workspaces:
+        - name: source
+          workspace: source
+    - name: d
+      taskRef:
+        name: t-d
+      params:
+        - name: log
+          value: $(params.log)
+        - name: left
+          value: $(tasks.b.results.r)
+        - name: right
+          value: $(tasks.c.results.r)
+      workspaces:
+        - name: source
+          workspace: source
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: diamond-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: diamond
+  params:
+    - name: log
+      value: "@SCRATCH@/exec.log"
+  workspaces:
+    - name: source
+      emptyDir: {}
+"##;
+
+const BIG: usize = 20 * 1024 * 1024;
+
+#[test]
+fn diamond_edit_sequence() {
+    let w = World::new(DIAMOND);
+    let c_orig: &[u8] = b"c1\nc2\nc3\n";
+    w.write("a/in.txt", "alpha\n");
+    w.write("a/big.bin", (0..BIG).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    w.write("b/in.txt", "bravo\n");
+    w.write("c/in.txt", c_orig);
+    w.write("d/in.txt", "delta\n");
+    w.write("other/notes.txt", "not an input of anything\n");
+    backdate_all(&w.repo);
+    settle();
+
+    // 1. first run: everything runs
+    let r1 = w.run_ok(&[], 0);
+    assert_statuses(
+        &r1,
+        "first run",
+        &[("a", "Succeeded"), ("b", "Succeeded"), ("c", "Succeeded"), ("d", "Succeeded")],
+    );
+    for t in ["a", "b", "c", "d"] {
+        assert_reasons(&r1, t, "first run", &["no earlier record"]);
+        assert!(task(&r1, t)["cacheKey"].as_str().is_some_and(|k| k.len() == 64), "first run: {t} has no cacheKey");
+    }
+    assert_eq!(w.take_log("exec.log"), ["a", "b", "c", "d"]);
+    assert_eq!(hashing(&r1, "files"), 5, "first run: input files seen\n{r1:#}");
+    assert_eq!(hashing(&r1, "hashedFiles"), 5, "first run: every input file hashed\n{r1:#}");
+    let run1 = uid8(&r1);
+    let c_res1 = result(&r1, "c", "r").to_string();
+    let out1 = r1["runs"][0]["results"]["out"].clone();
+
+    // 2. no change: all Cached, nothing re-hashed (every stat record is trusted)
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "no change", &[("a", "Cached"), ("b", "Cached"), ("c", "Cached"), ("d", "Cached")]);
+    for t in ["a", "b", "c", "d"] {
+        assert_cached_from(&r, t, "no change", &run1);
+        assert_eq!(task(&r, t)["cacheKey"], task(&r1, t)["cacheKey"], "no change: {t} key is stable");
+        assert_eq!(task(&r, t)["results"], task(&r1, t)["results"], "no change: {t} results restored");
+    }
+    assert_eq!(r["runs"][0]["results"]["out"], out1, "no change: pipeline result");
+    assert!(w.take_log("exec.log").is_empty(), "no change: nothing may execute");
+    assert_eq!(hashing(&r, "files"), 5, "no change\n{r:#}");
+    assert_eq!(hashing(&r, "hashedFiles"), 0, "no change: backdated files must come from the stat cache\n{r:#}");
+    assert_eq!(hashing(&r, "hashedBytes"), 0, "no change\n{r:#}");
+
+    // 3. mtime-only touch of the 20 MB input: re-hashed exactly once, all Cached
+    let st = Command::new("touch").arg(w.path("a/big.bin")).status().unwrap();
+    assert!(st.success());
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "touch big", &[("a", "Cached"), ("b", "Cached"), ("c", "Cached"), ("d", "Cached")]);
+    assert!(w.take_log("exec.log").is_empty(), "touch big: nothing may execute");
+    assert_eq!(hashing(&r, "hashedFiles"), 1, "touch big: only the touched file is re-hashed\n{r:#}");
+    assert!(hashing(&r, "hashedBytes") >= BIG as u64, "touch big: hashedBytes\n{r:#}");
+    assert_eq!(hashing(&r, "hashedBytes"), BIG as u64, "touch big: hashed once\n{r:#}");
+
+    // 4. change one input of c (its line count changes): c and d run
+    let c_v2: &[u8] = b"c1\nc2\nc3\nc4\n";
+    w.write("c/in.txt", c_v2);
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "edit c", &[("a", "Cached"), ("b", "Cached"), ("c", "Succeeded"), ("d", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["c", "d"]);
+    assert_reasons(&r, "c", "edit c", &[&changed("c/in.txt", c_orig, c_v2)]);
+    let c_res2 = result(&r, "c", "r").to_string();
+    assert_ne!(c_res1, c_res2);
+    // (that this is d's only reason: see reasons_for_a_dependant_name_the_upstream_result_once)
+    assert_reason_listed(
+        &r,
+        "d",
+        "edit c",
+        &format!("upstream result tasks.c.results.r changed ({c_res1} -> {c_res2})"),
+    );
+    assert_cached_from(&r, "a", "edit c", &run1);
+    assert_cached_from(&r, "b", "edit c", &run1);
+    let run4 = uid8(&r);
+
+    // 5. c reruns but its result is identical (same line count): early cutoff, d Cached
+    let c_v3: &[u8] = b"c1\nc2\nc3\nc5\n";
+    w.write("c/in.txt", c_v3);
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "early cutoff", &[("a", "Cached"), ("b", "Cached"), ("c", "Succeeded"), ("d", "Cached")]);
+    assert_eq!(w.take_log("exec.log"), ["c"]);
+    assert_reasons(&r, "c", "early cutoff", &[&changed("c/in.txt", c_v2, c_v3)]);
+    assert_eq!(result(&r, "c", "r"), c_res2, "early cutoff: c's result is unchanged");
+    assert_cached_from(&r, "d", "early cutoff", &run4);
+
+    // 6. change a file outside every task's inputs: nothing runs
+    w.write("other/notes.txt", "edited, still not an input\n");
+    let yaml = std::fs::read_to_string(w.path("pipeline.yaml")).unwrap();
+    w.write("pipeline.yaml", yaml.clone() + "\n# a comment\n");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "edit outside", &[("a", "Cached"), ("b", "Cached"), ("c", "Cached"), ("d", "Cached")]);
+    assert!(w.take_log("exec.log").is_empty(), "edit outside: nothing may execute");
+
+    // 7. revert every change: all Cached from the first run (history, not only the last state)
+    w.write("c/in.txt", c_orig);
+    w.write("other/notes.txt", "not an input of anything\n");
+    w.write("pipeline.yaml", &yaml);
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "revert", &[("a", "Cached"), ("b", "Cached"), ("c", "Cached"), ("d", "Cached")]);
+    assert!(w.take_log("exec.log").is_empty(), "revert: nothing may execute");
+    for t in ["a", "b", "c", "d"] {
+        assert_cached_from(&r, t, "revert", &run1);
+    }
+    assert_eq!(r["runs"][0]["results"]["out"], out1, "revert: pipeline result as in the first run");
+
+    // 8. a param only b uses: b runs (and d, whose upstream result changed); a and c Cached
+    let r = w.run_ok(&["--param", "lr=0.2"], 0);
+    assert_statuses(&r, "param", &[("a", "Cached"), ("b", "Succeeded"), ("c", "Cached"), ("d", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["b", "d"]);
+    assert_reasons(&r, "b", "param", &["param lr changed 0.1 -> 0.2"]);
+    let (b1, b2) = (result(&r1, "b", "r"), result(&r, "b", "r"));
+    assert_reason_listed(&r, "d", "param", &format!("upstream result tasks.b.results.r changed ({b1} -> {b2})"));
+
+    // 9. a failing task is not cached; its dependant is skipped
+    let bad: &[u8] = b"FAIL\n";
+    w.write("c/in.txt", bad);
+    let r = w.run_ok(&[], 1);
+    assert_statuses(&r, "failure", &[("a", "Cached"), ("b", "Cached"), ("c", "Failed"), ("d", "Skipped")]);
+    assert_eq!(w.take_log("exec.log"), ["c"]);
+    assert_reasons(&r, "c", "failure", &[&changed("c/in.txt", c_v3, bad)]);
+    // same inputs again: the failure was not recorded, so c runs (and fails) again
+    let r = w.run_ok(&[], 1);
+    assert_statuses(&r, "failure again", &[("a", "Cached"), ("b", "Cached"), ("c", "Failed"), ("d", "Skipped")]);
+    assert_eq!(w.take_log("exec.log"), ["c"], "failure again: a failure must never be a cache hit");
+    assert!(task(&r, "c")["cachedFrom"].is_null());
+
+    // 10. fix it (new content, 7 lines): c reruns and d runs
+    let fixed: &[u8] = b"n1\nn2\nn3\nn4\nn5\nn6\nn7\n";
+    w.write("c/in.txt", fixed);
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "fixed", &[("a", "Cached"), ("b", "Cached"), ("c", "Succeeded"), ("d", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["c", "d"]);
+    assert!(result(&r, "c", "r").ends_with(":7"), "fixed: c result {}", result(&r, "c", "r"));
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. false-hit traps
+// ------------------------------------------------------------------------------------------
+
+const TRAPS: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: lister
+  annotations:
+    tenon.dev/inputs: "in/"
+spec:
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo run >> "@SCRATCH@/exec.log"
+        cd "$(workspaces.source.path)/in"
+        ls -lR . | sha256sum | cut -c1-16 | tr -d '\n' > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: traps
+spec:
+  workspaces:
+    - name: source
+  tasks:
+    - name: t
+      taskRef:
+        name: lister
+      workspaces:
+        - name: source
+          workspace: source
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: traps-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: traps
+  workspaces:
+    - name: source
+      emptyDir: {}
+"##;
+
+#[test]
+fn false_hit_traps_rerun_the_task() {
+    let w = World::new(TRAPS);
+    w.write("in/data.txt", "hello\n");
+    w.write("in/script.sh", "echo hi\n");
+    w.write("in/other.txt", "other\n");
+    w.write("in/thing", "a file for now\n");
+    std::os::unix::fs::symlink("data.txt", w.path("in/link")).unwrap();
+
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "first", &[("t", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["run"]);
+
+    // a baseline check before each trap: unchanged -> Cached, nothing executes
+    let baseline = |step: &str| {
+        let r = w.run_ok(&[], 0);
+        assert_statuses(&r, &format!("{step}: baseline"), &[("t", "Cached")]);
+        assert!(w.take_log("exec.log").is_empty(), "{step}: baseline executed the task");
+    };
+    #[track_caller]
+    fn reruns(w: &World, step: &str, want: &[&str]) {
+        let r = w.run_ok(&[], 0);
+        assert_statuses(&r, step, &[("t", "Succeeded")]);
+        assert_eq!(w.take_log("exec.log"), ["run"], "{step}: the task must execute");
+        assert_reasons(&r, "t", step, want);
+    }
+
+    // (a) same size, same mtime, new content written within the same second as the
+    // recorded version (the record is racy)
+    baseline("same-second rewrite");
+    let p = w.path("in/data.txt");
+    let m = std::fs::metadata(&p).unwrap();
+    let (secs, nsec, size, ino) = (m.mtime(), m.mtime_nsec(), m.len(), m.ino());
+    std::fs::write(&p, "jello\n").unwrap();
+    let st = Command::new("touch").arg("-d").arg(format!("@{secs}.{nsec:09}")).arg(&p).status().unwrap();
+    assert!(st.success());
+    let m2 = std::fs::metadata(&p).unwrap();
+    assert_eq!((m2.mtime(), m2.mtime_nsec(), m2.len(), m2.ino()), (secs, nsec, size, ino), "trap setup");
+    reruns(&w, "same-second rewrite", &[&changed("in/data.txt", b"hello\n", b"jello\n")]);
+
+    // (a') the same trap against a record old enough to be trusted: only ctime differs
+    settle();
+    baseline("trusted rewrite"); // re-hashes the racy record; now trusted
+    let m = std::fs::metadata(&p).unwrap();
+    let (secs, nsec) = (m.mtime(), m.mtime_nsec());
+    std::fs::write(&p, "jelly\n").unwrap();
+    set_mtime(&p, secs, nsec);
+    let m2 = std::fs::metadata(&p).unwrap();
+    assert_eq!((m2.mtime(), m2.mtime_nsec(), m2.len()), (secs, nsec, 6), "trap setup");
+    reruns(&w, "trusted rewrite", &[&changed("in/data.txt", b"jello\n", b"jelly\n")]);
+
+    // (b) rename within the inputs
+    baseline("rename");
+    std::fs::rename(w.path("in/other.txt"), w.path("in/renamed.txt")).unwrap();
+    reruns(&w, "rename", &["input in/renamed.txt added", "input in/other.txt removed"]);
+
+    // (c) chmod +x
+    baseline("chmod");
+    std::fs::set_permissions(w.path("in/script.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    reruns(&w, "chmod", &["input in/script.sh became executable"]);
+
+    // (d) symlink retarget (same length target, so only the target text differs)
+    baseline("symlink");
+    std::fs::remove_file(w.path("in/link")).unwrap();
+    std::os::unix::fs::symlink("data.tx_", w.path("in/link")).unwrap();
+    reruns(&w, "symlink", &["input in/link (symlink) retargeted"]);
+
+    // (e) a file replaced by a directory of the same name
+    baseline("file -> dir");
+    std::fs::remove_file(w.path("in/thing")).unwrap();
+    w.write("in/thing/inner.txt", "a file for now\n");
+    reruns(&w, "file -> dir", &["input in/thing changed from file to dir", "input in/thing/inner.txt added"]);
+    baseline("after all traps");
+}
+
+/// The file -> directory trap with a mixed-case name: the reason must name the path as
+/// it is (paths are case-sensitive).
+#[test]
+fn file_replaced_by_directory_reason_names_the_real_path() {
+    let w = World::new(TRAPS);
+    w.write("in/Model.bin", "weights\n");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "first", &[("t", "Succeeded")]);
+    std::fs::remove_file(w.path("in/Model.bin")).unwrap();
+    w.write("in/Model.bin/part-0", "weights\n");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "file -> dir", &[("t", "Succeeded")]);
+    assert_reasons(
+        &r,
+        "t",
+        "file -> dir",
+        &["input in/Model.bin changed from file to dir", "input in/Model.bin/part-0 added"],
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. declared outputs on a shared workspace
+// ------------------------------------------------------------------------------------------
+
+const OUTPUTS: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: trainer
+  annotations:
+    tenon.dev/inputs: "train/"
+    tenon.dev/outputs: "work:model/"
+spec:
+  workspaces:
+    - name: source
+      readOnly: true
+    - name: work
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo train >> "@SCRATCH@/exec.log"
+        mkdir -p "$(workspaces.work.path)/model/sub"
+        { printf 'weights:'; cat "$(workspaces.source.path)/train/in.txt"; } > "$(workspaces.work.path)/model/weights.bin"
+        echo '{"v":1}' > "$(workspaces.work.path)/model/sub/meta.json"
+---
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: reader
+  annotations:
+    tenon.dev/inputs: "down/"
+spec:
+  workspaces:
+    - name: source
+      readOnly: true
+    - name: work
+      readOnly: true
+  results:
+    - name: weights
+    - name: meta
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo down >> "@SCRATCH@/exec.log"
+        cat "$(workspaces.work.path)/model/weights.bin" > "$(results.weights.path)"
+        cat "$(workspaces.work.path)/model/sub/meta.json" | tr -d '\n' > "$(results.meta.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: scribbler
+  annotations:
+    tenon.dev/inputs: "train/"
+spec:
+  workspaces:
+    - name: source
+      readOnly: true
+    - name: work
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo scratch >> "@SCRATCH@/exec.log"
+        echo scribble > "$(workspaces.work.path)/scratch.txt"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: outputs
+spec:
+  workspaces:
+    - name: source
+    - name: work
+  tasks:
+    - name: train
+      taskRef:
+        name: trainer
+      workspaces:
+        - name: source
+          workspace: source
+        - name: work
+          workspace: work
+    - name: down
+      runAfter: [train]
+      taskRef:
+        name: reader
+      workspaces:
+        - name: source
+          workspace: source
+        - name: work
+          workspace: work
+    - name: scratch
+      taskRef:
+        name: scribbler
+      workspaces:
+        - name: source
+          workspace: source
+        - name: work
+          workspace: work
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: outputs-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: outputs
+  workspaces:
+    - name: source
+      emptyDir: {}
+    - name: work
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources:
+            requests:
+              storage: 16Mi
+"##;
+
+#[test]
+fn declared_outputs_are_restored_and_undeclared_writes_are_not_cacheable() {
+    let w = World::new(OUTPUTS);
+    w.write("train/in.txt", "v1");
+    w.write("down/note.txt", "reader config");
+
+    let r1 = w.run_ok(&[], 0);
+    assert_statuses(&r1, "first", &[("train", "Succeeded"), ("down", "Succeeded"), ("scratch", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["down", "scratch", "train"]);
+    assert_eq!(result(&r1, "down", "weights"), "weights:v1");
+    let nc = reasons(&r1, "scratch");
+    assert!(
+        nc.len() == 1 && nc[0].starts_with("not cacheable") && nc[0].contains("\"work\""),
+        "scratch must be reported not cacheable: {nc:?}"
+    );
+    assert!(task(&r1, "scratch")["cacheKey"].is_null(), "an uncacheable task has no cacheKey");
+
+    // second run: train Cached (its output restored into the new run's volume); down
+    // forced, reads the restored file; scratch always runs
+    let r2 = w.run_ok(&["--rerun", "down"], 0);
+    assert_statuses(&r2, "second", &[("train", "Cached"), ("down", "Succeeded"), ("scratch", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["down", "scratch"]);
+    assert_cached_from(&r2, "train", "second", &uid8(&r1));
+    assert_reasons(&r2, "down", "second", &["forced: --rerun down"]);
+    assert_eq!(result(&r2, "down", "weights"), "weights:v1", "down must see the restored output");
+    assert_eq!(result(&r2, "down", "meta"), "{\"v\":1}", "nested output files are restored");
+    let vol = run_dir(&r2).join("volumes/work");
+    assert_eq!(std::fs::read_to_string(vol.join("model/weights.bin")).unwrap(), "weights:v1");
+    let nc = reasons(&r2, "scratch");
+    assert!(nc.len() == 1 && nc[0].starts_with("not cacheable"), "second: scratch reasons {nc:?}");
+
+    // third run: nothing changed, down is Cached too (scratch still runs)
+    let r3 = w.run_ok(&[], 0);
+    assert_statuses(&r3, "third", &[("train", "Cached"), ("down", "Cached"), ("scratch", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["scratch"]);
+    let vol = run_dir(&r3).join("volumes/work");
+    assert_eq!(std::fs::read_to_string(vol.join("model/weights.bin")).unwrap(), "weights:v1");
+
+    // train's input changes: train runs, and down (which reads train's output) runs too
+    w.write("train/in.txt", "v2");
+    let r4 = w.run_ok(&[], 0);
+    assert_statuses(&r4, "edit", &[("train", "Succeeded"), ("down", "Succeeded"), ("scratch", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["down", "scratch", "train"]);
+    assert_eq!(result(&r4, "down", "weights"), "weights:v2");
+    let dr = reasons(&r4, "down");
+    assert!(
+        dr.len() == 1 && dr[0].starts_with("upstream output train work:model/ changed (sha256 "),
+        "edit: down's reason must name train's changed output: {dr:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. tenon plan
+// ------------------------------------------------------------------------------------------
+
+const PLAN: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: hasher
+spec:
+  params:
+    - name: dir
+    - name: extra
+      default: ""
+    - name: p
+      default: ""
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        { cat "$(workspaces.source.path)/$(params.dir)"/*; echo "$(params.extra)"; echo "$(params.p)"; } | sha256sum | cut -c1-16 | tr -d '\n' > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: planned
+  annotations:
+    tenon.dev/inputs.a: "a/"
+    tenon.dev/inputs.b: "b/"
+    tenon.dev/inputs.c: "c/"
+    tenon.dev/inputs.e: "e/"
+spec:
+  params:
+    - name: p
+      default: old
+  workspaces:
+    - name: source
+  tasks:
+    - name: a
+      taskRef:
+        name: hasher
+      params:
+        - name: dir
+          value: a
+      workspaces:
+        - name: source
+          workspace: source
+    - name: b
+      taskRef:
+        name: hasher
+      params:
+        - name: dir
+          value: b
+        - name: extra
+          value: $(tasks.a.results.r)
+      workspaces:
+        - name: source
+          workspace: source
+    - name: c
+      taskRef:
+        name: hasher
+      params:
+        - name: dir
+          value: c
+        - name: p
+          value: $(params.p)
+      workspaces:
+        - name: source
+          workspace: source
+    - name: e
+      taskRef:
+        name: hasher
+      params:
+        - name: dir
+          value: e
+      workspaces:
+        - name: source
+          workspace: source
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: plan-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: planned
+  workspaces:
+    - name: source
+      emptyDir: {}
+"##;
+
+fn plan_task<'a>(plan: &'a Value, name: &str) -> &'a Value {
+    plan["runs"][0]["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no task {name} in plan {plan:#}"))
+}
+
+fn plan_reasons(plan: &Value, name: &str) -> Vec<String> {
+    plan_task(plan, name)["reasons"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn list_dir(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn plan_explains_and_runs_nothing() {
+    let w = World::new(PLAN);
+    for d in ["a", "b", "c", "e"] {
+        w.write(&format!("{d}/in.txt"), format!("{d} v1\n"));
+    }
+    let r1 = w.run_ok(&[], 0);
+    assert_statuses(&r1, "first", &[("a", "Succeeded"), ("b", "Succeeded"), ("c", "Succeeded"), ("e", "Succeeded")]);
+
+    // a plan with nothing changed: all cached
+    let p0 = w.plan(&[]);
+    assert_eq!(p0["kind"], "Plan");
+    for t in ["a", "b", "c", "e"] {
+        assert_eq!(plan_task(&p0, t)["decision"], "cached", "unchanged plan: {t}\n{p0:#}");
+        assert_eq!(plan_task(&p0, t)["cacheKey"], task(&r1, t)["cacheKey"], "plan key == run key for {t}");
+    }
+
+    w.write("a/in.txt", "a v2\n");
+    let ls_before = w.cache_ls();
+    let runs_before = list_dir(&w.store.join("runs/plan-run"));
+    let p = w.plan(&["--param", "p=new"]);
+    let ls_after = w.cache_ls();
+    let runs_after = list_dir(&w.store.join("runs/plan-run"));
+
+    assert_eq!(plan_task(&p, "a")["decision"], "run", "{p:#}");
+    assert_eq!(plan_reasons(&p, "a"), [changed("a/in.txt", b"a v1\n", b"a v2\n")], "{p:#}");
+    assert!(plan_reasons(&p, "a")[0].starts_with("input a/in.txt changed (sha256 "));
+    assert!(plan_task(&p, "a")["cacheKey"].as_str().is_some_and(|k| k.len() == 64));
+    assert_eq!(plan_task(&p, "b")["decision"], "run", "{p:#}");
+    assert_eq!(plan_reasons(&p, "b"), ["run (after a)"], "{p:#}");
+    assert_eq!(plan_task(&p, "c")["decision"], "run", "{p:#}");
+    assert_eq!(plan_reasons(&p, "c"), ["param p changed old -> new"], "{p:#}");
+    assert_eq!(plan_task(&p, "e")["decision"], "cached", "{p:#}");
+    assert!(plan_task(&p, "e")["cachedFrom"]["runUid"].as_str().is_some_and(|u| u.starts_with(&uid8(&r1))));
+    assert!(p["hashing"]["files"].as_u64().is_some(), "plan reports hashing: {p:#}");
+
+    // planning ran nothing and recorded nothing
+    assert_eq!(ls_before, ls_after, "plan changed the cache records");
+    assert_eq!(runs_before, runs_after, "plan created a run directory");
+    let leftovers: Vec<String> =
+        list_dir(&w.store.join("tmp")).into_iter().filter(|n| n.starts_with("plan-")).collect();
+    assert!(leftovers.is_empty(), "plan left scratch dirs: {leftovers:?}");
+
+    // the run then does what the plan said, for the same reasons
+    let r = w.run_ok(&["--param", "p=new"], 0);
+    assert_statuses(&r, "after plan", &[("a", "Succeeded"), ("b", "Succeeded"), ("c", "Succeeded"), ("e", "Cached")]);
+    assert_eq!(reasons(&r, "a"), plan_reasons(&p, "a"));
+    assert_eq!(reasons(&r, "c"), plan_reasons(&p, "c"));
+    assert_eq!(task(&r, "a")["cacheKey"], plan_task(&p, "a")["cacheKey"], "plan key == run key");
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. --no-cache and --rerun
+// ------------------------------------------------------------------------------------------
+
+const FORCE: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: counted
+  annotations:
+    tenon.dev/inputs: "src/"
+spec:
+  params:
+    - name: name
+    - name: up
+      default: ""
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo "$(params.name)" >> "@SCRATCH@/exec.log"
+        { cat "$(workspaces.source.path)/src/in.txt"; echo "$(params.up)"; } | sha256sum | cut -c1-16 | tr -d '\n' > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: forced
+spec:
+  workspaces:
+    - name: source
+  tasks:
+    - name: a
+      taskRef:
+        name: counted
+      params:
+        - name: name
+          value: a
+      workspaces:
+        - name: source
+          workspace: source
+    - name: b
+      taskRef:
+        name: counted
+      params:
+        - name: name
+          value: b
+        - name: up
+          value: $(tasks.a.results.r)
+      workspaces:
+        - name: source
+          workspace: source
+    - name: c
+      taskRef:
+        name: counted
+      params:
+        - name: name
+          value: c
+      workspaces:
+        - name: source
+          workspace: source
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: forced-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: forced
+  workspaces:
+    - name: source
+      emptyDir: {}
+"##;
+
+#[test]
+fn no_cache_and_rerun_force_execution() {
+    let w = World::new(FORCE);
+    w.write("src/in.txt", "source\n");
+    fn all(s: &str) -> Vec<(&str, &str)> {
+        vec![("a", s), ("b", s), ("c", s)]
+    }
+
+    let r1 = w.run_ok(&[], 0);
+    assert_statuses(&r1, "first", &all("Succeeded"));
+    assert_eq!(w.take_log("exec.log"), ["a", "b", "c"]);
+
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "cached", &all("Cached"));
+    assert!(w.take_log("exec.log").is_empty());
+
+    // --no-cache: everything runs, with the reason, and still has its key
+    let r = w.run_ok(&["--no-cache"], 0);
+    assert_statuses(&r, "--no-cache", &all("Succeeded"));
+    assert_eq!(w.take_log("exec.log"), ["a", "b", "c"]);
+    for t in ["a", "b", "c"] {
+        assert_reasons(&r, t, "--no-cache", &["forced: --no-cache"]);
+        assert_eq!(task(&r, t)["cacheKey"], task(&r1, t)["cacheKey"], "--no-cache: {t} key");
+    }
+
+    // TENON_NO_CACHE=true in the environment does the same
+    let d = w.repo.to_str().unwrap().to_string();
+    let env_run = common::tenon(&["run", &d, "--output", "json", "-q"], &w.store);
+    assert_eq!(env_run.code, 0, "{}", env_run.stderr);
+    let r = env_run.json();
+    assert_statuses(&r, "TENON_NO_CACHE", &all("Succeeded"));
+    assert_eq!(w.take_log("exec.log"), ["a", "b", "c"]);
+    for t in ["a", "b", "c"] {
+        assert_reasons(&r, t, "TENON_NO_CACHE", &["forced: --no-cache"]);
+    }
+
+    // --rerun a: a runs; b consumes a's (identical) result, so it stays Cached
+    let r = w.run_ok(&["--rerun", "a"], 0);
+    assert_statuses(&r, "--rerun a", &[("a", "Succeeded"), ("b", "Cached"), ("c", "Cached")]);
+    assert_eq!(w.take_log("exec.log"), ["a"]);
+    assert_reasons(&r, "a", "--rerun a", &["forced: --rerun a"]);
+
+    // --rerun b: only b
+    let r = w.run_ok(&["--rerun", "b"], 0);
+    assert_statuses(&r, "--rerun b", &[("a", "Cached"), ("b", "Succeeded"), ("c", "Cached")]);
+    assert_eq!(w.take_log("exec.log"), ["b"]);
+    assert_reasons(&r, "b", "--rerun b", &["forced: --rerun b"]);
+
+    // repeatable
+    let r = w.run_ok(&["--rerun", "b", "--rerun", "c"], 0);
+    assert_statuses(&r, "--rerun b c", &[("a", "Cached"), ("b", "Succeeded"), ("c", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["b", "c"]);
+
+    // forced runs are recorded: the next plain run is all Cached
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "after forcing", &all("Cached"));
+    assert!(w.take_log("exec.log").is_empty());
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. crash safety
+// ------------------------------------------------------------------------------------------
+
+const SLOW: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: slow
+  annotations:
+    tenon.dev/inputs: "src/"
+spec:
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        echo start >> "@SCRATCH@/exec.log"
+        sleep @SLEEP@
+        cat "$(workspaces.source.path)/src/in.txt" | sha256sum | cut -c1-16 | tr -d '\n' > "$(results.r.path)"
+        echo done >> "@SCRATCH@/exec.log"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: slow
+spec:
+  workspaces:
+    - name: source
+  tasks:
+    - name: t
+      taskRef:
+        name: slow
+      workspaces:
+        - name: source
+          workspace: source
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: slow-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: slow
+  workspaces:
+    - name: source
+      emptyDir: {}
+"##;
+
+#[test]
+fn kill_9_mid_task_leaves_no_false_hit() {
+    let w = World::new(&SLOW.replace("@SLEEP@", "2"));
+    w.write("src/in.txt", "data\n");
+    let log = w.scratch.join("exec.log");
+
+    let mut sp = spawn_run(&w, "killed", &[]);
+    let t = Instant::now();
+    while !log.exists() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(log.exists(), "the step never started: {}", std::fs::read_to_string(&sp.err).unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sp.child.try_wait().unwrap().is_none(), "tenon ended before it could be killed");
+    // SIGKILL tenon itself, then whatever it had started (by pid)
+    let leftovers = descendants(sp.child.id());
+    let st = Command::new("kill").args(["-9", &sp.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let _ = sp.child.wait();
+    for p in leftovers {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).stderr(Stdio::null()).status();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(w.take_log("exec.log"), ["start"], "the killed run must not have finished its task");
+
+    // the store reopens cleanly; nothing was recorded for the killed attempt
+    let ls = w.cache_ls();
+    assert_eq!(ls["records"].as_array().map(|a| a.len()), Some(0), "killed run left a record: {ls:#}");
+
+    let (run2, r2) = w.run(&[]);
+    assert_eq!(run2.code, 0, "after the crash: {}", run2.stderr);
+    assert_no_store_trouble(&run2, "after the crash");
+    assert_statuses(&r2, "after the crash", &[("t", "Succeeded")]);
+    assert_reasons(&r2, "t", "after the crash", &["no earlier record"]);
+    assert_eq!(w.take_log("exec.log"), ["done", "start"]);
+
+    let (run3, r3) = w.run(&[]);
+    assert_eq!(run3.code, 0, "third run: {}", run3.stderr);
+    assert_no_store_trouble(&run3, "third run");
+    assert_statuses(&r3, "third run", &[("t", "Cached")]);
+    assert_cached_from(&r3, "t", "third run", &uid8(&r2));
+    assert!(w.take_log("exec.log").is_empty());
+    let v = w.tenon(&["cache", "verify"]);
+    assert_eq!(v.code, 0, "verify after the crash: {}{}", v.stdout, v.stderr);
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. two processes on one store
+// ------------------------------------------------------------------------------------------
+
+const COUNTED: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: once
+  annotations:
+    tenon.dev/inputs: "src/"
+spec:
+  params:
+    - name: counter
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        sleep 1
+        echo ran >> "$(params.counter)"
+        cat "$(workspaces.source.path)/src/in.txt" | sha256sum | cut -c1-16 | tr -d '\n' > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: once
+spec:
+  params:
+    - name: counter
+  workspaces:
+    - name: source
+  tasks:
+    - name: t
+      taskRef:
+        name: once
+      params:
+        - name: counter
+          value: $(params.counter)
+      workspaces:
+        - name: source
+          workspace: source
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: once-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: once
+  params:
+    - name: counter
+      value: "@SCRATCH@/counter"
+  workspaces:
+    - name: source
+      emptyDir: {}
+"##;
+
+#[test]
+fn two_processes_on_one_store_run_a_task_once() {
+    let w = World::new(COUNTED);
+    w.write("src/in.txt", "data\n");
+    let p1 = spawn_run(&w, "p1", &[]);
+    let p2 = spawn_run(&w, "p2", &[]);
+    let (a, b) = (p1.wait(Duration::from_secs(60)), p2.wait(Duration::from_secs(60)));
+    assert_eq!(a.code, 0, "process 1: {}", a.stderr);
+    assert_eq!(b.code, 0, "process 2: {}", b.stderr);
+    assert_no_store_trouble(&a, "process 1");
+    assert_no_store_trouble(&b, "process 2");
+    let (ra, rb) = (a.json(), b.json());
+    let counter = std::fs::read_to_string(w.scratch.join("counter")).unwrap_or_default();
+    assert_eq!(counter.lines().count(), 1, "the task executed {} times in total", counter.lines().count());
+    let mut st = vec![status(&ra, "t").to_string(), status(&rb, "t").to_string()];
+    st.sort();
+    assert_eq!(st, ["Cached", "Succeeded"], "one process runs, the other reuses\n{ra:#}\n{rb:#}");
+    assert_eq!(task(&ra, "t")["results"], task(&rb, "t")["results"]);
+    assert_eq!(task(&ra, "t")["cacheKey"], task(&rb, "t")["cacheKey"]);
+    let ls = w.cache_ls();
+    assert_eq!(ls["records"].as_array().map(|a| a.len()), Some(1), "{ls:#}");
+}
+
+// ------------------------------------------------------------------------------------------
+// 8. tenon cache ls / verify / gc
+// ------------------------------------------------------------------------------------------
+
+const STORED: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: gen
+  annotations:
+    tenon.dev/inputs: "g/"
+    tenon.dev/outputs: "work:out/"
+spec:
+  params:
+    - name: v
+  workspaces:
+    - name: source
+      readOnly: true
+    - name: work
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        mkdir -p "$(workspaces.work.path)/out"
+        printf 'payload-%s' "$(params.v)" > "$(workspaces.work.path)/out/data.txt"
+---
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: stable
+  annotations:
+    tenon.dev/inputs: "s/"
+spec:
+  workspaces:
+    - name: source
+      readOnly: true
+  results:
+    - name: r
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        cat "$(workspaces.source.path)/s/in.txt" | tr -d '\n' > "$(results.r.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: stored
+spec:
+  params:
+    - name: v
+      default: "1"
+  workspaces:
+    - name: source
+    - name: work
+  tasks:
+    - name: gen
+      taskRef:
+        name: gen
+      params:
+        - name: v
+          value: $(params.v)
+      workspaces:
+        - name: source
+          workspace: source
+        - name: work
+          workspace: work
+    - name: stable
+      taskRef:
+        name: stable
+      workspaces:
+        - name: source
+          workspace: source
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: stored-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: stored
+  workspaces:
+    - name: source
+      emptyDir: {}
+    - name: work
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources:
+            requests:
+              storage: 16Mi
+"##;
+
+fn record_keys(ls: &Value) -> Vec<String> {
+    let mut v: Vec<String> = ls["records"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no records: {ls:#}"))
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn object_path(store: &Path, content: &[u8]) -> PathBuf {
+    let d = sha_hex(content);
+    store.join("cache/objects").join(&d[..2]).join(&d[2..])
+}
+
+#[test]
+fn cache_ls_verify_gc() {
+    let w = World::new(STORED);
+    w.write("g/in.txt", "g\n");
+    w.write("s/in.txt", "stable\n");
+
+    let r1 = w.run_ok(&["--param", "v=1"], 0);
+    assert_statuses(&r1, "v=1", &[("gen", "Succeeded"), ("stable", "Succeeded")]);
+    std::thread::sleep(Duration::from_millis(20));
+    let r2 = w.run_ok(&["--param", "v=2"], 0);
+    assert_statuses(&r2, "v=2", &[("gen", "Succeeded"), ("stable", "Cached")]);
+    let k = |r: &Value, t: &str| task(r, t)["cacheKey"].as_str().unwrap().to_string();
+    let (gen1, gen2, stable) = (k(&r1, "gen"), k(&r2, "gen"), k(&r1, "stable"));
+    assert_ne!(gen1, gen2);
+
+    // ls lists every record, with run, task and output bytes
+    let ls = w.cache_ls();
+    assert_eq!(ls["kind"], "CacheList");
+    let mut want = vec![gen1.clone(), gen2.clone(), stable.clone()];
+    want.sort();
+    assert_eq!(record_keys(&ls), want, "{ls:#}");
+    let rec = ls["records"].as_array().unwrap().iter().find(|r| r["key"] == gen2.as_str()).unwrap();
+    assert_eq!(rec["run"], "stored-run");
+    assert_eq!(rec["task"], "gen");
+    assert_eq!(rec["outputBytes"], 9, "payload-2 is 9 bytes: {rec:#}");
+    let human = w.tenon(&["cache", "ls"]);
+    assert_eq!(human.code, 0);
+    assert!(human.stdout.contains(&gen2[..16]) && human.stdout.contains("3 record(s)"), "{}", human.stdout);
+
+    let (obj1, obj2) = (object_path(&w.store, b"payload-1"), object_path(&w.store, b"payload-2"));
+    assert!(obj1.is_file() && obj2.is_file(), "outputs are content-addressed under cache/objects/");
+
+    // verify: clean
+    let v = w.tenon(&["cache", "verify", "--output", "json"]);
+    assert_eq!(v.code, 0, "verify on a clean store: {}{}", v.stdout, v.stderr);
+    assert_eq!(v.json()["corrupt"], serde_json::json!([]));
+    assert_eq!(v.json()["objects"], 2);
+
+    // gc --older-than 0s: keeps what the latest successful run used (gen2, and stable,
+    // which that run reused from the first run), removes the superseded gen1 and its object
+    let g = w.tenon(&["cache", "gc", "--older-than", "0s", "--output", "json"]);
+    assert_eq!(g.code, 0, "gc: {}{}", g.stdout, g.stderr);
+    assert_eq!(g.json()["removedRecords"], 1, "{}", g.stdout);
+    let mut kept = vec![gen2.clone(), stable.clone()];
+    kept.sort();
+    assert_eq!(record_keys(&w.cache_ls()), kept, "gc must keep the latest run's records");
+    assert!(!obj1.exists(), "gc must remove the superseded record's object");
+    assert!(obj2.exists(), "gc must keep the latest run's object");
+    let r = w.run_ok(&["--param", "v=2"], 0);
+    assert_statuses(&r, "after gc, v=2", &[("gen", "Cached"), ("stable", "Cached")]);
+    let r = w.run_ok(&["--param", "v=1"], 0);
+    assert_statuses(&r, "after gc, v=1", &[("gen", "Succeeded"), ("stable", "Cached")]);
+    assert_reasons(&r, "gen", "after gc, v=1", &["param v changed 2 -> 1"]);
+
+    // corrupt an object: verify exits 1 and names it
+    let mut perm = std::fs::metadata(&obj2).unwrap().permissions();
+    perm.set_mode(0o644);
+    std::fs::set_permissions(&obj2, perm).unwrap();
+    std::fs::write(&obj2, b"bit rot!!").unwrap();
+    let v = w.tenon(&["cache", "verify"]);
+    assert_eq!(v.code, 1, "verify on a corrupt store: {}{}", v.stdout, v.stderr);
+    let d2 = sha_hex(b"payload-2");
+    assert!(v.stdout.contains(&d2), "verify must name the corrupt object {d2}: {}", v.stdout);
+    let v = w.tenon(&["cache", "verify", "--output", "json"]);
+    assert_eq!(v.code, 1);
+    assert_eq!(v.json()["corrupt"], serde_json::json!([d2]));
+}
+
+// ------------------------------------------------------------------------------------------
+// 9. results that embed workspace paths
+// ------------------------------------------------------------------------------------------
+
+const PATHS: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: where
+  annotations:
+    tenon.dev/inputs: "src/"
+    tenon.dev/outputs: "work:x"
+spec:
+  workspaces:
+    - name: source
+      readOnly: true
+    - name: work
+  results:
+    - name: path
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        cp "$(workspaces.source.path)/src/in.txt" "$(workspaces.work.path)/x"
+        printf '%s' "$(workspaces.work.path)/x" > "$(results.path.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: paths
+spec:
+  workspaces:
+    - name: source
+    - name: work
+  results:
+    - name: where
+      value: $(tasks.where.results.path)
+  tasks:
+    - name: where
+      taskRef:
+        name: where
+      workspaces:
+        - name: source
+          workspace: source
+        - name: work
+          workspace: work
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: paths-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: paths
+  workspaces:
+    - name: source
+      emptyDir: {}
+    - name: work
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources:
+            requests:
+              storage: 16Mi
+"##;
+
+/// Run the PATHS pipeline three times (`--sandbox MODE`): fresh, Cached, forced fresh.
+/// The Cached run's result must be what a fresh execution in that run reports.
+fn portable_results(mode: &str) {
+    let w = World::new(PATHS);
+    w.write("src/in.txt", "content\n");
+    let r1 = w.run_ok(&["--sandbox", mode], 0);
+    assert_statuses(&r1, "first", &[("where", "Succeeded")]);
+    let d1 = run_dir(&r1);
+
+    let r2 = w.run_ok(&["--sandbox", mode], 0);
+    assert_statuses(&r2, "second", &[("where", "Cached")]);
+    let d2 = run_dir(&r2);
+    assert_ne!(d1, d2);
+    let got = result(&r2, "where", "path").to_string();
+    assert!(!got.contains(d1.to_str().unwrap()), "the cached result points into the first run: {got}");
+    assert_eq!(r2["runs"][0]["results"]["where"], got.as_str(), "pipeline result");
+    // the restored output is in the second run's volume
+    let host_file = d2.join("volumes/work/x");
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "content\n", "restored output");
+
+    // what a real execution in a third run says, moved to the second run's directory
+    let r3 = w.run_ok(&["--sandbox", mode, "--no-cache"], 0);
+    let d3 = run_dir(&r3);
+    let fresh = result(&r3, "where", "path").replace(d3.to_str().unwrap(), d2.to_str().unwrap());
+    assert_eq!(got, fresh, "a Cached result must equal what executing the task in this run gives");
+    if mode == "host" {
+        // host paths: the result names the second run's workspace
+        assert_eq!(result(&r1, "where", "path"), d1.join("volumes/work/x").to_str().unwrap());
+        assert_eq!(got, host_file.to_str().unwrap(), "the cached result must name the second run's workspace");
+    }
+}
+
+#[test]
+fn cached_results_point_into_the_current_run() {
+    portable_results("host");
+}
+
+#[test]
+fn cached_results_point_into_the_current_run_default_sandbox() {
+    portable_results("auto");
+}
+
+// ------------------------------------------------------------------------------------------
+// reasons name the cause, once
+// ------------------------------------------------------------------------------------------
+
+/// A task param bound to an upstream result changes with it: the reason is the upstream
+/// result (one cause, one reason), not also "param up changed".
+#[test]
+fn reasons_for_a_dependant_name_the_upstream_result_once() {
+    let w = World::new(DIAMOND);
+    w.write("a/in.txt", "alpha\n");
+    w.write("a/big.bin", "small here\n");
+    w.write("b/in.txt", "bravo\n");
+    w.write("c/in.txt", "c1\n");
+    w.write("d/in.txt", "delta\n");
+    let r1 = w.run_ok(&[], 0);
+    assert_statuses(&r1, "first", &[("a", "Succeeded"), ("b", "Succeeded"), ("c", "Succeeded"), ("d", "Succeeded")]);
+    w.write("c/in.txt", "c1\nc2\n");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "edit c", &[("a", "Cached"), ("b", "Cached"), ("c", "Succeeded"), ("d", "Succeeded")]);
+    let (old, new) = (result(&r1, "c", "r"), result(&r, "c", "r"));
+    // d's param `right` is `$(tasks.c.results.r)`: its change is the upstream result's
+    assert_reasons(&r, "d", "edit c", &[&format!("upstream result tasks.c.results.r changed ({old} -> {new})")]);
+}
+
+const RENAMED_PARAM: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: fit
+  annotations:
+    tenon.dev/inputs: "src/"
+spec:
+  params:
+    - name: lr
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        echo "lr=$(params.lr)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: renamed
+spec:
+  params:
+    - name: rate
+      default: "1"
+  tasks:
+    - name: fit
+      taskRef:
+        name: fit
+      params:
+        - name: lr
+          value: $(params.rate)
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: renamed-run
+spec:
+  pipelineRef:
+    name: renamed
+"##;
+
+/// `--param rate=2` on a run whose Pipeline passes `rate` to the Task param `lr`: the
+/// reason must name the param the user changed (`rate`), not only the Task's `lr`.
+#[test]
+fn param_reason_names_the_run_param_the_user_changed() {
+    let w = World::new(RENAMED_PARAM);
+    w.write("src/in.txt", "x\n");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "first", &[("fit", "Succeeded")]);
+    let p = w.plan(&["--param", "rate=2"]);
+    assert_eq!(plan_task(&p, "fit")["decision"], "run", "{p:#}");
+    let got = plan_reasons(&p, "fit");
+    assert!(
+        got.len() == 1 && got[0].contains("rate") && got[0].contains("1 -> 2"),
+        "plan must say the run param rate changed 1 -> 2, got {got:?}"
+    );
+}
+
+/// A consumer of a result that embeds a workspace path: nothing changed, so on the second
+/// run both tasks are Cached (the path differs between runs only by the run's own
+/// workspace location, which `portable_results` already abstracts for the producer).
+#[test]
+fn consumer_of_a_path_result_is_cached_on_an_unchanged_rerun() {
+    let consumer = r##"  tasks:
+    - name: use
+      taskSpec:
+        params:
+          - name: p
+        workspaces:
+          - name: work
+            readOnly: true
+        results:
+          - name: c
+        steps:
+          - name: s
+            image: alpine
+            script: |
+              echo use >> "@SCRATCH@/exec.log"
+              cat "$(params.p)" > "$(results.c.path)"
+      params:
+        - name: p
+          value: $(tasks.where.results.path)
+      workspaces:
+        - name: work
+          workspace: work
+"##;
+    let yaml = PATHS.replacen("  tasks:\n", consumer, 1);
+    let w = World::new(&yaml);
+    w.write("src/in.txt", "content\n");
+    let r1 = w.run_ok(&["--sandbox", "host"], 0);
+    assert_statuses(&r1, "first", &[("where", "Succeeded"), ("use", "Succeeded")]);
+    assert_eq!(result(&r1, "use", "c"), "content\n");
+    assert_eq!(w.take_log("exec.log"), ["use"]);
+    let r2 = w.run_ok(&["--sandbox", "host"], 0);
+    assert_eq!(result(&r2, "use", "c"), "content\n");
+    assert_statuses(&r2, "second", &[("where", "Cached"), ("use", "Cached")]);
+    assert!(w.take_log("exec.log").is_empty(), "second: the consumer executed again");
+}
