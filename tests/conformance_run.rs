@@ -69,7 +69,10 @@ fn run_file(dir: &Path, row: &Row) -> Outcome {
         }
         return o;
     }
-    if !row.local_runnable {
+    // INDEX marks files blocked only by image entrypoints as not runnable; tenon knows
+    // the entrypoints of common images, so it runs them too
+    let emulated = !row.needs.is_empty() && row.needs.split(',').all(|n| n == "image-entrypoint");
+    if !row.local_runnable && !emulated {
         o.verdict = "unsupported";
         o.why = format!("needs {}", if row.needs.is_empty() { "a cluster".into() } else { row.needs.clone() });
         return o;
@@ -195,6 +198,8 @@ fn tekton_examples_run_as_upstream_expects() {
     let runnable: Vec<&Outcome> = results.iter().filter(|o| o.row.local_runnable).collect();
     let runnable_pass = runnable.iter().filter(|o| o.verdict == "pass").count();
     let pass = results.iter().filter(|o| o.verdict == "pass").count();
+    let extra = results.iter().filter(|o| !o.row.local_runnable && o.ran).count();
+    let extra_pass = results.iter().filter(|o| !o.row.local_runnable && o.ran && o.verdict == "pass").count();
     let unsupported = results.iter().filter(|o| o.verdict == "unsupported").count();
     let parsed = results.iter().filter(|o| o.parsed || o.verdict == "unsupported").count();
     let summary = format!(
@@ -207,7 +212,7 @@ fn tekton_examples_run_as_upstream_expects() {
         runnable_pass,
         runnable.len(),
         100.0 * runnable_pass as f64 / runnable.len().max(1) as f64
-    );
+    ) + &format!("; also ran {extra} files INDEX marks blocked only by image entrypoints: {extra_pass} pass");
     eprintln!("conformance: {summary}");
 
     let expected_file = common::repo_root().join("tests/conformance/expected-pass.txt");

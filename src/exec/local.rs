@@ -277,11 +277,16 @@ impl Layout {
         ws: &[BoundWorkspace],
         volumes: &BTreeMap<String, PathBuf>,
         step: &Step,
+        cname: &str,
     ) -> Result<Vec<String>, String> {
+        // /tekton/steps is read-only to steps, except a step's own results directory
+        let own_results = d.steps.join(cname).join("results");
+        let _ = std::fs::create_dir_all(&own_results);
         let mut b: Vec<(String, String, bool)> = vec![
             (d.work.display().to_string(), "/workspace".into(), false),
             (d.results.display().to_string(), "/tekton/results".into(), false),
-            (d.steps.display().to_string(), "/tekton/steps".into(), false),
+            (d.steps.display().to_string(), "/tekton/steps".into(), true),
+            (own_results.display().to_string(), format!("/tekton/steps/{cname}/results"), false),
             (d.home.display().to_string(), "/tekton/home".into(), false),
             (d.scripts.display().to_string(), "/tekton/scripts".into(), true),
         ];
@@ -922,7 +927,7 @@ fn spawn(
     let (program, argv) = match &ex.sandbox {
         Sandbox::Host => (program, argv),
         sb @ Sandbox::Bwrap { bwrap, .. } => {
-            let mut a = sb.prefix(&layout.binds(d, &req.spec, &req.workspaces, &req.volumes, step)?);
+            let mut a = sb.prefix(&layout.binds(d, &req.spec, &req.workspaces, &req.volumes, step, cname)?);
             a.extend(bwrap_extra);
             a.extend(["--chdir".to_string(), cwd.display().to_string(), "--".to_string(), program]);
             a.extend(argv);
@@ -990,7 +995,7 @@ fn spawn(
 
 /// Images whose ENTRYPOINT/CMD the local executor knows, for steps with neither
 /// `command` nor `script`.
-pub const KNOWN_IMAGES: &[&str] = &["alpine", "bash", "busybox", "debian", "ubuntu", "python"];
+pub const KNOWN_IMAGES: &[&str] = &["alpine", "bash", "busybox", "debian", "ubuntu", "python", "nop"];
 
 /// What a container of `image` would run given `args`, for the images in
 /// [`KNOWN_IMAGES`]: their ENTRYPOINT/CMD from Docker Hub.
@@ -1000,6 +1005,9 @@ pub const KNOWN_IMAGES: &[&str] = &["alpine", "bash", "busybox", "debian", "ubun
 /// | alpine, busybox | none | `sh` |
 /// | debian, ubuntu | none | `bash` |
 /// | python | none | `python3` |
+/// | Tekton's `nop` | exits 0 | |
+///
+/// Without an ENTRYPOINT, Tekton runs CMD with the step's args appended.
 /// | bash | `docker-entrypoint.sh` (prefixes `bash` when the first arg starts with `-`) | `bash` |
 pub fn image_default_command(image: &str, args: &[String]) -> Option<Vec<String>> {
     // registry/path/name:tag@digest -> name
@@ -1010,6 +1018,8 @@ pub fn image_default_command(image: &str, args: &[String]) -> Option<Vec<String>
         "alpine" | "busybox" => "sh",
         "debian" | "ubuntu" => "bash",
         "python" => "python3",
+        // Tekton's own no-op image
+        n if n == "nop" || n.starts_with("nop-") => return Some(vec!["true".into()]),
         "bash" => {
             return Some(match args.first() {
                 None => vec!["bash".into()],
@@ -1021,7 +1031,8 @@ pub fn image_default_command(image: &str, args: &[String]) -> Option<Vec<String>
         }
         _ => return None,
     };
-    Some(if args.is_empty() { vec![cmd.to_string()] } else { args.to_vec() })
+    // no ENTRYPOINT: Tekton runs the image's CMD with the step's args appended
+    Some(std::iter::once(cmd.to_string()).chain(args.iter().cloned()).collect())
 }
 
 /// The `sh` a script gets is the image's: busybox ash in alpine, busybox and bash images
@@ -1194,7 +1205,8 @@ mod tests {
         );
         assert_eq!(image_default_command("bash:5", &a(&["-c", "echo hi"])), Some(a(&["bash", "-c", "echo hi"])));
         assert_eq!(image_default_command("docker.io/library/busybox", &a(&[])), Some(a(&["sh"])));
-        assert_eq!(image_default_command("ubuntu:22.04", &a(&["ls"])), Some(a(&["ls"])));
+        assert_eq!(image_default_command("ubuntu:22.04", &a(&["-c", "ls"])), Some(a(&["bash", "-c", "ls"])));
+        assert_eq!(image_default_command("busybox", &a(&["-c", "echo"])), Some(a(&["sh", "-c", "echo"])));
         assert_eq!(image_default_command("gcr.io/kaniko-project/executor:v1", &a(&["--x"])), None);
     }
 
