@@ -319,3 +319,65 @@ pub fn record(
     ctx.store.put(&rec).map_err(|e| format!("cannot record the result: {e}"))?;
     Ok(outputs)
 }
+
+/// Fill a job from a task's annotations and its workspace bindings
+/// `(task workspace, run binding, subPath)`; `describe` says what backs a run binding.
+/// Returns the run bindings that are shared writable volumes (`volumeClaimTemplate`);
+/// with `shared_needs_outputs`, a task writing one without declared outputs is not cacheable.
+pub fn apply_bindings(
+    job: &mut CacheJob,
+    ann: &dyn Fn(&str) -> Option<String>,
+    bindings: &[(String, String, Option<String>)],
+    describe: &dyn Fn(&str) -> String,
+    req: &TaskRunRequest,
+    shared_needs_outputs: bool,
+) -> BTreeSet<String> {
+    let include = ann(INPUTS_ANNOTATION).map(|v| entries(&v)).unwrap_or_default();
+    let exclude = ann(EXCLUDE_ANNOTATION).map(|v| entries(&v)).unwrap_or_default();
+    for o in ann(OUTPUTS_ANNOTATION).map(|v| entries(&v)).unwrap_or_default() {
+        match o.split_once(':') {
+            Some((w, p)) if !w.is_empty() && !p.is_empty() => job.outputs.push((w.to_string(), p.to_string())),
+            _ => job.uncacheable = Some(format!("{OUTPUTS_ANNOTATION} entry {o:?} is not workspace:path")),
+        }
+    }
+    if ann(CACHE_ANNOTATION).as_deref() == Some("false") {
+        job.uncacheable = Some(format!("{CACHE_ANNOTATION}: \"false\""));
+    }
+    let mut shared = BTreeSet::new();
+    for (tname, run_name, sub) in bindings {
+        let what = describe(run_name);
+        let shown = match sub {
+            Some(s) if !s.is_empty() => format!("{what} (subPath {s})"),
+            _ => what.clone(),
+        };
+        job.workspaces.insert(tname.clone(), shown);
+        let bound = req.workspaces.iter().find(|w| &w.name == tname);
+        if what == "repo" {
+            if let Some(path) = bound.and_then(|w| w.path.clone()) {
+                job.inputs.push((tname.clone(), path, include.clone(), exclude.clone()));
+            }
+        } else if what.starts_with("persistentVolumeClaim") {
+            job.uncacheable.get_or_insert(format!(
+                "binds workspace {tname:?} to a persistentVolumeClaim, whose content tenon does not track"
+            ));
+        } else if what == "volumeClaimTemplate" && shared_needs_outputs {
+            shared.insert(run_name.clone());
+            let read_only = bound.is_some_and(|w| w.read_only);
+            if !read_only && !job.outputs.iter().any(|(w, _)| w == tname) {
+                job.uncacheable.get_or_insert(format!(
+                    "writes to shared workspace {tname:?} without declaring {OUTPUTS_ANNOTATION} (e.g. \"{tname}:path/\")"
+                ));
+            }
+        }
+    }
+    shared
+}
+
+/// `--no-cache` / `--rerun NAME` force a job to run.
+pub fn apply_forced(job: &mut CacheJob, ctx: &CacheCtx, name: &str) {
+    if ctx.no_cache {
+        job.forced = Some("forced: --no-cache".into());
+    } else if ctx.rerun.contains(name) {
+        job.forced = Some(format!("forced: --rerun {name}"));
+    }
+}

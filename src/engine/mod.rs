@@ -384,6 +384,18 @@ impl Engine {
         self
     }
 
+    /// A new run's uid and directory, announced on the console.
+    fn start_run(&self, name: &str, kind: &str) -> Result<(String, PathBuf), Failure> {
+        let uid = new_uid(name);
+        let run_dir = self.run_dir_for(name, &uid);
+        std::fs::create_dir_all(&run_dir).map_err(|e| {
+            Failure::new("CreateRunFailed", format!("cannot create run directory {}: {e}", run_dir.display()))
+        })?;
+        let c = &self.console;
+        c.line(&format!("{} {kind} {} {}", c.bold("▶"), c.bold(name), c.dim(&format!("({})", run_dir.display()))));
+        Ok((uid, run_dir))
+    }
+
     /// Where a run keeps its TaskRun directories (planning: a scratch dir removed after).
     fn run_dir_for(&self, name: &str, uid: &str) -> PathBuf {
         if self.dry_run() {
@@ -461,23 +473,10 @@ impl Engine {
                     )
                 }
             };
-        let uid = new_uid(&name);
-        let run_dir = self.run_dir_for(&name, &uid);
-        if let Err(e) = std::fs::create_dir_all(&run_dir) {
-            return self.failed_summary(
-                &name,
-                "PipelineRun",
-                pipeline_name,
-                started,
-                Failure::new("CreateRunFailed", format!("cannot create run directory {}: {e}", run_dir.display())),
-            );
-        }
-        self.console.line(&format!(
-            "{} PipelineRun {} {}",
-            self.console.bold("▶"),
-            self.console.bold(&name),
-            self.console.dim(&format!("({})", run_dir.display()))
-        ));
+        let (uid, run_dir) = match self.start_run(&name, "PipelineRun") {
+            Ok(v) => v,
+            Err(f) => return self.failed_summary(&name, "PipelineRun", pipeline_name, started, f),
+        };
 
         // context and params
         let mut ctx = Vars::new();
@@ -636,23 +635,10 @@ impl Engine {
         if let Some(vols) = tr.spec.pod_template.as_ref().and_then(|p| p.get("volumes")).and_then(|v| v.as_array()) {
             spec.volumes.extend(vols.iter().cloned());
         }
-        let uid = new_uid(&name);
-        let run_dir = self.run_dir_for(&name, &uid);
-        if let Err(e) = std::fs::create_dir_all(&run_dir) {
-            return self.failed_summary(
-                &name,
-                "TaskRun",
-                None,
-                started,
-                Failure::new("CreateRunFailed", format!("cannot create run directory {}: {e}", run_dir.display())),
-            );
-        }
-        self.console.line(&format!(
-            "{} TaskRun {} {}",
-            self.console.bold("▶"),
-            self.console.bold(&name),
-            self.console.dim(&format!("({})", run_dir.display()))
-        ));
+        let (uid, run_dir) = match self.start_run(&name, "TaskRun") {
+            Ok(v) => v,
+            Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
+        };
         let mut supplied: Vec<(String, ParamValue)> =
             tr.spec.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
         supplied.extend(self.opts.param_overrides.iter().cloned());
@@ -725,42 +711,8 @@ impl Engine {
                 for (k, v) in &supplied {
                     job.params.insert(k.clone(), v.to_json());
                 }
-                let include = ann(cached::INPUTS_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default();
-                let exclude = ann(cached::EXCLUDE_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default();
-                for o in ann(cached::OUTPUTS_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default() {
-                    match o.split_once(':') {
-                        Some((w, p)) if !w.is_empty() && !p.is_empty() => {
-                            job.outputs.push((w.to_string(), p.to_string()))
-                        }
-                        _ => {
-                            job.uncacheable =
-                                Some(format!("{} entry {o:?} is not workspace:path", cached::OUTPUTS_ANNOTATION))
-                        }
-                    }
-                }
-                if ann(cached::CACHE_ANNOTATION).as_deref() == Some("false") {
-                    job.uncacheable = Some(format!("{}: \"false\"", cached::CACHE_ANNOTATION));
-                }
-                for (tname, run_name, _) in &bindings {
-                    let what = volumes.describe(run_name);
-                    job.workspaces.insert(tname.clone(), what.clone());
-                    if what == "repo" {
-                        if let Some(path) =
-                            req.workspaces.iter().find(|w| &w.name == tname).and_then(|w| w.path.clone())
-                        {
-                            job.inputs.push((tname.clone(), path, include.clone(), exclude.clone()));
-                        }
-                    } else if what.starts_with("persistentVolumeClaim") {
-                        job.uncacheable.get_or_insert(format!(
-                            "binds workspace {tname:?} to a persistentVolumeClaim, whose content tenon does not track"
-                        ));
-                    }
-                }
-                if cache.no_cache {
-                    job.forced = Some("forced: --no-cache".into());
-                } else if cache.rerun.contains(&name) {
-                    job.forced = Some(format!("forced: --rerun {name}"));
-                }
+                cached::apply_bindings(&mut job, &ann, &bindings, &|n: &str| volumes.describe(n), &req, false);
+                cached::apply_forced(&mut job, cache, &name);
                 Some(job)
             }
         };
@@ -1386,47 +1338,8 @@ impl<'a> PipelineRunState<'a> {
         for (k, v) in sup {
             job.params.insert(k.clone(), v.to_json());
         }
-        let include = ann(cached::INPUTS_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default();
-        let exclude = ann(cached::EXCLUDE_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default();
-        for o in ann(cached::OUTPUTS_ANNOTATION).map(|v| cached::entries(&v)).unwrap_or_default() {
-            match o.split_once(':') {
-                Some((w, p)) if !w.is_empty() && !p.is_empty() => job.outputs.push((w.to_string(), p.to_string())),
-                _ => {
-                    job.uncacheable = Some(format!("{} entry {o:?} is not workspace:path", cached::OUTPUTS_ANNOTATION))
-                }
-            }
-        }
-        if ann(cached::CACHE_ANNOTATION).as_deref() == Some("false") {
-            job.uncacheable = Some(format!("{}: \"false\"", cached::CACHE_ANNOTATION));
-        }
         let ancestors = dag.ancestors(&pt.name);
-        let mut shared: BTreeSet<String> = BTreeSet::new();
-        for (tname, run_name, sub) in bindings {
-            let what = self.volumes.describe(run_name);
-            let shown = match sub {
-                Some(s) if !s.is_empty() => format!("{what} (subPath {s})"),
-                _ => what.clone(),
-            };
-            job.workspaces.insert(tname.clone(), shown);
-            let decl_ro = req.workspaces.iter().find(|w| &w.name == tname).is_some_and(|w| w.read_only);
-            if what == "repo" {
-                if let Some(path) = req.workspaces.iter().find(|w| &w.name == tname).and_then(|w| w.path.clone()) {
-                    job.inputs.push((tname.clone(), path, include.clone(), exclude.clone()));
-                }
-            } else if what.starts_with("persistentVolumeClaim") {
-                job.uncacheable.get_or_insert(format!(
-                    "binds workspace {tname:?} to a persistentVolumeClaim, whose content tenon does not track"
-                ));
-            } else if what == "volumeClaimTemplate" {
-                shared.insert(run_name.clone());
-                if !decl_ro && !job.outputs.iter().any(|(w, _)| w == tname) {
-                    job.uncacheable.get_or_insert(format!(
-                        "writes to shared workspace {tname:?} without declaring {} (e.g. \"{tname}:path/\")",
-                        cached::OUTPUTS_ANNOTATION
-                    ));
-                }
-            }
-        }
+        let shared = cached::apply_bindings(&mut job, &ann, bindings, &|n: &str| self.volumes.describe(n), req, true);
         // upstream results consumed (early cutoff: same values, same key)
         for (producer, result) in result_refs(pt) {
             if self.states.get(&producer).is_some_and(|s| s.would_run) {
@@ -1450,11 +1363,7 @@ impl<'a> PipelineRunState<'a> {
                 }
             }
         }
-        if cache.no_cache {
-            job.forced = Some("forced: --no-cache".into());
-        } else if cache.rerun.contains(&pt.name) {
-            job.forced = Some(format!("forced: --rerun {}", pt.name));
-        }
+        cached::apply_forced(&mut job, cache, &pt.name);
         Ok(job)
     }
 

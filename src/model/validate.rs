@@ -142,6 +142,15 @@ impl<'a> Validator<'a> {
         self.out.push(Diagnostic::new(&file.path, pos, Some(ctx.label.clone()), field, msg));
     }
 
+    /// A Go duration field.
+    fn duration(&mut self, ctx: &Ctx, field: &str, v: &Option<String>) {
+        if let Some(t) = v {
+            if parse_duration(t).is_none() {
+                self.err(ctx, field, format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"));
+            }
+        }
+    }
+
     /// A subPath must stay inside its volume.
     fn sub_path(&mut self, ctx: &Ctx, field: &str, sp: &str) {
         if sp.starts_with('/') || sp.split('/').any(|c| c == "..") {
@@ -473,15 +482,7 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        if let Some(t) = &s.timeout {
-            if parse_duration(t).is_none() {
-                self.err(
-                    ctx,
-                    &format!("{f}.timeout"),
-                    format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"),
-                );
-            }
-        }
+        self.duration(ctx, &format!("{f}.timeout"), &s.timeout);
         for (i, m) in s.volume_mounts.iter().enumerate() {
             if m.mount_path.starts_with("/tekton/")
                 && m.mount_path != "/tekton/home"
@@ -1141,15 +1142,7 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        if let Some(t) = &pt.timeout {
-            if parse_duration(t).is_none() {
-                self.err(
-                    ctx,
-                    &format!("{f}.timeout"),
-                    format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"),
-                );
-            }
-        }
+        self.duration(ctx, &format!("{f}.timeout"), &pt.timeout);
     }
 
     fn task_ref<'b>(&mut self, ctx: &Ctx, f: &str, r: &'b Ref) -> Option<&'b TaskSpec>
@@ -1465,15 +1458,7 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        if let Some(t) = &s.timeout {
-            if parse_duration(t).is_none() {
-                self.err(
-                    &ctx,
-                    "spec.timeout",
-                    format!("invalid duration {t:?} (use Go syntax such as 90s, 5m, 1h30m)"),
-                );
-            }
-        }
+        self.duration(&ctx, "spec.timeout", &s.timeout);
         self.bindings(&ctx, &s.workspaces);
         self.repo_annotation(&ctx, &tr.meta, &s.workspaces);
     }
@@ -1526,11 +1511,7 @@ impl<'a> Validator<'a> {
 
     fn timeouts(&mut self, ctx: &Ctx, s: &PipelineRunSpec) {
         let Some(t) = &s.timeouts else {
-            if let Some(t) = &s.timeout {
-                if parse_duration(t).is_none() {
-                    self.err(ctx, "spec.timeout", format!("invalid duration {t:?}"));
-                }
-            }
+            self.duration(ctx, "spec.timeout", &s.timeout);
             return;
         };
         let mut parsed = BTreeMap::new();
