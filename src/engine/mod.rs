@@ -908,6 +908,9 @@ async fn run_attempts(
                 p = sem.clone().acquire_owned() => p.ok(),
                 _ = cancel.cancelled() => None,
             };
+            if attempt == 0 && !cancel.is_cancelled() {
+                console.line(&format!("{} {} {}", console.bold("→"), base.label, console.dim("started")));
+            }
             if cancel.is_cancelled() {
                 TaskOutcome {
                     status: AttemptStatus::Cancelled,
@@ -1446,10 +1449,6 @@ impl<'a> PipelineRunState<'a> {
                             st.task_run = launches.first().map(|l| l.req.name.clone());
                             st.ws_map = ws_map.into_iter().collect();
                             for l in launches {
-                                let c = &self.engine.console;
-                                if !self.engine.dry_run() {
-                                    c.line(&format!("{} {} {}", c.bold("→"), l.req.label, c.dim("started")));
-                                }
                                 let exec = self.engine.exec.clone();
                                 let sem = self.engine.sem.clone();
                                 let console = self.engine.console.clone();
