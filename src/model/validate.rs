@@ -1442,7 +1442,7 @@ impl<'a> Validator<'a> {
                     self.err(
                         &ctx,
                         "spec.workspaces",
-                        format!("declared workspace {:?} is required but has not been bound", w.name),
+                        format!("declared workspace {:?} is required but has not been bound (a cluster may bind it through its default-task-run-workspace-binding config; tenon has no such default: bind it, e.g. with emptyDir: {{}})", w.name),
                     );
                 }
             }
