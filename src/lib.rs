@@ -18,6 +18,7 @@ pub mod error;
 pub mod exec;
 pub mod hash;
 pub mod model;
+pub mod promote;
 pub mod report;
 pub mod store;
 pub mod subst;

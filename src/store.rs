@@ -123,6 +123,9 @@ CREATE TABLE IF NOT EXISTS stat_cache (
   path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
   mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT NOT NULL, recorded_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS promotions (
+  id TEXT PRIMARY KEY, policy TEXT NOT NULL, environment TEXT NOT NULL, state TEXT NOT NULL,
+  decision TEXT NOT NULL, decided_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL, detail TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS runs (
   run TEXT NOT NULL, uid TEXT NOT NULL, finished_ns INTEGER NOT NULL, ok INTEGER NOT NULL, keys TEXT NOT NULL,
   PRIMARY KEY (run, uid));
@@ -209,6 +212,55 @@ impl SqliteStore {
             created_ns,
             duration_ms: duration_ms as u64,
         })
+    }
+
+    /// Record a promotion decision before touching git. A decision already recorded
+    /// keeps its original time (the ledger's `decidedAt` is written once). Returns it.
+    pub fn record_decision(&self, id: &str, policy: &str, env: &str, decision: &str) -> Result<i64> {
+        let conn = self.conn();
+        let now = hash::now_ns();
+        conn.execute(
+            "INSERT OR IGNORE INTO promotions (id, policy, environment, state, decision, decided_ns, updated_ns) VALUES (?1, ?2, ?3, 'Decided', ?4, ?5, ?5)",
+            params![id, policy, env, decision, now],
+        )?;
+        Ok(conn.query_row("SELECT decided_ns FROM promotions WHERE id = ?1", [id], |r| r.get(0))?)
+    }
+
+    pub fn set_promotion_state(&self, id: &str, state: &str, detail: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE promotions SET state = ?2, detail = ?3, updated_ns = ?4 WHERE id = ?1",
+            params![id, state, detail, hash::now_ns()],
+        )?;
+        Ok(())
+    }
+
+    /// Promotions not finished (decided but not landed, or conflicted), oldest first:
+    /// (id, decision JSON, decided_ns).
+    pub fn unfinished_promotions(&self) -> Result<Vec<(String, String, i64)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT id, decision, decided_ns FROM promotions WHERE state IN ('Decided', 'Conflicted') ORDER BY decided_ns")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Results of the latest successful run of `run`: (uid, task -> results).
+    pub fn latest_run_results(&self, run: &str) -> Result<Option<(String, BTreeMap<String, BTreeMap<String, ParamValue>>)>> {
+        let row: Option<(String, String)> = self
+            .conn()
+            .query_row("SELECT uid, keys FROM runs WHERE run = ?1 AND ok = 1 ORDER BY finished_ns DESC LIMIT 1", [run], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((uid, keys)) = row else { return Ok(None) };
+        let keys: Vec<String> = serde_json::from_str(&keys).unwrap_or_default();
+        let mut out: BTreeMap<String, BTreeMap<String, ParamValue>> = BTreeMap::new();
+        for k in keys {
+            if let Some(rec) = self.get(&k)? {
+                // matrix children `t[0]` aggregate like the engine does: skip them here
+                if !rec.task.contains('[') {
+                    out.insert(rec.task.clone(), rec.results.clone());
+                }
+            }
+        }
+        Ok(Some((uid, out)))
     }
 
     /// Records, newest first.

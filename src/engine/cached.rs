@@ -324,6 +324,7 @@ pub fn record(
 /// `(task workspace, run binding, subPath)`; `describe` says what backs a run binding.
 /// Returns the run bindings that are shared writable volumes (`volumeClaimTemplate`);
 /// with `shared_needs_outputs`, a task writing one without declared outputs is not cacheable.
+#[allow(clippy::too_many_arguments)]
 pub fn apply_bindings(
     job: &mut CacheJob,
     ann: &dyn Fn(&str) -> Option<String>,
@@ -331,6 +332,7 @@ pub fn apply_bindings(
     describe: &dyn Fn(&str) -> String,
     req: &TaskRunRequest,
     shared_needs_outputs: bool,
+    never_inputs: &[PathBuf],
 ) -> BTreeSet<String> {
     let include = ann(INPUTS_ANNOTATION).map(|v| entries(&v)).unwrap_or_default();
     let exclude = ann(EXCLUDE_ANNOTATION).map(|v| entries(&v)).unwrap_or_default();
@@ -354,7 +356,15 @@ pub fn apply_bindings(
         let bound = req.workspaces.iter().find(|w| &w.name == tname);
         if what == "repo" {
             if let Some(path) = bound.and_then(|w| w.path.clone()) {
-                job.inputs.push((tname.clone(), path, include.clone(), exclude.clone()));
+                // promotion targets and the ledger are never inputs: tenon's own commits
+                // must not make tasks rerun
+                let mut exclude = exclude.clone();
+                for p in never_inputs {
+                    if let Ok(rel) = p.strip_prefix(&path) {
+                        exclude.push(rel.display().to_string());
+                    }
+                }
+                job.inputs.push((tname.clone(), path, include.clone(), exclude));
             }
         } else if what.starts_with("persistentVolumeClaim") {
             job.uncacheable.get_or_insert(format!(

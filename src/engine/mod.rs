@@ -384,6 +384,19 @@ impl Engine {
         self
     }
 
+    /// Repository paths that are never task inputs: promotion targets and the ledger.
+    fn never_inputs(&self) -> Vec<PathBuf> {
+        let root = self.opts.repo_root.canonicalize().unwrap_or_else(|_| self.opts.repo_root.clone());
+        let mut out: Vec<PathBuf> = self
+            .cat
+            .promotion_policies
+            .iter()
+            .flat_map(|p| p.spec.target.updates.iter().map(|u| root.join(&u.file)))
+            .collect();
+        out.push(root.join(crate::promote::LEDGER_DIR));
+        out
+    }
+
     /// A new run's uid and directory, announced on the console.
     fn start_run(&self, name: &str, kind: &str) -> Result<(String, PathBuf), Failure> {
         let uid = new_uid(name);
@@ -711,7 +724,7 @@ impl Engine {
                 for (k, v) in &supplied {
                     job.params.insert(k.clone(), v.to_json());
                 }
-                cached::apply_bindings(&mut job, &ann, &bindings, &|n: &str| volumes.describe(n), &req, false);
+                cached::apply_bindings(&mut job, &ann, &bindings, &|n: &str| volumes.describe(n), &req, false, &self.never_inputs());
                 cached::apply_forced(&mut job, cache, &name);
                 Some(job)
             }
@@ -1342,7 +1355,8 @@ impl<'a> PipelineRunState<'a> {
             job.params.insert(k.clone(), v.to_json());
         }
         let ancestors = dag.ancestors(&pt.name);
-        let shared = cached::apply_bindings(&mut job, &ann, bindings, &|n: &str| self.volumes.describe(n), req, true);
+        let never = self.engine.never_inputs();
+        let shared = cached::apply_bindings(&mut job, &ann, bindings, &|n: &str| self.volumes.describe(n), req, true, &never);
         // upstream results consumed (early cutoff: same values, same key)
         for (producer, result) in result_refs(pt) {
             if self.states.get(&producer).is_some_and(|s| s.would_run) {

@@ -24,6 +24,7 @@ pub enum ObjKind {
     PipelineRun,
     TaskRun,
     StepAction,
+    PromotionPolicy,
     ConfigMap,
     Secret,
     PersistentVolumeClaim,
@@ -37,6 +38,7 @@ impl ObjKind {
             ObjKind::PipelineRun => "PipelineRun",
             ObjKind::TaskRun => "TaskRun",
             ObjKind::StepAction => "StepAction",
+            ObjKind::PromotionPolicy => "PromotionPolicy",
             ObjKind::ConfigMap => "ConfigMap",
             ObjKind::Secret => "Secret",
             ObjKind::PersistentVolumeClaim => "PersistentVolumeClaim",
@@ -81,6 +83,7 @@ pub struct Catalog {
     pub pipeline_runs: Vec<Obj<PipelineRunSpec>>,
     pub task_runs: Vec<Obj<TaskRunSpec>>,
     pub step_actions: Vec<Obj<StepActionSpec>>,
+    pub promotion_policies: Vec<Obj<PromotionPolicySpec>>,
     pub config_maps: Vec<Obj<KeyData>>,
     pub secrets: Vec<Obj<KeyData>>,
     pub pvcs: Vec<Obj<Value>>,
@@ -253,6 +256,7 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         ("tekton.dev", "PipelineRun") => ObjKind::PipelineRun,
         ("tekton.dev", "TaskRun") => ObjKind::TaskRun,
         ("tekton.dev", "StepAction") => ObjKind::StepAction,
+        ("tenon.dev", "PromotionPolicy") => ObjKind::PromotionPolicy,
         ("v1", "ConfigMap") => ObjKind::ConfigMap,
         ("v1", "Secret") => ObjKind::Secret,
         ("v1", "PersistentVolumeClaim") => ObjKind::PersistentVolumeClaim,
@@ -291,6 +295,7 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
     let label = format!("{kind_s} {name:?}");
     let supported_version = match kind {
         ObjKind::StepAction => matches!(version, "v1" | "v1beta1" | "v1alpha1"),
+        ObjKind::PromotionPolicy => version == "v1alpha1",
         ObjKind::ConfigMap | ObjKind::Secret | ObjKind::PersistentVolumeClaim => true,
         _ => matches!(version, "v1" | "v1beta1"),
     };
@@ -320,6 +325,7 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         ObjKind::PipelineRun => push!(pipeline_runs, spec, "spec"),
         ObjKind::TaskRun => push!(task_runs, spec, "spec"),
         ObjKind::StepAction => push!(step_actions, spec, "spec"),
+        ObjKind::PromotionPolicy => push!(promotion_policies, spec, "spec"),
         ObjKind::ConfigMap => push!(config_maps, value.clone(), ""),
         ObjKind::Secret => push!(secrets, value.clone(), ""),
         ObjKind::PersistentVolumeClaim => push!(pvcs, spec, "spec"),

@@ -655,3 +655,105 @@ pub fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
     let m = Option::<BTreeMap<String, Option<String>>>::deserialize(d)?;
     Ok(m.unwrap_or_default().into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect())
 }
+
+/// `tenon.dev/v1alpha1` `PromotionPolicy`: when the results of a PipelineRun pass its
+/// gates, set fields of files in a git repository to the promoted subject.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PromotionPolicySpec {
+    /// The PipelineRun whose results are judged.
+    pub pipeline_run_ref: NameRef,
+    /// One writer per (policy, environment); names the ledger directory.
+    pub environment: String,
+    pub subject: PromotionSubject,
+    /// All must hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
+    pub target: PromotionTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitSpec>,
+    /// `direct` (commit to the branch) or `branch` (push `tenon/promote/<env>/<id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NameRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PromotionSubject {
+    /// What is promoted, e.g. `$(tasks.package.results.model-uri)`.
+    pub uri: String,
+    /// Its content digest (`sha256:...`): the identity of the thing.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Gate {
+    /// The observed value, e.g. `$(tasks.evaluate.results.accuracy)`.
+    pub result: String,
+    /// `>=`, `>`, `<=`, `<`, `==`, `!=`, `in`, `notin`.
+    pub operator: String,
+    /// Threshold (numeric for ordering operators).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// For `in`/`notin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+    /// Compare with the value currently deployed: a field in the target repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incumbent: Option<FieldRef>,
+    /// With `incumbent`: the observed value must beat it by this much.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub margin: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FieldRef {
+    pub file: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PromotionTarget {
+    /// Default: the repository tenon watches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Scalar edits: set `path` in `file` to `value` (with `$(...)` substitution).
+    pub updates: Vec<FieldUpdate>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FieldUpdate {
+    pub file: String,
+    pub path: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CommitSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<Author>,
+    /// Message template: `$(policy)`, `$(environment)`, `$(subject.uri)`,
+    /// `$(subject.digest)`, `$(tasks.x.results.y)`; no clock or random values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}

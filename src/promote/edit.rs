@@ -1,0 +1,1 @@
+//! Format-preserving YAML scalar edits (in progress).

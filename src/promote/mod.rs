@@ -1,0 +1,9 @@
+//! Promotion: decide from task results whether to promote, and write the decision back to git.
+
+/// Where promotion decisions are recorded in the target repository, one file per id:
+/// `.tenon/promotions/<environment>/<id>.yaml`.
+pub const LEDGER_DIR: &str = ".tenon";
+
+pub mod decide;
+pub mod edit;
+// pub mod git; (enabled once edit.rs lands)
