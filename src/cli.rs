@@ -12,6 +12,7 @@ use crate::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
 use crate::error::{Error, Outcome};
 use crate::exec::local::{LocalExecutor, Sandbox, SandboxMode};
 use crate::model::{self, Catalog, ParamValue};
+use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
 use crate::report::{HashingStats, PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
 use crate::store::SqliteStore;
 use crate::telemetry::LogFormat;
@@ -70,6 +71,75 @@ pub enum Command {
     /// Inspect and maintain the cache: `ls`, `gc`, `verify`.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Judge the latest successful run of each PromotionPolicy's PipelineRun and commit
+    /// the promotion to git (never force-pushing; retrying races; one commit per decision).
+    ///
+    /// `--dry-run` prints the gate table, the exact diff, the commit message with its
+    /// trailers and the target ref, and pushes nothing. Exits 0 when every policy ended
+    /// Landed, AlreadyLanded, NoChange, Superseded or GatesFailed; 1 on Conflicted or a
+    /// failure; 2 for invalid manifests.
+    Promote(PromoteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GitAuthArgs {
+    /// Environment variable holding an HTTPS token for the target remote (never printed).
+    #[arg(long, value_name = "VAR", default_value = "TENON_GIT_TOKEN")]
+    pub git_token_env: String,
+    /// File holding an HTTPS token for the target remote.
+    #[arg(long, value_name = "PATH")]
+    pub git_token_file: Option<PathBuf>,
+    /// User name sent with the token (default x-access-token).
+    #[arg(long, value_name = "NAME")]
+    pub git_username: Option<String>,
+    /// SSH private key for the target remote.
+    #[arg(long, value_name = "PATH")]
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file: with it, SSH host keys are checked strictly.
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl GitAuthArgs {
+    fn credentials(&self) -> Result<crate::promote::git::Credentials, Error> {
+        let token = match &self.git_token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| Error::Usage(format!("cannot read --git-token-file {}: {e}", f.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var(&self.git_token_env).ok().filter(|t| !t.is_empty()),
+        };
+        Ok(crate::promote::git::Credentials {
+            token,
+            username: self.git_username.clone(),
+            ssh_key: self.ssh_key.clone(),
+            known_hosts: self.known_hosts.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// Directory of manifests (with the PromotionPolicy objects).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Only this PromotionPolicy.
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    /// Decide and show, but write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, env = "TENON_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Push attempts before giving up on a moving branch (Conflicted).
+    #[arg(long, default_value_t = 8)]
+    pub max_attempts: u32,
+    #[command(flatten)]
+    pub auth: GitAuthArgs,
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +273,12 @@ pub struct RunArgs {
     /// Do not stream step output to stderr (it is still saved to log files).
     #[arg(long, short)]
     pub quiet: bool,
+    /// After the runs succeed, promote: judge them with the PromotionPolicies in DIR and
+    /// commit the decisions to git (see `tenon promote --help`).
+    #[arg(long)]
+    pub promote: bool,
+    #[command(flatten)]
+    pub auth: GitAuthArgs,
     /// Run every task even when a cached result exists (results are still recorded).
     #[arg(long, env = "TENON_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
@@ -265,6 +341,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Run(a) => run_cmd(a).await,
         Command::Plan(a) => plan_cmd(a).await,
         Command::Cache(c) => cache_cmd(c),
+        Command::Promote(a) => promote_cmd(a),
     }
 }
 
@@ -326,6 +403,14 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
         namespace: a.namespace,
         quiet: true,
         no_cache: false,
+        promote: false,
+        auth: GitAuthArgs {
+            git_token_env: "TENON_GIT_TOKEN".into(),
+            git_token_file: None,
+            git_username: None,
+            ssh_key: None,
+            known_hosts: None,
+        },
         sandbox: a.sandbox,
         rerun: a.rerun,
         output: a.output,
@@ -461,11 +546,121 @@ fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
 
 async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
     let report = execute(&a, false).await?;
+    let promotion = if a.promote && report.all_ok() {
+        let cat = load(&a.dir)?;
+        let store = open_store(a.store.as_ref())?;
+        let opts = promote_options(a.store.as_ref(), false, None, &a.auth, 8)?;
+        Some(promote_all(&cat, &a.dir, &store, Some(&results_of(&report)), &opts).map_err(Error::Usage)?)
+    } else {
+        None
+    };
+    match a.output {
+        OutputFormat::Json => match &promotion {
+            Some(p) => print_json(
+                &serde_json::json!({"apiVersion": API_VERSION, "kind": "RunAndPromoteReport", "run": report, "promotion": p}),
+            )?,
+            None => print_json(&report)?,
+        },
+        OutputFormat::Human => {
+            print_human(&report);
+            if let Some(p) = &promotion {
+                print_promotions(p);
+            }
+        }
+    }
+    let promotion_failed = promotion.as_ref().is_some_and(|p| p.failed());
+    Ok(if report.all_ok() && !promotion_failed { Outcome::Ok } else { Outcome::RunFailed })
+}
+
+fn promote_options(
+    store: Option<&PathBuf>,
+    dry_run: bool,
+    policy: Option<String>,
+    auth: &GitAuthArgs,
+    max_attempts: u32,
+) -> Result<PromoteOptions, Error> {
+    Ok(PromoteOptions {
+        dry_run,
+        policy,
+        credentials: auth.credentials()?,
+        state_dir: store.cloned().unwrap_or_else(default_store),
+        max_attempts: max_attempts.max(1),
+    })
+}
+
+fn promote_cmd(a: PromoteArgs) -> Result<Outcome, Error> {
+    let cat = load(&a.dir)?;
+    let diags = model::validate(&cat);
+    if !diags.is_empty() {
+        let mut err = std::io::stderr().lock();
+        for d in &diags.0 {
+            let _ = writeln!(err, "{d}");
+        }
+        return Err(Error::Invalid { count: diags.len() });
+    }
+    if cat.promotion_policies.is_empty() {
+        return Err(Error::Usage(format!("no PromotionPolicy found in {}", a.dir.display())));
+    }
+    if let Some(p) = &a.policy {
+        if !cat.promotion_policies.iter().any(|x| &x.name == p) {
+            return Err(Error::Usage(format!("no PromotionPolicy named {p:?} in {}", a.dir.display())));
+        }
+    }
+    let store = open_store(a.store.as_ref())?;
+    let opts = promote_options(a.store.as_ref(), a.dry_run, a.policy.clone(), &a.auth, a.max_attempts)?;
+    let report = promote_all(&cat, &a.dir, &store, None, &opts).map_err(Error::Usage)?;
     match a.output {
         OutputFormat::Json => print_json(&report)?,
-        OutputFormat::Human => print_human(&report),
+        OutputFormat::Human => print_promotions(&report),
     }
-    Ok(if report.all_ok() { Outcome::Ok } else { Outcome::RunFailed })
+    Ok(if report.failed() { Outcome::RunFailed } else { Outcome::Ok })
+}
+
+fn print_promotions(r: &PromotionReport) {
+    let mut out = std::io::stdout().lock();
+    for p in &r.promotions {
+        let _ = writeln!(
+            out,
+            "PromotionPolicy {} ({}): {}{}",
+            p.policy,
+            p.environment,
+            p.state,
+            if p.detail.is_empty() { String::new() } else { format!(": {}", p.detail) }
+        );
+        if !p.id.is_empty() {
+            let _ =
+                writeln!(out, "  id {}  subject {} {}", &p.id[..16.min(p.id.len())], p.subject_digest, p.subject_uri);
+        }
+        for g in &p.gates {
+            let _ = writeln!(
+                out,
+                "  gate {} {} {:<10} observed {:<10} {}{}",
+                if g.passed { "PASS" } else { "FAIL" },
+                g.operator,
+                g.threshold,
+                g.observed.as_deref().unwrap_or("-").trim_end(),
+                g.result,
+                if g.note.is_empty() { String::new() } else { format!(" ({})", g.note) }
+            );
+        }
+        if !p.target.is_empty() {
+            let _ = writeln!(out, "  target {}", p.target);
+        }
+        if let Some(c) = &p.commit {
+            let _ = writeln!(out, "  commit {c}");
+        }
+        for d in &p.diff {
+            for l in d.lines() {
+                let _ = writeln!(out, "  {l}");
+            }
+        }
+        if p.state == "DryRun" {
+            let _ = writeln!(out, "  message:");
+            for l in p.message.lines() {
+                let _ = writeln!(out, "    {l}");
+            }
+        }
+    }
 }
 
 /// Load, validate and run (or, with `dry_run`, plan) the selected runs.

@@ -35,18 +35,24 @@ pub fn hex(b: &[u8]) -> String {
     s
 }
 
-/// Stream a file through SHA-256 with a fixed buffer.
+/// Stream a file through SHA-256 with a fixed, per-thread buffer (1 MiB): memory stays
+/// bounded whatever the file size, and small files cost no allocation.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
+    }
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+    BUF.with(|b| -> std::io::Result<()> {
+        let mut buf = b.borrow_mut();
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            h.update(&buf[..n]);
         }
-        h.update(&buf[..n]);
-    }
+    })?;
     Ok(hex(&h.finalize()))
 }
 

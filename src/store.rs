@@ -244,10 +244,17 @@ impl SqliteStore {
     }
 
     /// Results of the latest successful run of `run`: (uid, task -> results).
-    pub fn latest_run_results(&self, run: &str) -> Result<Option<(String, BTreeMap<String, BTreeMap<String, ParamValue>>)>> {
+    pub fn latest_run_results(
+        &self,
+        run: &str,
+    ) -> Result<Option<(String, BTreeMap<String, BTreeMap<String, ParamValue>>)>> {
         let row: Option<(String, String)> = self
             .conn()
-            .query_row("SELECT uid, keys FROM runs WHERE run = ?1 AND ok = 1 ORDER BY finished_ns DESC LIMIT 1", [run], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT uid, keys FROM runs WHERE run = ?1 AND ok = 1 ORDER BY finished_ns DESC LIMIT 1",
+                [run],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()?;
         let Some((uid, keys)) = row else { return Ok(None) };
         let keys: Vec<String> = serde_json::from_str(&keys).unwrap_or_default();

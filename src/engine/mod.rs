@@ -724,7 +724,15 @@ impl Engine {
                 for (k, v) in &supplied {
                     job.params.insert(k.clone(), v.to_json());
                 }
-                cached::apply_bindings(&mut job, &ann, &bindings, &|n: &str| volumes.describe(n), &req, false, &self.never_inputs());
+                cached::apply_bindings(
+                    &mut job,
+                    &ann,
+                    &bindings,
+                    &|n: &str| volumes.describe(n),
+                    &req,
+                    false,
+                    &self.never_inputs(),
+                );
                 cached::apply_forced(&mut job, cache, &name);
                 Some(job)
             }
@@ -1356,7 +1364,8 @@ impl<'a> PipelineRunState<'a> {
         }
         let ancestors = dag.ancestors(&pt.name);
         let never = self.engine.never_inputs();
-        let shared = cached::apply_bindings(&mut job, &ann, bindings, &|n: &str| self.volumes.describe(n), req, true, &never);
+        let shared =
+            cached::apply_bindings(&mut job, &ann, bindings, &|n: &str| self.volumes.describe(n), req, true, &never);
         // upstream results consumed (early cutoff: same values, same key)
         for (producer, result) in result_refs(pt) {
             if self.states.get(&producer).is_some_and(|s| s.would_run) {

@@ -13,7 +13,7 @@ pub use diag::{Diagnostic, Diagnostics};
 pub use load::{load_dir, load_sources, Catalog, Obj, ObjKind, SourceFile, REPO_WORKSPACE_ANNOTATION};
 pub use types::*;
 pub use validate::{param_name_ok, validate};
-pub use yaml::Pos;
+pub use yaml::{locate_scalar, parse_path, LocateError, PathSeg, Pos, ScalarKind, ScalarSpan};
 
 /// An embedded `pipelineSpec` sees every workspace and param its PipelineRun supplies,
 /// declared or not (Tekton's propagation).

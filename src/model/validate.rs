@@ -155,7 +155,11 @@ impl<'a> Validator<'a> {
             self.err(&ctx, "spec.pipelineRunRef", "missing field(s): pipelineRunRef.name");
         } else if run.is_none() {
             let hint = did_you_mean(&s.pipeline_run_ref.name, cat.pipeline_runs.iter().map(|r| r.name.as_str()));
-            self.err(&ctx, "spec.pipelineRunRef.name", format!("unknown PipelineRun {:?}{hint}", s.pipeline_run_ref.name));
+            self.err(
+                &ctx,
+                "spec.pipelineRunRef.name",
+                format!("unknown PipelineRun {:?}{hint}", s.pipeline_run_ref.name),
+            );
         }
         let pspec: Option<PipelineSpec> = run.and_then(|r| match (&r.spec.pipeline_spec, &r.spec.pipeline_ref) {
             (Some(ps), _) => Some(ps.clone()),
@@ -170,12 +174,19 @@ impl<'a> Validator<'a> {
         if s.subject.digest.trim().is_empty() {
             self.err(&ctx, "spec.subject", "missing field(s): subject.digest (the identity of what is promoted)");
         }
-        let mut texts: Vec<(String, String)> = vec![("spec.subject.uri".into(), s.subject.uri.clone()), ("spec.subject.digest".into(), s.subject.digest.clone())];
+        let mut texts: Vec<(String, String)> = vec![
+            ("spec.subject.uri".into(), s.subject.uri.clone()),
+            ("spec.subject.digest".into(), s.subject.digest.clone()),
+        ];
         for (i, g) in s.gates.iter().enumerate() {
             let f = format!("spec.gates[{i}]");
             texts.push((format!("{f}.result"), g.result.clone()));
             if find_refs(&g.result).is_empty() {
-                self.err(&ctx, &format!("{f}.result"), format!("a gate judges a task result, e.g. $(tasks.evaluate.results.accuracy); got {:?}", g.result));
+                self.err(
+                    &ctx,
+                    &format!("{f}.result"),
+                    format!("a gate judges a task result, e.g. $(tasks.evaluate.results.accuracy); got {:?}", g.result),
+                );
             }
             match g.operator.as_str() {
                 "in" | "notin" => {
@@ -187,12 +198,19 @@ impl<'a> Validator<'a> {
                     let ordering = !matches!(g.operator.as_str(), "==" | "!=");
                     match (&g.value, &g.incumbent) {
                         (None, None) => self.err(&ctx, &f, "missing field(s): value (or incumbent)"),
-                        (Some(v), None) if ordering && !v.contains("$(") && v.trim().parse::<f64>().is_err() => {
-                            self.err(&ctx, &format!("{f}.value"), format!("{} compares numbers; {v:?} is not a number", g.operator))
-                        }
+                        (Some(v), None) if ordering && !v.contains("$(") && v.trim().parse::<f64>().is_err() => self
+                            .err(
+                                &ctx,
+                                &format!("{f}.value"),
+                                format!("{} compares numbers; {v:?} is not a number", g.operator),
+                            ),
                         (_, Some(inc)) => {
                             if inc.file.is_empty() || inc.path.is_empty() {
-                                self.err(&ctx, &format!("{f}.incumbent"), "missing field(s): incumbent.file, incumbent.path");
+                                self.err(
+                                    &ctx,
+                                    &format!("{f}.incumbent"),
+                                    "missing field(s): incumbent.file, incumbent.path",
+                                );
                             }
                             if let Some(m) = &g.margin {
                                 if m.trim().parse::<f64>().is_err() {
@@ -203,7 +221,11 @@ impl<'a> Validator<'a> {
                         _ => {}
                     }
                 }
-                other => self.err(&ctx, &format!("{f}.operator"), format!("operator {other:?} is not recognized. valid operators: >=, >, <=, <, ==, !=, in, notin")),
+                other => self.err(
+                    &ctx,
+                    &format!("{f}.operator"),
+                    format!("operator {other:?} is not recognized. valid operators: >=, >, <=, <, ==, !=, in, notin"),
+                ),
             }
         }
         if s.target.updates.is_empty() {
@@ -213,7 +235,14 @@ impl<'a> Validator<'a> {
             let f = format!("spec.target.updates[{i}]");
             texts.push((format!("{f}.value"), u.value.clone()));
             if u.file.is_empty() || u.file.starts_with('/') || u.file.split('/').any(|c| c == "..") {
-                self.err(&ctx, &format!("{f}.file"), format!("file {:?} must be a relative path inside the repository (no leading '/', no '..')", u.file));
+                self.err(
+                    &ctx,
+                    &format!("{f}.file"),
+                    format!(
+                        "file {:?} must be a relative path inside the repository (no leading '/', no '..')",
+                        u.file
+                    ),
+                );
             }
             if u.path.trim().is_empty() {
                 self.err(&ctx, &format!("{f}.path"), "missing field(s): path");

@@ -109,7 +109,11 @@ pub fn eval_gate(g: &Gate, vars: &Vars, incumbent: Option<&str>) -> GateOutcome 
                     // nothing deployed yet: any value beats it
                     out.threshold = "no incumbent".into();
                     out.passed = num(obs_t).is_some();
-                    out.note = if out.passed { "nothing deployed yet".into() } else { format!("observed {obs_t:?} is not a number") };
+                    out.note = if out.passed {
+                        "nothing deployed yet".into()
+                    } else {
+                        format!("observed {obs_t:?} is not a number")
+                    };
                     return out;
                 }
                 (Some(_), Some(inc)) => {
@@ -117,7 +121,10 @@ pub fn eval_gate(g: &Gate, vars: &Vars, incumbent: Option<&str>) -> GateOutcome 
                     match num(inc) {
                         Some(i) => {
                             let t = if op.starts_with('<') { i - margin } else { i + margin };
-                            out.note = format!("incumbent {inc}{}", if margin != 0.0 { format!(", margin {margin}") } else { String::new() });
+                            out.note = format!(
+                                "incumbent {inc}{}",
+                                if margin != 0.0 { format!(", margin {margin}") } else { String::new() }
+                            );
                             t
                         }
                         None => {
@@ -170,15 +177,23 @@ pub fn decide(
     vars.set_str("subject.digest", digest.clone());
     vars.set_str("policy", policy);
     vars.set_str("environment", spec.environment.clone());
-    let gates: Vec<GateOutcome> =
-        spec.gates.iter().enumerate().map(|(i, g)| eval_gate(g, &vars, incumbents.get(&i).map(String::as_str))).collect();
+    let gates: Vec<GateOutcome> = spec
+        .gates
+        .iter()
+        .enumerate()
+        .map(|(i, g)| eval_gate(g, &vars, incumbents.get(&i).map(String::as_str)))
+        .collect();
     let subject_ok = !digest.is_empty() && !digest.contains("$(");
     let promote = subject_ok && gates.iter().all(|g| g.passed);
     let updates: Vec<RenderedUpdate> = spec
         .target
         .updates
         .iter()
-        .map(|FieldUpdate { file, path, value }| RenderedUpdate { file: file.clone(), path: path.clone(), value: vars.apply_str(value) })
+        .map(|FieldUpdate { file, path, value }| RenderedUpdate {
+            file: file.clone(),
+            path: path.clone(),
+            value: vars.apply_str(value),
+        })
         .collect();
     let id = promotion_id(policy, &spec.environment, &digest, &updates);
     let template = spec
@@ -198,15 +213,33 @@ pub fn decide(
     for g in &gates {
         trailers.push((
             "Tenon-Gate".to_string(),
-            format!("{} {} {} = {}", g.result, g.operator, g.threshold, g.observed.clone().unwrap_or_default().trim_end()),
+            format!(
+                "{} {} {} = {}",
+                g.result,
+                g.operator,
+                g.threshold,
+                g.observed.clone().unwrap_or_default().trim_end()
+            ),
         ));
     }
-    Decision { policy: policy.into(), environment: spec.environment.clone(), subject_uri: uri, subject_digest: digest, gates, promote, updates, id, message, trailers }
+    Decision {
+        policy: policy.into(),
+        environment: spec.environment.clone(),
+        subject_uri: uri,
+        subject_digest: digest,
+        gates,
+        promote,
+        updates,
+        id,
+        message,
+        trailers,
+    }
 }
 
 /// The deterministic promotion id.
 pub fn promotion_id(policy: &str, environment: &str, digest: &str, updates: &[RenderedUpdate]) -> String {
-    let canonical = serde_json::json!({"policy": policy, "environment": environment, "digest": digest, "updates": updates});
+    let canonical =
+        serde_json::json!({"policy": policy, "environment": environment, "digest": digest, "updates": updates});
     sha256_hex(canonical.to_string().as_bytes())
 }
 
@@ -228,10 +261,17 @@ mod tests {
     fn spec(gates: Vec<Gate>) -> PromotionPolicySpec {
         PromotionPolicySpec {
             environment: "prod".into(),
-            subject: PromotionSubject { uri: "$(tasks.package.results.uri)".into(), digest: "$(tasks.package.results.digest)".into() },
+            subject: PromotionSubject {
+                uri: "$(tasks.package.results.uri)".into(),
+                digest: "$(tasks.package.results.digest)".into(),
+            },
             gates,
             target: PromotionTarget {
-                updates: vec![FieldUpdate { file: "deploy/prod.yaml".into(), path: "spec.model".into(), value: "$(subject.uri)@$(subject.digest)".into() }],
+                updates: vec![FieldUpdate {
+                    file: "deploy/prod.yaml".into(),
+                    path: "spec.model".into(),
+                    value: "$(subject.uri)@$(subject.digest)".into(),
+                }],
                 ..Default::default()
             },
             ..Default::default()
@@ -240,13 +280,30 @@ mod tests {
 
     fn results(acc: &str) -> BTreeMap<String, BTreeMap<String, ParamValue>> {
         BTreeMap::from([
-            ("evaluate".into(), BTreeMap::from([("accuracy".into(), ParamValue::Str(acc.into())), ("stage".into(), ParamValue::Str("rc\n".into()))])),
-            ("package".into(), BTreeMap::from([("uri".into(), ParamValue::Str("s3://m/1".into())), ("digest".into(), ParamValue::Str("sha256:ab".into()))])),
+            (
+                "evaluate".into(),
+                BTreeMap::from([
+                    ("accuracy".into(), ParamValue::Str(acc.into())),
+                    ("stage".into(), ParamValue::Str("rc\n".into())),
+                ]),
+            ),
+            (
+                "package".into(),
+                BTreeMap::from([
+                    ("uri".into(), ParamValue::Str("s3://m/1".into())),
+                    ("digest".into(), ParamValue::Str("sha256:ab".into())),
+                ]),
+            ),
         ])
     }
 
     fn gate(op: &str, value: &str) -> Gate {
-        Gate { result: "$(tasks.evaluate.results.accuracy)".into(), operator: op.into(), value: Some(value.into()), ..Default::default() }
+        Gate {
+            result: "$(tasks.evaluate.results.accuracy)".into(),
+            operator: op.into(),
+            value: Some(value.into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -259,10 +316,40 @@ mod tests {
             (gate("==", "0.9"), "0.90", None, true),
             (gate("!=", "abc"), "abd", None, true),
             (gate(">=", "0.9"), "n/a", None, false),
-            (Gate { operator: "in".into(), values: Some(vec!["rc".into(), "ga".into()]), result: "$(tasks.evaluate.results.stage)".into(), ..Default::default() }, "0.9", None, true),
-            (Gate { operator: "notin".into(), values: Some(vec!["rc".into()]), result: "$(tasks.evaluate.results.stage)".into(), ..Default::default() }, "0.9", None, false),
-            (Gate { incumbent: Some(FieldRef::default()), margin: Some("0.01".into()), ..gate(">=", "") }, "0.92", Some("0.915"), false),
-            (Gate { incumbent: Some(FieldRef::default()), margin: Some("0.01".into()), ..gate(">=", "") }, "0.93", Some("0.915"), true),
+            (
+                Gate {
+                    operator: "in".into(),
+                    values: Some(vec!["rc".into(), "ga".into()]),
+                    result: "$(tasks.evaluate.results.stage)".into(),
+                    ..Default::default()
+                },
+                "0.9",
+                None,
+                true,
+            ),
+            (
+                Gate {
+                    operator: "notin".into(),
+                    values: Some(vec!["rc".into()]),
+                    result: "$(tasks.evaluate.results.stage)".into(),
+                    ..Default::default()
+                },
+                "0.9",
+                None,
+                false,
+            ),
+            (
+                Gate { incumbent: Some(FieldRef::default()), margin: Some("0.01".into()), ..gate(">=", "") },
+                "0.92",
+                Some("0.915"),
+                false,
+            ),
+            (
+                Gate { incumbent: Some(FieldRef::default()), margin: Some("0.01".into()), ..gate(">=", "") },
+                "0.93",
+                Some("0.915"),
+                true,
+            ),
             (Gate { incumbent: Some(FieldRef::default()), ..gate(">=", "") }, "0.5", None, true),
             (Gate { result: "$(tasks.missing.results.x)".into(), ..gate(">=", "0") }, "1", None, false),
         ];

@@ -6,4 +6,5 @@ pub const LEDGER_DIR: &str = ".tenon";
 
 pub mod decide;
 pub mod edit;
-// pub mod git; (enabled once edit.rs lands)
+pub mod git;
+pub mod run;
