@@ -450,14 +450,6 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
     Ok(Outcome::Ok)
 }
 
-/// The executor identity a real run would use (plans must key like runs do).
-fn detected_executor_id(mode: SandboxMode) -> String {
-    match Sandbox::detect(mode) {
-        Ok(s) if s.is_bwrap() => "local+bwrap".into(),
-        _ => "local".into(),
-    }
-}
-
 fn open_store(dir: Option<&PathBuf>) -> Result<SqliteStore, Error> {
     let store = dir.cloned().unwrap_or_else(default_store);
     std::fs::create_dir_all(&store)
@@ -717,7 +709,9 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
         }
     }
     let console = Arc::new(if dry_run { Console::silent() } else { Console::new(a.quiet) });
-    let sandbox = if dry_run { Sandbox::Host } else { Sandbox::detect(a.sandbox).map_err(Error::Usage)? };
+    let state_dir = a.store.clone().unwrap_or_else(default_store);
+    let _ = std::fs::create_dir_all(&state_dir);
+    let sandbox = Sandbox::detect_cached(a.sandbox, &state_dir).map_err(Error::Usage)?;
     let executor_id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
     let exec = Arc::new(LocalExecutor::new(pass_env, console.clone()).with_sandbox(sandbox));
     let cancel = CancellationToken::new();
@@ -749,7 +743,7 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
     let rerun: std::collections::BTreeSet<String> = a.rerun.iter().cloned().collect();
     let mut cache_ctx = CacheCtx::new(store, a.no_cache, rerun, dry_run)
         .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
-    cache_ctx.executor = if dry_run { detected_executor_id(a.sandbox) } else { executor_id.to_string() };
+    cache_ctx.executor = executor_id.to_string();
     let cache = Arc::new(cache_ctx);
     let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();

@@ -284,18 +284,20 @@ pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashSt
     Ok(Tree::seal(entries))
 }
 
-fn walk(
-    dir: &Path,
-    rel: &str,
-    filter: &Filter,
-    out: &mut Vec<(String, PathBuf, std::fs::Metadata)>,
-) -> std::io::Result<()> {
-    let mut names: Vec<(String, PathBuf)> = std::fs::read_dir(dir)?
+type Found = Vec<(String, PathBuf, std::fs::Metadata)>;
+
+/// Walk `dir`: entries of this directory in name order, each subdirectory's entries
+/// after it; subdirectories are walked in parallel (stat calls dominate).
+fn walk(dir: &Path, rel: &str, filter: &Filter, out: &mut Found) -> std::io::Result<()> {
+    // DirEntry::metadata stats relative to the open directory (no full path walk per file)
+    let mut names: Vec<(String, PathBuf, std::io::Result<std::fs::Metadata>)> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
-        .map(|e| (e.file_name().to_string_lossy().to_string(), e.path()))
+        .map(|e| (e.file_name().to_string_lossy().to_string(), e.path(), e.metadata()))
         .collect();
-    names.sort();
-    for (name, abs) in names {
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    // (position in `out` after which a subdirectory's entries go, its walk)
+    let mut subdirs: Vec<(usize, PathBuf, String)> = Vec::new();
+    for (name, abs, meta) in names {
         if rel.is_empty() && ALWAYS_SKIPPED.contains(&name.as_str()) {
             continue;
         }
@@ -303,15 +305,32 @@ fn walk(
         if filter.excluded(&child) {
             continue;
         }
-        let m = std::fs::symlink_metadata(&abs)?;
+        let m = meta?;
         if m.is_dir() {
             if !filter.narrowed() || filter.included(&child) {
                 out.push((child.clone(), abs.clone(), m));
             }
-            walk(&abs, &child, filter, out)?;
+            subdirs.push((out.len(), abs, child));
         } else if filter.included(&child) {
             out.push((child, abs, m));
         }
+    }
+    if subdirs.is_empty() {
+        return Ok(());
+    }
+    let walked: Vec<std::io::Result<Found>> = subdirs
+        .par_iter()
+        .map(|(_, abs, child)| {
+            let mut v = Vec::new();
+            walk(abs, child, filter, &mut v).map(|_| v)
+        })
+        .collect();
+    // splice each subdirectory's entries in after it (back to front keeps positions valid)
+    for ((pos, _, _), w) in subdirs.iter().zip(walked).rev() {
+        let w = w?;
+        let tail = out.split_off(*pos);
+        out.extend(w);
+        out.extend(tail);
     }
     Ok(())
 }

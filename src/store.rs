@@ -119,9 +119,7 @@ CREATE TABLE IF NOT EXISTS records (
   created_ns INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
   preimage TEXT NOT NULL, results TEXT NOT NULL, outputs TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS records_by_task ON records (run, task, created_ns);
-CREATE TABLE IF NOT EXISTS stat_cache (
-  path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
-  mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT NOT NULL, recorded_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS stat_blob (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, entries TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS promotions (
   id TEXT PRIMARY KEY, policy TEXT NOT NULL, environment TEXT NOT NULL, state TEXT NOT NULL,
@@ -608,56 +606,29 @@ impl Store for SqliteStore {
     }
 
     fn stat_cache(&self) -> Result<HashMap<PathBuf, StatRecord>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare_cached("SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest, recorded_ns FROM stat_cache")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                PathBuf::from(r.get::<_, String>(0)?),
-                StatRecord {
-                    stat: Stat {
-                        dev: r.get::<_, i64>(1)? as u64,
-                        ino: r.get::<_, i64>(2)? as u64,
-                        size: r.get::<_, i64>(3)? as u64,
-                        mtime_ns: r.get(4)?,
-                        ctime_ns: r.get(5)?,
-                    },
-                    digest: r.get(6)?,
-                    recorded_ns: r.get(7)?,
-                },
-            ))
-        })?;
-        let mut map = HashMap::new();
-        for row in rows {
-            let (p, rec) = row?;
-            map.insert(p, rec);
-        }
-        Ok(map)
+        let blob: Option<Vec<u8>> =
+            self.conn().query_row("SELECT data FROM stat_blob WHERE id = 1", [], |r| r.get(0)).optional()?;
+        Ok(blob.map(|b| decode_stats(&b)).unwrap_or_default())
     }
 
     fn save_stats(&self, updates: &[(PathBuf, StatRecord)]) -> Result<()> {
         if updates.is_empty() {
             return Ok(());
         }
+        // read-modify-write in one immediate transaction: concurrent tenons lose nothing
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO stat_cache (path, dev, ino, size, mtime_ns, ctime_ns, digest, recorded_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for (p, r) in updates {
-                st.execute(params![
-                    p.to_string_lossy(),
-                    r.stat.dev as i64,
-                    r.stat.ino as i64,
-                    r.stat.size as i64,
-                    r.stat.mtime_ns,
-                    r.stat.ctime_ns,
-                    r.digest,
-                    r.recorded_ns
-                ])?;
-            }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let blob: Option<Vec<u8>> =
+            tx.query_row("SELECT data FROM stat_blob WHERE id = 1", [], |r| r.get(0)).optional()?;
+        let mut all = blob.map(|b| decode_stats(&b)).unwrap_or_default();
+        for (p, r) in updates {
+            all.insert(p.clone(), r.clone());
         }
+        // forget files that no longer exist, so the blob does not grow without bound
+        if all.len() > 2 * updates.len() + 1024 {
+            all.retain(|p, _| p.exists());
+        }
+        tx.execute("INSERT OR REPLACE INTO stat_blob (id, data) VALUES (1, ?1)", [encode_stats(&all)])?;
         tx.commit()?;
         Ok(())
     }
@@ -699,9 +670,91 @@ impl Store for SqliteStore {
     }
 }
 
+/// The stat cache as one compact blob (fast to load: one row, no per-file SQL):
+/// per entry `path_len:u32 path dev ino size mtime ctime recorded (8 bytes each) digest(32)`.
+fn encode_stats(m: &HashMap<PathBuf, StatRecord>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() * 100);
+    out.extend_from_slice(b"TSC1");
+    for (p, r) in m {
+        let Some(digest) = unhex32(&r.digest) else { continue };
+        let pb = p.as_os_str().as_encoded_bytes();
+        out.extend_from_slice(&(pb.len() as u32).to_le_bytes());
+        out.extend_from_slice(pb);
+        for v in
+            [r.stat.dev as i64, r.stat.ino as i64, r.stat.size as i64, r.stat.mtime_ns, r.stat.ctime_ns, r.recorded_ns]
+        {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&digest);
+    }
+    out
+}
+
+fn decode_stats(b: &[u8]) -> HashMap<PathBuf, StatRecord> {
+    let mut m = HashMap::new();
+    if b.len() < 4 || &b[..4] != b"TSC1" {
+        return m;
+    }
+    let mut i = 4;
+    let rd = |i: usize| -> Option<i64> { b.get(i..i + 8).map(|s| i64::from_le_bytes(s.try_into().unwrap_or([0; 8]))) };
+    while i + 4 <= b.len() {
+        let Some(len) = b.get(i..i + 4).map(|s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])) as usize) else {
+            break;
+        };
+        i += 4;
+        let Some(pb) = b.get(i..i + len) else { break };
+        i += len;
+        let vals: Option<Vec<i64>> = (0..6).map(|k| rd(i + 8 * k)).collect();
+        let Some(v) = vals else { break };
+        i += 48;
+        let Some(d) = b.get(i..i + 32) else { break };
+        i += 32;
+        let path = PathBuf::from(std::ffi::OsStr::new(&String::from_utf8_lossy(pb).to_string()));
+        m.insert(
+            path,
+            StatRecord {
+                stat: Stat { dev: v[0] as u64, ino: v[1] as u64, size: v[2] as u64, mtime_ns: v[3], ctime_ns: v[4] },
+                digest: hash::hex(d),
+                recorded_ns: v[5],
+            },
+        );
+    }
+    m
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (k, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * k..2 * k + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_cache_blob_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path()).unwrap();
+        let rec = |n: i64| StatRecord {
+            stat: Stat { dev: 1, ino: n as u64, size: 3, mtime_ns: n, ctime_ns: n + 1 },
+            digest: hash::sha256_hex(&n.to_le_bytes()),
+            recorded_ns: n + 2,
+        };
+        let p1 = d.path().join("a");
+        let p2 = d.path().join("dir/é b");
+        s.save_stats(&[(p1.clone(), rec(1)), (p2.clone(), rec(2))]).unwrap();
+        s.save_stats(&[(p1.clone(), rec(5))]).unwrap();
+        let m = s.stat_cache().unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&p1], rec(5));
+        assert_eq!(m[&p2], rec(2));
+    }
 
     fn rec(key: &str, run: &str, created: i64) -> Record {
         Record {

@@ -90,6 +90,34 @@ impl Sandbox {
         }
     }
 
+    /// [`Sandbox::detect`], remembering a successful bwrap probe in `state_dir` (keyed by
+    /// the bwrap binary and the boot), so each invocation does not pay for a probe.
+    pub fn detect_cached(mode: SandboxMode, state_dir: &Path) -> Result<Sandbox, String> {
+        if mode == SandboxMode::Host {
+            return Ok(Sandbox::Host);
+        }
+        let bwrap = std::env::var_os("TENON_BWRAP").map(PathBuf::from).or_else(|| {
+            ["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"].iter().map(PathBuf::from).find(|p| p.is_file())
+        });
+        let key = bwrap.as_ref().and_then(|b| {
+            let m = std::fs::metadata(b).ok()?;
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+            use std::os::unix::fs::MetadataExt;
+            Some(format!("{} {} {} {}", b.display(), m.mtime(), m.mtime_nsec(), boot.trim()))
+        });
+        let file = state_dir.join("sandbox-probe");
+        if let (Some(k), Some(b)) = (&key, &bwrap) {
+            if std::fs::read_to_string(&file).ok().as_deref() == Some(k.as_str()) {
+                return Ok(Sandbox::Bwrap { bwrap: b.clone(), binds: host_binds() });
+            }
+        }
+        let sb = Sandbox::detect(mode)?;
+        if let (true, Some(k)) = (sb.is_bwrap(), key) {
+            let _ = std::fs::write(&file, k);
+        }
+        Ok(sb)
+    }
+
     pub fn is_bwrap(&self) -> bool {
         matches!(self, Sandbox::Bwrap { .. })
     }
