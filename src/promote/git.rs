@@ -151,14 +151,27 @@ fn base64_encode(b: &[u8]) -> String {
     out
 }
 
-fn open_cache(t: &Target) -> Result<Repository, PromoteError> {
-    let dir = t.cache_dir.join(crate::hash::sha256_hex(t.url.as_bytes()).get(..16).unwrap_or("repo"));
+/// The persistent bare clone of a target, held exclusively by this process until the
+/// returned lock drops (two tenons sharing a store take turns; git's own config and ref
+/// lock files would otherwise make one of them fail).
+fn open_cache(t: &Target) -> Result<(Repository, std::fs::File), PromoteError> {
+    use fs4::fs_std::FileExt;
+    let name = crate::hash::sha256_hex(t.url.as_bytes()).get(..16).unwrap_or("repo").to_string();
+    let dir = t.cache_dir.join(&name);
+    let io = |e: std::io::Error| PromoteError::Git { message: format!("cannot use {}: {e}", dir.display()) };
+    std::fs::create_dir_all(&t.cache_dir).map_err(io)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(t.cache_dir.join(format!("{name}.lock")))
+        .map_err(io)?;
+    lock.lock_exclusive().map_err(io)?;
     if dir.join("HEAD").exists() {
-        return Ok(Repository::open_bare(&dir)?);
+        return Ok((Repository::open_bare(&dir)?, lock));
     }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| PromoteError::Git { message: format!("cannot create {}: {e}", dir.display()) })?;
-    Ok(Repository::init_bare(&dir)?)
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    Ok((Repository::init_bare(&dir)?, lock))
 }
 
 /// Fetch `branch`; returns its tip (None when the branch does not exist yet).
@@ -182,7 +195,7 @@ fn fetch(repo: &Repository, t: &Target, branch: &str) -> Result<Option<Oid>, Pro
 
 /// The text of `path` at the tip of the target branch (fetching first).
 pub fn read_at_tip(t: &Target, path: &str) -> Result<Option<String>, PromoteError> {
-    let repo = open_cache(t)?;
+    let (repo, _lock) = open_cache(t)?;
     let Some(tip) = fetch(&repo, t, &t.branch)? else { return Ok(None) };
     let tree = repo.find_commit(tip)?.tree()?;
     read_blob(&repo, &tree, path)
@@ -247,6 +260,28 @@ pub fn ledger_entry(d: &Decision, decided_at_ns: i64, previous: Option<&str>, so
     y
 }
 
+/// The filesystem path of a local remote (`file://` URL or a plain path).
+fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(p) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(p));
+    }
+    (url.starts_with('/') && !url.contains("://")).then(|| PathBuf::from(url))
+}
+
+/// Move `refname` in the local repository at `path` from `old` (None: must not exist)
+/// to `new`, atomically; then drop the temporary `incoming` ref.
+fn cas_local(path: &Path, refname: &str, new: Oid, old: Option<Oid>, incoming: &str) -> Result<(), git2::Error> {
+    let repo = Repository::open(path)?;
+    let res = match old {
+        Some(o) => repo.reference_matching(refname, new, true, o, "tenon promote").map(|_| ()),
+        None => repo.reference(refname, new, false, "tenon promote").map(|_| ()),
+    };
+    if let Ok(mut r) = repo.find_reference(incoming) {
+        let _ = r.delete();
+    }
+    res.map_err(|e| git2::Error::from_str(&format!("failed to update ref (the branch moved): {}", e.message())))
+}
+
 /// Write a decision back: commit the edits and the ledger entry on the branch tip and
 /// push without force, retrying races. `decided_at_ns` orders decisions: a newer one in
 /// the ledger supersedes this one.
@@ -257,7 +292,7 @@ pub fn write_back(
     decided_at_ns: i64,
     source_revision: &str,
 ) -> Result<Landing, PromoteError> {
-    let repo = open_cache(t)?;
+    let (repo, _lock) = open_cache(t)?;
     let ledger = ledger_path(&d.environment, &d.id);
     let push_branch = if t.branch_mode {
         format!("tenon/promote/{}/{}", d.environment, &d.id[..12.min(d.id.len())])
@@ -350,9 +385,28 @@ pub fn write_back(
         });
         let mut po = git2::PushOptions::new();
         po.remote_callbacks(cb);
-        let refspec = format!("{commit}:refs/heads/{push_branch}");
-        let pushed = remote.push(&[&refspec], Some(&mut po));
-        let rejected = rejection.borrow().clone();
+        let (pushed, rejected) = match local_path(&t.url) {
+            // libgit2's local transport checks fast-forward and then writes the ref
+            // without a compare-and-swap, so a concurrent push could be overwritten:
+            // send the objects to a ref of our own, then move the branch with an atomic
+            // compare-and-swap on the repository's lock files (the ones git uses too)
+            Some(path) => {
+                let incoming = format!("refs/tenon/incoming/{}", &d.id[..16.min(d.id.len())]);
+                let r = remote.push(&[&format!("+{commit}:{incoming}")], Some(&mut po));
+                let rej = rejection.borrow().clone();
+                match (r, rej) {
+                    (Ok(()), None) => {
+                        (cas_local(&path, &format!("refs/heads/{push_branch}"), commit, tip, &incoming), None)
+                    }
+                    other => other,
+                }
+            }
+            None => {
+                let refspec = format!("{commit}:refs/heads/{push_branch}");
+                let r = remote.push(&[&refspec], Some(&mut po));
+                (r, rejection.borrow().clone())
+            }
+        };
         match (pushed, rejected) {
             (Ok(()), None) => {
                 return Ok(Landing::Landed { commit: commit.to_string(), branch: push_branch, attempts: attempt })

@@ -162,7 +162,7 @@ pub fn promote_all(
     opts: &PromoteOptions,
 ) -> Result<PromotionReport, String> {
     let mut out = Vec::new();
-    for p in cat.promotion_policies.iter().filter(|p| opts.policy.as_ref().is_none_or(|n| n == &p.name)) {
+    'policies: for p in cat.promotion_policies.iter().filter(|p| opts.policy.as_ref().is_none_or(|n| n == &p.name)) {
         let run = &p.spec.pipeline_run_ref.name;
         let (source, run_results) = match results.and_then(|r| r.get(run)) {
             Some(r) => (source_revision(dir), r.clone()),
@@ -190,6 +190,8 @@ pub fn promote_all(
         };
         // incumbent values: read from the target branch
         let mut incumbents = BTreeMap::new();
+        // gates whose incumbent could not be read: they cannot pass
+        let mut unknown: BTreeMap<usize, String> = BTreeMap::new();
         for (i, g) in p.spec.gates.iter().enumerate() {
             if let Some(inc) = &g.incumbent {
                 match git::read_at_tip(&target, &inc.file) {
@@ -201,16 +203,25 @@ pub fn promote_all(
                         }
                     }
                     Ok(None) => {}
-                    Err(e) if opts.dry_run => tracing::warn!(error = %e, "cannot read the incumbent value"),
+                    Err(e) if opts.dry_run => {
+                        unknown.insert(i, format!("the incumbent could not be read: {}", with_target(&e, &target.url)));
+                    }
                     Err(e) => {
-                        out.push(summary(p, None, "Failed", &e.to_string(), &target.url, vec![]));
-                        continue;
+                        out.push(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![]));
+                        continue 'policies;
                     }
                 }
             }
         }
         let input_hash = crate::hash::sha256_hex(serde_json::to_string(&run_results).unwrap_or_default().as_bytes());
-        let d = decide(&p.name, &p.spec, &run_results, &incumbents, &source, &input_hash);
+        let mut d = decide(&p.name, &p.spec, &run_results, &incumbents, &source, &input_hash);
+        for (i, why) in unknown {
+            if let Some(g) = d.gates.get_mut(i) {
+                g.passed = false;
+                g.note = why;
+            }
+            d.promote = false;
+        }
         // a decision already in the ledger has landed, whatever the gates say now (an
         // incumbent gate compares with the value it deployed itself)
         if !opts.dry_run {
@@ -303,7 +314,7 @@ pub fn promote_all(
                 format!("the branch kept moving; gave up after {attempts} attempts, will retry on the next trigger"),
                 None,
             ),
-            Err(e) => ("Failed", e.to_string(), None),
+            Err(e) => ("Failed", with_target(e, &target.url), None),
         };
         let stored = if state == "Failed" { "Failed" } else { state };
         let _ = store.set_promotion_state(&d.id, stored, &detail);
@@ -313,6 +324,16 @@ pub fn promote_all(
         out.push(s);
     }
     Ok(PromotionReport { api_version: API_VERSION, kind: "PromotionReport", promotions: out })
+}
+
+/// An error message that names the target remote.
+fn with_target(e: &git::PromoteError, url: &str) -> String {
+    let m = e.to_string();
+    if m.contains(url) {
+        m
+    } else {
+        format!("{m} (target {url})")
+    }
 }
 
 fn summary(
