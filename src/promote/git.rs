@@ -167,11 +167,31 @@ fn open_cache(t: &Target) -> Result<(Repository, std::fs::File), PromoteError> {
         .open(t.cache_dir.join(format!("{name}.lock")))
         .map_err(io)?;
     lock.lock_exclusive().map_err(io)?;
+    // Holding the lock, nothing else uses this clone: lock files left by a process that
+    // was killed mid-operation are stale, and a clone killed before it had a HEAD is
+    // started again.
     if dir.join("HEAD").exists() {
+        remove_stale_locks(&dir);
         return Ok((Repository::open_bare(&dir)?, lock));
     }
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    Ok((Repository::init_bare(&dir)?, lock))
+    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = t.cache_dir.join(format!("{name}.init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    Repository::init_bare(&tmp)?;
+    std::fs::rename(&tmp, &dir).map_err(io)?;
+    Ok((Repository::open_bare(&dir)?, lock))
+}
+
+fn remove_stale_locks(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            remove_stale_locks(&p);
+        } else if p.extension().is_some_and(|x| x == "lock") {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 /// Fetch `branch`; returns its tip (None when the branch does not exist yet).
@@ -391,7 +411,9 @@ pub fn write_back(
             // send the objects to a ref of our own, then move the branch with an atomic
             // compare-and-swap on the repository's lock files (the ones git uses too)
             Some(path) => {
-                let incoming = format!("refs/tenon/incoming/{}", &d.id[..16.min(d.id.len())]);
+                // unique per process and attempt: concurrent promoters never share it
+                let incoming =
+                    format!("refs/tenon/incoming/{}-{}-{attempt}", &d.id[..16.min(d.id.len())], std::process::id());
                 let r = remote.push(&[&format!("+{commit}:{incoming}")], Some(&mut po));
                 let rej = rejection.borrow().clone();
                 match (r, rej) {
@@ -415,6 +437,7 @@ pub fn write_back(
             (res, why) => {
                 let why = why.or_else(|| res.err().map(|e| e.message().to_string())).unwrap_or_default();
                 let race = [
+                    "already exists",
                     "non-fast-forward",
                     "fetch first",
                     "lock",

@@ -1,0 +1,1183 @@
+//! `tenon promote` end to end: the real binary, the bundled model-promotion example in a
+//! real git checkout, and real remotes (a bare repository over `file://`, `git daemon`
+//! over `git://`, a tiny HTTP server that refuses every credential).
+//!
+//! Every test builds its own layout in a fresh temp dir:
+//!
+//! ```text
+//! <tmp>/repo         a copy of examples/model-promotion, `git init -b main`, one commit,
+//!                    `origin` = file://<tmp>/remote.git
+//! <tmp>/remote.git   `git clone --bare` of repo (the promotion target)
+//! <tmp>/store        TENON_STORE (results of `tenon run <tmp>/repo -q`, git cache)
+//! ```
+//!
+//! Assertions use the real `git` CLI. Expected values are what a correct promoter must
+//! do (one commit per decision, never force, never lose a foreign commit, ...), not
+//! whatever tenon currently does.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Run;
+use serde_json::Value;
+
+const TOKEN: &str = "s3cr3t-token-value";
+const ORIG_DIGEST_LINE: &str =
+    "    tenon.dev/model-digest: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"";
+const ORIG_ACCURACY_LINE: &str = "    tenon.dev/model-accuracy: \"0.80\"";
+const ORIG_URI_LINE: &str = "              value: \"none\"";
+const TRAILER_KEYS: [&str; 7] = [
+    "Tenon-Promotion-Id",
+    "Tenon-Policy",
+    "Tenon-Environment",
+    "Tenon-Subject-Digest",
+    "Tenon-Source-Revision",
+    "Tenon-Input-Hash",
+    "Tenon-Gate",
+];
+
+// ---------------------------------------------------------------------------------------
+// helpers
+
+fn example() -> PathBuf {
+    common::repo_root().join("examples").join("model-promotion")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        let dst = to.join(e.file_name());
+        if t.is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else if t.is_file() {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+fn git_cmd(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0");
+    c
+}
+
+/// `git -C dir ARGS`, which must succeed; its stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = git_cmd(dir).args(args).output().expect("git runs");
+    assert!(
+        o.status.success(),
+        "git -C {} {:?} failed:\n{}{}",
+        dir.display(),
+        args,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// `git -C dir ARGS`: (success, stdout + stderr).
+fn git_try(dir: &Path, args: &[&str]) -> (bool, String) {
+    let o = git_cmd(dir).args(args).output().expect("git runs");
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// `tenon` with a clean environment (like `common::tenon_cached`: the cache stays on,
+/// promote reads the recorded results from the store) plus `extra` variables.
+fn tenon_cmd(store: &Path, extra: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(common::bin());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", store)
+        .env("TENON_STORE", store)
+        .env("NO_COLOR", "1");
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c
+}
+
+fn tenon_env(args: &[&str], store: &Path, extra: &[(&str, &str)]) -> Run {
+    tenon_cmd(store, extra).args(args).output().expect("tenon runs").into()
+}
+
+struct Fx {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    repo: PathBuf,
+    remote: PathBuf,
+    store: PathBuf,
+    /// The commit of the initial import (the remote's `main` before any promotion).
+    base: String,
+}
+
+impl Fx {
+    fn repo_s(&self) -> &str {
+        self.repo.to_str().unwrap()
+    }
+
+    fn remote_url(&self) -> String {
+        format!("file://{}", self.remote.display())
+    }
+
+    /// `tenon promote <repo> --output json EXTRA` with this fixture's store.
+    fn promote(&self, extra: &[&str]) -> Run {
+        self.promote_in(&self.store, extra)
+    }
+
+    fn promote_in(&self, store: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["promote", self.repo_s(), "--output", "json"];
+        args.extend_from_slice(extra);
+        common::tenon_cached(&args, store)
+    }
+
+    /// `tenon run <repo> -q` into `store`.
+    fn run_into(&self, store: &Path) {
+        let r = common::tenon_cached(&["run", self.repo_s(), "-q"], store);
+        assert_eq!(r.code, 0, "tenon run failed:\n{}\n{}", r.stdout, r.stderr);
+    }
+
+    /// Commit everything in the working copy.
+    fn commit_repo(&self, msg: &str) {
+        git(&self.repo, &["add", "-A"]);
+        git(&self.repo, &["commit", "-q", "-m", msg]);
+    }
+}
+
+/// The standard layout; `edit` may change the example copy before it is committed.
+fn fixture_with(edit: impl FnOnce(&Path)) -> Fx {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().canonicalize().unwrap();
+    let repo = root.join("repo");
+    let remote = root.join("remote.git");
+    let store = root.join("store");
+    copy_dir(&example(), &repo);
+    edit(&repo);
+    git(&root, &["init", "-q", "-b", "main", repo.to_str().unwrap()]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "import the example"]);
+    git(&root, &["clone", "-q", "--bare", repo.to_str().unwrap(), remote.to_str().unwrap()]);
+    git(&repo, &["remote", "add", "origin", &format!("file://{}", remote.display())]);
+    let base = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let fx = Fx { _tmp: tmp, root, repo, remote, store, base };
+    fx.run_into(&fx.store);
+    fx
+}
+
+fn fixture() -> Fx {
+    fixture_with(|_| {})
+}
+
+fn the_promotion(r: &Run) -> Value {
+    let j = r.json();
+    assert_eq!(j["kind"], "PromotionReport", "{j:#}");
+    let ps = j["promotions"].as_array().unwrap_or_else(|| panic!("no promotions: {j:#}"));
+    assert_eq!(ps.len(), 1, "one policy in the example: {j:#}");
+    ps[0].clone()
+}
+
+/// All entries of a PromotionReport.
+fn entries(r: &Run) -> Vec<Value> {
+    let j = r.json();
+    assert_eq!(j["kind"], "PromotionReport", "{j:#}");
+    j["promotions"].as_array().cloned().unwrap_or_default()
+}
+
+fn state(p: &Value) -> &str {
+    p["state"].as_str().unwrap_or("")
+}
+
+fn rev_list(remote: &Path) -> Vec<String> {
+    git(remote, &["rev-list", "main"]).lines().map(String::from).collect()
+}
+
+fn refs(remote: &Path) -> String {
+    git(remote, &["for-each-ref", "--format=%(objectname) %(refname)"])
+}
+
+/// Commits on the remote's main whose message carries `Tenon-Promotion-Id`.
+fn promotion_commits(remote: &Path) -> Vec<String> {
+    git(remote, &["log", "main", "--format=%H", "--grep=^Tenon-Promotion-Id: "]).lines().map(String::from).collect()
+}
+
+/// Trailers (`Key: value` lines of the last paragraph), in order.
+fn trailers(message: &str) -> Vec<(String, String)> {
+    let para = message.trim_end().rsplit("\n\n").next().unwrap_or("");
+    para.lines().filter_map(|l| l.split_once(": ").map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+}
+
+fn trailer<'a>(t: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    t.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn original_model_yaml() -> String {
+    std::fs::read_to_string(example().join("deploy/prod/model.yaml")).unwrap()
+}
+
+/// The original model.yaml with exactly the three scalars replaced (double quotes kept).
+fn expected_model_yaml(digest: &str, accuracy: &str, uri: &str) -> String {
+    let orig = original_model_yaml();
+    let mut hits = [0; 3];
+    let out: String = orig
+        .split_inclusive('\n')
+        .map(|l| {
+            let (body, nl) = l.strip_suffix('\n').map(|b| (b, "\n")).unwrap_or((l, ""));
+            if body == ORIG_DIGEST_LINE {
+                hits[0] += 1;
+                format!("    tenon.dev/model-digest: \"{digest}\"{nl}")
+            } else if body == ORIG_ACCURACY_LINE {
+                hits[1] += 1;
+                format!("    tenon.dev/model-accuracy: \"{accuracy}\"{nl}")
+            } else if body == ORIG_URI_LINE {
+                hits[2] += 1;
+                format!("              value: \"{uri}\"{nl}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(hits, [1, 1, 1], "the example's model.yaml changed; update this test");
+    out
+}
+
+/// Line-by-line difference report of two texts.
+fn show_diff(a: &str, b: &str) -> String {
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.split_inclusive('\n').collect(), b.split_inclusive('\n').collect());
+    let mut out = String::new();
+    for i in 0..la.len().max(lb.len()) {
+        let (x, y) = (la.get(i), lb.get(i));
+        if x != y {
+            out.push_str(&format!("line {}:\n  want {:?}\n  got  {:?}\n", i + 1, x, y));
+        }
+    }
+    out
+}
+
+/// A tiny deterministic PRNG (xorshift64*), seeded from the clock; the seed is printed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_clock(what: &str) -> Rng {
+        let seed = std::env::var("TENON_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
+        eprintln!("{what}: seed {seed} (set TENON_TEST_SEED to replay)");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Kills (SIGKILL) and reaps a child we started, on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `git daemon` serving `root` on a free port of 127.0.0.1, with pushes enabled:
+/// (the daemon, its port, its log file), or why it cannot run here.
+fn start_daemon(root: &Path) -> Result<(KillOnDrop, u16, PathBuf), String> {
+    let port = free_port();
+    let log = root.join(format!("daemon-{port}.log"));
+    let child = Command::new("git")
+        .args([
+            "daemon",
+            "--verbose",
+            "--reuseaddr",
+            &format!("--base-path={}", root.display()),
+            "--export-all",
+            "--enable=receive-pack",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map_err(|e| format!("cannot start `git daemon`: {e}"))?;
+    let mut daemon = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            return Err(format!(
+                "`git daemon` is unavailable (exited {status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((daemon, port, log));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("`git daemon` did not listen on 127.0.0.1:{port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Insert `url: URL` into the example policy's `spec.target`.
+fn set_target_url(repo: &Path, url: &str) {
+    let f = repo.join("tekton/promotion.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let anchor = "  target:\n    branch: main\n";
+    assert!(text.contains(anchor), "the example's promotion.yaml changed; update this test");
+    std::fs::write(&f, text.replacen(anchor, &format!("{anchor}    url: {url}\n"), 1)).unwrap();
+}
+
+fn base64(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            out.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. gates pass: one commit, all trailers, the ledger, a byte-exact edit
+
+#[test]
+fn gate_pass_lands_one_commit_with_trailers_ledger_and_exact_edit() {
+    let fx = fixture();
+    let r = fx.promote(&[]);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    assert_eq!(p["promote"], true, "{p:#}");
+    assert_eq!(p["policy"], "pump-failure-prod");
+    assert_eq!(p["environment"], "prod");
+
+    // exactly one new commit, on top of the imported one
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 2, "one commit on top of the import: {commits:?}");
+    assert_eq!(commits[1], fx.base);
+    let tip = commits[0].clone();
+    assert_eq!(p["commit"].as_str(), Some(tip.as_str()), "the report names the pushed commit");
+    assert_eq!(git(&fx.remote, &["rev-list", "--parents", "-1", "main"]).trim(), format!("{tip} {}", fx.base));
+    assert_eq!(git(&fx.remote, &["log", "-1", "--format=%an <%ae>", "main"]).trim(), "tenon <tenon@localhost>");
+
+    // the message and its trailers
+    let msg = git(&fx.remote, &["log", "-1", "--format=%B", "main"]);
+    let t = trailers(&msg);
+    for k in TRAILER_KEYS {
+        assert!(!trailer(&t, k).is_empty(), "trailer {k} missing from:\n{msg}");
+    }
+    let id = trailer(&t, "Tenon-Promotion-Id")[0];
+    assert!(is_hex64(id), "id {id:?}");
+    assert_eq!(p["id"].as_str(), Some(id));
+    assert_eq!(trailer(&t, "Tenon-Promotion-Id").len(), 1);
+    assert_eq!(trailer(&t, "Tenon-Policy"), ["pump-failure-prod"]);
+    assert_eq!(trailer(&t, "Tenon-Environment"), ["prod"]);
+    let digest = trailer(&t, "Tenon-Subject-Digest")[0];
+    assert!(digest.starts_with("sha256:") && is_hex64(&digest[7..]), "digest {digest:?}");
+    assert_eq!(p["subjectDigest"].as_str(), Some(digest));
+    assert_eq!(trailer(&t, "Tenon-Source-Revision"), [fx.base.as_str()], "HEAD of the checkout");
+    assert!(is_hex64(trailer(&t, "Tenon-Input-Hash")[0]), "{msg}");
+    let accuracy = p["gates"][0]["observed"].as_str().unwrap().trim().to_string();
+    let acc: f64 = accuracy.parse().unwrap();
+    assert!(acc >= 0.9, "the example's model passes the 0.9 gate: {accuracy}");
+    assert_eq!(
+        trailer(&t, "Tenon-Gate"),
+        [
+            format!("$(tasks.evaluate.results.accuracy) >= 0.9 = {accuracy}"),
+            format!("$(tasks.evaluate.results.accuracy) >= 0.805 = {accuracy}"),
+        ],
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with(&format!("promote(prod): pump-failure model {digest} (accuracy {accuracy})\n\n")),
+        "summary line from the policy's template:\n{msg}"
+    );
+    // git itself reads them as trailers
+    let parsed = git(&fx.remote, &["log", "-1", "--format=%(trailers:only,unfold)", "main"]);
+    for k in TRAILER_KEYS {
+        assert!(parsed.contains(&format!("{k}: ")), "git does not see trailer {k}:\n{parsed}");
+    }
+
+    // what changed: the model file and one ledger entry, nothing else
+    let ledger = format!(".tenon/promotions/prod/{id}.yaml");
+    let changed = git(&fx.remote, &["diff", "--name-status", &fx.base, "main"]);
+    let mut changed: Vec<&str> = changed.lines().collect();
+    changed.sort();
+    assert_eq!(changed, [format!("A\t{ledger}"), "M\tdeploy/prod/model.yaml".to_string()]);
+
+    // the ledger names the id
+    let entry = git(&fx.remote, &["show", &format!("main:{ledger}")]);
+    let ledger_id = entry.lines().find_map(|l| l.strip_prefix("id: ")).map(|v| v.trim().trim_matches('"'));
+    assert_eq!(ledger_id, Some(id), "ledger entry:\n{entry}");
+    assert!(entry.contains("kind: PromotionRecord"), "{entry}");
+
+    // only the three scalars changed, every other byte is the same
+    let uri = p["subjectUri"].as_str().unwrap();
+    assert!(!uri.is_empty() && !uri.contains("$("), "{p:#}");
+    let got = git(&fx.remote, &["show", "main:deploy/prod/model.yaml"]);
+    let want = expected_model_yaml(digest, &accuracy, uri);
+    assert!(got == want, "deploy/prod/model.yaml differs beyond the three scalars:\n{}", show_diff(&want, &got));
+    for kept in [
+        "# The model server Argo CD / Flux deploy for prod. tenon's PromotionPolicy edits only the\n",
+        "    matchLabels: {app: pump-failure-model}\n",
+        "      labels: {app: pump-failure-model}\n",
+        "          image: python:3.11-slim   # serves the model file named by MODEL_URI\n",
+    ] {
+        assert!(got.contains(kept), "lost {kept:?}");
+    }
+    // the reported updates are the values written
+    let updates: Vec<(&str, &str)> = p["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["path"].as_str().unwrap(), u["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        updates,
+        [
+            ("metadata.annotations[\"tenon.dev/model-digest\"]", digest),
+            ("metadata.annotations[\"tenon.dev/model-accuracy\"]", accuracy.as_str()),
+            ("spec.template.spec.containers[0].env[0].value", uri),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. gates fail: nothing is written, exit 0
+
+#[test]
+fn gate_fail_writes_nothing_and_exits_zero() {
+    let fx = fixture_with(|repo| {
+        let f = repo.join("tekton/promotion.yaml");
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(text.matches("value: \"0.9\"\n").count(), 1, "the example's promotion.yaml changed");
+        std::fs::write(&f, text.replace("value: \"0.9\"\n", "value: \"0.99\"\n")).unwrap();
+    });
+    let before = refs(&fx.remote);
+    let r = fx.promote(&[]);
+    assert_eq!(r.code, 0, "GatesFailed is not an error:\nstdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "GatesFailed", "{p:#}");
+    assert_eq!(p["promote"], false);
+    assert_eq!(p["gates"][0]["passed"], false, "{p:#}");
+    assert_eq!(p["gates"][0]["threshold"], "0.99", "{p:#}");
+    assert!(p["commit"].is_null(), "{p:#}");
+    assert!(p["detail"].as_str().unwrap_or("").contains("0.99"), "the detail names the failed gate: {p:#}");
+    assert_eq!(refs(&fx.remote), before, "nothing pushed");
+    assert_eq!(rev_list(&fx.remote), std::slice::from_ref(&fx.base));
+    assert!(promotion_commits(&fx.remote).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. idempotent: re-running promote never commits again
+
+#[test]
+fn rerunning_promote_is_already_landed() {
+    let fx = fixture();
+    let first = fx.promote(&[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let p = the_promotion(&first);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    let id = p["id"].as_str().unwrap().to_string();
+    let after_first = refs(&fx.remote);
+    for i in 0..3 {
+        let r = fx.promote(&[]);
+        assert_eq!(r.code, 0, "rerun {i}: {}\n{}", r.stdout, r.stderr);
+        let p = the_promotion(&r);
+        assert_eq!(state(&p), "AlreadyLanded", "rerun {i}: {p:#}");
+        assert_eq!(p["id"].as_str(), Some(id.as_str()), "the same decision, the same id");
+        assert!(p["commit"].is_null(), "{p:#}");
+    }
+    // and after a fresh `tenon run` (same results): still the same decision
+    fx.run_into(&fx.store);
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "AlreadyLanded", "{p:#}");
+    assert_eq!(refs(&fx.remote), after_first);
+    assert_eq!(promotion_commits(&fx.remote).len(), 1);
+    assert_eq!(rev_list(&fx.remote).len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. dry run: shows the exact diff and message, writes nothing
+
+#[test]
+fn dry_run_shows_diff_and_message_and_pushes_nothing() {
+    let fx = fixture();
+    let refs_before = refs(&fx.remote);
+    let objects_before = git(&fx.remote, &["count-objects", "-v"]);
+    let r = fx.promote(&["--dry-run"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "DryRun", "{p:#}");
+    assert!(p["commit"].is_null(), "{p:#}");
+    assert_eq!(p["target"].as_str(), Some(format!("{} main", fx.remote_url()).as_str()), "{p:#}");
+
+    let id = p["id"].as_str().unwrap();
+    let digest = p["subjectDigest"].as_str().unwrap();
+    let accuracy = p["gates"][0]["observed"].as_str().unwrap().trim();
+    let uri = p["subjectUri"].as_str().unwrap();
+
+    // the diff: one file, exactly the three changed lines
+    let diffs = p["diff"].as_array().unwrap_or_else(|| panic!("no diff: {p:#}"));
+    assert_eq!(diffs.len(), 1, "one edited file: {p:#}");
+    let d = diffs[0].as_str().unwrap();
+    let lines: Vec<&str> = d.lines().collect();
+    assert!(lines.contains(&"--- a/deploy/prod/model.yaml") && lines.contains(&"+++ b/deploy/prod/model.yaml"), "{d}");
+    let removed: Vec<&str> =
+        lines.iter().filter(|l| l.starts_with('-') && !l.starts_with("--- ")).map(|l| &l[1..]).collect();
+    let added: Vec<&str> =
+        lines.iter().filter(|l| l.starts_with('+') && !l.starts_with("+++ ")).map(|l| &l[1..]).collect();
+    assert_eq!(removed, [ORIG_DIGEST_LINE, ORIG_ACCURACY_LINE, ORIG_URI_LINE], "{d}");
+    assert_eq!(
+        added,
+        [
+            format!("    tenon.dev/model-digest: \"{digest}\""),
+            format!("    tenon.dev/model-accuracy: \"{accuracy}\""),
+            format!("              value: \"{uri}\""),
+        ],
+        "{d}"
+    );
+    // hunk headers point at the right lines
+    let orig = original_model_yaml();
+    let line_no = |needle: &str| orig.lines().position(|l| l == needle).unwrap() + 1;
+    for needle in [ORIG_DIGEST_LINE, ORIG_ACCURACY_LINE, ORIG_URI_LINE] {
+        let n = line_no(needle);
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("@@ -{n},")) || l.starts_with(&format!("@@ -{n} "))),
+            "no hunk at line {n}:\n{d}"
+        );
+    }
+
+    // the message with its trailers
+    let msg = p["message"].as_str().unwrap();
+    assert!(msg.starts_with(&format!("promote(prod): pump-failure model {digest} (accuracy {accuracy})\n\n")), "{msg}");
+    let t = trailers(msg);
+    for k in TRAILER_KEYS {
+        assert!(!trailer(&t, k).is_empty(), "trailer {k} missing from:\n{msg}");
+    }
+    assert_eq!(trailer(&t, "Tenon-Promotion-Id"), [id]);
+    assert_eq!(trailer(&t, "Tenon-Subject-Digest"), [digest]);
+
+    // nothing written
+    assert_eq!(refs(&fx.remote), refs_before, "a dry run pushed a ref");
+    assert_eq!(git(&fx.remote, &["count-objects", "-v"]), objects_before, "a dry run wrote objects to the remote");
+    assert!(promotion_commits(&fx.remote).is_empty());
+
+    // the human form shows the same
+    let h = common::tenon_cached(&["promote", fx.repo_s(), "--dry-run"], &fx.store);
+    assert_eq!(h.code, 0, "{}\n{}", h.stdout, h.stderr);
+    assert!(h.stdout.contains("DryRun"), "{}", h.stdout);
+    assert!(h.stdout.contains(&format!("Tenon-Promotion-Id: {id}")), "{}", h.stdout);
+    assert_eq!(refs(&fx.remote), refs_before);
+
+    // what the dry run showed is what lands
+    let real = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&real), "Landed", "{real:#}");
+    assert_eq!(real["id"].as_str(), Some(id));
+    assert_eq!(git(&fx.remote, &["log", "-1", "--format=%B", "main"]).trim_end(), msg.trim_end());
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. races: foreign commits pushed all the time while two promoters run
+
+/// Keeps committing `other/N.txt` to the remote through its own clone (commit, push;
+/// on rejection `pull --rebase` and push again) until `until`; returns the N pushed.
+fn foreign_pusher(root: &Path, remote: &Path, tag: &str, until: Instant) -> std::thread::JoinHandle<Vec<u32>> {
+    let clone = root.join(format!("pusher-{tag}"));
+    git(root, &["clone", "-q", remote.to_str().unwrap(), clone.to_str().unwrap()]);
+    std::thread::spawn(move || {
+        let mut pushed = Vec::new();
+        let mut n = 0u32;
+        while Instant::now() < until {
+            n += 1;
+            std::fs::create_dir_all(clone.join("other")).unwrap();
+            std::fs::write(clone.join(format!("other/{n}.txt")), format!("foreign {n}\n")).unwrap();
+            git(&clone, &["add", "-A"]);
+            git(&clone, &["commit", "-q", "-m", &format!("foreign {n}")]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (ok, out) = git_try(&clone, &["push", "-q", "origin", "HEAD:main"]);
+                if ok {
+                    pushed.push(n);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the foreign pusher cannot push: {out}");
+                let (ok, out) = git_try(&clone, &["pull", "-q", "--rebase", "origin", "main"]);
+                assert!(ok, "pull --rebase failed: {out}");
+            }
+        }
+        pushed
+    })
+}
+
+/// One race against a fresh remote: a foreign pusher for ~3 s and two `tenon promote`
+/// processes (one per store in `stores`) started together while it pushes.
+/// tenon reaches the remote at `file://` or, with `daemon_port`, through `git daemon`
+/// (`git://`); the foreign pusher always pushes with the git CLI (a compare-and-swap).
+fn race_round(fx: &Fx, round: usize, stores: [&Path; 2], daemon_port: Option<u16>) -> Vec<String> {
+    let name = format!("race{round}.git");
+    let remote = fx.root.join(&name);
+    git(&fx.root, &["clone", "-q", "--bare", fx.repo_s(), remote.to_str().unwrap()]);
+    let url = match daemon_port {
+        Some(port) => format!("git://127.0.0.1:{port}/{name}"),
+        None => format!("file://{}", remote.display()),
+    };
+    git(&fx.repo, &["remote", "set-url", "origin", &url]);
+    // the foreign pusher runs for ~3 s; the promoters start 300 ms in
+    let pusher = foreign_pusher(&fx.root, &remote, &round.to_string(), Instant::now() + Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(300));
+    let children: Vec<Child> = stores
+        .iter()
+        .map(|s| {
+            tenon_cmd(s, &[])
+                .args(["promote", fx.repo_s(), "--output", "json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let runs: Vec<Run> = children.into_iter().map(|c| c.wait_with_output().unwrap().into()).collect();
+    let pushed = pusher.join().expect("the foreign pusher");
+    eprintln!("race round {round}: {} foreign commits pushed", pushed.len());
+
+    // collect every problem of the round (a race shows several symptoms at once)
+    let mut problems: Vec<String> = Vec::new();
+    let mut states = Vec::new();
+    let mut ids = BTreeSet::new();
+    let mut landed_commits = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        let j = r.json();
+        let ps = j["promotions"].as_array().cloned().unwrap_or_default();
+        if r.code != 0 || ps.len() != 1 {
+            let what: Vec<String> =
+                ps.iter().map(|p| format!("{}: {}", state(p), p["detail"].as_str().unwrap_or(""))).collect();
+            problems.push(format!(
+                "promoter {i} exited {} with {} report entries (one policy): {what:?}",
+                r.code,
+                ps.len()
+            ));
+        }
+        let Some(p) = ps.into_iter().rev().find(|p| !p["id"].as_str().unwrap_or("").is_empty()) else {
+            problems.push(format!("promoter {i}: no decision in its report:\n{}", r.stdout));
+            continue;
+        };
+        eprintln!(
+            "race round {round} promoter {i}: {} {} {}",
+            state(&p),
+            p["detail"].as_str().unwrap_or(""),
+            p["commit"].as_str().unwrap_or("")
+        );
+        states.push(state(&p).to_string());
+        ids.insert(p["id"].as_str().unwrap().to_string());
+        if let Some(c) = p["commit"].as_str() {
+            landed_commits.push((i, c.to_string()));
+        }
+    }
+    assert!(ids.len() <= 1, "both decide the same id: {ids:?}");
+    let Some(id) = ids.into_iter().next() else { return problems };
+    assert!(pushed.len() >= 3, "round {round}: the race needs foreign pushes, got {}", pushed.len());
+    for (i, c) in &landed_commits {
+        let (ok, _) = git_try(&remote, &["merge-base", "--is-ancestor", c, "main"]);
+        if !ok {
+            problems.push(format!(
+                "promoter {i} reported Landed with commit {c}, which is not in main's history (overwritten by a later push)"
+            ));
+        }
+    }
+    states.sort();
+    // exactly one promoter lands; the other finds the ledger entry (two Landed are only
+    // acceptable as the very same commit pushed twice: then the remote holds it once)
+    let same_commit = landed_commits.len() == 2 && landed_commits[0].1 == landed_commits[1].1;
+    if states != ["AlreadyLanded", "Landed"] && !(states == ["Landed", "Landed"] && same_commit) {
+        problems.push(format!("states {states:?} (commits {landed_commits:?}): exactly one promoter must land"));
+    }
+
+    // linear history, every foreign commit kept, exactly one promotion commit
+    let merges = git(&remote, &["rev-list", "--merges", "main"]);
+    if !merges.trim().is_empty() {
+        problems.push(format!("merge commits in history: {merges}"));
+    }
+    let files: BTreeSet<String> =
+        git(&remote, &["ls-tree", "-r", "--name-only", "main", "other/"]).lines().map(String::from).collect();
+    let lost: Vec<u32> = pushed.iter().copied().filter(|n| !files.contains(&format!("other/{n}.txt"))).collect();
+    if !lost.is_empty() {
+        problems.push(format!(
+            "{} of {} foreign commits lost from the tip (their push succeeded, a later push overwrote them): {lost:?}",
+            lost.len(),
+            pushed.len()
+        ));
+    }
+    let subjects = git(&remote, &["log", "main", "--format=%s"]);
+    for n in &pushed {
+        let c = subjects.lines().filter(|s| *s == format!("foreign {n}")).count();
+        if c > 1 {
+            problems.push(format!("foreign {n} appears {c} times in the history"));
+        }
+    }
+    let promos = promotion_commits(&remote);
+    if promos.len() != 1 {
+        problems.push(format!("{} commits carry Tenon-Promotion-Id: {promos:?}", promos.len()));
+    }
+    let (ok, ledger) = git_try(&remote, &["show", &format!("main:.tenon/promotions/prod/{id}.yaml")]);
+    if !ok || !ledger.contains(&id) {
+        problems.push(format!("no ledger entry for {id} at the tip: {ledger}"));
+    }
+    let model = git(&remote, &["show", "main:deploy/prod/model.yaml"]);
+    if model.contains("sha256:0000000000000000") {
+        problems.push("the promotion's edit is not at the tip".into());
+    }
+    problems
+}
+
+/// `rounds` races, each against a fresh remote; every problem of every round.
+fn race_rounds(rounds: usize, mut round: impl FnMut(usize) -> Vec<String>) -> Vec<String> {
+    (0..rounds).flat_map(|r| round(r).into_iter().map(move |p| format!("round {r}: {p}"))).collect()
+}
+
+fn assert_no_problems(problems: Vec<String>) {
+    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+}
+
+#[test]
+fn race_two_promoters_one_store_with_foreign_pushes() {
+    let fx = fixture();
+    let problems = race_rounds(6, |round| race_round(&fx, round, [&fx.store, &fx.store], None));
+    assert_no_problems(problems);
+}
+
+#[test]
+fn race_two_promoters_two_stores_with_foreign_pushes() {
+    let fx = fixture();
+    let store2 = fx.root.join("store2");
+    fx.run_into(&store2);
+    let problems = race_rounds(6, |round| race_round(&fx, round, [&fx.store, &store2], None));
+    assert_no_problems(problems);
+}
+
+/// The same race through a real server (`git daemon`, whose receive-pack checks the old
+/// value of the ref): tells a promoter bug from a transport that does not compare-and-swap.
+#[test]
+fn race_two_promoters_two_stores_through_git_daemon() {
+    let fx = fixture();
+    let (_daemon, port, _log) = match start_daemon(&fx.root) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIP race_two_promoters_two_stores_through_git_daemon: {e}");
+            return;
+        }
+    };
+    let store2 = fx.root.join("store2");
+    fx.run_into(&store2);
+    let problems = race_rounds(4, |round| race_round(&fx, round, [&fx.store, &store2], Some(port)));
+    assert_no_problems(problems);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. crash: SIGKILL at random points, then a normal run
+
+#[test]
+fn sigkill_at_random_points_never_duplicates() {
+    let fx = fixture();
+    let mut rng = Rng::from_clock("sigkill");
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        let delay = rng.below(300);
+        delays.push(delay);
+        let mut c = tenon_cmd(&fx.store, &[])
+            .args(["promote", fx.repo_s(), "--output", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = c.kill(); // SIGKILL (it may already have exited)
+        let _ = c.wait();
+    }
+    eprintln!(
+        "sigkill delays (ms): {delays:?}; promotion commits after the kills: {}",
+        promotion_commits(&fx.remote).len()
+    );
+    assert!(promotion_commits(&fx.remote).len() <= 1, "a killed promoter duplicated the promotion");
+
+    let r = fx.promote(&[]);
+    assert_eq!(r.code, 0, "after the crashes: stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert!(matches!(state(&p), "Landed" | "AlreadyLanded"), "{p:#}");
+    let id = p["id"].as_str().unwrap();
+    assert_eq!(promotion_commits(&fx.remote).len(), 1, "exactly one promotion commit");
+    assert_eq!(rev_list(&fx.remote).len(), 2, "nothing but the promotion on top of the import");
+    let entry = git(&fx.remote, &["show", &format!("main:.tenon/promotions/prod/{id}.yaml")]);
+    assert!(entry.contains(&format!("id: \"{id}\"")), "{entry}");
+    // the remote is not wedged (no stale ref lock left by a killed push)
+    let clone = fx.root.join("after");
+    git(&fx.root, &["clone", "-q", fx.remote.to_str().unwrap(), clone.to_str().unwrap()]);
+    std::fs::write(clone.join("after.txt"), "x\n").unwrap();
+    git(&clone, &["add", "-A"]);
+    git(&clone, &["commit", "-q", "-m", "after the crashes"]);
+    let (ok, out) = git_try(&clone, &["push", "-q", "origin", "HEAD:main"]);
+    assert!(ok, "the remote cannot take a push after the crashes: {out}");
+    let (ok, out) = git_try(&fx.remote, &["fsck", "--no-dangling"]);
+    assert!(ok, "remote fsck: {out}");
+    // and tenon still works against it
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "AlreadyLanded", "{p:#}");
+}
+
+/// A copy of `store` without its git cache (the recorded runs only).
+fn copy_store(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() == "git" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// A crash while tenon sets up its git cache (`<store>/git/`, the first contact with a
+/// target) must not leave the store unusable: every kill is followed by a normal promote
+/// with the same store, which must work. The kill is timed from the moment the cache
+/// directory appears, plus 0..10 ms, to land inside the cache's creation.
+#[test]
+fn sigkill_while_the_cache_is_created_never_wedges_the_store() {
+    let fx = fixture();
+    let mut rng = Rng::from_clock("sigkill-cache");
+    let mut wedged = Vec::new();
+    let mut killed_in_setup = 0;
+    for i in 0..30 {
+        let store = fx.root.join(format!("store-k{i}"));
+        copy_store(&fx.store, &store);
+        let cache = store.join("git");
+        let spin = Duration::from_micros(rng.below(10_000));
+        let mut c = tenon_cmd(&store, &[])
+            .args(["promote", fx.repo_s(), "--output", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if c.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                break;
+            }
+            let appeared = std::fs::read_dir(&cache).map(|d| d.flatten().any(|e| e.path().is_dir())).unwrap_or(false);
+            if appeared {
+                let t = Instant::now();
+                while t.elapsed() < spin {}
+                let _ = c.kill();
+                killed_in_setup += 1;
+                break;
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        if std::env::var("TENON_TEST_DEBUG").is_ok() {
+            eprintln!("kill {i} +{spin:?}: {:?}", walk(&cache));
+        }
+        let r = fx.promote_in(&store, &[]);
+        let ps = entries(&r);
+        let ok = r.code == 0 && ps.len() == 1 && matches!(state(&ps[0]), "Landed" | "AlreadyLanded");
+        if !ok {
+            let leftovers: Vec<String> = walk(&cache).into_iter().filter(|p| p.ends_with(".lock")).collect();
+            wedged.push(format!(
+                "kill {i} (+{spin:?} after the cache dir appeared): the next promote exited {} with {:?}; \
+                 lock files left in the cache: {leftovers:?}",
+                r.code,
+                ps.iter().map(|p| format!("{}: {}", state(p), p["detail"].as_str().unwrap_or(""))).collect::<Vec<_>>()
+            ));
+        }
+    }
+    eprintln!("sigkill-cache: {killed_in_setup} of 30 promoters killed while the cache was being created");
+    assert!(wedged.is_empty(), "{} store(s) left unusable by a crash:\n{}", wedged.len(), wedged.join("\n"));
+    assert_eq!(promotion_commits(&fx.remote).len(), 1, "exactly one promotion commit");
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. a real server: git daemon on 127.0.0.1
+
+#[test]
+fn lands_through_git_daemon() {
+    let fx = fixture();
+    let (daemon, port, log) = match start_daemon(&fx.root) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIP lands_through_git_daemon: {e}");
+            return;
+        }
+    };
+    let url = format!("git://127.0.0.1:{port}/remote.git");
+    set_target_url(&fx.repo, &url);
+    fx.commit_repo("promote through git daemon");
+    // no `origin` to fall back to: the policy's url must be used
+    git(&fx.repo, &["remote", "remove", "origin"]);
+
+    let r = fx.promote(&[]);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    assert_eq!(p["target"].as_str(), Some(format!("{url} main").as_str()));
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert_eq!(p["commit"].as_str(), Some(commits[0].as_str()));
+    assert_eq!(promotion_commits(&fx.remote).len(), 1);
+    let id = p["id"].as_str().unwrap();
+    git(&fx.remote, &["cat-file", "-e", &format!("main:.tenon/promotions/prod/{id}.yaml")]);
+    // and it went through the daemon
+    let r2 = fx.promote(&[]);
+    assert_eq!(state(&the_promotion(&r2)), "AlreadyLanded");
+    drop(daemon);
+    let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(daemon_log.contains("receive-pack"), "the daemon saw no push:\n{daemon_log}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. unreachable targets and wrong credentials: exit 1, a clear error, no secret printed
+
+#[test]
+fn missing_remote_fails_clearly_without_printing_the_token() {
+    let fx = fixture_with(|repo| set_target_url(repo, "file:///nonexistent/remote.git"));
+    let mut counts = Vec::new();
+    for extra in [&["--output", "json"][..], &[][..], &["--output", "json", "-vv"][..]] {
+        let mut args = vec!["promote", fx.repo_s()];
+        args.extend_from_slice(extra);
+        let r = tenon_env(&args, &fx.store, &[("TENON_GIT_TOKEN", TOKEN)]);
+        assert_eq!(r.code, 1, "{extra:?}: stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+        assert!(!r.stdout.contains(TOKEN) && !r.stderr.contains(TOKEN), "{extra:?}: the token was printed");
+        if extra.contains(&"json") {
+            let ps = entries(&r);
+            for p in &ps {
+                assert_eq!(state(p), "Failed", "{p:#}");
+                let detail = p["detail"].as_str().unwrap();
+                assert!(detail.starts_with("git: "), "{detail}");
+                assert!(detail.contains("/nonexistent/remote.git"), "the error names the target: {detail}");
+            }
+            counts.push(ps.len());
+        } else {
+            assert!(r.stdout.contains("Failed: git: "), "{}", r.stdout);
+            let n = r.stdout.lines().filter(|l| l.starts_with("PromotionPolicy ")).count();
+            counts.push(n);
+        }
+    }
+    assert!(
+        counts.iter().all(|n| *n == 1),
+        "one policy must give one report entry, got {counts:?} (json, human, json -vv)"
+    );
+}
+
+/// A dry run that cannot read the target must not report the incumbent gate as passed
+/// ("nothing deployed yet"): the incumbent is unknown, not absent.
+#[test]
+fn dry_run_with_unreadable_target_does_not_pass_the_incumbent_gate() {
+    let fx = fixture_with(|repo| set_target_url(repo, "file:///nonexistent/remote.git"));
+    let r = fx.promote(&["--dry-run"]);
+    let ps = entries(&r);
+    assert_eq!(ps.len(), 1, "{}", r.stdout);
+    let p = &ps[0];
+    let incumbent_gate_passed = p["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["passed"] == true && g["note"].as_str() == Some("nothing deployed yet"));
+    assert!(
+        !incumbent_gate_passed && p["promote"] != true,
+        "exit {}: the target could not be read, yet the dry run says the incumbent gate passed \
+         and it would promote: {p:#}\nstderr:\n{}",
+        r.code,
+        r.stderr
+    );
+}
+
+/// An HTTP server on 127.0.0.1 that answers every request `401` with a Basic challenge;
+/// returns its port and the `Authorization` headers it received.
+fn refusing_http_server(stop: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&buf).to_string();
+                    for line in req.lines() {
+                        if line.to_ascii_lowercase().starts_with("authorization:") {
+                            seen2.lock().unwrap().push(line["authorization:".len()..].trim().to_string());
+                        }
+                    }
+                    let _ = s.write_all(
+                        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"tenon-test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn wrong_https_credentials_fail_without_printing_the_token() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, seen) = refusing_http_server(stop.clone());
+    let url = format!("http://127.0.0.1:{port}/remote.git");
+    let fx = fixture_with(|repo| set_target_url(repo, &url));
+    let token_file = fx.root.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let tf = token_file.to_str().unwrap().to_string();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 3] = [
+        (&["--output", "json"], &[("TENON_GIT_TOKEN", TOKEN)]),
+        (&["--output", "json", "-vv"], &[("TENON_GIT_TOKEN", TOKEN)]),
+        (&["--output", "json", "--git-token-file", &tf], &[]),
+    ];
+    let mut counts = Vec::new();
+    for (extra, env) in cases {
+        let mut args = vec!["promote", fx.repo_s()];
+        args.extend_from_slice(extra);
+        let r = tenon_env(&args, &fx.store, env);
+        assert_eq!(r.code, 1, "{extra:?}: stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+        assert!(!r.stdout.contains(TOKEN) && !r.stderr.contains(TOKEN), "{extra:?}: the token was printed");
+        let encoded = base64(format!("x-access-token:{TOKEN}").as_bytes());
+        assert!(
+            !r.stdout.contains(&encoded) && !r.stderr.contains(&encoded),
+            "{extra:?}: the encoded token was printed"
+        );
+        let ps = entries(&r);
+        for p in &ps {
+            assert_eq!(state(p), "Failed", "{p:#}");
+            let detail = p["detail"].as_str().unwrap();
+            assert!(detail.contains("authentication"), "{extra:?}: not an authentication error: {detail}");
+            assert!(detail.contains(&url), "{extra:?}: the error names the target: {detail}");
+        }
+        counts.push(ps.len());
+    }
+    stop.store(true, Ordering::SeqCst);
+    // the token was offered (so the checks above mean something), as x-access-token
+    let want = format!("Basic {}", base64(format!("x-access-token:{TOKEN}").as_bytes()));
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains(&want), "the server never received the token: {seen:?}");
+    assert!(counts.iter().all(|n| *n == 1), "one policy must give one report entry, got {counts:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. run --promote
+
+#[test]
+fn run_with_promote_prints_one_combined_report() {
+    let fx = fixture();
+    let r = common::tenon_cached(&["run", fx.repo_s(), "--promote", "--output", "json"], &fx.store);
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["kind"], "RunAndPromoteReport", "{j:#}");
+    assert_eq!(j["run"]["runs"][0]["status"], "Succeeded", "{j:#}");
+    assert_eq!(j["promotion"]["kind"], "PromotionReport", "{j:#}");
+    let ps = j["promotion"]["promotions"].as_array().unwrap();
+    assert_eq!(ps.len(), 1, "{j:#}");
+    assert_eq!(ps[0]["state"], "Landed", "{j:#}");
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 2);
+    assert_eq!(ps[0]["commit"].as_str(), Some(commits[0].as_str()));
+    assert_eq!(promotion_commits(&fx.remote).len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// timing
+
+#[test]
+fn measure_promotion_time() {
+    let fx = fixture();
+    let (mut cold, mut warm, mut landed) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..5 {
+        let remote = fx.root.join(format!("t{i}.git"));
+        git(&fx.root, &["clone", "-q", "--bare", fx.repo_s(), remote.to_str().unwrap()]);
+        git(&fx.repo, &["remote", "set-url", "origin", &format!("file://{}", remote.display())]);
+        // first contact (a clone into the cache) + decide, via a dry run
+        let t = Instant::now();
+        let r = fx.promote(&["--dry-run"]);
+        cold.push(t.elapsed());
+        assert_eq!(state(&the_promotion(&r)), "DryRun");
+        // decide + (incremental) fetch + commit + push
+        let t = Instant::now();
+        let r = fx.promote(&[]);
+        warm.push(t.elapsed());
+        assert_eq!(state(&the_promotion(&r)), "Landed", "{}", r.stdout);
+        let t = Instant::now();
+        let r = fx.promote(&[]);
+        landed.push(t.elapsed());
+        assert_eq!(state(&the_promotion(&r)), "AlreadyLanded");
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "promotion time (whole `tenon promote` process, {} build, file:// remote, median of 5): \
+         land {:?} (decide + fetch + commit + push, cache warm); dry run on a fresh remote {:?}; \
+         rerun (AlreadyLanded) {:?}",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        median(&mut warm),
+        median(&mut cold),
+        median(&mut landed)
+    );
+}
