@@ -184,6 +184,16 @@ impl Dag {
         out
     }
 
+    /// Like [`Dag::ready`], with lookups instead of sets (no per-call allocation).
+    pub fn ready_by(&self, is_done: impl Fn(&str) -> bool, is_started: impl Fn(&str) -> bool) -> Vec<String> {
+        self.names
+            .iter()
+            .filter(|n| !is_started(n) && !is_done(n))
+            .filter(|n| self.parents.get(*n).is_none_or(|ps| ps.iter().all(|p| is_done(p))))
+            .cloned()
+            .collect()
+    }
+
     /// Tasks not yet started whose parents are all done, in declaration order.
     pub fn ready(&self, done: &BTreeSet<String>, started: &BTreeSet<String>) -> Vec<String> {
         self.names

@@ -509,10 +509,11 @@ impl Engine {
 
         // workspaces
         let repo_names = repo_workspaces(&pr.meta.annotations);
-        let volumes = match RunVolumes::prepare(&self.cat, &pr.spec.workspaces, &repo_names, &run_dir, &self.opts) {
+        let mut volumes = match RunVolumes::prepare(&self.cat, &pr.spec.workspaces, &repo_names, &run_dir, &self.opts) {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "PipelineRun", pipeline_name, started, f),
         };
+        volumes.create = !self.dry_run();
         for w in &spec.workspaces {
             pvars.set_str(format!("workspaces.{}.bound", w.name), if volumes.has(&w.name) { "true" } else { "false" });
         }
@@ -656,10 +657,11 @@ impl Engine {
             tr.spec.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
         supplied.extend(self.opts.param_overrides.iter().cloned());
         let repo_names = repo_workspaces(&tr.meta.annotations);
-        let volumes = match RunVolumes::prepare(&self.cat, &tr.spec.workspaces, &repo_names, &run_dir, &self.opts) {
+        let mut volumes = match RunVolumes::prepare(&self.cat, &tr.spec.workspaces, &repo_names, &run_dir, &self.opts) {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
         };
+        volumes.create = !self.dry_run();
         let task_dir = run_dir.join("taskruns").join(&name);
         let mut ctx = Vars::new();
         ctx.set_str("context.taskRun.name", &name);
@@ -846,7 +848,9 @@ impl Engine {
         resolve::inline_step_actions(&mut spec, &self.cat)?;
         resolve::resolve_env(&mut spec, &self.cat)?;
         // workspaces
-        let _ = std::fs::create_dir_all(dir);
+        if !self.dry_run() {
+            let _ = std::fs::create_dir_all(dir);
+        }
         let mut ws = Vec::new();
         for decl in &spec.workspaces {
             let b = bindings.iter().find(|(n, _, _)| n == &decl.name);
@@ -879,7 +883,8 @@ impl Engine {
                 }
             }
         }
-        let volumes = workspaces::task_volumes(&self.cat, &spec, dir, &self.opts)?;
+        let volumes =
+            if self.dry_run() { BTreeMap::new() } else { workspaces::task_volumes(&self.cat, &spec, dir, &self.opts)? };
         Ok(TaskRunRequest {
             volumes,
             name: taskrun_name.into(),
@@ -1009,8 +1014,13 @@ impl<'a> PipelineRunState<'a> {
     fn vars_for(&self, pt: &PipelineTask, finally: bool) -> Vars {
         let mut v = self.pvars.clone();
         v.set_str("context.pipelineTask.retries", pt.retries.to_string());
+        // only the tasks this one refers to: planning a large pipeline stays linear
+        let referenced = referenced_tasks(pt);
         for (name, st) in &self.states {
             if st.finally && !finally {
+                continue;
+            }
+            if !finally && !referenced.contains(name.as_str()) {
                 continue;
             }
             for (r, val) in &st.results {
@@ -1362,7 +1372,6 @@ impl<'a> PipelineRunState<'a> {
         for (k, v) in sup {
             job.params.insert(k.clone(), v.to_json());
         }
-        let ancestors = dag.ancestors(&pt.name);
         let never = self.engine.never_inputs();
         let shared =
             cached::apply_bindings(&mut job, &ann, bindings, &|n: &str| self.volumes.describe(n), req, true, &never);
@@ -1376,7 +1385,9 @@ impl<'a> PipelineRunState<'a> {
                 job.upstream_results.insert(k, v.to_json());
             }
         }
-        // outputs of ancestors on the shared volumes this task sees
+        // outputs of ancestors on the shared volumes this task sees (only tasks that bind
+        // a shared volume need the walk up the DAG)
+        let ancestors = if shared.is_empty() { BTreeSet::new() } else { dag.ancestors(&pt.name) };
         for a in &ancestors {
             let Some(st) = self.states.get(a) else { continue };
             let touches = st.ws_map.values().any(|r| shared.contains(r));
@@ -1407,19 +1418,11 @@ impl<'a> PipelineRunState<'a> {
         loop {
             // start or skip everything that is ready, until nothing changes
             loop {
-                let done: BTreeSet<String> = self
-                    .states
-                    .iter()
-                    .filter(|(n, s)| names.contains(*n) && s.is_done())
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                let started: BTreeSet<String> = self
-                    .states
-                    .iter()
-                    .filter(|(n, s)| names.contains(*n) && s.state == State::Running)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                let ready = dag.ready(&done, &started);
+                let states = &self.states;
+                let ready = dag.ready_by(
+                    |n| names.contains(n) && states.get(n).is_some_and(|s| s.is_done()),
+                    |n| states.get(n).is_some_and(|s| s.state == State::Running),
+                );
                 if ready.is_empty() {
                     break;
                 }
@@ -1924,6 +1927,26 @@ fn result_refs(pt: &PipelineTask) -> Vec<(String, String)> {
                 if let [Seg::Name(a), Seg::Name(task), Seg::Name(b), Seg::Name(res), ..] = segs.as_slice() {
                     if a == "tasks" && b == "results" {
                         out.push((task.clone(), res.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Names `X` of every `$(tasks.X...)` a pipeline task mentions.
+fn referenced_tasks(pt: &PipelineTask) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let v = serde_json::to_value(pt).unwrap_or_default();
+    let mut texts = Vec::new();
+    collect(&v, &mut texts);
+    for t in &texts {
+        for r in find_refs(t) {
+            if let Some(segs) = r.segs() {
+                if let [Seg::Name(a), Seg::Name(task), ..] = segs.as_slice() {
+                    if a == "tasks" {
+                        out.insert(task.clone());
                     }
                 }
             }

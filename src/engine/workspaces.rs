@@ -33,6 +33,8 @@ enum Volume {
 #[derive(Debug, Clone, Default)]
 pub struct RunVolumes {
     map: BTreeMap<String, Volume>,
+    /// Create TaskRun directories (false when planning: nothing is touched).
+    pub create: bool,
 }
 
 /// Join a relative subPath, refusing anything that could leave the volume.
@@ -187,7 +189,7 @@ impl RunVolumes {
             };
             map.insert(b.name.clone(), vol);
         }
-        Ok(RunVolumes { map })
+        Ok(RunVolumes { map, create: true })
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -225,6 +227,13 @@ impl RunVolumes {
                 if let Some(s) = sub {
                     p = join_sub(&p, s)?;
                 }
+                if !self.create {
+                    let p = match extra {
+                        Some(s) => join_sub(&p, s)?,
+                        None => p,
+                    };
+                    return Ok((p, false, String::new()));
+                }
                 Ok((mk(&p, extra)?, false, String::new()))
             }
             Some(Volume::Dir { path, read_only, claim, .. }) => {
@@ -232,7 +241,7 @@ impl RunVolumes {
                     Some(s) => join_sub(path, s)?,
                     None => path.clone(),
                 };
-                if !p.exists() {
+                if !p.exists() && self.create {
                     if *read_only {
                         return Err(Failure::new(
                             "InvalidWorkspaceBindings",
