@@ -79,6 +79,27 @@ pub enum Command {
     /// Landed, AlreadyLanded, NoChange, Superseded or GatesFailed; 1 on Conflicted or a
     /// failure; 2 for invalid manifests.
     Promote(PromoteArgs),
+    /// List the promotions recorded in the ledger (`.tenon/promotions/<env>/`) on each
+    /// policy's target branch, newest first.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Only this environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// Only this PromotionPolicy's target.
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    #[arg(long, env = "TENON_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: GitAuthArgs,
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +363,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Plan(a) => plan_cmd(a).await,
         Command::Cache(c) => cache_cmd(c),
         Command::Promote(a) => promote_cmd(a),
+        Command::History(a) => history_cmd(a),
     }
 }
 
@@ -606,6 +628,38 @@ fn promote_cmd(a: PromoteArgs) -> Result<Outcome, Error> {
         OutputFormat::Human => print_promotions(&report),
     }
     Ok(if report.failed() { Outcome::RunFailed } else { Outcome::Ok })
+}
+
+fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {
+    let cat = load(&a.dir)?;
+    if cat.promotion_policies.is_empty() {
+        return Err(Error::Usage(format!("no PromotionPolicy found in {}", a.dir.display())));
+    }
+    let opts = promote_options(a.store.as_ref(), true, a.policy.clone(), &a.auth, 1)?;
+    let records = crate::promote::run::history(&cat, &a.dir, a.env.as_deref(), &opts).map_err(Error::Usage)?;
+    match a.output {
+        OutputFormat::Json => print_json(
+            &serde_json::json!({"apiVersion": API_VERSION, "kind": "PromotionHistory", "promotions": records}),
+        )?,
+        OutputFormat::Human => {
+            let mut out = std::io::stdout().lock();
+            for r in &records {
+                let at = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.decided_at_ns.max(0) as u64),
+                );
+                let _ = writeln!(
+                    out,
+                    "{at}  {:10}  {}  {}  {}",
+                    r.environment,
+                    &r.id[..16.min(r.id.len())],
+                    r.policy,
+                    r.subject_digest
+                );
+            }
+            let _ = writeln!(out, "{} promotion(s)", records.len());
+        }
+    }
+    Ok(Outcome::Ok)
 }
 
 fn print_promotions(r: &PromotionReport) {

@@ -1181,3 +1181,26 @@ fn measure_promotion_time() {
         median(&mut landed)
     );
 }
+
+/// `tenon history` lists what the ledger on the target branch records, from git itself
+/// (a store that never promoted sees it too).
+#[test]
+fn history_lists_the_ledger_of_the_target_branch() {
+    let fx = fixture();
+    let before = common::tenon_cached(&["history", fx.repo_s(), "--output", "json"], &fx.store);
+    assert_eq!(before.code, 0, "{}\n{}", before.stdout, before.stderr);
+    assert_eq!(before.json()["promotions"].as_array().map(|a| a.len()), Some(0), "{}", before.stdout);
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    let other_store = fx.store.with_file_name("other-store");
+    let h = common::tenon_cached(&["history", fx.repo_s(), "--env", "prod", "--output", "json"], &other_store);
+    assert_eq!(h.code, 0, "{}\n{}", h.stdout, h.stderr);
+    let list = h.json()["promotions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{}", h.stdout);
+    assert_eq!(list[0]["id"], p["id"]);
+    assert_eq!(list[0]["policy"], "pump-failure-prod");
+    assert_eq!(list[0]["subjectDigest"], p["subjectDigest"]);
+    assert!(list[0]["decidedAtNs"].as_i64().unwrap() > 0);
+    let none = common::tenon_cached(&["history", fx.repo_s(), "--env", "staging", "--output", "json"], &other_store);
+    assert_eq!(none.json()["promotions"].as_array().map(|a| a.len()), Some(0));
+}

@@ -252,6 +252,61 @@ fn ledger_entries(repo: &Repository, tree: &git2::Tree<'_>, env: &str) -> Vec<(S
     out
 }
 
+/// One promotion as recorded in the ledger at the branch tip.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerRecord {
+    pub id: String,
+    pub policy: String,
+    pub environment: String,
+    pub subject_digest: String,
+    pub subject_uri: String,
+    pub previous: Option<String>,
+    pub decided_at_ns: i64,
+}
+
+/// Every ledger entry at the tip of the target branch (optionally of one environment),
+/// newest decision first.
+pub fn ledger_at_tip(t: &Target, env: Option<&str>) -> Result<Vec<LedgerRecord>, PromoteError> {
+    let (repo, _lock) = open_cache(t)?;
+    let Some(tip) = fetch(&repo, t, &t.branch)? else { return Ok(vec![]) };
+    let tree = repo.find_commit(tip)?.tree()?;
+    let Ok(root) = tree.get_path(Path::new(&format!("{LEDGER_DIR}/promotions"))) else { return Ok(vec![]) };
+    let envs = repo.find_tree(root.id())?;
+    let mut out = Vec::new();
+    for e in envs.iter() {
+        let Some(name) = e.name() else { continue };
+        if env.is_some_and(|want| want != name) {
+            continue;
+        }
+        let Ok(sub) = repo.find_tree(e.id()) else { continue };
+        for f in sub.iter() {
+            let Ok(blob) = repo.find_blob(f.id()) else { continue };
+            out.push(parse_ledger(&String::from_utf8_lossy(blob.content())));
+        }
+    }
+    out.sort_by(|a, b| b.decided_at_ns.cmp(&a.decided_at_ns));
+    Ok(out)
+}
+
+/// Read back a ledger entry written by [`ledger_entry`] (values are JSON strings).
+fn parse_ledger(text: &str) -> LedgerRecord {
+    let field = |prefix: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| serde_json::from_str::<String>(v.trim()).unwrap_or_else(|_| v.trim().to_string()))
+    };
+    LedgerRecord {
+        id: field("id: ").unwrap_or_default(),
+        policy: field("policy: ").unwrap_or_default(),
+        environment: field("environment: ").unwrap_or_default(),
+        subject_digest: field("  digest: ").unwrap_or_default(),
+        subject_uri: field("  uri: ").unwrap_or_default(),
+        previous: field("previous: ").filter(|p| p != "null"),
+        decided_at_ns: field("decidedAt: ").and_then(|v| v.parse().ok()).unwrap_or(0),
+    }
+}
+
 /// The ledger entry recorded with a promotion.
 pub fn ledger_entry(d: &Decision, decided_at_ns: i64, previous: Option<&str>, source_revision: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();

@@ -226,14 +226,18 @@ pub fn promote_all(
         // incumbent gate compares with the value it deployed itself)
         if !opts.dry_run {
             if let Ok(Some(_)) = git::read_at_tip(&target, &git::ledger_path(&d.environment, &d.id)) {
-                out.push(summary(
+                let mut s = summary(
                     p,
                     Some(&d),
                     "AlreadyLanded",
-                    "the ledger already records this promotion",
+                    "the ledger already records this promotion (its gates passed when it was decided)",
                     &target.url,
                     vec![],
-                ));
+                );
+                // the gates would now compare with the value this promotion deployed: not shown
+                s.gates.clear();
+                s.promote = true;
+                out.push(s);
                 continue;
             }
         }
@@ -324,6 +328,26 @@ pub fn promote_all(
         out.push(s);
     }
     Ok(PromotionReport { api_version: API_VERSION, kind: "PromotionReport", promotions: out })
+}
+
+/// The promotions recorded in the ledgers of the policies' targets, newest first.
+pub fn history(
+    cat: &Catalog,
+    dir: &Path,
+    env: Option<&str>,
+    opts: &PromoteOptions,
+) -> Result<Vec<git::LedgerRecord>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for p in cat.promotion_policies.iter().filter(|p| opts.policy.as_ref().is_none_or(|n| n == &p.name)) {
+        let t = target_of(p, dir, opts)?;
+        if !seen.insert((t.url.clone(), t.branch.clone())) {
+            continue;
+        }
+        out.extend(git::ledger_at_tip(&t, env).map_err(|e| with_target(&e, &t.url))?);
+    }
+    out.sort_by(|a, b| b.decided_at_ns.cmp(&a.decided_at_ns));
+    Ok(out)
 }
 
 /// An error message that names the target remote.
