@@ -162,20 +162,7 @@ fn parse_inner(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
         let ev = match parser.parse() {
             Ok(ev) => ev,
             Err(e) => {
-                let mut pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or_default();
-                let mut message = e.problem().to_string();
-                if let Some(c) = e.context() {
-                    // an unclosed flow collection is best shown where it was opened
-                    if c.contains("flow") {
-                        if let Some(m) = e.context_mark() {
-                            message = format!("{message} ({c} opened here; the parser gave up at {pos})");
-                            pos = to_pos(&m);
-                        }
-                    } else {
-                        message = format!("{message} ({c})");
-                    }
-                }
-                err = Some(SyntaxError { pos, message });
+                err = Some(locate_syntax_error(&e));
                 break;
             }
         };
@@ -599,6 +586,8 @@ struct LocFrame {
     pos: Pos,
 }
 
+/// A parser error at its best position: an unclosed flow collection is shown where it
+/// was opened.
 fn locate_syntax_error(e: &libyaml_safer::Error) -> SyntaxError {
     let mut pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or_default();
     let mut message = e.problem().to_string();
