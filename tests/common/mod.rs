@@ -43,36 +43,28 @@ impl From<Output> for Run {
     }
 }
 
-/// Run `tenon ARGS` with a private state directory (`TENON_STORE`) and a clean
-/// environment apart from PATH/HOME.
-pub fn tenon(args: &[&str], store: &Path) -> Run {
-    Command::new(bin())
-        .args(args)
+/// `tenon ARGS` with a private state directory (`TENON_STORE`) and a clean environment
+/// apart from PATH/HOME.
+pub fn tenon_command(args: &[&str], store: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", store)
         .env("TENON_STORE", store)
-        .env("NO_COLOR", "1")
-        // most tests are about Tekton semantics: identical tasks must really run (the
-        // cache has its own tests, which use `tenon_cached`)
-        .env("TENON_NO_CACHE", "true")
-        .output()
-        .expect("tenon runs")
-        .into()
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Run `tenon ARGS` with the cache off: most tests are about Tekton semantics, where
+/// identical tasks must really run (the cache has its own tests, using `tenon_cached`).
+pub fn tenon(args: &[&str], store: &Path) -> Run {
+    tenon_command(args, store).env("TENON_NO_CACHE", "true").output().expect("tenon runs").into()
 }
 
 /// Run `tenon ARGS` with the cache enabled.
 pub fn tenon_cached(args: &[&str], store: &Path) -> Run {
-    Command::new(bin())
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", store)
-        .env("TENON_STORE", store)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("tenon runs")
-        .into()
+    tenon_command(args, store).output().expect("tenon runs").into()
 }
 
 /// Write `yaml` into a fresh temp dir as `pipeline.yaml` and run it with `--output json`.
