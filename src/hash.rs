@@ -194,6 +194,10 @@ pub struct HashStats {
 pub struct Filter {
     include: Option<GlobSet>,
     exclude: GlobSet,
+    /// The literal leading directories of every include pattern (`src/**/*.py` -> `src`),
+    /// or `None` when some pattern can match anywhere: the walk only enters directories
+    /// that lie on the way to, or inside, one of them.
+    prefixes: Option<Vec<String>>,
 }
 
 impl Filter {
@@ -214,11 +218,42 @@ impl Filter {
             }
             b.build().map_err(|e| e.to_string())
         };
-        let include = if include.iter().all(|p| p.trim().is_empty()) { None } else { Some(build(include)?) };
-        Ok(Filter { include, exclude: build(exclude)? })
+        let include_set = if include.iter().all(|p| p.trim().is_empty()) { None } else { Some(build(include)?) };
+        let prefixes = include_set.as_ref().and_then(|_| {
+            let mut out = Vec::new();
+            for p in include {
+                let p = p.trim().trim_start_matches("./");
+                if p.is_empty() {
+                    continue;
+                }
+                let literal: Vec<&str> = p
+                    .split('/')
+                    .take_while(|c| !c.contains(['*', '?', '[', ']', '{', '}', '\\']))
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                // every component literal: the pattern names a path (and all below it)
+                let prefix = literal.join("/");
+                if prefix.is_empty() {
+                    return None;
+                }
+                out.push(prefix);
+            }
+            Some(out)
+        });
+        Ok(Filter { include: include_set, exclude: build(exclude)?, prefixes })
     }
     pub fn everything() -> Filter {
-        Filter { include: None, exclude: GlobSet::empty() }
+        Filter { include: None, exclude: GlobSet::empty(), prefixes: None }
+    }
+    /// Whether an included path can lie at or below directory `rel`.
+    fn may_contain(&self, rel: &str) -> bool {
+        let Some(prefixes) = &self.prefixes else { return true };
+        prefixes.iter().any(|p| {
+            let (p, r) = (p.as_bytes(), rel.as_bytes());
+            // `rel` is on the way to `p`, or is `p`, or lies inside it
+            (p.len() >= r.len() && p.starts_with(r) && (p.len() == r.len() || p[r.len()] == b'/'))
+                || (r.len() > p.len() && r.starts_with(p) && r[p.len()] == b'/')
+        })
     }
     fn excluded(&self, rel: &str) -> bool {
         self.exclude.is_match(rel)
@@ -310,7 +345,9 @@ fn walk(dir: &Path, rel: &str, filter: &Filter, out: &mut Found) -> std::io::Res
             if !filter.narrowed() || filter.included(&child) {
                 out.push((child.clone(), abs.clone(), m));
             }
-            subdirs.push((out.len(), abs, child));
+            if filter.may_contain(&child) {
+                subdirs.push((out.len(), abs, child));
+            }
         } else if filter.included(&child) {
             out.push((child, abs, m));
         }
@@ -410,6 +447,46 @@ mod tests {
         let paths: Vec<&str> = t.entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["src", "src/a.py"]);
         assert!(Filter::new(&["[".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn walk_enters_only_directories_an_include_can_reach() {
+        let cases: &[(&[&str], &str, bool)] = &[
+            (&["model/model.bin"], "model", true),
+            (&["model/model.bin"], "data", false),
+            (&["model/model.bin"], "mod", false),
+            (&["model/model.bin"], "model/model.bin", true),
+            (&["src/**/*.py"], "src", true),
+            (&["src/**/*.py"], "src/deep/er", true),
+            (&["src/**/*.py"], "srcx", false),
+            (&["a/b/*.csv"], "a", true),
+            (&["a/b/*.csv"], "a/c", false),
+            (&["**/*.py"], "anything", true),
+            (&["*.txt"], "dir", true),
+            (&["data", "conf/x"], "conf", true),
+            (&["data", "conf/x"], "other", false),
+            (&["./data/"], "data/sub", true),
+        ];
+        for (inc, dir, want) in cases {
+            let f = Filter::new(&inc.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &[]).unwrap();
+            assert_eq!(f.may_contain(dir), *want, "include {inc:?}, dir {dir}");
+        }
+        assert!(Filter::everything().may_contain("x"));
+        // pruning never changes what a filter selects
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        for f in ["src/a/b.py", "src/c.py", "data/x.csv", "data/y/z.csv", "m/model.bin", "top.txt"] {
+            std::fs::create_dir_all(p.join(f).parent().unwrap()).unwrap();
+            std::fs::write(p.join(f), f).unwrap();
+        }
+        let paths = |inc: &[&str]| {
+            let f = Filter::new(&inc.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &[]).unwrap();
+            let t = hash_tree(p, &f, &StatCache::default(), &HashStats::default()).unwrap();
+            t.entries.iter().map(|e| e.path.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(paths(&["src/**/*.py"]), vec!["src/a/b.py", "src/c.py"]);
+        assert_eq!(paths(&["m/model.bin", "data/y"]), vec!["data/y", "data/y/z.csv", "m/model.bin"]);
+        assert_eq!(paths(&["**/*.csv"]), vec!["data/x.csv", "data/y/z.csv"]);
     }
 
     #[test]

@@ -352,6 +352,7 @@ impl SqliteStore {
             tx.commit()?;
         }
         let mut freed = self.sweep_objects()?;
+        freed += self.prune_trees()?;
         // temporary files left by processes that died mid-store
         let tmp = self.root.join("tmp");
         let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
@@ -397,6 +398,44 @@ impl SqliteStore {
             }
         }
         Ok(set)
+    }
+
+    /// Drop remembered input trees that no record's preimage names (they only serve to
+    /// explain misses against those records). Returns the bytes of JSON removed.
+    fn prune_trees(&self) -> Result<u64> {
+        let mut conn = self.conn();
+        let mut keep = BTreeSet::new();
+        {
+            let mut st = conn.prepare("SELECT preimage FROM records")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            for row in rows {
+                let v: serde_json::Value = serde_json::from_str(&row?).unwrap_or_default();
+                for field in ["inputs", "upstream_outputs", "upstreamOutputs"] {
+                    if let Some(m) = v.get(field).and_then(|m| m.as_object()) {
+                        keep.extend(m.values().filter_map(|d| d.as_str()).map(str::to_string));
+                    }
+                }
+            }
+        }
+        let tx = conn.transaction()?;
+        let mut doomed = Vec::new();
+        {
+            let mut st = tx.prepare("SELECT root, length(entries) FROM trees")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (root, len) = row?;
+                if !keep.contains(&root) {
+                    doomed.push((root, len));
+                }
+            }
+        }
+        let mut freed = 0u64;
+        for (root, len) in &doomed {
+            tx.execute("DELETE FROM trees WHERE root = ?1", [root])?;
+            freed += (*len).max(0) as u64;
+        }
+        tx.commit()?;
+        Ok(freed)
     }
 
     fn sweep_objects(&self) -> Result<u64> {
@@ -691,7 +730,8 @@ fn encode_stats(m: &HashMap<PathBuf, StatRecord>) -> Vec<u8> {
 }
 
 fn decode_stats(b: &[u8]) -> HashMap<PathBuf, StatRecord> {
-    let mut m = HashMap::new();
+    // each record is at least 4 + 48 + 32 bytes: size the map once
+    let mut m = HashMap::with_capacity(b.len() / 100 + 1);
     if b.len() < 4 || &b[..4] != b"TSC1" {
         return m;
     }
@@ -814,6 +854,24 @@ mod tests {
         assert_eq!(removed, 1);
         assert!(s.get("old").unwrap().is_none());
         assert!(s.get("kept").unwrap().is_some());
+    }
+
+    #[test]
+    fn gc_prunes_input_trees_no_record_names() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path()).unwrap();
+        let tree = |root: &str| Tree { root: root.into(), entries: vec![] };
+        for t in ["used", "gone", "upstream"] {
+            s.put_tree(&tree(t)).unwrap();
+        }
+        let mut r = rec("k", "run", 1);
+        r.preimage = serde_json::json!({"inputs": {"source": "used"}, "upstreamOutputs": {"a w:m": "upstream"}});
+        s.put(&r).unwrap();
+        s.record_run("run", "u1", true, &["k".into()]).unwrap();
+        s.gc(Some(0), None).unwrap();
+        assert!(s.get_tree("used").unwrap().is_some());
+        assert!(s.get_tree("upstream").unwrap().is_some());
+        assert!(s.get_tree("gone").unwrap().is_none(), "a tree no record names is pruned");
     }
 
     #[test]

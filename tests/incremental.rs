@@ -1862,3 +1862,56 @@ fn consumer_of_a_path_result_is_cached_on_an_unchanged_rerun() {
     assert_statuses(&r2, "second", &[("where", "Cached"), ("use", "Cached")]);
     assert!(w.take_log("exec.log").is_empty(), "second: the consumer executed again");
 }
+
+const EMBEDDED: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: embedded
+spec:
+  workspaces:
+    - name: source
+  tasks:
+    - name: reads
+      taskSpec:
+        steps:
+          - name: s
+            image: alpine
+            script: |
+              cat "$(workspaces.source.path)/src/in.txt"
+    - name: unrelated
+      taskSpec:
+        steps:
+          - name: s
+            image: alpine
+            script: |
+              echo "no workspace here"
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: embedded-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: embedded
+  workspaces:
+    - name: source
+      emptyDir: {}
+"##;
+
+/// An embedded taskSpec sees a pipeline workspace it does not bind only when it references
+/// it (as in Tekton): one that never mentions the repository does not depend on its files,
+/// and one that does is rerun when they change.
+#[test]
+fn embedded_specs_depend_only_on_workspaces_they_reference() {
+    let w = World::new(EMBEDDED);
+    w.write("src/in.txt", "one\n");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "first", &[("reads", "Succeeded"), ("unrelated", "Succeeded")]);
+    w.write("src/in.txt", "two\n");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "edit", &[("reads", "Succeeded"), ("unrelated", "Cached")]);
+    assert_reason_listed(&r, "reads", "edit", &changed("src/in.txt", b"one\n", b"two\n"));
+}

@@ -8,7 +8,7 @@ pub mod resolve;
 pub mod workspaces;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -60,6 +60,8 @@ pub struct Engine {
     sem: Arc<Semaphore>,
     /// The cache, when enabled (`tenon run` by default; `tenon plan` in dry-run mode).
     pub cache: Option<Arc<CacheCtx>>,
+    /// Repository paths that are never task inputs: promotion targets and the ledger.
+    never_inputs: Vec<PathBuf>,
 }
 
 /// Where a pipeline task stands.
@@ -209,7 +211,51 @@ async fn execute_launch(
     let blocking = |f: Box<dyn FnOnce() -> CacheStep + Send>| async move {
         tokio::task::spawn_blocking(f).await.unwrap_or(CacheStep::Error("cache worker failed".into()))
     };
+    let hit = |rec: crate::store::Record| {
+        let cache = CacheOutcome::Hit {
+            key: rec.key.clone(),
+            run: rec.run.clone(),
+            run_uid: rec.run_uid.clone(),
+            created_ns: rec.created_ns,
+        };
+        (cached_outcome(cached::localize_results(&rec.results, &l.req)), cache, rec.outputs.clone())
+    };
     let uncacheable = job.uncacheable.clone();
+    if ctx.dry_run && uncacheable.is_none() {
+        // planning: key, lookup and explanation in one trip to the blocking pool
+        let (c, j) = (ctx.clone(), job.clone());
+        let step = blocking(Box::new(move || {
+            let p = match cached::compute(&c, &j) {
+                Ok(p) => p,
+                Err(e) => return CacheStep::Error(e),
+            };
+            let key = p.key();
+            if j.forced.is_none() {
+                if let Ok(Some(rec)) = c.store.get(&key) {
+                    return CacheStep::Hit(Box::new(rec));
+                }
+            }
+            CacheStep::Planned(key, cached::miss_reasons(&c, &j, &p))
+        }))
+        .await;
+        return match step {
+            CacheStep::Hit(rec) => {
+                let (o, c, outs) = hit(*rec);
+                msg(o, 0, c, outs)
+            }
+            CacheStep::Planned(key, reasons) => {
+                msg(cached_outcome(BTreeMap::new()), 0, CacheOutcome::Miss { key, reasons }, vec![])
+            }
+            other => {
+                let e = match other {
+                    CacheStep::Error(e) => e,
+                    _ => "cache worker failed".into(),
+                };
+                let reason = format!("its inputs could not be hashed ({e})");
+                msg(cached_outcome(BTreeMap::new()), 0, CacheOutcome::Uncacheable { reason }, vec![])
+            }
+        };
+    }
     let (pre, key) = match &uncacheable {
         Some(_) => (None, String::new()),
         None => {
@@ -255,15 +301,6 @@ async fn execute_launch(
             Ok(None) => CacheStep::Miss,
             Err(e) => CacheStep::Error(e.to_string()),
         }))
-    };
-    let hit = |rec: crate::store::Record| {
-        let cache = CacheOutcome::Hit {
-            key: rec.key.clone(),
-            run: rec.run.clone(),
-            run_uid: rec.run_uid.clone(),
-            created_ns: rec.created_ns,
-        };
-        (cached_outcome(cached::localize_results(&rec.results, &l.req)), cache, rec.outputs.clone())
     };
     if job.forced.is_none() {
         match lookup(ctx.clone(), key.clone(), l.req.clone(), !ctx.dry_run).await {
@@ -328,6 +365,8 @@ async fn execute_launch(
 
 /// Results of blocking cache work.
 enum CacheStep {
+    /// Planning: a miss with its key and reasons.
+    Planned(String, Vec<String>),
     Pre(Box<crate::cache::Preimage>),
     Hit(Box<crate::store::Record>),
     Miss,
@@ -366,6 +405,15 @@ fn to_json(v: &BTreeMap<String, ParamValue>) -> BTreeMap<String, Value> {
     v.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
 }
 
+/// Repository paths that are never task inputs: promotion targets and the ledger.
+fn never_inputs(cat: &Catalog, repo_root: &Path) -> Vec<PathBuf> {
+    let root = repo_root.canonicalize().unwrap_or_else(|_| repo_root.to_path_buf());
+    let mut out: Vec<PathBuf> =
+        cat.promotion_policies.iter().flat_map(|p| p.spec.target.updates.iter().map(|u| root.join(&u.file))).collect();
+    out.push(root.join(crate::promote::LEDGER_DIR));
+    out
+}
+
 impl Engine {
     pub fn new(
         cat: Arc<Catalog>,
@@ -375,26 +423,14 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Self {
         let sem = Arc::new(Semaphore::new(opts.parallel.max(1)));
-        Engine { cat, exec, opts, console, cancel, sem, cache: None }
+        let never_inputs = never_inputs(&cat, &opts.repo_root);
+        Engine { cat, exec, opts, console, cancel, sem, cache: None, never_inputs }
     }
 
     /// Enable the cache (and, with `dry_run`, plan instead of running).
     pub fn with_cache(mut self, cache: Arc<CacheCtx>) -> Self {
         self.cache = Some(cache);
         self
-    }
-
-    /// Repository paths that are never task inputs: promotion targets and the ledger.
-    fn never_inputs(&self) -> Vec<PathBuf> {
-        let root = self.opts.repo_root.canonicalize().unwrap_or_else(|_| self.opts.repo_root.clone());
-        let mut out: Vec<PathBuf> = self
-            .cat
-            .promotion_policies
-            .iter()
-            .flat_map(|p| p.spec.target.updates.iter().map(|u| root.join(&u.file)))
-            .collect();
-        out.push(root.join(crate::promote::LEDGER_DIR));
-        out
     }
 
     /// A new run's uid and directory, announced on the console.
@@ -733,7 +769,7 @@ impl Engine {
                     &|n: &str| volumes.describe(n),
                     &req,
                     false,
-                    &self.never_inputs(),
+                    &self.never_inputs,
                 );
                 cached::apply_forced(&mut job, cache, &name);
                 Some(job)
@@ -1233,12 +1269,16 @@ impl<'a> PipelineRunState<'a> {
                 )
             })
             .chain(if embedded {
-                // embedded specs may use every pipeline workspace by its own name
+                // embedded specs may use a pipeline workspace by its own name without binding
+                // it; like Tekton (tektoncd/pipeline#8008) only the ones the spec references are
+                // propagated, so an unrelated repo workspace is not an input of this task
+                let text = serde_json::to_string(pt).unwrap_or_default();
                 self.spec
                     .workspaces
                     .iter()
                     .filter(|w| !pt.workspaces.iter().any(|b| b.name == w.name))
                     .filter(|w| self.volumes.has(&w.name))
+                    .filter(|w| text.contains(&format!("workspaces.{}.", w.name)))
                     .map(|w| (w.name.clone(), w.name.clone(), None))
                     .collect::<Vec<_>>()
             } else {
@@ -1372,9 +1412,9 @@ impl<'a> PipelineRunState<'a> {
         for (k, v) in sup {
             job.params.insert(k.clone(), v.to_json());
         }
-        let never = self.engine.never_inputs();
+        let never = &self.engine.never_inputs;
         let shared =
-            cached::apply_bindings(&mut job, &ann, bindings, &|n: &str| self.volumes.describe(n), req, true, &never);
+            cached::apply_bindings(&mut job, &ann, bindings, &|n: &str| self.volumes.describe(n), req, true, never);
         // upstream results consumed (early cutoff: same values, same key)
         for (producer, result) in result_refs(pt) {
             if self.states.get(&producer).is_some_and(|s| s.would_run) {
@@ -1509,6 +1549,12 @@ impl<'a> PipelineRunState<'a> {
                 res = self.joinset.join_next() => {
                     if let Some(Ok(m)) = res {
                         self.child_done(tasks, m, finally);
+                    }
+                    // take every other finished child before scanning for ready tasks again
+                    while let Some(res) = self.joinset.try_join_next() {
+                        if let Ok(m) = res {
+                            self.child_done(tasks, m, finally);
+                        }
                     }
                 }
                 _ = sleep => {
