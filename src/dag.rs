@@ -1,6 +1,6 @@
 //! The pipeline task graph: edges from `runAfter` and from result references. Pure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{ParamValue, PipelineTask};
 use crate::subst::{find_refs, Seg};
@@ -184,16 +184,6 @@ impl Dag {
         out
     }
 
-    /// Like [`Dag::ready`], with lookups instead of sets (no per-call allocation).
-    pub fn ready_by(&self, is_done: impl Fn(&str) -> bool, is_started: impl Fn(&str) -> bool) -> Vec<String> {
-        self.names
-            .iter()
-            .filter(|n| !is_started(n) && !is_done(n))
-            .filter(|n| self.parents.get(*n).is_none_or(|ps| ps.iter().all(|p| is_done(p))))
-            .cloned()
-            .collect()
-    }
-
     /// Tasks not yet started whose parents are all done, in declaration order.
     pub fn ready(&self, done: &BTreeSet<String>, started: &BTreeSet<String>) -> Vec<String> {
         self.names
@@ -201,6 +191,68 @@ impl Dag {
             .filter(|n| !started.contains(*n) && !done.contains(*n))
             .filter(|n| self.parents.get(*n).is_none_or(|ps| ps.iter().all(|p| done.contains(p))))
             .cloned()
+            .collect()
+    }
+}
+
+/// Incremental readiness for one phase of a run: which tasks have every parent done, in
+/// declaration order, without rescanning the whole DAG after each finished task.
+#[derive(Debug)]
+pub struct Readiness {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    children: Vec<Vec<usize>>,
+    /// Parents not yet done (a parent outside the phase is never done).
+    left: Vec<usize>,
+    done: Vec<bool>,
+    taken: Vec<bool>,
+    ready: BTreeSet<usize>,
+}
+
+impl Readiness {
+    /// `phase`: the tasks scheduled together, in declaration order.
+    pub fn new<'a>(dag: &Dag, phase: impl IntoIterator<Item = &'a str>) -> Readiness {
+        let names: Vec<String> = phase.into_iter().map(str::to_string).collect();
+        let index: HashMap<String, usize> = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        let mut children = vec![Vec::new(); names.len()];
+        let mut left = vec![0; names.len()];
+        for (i, n) in names.iter().enumerate() {
+            for p in dag.parents.get(n).into_iter().flatten() {
+                left[i] += 1;
+                if let Some(&pi) = index.get(p) {
+                    children[pi].push(i);
+                }
+            }
+        }
+        let ready = (0..names.len()).filter(|&i| left[i] == 0).collect();
+        let n = names.len();
+        Readiness { names, index, children, left, done: vec![false; n], taken: vec![false; n], ready }
+    }
+
+    /// Record that `name` finished (any outcome); idempotent.
+    pub fn mark_done(&mut self, name: &str) {
+        let Some(&i) = self.index.get(name) else { return };
+        if std::mem::replace(&mut self.done[i], true) {
+            return;
+        }
+        self.taken[i] = true;
+        self.ready.remove(&i);
+        for c in 0..self.children[i].len() {
+            let c = self.children[i][c];
+            self.left[c] -= 1;
+            if self.left[c] == 0 && !self.taken[c] {
+                self.ready.insert(c);
+            }
+        }
+    }
+
+    /// Tasks that became ready since the last call, in declaration order (each once).
+    pub fn take_ready(&mut self) -> Vec<String> {
+        let ready = std::mem::take(&mut self.ready);
+        ready
+            .into_iter()
+            .filter(|&i| !std::mem::replace(&mut self.taken[i], true))
+            .map(|i| self.names[i].clone())
             .collect()
     }
 }
@@ -251,6 +303,31 @@ mod tests {
                 "done={done:?} started={started:?}"
             );
         }
+    }
+
+    #[test]
+    fn incremental_readiness_matches_the_ready_sets() {
+        let tasks = vec![pt("a", &[], &[]), pt("b", &["a"], &[]), pt("c", &[], &["a"]), pt("d", &["b"], &["c"])];
+        let (dag, _) = Dag::build(&tasks);
+        let mut r = Readiness::new(&dag, ["a", "b", "c", "d"]);
+        // (finished before the call, ready after it)
+        let rows: &[(&[&str], &[&str])] =
+            &[(&[], &["a"]), (&[], &[]), (&["a"], &["b", "c"]), (&["c"], &[]), (&["c", "b"], &["d"]), (&["d"], &[])];
+        for (done, want) in rows {
+            for d in *done {
+                r.mark_done(d);
+            }
+            assert_eq!(r.take_ready(), *want, "after {done:?}");
+        }
+        // a parent outside the phase is never done: its child never becomes ready
+        let mut r = Readiness::new(&dag, ["b", "d"]);
+        assert!(r.take_ready().is_empty());
+        r.mark_done("b");
+        assert!(r.take_ready().is_empty());
+        // a task finished before it was taken is never handed out
+        let mut r = Readiness::new(&dag, ["a", "b", "c", "d"]);
+        r.mark_done("a");
+        assert_eq!(r.take_ready(), vec!["b", "c"]);
     }
 
     #[test]

@@ -515,11 +515,10 @@ impl Store for SqliteStore {
     fn get(&self, key: &str) -> Result<Option<Record>> {
         let raw = self
             .conn()
-            .query_row(
+            .prepare_cached(
                 "SELECT key, run, run_uid, task, created_ns, duration_ms, preimage, results, outputs FROM records WHERE key = ?1",
-                [key],
-                Self::row_to_record,
-            )
+            )?
+            .query_row([key], Self::row_to_record)
             .optional()?;
         let Some(raw) = raw else { return Ok(None) };
         let rec = Self::decode(raw)?;
@@ -556,11 +555,10 @@ impl Store for SqliteStore {
     fn latest_for(&self, run: &str, task: &str) -> Result<Option<Record>> {
         let raw = self
             .conn()
-            .query_row(
+            .prepare_cached(
                 "SELECT key, run, run_uid, task, created_ns, duration_ms, preimage, results, outputs FROM records WHERE run = ?1 AND task = ?2 ORDER BY created_ns DESC LIMIT 1",
-                [run, task],
-                Self::row_to_record,
-            )
+            )?
+            .query_row([run, task], Self::row_to_record)
             .optional()?;
         raw.map(Self::decode).transpose()
     }
@@ -674,8 +672,11 @@ impl Store for SqliteStore {
 
     fn put_tree(&self, tree: &Tree) -> Result<()> {
         // a tree is immutable by its digest: skip the (possibly large) encoding when known
-        let known: Option<i64> =
-            self.conn().query_row("SELECT 1 FROM trees WHERE root = ?1", [&tree.root], |r| r.get(0)).optional()?;
+        let known: Option<i64> = self
+            .conn()
+            .prepare_cached("SELECT 1 FROM trees WHERE root = ?1")?
+            .query_row([&tree.root], |r| r.get(0))
+            .optional()?;
         if known.is_some() {
             return Ok(());
         }
@@ -687,8 +688,11 @@ impl Store for SqliteStore {
     }
 
     fn get_tree(&self, root: &str) -> Result<Option<Tree>> {
-        let raw: Option<String> =
-            self.conn().query_row("SELECT entries FROM trees WHERE root = ?1", [root], |r| r.get(0)).optional()?;
+        let raw: Option<String> = self
+            .conn()
+            .prepare_cached("SELECT entries FROM trees WHERE root = ?1")?
+            .query_row([root], |r| r.get(0))
+            .optional()?;
         Ok(raw.and_then(|s| serde_json::from_str(&s).ok()).map(|entries| Tree { root: root.to_string(), entries }))
     }
 

@@ -7,7 +7,7 @@ pub mod matrix;
 pub mod resolve;
 pub mod workspaces;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -1272,14 +1272,20 @@ impl<'a> PipelineRunState<'a> {
                 // embedded specs may use a pipeline workspace by its own name without binding
                 // it; like Tekton (tektoncd/pipeline#8008) only the ones the spec references are
                 // propagated, so an unrelated repo workspace is not an input of this task
-                let text = serde_json::to_string(pt).unwrap_or_default();
-                self.spec
+                let unbound: Vec<&str> = self
+                    .spec
                     .workspaces
                     .iter()
                     .filter(|w| !pt.workspaces.iter().any(|b| b.name == w.name))
                     .filter(|w| self.volumes.has(&w.name))
-                    .filter(|w| text.contains(&format!("workspaces.{}.", w.name)))
-                    .map(|w| (w.name.clone(), w.name.clone(), None))
+                    .map(|w| w.name.as_str())
+                    .collect();
+                let text =
+                    if unbound.is_empty() { String::new() } else { serde_json::to_string(pt).unwrap_or_default() };
+                unbound
+                    .into_iter()
+                    .filter(|w| text.contains(&format!("workspaces.{w}.")))
+                    .map(|w| (w.to_string(), w.to_string(), None))
                     .collect::<Vec<_>>()
             } else {
                 vec![]
@@ -1454,22 +1460,32 @@ impl<'a> PipelineRunState<'a> {
         phase_deadline: Option<Instant>,
         pipeline_deadline: Option<Instant>,
     ) {
-        let names: BTreeSet<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        let mut readiness = crate::dag::Readiness::new(dag, tasks.iter().map(|t| t.name.as_str()));
+        let index: HashMap<&str, &'a PipelineTask> = tasks.iter().map(|t| (t.name.as_str(), t)).collect();
+        for t in tasks {
+            if self.states.get(&t.name).is_some_and(|s| s.is_done()) {
+                readiness.mark_done(&t.name);
+            }
+        }
         loop {
             // start or skip everything that is ready, until nothing changes
             loop {
-                let states = &self.states;
-                let ready = dag.ready_by(
-                    |n| names.contains(n) && states.get(n).is_some_and(|s| s.is_done()),
-                    |n| states.get(n).is_some_and(|s| s.state == State::Running),
-                );
+                let ready = readiness.take_ready();
                 if ready.is_empty() {
                     break;
                 }
                 for name in ready {
-                    let Some(pt) = self.pt(tasks, &name) else {
+                    let Some(&pt) = index.get(name.as_str()) else {
                         continue;
                     };
+                    match self.states.get(&name).map(|s| &s.state) {
+                        None | Some(State::Pending) => {}
+                        Some(State::Done(_)) => {
+                            readiness.mark_done(&name);
+                            continue;
+                        }
+                        _ => continue,
+                    }
                     match self.decide(pt, dag, finally) {
                         Decision::Skip { reason, by_when } => self.skip(&name, &reason, by_when),
                         Decision::FailRun(f) => {
@@ -1523,6 +1539,9 @@ impl<'a> PipelineRunState<'a> {
                             }
                         }
                     }
+                    if self.states.get(&name).is_some_and(|s| s.is_done()) {
+                        readiness.mark_done(&name);
+                    }
                 }
             }
             if self.joinset.is_empty() {
@@ -1548,12 +1567,12 @@ impl<'a> PipelineRunState<'a> {
             tokio::select! {
                 res = self.joinset.join_next() => {
                     if let Some(Ok(m)) = res {
-                        self.child_done(tasks, m, finally);
+                        self.child_finished(tasks, m, finally, &mut readiness);
                     }
-                    // take every other finished child before scanning for ready tasks again
+                    // take every other finished child before looking for ready tasks again
                     while let Some(res) = self.joinset.try_join_next() {
                         if let Ok(m) = res {
-                            self.child_done(tasks, m, finally);
+                            self.child_finished(tasks, m, finally, &mut readiness);
                         }
                     }
                 }
@@ -1577,7 +1596,7 @@ impl<'a> PipelineRunState<'a> {
                     // drain: cancelled children report back
                     while let Some(res) = self.joinset.join_next().await {
                         if let Ok(m) = res {
-                            self.child_done(tasks, m, finally);
+                            self.child_finished(tasks, m, finally, &mut readiness);
                         }
                     }
                 }
@@ -1588,6 +1607,21 @@ impl<'a> PipelineRunState<'a> {
                     c.line(&format!("{} cancelling PipelineRun {}", c.red("■"), self.name));
                 }
             }
+        }
+    }
+
+    /// A child finished: record it, and tell readiness when its pipeline task is done.
+    fn child_finished(
+        &mut self,
+        tasks: &[PipelineTask],
+        m: ChildMsg,
+        finally: bool,
+        readiness: &mut crate::dag::Readiness,
+    ) {
+        let name = m.pt_name.clone();
+        self.child_done(tasks, m, finally);
+        if self.states.get(&name).is_some_and(|s| s.is_done()) {
+            readiness.mark_done(&name);
         }
     }
 
