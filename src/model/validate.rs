@@ -1149,44 +1149,37 @@ impl<'a> Validator<'a> {
                         format!("expected exactly one, got both: matrix[{}], params[{}]", p.name, p.name),
                     );
                 }
-                match &p.value {
+                let texts: Vec<&String> = match &p.value {
                     ParamValue::Array(a) => {
                         count = count.map(|c| c * a.len());
-                        for s in a {
-                            self.pipeline_refs(
-                                ctx,
-                                &format!("{pf}.value"),
-                                s,
-                                true,
-                                spec,
-                                pparams,
-                                dag_names,
-                                finally_names,
-                                is_finally,
-                                &pt.name,
-                            );
-                        }
+                        a.iter().collect()
                     }
                     ParamValue::Str(s) if is_isolated_ref(s) => {
                         count = None;
-                        self.pipeline_refs(
+                        vec![s]
+                    }
+                    other => {
+                        self.err(
                             ctx,
                             &format!("{pf}.value"),
-                            s,
-                            true,
-                            spec,
-                            pparams,
-                            dag_names,
-                            finally_names,
-                            is_finally,
-                            &pt.name,
+                            format!("matrix params must be arrays, {:?} is {}", p.name, other.type_name()),
                         );
+                        vec![]
                     }
-                    other => self.err(
+                };
+                for s in texts {
+                    self.pipeline_refs(
                         ctx,
                         &format!("{pf}.value"),
-                        format!("matrix params must be arrays, {:?} is {}", p.name, other.type_name()),
-                    ),
+                        s,
+                        true,
+                        spec,
+                        pparams,
+                        dag_names,
+                        finally_names,
+                        is_finally,
+                        &pt.name,
+                    );
                 }
             }
             if let Some(c) = count {
