@@ -1204,3 +1204,164 @@ fn history_lists_the_ledger_of_the_target_branch() {
     let none = common::tenon_cached(&["history", fx.repo_s(), "--env", "staging", "--output", "json"], &other_store);
     assert_eq!(none.json()["promotions"].as_array().map(|a| a.len()), Some(0));
 }
+
+// ---------------------------------------------------------------------------------------
+// 10. rollback, hold, release
+
+/// The example without its incumbent gate (so a second decision with the same accuracy
+/// can land) and with `suffix` appended to the URI the policy writes.
+fn set_uri_suffix(repo: &Path, suffix: &str) {
+    let f = repo.join("tekton/promotion.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let line =
+        text.lines().find(|l| l.trim_start().starts_with("value: $(subject.uri)")).expect("uri update").to_string();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    std::fs::write(&f, text.replacen(&line, &format!("{indent}value: $(subject.uri){suffix}"), 1)).unwrap();
+}
+
+fn without_incumbent_gate(repo: &Path) {
+    let f = repo.join("tekton/promotion.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let gate = "    # and it must beat what is deployed now\n    - result: $(tasks.evaluate.results.accuracy)\n      operator: \">=\"\n      incumbent:\n        file: deploy/prod/model.yaml\n        path: metadata.annotations[\"tenon.dev/model-accuracy\"]\n      margin: \"0.005\"\n";
+    assert!(text.contains(gate), "the example's promotion.yaml changed; update this test");
+    std::fs::write(&f, text.replacen(gate, "", 1)).unwrap();
+}
+
+/// `tenon ARGS --output json` in the fixture's store.
+fn tenon_json(fx: &Fx, args: &[&str]) -> Run {
+    let mut a = args.to_vec();
+    a.extend_from_slice(&["--output", "json"]);
+    common::tenon_cached(&a, &fx.store)
+}
+
+fn show(remote: &Path, spec: &str) -> String {
+    git(remote, &["show", spec])
+}
+
+#[test]
+fn rollback_restores_values_holds_promotion_until_release() {
+    let fx = fixture_with(without_incumbent_gate);
+    let a = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&a), "Landed", "{a:#}");
+    let a_id = a["id"].as_str().unwrap().to_string();
+    let model_a = show(&fx.remote, "main:deploy/prod/model.yaml");
+    set_uri_suffix(&fx.repo, "#v2");
+    let b = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&b), "Landed", "{b:#}");
+    let b_id = b["id"].as_str().unwrap().to_string();
+    let model_b = show(&fx.remote, "main:deploy/prod/model.yaml");
+    assert_ne!(model_a, model_b);
+    assert!(model_b.contains("#v2\""), "{model_b}");
+
+    // dry run: the diff, the hold, the message; nothing pushed
+    let before = refs(&fx.remote);
+    let dry = tenon_json(&fx, &["rollback", fx.repo_s(), "--env", "prod", "--to", &a_id[..10], "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}\n{}", dry.stdout, dry.stderr);
+    assert_eq!(dry.json()["kind"], "RollbackReport");
+    let d = &dry.json()["promotions"][0];
+    assert_eq!(state(d), "DryRun", "{d:#}");
+    let diffs = d["diff"].to_string();
+    assert!(diffs.contains("deploy/prod/model.yaml") && diffs.contains(".tenon/holds/prod.yaml"), "{d:#}");
+    assert!(d["message"].as_str().unwrap().contains(&format!("Tenon-Rollback-To: {a_id}")), "{d:#}");
+    assert_eq!(refs(&fx.remote), before, "a dry run pushes nothing");
+
+    // the rollback: a new promotion restoring A's values, and a hold, in one commit
+    let r = tenon_json(
+        &fx,
+        &["rollback", fx.repo_s(), "--env", "prod", "--to", &a_id[..10], "--reason", "bad model", "--by", "alice"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rb = r.json()["promotions"][0].clone();
+    assert_eq!(state(&rb), "Landed", "{rb:#}");
+    let rb_id = rb["id"].as_str().unwrap().to_string();
+    assert!(is_hex64(&rb_id) && rb_id != a_id && rb_id != b_id, "{rb:#}");
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 4, "base, A, B, rollback: {commits:?}");
+    assert_eq!(rb["commit"].as_str(), Some(commits[0].as_str()));
+    assert_eq!(show(&fx.remote, "main:deploy/prod/model.yaml"), model_a, "A's values restored byte for byte");
+    let msg = git(&fx.remote, &["log", "-1", "--format=%B", "main"]);
+    let t = trailers(&msg);
+    assert_eq!(trailer(&t, "Tenon-Promotion-Id"), [rb_id.as_str()], "{msg}");
+    assert_eq!(trailer(&t, "Tenon-Rollback-To"), [a_id.as_str()], "{msg}");
+    assert_eq!(trailer(&t, "Tenon-Rollback-Of"), [b_id.as_str()], "{msg}");
+    let hold = show(&fx.remote, "main:.tenon/holds/prod.yaml");
+    assert!(hold.contains("by: \"alice\"") && hold.contains("reason: \"bad model\""), "{hold}");
+    assert!(hold.contains(&format!("rollback: \"{rb_id}\"")) && hold.contains(&format!("restored: \"{a_id}\"")));
+    git(&fx.remote, &["cat-file", "-e", &format!("main:.tenon/promotions/prod/{rb_id}.yaml")]);
+    let changed = git(&fx.remote, &["show", "--name-only", "--format=", "main"]);
+    assert_eq!(changed.lines().count(), 3, "model.yaml, the ledger entry and the hold: {changed}");
+
+    // the same rollback again: nothing new
+    let again = tenon_json(&fx, &["rollback", fx.repo_s(), "--env", "prod", "--to", &a_id[..10]]);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert_eq!(state(&again.json()["promotions"][0]), "AlreadyLanded", "{}", again.stdout);
+    assert_eq!(rev_list(&fx.remote).len(), 4);
+
+    // a new decision is held: exit 0, a clear message, nothing committed
+    set_uri_suffix(&fx.repo, "#v3");
+    let held_refs = refs(&fx.remote);
+    let h = fx.promote(&[]);
+    assert_eq!(h.code, 0, "Held is not an error: {}\n{}", h.stdout, h.stderr);
+    let p = the_promotion(&h);
+    assert_eq!(state(&p), "Held", "{p:#}");
+    assert!(p["detail"].as_str().unwrap().contains("tenon release --env prod"), "{p:#}");
+    assert_eq!(p["hold"]["by"], "alice", "{p:#}");
+    let human = common::tenon_cached(&["promote", fx.repo_s()], &fx.store);
+    assert_eq!(human.code, 0);
+    assert!(human.stdout.contains("Held: ") && human.stdout.contains("`tenon release --env prod`"), "{}", human.stdout);
+    let run = common::tenon_cached(&["run", fx.repo_s(), "--promote", "--output", "json"], &fx.store);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["promotion"]["promotions"][0]["state"], "Held", "{}", run.stdout);
+    assert_eq!(refs(&fx.remote), held_refs, "a hold is never bypassed");
+
+    // history: the rollback and the hold
+    let hist = tenon_json(&fx, &["history", fx.repo_s()]);
+    let j = hist.json();
+    let list = j["promotions"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{j:#}");
+    assert_eq!(list[0]["kind"], "rollback");
+    assert_eq!(list[0]["restores"].as_str(), Some(a_id.as_str()));
+    assert_eq!(j["holds"][0]["rollback"].as_str(), Some(rb_id.as_str()), "{j:#}");
+    let hh = common::tenon_cached(&["history", fx.repo_s()], &fx.store);
+    assert!(hh.stdout.contains("HELD prod"), "{}", hh.stdout);
+
+    // release: a commit removing the hold; a second release has nothing to do
+    let dry = tenon_json(&fx, &["release", fx.repo_s(), "--env", "prod", "--dry-run"]);
+    assert_eq!(dry.code, 0);
+    assert_eq!(state(&dry.json()["promotions"][0]), "DryRun", "{}", dry.stdout);
+    assert_eq!(refs(&fx.remote), held_refs);
+    let rel = tenon_json(&fx, &["release", fx.repo_s(), "--env", "prod", "--by", "bob"]);
+    assert_eq!(rel.code, 0, "{}\n{}", rel.stdout, rel.stderr);
+    assert_eq!(rel.json()["kind"], "ReleaseReport");
+    assert_eq!(state(&rel.json()["promotions"][0]), "Landed", "{}", rel.stdout);
+    assert_eq!(rev_list(&fx.remote).len(), 5);
+    assert!(git_try(&fx.remote, &["cat-file", "-e", "main:.tenon/holds/prod.yaml"]).0 == false, "hold removed");
+    assert!(git(&fx.remote, &["log", "-1", "--format=%B", "main"]).contains(&format!("Tenon-Released-Hold: {rb_id}")));
+    let again = common::tenon_cached(&["release", fx.repo_s(), "--env", "prod"], &fx.store);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("not held: nothing to release"), "{}", again.stdout);
+    assert_eq!(rev_list(&fx.remote).len(), 5, "nothing to release: no commit");
+
+    // automatic promotion resumes
+    let c = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&c), "Landed", "{c:#}");
+    assert!(show(&fx.remote, "main:deploy/prod/model.yaml").contains("#v3\""));
+    let hist = tenon_json(&fx, &["history", fx.repo_s(), "--env", "prod"]).json();
+    let kinds: Vec<&str> = hist["promotions"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["promotion", "release", "rollback", "promotion", "promotion"], "{hist:#}");
+    assert_eq!(hist["holds"].as_array().map(|h| h.len()), Some(0));
+}
+
+#[test]
+fn rollback_to_an_unknown_id_is_a_usage_error() {
+    let fx = fixture();
+    assert_eq!(state(&the_promotion(&fx.promote(&[]))), "Landed");
+    let before = refs(&fx.remote);
+    let r = common::tenon_cached(&["rollback", fx.repo_s(), "--env", "prod", "--to", "ffffffffffff"], &fx.store);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("no promotion \"ffffffffffff\"") && r.stderr.contains("tenon history"), "{}", r.stderr);
+    let r = common::tenon_cached(&["rollback", fx.repo_s(), "--env", "staging", "--to", "ab"], &fx.store);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("no PromotionPolicy for environment \"staging\""), "{}", r.stderr);
+    assert_eq!(refs(&fx.remote), before);
+}
