@@ -1365,3 +1365,74 @@ fn rollback_to_an_unknown_id_is_a_usage_error() {
     assert!(r.stderr.contains("no PromotionPolicy for environment \"staging\""), "{}", r.stderr);
     assert_eq!(refs(&fx.remote), before);
 }
+
+// ---------------------------------------------------------------------------------------
+// 11. branch mode: a branch per promotion, landed when merged (merge commit or squash)
+
+fn branch_mode(repo: &Path) {
+    let f = repo.join("tekton/promotion.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert!(text.contains("\n  mode: direct\n"), "the example's promotion.yaml changed; update this test");
+    std::fs::write(&f, text.replace("\n  mode: direct\n", "\n  mode: branch\n")).unwrap();
+}
+
+/// Merge `branch` into the remote's main from a fresh clone, like a pull request's merge
+/// button (`squash`: one new commit with the branch's changes), then delete the branch.
+fn merge_pull_request(fx: &Fx, branch: &str, squash: bool) {
+    let work = fx.root.join(format!("merge-{}", squash));
+    git(&fx.root, &["clone", "-q", fx.remote.to_str().unwrap(), work.to_str().unwrap()]);
+    let theirs = format!("origin/{branch}");
+    if squash {
+        git(&work, &["merge", "-q", "--squash", &theirs]);
+        git(&work, &["commit", "-q", "-m", "Promote the model (#12)"]);
+    } else {
+        git(&work, &["merge", "-q", "--no-ff", "-m", "Merge pull request #12", &theirs]);
+    }
+    git(&work, &["push", "-q", "origin", "main", &format!(":{branch}")]);
+}
+
+#[test]
+fn branch_mode_proposes_once_and_is_landed_after_the_merge() {
+    for squash in [true, false] {
+        let fx = fixture_with(branch_mode);
+        let r = fx.promote(&[]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        let p = the_promotion(&r);
+        assert_eq!(state(&p), "Proposed", "{p:#}");
+        let id = p["id"].as_str().unwrap().to_string();
+        let branch = format!("tenon/promote/prod/{}", &id[..12]);
+        assert_eq!(p["target"].as_str(), Some(format!("{} {branch}", fx.remote_url()).as_str()), "{p:#}");
+        assert!(p["detail"].as_str().unwrap().contains("merged into main"), "{p:#}");
+        // main untouched; the branch holds one commit on top of it, with the ledger entry
+        assert_eq!(rev_list(&fx.remote), std::slice::from_ref(&fx.base));
+        let on_branch: Vec<String> = git(&fx.remote, &["rev-list", &branch]).lines().map(String::from).collect();
+        assert_eq!(on_branch.len(), 2, "{on_branch:?}");
+        assert_eq!(p["commit"].as_str(), Some(on_branch[0].as_str()));
+        git(&fx.remote, &["cat-file", "-e", &format!("{branch}:.tenon/promotions/prod/{id}.yaml")]);
+        let msg = git(&fx.remote, &["log", "-1", "--format=%B", &branch]);
+        assert_eq!(trailer(&trailers(&msg), "Tenon-Promotion-Id"), [id.as_str()], "{msg}");
+
+        // rerun while the pull request is open: the same branch, no new commit
+        let before = refs(&fx.remote);
+        for _ in 0..2 {
+            let p = the_promotion(&fx.promote(&[]));
+            assert_eq!(state(&p), "Proposed", "{p:#}");
+            assert_eq!(p["commit"].as_str(), Some(on_branch[0].as_str()), "{p:#}");
+        }
+        assert_eq!(refs(&fx.remote), before, "a rerun pushes nothing");
+
+        // merged (and the branch deleted): landed; the branch is never recreated
+        merge_pull_request(&fx, &branch, squash);
+        let merged = refs(&fx.remote);
+        assert!(!merged.contains(&branch), "{merged}");
+        for _ in 0..2 {
+            let r = fx.promote(&[]);
+            assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+            let p = the_promotion(&r);
+            assert_eq!(state(&p), "AlreadyLanded", "squash {squash}: {p:#}");
+        }
+        assert_eq!(refs(&fx.remote), merged, "squash {squash}: nothing pushed after the merge");
+        let hist = common::tenon_cached(&["history", fx.repo_s(), "--output", "json"], &fx.store);
+        assert_eq!(hist.json()["promotions"][0]["id"].as_str(), Some(id.as_str()), "{}", hist.stdout);
+    }
+}
