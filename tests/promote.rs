@@ -1436,3 +1436,162 @@ fn branch_mode_proposes_once_and_is_landed_after_the_merge() {
         assert_eq!(hist.json()["promotions"][0]["id"].as_str(), Some(id.as_str()), "{}", hist.stdout);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// 12. SSH: a real OpenSSH server on 127.0.0.1, a key file, strict known_hosts
+
+struct Sshd {
+    _daemon: KillOnDrop,
+    port: u16,
+    log: PathBuf,
+    /// The client key in authorized_keys, another key, and their private key texts.
+    key: PathBuf,
+    other_key: PathBuf,
+    /// known_hosts with the server's host key; one with a different key for the host.
+    known_hosts: PathBuf,
+    wrong_known_hosts: PathBuf,
+}
+
+fn ssh_keygen(path: &Path) -> Result<(), String> {
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "tenon-test", "-f"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    o.status.success().then_some(()).ok_or_else(|| format!("ssh-keygen failed: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+/// `sshd -D` on a free port of 127.0.0.1 with generated host and client keys, or why it
+/// cannot run here.
+fn start_sshd(dir: &Path) -> Result<Sshd, String> {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() {
+        return Err("/usr/sbin/sshd is absent (install openssh-server)".into());
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let (host, key, other) = (dir.join("host_key"), dir.join("client_key"), dir.join("other_key"));
+    for k in [&host, &key, &other] {
+        ssh_keygen(k)?;
+    }
+    let pubkey = |k: &Path| std::fs::read_to_string(k.with_extension("pub")).unwrap();
+    std::fs::write(dir.join("authorized_keys"), pubkey(&key)).unwrap();
+    // sshd's privilege separation directory (as root); without it sshd cannot start
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "ListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {dir}/authorized_keys\nPidFile {dir}/sshd.pid\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\n",
+            host = host.display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("sshd.log");
+    let child = Command::new(sshd)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&config)
+        .args(["-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map_err(|e| format!("cannot start sshd: {e}"))?;
+    let mut daemon = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            return Err(format!("sshd exited {status}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("sshd did not listen on 127.0.0.1:{port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let entry = |k: &Path| {
+        let p = pubkey(k);
+        let mut f = p.split_whitespace();
+        format!("[127.0.0.1]:{port} {} {}\n", f.next().unwrap(), f.next().unwrap())
+    };
+    let (known_hosts, wrong_known_hosts) = (dir.join("known_hosts"), dir.join("wrong_known_hosts"));
+    std::fs::write(&known_hosts, entry(&host)).unwrap();
+    std::fs::write(&wrong_known_hosts, entry(&other)).unwrap();
+    Ok(Sshd { _daemon: daemon, port, log, key, other_key: other, known_hosts, wrong_known_hosts })
+}
+
+/// The base64 body lines of a private key file (none may ever be printed).
+fn secret_lines(key: &Path) -> Vec<String> {
+    std::fs::read_to_string(key).unwrap().lines().filter(|l| !l.starts_with("-----")).map(String::from).collect()
+}
+
+#[test]
+fn ssh_key_with_strict_known_hosts() {
+    let fx = fixture();
+    let sshd = match start_sshd(&fx.root.join("sshd")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIP ssh_key_with_strict_known_hosts: {e}");
+            return;
+        }
+    };
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string();
+    let url = format!("ssh://{user}@127.0.0.1:{}{}", sshd.port, fx.remote.display());
+    set_target_url(&fx.repo, &url);
+    fx.commit_repo("promote over ssh");
+    git(&fx.repo, &["remote", "remove", "origin"]);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let before = refs(&fx.remote);
+    let secrets: Vec<String> = [&sshd.key, &sshd.other_key].iter().flat_map(|k| secret_lines(k)).collect();
+    let no_secrets = |r: &Run, what: &str| {
+        for l in &secrets {
+            assert!(
+                !r.stdout.contains(l.as_str()) && !r.stderr.contains(l.as_str()),
+                "{what}: private key material printed"
+            );
+        }
+    };
+
+    // the host key is not in known_hosts: refused before authenticating, nothing pushed
+    let r = fx.promote(&["--ssh-key", &s(&sshd.key), "--known-hosts", &s(&sshd.wrong_known_hosts), "-vv"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    no_secrets(&r, "unknown host");
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Failed", "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("host key") && detail.contains("known_hosts"), "not a host key error: {detail}");
+    assert!(detail.contains(&url), "the error names the target: {detail}");
+    let log = std::fs::read_to_string(&sshd.log).unwrap();
+    assert!(!log.contains("Accepted publickey"), "authenticated to an unverified host:\n{log}");
+
+    // the wrong client key: an authentication error
+    let r = fx.promote(&["--ssh-key", &s(&sshd.other_key), "--known-hosts", &s(&sshd.known_hosts), "-vv"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    no_secrets(&r, "wrong key");
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Failed", "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("authentication") && detail.contains(&url), "not an authentication error: {detail}");
+    assert_eq!(refs(&fx.remote), before, "nothing pushed");
+
+    // the right key and known_hosts: lands, once
+    let r = fx.promote(&["--ssh-key", &s(&sshd.key), "--known-hosts", &s(&sshd.known_hosts)]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    no_secrets(&r, "landed");
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 2);
+    assert_eq!(p["commit"].as_str(), Some(commits[0].as_str()));
+    let r = fx.promote(&["--ssh-key", &s(&sshd.key), "--known-hosts", &s(&sshd.known_hosts)]);
+    assert_eq!(state(&the_promotion(&r)), "AlreadyLanded", "{}", r.stdout);
+    assert_eq!(promotion_commits(&fx.remote).len(), 1);
+    let log = std::fs::read_to_string(&sshd.log).unwrap();
+    assert!(log.contains("Accepted publickey"), "it went through sshd:\n{log}");
+}

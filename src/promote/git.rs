@@ -27,12 +27,17 @@ pub enum PromoteError {
     Rejected { branch: String, message: String },
     #[error("{file}: {message}")]
     Edit { file: String, message: String },
+    #[error("the remote's SSH host key is not trusted: it is not in the --known-hosts file (or ~/.ssh/known_hosts when none is given); tenon checks host keys strictly")]
+    HostKey,
 }
 
 impl From<git2::Error> for PromoteError {
     fn from(e: git2::Error) -> Self {
         if e.code() == git2::ErrorCode::Auth || e.class() == git2::ErrorClass::Ssh && e.message().contains("auth") {
             return PromoteError::Auth { url: String::new() };
+        }
+        if e.message().contains("hostkey") || e.message().contains("host key") {
+            return PromoteError::HostKey;
         }
         PromoteError::Git { message: e.message().to_string() }
     }
