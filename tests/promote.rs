@@ -1051,15 +1051,7 @@ fn refusing_http_server(stop: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<String>>>)
                 Ok((mut s, _)) => {
                     s.set_nonblocking(false).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let req = String::from_utf8_lossy(&buf).to_string();
+                    let req = read_request(&mut s).map(|(head, _)| head).unwrap_or_default();
                     for line in req.lines() {
                         if line.to_ascii_lowercase().starts_with("authorization:") {
                             seen2.lock().unwrap().push(line["authorization:".len()..].trim().to_string());
@@ -1594,4 +1586,204 @@ fn ssh_key_with_strict_known_hosts() {
     assert_eq!(promotion_commits(&fx.remote).len(), 1);
     let log = std::fs::read_to_string(&sshd.log).unwrap();
     assert!(log.contains("Accepted publickey"), "it went through sshd:\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. HTTP token: `git http-backend` (git's own CGI) behind a tiny HTTP server on
+//     127.0.0.1 that checks Basic auth. Plain HTTP on loopback (TLS is libgit2's job
+//     and would only add a test CA here).
+
+/// Read one HTTP request: (head, body), the body de-chunked.
+fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut rest = buf[head_end..].to_vec();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let mut fill = |rest: &mut Vec<u8>, want: usize| {
+        while rest.len() < want {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                let n = rest.len() + 1;
+                if !fill(&mut rest, n) {
+                    return None;
+                }
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16).ok()?;
+            rest.drain(..line_end + 2);
+            if !fill(&mut rest, size + 2) {
+                return None;
+            }
+            body.extend_from_slice(&rest[..size]);
+            rest.drain(..size + 2);
+            if size == 0 {
+                return Some((head, body));
+            }
+        }
+    }
+    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if !fill(&mut rest, len) {
+        return None;
+    }
+    rest.truncate(len);
+    Some((head, rest))
+}
+
+/// Serve `root` with `git http-backend` on 127.0.0.1 to requests whose Basic credentials
+/// are `x-access-token:<token>`; `401` otherwise. Returns the port and the number of
+/// requests that reached git.
+fn git_http_server(root: PathBuf, token: &str, stop: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let served2 = served.clone();
+    let want = format!("Basic {}", base64(format!("x-access-token:{token}").as_bytes()));
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let Some((head, body)) = read_request(&mut s) else { continue };
+            let mut lines = head.lines();
+            let mut first = lines.next().unwrap_or("").split_whitespace();
+            let (method, target) = (first.next().unwrap_or("GET").to_string(), first.next().unwrap_or("/").to_string());
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+                .collect();
+            let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+            if get("authorization") != want {
+                let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"tenon-test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            served2.lock().unwrap().push(format!("{method} {path}?{query}"));
+            let mut cgi = Command::new("git")
+                .arg("http-backend")
+                .env("GIT_PROJECT_ROOT", &root)
+                .env("GIT_HTTP_EXPORT_ALL", "1")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("REQUEST_METHOD", &method)
+                .env("PATH_INFO", path)
+                .env("QUERY_STRING", query)
+                .env("CONTENT_TYPE", get("content-type"))
+                .env("CONTENT_LENGTH", body.len().to_string())
+                .env("REMOTE_USER", "x-access-token")
+                .env("REMOTE_ADDR", "127.0.0.1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("git http-backend starts");
+            let mut stdin = cgi.stdin.take().unwrap();
+            let writer = std::thread::spawn(move || {
+                let _ = stdin.write_all(&body);
+            });
+            let out = cgi.wait_with_output().unwrap().stdout;
+            let _ = writer.join();
+            let split = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| (i, 4))
+                .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+            let (cgi_head, cgi_body) = match split {
+                Some((i, n)) => (String::from_utf8_lossy(&out[..i]).to_string(), &out[i + n..]),
+                None => (String::new(), &out[..]),
+            };
+            let mut status = "200 OK".to_string();
+            let mut resp = String::new();
+            for l in cgi_head.lines() {
+                match l.split_once(':') {
+                    Some((k, v)) if k.eq_ignore_ascii_case("status") => status = v.trim().to_string(),
+                    Some(_) => resp.push_str(&format!("{}\r\n", l.trim_end())),
+                    None => {}
+                }
+            }
+            let _ = s.write_all(
+                format!("HTTP/1.1 {status}\r\n{resp}Content-Length: {}\r\nConnection: close\r\n\r\n", cgi_body.len())
+                    .as_bytes(),
+            );
+            let _ = s.write_all(cgi_body);
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn http_token_lands_through_git_http_backend() {
+    let fx = fixture();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, served) = git_http_server(fx.root.clone(), TOKEN, stop.clone());
+    let url = format!("http://127.0.0.1:{port}/remote.git");
+    set_target_url(&fx.repo, &url);
+    fx.commit_repo("promote over http");
+    git(&fx.repo, &["remote", "remove", "origin"]);
+    let before = refs(&fx.remote);
+    let printed = |r: &Run, what: &str, secret: &str| {
+        let encoded = base64(format!("x-access-token:{secret}").as_bytes());
+        for s in [secret, encoded.as_str()] {
+            assert!(!r.stdout.contains(s) && !r.stderr.contains(s), "{what}: a credential was printed");
+        }
+    };
+
+    // a wrong token: refused, a clear error, nothing printed, nothing pushed
+    let wrong = "wrong-token-value";
+    let r = tenon_env(&["promote", fx.repo_s(), "--output", "json", "-vv"], &fx.store, &[("TENON_GIT_TOKEN", wrong)]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    printed(&r, "wrong token", wrong);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Failed", "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("authentication") && detail.contains(&url), "{detail}");
+    assert!(served.lock().unwrap().is_empty(), "git was reached without the token");
+    assert_eq!(refs(&fx.remote), before);
+
+    // the token from --git-token-env: lands through git http-backend, once
+    let args = ["promote", fx.repo_s(), "--output", "json", "--git-token-env", "DEPLOY_TOKEN"];
+    let r = tenon_env(&args, &fx.store, &[("DEPLOY_TOKEN", TOKEN)]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    printed(&r, "landed", TOKEN);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert_eq!(p["commit"].as_str(), Some(commits[0].as_str()));
+    let r = tenon_env(&args, &fx.store, &[("DEPLOY_TOKEN", TOKEN)]);
+    assert_eq!(state(&the_promotion(&r)), "AlreadyLanded", "{}", r.stdout);
+    assert_eq!(promotion_commits(&fx.remote).len(), 1);
+    stop.store(true, Ordering::SeqCst);
+    let served = served.lock().unwrap().clone();
+    assert!(
+        served.iter().any(|r| r.starts_with("POST /remote.git/git-receive-pack")),
+        "no push through http-backend: {served:?}"
+    );
 }
