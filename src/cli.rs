@@ -143,6 +143,10 @@ pub struct GitAuthArgs {
     /// known_hosts file: with it, SSH host keys are checked strictly.
     #[arg(long, value_name = "PATH")]
     pub known_hosts: Option<PathBuf>,
+    /// Sign tenon's commits with this SSH private key (no passphrase), in git's SSH
+    /// signature format (`ssh-keygen -Y sign -n git`; verify with gpg.format=ssh).
+    #[arg(long, value_name = "PATH")]
+    pub sign_with_ssh_key: Option<PathBuf>,
 }
 
 impl GitAuthArgs {
@@ -161,6 +165,7 @@ impl GitAuthArgs {
             username: self.git_username.clone(),
             ssh_key: self.ssh_key.clone(),
             known_hosts: self.known_hosts.clone(),
+            signing_key: self.sign_with_ssh_key.clone(),
         })
     }
 }
@@ -458,6 +463,7 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
             git_username: None,
             ssh_key: None,
             known_hosts: None,
+            sign_with_ssh_key: None,
         },
         sandbox: a.sandbox,
         rerun: a.rerun,

@@ -1787,3 +1787,52 @@ fn http_token_lands_through_git_http_backend() {
         "no push through http-backend: {served:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 14. signed commits: git's SSH signature format, verified by `git verify-commit`
+
+#[test]
+fn commits_signed_with_an_ssh_key_verify_with_git() {
+    let fx = fixture_with(without_incumbent_gate);
+    let key = fx.root.join("signing_key");
+    if let Err(e) = ssh_keygen(&key) {
+        eprintln!("SKIP commits_signed_with_an_ssh_key_verify_with_git: {e}");
+        return;
+    }
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let allowed = fx.root.join("allowed_signers");
+    std::fs::write(&allowed, format!("tenon@localhost namespaces=\"git\" {public}")).unwrap();
+    let verify = |rev: &str| {
+        git_try(
+            &fx.remote,
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &format!("gpg.ssh.allowedSignersFile={}", allowed.display()),
+                "verify-commit",
+                rev,
+            ],
+        )
+    };
+    // the check can fail: the unsigned import does not verify
+    assert!(!verify("main").0, "an unsigned commit verified");
+    let r = fx.promote(&["--sign-with-ssh-key", key.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    let (ok, out) = verify("main");
+    assert!(ok, "git verify-commit failed:\n{out}");
+    assert!(out.contains("Good \"git\" signature for tenon@localhost"), "{out}");
+    // the signed commit is the promotion, with its trailers
+    let msg = git(&fx.remote, &["log", "-1", "--format=%B", "main"]);
+    assert_eq!(trailer(&trailers(&msg), "Tenon-Promotion-Id"), [p["id"].as_str().unwrap()], "{msg}");
+    // a key that cannot sign: a clear terminal error, nothing pushed
+    let before = refs(&fx.remote);
+    set_uri_suffix(&fx.repo, "#v2");
+    let r = fx.promote(&["--sign-with-ssh-key", fx.root.join("no-such-key").to_str().unwrap()]);
+    let p = the_promotion(&r);
+    assert_eq!(r.code, 1, "{p:#}");
+    assert!(p["detail"].as_str().unwrap().contains("cannot sign with"), "{p:#}");
+    assert_eq!(refs(&fx.remote), before);
+}

@@ -54,6 +54,8 @@ pub struct Credentials {
     pub ssh_key: Option<PathBuf>,
     /// known_hosts file for strict host checking over SSH.
     pub known_hosts: Option<PathBuf>,
+    /// SSH private key that signs tenon's commits (git's SSH signature format).
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Where and how to write.
@@ -660,7 +662,15 @@ fn commit_and_push(
         let new_tree = repo.find_tree(b.create_updated(&repo, &base)?)?;
         let sig = Signature::now(&t.author_name, &t.author_email)?;
         let parents: Vec<&git2::Commit<'_>> = tip.commit.iter().collect();
-        let commit = repo.commit(None, &sig, &sig, message, &new_tree, &parents)?;
+        let commit = match &t.credentials.signing_key {
+            None => repo.commit(None, &sig, &sig, message, &new_tree, &parents)?,
+            Some(key) => {
+                let buf = repo.commit_create_buffer(&sig, &sig, message, &new_tree, &parents)?;
+                let content = std::str::from_utf8(&buf)
+                    .map_err(|_| PromoteError::Git { message: "the commit is not UTF-8; cannot sign it".into() })?;
+                repo.commit_signed(content, &ssh_sign(key, &buf)?, Some("gpgsig"))?
+            }
+        };
         // push: a fast-forward only (in branch mode: a new branch only); the remote's own
         // check is the compare-and-swap
         let mut remote = repo.remote_anonymous(&t.url)?;
@@ -737,6 +747,33 @@ fn commit_and_push(
             }
         }
     }
+}
+
+/// An SSH signature of `data` in git's format (`ssh-keygen -Y sign -n git`, as git does
+/// with gpg.format=ssh).
+fn ssh_sign(key: &Path, data: &[u8]) -> Result<String, PromoteError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let fail = |m: String| PromoteError::Git { message: format!("cannot sign with {}: {m}", key.display()) };
+    let mut child = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "git", "-f"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("ssh-keygen: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() || !text.contains("BEGIN SSH SIGNATURE") {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(fail(err.lines().last().unwrap_or("ssh-keygen failed").to_string()));
+    }
+    Ok(text)
 }
 
 /// Write a decision back: commit the edits and the ledger entry on the branch tip and
