@@ -75,9 +75,10 @@ pub enum Command {
     /// the promotion to git (never force-pushing; retrying races; one commit per decision).
     ///
     /// `--dry-run` prints the gate table, the exact diff, the commit message with its
-    /// trailers and the target ref, and pushes nothing. Exits 0 when every policy ended
-    /// Landed, AlreadyLanded, NoChange, Superseded or GatesFailed; 1 on Conflicted or a
-    /// failure; 2 for invalid manifests.
+    /// trailers and the target ref, and pushes nothing. An environment held by `tenon
+    /// rollback` is reported Held and nothing is committed. Exits 0 when every policy ended
+    /// Landed, AlreadyLanded, NoChange, Superseded, GatesFailed, Held or Proposed (branch
+    /// mode); 1 on Conflicted or a failure; 2 for invalid manifests.
     Promote(PromoteArgs),
     /// List the promotions recorded in the ledger (`.tenon/promotions/<env>/`) on each
     /// policy's target branch, newest first: promotions, rollbacks, releases, and holds.
@@ -92,6 +93,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The environment (a PromotionPolicy's spec.environment).
     #[arg(long, value_name = "ENV")]
     pub env: String,
     /// The promotion to restore: its id or a unique prefix (see `tenon history`). Rollback only.
@@ -734,8 +736,12 @@ fn print_promotions(r: &PromotionReport) {
             if p.detail.is_empty() { String::new() } else { format!(": {}", p.detail) }
         );
         if !p.id.is_empty() {
-            let _ =
-                writeln!(out, "  id {}  subject {} {}", &p.id[..16.min(p.id.len())], p.subject_digest, p.subject_uri);
+            let subject = if p.subject_digest.is_empty() {
+                String::new()
+            } else {
+                format!("  subject {} {}", p.subject_digest, p.subject_uri)
+            };
+            let _ = writeln!(out, "  id {}{subject}", &p.id[..16.min(p.id.len())]);
         }
         for g in &p.gates {
             let _ = writeln!(
