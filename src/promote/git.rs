@@ -836,3 +836,93 @@ pub fn write_release(
 pub fn hold_at_tip(t: &Target, env: &str) -> Result<Option<Hold>, PromoteError> {
     Ok(read_at_tip(t, &hold_path(env))?.map(|text| Hold::parse(&text)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=T", "-c", "user.email=t@e", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// A hold that appears after `tenon promote` looked is still honoured by the write
+    /// path itself (it re-reads the tip on every attempt); a rollback places its own.
+    #[test]
+    fn the_write_path_honours_a_hold_on_the_tip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(work.join(".tenon/holds")).unwrap();
+        std::fs::write(work.join("deploy.yaml"), "image: \"old\"\n").unwrap();
+        let hold = Hold {
+            environment: "prod".into(),
+            rollback: "r".repeat(64),
+            restored: "a".repeat(64),
+            by: "alice".into(),
+            reason: "bad".into(),
+            held_at_ns: 1,
+        };
+        std::fs::write(work.join(".tenon/holds/prod.yaml"), hold.to_yaml()).unwrap();
+        git(tmp.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "init"]);
+        let remote = tmp.path().join("remote.git");
+        git(tmp.path(), &["clone", "-q", "--bare", work.to_str().unwrap(), remote.to_str().unwrap()]);
+        let before = git(&remote, &["rev-parse", "main"]);
+        let t = Target {
+            url: format!("file://{}", remote.display()),
+            branch: "main".into(),
+            branch_mode: false,
+            cache_dir: tmp.path().join("cache"),
+            credentials: Credentials::default(),
+            max_attempts: 3,
+            author_name: "tenon".into(),
+            author_email: "tenon@localhost".into(),
+        };
+        let d = Decision {
+            policy: "p".into(),
+            environment: "prod".into(),
+            subject_uri: "u".into(),
+            subject_digest: "sha256:1".into(),
+            gates: vec![],
+            promote: true,
+            updates: vec![RenderedUpdate { file: "deploy.yaml".into(), path: "image".into(), value: "new".into() }],
+            id: "b".repeat(64),
+            message: "promote".into(),
+            trailers: vec![],
+            restores: None,
+        };
+        let held = write_back(&t, &d, "promote\n", 10, "rev", None).unwrap();
+        assert_eq!(held, Landing::Held { hold: hold.clone() });
+        assert_eq!(git(&remote, &["rev-parse", "main"]), before, "nothing pushed while held");
+        // a rollback replaces the hold and commits
+        let mut rb = d.clone();
+        rb.id = "c".repeat(64);
+        rb.restores = Some("a".repeat(64));
+        let new_hold = Hold { rollback: rb.id.clone(), held_at_ns: 11, ..hold };
+        let landed = write_back(&t, &rb, "rollback\n", 11, "rollback", Some(&new_hold)).unwrap();
+        assert!(matches!(landed, Landing::Landed { .. }), "{landed:?}");
+        assert_eq!(git(&remote, &["show", "main:deploy.yaml"]), "image: \"new\"");
+        assert_eq!(git(&remote, &["show", "main:.tenon/holds/prod.yaml"]), new_hold.to_yaml().trim_end());
+        // the earlier decision (10) is now older than the rollback (11): superseded
+        let mut late = d.clone();
+        late.id = "d".repeat(64);
+        assert_eq!(
+            write_back(&t, &late, "promote\n", 10, "rev", None).unwrap(),
+            Landing::Superseded { by: rb.id.clone() }
+        );
+        // release: the hold goes; a second release finds nothing held
+        let rel = write_release(&t, &"e".repeat(64), &new_hold, "bob", "release\n", 12).unwrap();
+        assert!(matches!(rel, Landing::Landed { .. }), "{rel:?}");
+        assert!(hold_at_tip(&t, "prod").unwrap().is_none());
+        assert_eq!(write_release(&t, &"f".repeat(64), &new_hold, "bob", "release\n", 13).unwrap(), Landing::NotHeld);
+    }
+}
