@@ -675,6 +675,8 @@ fn hold_cmd(r: RollbackArgs, rollback: bool) -> Result<Outcome, Error> {
         };
         let store = open_store(a.store.as_ref())?;
         crate::promote::run::rollback(&cat, &a.dir, &store, &r.env, to, &r.by, &r.reason, &opts)
+    } else if r.to.is_some() || !r.reason.is_empty() {
+        return Err(Error::Usage("tenon release takes no --to or --reason: it lifts the hold on --env".into()));
     } else {
         crate::promote::run::release(&cat, &a.dir, &r.env, &r.by, &opts)
     }

@@ -1562,6 +1562,13 @@ fn ssh_key_with_strict_known_hosts() {
     let log = std::fs::read_to_string(&sshd.log).unwrap();
     assert!(!log.contains("Accepted publickey"), "authenticated to an unverified host:\n{log}");
 
+    // no --known-hosts: ~/.ssh/known_hosts (absent here) is used, still strictly
+    let r = fx.promote(&["--ssh-key", &s(&sshd.key)]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert!(p["detail"].as_str().unwrap().contains("host key"), "{p:#}");
+    assert!(!std::fs::read_to_string(&sshd.log).unwrap().contains("Accepted publickey"), "unverified host");
+
     // the wrong client key: an authentication error
     let r = fx.promote(&["--ssh-key", &s(&sshd.other_key), "--known-hosts", &s(&sshd.known_hosts), "-vv"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);

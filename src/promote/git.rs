@@ -147,7 +147,10 @@ fn callbacks(c: &Credentials) -> git2::RemoteCallbacks<'_> {
                 let hosts = parts.next().unwrap_or("");
                 let _kind = parts.next();
                 let k = parts.next().unwrap_or("");
-                hosts.split(',').any(|h| h == host || h.trim_start_matches('[').starts_with(host)) && k == b64
+                // `host` or `[host]:port` (plain names; hashed entries are not read)
+                hosts.split(',').any(|h| {
+                    h == host || h.strip_prefix('[').and_then(|r| r.split_once("]:")).is_some_and(|(n, _)| n == host)
+                }) && k == b64
             });
             if found {
                 Ok(git2::CertificateCheckStatus::CertificateOk)
