@@ -382,11 +382,7 @@ impl<'r> Tip<'r> {
 
     /// The declarative edits applied to their files here: (path, new text) of each file,
     /// and whether any value changed.
-    fn render(
-        &self,
-        branch: &str,
-        updates: &[RenderedUpdate],
-    ) -> Result<(Vec<(String, Option<String>)>, bool), PromoteError> {
+    fn render(&self, branch: &str, updates: &[RenderedUpdate]) -> Result<(Files, bool), PromoteError> {
         let mut by_file: Vec<(String, Vec<Edit>)> = Vec::new();
         for u in updates {
             let e = Edit { path: u.path.clone(), value: u.value.clone() };
@@ -591,10 +587,13 @@ pub fn push_branch(t: &Target, env: &str, id: &str) -> String {
     }
 }
 
-/// What to commit on a tip: stop with an outcome, or write (Some) / delete (None) files.
+/// Files to commit: (path, Some(new text)) or (path, None) to delete it.
+type Files = Vec<(String, Option<String>)>;
+
+/// What to commit on a tip: stop with an outcome, or write / delete files.
 enum Step {
     Stop(Landing),
-    Commit(Vec<(String, Option<String>)>),
+    Commit(Files),
 }
 
 /// The one write path of promotions, rollbacks and releases: fetch the target branch,
