@@ -763,6 +763,9 @@ fn print_promotions(r: &PromotionReport) {
         if let Some(c) = &p.commit {
             let _ = writeln!(out, "  commit {c}");
         }
+        if let (Some(h), false) = (&p.hold, p.state == "Held") {
+            let _ = writeln!(out, "  hold {} by {}: {}", &h.rollback[..16.min(h.rollback.len())], h.by, h.reason);
+        }
         for d in &p.diff {
             for l in d.lines() {
                 let _ = writeln!(out, "  {l}");

@@ -1371,7 +1371,7 @@ fn branch_mode(repo: &Path) {
 /// Merge `branch` into the remote's main from a fresh clone, like a pull request's merge
 /// button (`squash`: one new commit with the branch's changes), then delete the branch.
 fn merge_pull_request(fx: &Fx, branch: &str, squash: bool) {
-    let work = fx.root.join(format!("merge-{}", squash));
+    let work = fx.root.join(format!("merge-{}", branch.replace('/', "-")));
     git(&fx.root, &["clone", "-q", fx.remote.to_str().unwrap(), work.to_str().unwrap()]);
     let theirs = format!("origin/{branch}");
     if squash {
@@ -1842,4 +1842,31 @@ fn commits_signed_with_an_ssh_key_verify_with_git() {
     assert_eq!(r.code, 1, "{p:#}");
     assert!(p["detail"].as_str().unwrap().contains("cannot sign with"), "{p:#}");
     assert_eq!(refs(&fx.remote), before);
+}
+
+/// In branch mode a rollback is proposed on its own branch like a promotion; its hold
+/// takes effect once merged.
+#[test]
+fn branch_mode_rollback_holds_once_merged() {
+    let fx = fixture_with(|repo| {
+        branch_mode(repo);
+        without_incumbent_gate(repo);
+    });
+    let a = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&a), "Proposed", "{a:#}");
+    let a_id = a["id"].as_str().unwrap().to_string();
+    merge_pull_request(&fx, &format!("tenon/promote/prod/{}", &a_id[..12]), true);
+    let r = tenon_json(&fx, &["rollback", fx.repo_s(), "--env", "prod", "--to", &a_id[..8], "--reason", "hold it"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rb = r.json()["promotions"][0].clone();
+    assert_eq!(state(&rb), "Proposed", "{rb:#}");
+    let branch = format!("tenon/promote/prod/{}", &rb["id"].as_str().unwrap()[..12]);
+    git(&fx.remote, &["cat-file", "-e", &format!("{branch}:.tenon/holds/prod.yaml")]);
+    assert!(!git_try(&fx.remote, &["cat-file", "-e", "main:.tenon/holds/prod.yaml"]).0, "not on main before the merge");
+    merge_pull_request(&fx, &branch, false);
+    set_uri_suffix(&fx.repo, "#v2");
+    let before = refs(&fx.remote);
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "Held", "{p:#}");
+    assert_eq!(refs(&fx.remote), before, "held: no branch pushed");
 }
