@@ -1444,6 +1444,14 @@ struct Sshd {
     wrong_known_hosts: PathBuf,
 }
 
+impl Sshd {
+    /// sshd's log since it started serving tenon (after the probe with OpenSSH's client).
+    fn log(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.split_once("TENON-PROBE-DONE").map(|(_, after)| after.to_string()).unwrap_or(log)
+    }
+}
+
 fn ssh_keygen(path: &Path) -> Result<(), String> {
     let o = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "tenon-test", "-f"])
@@ -1515,6 +1523,36 @@ fn start_sshd(dir: &Path) -> Result<Sshd, String> {
     let (known_hosts, wrong_known_hosts) = (dir.join("known_hosts"), dir.join("wrong_known_hosts"));
     std::fs::write(&known_hosts, entry(&host)).unwrap();
     std::fs::write(&wrong_known_hosts, entry(&other)).unwrap();
+    // OpenSSH's own client must get in (a locked account or a missing git on the server's
+    // PATH is this machine's problem, not tenon's)
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let probe = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(&key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args([
+            "-p",
+            &port.to_string(),
+            &format!("{}@127.0.0.1", user.trim()),
+            "git-receive-pack --help >/dev/null 2>&1; command -v git-upload-pack",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "OpenSSH's client cannot use this sshd: {}{}",
+            String::from_utf8_lossy(&probe.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ));
+    }
+    // sshd logs what the probe's connection ends with; mark where tenon's part begins
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| c.write_all(b"TENON-PROBE-DONE\r\n"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("TENON-PROBE-DONE") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(Sshd { _daemon: daemon, port, log, key, other_key: other, known_hosts, wrong_known_hosts })
 }
 
@@ -1559,7 +1597,7 @@ fn ssh_key_with_strict_known_hosts() {
     let detail = p["detail"].as_str().unwrap();
     assert!(detail.contains("host key") && detail.contains("known_hosts"), "not a host key error: {detail}");
     assert!(detail.contains(&url), "the error names the target: {detail}");
-    let log = std::fs::read_to_string(&sshd.log).unwrap();
+    let log = sshd.log();
     assert!(!log.contains("Accepted publickey"), "authenticated to an unverified host:\n{log}");
 
     // no --known-hosts: ~/.ssh/known_hosts (absent here) is used, still strictly
@@ -1567,7 +1605,7 @@ fn ssh_key_with_strict_known_hosts() {
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let p = the_promotion(&r);
     assert!(p["detail"].as_str().unwrap().contains("host key"), "{p:#}");
-    assert!(!std::fs::read_to_string(&sshd.log).unwrap().contains("Accepted publickey"), "unverified host");
+    assert!(!sshd.log().contains("Accepted publickey"), "unverified host");
 
     // the wrong client key: an authentication error
     let r = fx.promote(&["--ssh-key", &s(&sshd.other_key), "--known-hosts", &s(&sshd.known_hosts), "-vv"]);
@@ -1591,7 +1629,7 @@ fn ssh_key_with_strict_known_hosts() {
     let r = fx.promote(&["--ssh-key", &s(&sshd.key), "--known-hosts", &s(&sshd.known_hosts)]);
     assert_eq!(state(&the_promotion(&r)), "AlreadyLanded", "{}", r.stdout);
     assert_eq!(promotion_commits(&fx.remote).len(), 1);
-    let log = std::fs::read_to_string(&sshd.log).unwrap();
+    let log = sshd.log();
     assert!(log.contains("Accepted publickey"), "it went through sshd:\n{log}");
 }
 
