@@ -75,13 +75,39 @@ pub enum Command {
     /// the promotion to git (never force-pushing; retrying races; one commit per decision).
     ///
     /// `--dry-run` prints the gate table, the exact diff, the commit message with its
-    /// trailers and the target ref, and pushes nothing. Exits 0 when every policy ended
-    /// Landed, AlreadyLanded, NoChange, Superseded or GatesFailed; 1 on Conflicted or a
-    /// failure; 2 for invalid manifests.
+    /// trailers and the target ref, and pushes nothing. An environment held by `tenon
+    /// rollback` is reported Held and nothing is committed. Exits 0 when every policy ended
+    /// Landed, AlreadyLanded, NoChange, Superseded, GatesFailed, Held or Proposed (branch
+    /// mode); 1 on Conflicted or a failure; 2 for invalid manifests.
     Promote(PromoteArgs),
     /// List the promotions recorded in the ledger (`.tenon/promotions/<env>/`) on each
-    /// policy's target branch, newest first.
+    /// policy's target branch, newest first: promotions, rollbacks, releases, and holds.
     History(HistoryArgs),
+    /// Restore the field values an earlier promotion set (a new promotion, with its own
+    /// id) and hold ENV: automatic promotion reports `Held` and commits nothing until
+    /// `tenon release --env ENV`. Exits 0 when it landed (or already had), 1 otherwise.
+    Rollback(RollbackArgs),
+    /// Remove the hold `tenon rollback` placed on ENV (in a commit; nothing held: no commit).
+    Release(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The environment (a PromotionPolicy's spec.environment).
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    /// The promotion to restore: its id or a unique prefix (see `tenon history`). Rollback only.
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
+    /// Why (recorded in the hold). Rollback only.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
+    /// Who (recorded in the hold and the release).
+    #[arg(long, value_name = "NAME", env = "USER", default_value = "unknown")]
+    pub by: String,
+    /// DIR, --policy (when policies of ENV write to different targets), --dry-run, ...
+    #[command(flatten)]
+    pub common: PromoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +145,10 @@ pub struct GitAuthArgs {
     /// known_hosts file: with it, SSH host keys are checked strictly.
     #[arg(long, value_name = "PATH")]
     pub known_hosts: Option<PathBuf>,
+    /// Sign tenon's commits with this SSH private key (no passphrase), in git's SSH
+    /// signature format (`ssh-keygen -Y sign -n git`; verify with gpg.format=ssh).
+    #[arg(long, value_name = "PATH")]
+    pub sign_with_ssh_key: Option<PathBuf>,
 }
 
 impl GitAuthArgs {
@@ -137,6 +167,7 @@ impl GitAuthArgs {
             username: self.git_username.clone(),
             ssh_key: self.ssh_key.clone(),
             known_hosts: self.known_hosts.clone(),
+            signing_key: self.sign_with_ssh_key.clone(),
         })
     }
 }
@@ -364,6 +395,8 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Cache(c) => cache_cmd(c),
         Command::Promote(a) => promote_cmd(a),
         Command::History(a) => history_cmd(a),
+        Command::Rollback(a) => hold_cmd(a, true),
+        Command::Release(a) => hold_cmd(a, false),
     }
 }
 
@@ -432,6 +465,7 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
             git_username: None,
             ssh_key: None,
             known_hosts: None,
+            sign_with_ssh_key: None,
         },
         sandbox: a.sandbox,
         rerun: a.rerun,
@@ -630,33 +664,63 @@ fn promote_cmd(a: PromoteArgs) -> Result<Outcome, Error> {
     Ok(if report.failed() { Outcome::RunFailed } else { Outcome::Ok })
 }
 
+/// `tenon rollback` (`rollback`) and `tenon release`.
+fn hold_cmd(r: RollbackArgs, rollback: bool) -> Result<Outcome, Error> {
+    let a = &r.common;
+    let cat = load(&a.dir)?;
+    let opts = promote_options(a.store.as_ref(), a.dry_run, a.policy.clone(), &a.auth, a.max_attempts)?;
+    let report = if rollback {
+        let Some(to) = r.to.as_deref() else {
+            return Err(Error::Usage("tenon rollback needs --to ID (see `tenon history --env ENV`)".into()));
+        };
+        let store = open_store(a.store.as_ref())?;
+        crate::promote::run::rollback(&cat, &a.dir, &store, &r.env, to, &r.by, &r.reason, &opts)
+    } else if r.to.is_some() || !r.reason.is_empty() {
+        return Err(Error::Usage("tenon release takes no --to or --reason: it lifts the hold on --env".into()));
+    } else {
+        crate::promote::run::release(&cat, &a.dir, &r.env, &r.by, &opts)
+    }
+    .map_err(Error::Usage)?;
+    match a.output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Human => print_promotions(&report),
+    }
+    let ok = report
+        .promotions
+        .iter()
+        .all(|p| matches!(p.state.as_str(), "Landed" | "AlreadyLanded" | "Proposed" | "NotHeld" | "DryRun"));
+    Ok(if ok { Outcome::Ok } else { Outcome::RunFailed })
+}
+
 fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {
     let cat = load(&a.dir)?;
     if cat.promotion_policies.is_empty() {
         return Err(Error::Usage(format!("no PromotionPolicy found in {}", a.dir.display())));
     }
     let opts = promote_options(a.store.as_ref(), true, a.policy.clone(), &a.auth, 1)?;
-    let records = crate::promote::run::history(&cat, &a.dir, a.env.as_deref(), &opts).map_err(Error::Usage)?;
+    let (records, holds) = crate::promote::run::history(&cat, &a.dir, a.env.as_deref(), &opts).map_err(Error::Usage)?;
+    let time = |ns: i64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64))
+    };
+    let short = |s: &str| s[..16.min(s.len())].to_string();
     match a.output {
         OutputFormat::Json => print_json(
-            &serde_json::json!({"apiVersion": API_VERSION, "kind": "PromotionHistory", "promotions": records}),
+            &serde_json::json!({"apiVersion": API_VERSION, "kind": "PromotionHistory", "promotions": records, "holds": holds}),
         )?,
         OutputFormat::Human => {
             let mut out = std::io::stdout().lock();
             for r in &records {
-                let at = humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.decided_at_ns.max(0) as u64),
-                );
-                let _ = writeln!(
-                    out,
-                    "{at}  {:10}  {}  {}  {}",
-                    r.environment,
-                    &r.id[..16.min(r.id.len())],
-                    r.policy,
-                    r.subject_digest
-                );
+                let what = match (r.restores.as_deref(), r.releases.as_deref()) {
+                    (Some(to), _) => format!("rollback  restores {} and holds", short(to)),
+                    (_, Some(h)) => format!("release   lifts the hold of {}", short(h)),
+                    _ => format!("promotion {} {}", r.policy, r.subject_digest),
+                };
+                let _ = writeln!(out, "{}  {:10}  {}  {what}", time(r.decided_at_ns), r.environment, short(&r.id));
             }
-            let _ = writeln!(out, "{} promotion(s)", records.len());
+            let _ = writeln!(out, "{} entr{}", records.len(), if records.len() == 1 { "y" } else { "ies" });
+            for h in &holds {
+                let _ = writeln!(out, "HELD {} since {}: {}", h.environment, time(h.held_at_ns), h.describe());
+            }
         }
     }
     Ok(Outcome::Ok)
@@ -674,8 +738,12 @@ fn print_promotions(r: &PromotionReport) {
             if p.detail.is_empty() { String::new() } else { format!(": {}", p.detail) }
         );
         if !p.id.is_empty() {
-            let _ =
-                writeln!(out, "  id {}  subject {} {}", &p.id[..16.min(p.id.len())], p.subject_digest, p.subject_uri);
+            let subject = if p.subject_digest.is_empty() {
+                String::new()
+            } else {
+                format!("  subject {} {}", p.subject_digest, p.subject_uri)
+            };
+            let _ = writeln!(out, "  id {}{subject}", &p.id[..16.min(p.id.len())]);
         }
         for g in &p.gates {
             let _ = writeln!(
@@ -694,6 +762,9 @@ fn print_promotions(r: &PromotionReport) {
         }
         if let Some(c) = &p.commit {
             let _ = writeln!(out, "  commit {c}");
+        }
+        if let (Some(h), false) = (&p.hold, p.state == "Held") {
+            let _ = writeln!(out, "  hold {} by {}: {}", &h.rollback[..16.min(h.rollback.len())], h.by, h.reason);
         }
         for d in &p.diff {
             for l in d.lines() {

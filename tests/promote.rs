@@ -1051,15 +1051,7 @@ fn refusing_http_server(stop: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<String>>>)
                 Ok((mut s, _)) => {
                     s.set_nonblocking(false).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let req = String::from_utf8_lossy(&buf).to_string();
+                    let req = read_request(&mut s).map(|(head, _)| head).unwrap_or_default();
                     for line in req.lines() {
                         if line.to_ascii_lowercase().starts_with("authorization:") {
                             seen2.lock().unwrap().push(line["authorization:".len()..].trim().to_string());
@@ -1203,4 +1195,716 @@ fn history_lists_the_ledger_of_the_target_branch() {
     assert!(list[0]["decidedAtNs"].as_i64().unwrap() > 0);
     let none = common::tenon_cached(&["history", fx.repo_s(), "--env", "staging", "--output", "json"], &other_store);
     assert_eq!(none.json()["promotions"].as_array().map(|a| a.len()), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. rollback, hold, release
+
+/// The example without its incumbent gate (so a second decision with the same accuracy
+/// can land) and with `suffix` appended to the URI the policy writes.
+fn set_uri_suffix(repo: &Path, suffix: &str) {
+    let f = repo.join("tekton/promotion.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let line =
+        text.lines().find(|l| l.trim_start().starts_with("value: $(subject.uri)")).expect("uri update").to_string();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    std::fs::write(&f, text.replacen(&line, &format!("{indent}value: $(subject.uri){suffix}"), 1)).unwrap();
+}
+
+fn without_incumbent_gate(repo: &Path) {
+    let f = repo.join("tekton/promotion.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let gate = "    # and it must beat what is deployed now\n    - result: $(tasks.evaluate.results.accuracy)\n      operator: \">=\"\n      incumbent:\n        file: deploy/prod/model.yaml\n        path: metadata.annotations[\"tenon.dev/model-accuracy\"]\n      margin: \"0.005\"\n";
+    assert!(text.contains(gate), "the example's promotion.yaml changed; update this test");
+    std::fs::write(&f, text.replacen(gate, "", 1)).unwrap();
+}
+
+/// `tenon ARGS --output json` in the fixture's store.
+fn tenon_json(fx: &Fx, args: &[&str]) -> Run {
+    let mut a = args.to_vec();
+    a.extend_from_slice(&["--output", "json"]);
+    common::tenon_cached(&a, &fx.store)
+}
+
+fn show(remote: &Path, spec: &str) -> String {
+    git(remote, &["show", spec])
+}
+
+#[test]
+fn rollback_restores_values_holds_promotion_until_release() {
+    let fx = fixture_with(without_incumbent_gate);
+    let a = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&a), "Landed", "{a:#}");
+    let a_id = a["id"].as_str().unwrap().to_string();
+    let model_a = show(&fx.remote, "main:deploy/prod/model.yaml");
+    set_uri_suffix(&fx.repo, "#v2");
+    let b = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&b), "Landed", "{b:#}");
+    let b_id = b["id"].as_str().unwrap().to_string();
+    let model_b = show(&fx.remote, "main:deploy/prod/model.yaml");
+    assert_ne!(model_a, model_b);
+    assert!(model_b.contains("#v2\""), "{model_b}");
+
+    // dry run: the diff, the hold, the message; nothing pushed
+    let before = refs(&fx.remote);
+    let dry = tenon_json(&fx, &["rollback", fx.repo_s(), "--env", "prod", "--to", &a_id[..10], "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}\n{}", dry.stdout, dry.stderr);
+    assert_eq!(dry.json()["kind"], "RollbackReport");
+    let d = &dry.json()["promotions"][0];
+    assert_eq!(state(d), "DryRun", "{d:#}");
+    let diffs = d["diff"].to_string();
+    assert!(diffs.contains("deploy/prod/model.yaml") && diffs.contains(".tenon/holds/prod.yaml"), "{d:#}");
+    assert!(d["message"].as_str().unwrap().contains(&format!("Tenon-Rollback-To: {a_id}")), "{d:#}");
+    assert_eq!(refs(&fx.remote), before, "a dry run pushes nothing");
+
+    // the rollback: a new promotion restoring A's values, and a hold, in one commit
+    let r = tenon_json(
+        &fx,
+        &["rollback", fx.repo_s(), "--env", "prod", "--to", &a_id[..10], "--reason", "bad model", "--by", "alice"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rb = r.json()["promotions"][0].clone();
+    assert_eq!(state(&rb), "Landed", "{rb:#}");
+    let rb_id = rb["id"].as_str().unwrap().to_string();
+    assert!(is_hex64(&rb_id) && rb_id != a_id && rb_id != b_id, "{rb:#}");
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 4, "base, A, B, rollback: {commits:?}");
+    assert_eq!(rb["commit"].as_str(), Some(commits[0].as_str()));
+    assert_eq!(show(&fx.remote, "main:deploy/prod/model.yaml"), model_a, "A's values restored byte for byte");
+    let msg = git(&fx.remote, &["log", "-1", "--format=%B", "main"]);
+    let t = trailers(&msg);
+    assert_eq!(trailer(&t, "Tenon-Promotion-Id"), [rb_id.as_str()], "{msg}");
+    assert_eq!(trailer(&t, "Tenon-Rollback-To"), [a_id.as_str()], "{msg}");
+    assert_eq!(trailer(&t, "Tenon-Rollback-Of"), [b_id.as_str()], "{msg}");
+    let hold = show(&fx.remote, "main:.tenon/holds/prod.yaml");
+    assert!(hold.contains("by: \"alice\"") && hold.contains("reason: \"bad model\""), "{hold}");
+    assert!(hold.contains(&format!("rollback: \"{rb_id}\"")) && hold.contains(&format!("restored: \"{a_id}\"")));
+    git(&fx.remote, &["cat-file", "-e", &format!("main:.tenon/promotions/prod/{rb_id}.yaml")]);
+    let changed = git(&fx.remote, &["show", "--name-only", "--format=", "main"]);
+    assert_eq!(changed.lines().count(), 3, "model.yaml, the ledger entry and the hold: {changed}");
+
+    // the same rollback again: nothing new
+    let again = tenon_json(&fx, &["rollback", fx.repo_s(), "--env", "prod", "--to", &a_id[..10]]);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert_eq!(state(&again.json()["promotions"][0]), "AlreadyLanded", "{}", again.stdout);
+    assert_eq!(rev_list(&fx.remote).len(), 4);
+
+    // a new decision is held: exit 0, a clear message, nothing committed
+    set_uri_suffix(&fx.repo, "#v3");
+    let held_refs = refs(&fx.remote);
+    let h = fx.promote(&[]);
+    assert_eq!(h.code, 0, "Held is not an error: {}\n{}", h.stdout, h.stderr);
+    let p = the_promotion(&h);
+    assert_eq!(state(&p), "Held", "{p:#}");
+    assert!(p["detail"].as_str().unwrap().contains("tenon release --env prod"), "{p:#}");
+    assert_eq!(p["hold"]["by"], "alice", "{p:#}");
+    let human = common::tenon_cached(&["promote", fx.repo_s()], &fx.store);
+    assert_eq!(human.code, 0);
+    assert!(human.stdout.contains("Held: ") && human.stdout.contains("`tenon release --env prod`"), "{}", human.stdout);
+    let run = common::tenon_cached(&["run", fx.repo_s(), "--promote", "--output", "json"], &fx.store);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["promotion"]["promotions"][0]["state"], "Held", "{}", run.stdout);
+    assert_eq!(refs(&fx.remote), held_refs, "a hold is never bypassed");
+
+    // history: the rollback and the hold
+    let hist = tenon_json(&fx, &["history", fx.repo_s()]);
+    let j = hist.json();
+    let list = j["promotions"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{j:#}");
+    assert_eq!(list[0]["kind"], "rollback");
+    assert_eq!(list[0]["restores"].as_str(), Some(a_id.as_str()));
+    assert_eq!(j["holds"][0]["rollback"].as_str(), Some(rb_id.as_str()), "{j:#}");
+    let hh = common::tenon_cached(&["history", fx.repo_s()], &fx.store);
+    assert!(hh.stdout.contains("HELD prod"), "{}", hh.stdout);
+
+    // release: a commit removing the hold; a second release has nothing to do
+    let dry = tenon_json(&fx, &["release", fx.repo_s(), "--env", "prod", "--dry-run"]);
+    assert_eq!(dry.code, 0);
+    assert_eq!(state(&dry.json()["promotions"][0]), "DryRun", "{}", dry.stdout);
+    assert_eq!(refs(&fx.remote), held_refs);
+    let rel = tenon_json(&fx, &["release", fx.repo_s(), "--env", "prod", "--by", "bob"]);
+    assert_eq!(rel.code, 0, "{}\n{}", rel.stdout, rel.stderr);
+    assert_eq!(rel.json()["kind"], "ReleaseReport");
+    assert_eq!(state(&rel.json()["promotions"][0]), "Landed", "{}", rel.stdout);
+    assert_eq!(rev_list(&fx.remote).len(), 5);
+    assert!(git_try(&fx.remote, &["cat-file", "-e", "main:.tenon/holds/prod.yaml"]).0 == false, "hold removed");
+    assert!(git(&fx.remote, &["log", "-1", "--format=%B", "main"]).contains(&format!("Tenon-Released-Hold: {rb_id}")));
+    let again = common::tenon_cached(&["release", fx.repo_s(), "--env", "prod"], &fx.store);
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("not held: nothing to release"), "{}", again.stdout);
+    assert_eq!(rev_list(&fx.remote).len(), 5, "nothing to release: no commit");
+
+    // automatic promotion resumes
+    let c = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&c), "Landed", "{c:#}");
+    assert!(show(&fx.remote, "main:deploy/prod/model.yaml").contains("#v3\""));
+    let hist = tenon_json(&fx, &["history", fx.repo_s(), "--env", "prod"]).json();
+    let kinds: Vec<&str> = hist["promotions"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["promotion", "release", "rollback", "promotion", "promotion"], "{hist:#}");
+    assert_eq!(hist["holds"].as_array().map(|h| h.len()), Some(0));
+}
+
+#[test]
+fn rollback_to_an_unknown_id_is_a_usage_error() {
+    let fx = fixture();
+    assert_eq!(state(&the_promotion(&fx.promote(&[]))), "Landed");
+    let before = refs(&fx.remote);
+    let r = common::tenon_cached(&["rollback", fx.repo_s(), "--env", "prod", "--to", "ffffffffffff"], &fx.store);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("no promotion \"ffffffffffff\"") && r.stderr.contains("tenon history"), "{}", r.stderr);
+    let r = common::tenon_cached(&["rollback", fx.repo_s(), "--env", "staging", "--to", "ab"], &fx.store);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("no PromotionPolicy for environment \"staging\""), "{}", r.stderr);
+    assert_eq!(refs(&fx.remote), before);
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. branch mode: a branch per promotion, landed when merged (merge commit or squash)
+
+fn branch_mode(repo: &Path) {
+    let f = repo.join("tekton/promotion.yaml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert!(text.contains("\n  mode: direct\n"), "the example's promotion.yaml changed; update this test");
+    std::fs::write(&f, text.replace("\n  mode: direct\n", "\n  mode: branch\n")).unwrap();
+}
+
+/// Merge `branch` into the remote's main from a fresh clone, like a pull request's merge
+/// button (`squash`: one new commit with the branch's changes), then delete the branch.
+fn merge_pull_request(fx: &Fx, branch: &str, squash: bool) {
+    let work = fx.root.join(format!("merge-{}", branch.replace('/', "-")));
+    git(&fx.root, &["clone", "-q", fx.remote.to_str().unwrap(), work.to_str().unwrap()]);
+    let theirs = format!("origin/{branch}");
+    if squash {
+        git(&work, &["merge", "-q", "--squash", &theirs]);
+        git(&work, &["commit", "-q", "-m", "Promote the model (#12)"]);
+    } else {
+        git(&work, &["merge", "-q", "--no-ff", "-m", "Merge pull request #12", &theirs]);
+    }
+    git(&work, &["push", "-q", "origin", "main", &format!(":{branch}")]);
+}
+
+#[test]
+fn branch_mode_proposes_once_and_is_landed_after_the_merge() {
+    for squash in [true, false] {
+        let fx = fixture_with(branch_mode);
+        let r = fx.promote(&[]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        let p = the_promotion(&r);
+        assert_eq!(state(&p), "Proposed", "{p:#}");
+        let id = p["id"].as_str().unwrap().to_string();
+        let branch = format!("tenon/promote/prod/{}", &id[..12]);
+        assert_eq!(p["target"].as_str(), Some(format!("{} {branch}", fx.remote_url()).as_str()), "{p:#}");
+        assert!(p["detail"].as_str().unwrap().contains("merged into main"), "{p:#}");
+        // main untouched; the branch holds one commit on top of it, with the ledger entry
+        assert_eq!(rev_list(&fx.remote), std::slice::from_ref(&fx.base));
+        let on_branch: Vec<String> = git(&fx.remote, &["rev-list", &branch]).lines().map(String::from).collect();
+        assert_eq!(on_branch.len(), 2, "{on_branch:?}");
+        assert_eq!(p["commit"].as_str(), Some(on_branch[0].as_str()));
+        git(&fx.remote, &["cat-file", "-e", &format!("{branch}:.tenon/promotions/prod/{id}.yaml")]);
+        let msg = git(&fx.remote, &["log", "-1", "--format=%B", &branch]);
+        assert_eq!(trailer(&trailers(&msg), "Tenon-Promotion-Id"), [id.as_str()], "{msg}");
+
+        // rerun while the pull request is open: the same branch, no new commit
+        let before = refs(&fx.remote);
+        for _ in 0..2 {
+            let p = the_promotion(&fx.promote(&[]));
+            assert_eq!(state(&p), "Proposed", "{p:#}");
+            assert_eq!(p["commit"].as_str(), Some(on_branch[0].as_str()), "{p:#}");
+        }
+        assert_eq!(refs(&fx.remote), before, "a rerun pushes nothing");
+
+        // merged (and the branch deleted): landed; the branch is never recreated
+        merge_pull_request(&fx, &branch, squash);
+        let merged = refs(&fx.remote);
+        assert!(!merged.contains(&branch), "{merged}");
+        for _ in 0..2 {
+            let r = fx.promote(&[]);
+            assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+            let p = the_promotion(&r);
+            assert_eq!(state(&p), "AlreadyLanded", "squash {squash}: {p:#}");
+        }
+        assert_eq!(refs(&fx.remote), merged, "squash {squash}: nothing pushed after the merge");
+        let hist = common::tenon_cached(&["history", fx.repo_s(), "--output", "json"], &fx.store);
+        assert_eq!(hist.json()["promotions"][0]["id"].as_str(), Some(id.as_str()), "{}", hist.stdout);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. SSH: a real OpenSSH server on 127.0.0.1, a key file, strict known_hosts
+
+struct Sshd {
+    _daemon: KillOnDrop,
+    port: u16,
+    log: PathBuf,
+    /// The client key in authorized_keys, another key, and their private key texts.
+    key: PathBuf,
+    other_key: PathBuf,
+    /// known_hosts with the server's host key; one with a different key for the host.
+    known_hosts: PathBuf,
+    wrong_known_hosts: PathBuf,
+}
+
+impl Sshd {
+    /// sshd's log since it started serving tenon (after the probe with OpenSSH's client).
+    fn log(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.split_once("TENON-PROBE-DONE").map(|(_, after)| after.to_string()).unwrap_or(log)
+    }
+}
+
+fn ssh_keygen(path: &Path) -> Result<(), String> {
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "tenon-test", "-f"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    o.status.success().then_some(()).ok_or_else(|| format!("ssh-keygen failed: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+/// `sshd -D` on a free port of 127.0.0.1 with generated host and client keys, or why it
+/// cannot run here.
+fn start_sshd(dir: &Path) -> Result<Sshd, String> {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() {
+        return Err("/usr/sbin/sshd is absent (install openssh-server)".into());
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let (host, key, other) = (dir.join("host_key"), dir.join("client_key"), dir.join("other_key"));
+    for k in [&host, &key, &other] {
+        ssh_keygen(k)?;
+    }
+    let pubkey = |k: &Path| std::fs::read_to_string(k.with_extension("pub")).unwrap();
+    std::fs::write(dir.join("authorized_keys"), pubkey(&key)).unwrap();
+    // sshd's privilege separation directory (as root); without it sshd cannot start
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "ListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {dir}/authorized_keys\nPidFile {dir}/sshd.pid\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\n",
+            host = host.display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("sshd.log");
+    let child = Command::new(sshd)
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&config)
+        .args(["-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map_err(|e| format!("cannot start sshd: {e}"))?;
+    let mut daemon = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            return Err(format!("sshd exited {status}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("sshd did not listen on 127.0.0.1:{port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let entry = |k: &Path| {
+        let p = pubkey(k);
+        let mut f = p.split_whitespace();
+        format!("[127.0.0.1]:{port} {} {}\n", f.next().unwrap(), f.next().unwrap())
+    };
+    let (known_hosts, wrong_known_hosts) = (dir.join("known_hosts"), dir.join("wrong_known_hosts"));
+    std::fs::write(&known_hosts, entry(&host)).unwrap();
+    std::fs::write(&wrong_known_hosts, entry(&other)).unwrap();
+    // OpenSSH's own client must get in (a locked account or a missing git on the server's
+    // PATH is this machine's problem, not tenon's)
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let probe = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(&key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args([
+            "-p",
+            &port.to_string(),
+            &format!("{}@127.0.0.1", user.trim()),
+            "git-receive-pack --help >/dev/null 2>&1; command -v git-upload-pack",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "OpenSSH's client cannot use this sshd: {}{}",
+            String::from_utf8_lossy(&probe.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ));
+    }
+    // sshd logs what the probe's connection ends with; mark where tenon's part begins
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| c.write_all(b"TENON-PROBE-DONE\r\n"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("TENON-PROBE-DONE") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Sshd { _daemon: daemon, port, log, key, other_key: other, known_hosts, wrong_known_hosts })
+}
+
+/// The base64 body lines of a private key file (none may ever be printed).
+fn secret_lines(key: &Path) -> Vec<String> {
+    std::fs::read_to_string(key).unwrap().lines().filter(|l| !l.starts_with("-----")).map(String::from).collect()
+}
+
+#[test]
+fn ssh_key_with_strict_known_hosts() {
+    let fx = fixture();
+    let sshd = match start_sshd(&fx.root.join("sshd")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("SKIP ssh_key_with_strict_known_hosts: {e}");
+            return;
+        }
+    };
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string();
+    let url = format!("ssh://{user}@127.0.0.1:{}{}", sshd.port, fx.remote.display());
+    set_target_url(&fx.repo, &url);
+    fx.commit_repo("promote over ssh");
+    git(&fx.repo, &["remote", "remove", "origin"]);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let before = refs(&fx.remote);
+    let secrets: Vec<String> = [&sshd.key, &sshd.other_key].iter().flat_map(|k| secret_lines(k)).collect();
+    let no_secrets = |r: &Run, what: &str| {
+        for l in &secrets {
+            assert!(
+                !r.stdout.contains(l.as_str()) && !r.stderr.contains(l.as_str()),
+                "{what}: private key material printed"
+            );
+        }
+    };
+
+    // the host key is not in known_hosts: refused before authenticating, nothing pushed
+    let r = fx.promote(&["--ssh-key", &s(&sshd.key), "--known-hosts", &s(&sshd.wrong_known_hosts), "-vv"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    no_secrets(&r, "unknown host");
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Failed", "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("host key") && detail.contains("known_hosts"), "not a host key error: {detail}");
+    assert!(detail.contains(&url), "the error names the target: {detail}");
+    let log = sshd.log();
+    assert!(!log.contains("Accepted publickey"), "authenticated to an unverified host:\n{log}");
+
+    // no --known-hosts: ~/.ssh/known_hosts (absent here) is used, still strictly
+    let r = fx.promote(&["--ssh-key", &s(&sshd.key)]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert!(p["detail"].as_str().unwrap().contains("host key"), "{p:#}");
+    assert!(!sshd.log().contains("Accepted publickey"), "unverified host");
+
+    // the wrong client key: an authentication error
+    let r = fx.promote(&["--ssh-key", &s(&sshd.other_key), "--known-hosts", &s(&sshd.known_hosts), "-vv"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    no_secrets(&r, "wrong key");
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Failed", "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("authentication") && detail.contains(&url), "not an authentication error: {detail}");
+    assert_eq!(refs(&fx.remote), before, "nothing pushed");
+
+    // the right key and known_hosts: lands, once
+    let r = fx.promote(&["--ssh-key", &s(&sshd.key), "--known-hosts", &s(&sshd.known_hosts)]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    no_secrets(&r, "landed");
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 2);
+    assert_eq!(p["commit"].as_str(), Some(commits[0].as_str()));
+    let r = fx.promote(&["--ssh-key", &s(&sshd.key), "--known-hosts", &s(&sshd.known_hosts)]);
+    assert_eq!(state(&the_promotion(&r)), "AlreadyLanded", "{}", r.stdout);
+    assert_eq!(promotion_commits(&fx.remote).len(), 1);
+    let log = sshd.log();
+    assert!(log.contains("Accepted publickey"), "it went through sshd:\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. HTTP token: `git http-backend` (git's own CGI) behind a tiny HTTP server on
+//     127.0.0.1 that checks Basic auth. Plain HTTP on loopback (TLS is libgit2's job
+//     and would only add a test CA here).
+
+/// Read one HTTP request: (head, body), the body de-chunked.
+fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut rest = buf[head_end..].to_vec();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let mut fill = |rest: &mut Vec<u8>, want: usize| {
+        while rest.len() < want {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                let n = rest.len() + 1;
+                if !fill(&mut rest, n) {
+                    return None;
+                }
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).trim(), 16).ok()?;
+            rest.drain(..line_end + 2);
+            if !fill(&mut rest, size + 2) {
+                return None;
+            }
+            body.extend_from_slice(&rest[..size]);
+            rest.drain(..size + 2);
+            if size == 0 {
+                return Some((head, body));
+            }
+        }
+    }
+    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if !fill(&mut rest, len) {
+        return None;
+    }
+    rest.truncate(len);
+    Some((head, rest))
+}
+
+/// Serve `root` with `git http-backend` on 127.0.0.1 to requests whose Basic credentials
+/// are `x-access-token:<token>`; `401` otherwise. Returns the port and the number of
+/// requests that reached git.
+fn git_http_server(root: PathBuf, token: &str, stop: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let served2 = served.clone();
+    let want = format!("Basic {}", base64(format!("x-access-token:{token}").as_bytes()));
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((mut s, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let Some((head, body)) = read_request(&mut s) else { continue };
+            let mut lines = head.lines();
+            let mut first = lines.next().unwrap_or("").split_whitespace();
+            let (method, target) = (first.next().unwrap_or("GET").to_string(), first.next().unwrap_or("/").to_string());
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+                .collect();
+            let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+            if get("authorization") != want {
+                let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"tenon-test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            served2.lock().unwrap().push(format!("{method} {path}?{query}"));
+            let mut cgi = Command::new("git")
+                .arg("http-backend")
+                .env("GIT_PROJECT_ROOT", &root)
+                .env("GIT_HTTP_EXPORT_ALL", "1")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("REQUEST_METHOD", &method)
+                .env("PATH_INFO", path)
+                .env("QUERY_STRING", query)
+                .env("CONTENT_TYPE", get("content-type"))
+                .env("CONTENT_LENGTH", body.len().to_string())
+                .env("REMOTE_USER", "x-access-token")
+                .env("REMOTE_ADDR", "127.0.0.1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("git http-backend starts");
+            let mut stdin = cgi.stdin.take().unwrap();
+            let writer = std::thread::spawn(move || {
+                let _ = stdin.write_all(&body);
+            });
+            let out = cgi.wait_with_output().unwrap().stdout;
+            let _ = writer.join();
+            let split = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| (i, 4))
+                .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+            let (cgi_head, cgi_body) = match split {
+                Some((i, n)) => (String::from_utf8_lossy(&out[..i]).to_string(), &out[i + n..]),
+                None => (String::new(), &out[..]),
+            };
+            let mut status = "200 OK".to_string();
+            let mut resp = String::new();
+            for l in cgi_head.lines() {
+                match l.split_once(':') {
+                    Some((k, v)) if k.eq_ignore_ascii_case("status") => status = v.trim().to_string(),
+                    Some(_) => resp.push_str(&format!("{}\r\n", l.trim_end())),
+                    None => {}
+                }
+            }
+            let _ = s.write_all(
+                format!("HTTP/1.1 {status}\r\n{resp}Content-Length: {}\r\nConnection: close\r\n\r\n", cgi_body.len())
+                    .as_bytes(),
+            );
+            let _ = s.write_all(cgi_body);
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn http_token_lands_through_git_http_backend() {
+    let fx = fixture();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, served) = git_http_server(fx.root.clone(), TOKEN, stop.clone());
+    let url = format!("http://127.0.0.1:{port}/remote.git");
+    set_target_url(&fx.repo, &url);
+    fx.commit_repo("promote over http");
+    git(&fx.repo, &["remote", "remove", "origin"]);
+    let before = refs(&fx.remote);
+    let printed = |r: &Run, what: &str, secret: &str| {
+        let encoded = base64(format!("x-access-token:{secret}").as_bytes());
+        for s in [secret, encoded.as_str()] {
+            assert!(!r.stdout.contains(s) && !r.stderr.contains(s), "{what}: a credential was printed");
+        }
+    };
+
+    // a wrong token: refused, a clear error, nothing printed, nothing pushed
+    let wrong = "wrong-token-value";
+    let r = tenon_env(&["promote", fx.repo_s(), "--output", "json", "-vv"], &fx.store, &[("TENON_GIT_TOKEN", wrong)]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    printed(&r, "wrong token", wrong);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Failed", "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("authentication") && detail.contains(&url), "{detail}");
+    assert!(served.lock().unwrap().is_empty(), "git was reached without the token");
+    assert_eq!(refs(&fx.remote), before);
+
+    // the token from --git-token-env: lands through git http-backend, once
+    let args = ["promote", fx.repo_s(), "--output", "json", "--git-token-env", "DEPLOY_TOKEN"];
+    let r = tenon_env(&args, &fx.store, &[("DEPLOY_TOKEN", TOKEN)]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    printed(&r, "landed", TOKEN);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    let commits = rev_list(&fx.remote);
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert_eq!(p["commit"].as_str(), Some(commits[0].as_str()));
+    let r = tenon_env(&args, &fx.store, &[("DEPLOY_TOKEN", TOKEN)]);
+    assert_eq!(state(&the_promotion(&r)), "AlreadyLanded", "{}", r.stdout);
+    assert_eq!(promotion_commits(&fx.remote).len(), 1);
+    stop.store(true, Ordering::SeqCst);
+    let served = served.lock().unwrap().clone();
+    assert!(
+        served.iter().any(|r| r.starts_with("POST /remote.git/git-receive-pack")),
+        "no push through http-backend: {served:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 14. signed commits: git's SSH signature format, verified by `git verify-commit`
+
+#[test]
+fn commits_signed_with_an_ssh_key_verify_with_git() {
+    let fx = fixture_with(without_incumbent_gate);
+    let key = fx.root.join("signing_key");
+    if let Err(e) = ssh_keygen(&key) {
+        eprintln!("SKIP commits_signed_with_an_ssh_key_verify_with_git: {e}");
+        return;
+    }
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let allowed = fx.root.join("allowed_signers");
+    std::fs::write(&allowed, format!("tenon@localhost namespaces=\"git\" {public}")).unwrap();
+    let verify = |rev: &str| {
+        git_try(
+            &fx.remote,
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &format!("gpg.ssh.allowedSignersFile={}", allowed.display()),
+                "verify-commit",
+                rev,
+            ],
+        )
+    };
+    // the check can fail: the unsigned import does not verify
+    assert!(!verify("main").0, "an unsigned commit verified");
+    let r = fx.promote(&["--sign-with-ssh-key", key.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    let (ok, out) = verify("main");
+    assert!(ok, "git verify-commit failed:\n{out}");
+    assert!(out.contains("Good \"git\" signature for tenon@localhost"), "{out}");
+    // the signed commit is the promotion, with its trailers
+    let msg = git(&fx.remote, &["log", "-1", "--format=%B", "main"]);
+    assert_eq!(trailer(&trailers(&msg), "Tenon-Promotion-Id"), [p["id"].as_str().unwrap()], "{msg}");
+    // a key that cannot sign: a clear terminal error, nothing pushed
+    let before = refs(&fx.remote);
+    set_uri_suffix(&fx.repo, "#v2");
+    let r = fx.promote(&["--sign-with-ssh-key", fx.root.join("no-such-key").to_str().unwrap()]);
+    let p = the_promotion(&r);
+    assert_eq!(r.code, 1, "{p:#}");
+    assert!(p["detail"].as_str().unwrap().contains("cannot sign with"), "{p:#}");
+    assert_eq!(refs(&fx.remote), before);
+}
+
+/// In branch mode a rollback is proposed on its own branch like a promotion; its hold
+/// takes effect once merged.
+#[test]
+fn branch_mode_rollback_holds_once_merged() {
+    let fx = fixture_with(|repo| {
+        branch_mode(repo);
+        without_incumbent_gate(repo);
+    });
+    let a = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&a), "Proposed", "{a:#}");
+    let a_id = a["id"].as_str().unwrap().to_string();
+    merge_pull_request(&fx, &format!("tenon/promote/prod/{}", &a_id[..12]), true);
+    let r = tenon_json(&fx, &["rollback", fx.repo_s(), "--env", "prod", "--to", &a_id[..8], "--reason", "hold it"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let rb = r.json()["promotions"][0].clone();
+    assert_eq!(state(&rb), "Proposed", "{rb:#}");
+    let branch = format!("tenon/promote/prod/{}", &rb["id"].as_str().unwrap()[..12]);
+    git(&fx.remote, &["cat-file", "-e", &format!("{branch}:.tenon/holds/prod.yaml")]);
+    assert!(!git_try(&fx.remote, &["cat-file", "-e", "main:.tenon/holds/prod.yaml"]).0, "not on main before the merge");
+    merge_pull_request(&fx, &branch, false);
+    set_uri_suffix(&fx.repo, "#v2");
+    let before = refs(&fx.remote);
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "Held", "{p:#}");
+    assert_eq!(refs(&fx.remote), before, "held: no branch pushed");
 }

@@ -50,6 +50,9 @@ pub struct Decision {
     pub id: String,
     pub message: String,
     pub trailers: Vec<(String, String)>,
+    /// A rollback: the promotion whose values it restores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restores: Option<String>,
 }
 
 /// Variables a policy may use: `$(tasks.x.results.y)` of the judged run.
@@ -233,6 +236,7 @@ pub fn decide(
         id,
         message,
         trailers,
+        restores: None,
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use git2::{build::TreeUpdateBuilder, FileMode, Oid, Repository, Signature};
 
-use super::decide::Decision;
+use super::decide::{Decision, RenderedUpdate};
 use super::edit::{self, Edit};
 use super::LEDGER_DIR;
 
@@ -27,12 +27,17 @@ pub enum PromoteError {
     Rejected { branch: String, message: String },
     #[error("{file}: {message}")]
     Edit { file: String, message: String },
+    #[error("the remote's SSH host key is not trusted: it is not in the --known-hosts file (or ~/.ssh/known_hosts when none is given); tenon checks host keys strictly")]
+    HostKey,
 }
 
 impl From<git2::Error> for PromoteError {
     fn from(e: git2::Error) -> Self {
         if e.code() == git2::ErrorCode::Auth || e.class() == git2::ErrorClass::Ssh && e.message().contains("auth") {
             return PromoteError::Auth { url: String::new() };
+        }
+        if e.message().contains("hostkey") || e.message().contains("host key") {
+            return PromoteError::HostKey;
         }
         PromoteError::Git { message: e.message().to_string() }
     }
@@ -49,6 +54,8 @@ pub struct Credentials {
     pub ssh_key: Option<PathBuf>,
     /// known_hosts file for strict host checking over SSH.
     pub known_hosts: Option<PathBuf>,
+    /// SSH private key that signs tenon's commits (git's SSH signature format).
+    pub signing_key: Option<PathBuf>,
 }
 
 /// Where and how to write.
@@ -80,10 +87,28 @@ pub enum Landing {
     Superseded { by: String },
     /// The remote kept moving; retried `attempts` times. Try again on the next trigger.
     Conflicted { attempts: u32 },
+    /// Branch mode: the promotion branch already holds this promotion; it lands when the
+    /// pull request is merged.
+    Proposed { commit: String, branch: String },
+    /// The environment is held (a rollback placed a hold): nothing is committed until
+    /// `tenon release`.
+    Held { hold: Hold },
+    /// `tenon release`: the environment is not held.
+    NotHeld,
 }
 
 pub fn ledger_path(env: &str, id: &str) -> String {
     format!("{LEDGER_DIR}/promotions/{env}/{id}.yaml")
+}
+
+/// The hold marker of an environment (present while automatic promotion is paused).
+pub fn hold_path(env: &str) -> String {
+    format!("{LEDGER_DIR}/holds/{env}.yaml")
+}
+
+/// The record of a lifted hold.
+pub fn release_path(env: &str, id: &str) -> String {
+    format!("{LEDGER_DIR}/releases/{env}/{id}.yaml")
 }
 
 fn callbacks(c: &Credentials) -> git2::RemoteCallbacks<'_> {
@@ -122,7 +147,10 @@ fn callbacks(c: &Credentials) -> git2::RemoteCallbacks<'_> {
                 let hosts = parts.next().unwrap_or("");
                 let _kind = parts.next();
                 let k = parts.next().unwrap_or("");
-                hosts.split(',').any(|h| h == host || h.trim_start_matches('[').starts_with(host)) && k == b64
+                // `host` or `[host]:port` (plain names; hashed entries are not read)
+                hosts.split(',').any(|h| {
+                    h == host || h.strip_prefix('[').and_then(|r| r.split_once("]:")).is_some_and(|(n, _)| n == host)
+                }) && k == b64
             });
             if found {
                 Ok(git2::CertificateCheckStatus::CertificateOk)
@@ -231,88 +259,269 @@ fn read_blob(repo: &Repository, tree: &git2::Tree<'_>, path: &str) -> Result<Opt
     }
 }
 
-/// `decidedAt` of every ledger entry of `env` at `tree`: (id, decidedAt).
-fn ledger_entries(repo: &Repository, tree: &git2::Tree<'_>, env: &str) -> Vec<(String, i64)> {
-    let dir = format!("{LEDGER_DIR}/promotions/{env}");
-    let Ok(entry) = tree.get_path(Path::new(&dir)) else { return vec![] };
-    let Ok(sub) = repo.find_tree(entry.id()) else { return vec![] };
-    let mut out = Vec::new();
-    for e in sub.iter() {
-        let Some(name) = e.name() else { continue };
-        let Some(id) = name.strip_suffix(".yaml") else { continue };
-        let Ok(blob) = repo.find_blob(e.id()) else { continue };
-        let text = String::from_utf8_lossy(blob.content());
-        let at = text
-            .lines()
-            .find_map(|l| l.strip_prefix("decidedAt: "))
-            .and_then(|v| v.trim().trim_matches('"').parse::<i64>().ok())
-            .unwrap_or(0);
-        out.push((id.to_string(), at));
-    }
-    out
+/// A hold placed by `tenon rollback`: automatic promotion of the environment stops until
+/// `tenon release` removes it. It lives in git (`.tenon/holds/<env>.yaml`), so every
+/// tenon replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hold {
+    pub environment: String,
+    /// The rollback promotion that placed it.
+    pub rollback: String,
+    /// The promotion whose values the rollback restored.
+    pub restored: String,
+    pub by: String,
+    pub reason: String,
+    pub held_at_ns: i64,
 }
 
-/// One promotion as recorded in the ledger at the branch tip.
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The JSON-string value of the first line starting with `prefix`.
+fn yaml_field(text: &str, prefix: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| serde_json::from_str::<String>(v.trim()).unwrap_or_else(|_| v.trim().to_string()))
+}
+
+impl Hold {
+    pub fn to_yaml(&self) -> String {
+        format!(
+            "apiVersion: tenon.dev/v1alpha1\nkind: PromotionHold\nenvironment: {}\nrollback: {}\nrestored: {}\nby: {}\nreason: {}\nheldAt: {}\n",
+            q(&self.environment),
+            q(&self.rollback),
+            q(&self.restored),
+            q(&self.by),
+            q(&self.reason),
+            self.held_at_ns
+        )
+    }
+
+    fn parse(text: &str) -> Hold {
+        let f = |p: &str| yaml_field(text, p).unwrap_or_default();
+        Hold {
+            environment: f("environment: "),
+            rollback: f("rollback: "),
+            restored: f("restored: "),
+            by: f("by: "),
+            reason: f("reason: "),
+            held_at_ns: f("heldAt: ").parse().unwrap_or(0),
+        }
+    }
+
+    /// What `tenon promote` says about an environment held by this.
+    pub fn describe(&self) -> String {
+        format!(
+            "environment {env} is held by {by} since rollback {rb} (restored {to}{why}): automatic promotion is paused until `tenon release --env {env}`",
+            env = self.environment,
+            by = self.by,
+            rb = &self.rollback[..12.min(self.rollback.len())],
+            to = &self.restored[..12.min(self.restored.len())],
+            why = if self.reason.is_empty() { String::new() } else { format!("; {}", self.reason) },
+        )
+    }
+}
+
+/// The fetched tip of the target branch (None: the branch does not exist yet).
+pub struct Tip<'r> {
+    repo: &'r Repository,
+    commit: Option<git2::Commit<'r>>,
+    tree: Option<git2::Tree<'r>>,
+}
+
+impl<'r> Tip<'r> {
+    fn at(repo: &'r Repository, oid: Option<Oid>) -> Result<Tip<'r>, PromoteError> {
+        let commit = match oid {
+            Some(o) => Some(repo.find_commit(o)?),
+            None => None,
+        };
+        let tree = match &commit {
+            Some(c) => Some(c.tree()?),
+            None => None,
+        };
+        Ok(Tip { repo, commit, tree })
+    }
+
+    pub fn read(&self, path: &str) -> Result<Option<String>, PromoteError> {
+        match &self.tree {
+            Some(t) => read_blob(self.repo, t, path),
+            None => Ok(None),
+        }
+    }
+
+    fn has(&self, path: &str) -> bool {
+        self.tree.as_ref().is_some_and(|t| t.get_path(Path::new(path)).is_ok())
+    }
+
+    /// `decidedAt` of every ledger entry of `env`: (id, decidedAt).
+    fn ledger(&self, env: &str) -> Vec<(String, i64)> {
+        let Some(tree) = &self.tree else { return vec![] };
+        yaml_files(self.repo, tree, &format!("{LEDGER_DIR}/promotions/{env}"))
+            .into_iter()
+            .map(|(id, text)| (id, yaml_field(&text, "decidedAt: ").and_then(|v| v.parse().ok()).unwrap_or(0)))
+            .collect()
+    }
+
+    /// The newest ledger entry decided after `decided_at_ns`.
+    fn superseded(&self, env: &str, decided_at_ns: i64) -> Option<Landing> {
+        let entries = self.ledger(env);
+        let (by, _) = entries.into_iter().filter(|(_, at)| *at > decided_at_ns).max_by_key(|(_, at)| *at)?;
+        Some(Landing::Superseded { by })
+    }
+
+    /// The newest ledger entry of `env`.
+    fn latest(&self, env: &str) -> Option<String> {
+        self.ledger(env).into_iter().max_by_key(|(_, at)| *at).map(|(id, _)| id)
+    }
+
+    pub fn hold(&self, env: &str) -> Result<Option<Hold>, PromoteError> {
+        Ok(self.read(&hold_path(env))?.map(|t| Hold::parse(&t)))
+    }
+
+    /// The declarative edits applied to their files here: (path, new text) of each file,
+    /// and whether any value changed.
+    fn render(&self, branch: &str, updates: &[RenderedUpdate]) -> Result<(Files, bool), PromoteError> {
+        let mut by_file: Vec<(String, Vec<Edit>)> = Vec::new();
+        for u in updates {
+            let e = Edit { path: u.path.clone(), value: u.value.clone() };
+            match by_file.iter_mut().find(|(f, _)| f == &u.file) {
+                Some((_, v)) => v.push(e),
+                None => by_file.push((u.file.clone(), vec![e])),
+            }
+        }
+        let (mut files, mut changed) = (Vec::new(), false);
+        for (file, edits) in by_file {
+            let text = self.read(&file)?.ok_or_else(|| PromoteError::Edit {
+                file: file.clone(),
+                message: format!("not found on branch {branch}"),
+            })?;
+            let (new, did) = edit::apply(&text, &edits)
+                .map_err(|e| PromoteError::Edit { file: file.clone(), message: e.to_string() })?;
+            changed |= did;
+            files.push((file, Some(new)));
+        }
+        Ok((files, changed))
+    }
+}
+
+/// The `.yaml` files directly in `dir` of `tree`: (name without `.yaml`, text).
+fn yaml_files(repo: &Repository, tree: &git2::Tree<'_>, dir: &str) -> Vec<(String, String)> {
+    let Ok(entry) = tree.get_path(Path::new(dir)) else { return vec![] };
+    let Ok(sub) = repo.find_tree(entry.id()) else { return vec![] };
+    sub.iter()
+        .filter_map(|e| {
+            let id = e.name()?.strip_suffix(".yaml")?.to_string();
+            let blob = repo.find_blob(e.id()).ok()?;
+            Some((id, String::from_utf8_lossy(blob.content()).to_string()))
+        })
+        .collect()
+}
+
+/// The subdirectory names of `dir` in `tree`.
+fn subdirs(repo: &Repository, tree: &git2::Tree<'_>, dir: &str) -> Vec<String> {
+    let Ok(entry) = tree.get_path(Path::new(dir)) else { return vec![] };
+    let Ok(sub) = repo.find_tree(entry.id()) else { return vec![] };
+    sub.iter().filter(|e| e.kind() == Some(git2::ObjectType::Tree)).filter_map(|e| e.name().map(String::from)).collect()
+}
+
+/// One ledger entry at the branch tip: a promotion, a rollback (itself a promotion) or
+/// the release of a hold.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerRecord {
     pub id: String,
+    /// `promotion`, `rollback` or `release`.
+    pub kind: String,
     pub policy: String,
     pub environment: String,
     pub subject_digest: String,
     pub subject_uri: String,
     pub previous: Option<String>,
     pub decided_at_ns: i64,
+    /// A rollback: the promotion whose values it restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restores: Option<String>,
+    /// A release: the rollback whose hold it lifted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub releases: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The field values the promotion set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<RenderedUpdate>,
 }
 
-/// Every ledger entry at the tip of the target branch (optionally of one environment),
-/// newest decision first.
-pub fn ledger_at_tip(t: &Target, env: Option<&str>) -> Result<Vec<LedgerRecord>, PromoteError> {
+/// What the target branch records: every ledger entry (optionally of one environment),
+/// newest first, and the holds in place.
+pub fn ledger_at_tip(t: &Target, env: Option<&str>) -> Result<(Vec<LedgerRecord>, Vec<Hold>), PromoteError> {
     let (repo, _lock) = open_cache(t)?;
-    let Some(tip) = fetch(&repo, t, &t.branch)? else { return Ok(vec![]) };
+    let Some(tip) = fetch(&repo, t, &t.branch)? else { return Ok((vec![], vec![])) };
     let tree = repo.find_commit(tip)?.tree()?;
-    let Ok(root) = tree.get_path(Path::new(&format!("{LEDGER_DIR}/promotions"))) else { return Ok(vec![]) };
-    let envs = repo.find_tree(root.id())?;
     let mut out = Vec::new();
-    for e in envs.iter() {
-        let Some(name) = e.name() else { continue };
-        if env.is_some_and(|want| want != name) {
-            continue;
-        }
-        let Ok(sub) = repo.find_tree(e.id()) else { continue };
-        for f in sub.iter() {
-            let Ok(blob) = repo.find_blob(f.id()) else { continue };
-            out.push(parse_ledger(&String::from_utf8_lossy(blob.content())));
+    for kind in ["promotions", "releases"] {
+        let root = format!("{LEDGER_DIR}/{kind}");
+        for e in subdirs(&repo, &tree, &root).into_iter().filter(|e| env.is_none_or(|want| want == e)) {
+            out.extend(yaml_files(&repo, &tree, &format!("{root}/{e}")).iter().map(|(_, text)| parse_ledger(text)));
         }
     }
     out.sort_by(|a, b| b.decided_at_ns.cmp(&a.decided_at_ns));
-    Ok(out)
+    let holds = yaml_files(&repo, &tree, &format!("{LEDGER_DIR}/holds"))
+        .into_iter()
+        .filter(|(e, _)| env.is_none_or(|want| want == e))
+        .map(|(_, text)| Hold::parse(&text))
+        .collect();
+    Ok((out, holds))
 }
 
-/// Read back a ledger entry written by [`ledger_entry`] (values are JSON strings).
+/// Read back a ledger entry written by [`ledger_entry`] or [`release_entry`].
 fn parse_ledger(text: &str) -> LedgerRecord {
-    let field = |prefix: &str| -> Option<String> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(|v| serde_json::from_str::<String>(v.trim()).unwrap_or_else(|_| v.trim().to_string()))
-    };
+    let field = |prefix: &str| yaml_field(text, prefix);
+    let restores = field("restores: ");
+    let releases = field("releases: ");
+    let mut updates = Vec::new();
+    for l in text.lines().skip_while(|l| *l != "updates:").skip(1).take_while(|l| l.starts_with("  ")) {
+        let val = |p: &str| l.strip_prefix(p).map(|v| serde_json::from_str::<String>(v.trim()).unwrap_or_default());
+        if let Some(file) = val("  - file: ") {
+            updates.push(RenderedUpdate { file, path: String::new(), value: String::new() });
+        } else if let (Some(path), Some(u)) = (val("    path: "), updates.last_mut()) {
+            u.path = path;
+        } else if let (Some(value), Some(u)) = (val("    value: "), updates.last_mut()) {
+            u.value = value;
+        }
+    }
     LedgerRecord {
         id: field("id: ").unwrap_or_default(),
+        kind: if releases.is_some() {
+            "release"
+        } else if restores.is_some() {
+            "rollback"
+        } else {
+            "promotion"
+        }
+        .into(),
         policy: field("policy: ").unwrap_or_default(),
         environment: field("environment: ").unwrap_or_default(),
         subject_digest: field("  digest: ").unwrap_or_default(),
         subject_uri: field("  uri: ").unwrap_or_default(),
         previous: field("previous: ").filter(|p| p != "null"),
         decided_at_ns: field("decidedAt: ").and_then(|v| v.parse().ok()).unwrap_or(0),
+        restores,
+        releases,
+        by: field("by: "),
+        updates,
     }
 }
 
 /// The ledger entry recorded with a promotion.
 pub fn ledger_entry(d: &Decision, decided_at_ns: i64, previous: Option<&str>, source_revision: &str) -> String {
-    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let mut y = String::new();
     y.push_str("apiVersion: tenon.dev/v1alpha1\nkind: PromotionRecord\n");
     y.push_str(&format!("id: {}\npolicy: {}\nenvironment: {}\n", q(&d.id), q(&d.policy), q(&d.environment)));
+    if let Some(r) = &d.restores {
+        y.push_str(&format!("restores: {}\n", q(r)));
+    }
     y.push_str(&format!("subject:\n  uri: {}\n  digest: {}\n", q(&d.subject_uri), q(&d.subject_digest)));
     y.push_str("gates:\n");
     for g in &d.gates {
@@ -333,6 +542,17 @@ pub fn ledger_entry(d: &Decision, decided_at_ns: i64, previous: Option<&str>, so
     y.push_str(&format!("previous: {}\n", previous.map(q).unwrap_or_else(|| "null".into())));
     y.push_str(&format!("decidedAt: {decided_at_ns}\n"));
     y
+}
+
+/// The record of a release (`.tenon/releases/<env>/<id>.yaml`).
+pub fn release_entry(id: &str, hold: &Hold, by: &str, decided_at_ns: i64) -> String {
+    format!(
+        "apiVersion: tenon.dev/v1alpha1\nkind: PromotionRelease\nid: {}\nenvironment: {}\nreleases: {}\nby: {}\ndecidedAt: {decided_at_ns}\n",
+        q(id),
+        q(&hold.environment),
+        q(&hold.rollback),
+        q(by)
+    )
 }
 
 /// The filesystem path of a local remote (`file://` URL or a plain path).
@@ -357,87 +577,84 @@ fn cas_local(path: &Path, refname: &str, new: Oid, old: Option<Oid>, incoming: &
     res.map_err(|e| git2::Error::from_str(&format!("failed to update ref (the branch moved): {}", e.message())))
 }
 
-/// Write a decision back: commit the edits and the ledger entry on the branch tip and
-/// push without force, retrying races. `decided_at_ns` orders decisions: a newer one in
-/// the ledger supersedes this one.
-pub fn write_back(
-    t: &Target,
-    d: &Decision,
-    message: &str,
-    decided_at_ns: i64,
-    source_revision: &str,
-) -> Result<Landing, PromoteError> {
-    let (repo, _lock) = open_cache(t)?;
-    let ledger = ledger_path(&d.environment, &d.id);
-    let push_branch = if t.branch_mode {
-        format!("tenon/promote/{}/{}", d.environment, &d.id[..12.min(d.id.len())])
+/// Where a change with this id is pushed: the target branch, or in branch mode its own
+/// branch `tenon/promote/<env>/<id12>` (for a pull request).
+pub fn push_branch(t: &Target, env: &str, id: &str) -> String {
+    if t.branch_mode {
+        format!("tenon/promote/{env}/{}", &id[..12.min(id.len())])
     } else {
         t.branch.clone()
-    };
+    }
+}
+
+/// Files to commit: (path, Some(new text)) or (path, None) to delete it.
+type Files = Vec<(String, Option<String>)>;
+
+/// What to commit on a tip: stop with an outcome, or write / delete files.
+enum Step {
+    Stop(Landing),
+    Commit(Files),
+}
+
+/// The one write path of promotions, rollbacks and releases: fetch the target branch,
+/// let `plan` decide on its tip, commit, and push without force; on a race fetch the new
+/// tip and plan again, with backoff, up to `max_attempts`. `marker` is the file whose
+/// presence on the target branch (or, in branch mode, on the pushed branch) says this
+/// change is already there.
+fn commit_and_push(
+    t: &Target,
+    env: &str,
+    id: &str,
+    marker: &str,
+    message: &str,
+    mut plan: impl FnMut(&Tip<'_>) -> Result<Step, PromoteError>,
+) -> Result<Landing, PromoteError> {
+    let (repo, _lock) = open_cache(t)?;
+    let push_branch = push_branch(t, env, id);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let tip = fetch(&repo, t, &t.branch)?;
-        let tip_commit = match tip {
-            Some(oid) => Some(repo.find_commit(oid)?),
-            None => None,
-        };
-        let tree = match &tip_commit {
-            Some(c) => Some(c.tree()?),
-            None => None,
-        };
-        if let Some(tree) = &tree {
-            if tree.get_path(Path::new(&ledger)).is_ok() {
-                return Ok(Landing::AlreadyLanded);
-            }
-            let entries = ledger_entries(&repo, tree, &d.environment);
-            if let Some((by, _)) = entries.iter().filter(|(_, at)| *at > decided_at_ns).max_by_key(|(_, at)| *at) {
-                return Ok(Landing::Superseded { by: by.clone() });
-            }
+        let tip_oid = fetch(&repo, t, &t.branch)?;
+        let tip = Tip::at(&repo, tip_oid)?;
+        if tip.has(marker) {
+            return Ok(Landing::AlreadyLanded);
         }
         if t.branch_mode {
-            // a promotion branch already pushed for this id: the pull request is open
-            if fetch(&repo, t, &push_branch)?.is_some() {
-                return Ok(Landing::AlreadyLanded);
+            if let Some(b) = fetch(&repo, t, &push_branch)? {
+                let proposed = Tip::at(&repo, Some(b))?;
+                if proposed.has(marker) {
+                    // merged (the branch's commit is in the target branch) but the marker
+                    // was removed since: landed all the same; otherwise awaiting merge
+                    let merged = tip_oid.is_some_and(|o| o == b || repo.graph_descendant_of(o, b).unwrap_or(false));
+                    return Ok(if merged {
+                        Landing::AlreadyLanded
+                    } else {
+                        Landing::Proposed { commit: b.to_string(), branch: push_branch }
+                    });
+                }
+                return Err(PromoteError::Rejected {
+                    branch: push_branch,
+                    message: format!("the branch exists and does not hold {marker}; tenon never overwrites it"),
+                });
             }
         }
-        // re-render the declarative edits onto this tip
-        let mut files: Vec<(String, String)> = Vec::new();
-        let mut changed = false;
-        let mut by_file: Vec<(String, Vec<Edit>)> = Vec::new();
-        for u in &d.updates {
-            match by_file.iter_mut().find(|(f, _)| f == &u.file) {
-                Some((_, v)) => v.push(Edit { path: u.path.clone(), value: u.value.clone() }),
-                None => by_file.push((u.file.clone(), vec![Edit { path: u.path.clone(), value: u.value.clone() }])),
-            }
-        }
-        for (file, edits) in by_file {
-            let text = match &tree {
-                Some(tr) => read_blob(&repo, tr, &file)?,
-                None => None,
-            }
-            .ok_or_else(|| PromoteError::Edit {
-                file: file.clone(),
-                message: format!("not found on branch {}", t.branch),
-            })?;
-            let (new, did) = edit::apply(&text, &edits)
-                .map_err(|e| PromoteError::Edit { file: file.clone(), message: e.to_string() })?;
-            changed |= did;
-            files.push((file, new));
-        }
-        if !changed {
-            return Ok(Landing::NoChange);
-        }
-        let previous = tree.as_ref().and_then(|tr| {
-            ledger_entries(&repo, tr, &d.environment).into_iter().max_by_key(|(_, at)| *at).map(|(id, _)| id)
-        });
-        files.push((ledger.clone(), ledger_entry(d, decided_at_ns, previous.as_deref(), source_revision)));
+        let files = match plan(&tip)? {
+            Step::Stop(l) => return Ok(l),
+            Step::Commit(files) => files,
+        };
         let mut b = TreeUpdateBuilder::new();
         for (path, text) in &files {
-            let oid = repo.blob(text.as_bytes())?;
-            b.upsert(path.as_str(), oid, FileMode::Blob);
+            match text {
+                Some(text) => {
+                    let oid = repo.blob(text.as_bytes())?;
+                    b.upsert(path.as_str(), oid, FileMode::Blob);
+                }
+                None => {
+                    b.remove(path.as_str());
+                }
+            }
         }
-        let base = match &tree {
+        let base = match &tip.tree {
             Some(tr) => tr.clone(),
             None => {
                 let empty = repo.treebuilder(None)?.write()?;
@@ -446,9 +663,18 @@ pub fn write_back(
         };
         let new_tree = repo.find_tree(b.create_updated(&repo, &base)?)?;
         let sig = Signature::now(&t.author_name, &t.author_email)?;
-        let parents: Vec<&git2::Commit<'_>> = tip_commit.iter().collect();
-        let commit = repo.commit(None, &sig, &sig, message, &new_tree, &parents)?;
-        // push: a fast-forward only; the remote's own check is the compare-and-swap
+        let parents: Vec<&git2::Commit<'_>> = tip.commit.iter().collect();
+        let commit = match &t.credentials.signing_key {
+            None => repo.commit(None, &sig, &sig, message, &new_tree, &parents)?,
+            Some(key) => {
+                let buf = repo.commit_create_buffer(&sig, &sig, message, &new_tree, &parents)?;
+                let content = std::str::from_utf8(&buf)
+                    .map_err(|_| PromoteError::Git { message: "the commit is not UTF-8; cannot sign it".into() })?;
+                repo.commit_signed(content, &ssh_sign(key, &buf)?, Some("gpgsig"))?
+            }
+        };
+        // push: a fast-forward only (in branch mode: a new branch only); the remote's own
+        // check is the compare-and-swap
         let mut remote = repo.remote_anonymous(&t.url)?;
         let rejection = std::cell::RefCell::new(None::<String>);
         let mut cb = callbacks(&t.credentials);
@@ -460,6 +686,7 @@ pub fn write_back(
         });
         let mut po = git2::PushOptions::new();
         po.remote_callbacks(cb);
+        let expected_old = if t.branch_mode { None } else { tip_oid };
         let (pushed, rejected) = match local_path(&t.url) {
             // libgit2's local transport checks fast-forward and then writes the ref
             // without a compare-and-swap, so a concurrent push could be overwritten:
@@ -468,12 +695,12 @@ pub fn write_back(
             Some(path) => {
                 // unique per process and attempt: concurrent promoters never share it
                 let incoming =
-                    format!("refs/tenon/incoming/{}-{}-{attempt}", &d.id[..16.min(d.id.len())], std::process::id());
+                    format!("refs/tenon/incoming/{}-{}-{attempt}", &id[..16.min(id.len())], std::process::id());
                 let r = remote.push(&[&format!("+{commit}:{incoming}")], Some(&mut po));
                 let rej = rejection.borrow().clone();
                 match (r, rej) {
                     (Ok(()), None) => {
-                        (cas_local(&path, &format!("refs/heads/{push_branch}"), commit, tip, &incoming), None)
+                        (cas_local(&path, &format!("refs/heads/{push_branch}"), commit, expected_old, &incoming), None)
                     }
                     other => other,
                 }
@@ -485,6 +712,9 @@ pub fn write_back(
             }
         };
         match (pushed, rejected) {
+            (Ok(()), None) if t.branch_mode => {
+                return Ok(Landing::Proposed { commit: commit.to_string(), branch: push_branch })
+            }
             (Ok(()), None) => {
                 return Ok(Landing::Landed { commit: commit.to_string(), branch: push_branch, attempts: attempt })
             }
@@ -512,11 +742,189 @@ pub fn write_back(
                 if attempt >= t.max_attempts {
                     return Ok(Landing::Conflicted { attempts: attempt });
                 }
-                // back off with jitter before re-applying on the new tip
+                // back off with jitter before planning again on the new tip
                 let base = 50u64 << attempt.min(6);
                 let jitter = crate::hash::now_ns().unsigned_abs() % base;
                 std::thread::sleep(Duration::from_millis(base + jitter));
             }
         }
+    }
+}
+
+/// An SSH signature of `data` in git's format (`ssh-keygen -Y sign -n git`, as git does
+/// with gpg.format=ssh).
+fn ssh_sign(key: &Path, data: &[u8]) -> Result<String, PromoteError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let fail = |m: String| PromoteError::Git { message: format!("cannot sign with {}: {m}", key.display()) };
+    let mut child = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "git", "-f"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("ssh-keygen: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() || !text.contains("BEGIN SSH SIGNATURE") {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(fail(err.lines().last().unwrap_or("ssh-keygen failed").to_string()));
+    }
+    Ok(text)
+}
+
+/// Write a decision back: commit the edits and the ledger entry on the branch tip and
+/// push without force, retrying races. `decided_at_ns` orders decisions: a newer one in
+/// the ledger supersedes this one. A hold on the environment stops it (`Held`), except
+/// for a rollback, which places `hold` itself (committed even when the files already hold
+/// its values).
+pub fn write_back(
+    t: &Target,
+    d: &Decision,
+    message: &str,
+    decided_at_ns: i64,
+    source_revision: &str,
+    place_hold: Option<&Hold>,
+) -> Result<Landing, PromoteError> {
+    let ledger = ledger_path(&d.environment, &d.id);
+    commit_and_push(t, &d.environment, &d.id, &ledger, message, |tip| {
+        if let Some(s) = tip.superseded(&d.environment, decided_at_ns) {
+            return Ok(Step::Stop(s));
+        }
+        if let (None, Some(hold)) = (place_hold, tip.hold(&d.environment)?) {
+            return Ok(Step::Stop(Landing::Held { hold }));
+        }
+        // re-render the declarative edits onto this tip
+        let (mut files, changed) = tip.render(&t.branch, &d.updates)?;
+        if !changed && place_hold.is_none() {
+            return Ok(Step::Stop(Landing::NoChange));
+        }
+        let previous = tip.latest(&d.environment);
+        files.push((ledger.clone(), Some(ledger_entry(d, decided_at_ns, previous.as_deref(), source_revision))));
+        if let Some(h) = place_hold {
+            files.push((hold_path(&d.environment), Some(h.to_yaml())));
+        }
+        Ok(Step::Commit(files))
+    })
+}
+
+/// Remove the hold placed by rollback `hold.rollback`, recording the release.
+pub fn write_release(
+    t: &Target,
+    id: &str,
+    hold: &Hold,
+    by: &str,
+    message: &str,
+    decided_at_ns: i64,
+) -> Result<Landing, PromoteError> {
+    let record = release_path(&hold.environment, id);
+    commit_and_push(t, &hold.environment, id, &record, message, |tip| match tip.hold(&hold.environment)? {
+        None => Ok(Step::Stop(Landing::NotHeld)),
+        // a newer rollback placed another hold meanwhile: releasing it needs a new look
+        Some(h) if h.rollback != hold.rollback => Ok(Step::Stop(Landing::Superseded { by: h.rollback })),
+        Some(_) => Ok(Step::Commit(vec![
+            (hold_path(&hold.environment), None),
+            (record.clone(), Some(release_entry(id, hold, by, decided_at_ns))),
+        ])),
+    })
+}
+
+/// The hold on `env` at the tip of the target branch.
+pub fn hold_at_tip(t: &Target, env: &str) -> Result<Option<Hold>, PromoteError> {
+    Ok(read_at_tip(t, &hold_path(env))?.map(|text| Hold::parse(&text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=T", "-c", "user.email=t@e", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// A hold that appears after `tenon promote` looked is still honoured by the write
+    /// path itself (it re-reads the tip on every attempt); a rollback places its own.
+    #[test]
+    fn the_write_path_honours_a_hold_on_the_tip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(work.join(".tenon/holds")).unwrap();
+        std::fs::write(work.join("deploy.yaml"), "image: \"old\"\n").unwrap();
+        let hold = Hold {
+            environment: "prod".into(),
+            rollback: "r".repeat(64),
+            restored: "a".repeat(64),
+            by: "alice".into(),
+            reason: "bad".into(),
+            held_at_ns: 1,
+        };
+        std::fs::write(work.join(".tenon/holds/prod.yaml"), hold.to_yaml()).unwrap();
+        git(tmp.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "init"]);
+        let remote = tmp.path().join("remote.git");
+        git(tmp.path(), &["clone", "-q", "--bare", work.to_str().unwrap(), remote.to_str().unwrap()]);
+        let before = git(&remote, &["rev-parse", "main"]);
+        let t = Target {
+            url: format!("file://{}", remote.display()),
+            branch: "main".into(),
+            branch_mode: false,
+            cache_dir: tmp.path().join("cache"),
+            credentials: Credentials::default(),
+            max_attempts: 3,
+            author_name: "tenon".into(),
+            author_email: "tenon@localhost".into(),
+        };
+        let d = Decision {
+            policy: "p".into(),
+            environment: "prod".into(),
+            subject_uri: "u".into(),
+            subject_digest: "sha256:1".into(),
+            gates: vec![],
+            promote: true,
+            updates: vec![RenderedUpdate { file: "deploy.yaml".into(), path: "image".into(), value: "new".into() }],
+            id: "b".repeat(64),
+            message: "promote".into(),
+            trailers: vec![],
+            restores: None,
+        };
+        let held = write_back(&t, &d, "promote\n", 10, "rev", None).unwrap();
+        assert_eq!(held, Landing::Held { hold: hold.clone() });
+        assert_eq!(git(&remote, &["rev-parse", "main"]), before, "nothing pushed while held");
+        // a rollback replaces the hold and commits
+        let mut rb = d.clone();
+        rb.id = "c".repeat(64);
+        rb.restores = Some("a".repeat(64));
+        let new_hold = Hold { rollback: rb.id.clone(), held_at_ns: 11, ..hold };
+        let landed = write_back(&t, &rb, "rollback\n", 11, "rollback", Some(&new_hold)).unwrap();
+        assert!(matches!(landed, Landing::Landed { .. }), "{landed:?}");
+        assert_eq!(git(&remote, &["show", "main:deploy.yaml"]), "image: \"new\"");
+        assert_eq!(git(&remote, &["show", "main:.tenon/holds/prod.yaml"]), new_hold.to_yaml().trim_end());
+        // the earlier decision (10) is now older than the rollback (11): superseded
+        let mut late = d.clone();
+        late.id = "d".repeat(64);
+        assert_eq!(
+            write_back(&t, &late, "promote\n", 10, "rev", None).unwrap(),
+            Landing::Superseded { by: rb.id.clone() }
+        );
+        // release: the hold goes; a second release finds nothing held
+        let rel = write_release(&t, &"e".repeat(64), &new_hold, "bob", "release\n", 12).unwrap();
+        assert!(matches!(rel, Landing::Landed { .. }), "{rel:?}");
+        assert!(hold_at_tip(&t, "prod").unwrap().is_none());
+        assert_eq!(write_release(&t, &"f".repeat(64), &new_hold, "bob", "release\n", 13).unwrap(), Landing::NotHeld);
     }
 }

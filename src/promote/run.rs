@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::decide::{commit_message, decide, Decision, GateOutcome, RenderedUpdate};
-use super::git::{self, Credentials, Landing, Target};
+use super::git::{self, Credentials, Hold, Landing, PromoteError, Target};
 use crate::model::{Catalog, Obj, ParamValue, PromotionPolicySpec};
 use crate::report::{RunReport, API_VERSION};
 use crate::store::SqliteStore;
@@ -41,6 +41,7 @@ pub struct PromotionSummary {
     /// All gates hold.
     pub promote: bool,
     /// `Landed`, `AlreadyLanded`, `NoChange`, `Superseded`, `Conflicted`, `GatesFailed`,
+    /// `Held`, `Proposed` (branch mode: pushed, awaiting merge), `NotHeld` (release),
     /// `DryRun`, `NoResults`, `Failed`.
     pub state: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -56,6 +57,9 @@ pub struct PromotionSummary {
     /// Unified-style diff of each edited file (dry run).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub diff: Vec<String>,
+    /// The hold on the environment (`Held`, rollback, release).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
 }
 
 impl PromotionReport {
@@ -269,33 +273,24 @@ pub fn promote_all(
             out.push(summary(p, Some(&d), "GatesFailed", &failed.join("; "), &target_ref, vec![]));
             continue;
         }
+        // a hold (placed by `tenon rollback`) stops automatic promotion: never bypassed
+        match git::hold_at_tip(&target, &d.environment) {
+            Ok(None) => {}
+            Ok(Some(h)) => {
+                let mut s = summary(p, Some(&d), "Held", &h.describe(), &target_ref, vec![]);
+                s.hold = Some(h);
+                out.push(s);
+                continue;
+            }
+            Err(e) => {
+                let why = format!("cannot tell whether {} is held: {}", d.environment, with_target(&e, &target.url));
+                out.push(summary(p, Some(&d), "Failed", &why, &target_ref, vec![]));
+                continue;
+            }
+        }
         let message = commit_message(&d);
         if opts.dry_run {
-            let mut diffs = Vec::new();
-            for u in &d.updates {
-                if diffs.iter().any(|x: &String| x.contains(&format!("--- a/{}\n", u.file))) {
-                    continue;
-                }
-                let old = git::read_at_tip(&target, &u.file)
-                    .ok()
-                    .flatten()
-                    .or_else(|| std::fs::read_to_string(dir.join(&u.file)).ok());
-                if let Some(old) = old {
-                    let edits: Vec<super::edit::Edit> = d
-                        .updates
-                        .iter()
-                        .filter(|x| x.file == u.file)
-                        .map(|x| super::edit::Edit { path: x.path.clone(), value: x.value.clone() })
-                        .collect();
-                    match super::edit::apply(&old, &edits) {
-                        Ok((new, true)) => diffs.push(diff(&u.file, &old, &new)),
-                        Ok((_, false)) => {
-                            diffs.push(format!("{}: already holds these values (nothing to commit)\n", u.file))
-                        }
-                        Err(e) => diffs.push(format!("{}: {e}\n", u.file)),
-                    }
-                }
-            }
+            let diffs = dry_run_diffs(&target, dir, &d.updates);
             let mut s = summary(p, Some(&d), "DryRun", "", &target_ref, diffs);
             s.message = message;
             out.push(s);
@@ -305,49 +300,296 @@ pub fn promote_all(
         let decided = store
             .record_decision(&d.id, &p.name, &d.environment, &serde_json::to_string(&d).unwrap_or_default())
             .map_err(|e| e.to_string())?;
-        let landing = git::write_back(&target, &d, &message, decided, &source);
-        let (state, detail, commit) = match &landing {
-            Ok(Landing::Landed { commit, branch, attempts }) => {
-                ("Landed", format!("pushed to {branch} after {attempts} attempt(s)"), Some(commit.clone()))
-            }
-            Ok(Landing::AlreadyLanded) => ("AlreadyLanded", "the ledger already records this promotion".into(), None),
-            Ok(Landing::NoChange) => ("NoChange", "the target files already hold these values".into(), None),
-            Ok(Landing::Superseded { by }) => ("Superseded", format!("a later decision is in the ledger: {by}"), None),
-            Ok(Landing::Conflicted { attempts }) => (
-                "Conflicted",
-                format!("the branch kept moving; gave up after {attempts} attempts, will retry on the next trigger"),
-                None,
-            ),
-            Err(e) => ("Failed", with_target(e, &target.url), None),
-        };
+        let landing = git::write_back(&target, &d, &message, decided, &source, None);
+        let (state, detail, commit, hold) = outcome(&landing, &target.url, &target.branch);
         let stored = if state == "Failed" { "Failed" } else { state };
         let _ = store.set_promotion_state(&d.id, stored, &detail);
         let mut s = summary(p, Some(&d), state, &detail, &target_ref, vec![]);
         s.message = message;
         s.commit = commit;
+        s.hold = hold;
         out.push(s);
     }
     Ok(PromotionReport { api_version: API_VERSION, kind: "PromotionReport", promotions: out })
 }
 
-/// The promotions recorded in the ledgers of the policies' targets, newest first.
+/// What the ledgers of the policies' targets record (newest first), and the holds in place.
 pub fn history(
     cat: &Catalog,
     dir: &Path,
     env: Option<&str>,
     opts: &PromoteOptions,
-) -> Result<Vec<git::LedgerRecord>, String> {
+) -> Result<(Vec<git::LedgerRecord>, Vec<Hold>), String> {
     let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
+    let (mut out, mut holds) = (Vec::new(), Vec::new());
     for p in cat.promotion_policies.iter().filter(|p| opts.policy.as_ref().is_none_or(|n| n == &p.name)) {
         let t = target_of(p, dir, opts)?;
         if !seen.insert((t.url.clone(), t.branch.clone())) {
             continue;
         }
-        out.extend(git::ledger_at_tip(&t, env).map_err(|e| with_target(&e, &t.url))?);
+        let (records, h) = git::ledger_at_tip(&t, env).map_err(|e| with_target(&e, &t.url))?;
+        out.extend(records);
+        holds.extend(h);
     }
     out.sort_by(|a, b| b.decided_at_ns.cmp(&a.decided_at_ns));
-    Ok(out)
+    Ok((out, holds))
+}
+
+/// The dry-run diff of each file `updates` edit, against the target branch (or, when it
+/// cannot be read, the local copy).
+fn dry_run_diffs(target: &Target, dir: &Path, updates: &[RenderedUpdate]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut files: Vec<&str> = updates.iter().map(|u| u.file.as_str()).collect();
+    files.dedup();
+    for file in files {
+        if diffs.iter().any(|x: &String| x.contains(&format!("--- a/{file}\n"))) {
+            continue;
+        }
+        let old =
+            git::read_at_tip(target, file).ok().flatten().or_else(|| std::fs::read_to_string(dir.join(file)).ok());
+        let Some(old) = old else { continue };
+        let edits: Vec<super::edit::Edit> = updates
+            .iter()
+            .filter(|x| x.file == file)
+            .map(|x| super::edit::Edit { path: x.path.clone(), value: x.value.clone() })
+            .collect();
+        match super::edit::apply(&old, &edits) {
+            Ok((new, true)) => diffs.push(diff(file, &old, &new)),
+            Ok((_, false)) => diffs.push(format!("{file}: already holds these values (nothing to commit)\n")),
+            Err(e) => diffs.push(format!("{file}: {e}\n")),
+        }
+    }
+    diffs
+}
+
+/// A write-back's outcome as (state, detail, commit, hold).
+fn outcome(
+    landing: &Result<Landing, PromoteError>,
+    url: &str,
+    branch: &str,
+) -> (&'static str, String, Option<String>, Option<Hold>) {
+    match landing {
+        Ok(Landing::Landed { commit, branch, attempts }) => {
+            ("Landed", format!("pushed to {branch} after {attempts} attempt(s)"), Some(commit.clone()), None)
+        }
+        Ok(Landing::AlreadyLanded) => ("AlreadyLanded", "the ledger already records this promotion".into(), None, None),
+        Ok(Landing::NoChange) => ("NoChange", "the target files already hold these values".into(), None, None),
+        Ok(Landing::Superseded { by }) => {
+            ("Superseded", format!("a later decision is in the ledger: {by}"), None, None)
+        }
+        Ok(Landing::Conflicted { attempts }) => (
+            "Conflicted",
+            format!("the branch kept moving; gave up after {attempts} attempts, will retry on the next trigger"),
+            None,
+            None,
+        ),
+        Ok(Landing::Proposed { commit, branch: pushed }) => (
+            "Proposed",
+            format!("branch {pushed} holds this change; it lands when merged into {branch} (open a pull request)"),
+            Some(commit.clone()),
+            None,
+        ),
+        Ok(Landing::Held { hold }) => ("Held", hold.describe(), None, Some(hold.clone())),
+        Ok(Landing::NotHeld) => ("NotHeld", "the environment is not held: nothing to release".into(), None, None),
+        Err(e) => ("Failed", with_target(e, url), None, None),
+    }
+}
+
+/// The policy (the first, with `opts.policy` that one) writing environment `env`, and
+/// its target; every policy of `env` must write to the same branch.
+fn env_target<'c>(
+    cat: &'c Catalog,
+    dir: &Path,
+    env: &str,
+    opts: &PromoteOptions,
+) -> Result<(&'c Obj<PromotionPolicySpec>, Target), String> {
+    let policies: Vec<&Obj<PromotionPolicySpec>> = cat
+        .promotion_policies
+        .iter()
+        .filter(|p| p.spec.environment == env && opts.policy.as_ref().is_none_or(|n| n == &p.name))
+        .collect();
+    let Some(first) = policies.first() else {
+        return Err(format!("no PromotionPolicy for environment {env:?} in {}", dir.display()));
+    };
+    let target = target_of(first, dir, opts)?;
+    for p in &policies[1..] {
+        let t = target_of(p, dir, opts)?;
+        if (&t.url, &t.branch) != (&target.url, &target.branch) {
+            return Err(format!(
+                "environment {env:?} is written by PromotionPolicies with different targets ({} and {}): choose one with --policy",
+                first.name, p.name
+            ));
+        }
+    }
+    Ok((first, target))
+}
+
+/// `tenon rollback --env ENV --to ID`: a new promotion restoring the field values that
+/// promotion ID (a unique prefix of it) set, and a hold that stops automatic promotion
+/// of ENV until `tenon release`; both in one commit.
+#[allow(clippy::too_many_arguments)]
+pub fn rollback(
+    cat: &Catalog,
+    dir: &Path,
+    store: &SqliteStore,
+    env: &str,
+    to: &str,
+    by: &str,
+    reason: &str,
+    opts: &PromoteOptions,
+) -> Result<PromotionReport, String> {
+    let (p, target) = env_target(cat, dir, env, opts)?;
+    let report =
+        |s: PromotionSummary| PromotionReport { api_version: API_VERSION, kind: "RollbackReport", promotions: vec![s] };
+    let (records, holds) = match git::ledger_at_tip(&target, Some(env)) {
+        Ok(r) => r,
+        Err(e) => return Ok(report(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![]))),
+    };
+    let promotions: Vec<&git::LedgerRecord> = records.iter().filter(|r| r.kind != "release").collect();
+    let matches: Vec<&&git::LedgerRecord> =
+        promotions.iter().filter(|r| !to.is_empty() && r.id.starts_with(to)).collect();
+    let found = match matches.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(format!(
+                "no promotion {to:?} in the ledger of environment {env:?} on {} {} (see `tenon history --env {env}`)",
+                target.url, target.branch
+            ))
+        }
+        many => {
+            let ids: Vec<&str> = many.iter().map(|r| &r.id[..16.min(r.id.len())]).collect();
+            return Err(format!("{to:?} is ambiguous in environment {env:?}: {}; give more of the id", ids.join(", ")));
+        }
+    };
+    if found.updates.is_empty() {
+        return Err(format!("promotion {} records no field values to restore", found.id));
+    }
+    let latest = promotions.first().map(|r| r.id.clone()).unwrap_or_default();
+    let target_ref = format!("{} {}", target.url, git::push_branch(&target, env, &latest));
+    // already rolled back to it, and the hold is in place: nothing to do
+    if let Some(h) = holds.iter().find(|h| h.rollback == latest && h.restored == found.id) {
+        let mut s = summary(
+            p,
+            None,
+            "AlreadyLanded",
+            &format!("rollback {latest} already restored {} and holds {env}", found.id),
+            &target_ref,
+            vec![],
+        );
+        s.id = latest.clone();
+        s.hold = Some(h.clone());
+        return Ok(report(s));
+    }
+    let id = crate::hash::sha256_hex(
+        serde_json::json!({"kind": "rollback", "environment": env, "restores": found.id, "from": latest, "updates": found.updates})
+            .to_string()
+            .as_bytes(),
+    );
+    let short = |s: &str| s[..12.min(s.len())].to_string();
+    let reason = if reason.is_empty() { format!("rollback to {}", short(&found.id)) } else { reason.to_string() };
+    let d = Decision {
+        policy: found.policy.clone(),
+        environment: env.to_string(),
+        subject_uri: found.subject_uri.clone(),
+        subject_digest: found.subject_digest.clone(),
+        gates: vec![],
+        promote: true,
+        updates: found.updates.clone(),
+        id: id.clone(),
+        message: format!(
+            "rollback({env}): restore {} ({}); hold automatic promotion",
+            short(&found.id),
+            found.subject_digest
+        ),
+        trailers: vec![
+            ("Tenon-Promotion-Id".into(), id.clone()),
+            ("Tenon-Policy".into(), found.policy.clone()),
+            ("Tenon-Environment".into(), env.to_string()),
+            ("Tenon-Subject-Digest".into(), found.subject_digest.clone()),
+            ("Tenon-Rollback-Of".into(), latest.clone()),
+            ("Tenon-Rollback-To".into(), found.id.clone()),
+            ("Tenon-Hold".into(), format!("{by}: {reason}")),
+        ],
+        restores: Some(found.id.clone()),
+    };
+    let message = commit_message(&d);
+    let target_ref = format!("{} {}", target.url, git::push_branch(&target, env, &id));
+    let mut hold = Hold {
+        environment: env.to_string(),
+        rollback: id.clone(),
+        restored: found.id.clone(),
+        by: by.to_string(),
+        reason,
+        held_at_ns: 0,
+    };
+    if opts.dry_run {
+        hold.held_at_ns = crate::hash::now_ns();
+        let mut diffs = dry_run_diffs(&target, dir, &d.updates);
+        let added: String = hold.to_yaml().lines().map(|l| format!("+{l}\n")).collect();
+        diffs.push(format!("--- /dev/null\n+++ b/{}\n{added}", git::hold_path(env)));
+        let mut s = summary_of(&d, "DryRun", "", &target_ref, diffs);
+        s.message = message;
+        s.hold = Some(hold);
+        return Ok(report(s));
+    }
+    let decided = store
+        .record_decision(&id, &d.policy, env, &serde_json::to_string(&d).unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    hold.held_at_ns = decided;
+    let landing = git::write_back(&target, &d, &message, decided, "rollback", Some(&hold));
+    let (state, detail, commit, _) = outcome(&landing, &target.url, &target.branch);
+    let _ = store.set_promotion_state(&id, state, &detail);
+    let mut s = summary_of(&d, state, &detail, &target_ref, vec![]);
+    s.message = message;
+    s.commit = commit;
+    s.hold = Some(hold);
+    Ok(report(s))
+}
+
+/// `tenon release --env ENV`: remove the hold on ENV in a commit (nothing to release:
+/// no commit).
+pub fn release(
+    cat: &Catalog,
+    dir: &Path,
+    env: &str,
+    by: &str,
+    opts: &PromoteOptions,
+) -> Result<PromotionReport, String> {
+    let (p, target) = env_target(cat, dir, env, opts)?;
+    let report =
+        |s: PromotionSummary| PromotionReport { api_version: API_VERSION, kind: "ReleaseReport", promotions: vec![s] };
+    let hold = match git::hold_at_tip(&target, env) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            let detail = format!("environment {env} is not held: nothing to release");
+            return Ok(report(summary(p, None, "NotHeld", &detail, &target.url, vec![])));
+        }
+        Err(e) => return Ok(report(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![]))),
+    };
+    let id = crate::hash::sha256_hex(
+        serde_json::json!({"kind": "release", "environment": env, "releases": hold.rollback}).to_string().as_bytes(),
+    );
+    let message = format!(
+        "release({env}): lift the hold of rollback {}\n\nTenon-Release-Id: {id}\nTenon-Environment: {env}\nTenon-Released-Hold: {}\nTenon-Released-By: {by}\n",
+        &hold.rollback[..12.min(hold.rollback.len())],
+        hold.rollback
+    );
+    let target_ref = format!("{} {}", target.url, git::push_branch(&target, env, &id));
+    let mut s = summary(p, None, "DryRun", "", &target_ref, vec![]);
+    s.id = id.clone();
+    s.message = message.clone();
+    if opts.dry_run {
+        let removed: String = hold.to_yaml().lines().map(|l| format!("-{l}\n")).collect();
+        s.diff = vec![format!("--- a/{}\n+++ /dev/null\n{removed}", git::hold_path(env))];
+    } else {
+        let landing = git::write_release(&target, &id, &hold, by, &message, crate::hash::now_ns());
+        let (state, detail, commit, _) = outcome(&landing, &target.url, &target.branch);
+        s.state = state.into();
+        s.detail = if state == "Landed" { format!("released {env}; {detail}") } else { detail };
+        s.commit = commit;
+    }
+    s.hold = Some(hold);
+    Ok(report(s))
 }
 
 /// An error message that names the target remote.
@@ -368,20 +610,44 @@ fn summary(
     target: &str,
     diff: Vec<String>,
 ) -> PromotionSummary {
+    match d {
+        Some(d) => summary_of(d, state, detail, target, diff),
+        None => PromotionSummary {
+            policy: p.name.clone(),
+            environment: p.spec.environment.clone(),
+            id: String::new(),
+            promote: false,
+            state: state.into(),
+            detail: detail.into(),
+            subject_uri: String::new(),
+            subject_digest: String::new(),
+            gates: vec![],
+            updates: vec![],
+            target: target.into(),
+            message: String::new(),
+            commit: None,
+            diff,
+            hold: None,
+        },
+    }
+}
+
+fn summary_of(d: &Decision, state: &str, detail: &str, target: &str, diff: Vec<String>) -> PromotionSummary {
     PromotionSummary {
-        policy: p.name.clone(),
-        environment: p.spec.environment.clone(),
-        id: d.map(|d| d.id.clone()).unwrap_or_default(),
-        promote: d.is_some_and(|d| d.promote),
+        policy: d.policy.clone(),
+        environment: d.environment.clone(),
+        id: d.id.clone(),
+        promote: d.promote,
         state: state.into(),
         detail: detail.into(),
-        subject_uri: d.map(|d| d.subject_uri.clone()).unwrap_or_default(),
-        subject_digest: d.map(|d| d.subject_digest.clone()).unwrap_or_default(),
-        gates: d.map(|d| d.gates.clone()).unwrap_or_default(),
-        updates: d.map(|d| d.updates.clone()).unwrap_or_default(),
+        subject_uri: d.subject_uri.clone(),
+        subject_digest: d.subject_digest.clone(),
+        gates: d.gates.clone(),
+        updates: d.updates.clone(),
         target: target.into(),
-        message: d.map(|d| d.message.clone()).unwrap_or_default(),
+        message: d.message.clone(),
         commit: None,
         diff,
+        hold: None,
     }
 }
