@@ -7,13 +7,13 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::cached::CacheCtx;
-use crate::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
+use crate::engine::DEFAULT_MAX_RESULT_SIZE;
 use crate::error::{Error, Outcome};
-use crate::exec::local::{LocalExecutor, Sandbox, SandboxMode};
+use crate::exec::local::SandboxMode;
 use crate::model::{self, Catalog, ParamValue};
 use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
-use crate::report::{HashingStats, PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
+use crate::reconcile::{self, RunSettings};
+use crate::report::{PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
 use crate::store::SqliteStore;
 use crate::telemetry::LogFormat;
 use crate::ui::Console;
@@ -331,15 +331,7 @@ fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
     Ok((k.to_string(), value))
 }
 
-pub fn default_store() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return PathBuf::from(x).join("tenon");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache").join("tenon"),
-        None => std::env::temp_dir().join("tenon"),
-    }
-}
+pub use crate::reconcile::default_store;
 
 /// Print a JSON document on stdout. A closed pipe is not an error.
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
@@ -350,10 +342,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
 }
 
 fn load(dir: &Path) -> Result<Catalog, Error> {
-    if !dir.exists() {
-        return Err(Error::Usage(format!("{}: no such file or directory", dir.display())));
-    }
-    Ok(model::load_dir(dir))
+    reconcile::load(dir)
 }
 
 pub async fn run(cli: Cli) -> Result<Outcome, Error> {
@@ -473,13 +462,7 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
 }
 
 fn open_store(dir: Option<&PathBuf>) -> Result<SqliteStore, Error> {
-    let store = dir.cloned().unwrap_or_else(default_store);
-    std::fs::create_dir_all(&store)
-        .map_err(|e| Error::Io { context: format!("cannot create state directory {}", store.display()), source: e })?;
-    SqliteStore::open(&store.join("cache")).map_err(|e| Error::Io {
-        context: format!("cannot open the cache in {}: {e}", store.display()),
-        source: std::io::Error::other(e.to_string()),
-    })
+    reconcile::open_store(&dir.cloned().unwrap_or_else(default_store))
 }
 
 fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
@@ -711,63 +694,27 @@ fn print_promotions(r: &PromotionReport) {
 
 /// Load, validate and run (or, with `dry_run`, plan) the selected runs.
 async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
-    let cat = load(&a.dir)?;
-    let diags = model::validate(&cat);
-    if !diags.is_empty() {
-        if a.output == OutputFormat::Json {
-            print_json(&ValidationReport {
-                api_version: API_VERSION,
-                kind: "ValidationReport",
-                valid: false,
-                errors: diags.0.clone(),
-                objects: Default::default(),
-            })?;
+    let cat = match reconcile::load_valid(&a.dir)? {
+        Ok(cat) => cat,
+        Err(diags) => {
+            if a.output == OutputFormat::Json {
+                print_json(&ValidationReport {
+                    api_version: API_VERSION,
+                    kind: "ValidationReport",
+                    valid: false,
+                    errors: diags.0.clone(),
+                    objects: Default::default(),
+                })?;
+            }
+            let mut err = std::io::stderr().lock();
+            for d in &diags.0 {
+                let _ = writeln!(err, "{d}");
+            }
+            let _ = writeln!(err, "{} error(s); nothing was run", diags.len());
+            return Err(Error::Invalid { count: diags.len() });
         }
-        let mut err = std::io::stderr().lock();
-        for d in &diags.0 {
-            let _ = writeln!(err, "{d}");
-        }
-        let _ = writeln!(err, "{} error(s); nothing was run", diags.len());
-        return Err(Error::Invalid { count: diags.len() });
-    }
-    let names: Vec<&str> = cat
-        .pipeline_runs
-        .iter()
-        .map(|r| r.name.as_str())
-        .chain(cat.task_runs.iter().map(|r| r.name.as_str()))
-        .collect();
-    if names.is_empty() {
-        return Err(Error::Usage(format!("no PipelineRun or TaskRun found in {}", a.dir.display())));
-    }
-    if let Some(want) = &a.run {
-        if !names.contains(&want.as_str()) {
-            let hint = names
-                .iter()
-                .min_by_key(|n| strsim::levenshtein(n, want))
-                .map(|n| format!(" (did you mean {n:?}?)"))
-                .unwrap_or_default();
-            return Err(Error::Usage(format!(
-                "no PipelineRun or TaskRun named {want:?} in {}{hint}; found: {}",
-                a.dir.display(),
-                names.join(", ")
-            )));
-        }
-    }
-    let store = a.store.clone().unwrap_or_else(default_store);
-    std::fs::create_dir_all(&store)
-        .map_err(|e| Error::Io { context: format!("cannot create state directory {}", store.display()), source: e })?;
-    let mut pass_env = Vec::new();
-    for name in &a.pass_env {
-        if let Ok(v) = std::env::var(name) {
-            pass_env.push((name.clone(), v));
-        }
-    }
+    };
     let console = Arc::new(if dry_run { Console::silent() } else { Console::new(a.quiet) });
-    let state_dir = a.store.clone().unwrap_or_else(default_store);
-    let _ = std::fs::create_dir_all(&state_dir);
-    let sandbox = Sandbox::detect_cached(a.sandbox, &state_dir).map_err(Error::Usage)?;
-    let executor_id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
-    let exec = Arc::new(LocalExecutor::new(pass_env, console.clone()).with_sandbox(sandbox));
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -777,51 +724,26 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
             }
         });
     }
-    let opts = EngineOptions {
-        parallel: a
-            .parallel
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
-            .max(1),
-        state_dir: store,
-        repo_root: if a.dir.is_dir() {
-            a.dir.clone()
-        } else {
-            a.dir.parent().map(Path::to_path_buf).unwrap_or_default()
-        },
-        param_overrides: a.params.clone(),
-        max_result_size: a.max_result_size,
-        namespace: a.namespace.clone(),
-    };
-    let cat = Arc::new(cat);
-    let store = Arc::new(open_store(Some(&opts.state_dir))?);
-    let rerun: std::collections::BTreeSet<String> = a.rerun.iter().cloned().collect();
-    let mut cache_ctx = CacheCtx::new(store, a.no_cache, rerun, dry_run)
-        .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
-    cache_ctx.executor = executor_id.to_string();
-    let cache = Arc::new(cache_ctx);
-    let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone()).with_cache(cache.clone());
-    let mut runs = Vec::new();
-    for pr in cat.pipeline_runs.iter().filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name)) {
-        runs.push(engine.run_pipeline_run(pr).await);
-        if cancel.is_cancelled() {
-            break;
+    let settings = a.settings();
+    Ok(reconcile::run_catalog(cat, &a.dir, &settings, dry_run, console, cancel).await?.report)
+}
+
+impl RunArgs {
+    /// The settings the reconcile core takes.
+    pub fn settings(&self) -> RunSettings {
+        RunSettings {
+            run: self.run.clone(),
+            params: self.params.clone(),
+            parallel: self.parallel,
+            state_dir: self.store.clone().unwrap_or_else(default_store),
+            max_result_size: self.max_result_size,
+            pass_env: self.pass_env.clone(),
+            namespace: self.namespace.clone(),
+            no_cache: self.no_cache,
+            sandbox: self.sandbox,
+            rerun: self.rerun.clone(),
         }
     }
-    for tr in cat.task_runs.iter().filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name)) {
-        if cancel.is_cancelled() {
-            break;
-        }
-        runs.push(engine.run_task_run(tr).await);
-    }
-    cache.flush();
-    let mut report = RunReport::new(runs);
-    use std::sync::atomic::Ordering;
-    report.hashing = Some(HashingStats {
-        files: cache.hash_stats.files.load(Ordering::Relaxed),
-        hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),
-        hashed_bytes: cache.hash_stats.hashed_bytes.load(Ordering::Relaxed),
-    });
-    Ok(report)
 }
 
 fn print_human(report: &RunReport) {

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod hash;
 pub mod model;
 pub mod promote;
+pub mod reconcile;
 pub mod report;
 pub mod store;
 pub mod subst;
