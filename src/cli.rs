@@ -79,9 +79,83 @@ pub enum Command {
     /// Landed, AlreadyLanded, NoChange, Superseded or GatesFailed; 1 on Conflicted or a
     /// failure; 2 for invalid manifests.
     Promote(PromoteArgs),
+    /// Follow a directory or a git branch and reconcile every change: plan, run what
+    /// changed, promote. Serves /healthz, /readyz, /metrics (Prometheus) and /status
+    /// (JSON), and POST /hooks/git for push webhooks.
+    ///
+    /// Runs until SIGTERM/SIGINT (graceful: stops fetching, cancels or finishes running
+    /// tasks per --shutdown, kills their process groups). With --once, reconciles the
+    /// current state and exits (0 ok, 1 a run failed or the manifests are invalid, 3 the
+    /// remote could not be fetched).
+    #[command(
+        after_help = "Examples:\n  tenon watch --dir examples/model-promotion\n  tenon watch --git https://git.example.com/ml/models.git --branch main --interval 30s --webhook-secret-file /run/secrets/hook\n  tenon watch --git file:///srv/git/models.git --once"
+    )]
+    Watch(WatchArgs),
     /// List the promotions recorded in the ledger (`.tenon/promotions/<env>/`) on each
     /// policy's target branch, newest first.
     History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Follow this directory (filesystem events; the default source is `.`).
+    #[arg(long, value_name = "DIR", conflicts_with = "git")]
+    pub dir: Option<PathBuf>,
+    /// Follow this git remote: a persistent clone under the state directory, fetched
+    /// every --interval and on webhooks; each new revision of --branch is reconciled once.
+    #[arg(long, value_name = "URL")]
+    pub git: Option<String>,
+    /// The branch to follow (git mode).
+    #[arg(long, default_value = "main", requires = "git")]
+    pub branch: String,
+    /// How often to fetch (git mode).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_age)]
+    pub interval: std::time::Duration,
+    /// Longest wait between retries of an unreachable remote (exponential backoff).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_age)]
+    pub max_backoff: std::time::Duration,
+    /// Changes closer together than this are one change (directory mode).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_age)]
+    pub debounce: std::time::Duration,
+    /// Poll the directory instead of using native filesystem events.
+    #[arg(long)]
+    pub poll: bool,
+    /// Address of the HTTP endpoint (port 0: any free port; see --listen-file).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub listen: std::net::SocketAddr,
+    /// Write the bound HTTP address to this file once listening.
+    #[arg(long, value_name = "PATH")]
+    pub listen_file: Option<PathBuf>,
+    /// File holding the webhook secret (HMAC-SHA256 key for GitHub/Gitea, token for GitLab).
+    /// With a secret, unsigned or wrongly signed webhooks are rejected.
+    #[arg(long, value_name = "PATH")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Environment variable holding the webhook secret (never printed).
+    #[arg(long, value_name = "VAR", default_value = "TENON_WEBHOOK_SECRET")]
+    pub webhook_secret_env: String,
+    /// Reconcile the current state (directory or branch tip) once and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// On SIGTERM/SIGINT: `cancel` running tasks at once, or let them `finish` (up to
+    /// --shutdown-timeout, then cancel).
+    #[arg(long, value_enum, default_value_t = crate::watch::ShutdownMode::Cancel)]
+    pub shutdown: crate::watch::ShutdownMode,
+    /// Longest wait for running tasks on shutdown.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_age)]
+    pub shutdown_timeout: std::time::Duration,
+    /// Do not promote after successful reconciles.
+    #[arg(long)]
+    pub no_promote: bool,
+    /// Push attempts before a promotion gives up on a moving branch (Conflicted).
+    #[arg(long, default_value_t = 8)]
+    pub max_attempts: u32,
+    #[command(flatten)]
+    pub flags: RunFlags,
+    /// Do not stream step output to stderr (it is still saved to log files).
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub auth: GitAuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +341,28 @@ pub struct RunArgs {
     /// `tenon.dev/repo-workspace` annotation binds.
     #[arg(default_value = ".")]
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub flags: RunFlags,
+    /// Do not stream step output to stderr (it is still saved to log files).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// After the runs succeed, promote: judge them with the PromotionPolicies in DIR and
+    /// commit the decisions to git (see `tenon promote --help`).
+    #[arg(long)]
+    pub promote: bool,
+    #[command(flatten)]
+    pub auth: GitAuthArgs,
+    /// Run this pipeline task even when a cached result exists. Repeatable.
+    #[arg(long = "rerun", value_name = "TASK")]
+    pub rerun: Vec<String>,
+    /// `json` prints one RunReport document on stdout and nothing else there.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+}
+
+/// How runs run: the flags `tenon run` and `tenon watch` share.
+#[derive(Debug, Clone, Args)]
+pub struct RunFlags {
     /// Run only the PipelineRun or TaskRun with this name.
     #[arg(long = "run", value_name = "NAME")]
     pub run: Option<String>,
@@ -277,7 +373,8 @@ pub struct RunArgs {
     /// Most TaskRuns running at once (default: number of CPUs).
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
-    /// tenon's state directory: run directories, step logs, PVC-backed workspaces.
+    /// tenon's state directory: run directories, step logs, PVC-backed workspaces, the
+    /// cache (and for `watch`, the git clone and the reconciled revisions).
     /// Default: $XDG_CACHE_HOME/tenon or ~/.cache/tenon.
     #[arg(long, env = "TENON_STORE", value_name = "PATH")]
     pub store: Option<PathBuf>,
@@ -291,15 +388,6 @@ pub struct RunArgs {
     /// Namespace reported by $(context.*.namespace).
     #[arg(long, default_value = "default")]
     pub namespace: String,
-    /// Do not stream step output to stderr (it is still saved to log files).
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// After the runs succeed, promote: judge them with the PromotionPolicies in DIR and
-    /// commit the decisions to git (see `tenon promote --help`).
-    #[arg(long)]
-    pub promote: bool,
-    #[command(flatten)]
-    pub auth: GitAuthArgs,
     /// Run every task even when a cached result exists (results are still recorded).
     #[arg(long, env = "TENON_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
@@ -308,12 +396,24 @@ pub struct RunArgs {
     /// `host` uses host paths; `auto` picks bwrap when it is installed and works.
     #[arg(long, value_enum, env = "TENON_SANDBOX", default_value_t = SandboxMode::Auto)]
     pub sandbox: SandboxMode,
-    /// Run this pipeline task even when a cached result exists. Repeatable.
-    #[arg(long = "rerun", value_name = "TASK")]
-    pub rerun: Vec<String>,
-    /// `json` prints one RunReport document on stdout and nothing else there.
-    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
-    pub output: OutputFormat,
+}
+
+impl RunFlags {
+    /// The settings the reconcile core takes.
+    pub fn settings(&self, rerun: &[String]) -> RunSettings {
+        RunSettings {
+            run: self.run.clone(),
+            params: self.params.clone(),
+            parallel: self.parallel,
+            state_dir: self.store.clone().unwrap_or_else(default_store),
+            max_result_size: self.max_result_size,
+            pass_env: self.pass_env.clone(),
+            namespace: self.namespace.clone(),
+            no_cache: self.no_cache,
+            sandbox: self.sandbox,
+            rerun: rerun.to_vec(),
+        }
+    }
 }
 
 fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
@@ -353,6 +453,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Cache(c) => cache_cmd(c),
         Command::Promote(a) => promote_cmd(a),
         Command::History(a) => history_cmd(a),
+        Command::Watch(a) => watch_cmd(a, cli.log_format).await,
     }
 }
 
@@ -405,15 +506,18 @@ fn validate(a: ValidateArgs) -> Result<Outcome, Error> {
 async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
     let args = RunArgs {
         dir: a.dir,
-        run: a.run,
-        params: a.params,
-        parallel: None,
-        store: a.store,
-        max_result_size: DEFAULT_MAX_RESULT_SIZE,
-        pass_env: vec![],
-        namespace: a.namespace,
+        flags: RunFlags {
+            run: a.run,
+            params: a.params,
+            parallel: None,
+            store: a.store,
+            max_result_size: DEFAULT_MAX_RESULT_SIZE,
+            pass_env: vec![],
+            namespace: a.namespace,
+            no_cache: false,
+            sandbox: a.sandbox,
+        },
         quiet: true,
-        no_cache: false,
         promote: false,
         auth: GitAuthArgs {
             git_token_env: "TENON_GIT_TOKEN".into(),
@@ -422,7 +526,6 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
             ssh_key: None,
             known_hosts: None,
         },
-        sandbox: a.sandbox,
         rerun: a.rerun,
         output: a.output,
     };
@@ -545,8 +648,8 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
     let report = execute(&a, false).await?;
     let promotion = if a.promote && report.all_ok() {
         let cat = load(&a.dir)?;
-        let store = open_store(a.store.as_ref())?;
-        let opts = promote_options(a.store.as_ref(), false, None, &a.auth, 8)?;
+        let store = open_store(a.flags.store.as_ref())?;
+        let opts = promote_options(a.flags.store.as_ref(), false, None, &a.auth, 8)?;
         Some(promote_all(&cat, &a.dir, &store, Some(&results_of(&report)), &opts).map_err(Error::Usage)?)
     } else {
         None
@@ -611,6 +714,44 @@ fn promote_cmd(a: PromoteArgs) -> Result<Outcome, Error> {
         OutputFormat::Human => print_promotions(&report),
     }
     Ok(if report.failed() { Outcome::RunFailed } else { Outcome::Ok })
+}
+
+async fn watch_cmd(a: WatchArgs, log_format: LogFormat) -> Result<Outcome, Error> {
+    let webhook_secret = match &a.webhook_secret_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| Error::Usage(format!("cannot read --webhook-secret-file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var(&a.webhook_secret_env).ok(),
+    }
+    .filter(|s| !s.is_empty());
+    let source = match &a.git {
+        Some(url) => crate::watch::Source::Git { url: url.clone(), branch: a.branch.clone() },
+        None => crate::watch::Source::Dir(a.dir.clone().unwrap_or_else(|| PathBuf::from("."))),
+    };
+    let settings = a.flags.settings(&[]);
+    let opts = crate::watch::WatchOptions {
+        source,
+        promote_opts: promote_options(a.flags.store.as_ref(), false, None, &a.auth, a.max_attempts)?,
+        settings,
+        quiet: a.quiet,
+        listen: a.listen,
+        listen_file: a.listen_file.clone(),
+        debounce: a.debounce,
+        poll: a.poll,
+        interval: a.interval.max(std::time::Duration::from_millis(100)),
+        max_backoff: a.max_backoff.max(std::time::Duration::from_secs(1)),
+        webhook_secret,
+        once: a.once,
+        shutdown: a.shutdown,
+        shutdown_timeout: a.shutdown_timeout,
+        promote: !a.no_promote,
+        json_logs: log_format == LogFormat::Json,
+        leader: None,
+    };
+    crate::watch::watch(opts).await
 }
 
 fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {
@@ -724,26 +865,8 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
             }
         });
     }
-    let settings = a.settings();
+    let settings = a.flags.settings(&a.rerun);
     Ok(reconcile::run_catalog(cat, &a.dir, &settings, dry_run, console, cancel).await?.report)
-}
-
-impl RunArgs {
-    /// The settings the reconcile core takes.
-    pub fn settings(&self) -> RunSettings {
-        RunSettings {
-            run: self.run.clone(),
-            params: self.params.clone(),
-            parallel: self.parallel,
-            state_dir: self.store.clone().unwrap_or_else(default_store),
-            max_result_size: self.max_result_size,
-            pass_env: self.pass_env.clone(),
-            namespace: self.namespace.clone(),
-            no_cache: self.no_cache,
-            sandbox: self.sandbox,
-            rerun: self.rerun.clone(),
-        }
-    }
 }
 
 fn print_human(report: &RunReport) {

@@ -25,3 +25,4 @@ pub mod store;
 pub mod subst;
 pub mod telemetry;
 pub mod ui;
+pub mod watch;
