@@ -750,6 +750,7 @@ async fn watch_cmd(a: WatchArgs, log_format: LogFormat) -> Result<Outcome, Error
         promote: !a.no_promote,
         json_logs: log_format == LogFormat::Json,
         leader: None,
+        stop: tokio_util::sync::CancellationToken::new(),
     };
     crate::watch::watch(opts).await
 }

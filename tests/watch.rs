@@ -506,7 +506,17 @@ fn git_mode_reconciles_each_revision_once_and_skips_its_own_promotion_commits() 
     // webhooks: unsigned and wrongly signed are rejected, nothing is fetched for them
     assert_eq!(push_hook(&w, None).0, 401);
     assert_eq!(push_hook(&w, Some("wrong-secret")).0, 401);
-    assert_eq!(w.metric("tenon_webhooks_total{result=\"rejected\"}"), 2.0);
+    let gitlab = |token: &str| {
+        http(&w.addr, "POST", "/hooks/git", &[("X-Gitlab-Token", token.to_string())], br#"{"ref":"refs/heads/main"}"#)
+    };
+    assert_eq!(gitlab("not-the-secret").0, 401);
+    assert_eq!(w.metric("tenon_webhooks_total{result=\"rejected\"}"), 3.0);
+    // another branch's push is ignored
+    let other = br#"{"ref":"refs/heads/feature"}"#;
+    let sig = format!("sha256={}", hmac_hex(SECRET.as_bytes(), other));
+    let (code, body) = http(&w.addr, "POST", "/hooks/git", &[("X-Hub-Signature-256", sig)], other);
+    assert_eq!(code, 202, "{body}");
+    assert!(body.contains("ignored"), "{body}");
 
     // tenon's own promotion commit: fetched, recognised, no task runs
     let (code, body) = push_hook(&w, Some(SECRET));
@@ -601,4 +611,108 @@ fn unreachable_remote_is_retried_and_the_watcher_keeps_serving() {
     // unknown paths and methods
     assert_eq!(w.get("/nope").0, 404);
     assert_eq!(w.get("/hooks/git").0, 405);
+}
+
+/// `--once` exits like `tenon run`: 0 ok, 1 a run failed, 2 invalid manifests.
+#[test]
+fn once_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let once = |yaml: &str| {
+        let dir = tempfile::tempdir_in(tmp.path()).unwrap();
+        std::fs::write(dir.path().join("p.yaml"), yaml).unwrap();
+        let out = common::tenon_command(
+            &["watch", "--dir", dir.path().to_str().unwrap(), "--once", "--sandbox", "host", "-q"],
+            &store,
+        )
+        .output()
+        .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let run = |script: &str| {
+        format!("apiVersion: tekton.dev/v1\nkind: TaskRun\nmetadata: {{name: one}}\nspec:\n  taskSpec:\n    steps: [{{name: s, image: alpine, script: \"{script}\"}}]\n")
+    };
+    let (code, err) = once(&run("exit 0"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("outcome=succeeded"), "{err}");
+    let (code, err) = once(&run("exit 3"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("outcome=failed"), "{err}");
+    let (code, err) =
+        once("apiVersion: tekton.dev/v1\nkind: TaskRun\nmetadata: {name: one}\nspec:\n  taskRef: {name: missing}\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("p.yaml:") && err.contains("outcome=invalid"), "{err}");
+}
+
+/// The leader gate (library API, used by the Kubernetes Lease election): no reconcile while
+/// not leading, a reconcile as soon as leadership is granted; `/status` and the metric show it.
+#[test]
+fn leader_gate_holds_reconciles_until_leadership() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pipeline.yaml"), TWO_TASKS).unwrap();
+    std::fs::write(dir.join("a.txt"), "a\n").unwrap();
+    std::fs::write(dir.join("b.txt"), "b\n").unwrap();
+    let store = tmp.path().join("store");
+    let addr_file = tmp.path().join("addr");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let opts = tenon::watch::WatchOptions {
+        source: tenon::watch::Source::Dir(dir.clone()),
+        settings: tenon::reconcile::RunSettings {
+            run: None,
+            params: vec![],
+            parallel: None,
+            state_dir: store.clone(),
+            max_result_size: 4096,
+            pass_env: vec![],
+            namespace: "default".into(),
+            no_cache: false,
+            sandbox: tenon::exec::local::SandboxMode::Host,
+            rerun: vec![],
+        },
+        quiet: true,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        listen_file: Some(addr_file.clone()),
+        debounce: Duration::from_millis(100),
+        poll: false,
+        interval: Duration::from_secs(3600),
+        max_backoff: Duration::from_secs(5),
+        webhook_secret: None,
+        once: false,
+        shutdown: tenon::watch::ShutdownMode::Cancel,
+        shutdown_timeout: Duration::from_secs(10),
+        promote: false,
+        promote_opts: tenon::promote::run::PromoteOptions {
+            dry_run: false,
+            policy: None,
+            credentials: Default::default(),
+            state_dir: store.clone(),
+            max_attempts: 1,
+        },
+        json_logs: false,
+        leader: Some(rx),
+        stop: stop.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let handle = rt.spawn(tenon::watch::watch(opts));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !addr_file.exists() {
+        assert!(Instant::now() < deadline, "the watcher did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let w = Watcher { child: None, addr: std::fs::read_to_string(&addr_file).unwrap(), log: tmp.path().join("none") };
+    let s = w.wait_status("leader=false", |s| s["leader"] == false);
+    assert_eq!(s["reconciles"], 0, "{s:#}");
+    assert_eq!(w.metric("tenon_leader"), 0.0);
+    assert_eq!(w.get("/readyz").0, 503);
+    tx.send(true).unwrap();
+    let s = w.wait_reconciles(0);
+    assert_eq!(s["leader"], true);
+    assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}");
+    assert_eq!(w.metric("tenon_leader"), 1.0);
+    stop.cancel();
+    let r = rt.block_on(handle).unwrap();
+    assert!(matches!(r, Ok(tenon::error::Outcome::Ok)), "{r:?}");
 }

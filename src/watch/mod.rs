@@ -67,6 +67,8 @@ pub struct WatchOptions {
     pub json_logs: bool,
     /// Leader election gate: when present, reconcile and promote only while it is true.
     pub leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Stops the watcher like SIGTERM does (for embedding; signals cancel it too).
+    pub stop: CancellationToken,
 }
 
 /// How one reconcile ended.
@@ -117,7 +119,19 @@ pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
     let mut shared = Shared::new(source_doc, opts.settings.state_dir.clone(), opts.webhook_secret.take(), branch);
     shared.has_leader_gate = opts.leader.is_some();
     let shared = Arc::new(shared);
-    let stop = CancellationToken::new();
+    if let Some(mut rx) = opts.leader.clone() {
+        // mirror leadership into /status and /metrics as it changes
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                shared.leader.store(*rx.borrow_and_update(), Ordering::Relaxed);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let stop = opts.stop.clone();
     spawn_signals(stop.clone());
 
     let server_stop = CancellationToken::new();
@@ -203,7 +217,7 @@ async fn dir_loop(
     let mut leader = opts.leader.clone();
     if opts.once {
         let ended = reconcile_tree(opts, shared, stop, &root, None).await;
-        return Ok(once_outcome(ended.outcome));
+        return once_outcome(ended.outcome);
     }
     let store = opts.settings.state_dir.canonicalize().unwrap_or_else(|_| opts.settings.state_dir.clone());
     let ignored = Arc::new(Mutex::new(Ignored {
@@ -261,10 +275,17 @@ fn update_ignored(ignored: &Mutex<Ignored>, root: &Path) {
     }
 }
 
-fn once_outcome(outcome: &str) -> Outcome {
+/// The exit of `--once` (and of a stopped watcher): 0 ok, 1 a run failed, 2 invalid
+/// manifests, 3 tenon could not work.
+fn once_outcome(outcome: &str) -> Result<Outcome, Error> {
     match outcome {
-        "succeeded" | "skipped" | "up-to-date" => Outcome::Ok,
-        _ => Outcome::RunFailed,
+        "succeeded" | "skipped" | "up-to-date" => Ok(Outcome::Ok),
+        "invalid" => Err(Error::Usage("the manifests are invalid (see the errors above); nothing was run".into())),
+        "error" => Err(Error::Io {
+            context: "the reconcile could not run (see the error above)".into(),
+            source: std::io::Error::other("reconcile"),
+        }),
+        _ => Ok(Outcome::RunFailed),
     }
 }
 
@@ -339,7 +360,11 @@ async fn git_loop(
             _ = stop.cancelled() => break,
         }
     }
-    Ok(once_outcome(last_outcome))
+    if opts.once {
+        once_outcome(last_outcome)
+    } else {
+        Ok(Outcome::Ok)
+    }
 }
 
 /// Reconcile one fetched revision: check it out, skip tenon's own promotion commits,
