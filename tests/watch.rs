@@ -234,9 +234,9 @@ spec:
   results: [{name: started}]
   steps:
     - name: s
-      image: alpine
+      image: debian
       script: |
-        python3 -c 'import time; print(repr(time.time()), end="")' > $(results.started.path)
+        date +%s.%N | tr -d '\n' > $(results.started.path)
         cat $(workspaces.src.path)/a.txt
 ---
 apiVersion: tekton.dev/v1
@@ -715,4 +715,78 @@ fn leader_gate_holds_reconciles_until_leadership() {
     stop.cancel();
     let r = rt.block_on(handle).unwrap();
     assert!(matches!(r, Ok(tenon::error::Outcome::Ok)), "{r:?}");
+}
+
+/// Revisions pushed during a reconcile are not queued: the next reconcile takes the newest,
+/// the ones in between are never reconciled.
+#[test]
+fn git_mode_newest_revision_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let seed = root.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    let started = root.join("started");
+    let release = root.join("release");
+    std::fs::write(
+        seed.join("run.yaml"),
+        format!(
+            r#"apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: one
+  annotations: {{tenon.dev/repo-workspace: src}}
+spec:
+  workspaces: [{{name: src, emptyDir: {{}}}}]
+  taskSpec:
+    workspaces: [{{name: src}}]
+    steps:
+      - name: s
+        image: debian
+        script: |
+          cat $(workspaces.src.path)/version.txt
+          if [ -e $(workspaces.src.path)/slow ]; then
+            touch {started}
+            while [ ! -e {release} ]; do sleep 0.05; done
+          fi
+"#,
+            started = started.display(),
+            release = release.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(seed.join("version.txt"), "1\n").unwrap();
+    std::fs::write(seed.join("slow"), "").unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "v1 (slow)"]);
+    let remote = root.join("remote.git");
+    git(root, &["clone", "-q", "--bare", seed.to_str().unwrap(), remote.to_str().unwrap()]);
+    git(&seed, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    let v1 = git(&seed, &["rev-parse", "HEAD"]);
+    let url = format!("file://{}", remote.display());
+    let w = Watcher::start(&["--git", url.as_str(), "--interval", "1h", "--sandbox", "host"], &root.join("store"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "v1's task did not start:\n{}", w.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // two more revisions while v1 is reconciling, each announced by a webhook
+    let mut revs = vec![];
+    for v in ["2", "3"] {
+        std::fs::write(seed.join("version.txt"), format!("{v}\n")).unwrap();
+        let _ = std::fs::remove_file(seed.join("slow"));
+        git(&seed, &["add", "-A"]);
+        git(&seed, &["commit", "-q", "-m", &format!("v{v}")]);
+        git(&seed, &["push", "-q", "origin", "main"]);
+        revs.push(git(&seed, &["rev-parse", "HEAD"]));
+        assert_eq!(push_hook(&w, None).0, 202);
+    }
+    assert_eq!(w.status()["reconciling"], true);
+    std::fs::write(&release, "").unwrap();
+    let s = w.wait_status("the newest revision", |s| s["lastReconcile"]["revision"] == revs[1].as_str());
+    assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}");
+    assert_eq!(s["reconciles"], 2, "expected v1 then v3 only:\n{}", w.log_text());
+    let log = w.log_text();
+    assert!(log.contains(&format!("revision={}", &v1[..12])), "{log}");
+    assert!(!log.contains(&format!("revision={}", &revs[0][..12])), "the superseded v2 was reconciled:\n{log}");
 }
