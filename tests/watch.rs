@@ -790,3 +790,100 @@ spec:
     assert!(log.contains(&format!("revision={}", &v1[..12])), "{log}");
     assert!(!log.contains(&format!("revision={}", &revs[0][..12])), "the superseded v2 was reconciled:\n{log}");
 }
+
+/// A revision superseded while it reconciled does not promote over the newer one: its tasks
+/// finish, its promotion is skipped, and the newer revision's decision lands.
+#[test]
+fn git_mode_superseded_revision_does_not_promote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let seed = root.join("seed");
+    std::fs::create_dir_all(seed.join("deploy")).unwrap();
+    let started = root.join("started");
+    let release = root.join("release");
+    std::fs::write(
+        seed.join("release.yaml"),
+        format!(
+            r#"apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata: {{name: rel}}
+spec:
+  workspaces: [{{name: src}}]
+  tasks:
+    - name: build
+      workspaces: [{{name: src, workspace: src}}]
+      taskSpec:
+        workspaces: [{{name: src}}]
+        results: [{{name: version}}]
+        steps:
+          - name: s
+            image: debian
+            script: |
+              if [ -e $(workspaces.src.path)/slow ]; then
+                touch {started}
+                while [ ! -e {release} ]; do sleep 0.05; done
+              fi
+              tr -d '\n' < $(workspaces.src.path)/version.txt > $(results.version.path)
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: rel-run
+  annotations: {{tenon.dev/repo-workspace: src}}
+spec:
+  pipelineRef: {{name: rel}}
+  workspaces: [{{name: src, emptyDir: {{}}}}]
+---
+apiVersion: tenon.dev/v1alpha1
+kind: PromotionPolicy
+metadata: {{name: rel-prod}}
+spec:
+  pipelineRunRef: {{name: rel-run}}
+  environment: prod
+  subject: {{uri: "v$(tasks.build.results.version)", digest: "version-$(tasks.build.results.version)"}}
+  gates:
+    - {{result: $(tasks.build.results.version), operator: ">=", value: "0"}}
+  target:
+    branch: main
+    updates:
+      - {{file: deploy/env.yaml, path: version, value: $(tasks.build.results.version)}}
+  mode: direct
+"#,
+            started = started.display(),
+            release = release.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(seed.join("deploy/env.yaml"), "version: \"0\"\n").unwrap();
+    std::fs::write(seed.join("version.txt"), "1\n").unwrap();
+    std::fs::write(seed.join("slow"), "").unwrap();
+    git(&seed, &["init", "-q", "-b", "main"]);
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "v1 (slow)"]);
+    let remote = root.join("remote.git");
+    git(root, &["clone", "-q", "--bare", seed.to_str().unwrap(), remote.to_str().unwrap()]);
+    git(&seed, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    let url = format!("file://{}", remote.display());
+    let w = Watcher::start(&["--git", url.as_str(), "--interval", "1h", "--sandbox", "host"], &root.join("store"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "v1's task did not start:\n{}", w.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(seed.join("version.txt"), "2\n").unwrap();
+    std::fs::remove_file(seed.join("slow")).unwrap();
+    git(&seed, &["add", "-A"]);
+    git(&seed, &["commit", "-q", "-m", "v2"]);
+    git(&seed, &["push", "-q", "origin", "main"]);
+    let v2 = git(&seed, &["rev-parse", "HEAD"]);
+    std::fs::write(&release, "").unwrap();
+    // v1 finishes but does not promote; v2 reconciles and promotes
+    let s =
+        w.wait_status("v2 promoted", |s| s["lastReconcile"]["revision"] == v2.as_str() && s["reconciling"] == false);
+    assert_eq!(s["promotions"]["prod"]["state"], "Landed", "{s:#}");
+    assert!(w.log_text().contains("superseded by newer revision"), "{}", w.log_text());
+    assert_eq!(git(&remote, &["show", "main:deploy/env.yaml"]), "version: \"2\"");
+    let log = git(&remote, &["log", "--format=%B", "main"]);
+    assert_eq!(log.matches("Tenon-Promotion-Id:").count(), 1, "{log}");
+    assert!(!log.contains("version-1"), "v1's promotion was applied:\n{log}");
+}

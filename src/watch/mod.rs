@@ -514,6 +514,8 @@ async fn reconcile_tree(
             None => None,
         };
         if let Some(n) = newer {
+            // the newer revision is reconciled next, without waiting for the poll interval
+            shared.trigger.notify_one();
             promotion_note = Some(format!("not promoted: superseded by newer revision {n}"));
         } else {
             let results = results_of(&rec.report);
