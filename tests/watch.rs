@@ -608,6 +608,12 @@ fn unreachable_remote_is_retried_and_the_watcher_keeps_serving() {
         assert!(Instant::now() < deadline, "the remote was not retried:\n{}", w.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // a second watcher of the same remote on the same store is refused
+    let out =
+        common::tenon_command(&["watch", "--git", url.as_str(), "--once"], &tmp.path().join("store")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("another tenon watch already follows"), "{err}");
     // unknown paths and methods
     assert_eq!(w.get("/nope").0, 404);
     assert_eq!(w.get("/hooks/git").0, 405);

@@ -297,6 +297,7 @@ async fn git_loop(
     branch: &str,
 ) -> Result<Outcome, Error> {
     let src = GitSource::new(url, branch, &opts.settings.state_dir, opts.promote_opts.credentials.clone());
+    let _lock = src.lock().map_err(Error::Usage)?;
     let source_key = format!("git {url}#{branch}");
     let store = reconcile::open_store(&opts.settings.state_dir)?;
     let mut leader = opts.leader.clone();

@@ -97,6 +97,29 @@ impl GitSource {
         }
     }
 
+    /// Hold the clone for this process: a second watcher of the same remote on the same
+    /// store is refused (it would fight over the work tree).
+    pub fn lock(&self) -> Result<std::fs::File, String> {
+        use fs4::fs_std::FileExt;
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        let path = parent.join("watch.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match f.try_lock_exclusive() {
+            Ok(true) => Ok(f),
+            _ => Err(format!(
+                "another tenon watch already follows {} with this state directory ({})",
+                redact(&self.url),
+                path.display()
+            )),
+        }
+    }
+
     fn open(&self) -> Result<Repository, String> {
         if self.dir.join(".git").exists() {
             // a process killed mid-operation may leave git lock files; this clone is ours
