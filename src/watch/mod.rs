@@ -449,7 +449,8 @@ async fn reconcile_tree(
         Ok(Ok(cat)) => cat,
     };
     let has_policies = !cat.promotion_policies.is_empty();
-    let console = Arc::new(Console::new(opts.quiet));
+    // with JSON logs, stderr carries only JSON lines (step output is in the log files)
+    let console = Arc::new(if opts.json_logs { Console::silent() } else { Console::new(opts.quiet) });
     let run_cancel = CancellationToken::new();
     let fut = reconcile::run_catalog(cat, dir, &opts.settings, false, console, run_cancel.clone());
     tokio::pin!(fut);
