@@ -632,5 +632,6 @@ fn finish(
         }
     }
     emit(opts.json_logs, level, "reconcile", log);
-    Ended { outcome, done: true }
+    // tenon itself could not work (checkout, state directory): try the revision again later
+    Ended { outcome, done: outcome != "error" }
 }
