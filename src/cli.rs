@@ -7,13 +7,13 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::cached::CacheCtx;
-use crate::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
+use crate::engine::DEFAULT_MAX_RESULT_SIZE;
 use crate::error::{Error, Outcome};
-use crate::exec::local::{LocalExecutor, Sandbox, SandboxMode};
+use crate::exec::local::SandboxMode;
 use crate::model::{self, Catalog, ParamValue};
 use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
-use crate::report::{HashingStats, PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
+use crate::reconcile::{self, RunSettings};
+use crate::report::{PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
 use crate::store::SqliteStore;
 use crate::telemetry::LogFormat;
 use crate::ui::Console;
@@ -80,6 +80,18 @@ pub enum Command {
     /// Landed, AlreadyLanded, NoChange, Superseded, GatesFailed, Held or Proposed (branch
     /// mode); 1 on Conflicted or a failure; 2 for invalid manifests.
     Promote(PromoteArgs),
+    /// Follow a directory or a git branch and reconcile every change: plan, run what
+    /// changed, promote. Serves /healthz, /readyz, /metrics (Prometheus) and /status
+    /// (JSON), and POST /hooks/git for push webhooks.
+    ///
+    /// Runs until SIGTERM/SIGINT (graceful: stops fetching, cancels or finishes running
+    /// tasks per --shutdown, kills their process groups). With --once, reconciles the
+    /// current state and exits (0 ok, 1 a run failed or the manifests are invalid, 3 the
+    /// remote could not be fetched).
+    #[command(
+        after_help = "Examples:\n  tenon watch --dir examples/model-promotion\n  tenon watch --git https://git.example.com/ml/models.git --branch main --interval 30s --webhook-secret-file /run/secrets/hook\n  tenon watch --git file:///srv/git/models.git --once"
+    )]
+    Watch(WatchArgs),
     /// List the promotions recorded in the ledger (`.tenon/promotions/<env>/`) on each
     /// policy's target branch, newest first: promotions, rollbacks, releases, and holds.
     History(HistoryArgs),
@@ -108,6 +120,68 @@ pub struct RollbackArgs {
     /// DIR, --policy (when policies of ENV write to different targets), --dry-run, ...
     #[command(flatten)]
     pub common: PromoteArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Follow this directory (filesystem events; the default source is `.`).
+    #[arg(long, value_name = "DIR", conflicts_with = "git")]
+    pub dir: Option<PathBuf>,
+    /// Follow this git remote: a persistent clone under the state directory, fetched
+    /// every --interval and on webhooks; each new revision of --branch is reconciled once.
+    #[arg(long, value_name = "URL")]
+    pub git: Option<String>,
+    /// The branch to follow (git mode).
+    #[arg(long, default_value = "main", requires = "git")]
+    pub branch: String,
+    /// How often to fetch (git mode).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_age)]
+    pub interval: std::time::Duration,
+    /// Longest wait between retries of an unreachable remote (exponential backoff).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_age)]
+    pub max_backoff: std::time::Duration,
+    /// Changes closer together than this are one change (directory mode).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_age)]
+    pub debounce: std::time::Duration,
+    /// Poll the directory instead of using native filesystem events.
+    #[arg(long)]
+    pub poll: bool,
+    /// Address of the HTTP endpoint (port 0: any free port; see --listen-file).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub listen: std::net::SocketAddr,
+    /// Write the bound HTTP address to this file once listening.
+    #[arg(long, value_name = "PATH")]
+    pub listen_file: Option<PathBuf>,
+    /// File holding the webhook secret (HMAC-SHA256 key for GitHub/Gitea, token for GitLab).
+    /// With a secret, unsigned or wrongly signed webhooks are rejected.
+    #[arg(long, value_name = "PATH")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Environment variable holding the webhook secret (never printed).
+    #[arg(long, value_name = "VAR", default_value = "TENON_WEBHOOK_SECRET")]
+    pub webhook_secret_env: String,
+    /// Reconcile the current state (directory or branch tip) once and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// On SIGTERM/SIGINT: `cancel` running tasks at once, or let them `finish` (up to
+    /// --shutdown-timeout, then cancel).
+    #[arg(long, value_enum, default_value_t = crate::watch::ShutdownMode::Cancel)]
+    pub shutdown: crate::watch::ShutdownMode,
+    /// Longest wait for running tasks on shutdown.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_age)]
+    pub shutdown_timeout: std::time::Duration,
+    /// Do not promote after successful reconciles.
+    #[arg(long)]
+    pub no_promote: bool,
+    /// Push attempts before a promotion gives up on a moving branch (Conflicted).
+    #[arg(long, default_value_t = 8)]
+    pub max_attempts: u32,
+    #[command(flatten)]
+    pub flags: RunFlags,
+    /// Do not stream step output to stderr (it is still saved to log files).
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub auth: GitAuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +372,28 @@ pub struct RunArgs {
     /// `tenon.dev/repo-workspace` annotation binds.
     #[arg(default_value = ".")]
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub flags: RunFlags,
+    /// Do not stream step output to stderr (it is still saved to log files).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// After the runs succeed, promote: judge them with the PromotionPolicies in DIR and
+    /// commit the decisions to git (see `tenon promote --help`).
+    #[arg(long)]
+    pub promote: bool,
+    #[command(flatten)]
+    pub auth: GitAuthArgs,
+    /// Run this pipeline task even when a cached result exists. Repeatable.
+    #[arg(long = "rerun", value_name = "TASK")]
+    pub rerun: Vec<String>,
+    /// `json` prints one RunReport document on stdout and nothing else there.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+}
+
+/// How runs run: the flags `tenon run` and `tenon watch` share.
+#[derive(Debug, Clone, Args)]
+pub struct RunFlags {
     /// Run only the PipelineRun or TaskRun with this name.
     #[arg(long = "run", value_name = "NAME")]
     pub run: Option<String>,
@@ -308,7 +404,8 @@ pub struct RunArgs {
     /// Most TaskRuns running at once (default: number of CPUs).
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
-    /// tenon's state directory: run directories, step logs, PVC-backed workspaces.
+    /// tenon's state directory: run directories, step logs, PVC-backed workspaces, the
+    /// cache (and for `watch`, the git clone and the reconciled revisions).
     /// Default: $XDG_CACHE_HOME/tenon or ~/.cache/tenon.
     #[arg(long, env = "TENON_STORE", value_name = "PATH")]
     pub store: Option<PathBuf>,
@@ -322,15 +419,6 @@ pub struct RunArgs {
     /// Namespace reported by $(context.*.namespace).
     #[arg(long, default_value = "default")]
     pub namespace: String,
-    /// Do not stream step output to stderr (it is still saved to log files).
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// After the runs succeed, promote: judge them with the PromotionPolicies in DIR and
-    /// commit the decisions to git (see `tenon promote --help`).
-    #[arg(long)]
-    pub promote: bool,
-    #[command(flatten)]
-    pub auth: GitAuthArgs,
     /// Run every task even when a cached result exists (results are still recorded).
     #[arg(long, env = "TENON_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cache: bool,
@@ -339,12 +427,24 @@ pub struct RunArgs {
     /// `host` uses host paths; `auto` picks bwrap when it is installed and works.
     #[arg(long, value_enum, env = "TENON_SANDBOX", default_value_t = SandboxMode::Auto)]
     pub sandbox: SandboxMode,
-    /// Run this pipeline task even when a cached result exists. Repeatable.
-    #[arg(long = "rerun", value_name = "TASK")]
-    pub rerun: Vec<String>,
-    /// `json` prints one RunReport document on stdout and nothing else there.
-    #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
-    pub output: OutputFormat,
+}
+
+impl RunFlags {
+    /// The settings the reconcile core takes.
+    pub fn settings(&self, rerun: &[String]) -> RunSettings {
+        RunSettings {
+            run: self.run.clone(),
+            params: self.params.clone(),
+            parallel: self.parallel,
+            state_dir: self.store.clone().unwrap_or_else(default_store),
+            max_result_size: self.max_result_size,
+            pass_env: self.pass_env.clone(),
+            namespace: self.namespace.clone(),
+            no_cache: self.no_cache,
+            sandbox: self.sandbox,
+            rerun: rerun.to_vec(),
+        }
+    }
 }
 
 fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
@@ -362,15 +462,7 @@ fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
     Ok((k.to_string(), value))
 }
 
-pub fn default_store() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return PathBuf::from(x).join("tenon");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache").join("tenon"),
-        None => std::env::temp_dir().join("tenon"),
-    }
-}
+pub use crate::reconcile::default_store;
 
 /// Print a JSON document on stdout. A closed pipe is not an error.
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
@@ -381,10 +473,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Error> {
 }
 
 fn load(dir: &Path) -> Result<Catalog, Error> {
-    if !dir.exists() {
-        return Err(Error::Usage(format!("{}: no such file or directory", dir.display())));
-    }
-    Ok(model::load_dir(dir))
+    reconcile::load(dir)
 }
 
 pub async fn run(cli: Cli) -> Result<Outcome, Error> {
@@ -397,6 +486,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::History(a) => history_cmd(a),
         Command::Rollback(a) => hold_cmd(a, true),
         Command::Release(a) => hold_cmd(a, false),
+        Command::Watch(a) => watch_cmd(a, cli.log_format).await,
     }
 }
 
@@ -449,15 +539,18 @@ fn validate(a: ValidateArgs) -> Result<Outcome, Error> {
 async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
     let args = RunArgs {
         dir: a.dir,
-        run: a.run,
-        params: a.params,
-        parallel: None,
-        store: a.store,
-        max_result_size: DEFAULT_MAX_RESULT_SIZE,
-        pass_env: vec![],
-        namespace: a.namespace,
+        flags: RunFlags {
+            run: a.run,
+            params: a.params,
+            parallel: None,
+            store: a.store,
+            max_result_size: DEFAULT_MAX_RESULT_SIZE,
+            pass_env: vec![],
+            namespace: a.namespace,
+            no_cache: false,
+            sandbox: a.sandbox,
+        },
         quiet: true,
-        no_cache: false,
         promote: false,
         auth: GitAuthArgs {
             git_token_env: "TENON_GIT_TOKEN".into(),
@@ -467,7 +560,6 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
             known_hosts: None,
             sign_with_ssh_key: None,
         },
-        sandbox: a.sandbox,
         rerun: a.rerun,
         output: a.output,
     };
@@ -507,13 +599,7 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
 }
 
 fn open_store(dir: Option<&PathBuf>) -> Result<SqliteStore, Error> {
-    let store = dir.cloned().unwrap_or_else(default_store);
-    std::fs::create_dir_all(&store)
-        .map_err(|e| Error::Io { context: format!("cannot create state directory {}", store.display()), source: e })?;
-    SqliteStore::open(&store.join("cache")).map_err(|e| Error::Io {
-        context: format!("cannot open the cache in {}: {e}", store.display()),
-        source: std::io::Error::other(e.to_string()),
-    })
+    reconcile::open_store(&dir.cloned().unwrap_or_else(default_store))
 }
 
 fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
@@ -596,8 +682,8 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
     let report = execute(&a, false).await?;
     let promotion = if a.promote && report.all_ok() {
         let cat = load(&a.dir)?;
-        let store = open_store(a.store.as_ref())?;
-        let opts = promote_options(a.store.as_ref(), false, None, &a.auth, 8)?;
+        let store = open_store(a.flags.store.as_ref())?;
+        let opts = promote_options(a.flags.store.as_ref(), false, None, &a.auth, 8)?;
         Some(promote_all(&cat, &a.dir, &store, Some(&results_of(&report)), &opts).map_err(Error::Usage)?)
     } else {
         None
@@ -692,6 +778,45 @@ fn hold_cmd(r: RollbackArgs, rollback: bool) -> Result<Outcome, Error> {
     Ok(if ok { Outcome::Ok } else { Outcome::RunFailed })
 }
 
+async fn watch_cmd(a: WatchArgs, log_format: LogFormat) -> Result<Outcome, Error> {
+    let webhook_secret = match &a.webhook_secret_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| Error::Usage(format!("cannot read --webhook-secret-file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var(&a.webhook_secret_env).ok(),
+    }
+    .filter(|s| !s.is_empty());
+    let source = match &a.git {
+        Some(url) => crate::watch::Source::Git { url: url.clone(), branch: a.branch.clone() },
+        None => crate::watch::Source::Dir(a.dir.clone().unwrap_or_else(|| PathBuf::from("."))),
+    };
+    let settings = a.flags.settings(&[]);
+    let opts = crate::watch::WatchOptions {
+        source,
+        promote_opts: promote_options(a.flags.store.as_ref(), false, None, &a.auth, a.max_attempts)?,
+        settings,
+        quiet: a.quiet,
+        listen: a.listen,
+        listen_file: a.listen_file.clone(),
+        debounce: a.debounce,
+        poll: a.poll,
+        interval: a.interval.max(std::time::Duration::from_millis(100)),
+        max_backoff: a.max_backoff.max(std::time::Duration::from_secs(1)),
+        webhook_secret,
+        once: a.once,
+        shutdown: a.shutdown,
+        shutdown_timeout: a.shutdown_timeout,
+        promote: !a.no_promote,
+        json_logs: log_format == LogFormat::Json,
+        leader: None,
+        stop: tokio_util::sync::CancellationToken::new(),
+    };
+    crate::watch::watch(opts).await
+}
+
 fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {
     let cat = load(&a.dir)?;
     if cat.promotion_policies.is_empty() {
@@ -782,63 +907,27 @@ fn print_promotions(r: &PromotionReport) {
 
 /// Load, validate and run (or, with `dry_run`, plan) the selected runs.
 async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
-    let cat = load(&a.dir)?;
-    let diags = model::validate(&cat);
-    if !diags.is_empty() {
-        if a.output == OutputFormat::Json {
-            print_json(&ValidationReport {
-                api_version: API_VERSION,
-                kind: "ValidationReport",
-                valid: false,
-                errors: diags.0.clone(),
-                objects: Default::default(),
-            })?;
+    let cat = match reconcile::load_valid(&a.dir)? {
+        Ok(cat) => cat,
+        Err(diags) => {
+            if a.output == OutputFormat::Json {
+                print_json(&ValidationReport {
+                    api_version: API_VERSION,
+                    kind: "ValidationReport",
+                    valid: false,
+                    errors: diags.0.clone(),
+                    objects: Default::default(),
+                })?;
+            }
+            let mut err = std::io::stderr().lock();
+            for d in &diags.0 {
+                let _ = writeln!(err, "{d}");
+            }
+            let _ = writeln!(err, "{} error(s); nothing was run", diags.len());
+            return Err(Error::Invalid { count: diags.len() });
         }
-        let mut err = std::io::stderr().lock();
-        for d in &diags.0 {
-            let _ = writeln!(err, "{d}");
-        }
-        let _ = writeln!(err, "{} error(s); nothing was run", diags.len());
-        return Err(Error::Invalid { count: diags.len() });
-    }
-    let names: Vec<&str> = cat
-        .pipeline_runs
-        .iter()
-        .map(|r| r.name.as_str())
-        .chain(cat.task_runs.iter().map(|r| r.name.as_str()))
-        .collect();
-    if names.is_empty() {
-        return Err(Error::Usage(format!("no PipelineRun or TaskRun found in {}", a.dir.display())));
-    }
-    if let Some(want) = &a.run {
-        if !names.contains(&want.as_str()) {
-            let hint = names
-                .iter()
-                .min_by_key(|n| strsim::levenshtein(n, want))
-                .map(|n| format!(" (did you mean {n:?}?)"))
-                .unwrap_or_default();
-            return Err(Error::Usage(format!(
-                "no PipelineRun or TaskRun named {want:?} in {}{hint}; found: {}",
-                a.dir.display(),
-                names.join(", ")
-            )));
-        }
-    }
-    let store = a.store.clone().unwrap_or_else(default_store);
-    std::fs::create_dir_all(&store)
-        .map_err(|e| Error::Io { context: format!("cannot create state directory {}", store.display()), source: e })?;
-    let mut pass_env = Vec::new();
-    for name in &a.pass_env {
-        if let Ok(v) = std::env::var(name) {
-            pass_env.push((name.clone(), v));
-        }
-    }
+    };
     let console = Arc::new(if dry_run { Console::silent() } else { Console::new(a.quiet) });
-    let state_dir = a.store.clone().unwrap_or_else(default_store);
-    let _ = std::fs::create_dir_all(&state_dir);
-    let sandbox = Sandbox::detect_cached(a.sandbox, &state_dir).map_err(Error::Usage)?;
-    let executor_id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
-    let exec = Arc::new(LocalExecutor::new(pass_env, console.clone()).with_sandbox(sandbox));
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -848,51 +937,8 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
             }
         });
     }
-    let opts = EngineOptions {
-        parallel: a
-            .parallel
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
-            .max(1),
-        state_dir: store,
-        repo_root: if a.dir.is_dir() {
-            a.dir.clone()
-        } else {
-            a.dir.parent().map(Path::to_path_buf).unwrap_or_default()
-        },
-        param_overrides: a.params.clone(),
-        max_result_size: a.max_result_size,
-        namespace: a.namespace.clone(),
-    };
-    let cat = Arc::new(cat);
-    let store = Arc::new(open_store(Some(&opts.state_dir))?);
-    let rerun: std::collections::BTreeSet<String> = a.rerun.iter().cloned().collect();
-    let mut cache_ctx = CacheCtx::new(store, a.no_cache, rerun, dry_run)
-        .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
-    cache_ctx.executor = executor_id.to_string();
-    let cache = Arc::new(cache_ctx);
-    let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone()).with_cache(cache.clone());
-    let mut runs = Vec::new();
-    for pr in cat.pipeline_runs.iter().filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name)) {
-        runs.push(engine.run_pipeline_run(pr).await);
-        if cancel.is_cancelled() {
-            break;
-        }
-    }
-    for tr in cat.task_runs.iter().filter(|r| a.run.as_ref().is_none_or(|n| n == &r.name)) {
-        if cancel.is_cancelled() {
-            break;
-        }
-        runs.push(engine.run_task_run(tr).await);
-    }
-    cache.flush();
-    let mut report = RunReport::new(runs);
-    use std::sync::atomic::Ordering;
-    report.hashing = Some(HashingStats {
-        files: cache.hash_stats.files.load(Ordering::Relaxed),
-        hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),
-        hashed_bytes: cache.hash_stats.hashed_bytes.load(Ordering::Relaxed),
-    });
-    Ok(report)
+    let settings = a.flags.settings(&a.rerun);
+    Ok(reconcile::run_catalog(cat, &a.dir, &settings, dry_run, console, cancel).await?.report)
 }
 
 fn print_human(report: &RunReport) {

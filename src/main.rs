@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(tenon::cli::run(cli));
+    // do not wait for detached blocking work (e.g. a watcher's fetch stuck on the network)
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     if let Err(e) = &result {
         if !matches!(e, tenon::error::Error::Invalid { .. }) {
             let mut msg = format!("error: {e}");

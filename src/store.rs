@@ -127,6 +127,9 @@ CREATE TABLE IF NOT EXISTS promotions (
 CREATE TABLE IF NOT EXISTS runs (
   run TEXT NOT NULL, uid TEXT NOT NULL, finished_ns INTEGER NOT NULL, ok INTEGER NOT NULL, keys TEXT NOT NULL,
   PRIMARY KEY (run, uid));
+CREATE TABLE IF NOT EXISTS watch_revisions (
+  source TEXT NOT NULL, revision TEXT NOT NULL, outcome TEXT NOT NULL, finished_ns INTEGER NOT NULL,
+  PRIMARY KEY (source, revision));
 ";
 
 pub const STORE_FORMAT: &str = "1";
@@ -239,6 +242,40 @@ impl SqliteStore {
         let mut st = conn.prepare("SELECT id, decision, decided_ns FROM promotions WHERE state IN ('Decided', 'Conflicted') ORDER BY decided_ns")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// `tenon watch`: remember that `revision` of `source` was reconciled (so a restart
+    /// does not redo it).
+    pub fn record_reconciled(&self, source: &str, revision: &str, outcome: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO watch_revisions (source, revision, outcome, finished_ns) VALUES (?1, ?2, ?3, ?4)",
+            params![source, revision, outcome, hash::now_ns()],
+        )?;
+        Ok(())
+    }
+
+    /// `tenon watch`: the outcome recorded for `revision` of `source`, if it was reconciled.
+    pub fn reconciled_outcome(&self, source: &str, revision: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT outcome FROM watch_revisions WHERE source = ?1 AND revision = ?2",
+                params![source, revision],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// `tenon watch`: the revision of `source` reconciled last.
+    pub fn last_reconciled(&self, source: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT revision FROM watch_revisions WHERE source = ?1 ORDER BY finished_ns DESC LIMIT 1",
+                [source],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Results of the latest successful run of `run`: (uid, task -> results).

@@ -32,6 +32,8 @@ pub struct CacheCtx {
     pub store: Arc<dyn Store>,
     pub stats: StatCache,
     pub hash_stats: HashStats,
+    /// Wall time spent hashing input trees, in nanoseconds (for metrics).
+    pub hash_ns: std::sync::atomic::AtomicU64,
     memo: Mutex<HashMap<(PathBuf, String), Tree>>,
     /// `--no-cache`: run everything (records are still written).
     pub no_cache: bool,
@@ -49,6 +51,7 @@ impl CacheCtx {
             store,
             stats: StatCache::new(known),
             hash_stats: HashStats::default(),
+            hash_ns: Default::default(),
             memo: Mutex::new(HashMap::new()),
             no_cache,
             rerun,
@@ -72,8 +75,10 @@ impl CacheCtx {
             return Ok(t);
         }
         let filter = Filter::new(include, exclude)?;
+        let started = std::time::Instant::now();
         let t = hash::hash_tree(root, &filter, &self.stats, &self.hash_stats)
             .map_err(|e| format!("cannot hash inputs under {}: {e}", root.display()))?;
+        self.hash_ns.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.store.put_tree(&t) {
             tracing::warn!(error = %e, "could not remember an input tree");
         }

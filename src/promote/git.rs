@@ -111,7 +111,7 @@ pub fn release_path(env: &str, id: &str) -> String {
     format!("{LEDGER_DIR}/releases/{env}/{id}.yaml")
 }
 
-fn callbacks(c: &Credentials) -> git2::RemoteCallbacks<'_> {
+pub fn callbacks(c: &Credentials) -> git2::RemoteCallbacks<'_> {
     let mut cb = git2::RemoteCallbacks::new();
     let mut tries = 0;
     cb.credentials(move |_url, user, allowed| {

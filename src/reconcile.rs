@@ -1,0 +1,189 @@
+//! The reconcile core shared by `tenon run`, `tenon plan` and `tenon watch`: load and
+//! validate a directory, build the executor, the cache context and the engine, run (or
+//! plan) the selected runs and return the report.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::cached::CacheCtx;
+use crate::engine::{Engine, EngineOptions};
+use crate::error::Error;
+use crate::exec::local::{LocalExecutor, Sandbox, SandboxMode};
+use crate::exec::Executor;
+use crate::model::{self, Catalog, Diagnostics, ParamValue};
+use crate::report::{HashingStats, RunReport};
+use crate::store::SqliteStore;
+use crate::ui::Console;
+
+/// What a run needs besides the manifests (the flags `tenon run` and `tenon watch` share).
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Only the PipelineRun or TaskRun with this name.
+    pub run: Option<String>,
+    pub params: Vec<(String, ParamValue)>,
+    /// Most TaskRuns at once (default: number of CPUs).
+    pub parallel: Option<usize>,
+    /// tenon's state directory.
+    pub state_dir: PathBuf,
+    pub max_result_size: usize,
+    /// Host environment variables passed through to steps.
+    pub pass_env: Vec<String>,
+    pub namespace: String,
+    pub no_cache: bool,
+    pub sandbox: SandboxMode,
+    pub rerun: Vec<String>,
+}
+
+/// The default state directory: `$XDG_CACHE_HOME/tenon` or `~/.cache/tenon`.
+pub fn default_store() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("tenon");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("tenon"),
+        None => std::env::temp_dir().join("tenon"),
+    }
+}
+
+/// Load every manifest under `dir` (a missing `dir` is a usage error).
+pub fn load(dir: &Path) -> Result<Catalog, Error> {
+    if !dir.exists() {
+        return Err(Error::Usage(format!("{}: no such file or directory", dir.display())));
+    }
+    Ok(model::load_dir(dir))
+}
+
+/// Load and validate: the catalog, or every diagnostic.
+pub fn load_valid(dir: &Path) -> Result<Result<Catalog, Diagnostics>, Error> {
+    let cat = load(dir)?;
+    let diags = model::validate(&cat);
+    Ok(if diags.is_empty() { Ok(cat) } else { Err(diags) })
+}
+
+/// The state directory's cache store (created when missing).
+pub fn open_store(state_dir: &Path) -> Result<SqliteStore, Error> {
+    std::fs::create_dir_all(state_dir).map_err(|e| Error::Io {
+        context: format!("cannot create state directory {}", state_dir.display()),
+        source: e,
+    })?;
+    SqliteStore::open(&state_dir.join("cache")).map_err(|e| Error::Io {
+        context: format!("cannot open the cache in {}: {e}", state_dir.display()),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Check that the catalog has something to run (and, with `--run NAME`, that NAME exists).
+pub fn check_runs(cat: &Catalog, dir: &Path, want: Option<&str>) -> Result<(), Error> {
+    let names: Vec<&str> = cat
+        .pipeline_runs
+        .iter()
+        .map(|r| r.name.as_str())
+        .chain(cat.task_runs.iter().map(|r| r.name.as_str()))
+        .collect();
+    if names.is_empty() {
+        return Err(Error::Usage(format!("no PipelineRun or TaskRun found in {}", dir.display())));
+    }
+    if let Some(want) = want {
+        if !names.contains(&want) {
+            let hint = names
+                .iter()
+                .min_by_key(|n| strsim::levenshtein(n, want))
+                .map(|n| format!(" (did you mean {n:?}?)"))
+                .unwrap_or_default();
+            return Err(Error::Usage(format!(
+                "no PipelineRun or TaskRun named {want:?} in {}{hint}; found: {}",
+                dir.display(),
+                names.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The executor runs use, and its id (part of cache keys). The one place an executor is
+/// chosen.
+pub fn build_executor(s: &RunSettings, console: Arc<Console>) -> Result<(Arc<dyn Executor>, String), Error> {
+    let mut pass_env = Vec::new();
+    for name in &s.pass_env {
+        if let Ok(v) = std::env::var(name) {
+            pass_env.push((name.clone(), v));
+        }
+    }
+    let _ = std::fs::create_dir_all(&s.state_dir);
+    let sandbox = Sandbox::detect_cached(s.sandbox, &s.state_dir).map_err(Error::Usage)?;
+    let executor_id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
+    Ok((Arc::new(LocalExecutor::new(pass_env, console).with_sandbox(sandbox)), executor_id.to_string()))
+}
+
+/// What a reconcile produced.
+pub struct Reconciled {
+    pub report: RunReport,
+    /// Time spent hashing inputs (nanoseconds).
+    pub hash_ns: u64,
+}
+
+/// Run (or, with `dry_run`, plan) the selected runs of a validated catalog, with `dir` as
+/// the repository tree. `cancel` stops every run (its process groups are killed); the
+/// stat cache is flushed before returning.
+pub async fn run_catalog(
+    cat: Catalog,
+    dir: &Path,
+    s: &RunSettings,
+    dry_run: bool,
+    console: Arc<Console>,
+    cancel: CancellationToken,
+) -> Result<Reconciled, Error> {
+    check_runs(&cat, dir, s.run.as_deref())?;
+    std::fs::create_dir_all(&s.state_dir).map_err(|e| Error::Io {
+        context: format!("cannot create state directory {}", s.state_dir.display()),
+        source: e,
+    })?;
+    let (exec, executor_id) = build_executor(s, console.clone())?;
+    let opts = EngineOptions {
+        parallel: s
+            .parallel
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+            .max(1),
+        state_dir: s.state_dir.clone(),
+        repo_root: if dir.is_dir() {
+            dir.to_path_buf()
+        } else {
+            dir.parent().map(Path::to_path_buf).unwrap_or_default()
+        },
+        param_overrides: s.params.clone(),
+        max_result_size: s.max_result_size,
+        namespace: s.namespace.clone(),
+    };
+    let cat = Arc::new(cat);
+    let store = Arc::new(open_store(&opts.state_dir)?);
+    let rerun: std::collections::BTreeSet<String> = s.rerun.iter().cloned().collect();
+    let mut cache_ctx = CacheCtx::new(store, s.no_cache, rerun, dry_run)
+        .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
+    cache_ctx.executor = executor_id;
+    let cache = Arc::new(cache_ctx);
+    let engine = Engine::new(cat.clone(), exec, opts, console, cancel.clone()).with_cache(cache.clone());
+    let mut runs = Vec::new();
+    for pr in cat.pipeline_runs.iter().filter(|r| s.run.as_ref().is_none_or(|n| n == &r.name)) {
+        runs.push(engine.run_pipeline_run(pr).await);
+        if cancel.is_cancelled() {
+            break;
+        }
+    }
+    for tr in cat.task_runs.iter().filter(|r| s.run.as_ref().is_none_or(|n| n == &r.name)) {
+        if cancel.is_cancelled() {
+            break;
+        }
+        runs.push(engine.run_task_run(tr).await);
+    }
+    cache.flush();
+    let mut report = RunReport::new(runs);
+    report.hashing = Some(HashingStats {
+        files: cache.hash_stats.files.load(Ordering::Relaxed),
+        hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),
+        hashed_bytes: cache.hash_stats.hashed_bytes.load(Ordering::Relaxed),
+    });
+    Ok(Reconciled { report, hash_ns: cache.hash_ns.load(Ordering::Relaxed) })
+}

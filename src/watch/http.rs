@@ -1,0 +1,203 @@
+//! The watcher's HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, `/status` and the
+//! `POST /hooks/git` webhook (GitHub, Gitea and GitLab push events).
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::state::Shared;
+
+/// Largest webhook body accepted.
+const MAX_BODY: usize = 5 * 1024 * 1024;
+
+/// Serve until `stop` fires.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(code: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_reply(code: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    reply(code, "application/json", serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+}
+
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = "text/plain; charset=utf-8";
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, text, "ok\n".into()),
+        (&Method::GET, "/readyz") => match readiness(&shared) {
+            Ok(()) => reply(StatusCode::OK, text, "ready\n".into()),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {why}\n")),
+        },
+        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.render_metrics()),
+        (&Method::GET, "/status") => json_reply(StatusCode::OK, shared.status_json()),
+        (&Method::POST, "/hooks/git") => webhook(req, &shared).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/hooks/git") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, text, "method not allowed\n".into())
+        }
+        _ => reply(StatusCode::NOT_FOUND, text, "not found\n".into()),
+    })
+}
+
+/// Ready once the first sync is done and the state directory is writable.
+fn readiness(shared: &Shared) -> Result<(), String> {
+    if !shared.ready.load(Ordering::Relaxed) {
+        return Err("the first sync has not finished".into());
+    }
+    let probe = shared.state_dir.join(format!(".readyz-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").map_err(|e| format!("the state directory is not writable: {e}"))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+async fn webhook(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            shared.count_webhook("rejected");
+            return json_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": "body too large or unreadable"}),
+            );
+        }
+    };
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(secret) = &shared.webhook_secret {
+        if let Err(why) = verify(secret.as_bytes(), &body, &header) {
+            shared.count_webhook("rejected");
+            tracing::warn!(reason = why, "webhook rejected");
+            return json_reply(StatusCode::UNAUTHORIZED, serde_json::json!({"error": why}));
+        }
+    }
+    if shared.branch.is_none() {
+        shared.count_webhook("ignored");
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "this watcher follows a directory, not a git remote"}),
+        );
+    }
+    // GitHub/Gitea/GitLab push payloads carry `ref`; another branch's push is ignored
+    let pushed_ref = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("ref").and_then(|r| r.as_str()).map(str::to_string));
+    if let (Some(r), Some(b)) = (&pushed_ref, &shared.branch) {
+        if r != &format!("refs/heads/{b}") && r != b {
+            shared.count_webhook("ignored");
+            return json_reply(
+                StatusCode::ACCEPTED,
+                serde_json::json!({"accepted": false, "ignored": format!("ref {r} is not the followed branch {b}")}),
+            );
+        }
+    }
+    shared.count_webhook("accepted");
+    shared.trigger.notify_one();
+    json_reply(StatusCode::ACCEPTED, serde_json::json!({"accepted": true}))
+}
+
+/// Check a push event's signature: GitHub `X-Hub-Signature-256: sha256=<hex HMAC>`, Gitea
+/// `X-Gitea-Signature: <hex HMAC>` (HMAC-SHA256 of the body with the secret), GitLab
+/// `X-Gitlab-Token: <secret>`. All comparisons are constant-time.
+pub fn verify(secret: &[u8], body: &[u8], header: &dyn Fn(&str) -> Option<String>) -> Result<(), &'static str> {
+    use hmac::Mac;
+    let hmac_ok = |hex: &str| -> bool {
+        let Some(sig) = decode_hex(hex.trim()) else { return false };
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else { return false };
+        mac.update(body);
+        mac.verify_slice(&sig).is_ok()
+    };
+    if let Some(s) = header("x-hub-signature-256") {
+        let Some(hex) = s.trim().strip_prefix("sha256=") else { return Err("X-Hub-Signature-256 is not sha256=<hex>") };
+        return if hmac_ok(hex) { Ok(()) } else { Err("invalid signature") };
+    }
+    if let Some(s) = header("x-gitea-signature").or_else(|| header("x-gogs-signature")) {
+        return if hmac_ok(&s) { Ok(()) } else { Err("invalid signature") };
+    }
+    if let Some(t) = header("x-gitlab-token") {
+        return if constant_time_eq(t.as_bytes(), secret) { Ok(()) } else { Err("invalid token") };
+    }
+    Err("unsigned request (a webhook secret is configured)")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hmac::Mac;
+
+    fn sign(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+        mac.update(body);
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn check(headers: &[(&str, String)], body: &[u8]) -> Result<(), &'static str> {
+        let h = |n: &str| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+        verify(b"topsecret", body, &h)
+    }
+
+    #[test]
+    fn signatures() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let good = sign(b"topsecret", body);
+        assert!(check(&[("x-hub-signature-256", format!("sha256={good}"))], body).is_ok());
+        assert!(check(&[("x-hub-signature-256", format!("sha256={}", sign(b"other", body)))], body).is_err());
+        assert!(check(&[("x-hub-signature-256", good.clone())], body).is_err());
+        assert!(check(&[("x-hub-signature-256", format!("sha256={good}"))], b"tampered").is_err());
+        assert!(check(&[("x-gitea-signature", good.clone())], body).is_ok());
+        assert!(check(&[("x-gitea-signature", "zz".into())], body).is_err());
+        assert!(check(&[("x-gitlab-token", "topsecret".into())], body).is_ok());
+        assert!(check(&[("x-gitlab-token", "topsecreT".into())], body).is_err());
+        assert!(check(&[], body).is_err());
+    }
+}

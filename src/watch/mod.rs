@@ -1,0 +1,637 @@
+//! `tenon watch`: the long-running reconciler. It follows a directory (filesystem events)
+//! or a git branch (a persistent clone, polled and woken by webhooks) and, for every
+//! settled change or new revision, plans, runs what changed and promotes. One reconcile
+//! at a time; the newest revision wins; bad input is reported and the watcher keeps
+//! serving `/healthz`, `/readyz`, `/metrics` and `/status`.
+
+pub mod http;
+pub mod source;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Outcome};
+use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
+use crate::reconcile::{self, RunSettings};
+use crate::report::PlanReport;
+use crate::ui::Console;
+use source::{GitSource, Ignored};
+use state::{rfc3339_now, Shared};
+
+/// What to follow.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Dir(PathBuf),
+    Git { url: String, branch: String },
+}
+
+/// What to do with running tasks on SIGTERM/SIGINT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShutdownMode {
+    /// Cancel running tasks at once (their process groups are killed).
+    Cancel,
+    /// Let running tasks finish, up to the shutdown timeout, then cancel them.
+    Finish,
+}
+
+pub struct WatchOptions {
+    pub source: Source,
+    pub settings: RunSettings,
+    pub quiet: bool,
+    pub listen: SocketAddr,
+    /// Write the bound address here once listening (for `--listen 127.0.0.1:0`).
+    pub listen_file: Option<PathBuf>,
+    /// Directory mode: changes closer together than this are one change.
+    pub debounce: Duration,
+    /// Directory mode: poll instead of native events.
+    pub poll: bool,
+    /// Git mode: how often to fetch.
+    pub interval: Duration,
+    /// Longest wait between retries of an unreachable remote.
+    pub max_backoff: Duration,
+    pub webhook_secret: Option<String>,
+    /// Reconcile the current state once and exit.
+    pub once: bool,
+    pub shutdown: ShutdownMode,
+    pub shutdown_timeout: Duration,
+    /// Promote after successful reconciles (when the manifests have PromotionPolicies).
+    pub promote: bool,
+    pub promote_opts: PromoteOptions,
+    pub json_logs: bool,
+    /// Leader election gate: when present, reconcile and promote only while it is true.
+    pub leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Stops the watcher like SIGTERM does (for embedding; signals cancel it too).
+    pub stop: CancellationToken,
+}
+
+/// How one reconcile ended.
+struct Ended {
+    outcome: &'static str,
+    /// The revision may be recorded as done (not interrupted by shutdown).
+    done: bool,
+}
+
+/// One line per event on stderr: human text, or a JSON object with `--log-format json`.
+fn emit(json_logs: bool, level: &str, msg: &str, fields: Value) {
+    use std::io::Write;
+    let line = if json_logs {
+        let mut o = json!({"timestamp": rfc3339_now(), "level": level.to_uppercase(), "target": "tenon::watch", "message": msg});
+        if let (Some(o), Value::Object(f)) = (o.as_object_mut(), fields) {
+            o.extend(f);
+        }
+        o.to_string()
+    } else {
+        let extra: Vec<String> = match fields {
+            Value::Object(f) => f
+                .into_iter()
+                .filter(|(k, _)| k != "report")
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k}={s}"),
+                    v => format!("{k}={v}"),
+                })
+                .collect(),
+            _ => vec![],
+        };
+        format!("watch: {msg}{}{}", if extra.is_empty() { "" } else { "  " }, extra.join(" "))
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Run the watcher until SIGTERM/SIGINT (or, with `once`, one reconcile).
+pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
+    let (source_doc, branch) = match &opts.source {
+        Source::Dir(d) => (json!({"kind": "dir", "dir": d.display().to_string()}), None),
+        Source::Git { url, branch } => {
+            (json!({"kind": "git", "url": source::redact(url), "branch": branch}), Some(branch.clone()))
+        }
+    };
+    std::fs::create_dir_all(&opts.settings.state_dir).map_err(|e| Error::Io {
+        context: format!("cannot create state directory {}", opts.settings.state_dir.display()),
+        source: e,
+    })?;
+    let mut shared = Shared::new(source_doc, opts.settings.state_dir.clone(), opts.webhook_secret.take(), branch);
+    shared.has_leader_gate = opts.leader.is_some();
+    let shared = Arc::new(shared);
+    if let Some(mut rx) = opts.leader.clone() {
+        // mirror leadership into /status and /metrics as it changes
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                shared.leader.store(*rx.borrow_and_update(), Ordering::Relaxed);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let stop = opts.stop.clone();
+    spawn_signals(stop.clone());
+
+    let server_stop = CancellationToken::new();
+    if !opts.once {
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", opts.listen)))?;
+        let addr = listener.local_addr().map_err(|e| Error::Io { context: "listener address".into(), source: e })?;
+        if let Some(f) = &opts.listen_file {
+            let tmp = f.with_extension("tmp");
+            std::fs::write(&tmp, addr.to_string())
+                .and_then(|_| std::fs::rename(&tmp, f))
+                .map_err(|e| Error::Io { context: format!("cannot write {}", f.display()), source: e })?;
+        }
+        if shared.webhook_secret.is_none() && matches!(opts.source, Source::Git { .. }) {
+            emit(
+                opts.json_logs,
+                "warn",
+                "no webhook secret configured: POST /hooks/git accepts unsigned requests",
+                json!({}),
+            );
+        }
+        emit(opts.json_logs, "info", "listening", json!({"address": addr.to_string(), "source": shared.source_label}));
+        tokio::spawn(http::serve(listener, shared.clone(), server_stop.clone()));
+    }
+    let result = match opts.source.clone() {
+        Source::Dir(dir) => dir_loop(&opts, &shared, &stop, &dir).await,
+        Source::Git { url, branch } => git_loop(&opts, &shared, &stop, &url, &branch).await,
+    };
+    server_stop.cancel();
+    if stop.is_cancelled() {
+        emit(opts.json_logs, "info", "stopped", json!({}));
+    }
+    result
+}
+
+fn spawn_signals(stop: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        stop.cancel();
+    });
+}
+
+/// Wait while this replica is not the leader. False when stopping.
+async fn await_leadership(
+    opts: &mut Option<tokio::sync::watch::Receiver<bool>>,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> bool {
+    let Some(rx) = opts else { return !stop.is_cancelled() };
+    loop {
+        let is = *rx.borrow_and_update();
+        shared.leader.store(is, Ordering::Relaxed);
+        if is {
+            return !stop.is_cancelled();
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return false },
+            _ = stop.cancelled() => return false,
+        }
+    }
+}
+
+async fn dir_loop(
+    opts: &WatchOptions,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    dir: &Path,
+) -> Result<Outcome, Error> {
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!("{}: not a directory", dir.display())));
+    }
+    let root = dir
+        .canonicalize()
+        .map_err(|e| Error::Io { context: format!("cannot resolve {}", dir.display()), source: e })?;
+    let mut leader = opts.leader.clone();
+    if opts.once {
+        let ended = reconcile_tree(opts, shared, stop, &root, None).await;
+        return once_outcome(ended.outcome);
+    }
+    let store = opts.settings.state_dir.canonicalize().unwrap_or_else(|_| opts.settings.state_dir.clone());
+    let ignored = Arc::new(Mutex::new(Ignored {
+        trees: vec![root.join(".git"), root.join(crate::promote::LEDGER_DIR), store],
+        files: vec![],
+    }));
+    update_ignored(&ignored, &root);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _watcher =
+        source::watch_dir(&root, ignored.clone(), tx, opts.poll, opts.debounce.max(Duration::from_millis(200)))
+            .map_err(Error::Usage)?;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    // debounce: a change is settled when no event arrived for the window
+    {
+        let changed = changed.clone();
+        let window = opts.debounce;
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut n = 1usize;
+                let mut last = first;
+                loop {
+                    match tokio::time::timeout(window, rx.recv()).await {
+                        Ok(Some(p)) => {
+                            n += 1;
+                            last = p;
+                        }
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                tracing::debug!(events = n, last = %last.display(), "change settled");
+                changed.notify_one();
+            }
+        });
+    }
+    loop {
+        if !await_leadership(&mut leader, shared, stop).await {
+            break;
+        }
+        reconcile_tree(opts, shared, stop, &root, None).await;
+        update_ignored(&ignored, &root);
+        shared.ready.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+fn update_ignored(ignored: &Mutex<Ignored>, root: &Path) {
+    if let Ok(cat) = reconcile::load(root) {
+        let files = source::promotion_targets(&cat).into_iter().map(|f| root.join(f)).collect();
+        ignored.lock().unwrap_or_else(|e| e.into_inner()).files = files;
+    }
+}
+
+/// The exit of `--once` (and of a stopped watcher): 0 ok, 1 a run failed, 2 invalid
+/// manifests, 3 tenon could not work.
+fn once_outcome(outcome: &str) -> Result<Outcome, Error> {
+    match outcome {
+        "succeeded" | "skipped" | "up-to-date" => Ok(Outcome::Ok),
+        "invalid" => Err(Error::Usage("the manifests are invalid (see the errors above); nothing was run".into())),
+        "error" => Err(Error::Io {
+            context: "the reconcile could not run (see the error above)".into(),
+            source: std::io::Error::other("reconcile"),
+        }),
+        _ => Ok(Outcome::RunFailed),
+    }
+}
+
+async fn git_loop(
+    opts: &WatchOptions,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    url: &str,
+    branch: &str,
+) -> Result<Outcome, Error> {
+    let src = GitSource::new(url, branch, &opts.settings.state_dir, opts.promote_opts.credentials.clone());
+    let _lock = src.lock().map_err(Error::Usage)?;
+    let source_key = format!("git {url}#{branch}");
+    let store = reconcile::open_store(&opts.settings.state_dir)?;
+    let mut leader = opts.leader.clone();
+    let mut backoff: Option<Duration> = None;
+    let mut last_outcome = "up-to-date";
+    loop {
+        if !await_leadership(&mut leader, shared, stop).await {
+            break;
+        }
+        let s = src.clone();
+        let fetch = tokio::task::spawn_blocking(move || s.fetch());
+        // a fetch stuck on the network does not hold up shutdown
+        let fetched = tokio::select! {
+            r = fetch => r.unwrap_or_else(|e| Err(e.to_string())),
+            _ = stop.cancelled() => break,
+        };
+        match fetched {
+            Err(e) => {
+                shared.metrics().fetch_errors += 1;
+                shared.set_status("lastError", json!({"at": rfc3339_now(), "message": e}));
+                if opts.once {
+                    return Err(Error::Io { context: e, source: std::io::Error::other("fetch") });
+                }
+                let wait = backoff.map_or(Duration::from_secs(1), |b| (b * 2).min(opts.max_backoff));
+                backoff = Some(wait);
+                emit(
+                    opts.json_logs,
+                    "error",
+                    "fetch failed",
+                    json!({"error": e, "retryIn": humantime::format_duration(wait).to_string()}),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shared.trigger.notified() => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+            Ok(tip) => {
+                backoff = None;
+                let rev = tip.to_string();
+                let done = store.reconciled_outcome(&source_key, &rev).ok().flatten();
+                if done.is_none() {
+                    let ended = reconcile_revision(opts, shared, stop, &src, &store, &source_key, tip).await;
+                    last_outcome = ended.outcome;
+                    if ended.done {
+                        let _ = store.record_reconciled(&source_key, &rev, ended.outcome);
+                    }
+                } else {
+                    shared.set_status("revision", json!(rev));
+                }
+                shared.ready.store(true, Ordering::Relaxed);
+            }
+        }
+        if opts.once || stop.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.interval) => {}
+            _ = shared.trigger.notified() => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    if opts.once {
+        once_outcome(last_outcome)
+    } else {
+        Ok(Outcome::Ok)
+    }
+}
+
+/// Reconcile one fetched revision: check it out, skip tenon's own promotion commits,
+/// else reconcile its tree and promote (unless a newer revision arrived meanwhile).
+async fn reconcile_revision(
+    opts: &WatchOptions,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    src: &GitSource,
+    store: &crate::store::SqliteStore,
+    source_key: &str,
+    tip: git2::Oid,
+) -> Ended {
+    let rev = tip.to_string();
+    let started = Instant::now();
+    shared.set_status("reconcileStartedAt", json!(rfc3339_now()));
+    let s = src.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || s.checkout(tip)).await.unwrap_or_else(|e| Err(e.to_string())) {
+        return finish(
+            opts,
+            shared,
+            started,
+            Some(&rev),
+            "error",
+            json!({"error": format!("checkout {rev}: {e}")}),
+            None,
+            0,
+        );
+    }
+    shared.set_status("revision", json!(rev));
+    // tenon's own promotion commits change only promotion targets and the ledger
+    if let Some(prev) = store.last_reconciled(source_key).ok().flatten().and_then(|p| git2::Oid::from_str(&p).ok()) {
+        let targets = reconcile::load(&src.dir).map(|c| source::promotion_targets(&c)).unwrap_or_default();
+        let s = src.clone();
+        let only = tokio::task::spawn_blocking(move || s.only_promotions(prev, tip, &targets)).await;
+        if let Ok(Ok(true)) = only {
+            return finish(
+                opts,
+                shared,
+                started,
+                Some(&rev),
+                "skipped",
+                json!({"skipped": "only tenon promotion commits since the last reconcile: no task runs"}),
+                None,
+                0,
+            );
+        }
+    }
+    reconcile_tree(opts, shared, stop, &src.dir, Some((src, tip))).await
+}
+
+/// Load, validate, run and (when it all succeeded) promote the tree at `dir`.
+async fn reconcile_tree(
+    opts: &WatchOptions,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    dir: &Path,
+    git: Option<(&GitSource, git2::Oid)>,
+) -> Ended {
+    let started = Instant::now();
+    let rev = git.map(|(_, t)| t.to_string());
+    shared.set_status("reconciling", json!(true));
+    shared.set_status("reconcileStartedAt", json!(rfc3339_now()));
+    let cat = match reconcile::load_valid(dir) {
+        Err(e) => {
+            return finish(opts, shared, started, rev.as_deref(), "invalid", json!({"error": e.to_string()}), None, 0)
+        }
+        Ok(Err(diags)) => {
+            let errors: Vec<String> = diags.0.iter().map(|d| d.to_string()).collect();
+            return finish(
+                opts,
+                shared,
+                started,
+                rev.as_deref(),
+                "invalid",
+                json!({"error": format!("{} error(s) in the manifests; nothing was run", diags.len()), "errors": diags.0, "messages": errors}),
+                None,
+                0,
+            );
+        }
+        Ok(Ok(cat)) => cat,
+    };
+    let has_policies = !cat.promotion_policies.is_empty();
+    // with JSON logs, stderr carries only JSON lines (step output is in the log files)
+    let console = Arc::new(if opts.json_logs { Console::silent() } else { Console::new(opts.quiet) });
+    let run_cancel = CancellationToken::new();
+    let fut = reconcile::run_catalog(cat, dir, &opts.settings, false, console, run_cancel.clone());
+    tokio::pin!(fut);
+    let mut interrupted = false;
+    let result = tokio::select! {
+        r = &mut fut => r,
+        _ = stop.cancelled() => {
+            interrupted = true;
+            if opts.shutdown == ShutdownMode::Cancel {
+                run_cancel.cancel();
+            }
+            tokio::select! {
+                r = &mut fut => r,
+                _ = tokio::time::sleep(opts.shutdown_timeout) => {
+                    run_cancel.cancel();
+                    fut.await
+                }
+            }
+        }
+    };
+    let rec = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let outcome = if matches!(e, Error::Io { .. }) { "error" } else { "invalid" };
+            return finish(opts, shared, started, rev.as_deref(), outcome, json!({"error": e.to_string()}), None, 0);
+        }
+    };
+    let ok = rec.report.all_ok();
+    if interrupted && !ok {
+        return Ended {
+            outcome: finish(
+                opts,
+                shared,
+                started,
+                rev.as_deref(),
+                "cancelled",
+                json!({}),
+                Some(&rec.report),
+                rec.hash_ns,
+            )
+            .outcome,
+            done: false,
+        };
+    }
+    let outcome = if ok { "succeeded" } else { "failed" };
+    let mut promotion: Option<PromotionReport> = None;
+    let mut promotion_note: Option<String> = None;
+    if ok && has_policies && opts.promote && !stop.is_cancelled() && shared.leader.load(Ordering::Relaxed) {
+        // newest revision wins: never apply a superseded revision's promotion
+        let newer = match git {
+            Some((src, tip)) => {
+                let s = src.clone();
+                match tokio::task::spawn_blocking(move || s.fetch()).await {
+                    Ok(Ok(now)) if now != tip => {
+                        let s = src.clone();
+                        let targets = reconcile::load(dir).map(|c| source::promotion_targets(&c)).unwrap_or_default();
+                        let own = tokio::task::spawn_blocking(move || s.only_promotions(tip, now, &targets)).await;
+                        (!matches!(own, Ok(Ok(true)))).then(|| now.to_string())
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        if let Some(n) = newer {
+            // the newer revision is reconciled next, without waiting for the poll interval
+            shared.trigger.notify_one();
+            promotion_note = Some(format!("not promoted: superseded by newer revision {n}"));
+        } else {
+            let results = results_of(&rec.report);
+            let dir = dir.to_path_buf();
+            let popts = opts.promote_opts.clone();
+            let state_dir = opts.settings.state_dir.clone();
+            let r = tokio::task::spawn_blocking(move || -> Result<PromotionReport, String> {
+                let cat = reconcile::load(&dir).map_err(|e| e.to_string())?;
+                let store = reconcile::open_store(&state_dir).map_err(|e| e.to_string())?;
+                promote_all(&cat, &dir, &store, Some(&results), &popts)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match r {
+                Ok(p) => {
+                    shared.count_promotions(&p);
+                    promotion = Some(p);
+                }
+                Err(e) => promotion_note = Some(format!("promotion failed: {e}")),
+            }
+        }
+    }
+    let mut fields = json!({});
+    if let Some(p) = &promotion {
+        fields["promotion"] = serde_json::to_value(p).unwrap_or(Value::Null);
+        let states: Vec<String> = p.promotions.iter().map(|s| format!("{}={}", s.environment, s.state)).collect();
+        if !states.is_empty() {
+            fields["promotions"] = json!(states.join(","));
+        }
+        if p.failed() {
+            shared
+                .set_status("lastError", json!({"at": rfc3339_now(), "message": "a promotion failed", "promotion": p}));
+        }
+    }
+    if let Some(n) = promotion_note {
+        fields["promotionNote"] = json!(n);
+    }
+    let mut ended = finish(opts, shared, started, rev.as_deref(), outcome, fields, Some(&rec.report), rec.hash_ns);
+    // a run failed because shutdown cancelled it: not done
+    ended.done = !interrupted || ok;
+    ended
+}
+
+/// Account, publish and log a finished reconcile.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    opts: &WatchOptions,
+    shared: &Shared,
+    started: Instant,
+    rev: Option<&str>,
+    outcome: &'static str,
+    fields: Value,
+    report: Option<&crate::report::RunReport>,
+    hash_ns: u64,
+) -> Ended {
+    let secs = started.elapsed().as_secs_f64();
+    shared.count_reconcile(outcome, secs, report, hash_ns);
+    let mut last = json!({
+        "revision": rev,
+        "outcome": outcome,
+        "finishedAt": rfc3339_now(),
+        "durationMs": (secs * 1000.0) as u64,
+    });
+    if let Some(s) = shared.status.lock().ok().and_then(|s| s.get("reconcileStartedAt").cloned()) {
+        last["startedAt"] = s;
+    }
+    if let Value::Object(f) = &fields {
+        for (k, v) in f {
+            last[k] = v.clone();
+        }
+    }
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    if let Some(r) = report {
+        for t in r.runs.iter().flat_map(|r| r.tasks.iter()) {
+            *counts.entry(t.status.clone()).or_default() += 1;
+        }
+        last["report"] = serde_json::to_value(r).unwrap_or(Value::Null);
+        last["plan"] = serde_json::to_value(PlanReport::from_dry_run(r.clone())).unwrap_or(Value::Null);
+    }
+    {
+        let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        st["lastReconcile"] = last;
+        st["reconciling"] = json!(false);
+        st["reconciles"] = json!(st["reconciles"].as_u64().unwrap_or(0) + 1);
+        if outcome == "succeeded" || outcome == "skipped" {
+            st["lastSuccessAt"] = json!(rfc3339_now());
+        } else if let Some(e) = fields.get("error") {
+            st["lastError"] = json!({"at": rfc3339_now(), "message": e, "revision": rev});
+        }
+    }
+    let level = match outcome {
+        "succeeded" | "skipped" => "info",
+        "cancelled" | "failed" => "warn",
+        _ => "error",
+    };
+    let tasks: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {}", k.to_lowercase())).collect();
+    let mut log = json!({"outcome": outcome, "duration": format!("{secs:.2}s")});
+    if let Some(r) = rev {
+        log["revision"] = json!(&r[..12.min(r.len())]);
+    }
+    if !tasks.is_empty() {
+        log["tasks"] = json!(tasks.join(", "));
+    }
+    for k in ["error", "skipped", "promotions", "promotionNote"] {
+        if let Some(v) = fields.get(k) {
+            log[k] = v.clone();
+        }
+    }
+    if let Some(m) = fields.get("messages").and_then(|m| m.as_array()) {
+        for line in m.iter().filter_map(|l| l.as_str()) {
+            emit(opts.json_logs, "error", line, json!({}));
+        }
+    }
+    emit(opts.json_logs, level, "reconcile", log);
+    // tenon itself could not work (checkout, state directory): try the revision again later
+    Ended { outcome, done: outcome != "error" }
+}
