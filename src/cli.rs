@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::cached::CacheCtx;
 use crate::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
 use crate::error::{Error, Outcome};
+use crate::exec::kubernetes::{self, KubeArgs, KubernetesExecutor};
 use crate::exec::local::{LocalExecutor, Sandbox, SandboxMode};
+use crate::exec::ExecutorKind;
 use crate::model::{self, Catalog, ParamValue};
 use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
 use crate::report::{HashingStats, PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
@@ -215,6 +217,11 @@ pub struct PlanArgs {
     /// The sandbox the run would use (it is part of cache keys); see `tenon run --help`.
     #[arg(long, value_enum, env = "TENON_SANDBOX", default_value_t = SandboxMode::Auto)]
     pub sandbox: SandboxMode,
+    /// The executor the run would use (it is part of cache keys).
+    #[arg(long, value_enum, env = "TENON_EXECUTOR", default_value_t = ExecutorKind::Local)]
+    pub executor: ExecutorKind,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     #[arg(long, default_value = "default")]
     pub namespace: String,
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
@@ -308,6 +315,12 @@ pub struct RunArgs {
     /// `host` uses host paths; `auto` picks bwrap when it is installed and works.
     #[arg(long, value_enum, env = "TENON_SANDBOX", default_value_t = SandboxMode::Auto)]
     pub sandbox: SandboxMode,
+    /// Where tasks run: `local` (processes on this host) or `kubernetes` (one pod per
+    /// TaskRun; see the --k8s-* flags). Part of cache keys.
+    #[arg(long, value_enum, env = "TENON_EXECUTOR", default_value_t = ExecutorKind::Local)]
+    pub executor: ExecutorKind,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Run this pipeline task even when a cached result exists. Repeatable.
     #[arg(long = "rerun", value_name = "TASK")]
     pub rerun: Vec<String>,
@@ -434,6 +447,8 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
             known_hosts: None,
         },
         sandbox: a.sandbox,
+        executor: a.executor,
+        kube: a.kube,
         rerun: a.rerun,
         output: a.output,
     };
@@ -765,9 +780,24 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
     let console = Arc::new(if dry_run { Console::silent() } else { Console::new(a.quiet) });
     let state_dir = a.store.clone().unwrap_or_else(default_store);
     let _ = std::fs::create_dir_all(&state_dir);
-    let sandbox = Sandbox::detect_cached(a.sandbox, &state_dir).map_err(Error::Usage)?;
-    let executor_id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
-    let exec = Arc::new(LocalExecutor::new(pass_env, console.clone()).with_sandbox(sandbox));
+    let mut image_digests = Default::default();
+    let (exec, executor_id): (Arc<dyn crate::exec::Executor>, &str) = match a.executor {
+        ExecutorKind::Local => {
+            let sandbox = Sandbox::detect_cached(a.sandbox, &state_dir).map_err(Error::Usage)?;
+            let id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
+            (Arc::new(LocalExecutor::new(pass_env, console.clone()).with_sandbox(sandbox)), id)
+        }
+        ExecutorKind::Kubernetes => {
+            let k8s_err = |e: String| Error::Io { context: e, source: std::io::Error::other("kubernetes") };
+            let owner = kubernetes::store_owner(&state_dir).map_err(k8s_err)?;
+            let k = KubernetesExecutor::connect(a.kube.clone(), owner, console.clone()).await.map_err(k8s_err)?;
+            if !dry_run {
+                k.sweep().await.map_err(k8s_err)?;
+            }
+            image_digests = k.image_digests().await;
+            (Arc::new(k), "kubernetes")
+        }
+    };
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();
@@ -798,6 +828,7 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
     let mut cache_ctx = CacheCtx::new(store, a.no_cache, rerun, dry_run)
         .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
     cache_ctx.executor = executor_id.to_string();
+    cache_ctx.image_digests = image_digests;
     let cache = Arc::new(cache_ctx);
     let engine = Engine::new(cat.clone(), exec, opts, console.clone(), cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();

@@ -21,6 +21,9 @@ pub const EXCLUDE_ANNOTATION: &str = "tenon.dev/exclude";
 pub const OUTPUTS_ANNOTATION: &str = "tenon.dev/outputs";
 /// Annotation (on a task): `"false"` never caches it.
 pub const CACHE_ANNOTATION: &str = "tenon.dev/cache";
+/// `"true"`: the task's result does not depend on where it runs, so its key leaves the
+/// executor out and a record made by one executor is a hit for another.
+pub const EXECUTOR_INDEPENDENT_ANNOTATION: &str = "tenon.dev/cache-executor-independent";
 
 /// Split an annotation value into entries.
 pub fn entries(v: &str) -> Vec<String> {
@@ -40,6 +43,8 @@ pub struct CacheCtx {
     /// `tenon plan`: decide, never run.
     pub dry_run: bool,
     pub executor: String,
+    /// Normalized image name -> digest, as the cluster reports them (Kubernetes executor).
+    pub image_digests: BTreeMap<String, String>,
 }
 
 impl CacheCtx {
@@ -54,6 +59,7 @@ impl CacheCtx {
             rerun,
             dry_run,
             executor: "local".into(),
+            image_digests: BTreeMap::new(),
         })
     }
 
@@ -107,6 +113,8 @@ pub struct CacheJob {
     pub forced: Option<String>,
     /// Params that just pass a run param through: task param -> run param name.
     pub param_sources: BTreeMap<String, String>,
+    /// [`EXECUTOR_INDEPENDENT_ANNOTATION`] is `"true"`.
+    pub executor_independent: bool,
     /// This run's directory: run-unique, so replaced by a placeholder in the preimage
     /// (a consumer of a path result is the same task in every run).
     pub run_dir: Option<PathBuf>,
@@ -170,9 +178,21 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
         m.remove("description");
         m.remove("displayName");
     }
+    let mut images = BTreeMap::new();
+    if !ctx.image_digests.is_empty() {
+        let spec = &job.key_spec;
+        for s in spec.steps.iter().chain(spec.sidecars.iter()).chain(spec.step_template.iter()) {
+            if let Some(img) = s.image.as_deref().filter(|i| !i.contains('@')) {
+                if let Some(d) = ctx.image_digests.get(&crate::exec::kubernetes::normalize_image(img)) {
+                    images.insert(img.to_string(), d.clone());
+                }
+            }
+        }
+    }
     let pre = Preimage {
         version: KEY_SCHEMA_VERSION,
-        executor: ctx.executor.clone(),
+        executor: if job.executor_independent { "any".into() } else { ctx.executor.clone() },
+        images,
         spec,
         params: job.params.clone(),
         inputs,
@@ -342,6 +362,7 @@ pub fn apply_bindings(
             _ => job.uncacheable = Some(format!("{OUTPUTS_ANNOTATION} entry {o:?} is not workspace:path")),
         }
     }
+    job.executor_independent = ann(EXECUTOR_INDEPENDENT_ANNOTATION).as_deref() == Some("true");
     if ann(CACHE_ANNOTATION).as_deref() == Some("false") {
         job.uncacheable = Some(format!("{CACHE_ANNOTATION}: \"false\""));
     }
