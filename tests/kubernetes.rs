@@ -1,0 +1,614 @@
+//! End-to-end tests of the Kubernetes executor and the leader-election Lease against a real
+//! cluster: `TENON_TEST_KUBECONFIG` names the test cluster's kubeconfig (never the ambient
+//! KUBECONFIG); without it every test prints why it is skipped and returns. The cluster needs
+//! the images of `tests/k8s/make-images.sh` (`.ci/run` brings the cluster up and builds them).
+//! Each test works in a namespace of its own, deleted at the end (also when it fails).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use serde_json::Value;
+use tenon::lease::{hold_lease_with, LeaseTiming};
+use tokio_util::sync::CancellationToken;
+
+const BUSYBOX: &str = "local/busybox:1.35";
+
+fn kubeconfig() -> Option<PathBuf> {
+    match std::env::var_os("TENON_TEST_KUBECONFIG") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            eprintln!(
+                "SKIPPED: TENON_TEST_KUBECONFIG is not set (the kubeconfig of a throw-away test cluster; .ci/run sets it after shared/k8s/up)"
+            );
+            None
+        }
+    }
+}
+
+/// A namespace of its own on the test cluster, deleted on drop.
+struct Cluster {
+    kubeconfig: PathBuf,
+    client: kube::Client,
+    ns: String,
+}
+
+impl Cluster {
+    async fn new(test: &str) -> Option<Cluster> {
+        let kubeconfig = kubeconfig()?;
+        let client = tenon::exec::kubernetes::client(Some(&kubeconfig), None).await.expect("test cluster reachable");
+        let nodes: Api<Node> = Api::all(client.clone());
+        let names: Vec<String> = nodes
+            .list(&ListParams::default())
+            .await
+            .expect("list nodes")
+            .items
+            .into_iter()
+            .flat_map(|n| n.status.and_then(|s| s.images).unwrap_or_default())
+            .flat_map(|i| i.names.unwrap_or_default())
+            .collect();
+        for want in ["docker.io/library/python:3.11-slim", "docker.io/library/busybox:1.36"] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "image {want} is not on the test cluster: run tests/k8s/make-images.sh"
+            );
+        }
+        let ns = format!("tenon-{test}-{}", &tenon::hash::sha256_hex(format!("{:?}", Instant::now()).as_bytes())[..6]);
+        let api: Api<Namespace> = Api::all(client.clone());
+        let obj: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        api.create(&PostParams::default(), &obj).await.expect("create namespace");
+        // the namespace's default ServiceAccount is not needed: tenon's pods mount none
+        Some(Cluster { kubeconfig, client, ns })
+    }
+
+    /// `--executor kubernetes` flags for this namespace.
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--executor".into(),
+            "kubernetes".into(),
+            "--k8s-kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--k8s-namespace".into(),
+            self.ns.clone(),
+        ]
+    }
+
+    fn pods_api(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn pods(&self) -> Vec<Pod> {
+        self.pods_api().list(&ListParams::default()).await.expect("list pods").items
+    }
+
+    /// No pod is left once deletions finish (deleted pods may take a moment to disappear).
+    async fn assert_no_pods(&self) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left: Vec<String> = self.pods().await.into_iter().filter_map(|p| p.metadata.name).collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < until, "pods left behind in {}: {left:?}", self.ns);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Record pod events in the namespace: ("add"|"delete", name, uid) in order.
+    fn recorder(&self) -> Recorder {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let api = self.pods_api();
+        let task = tokio::spawn(async move {
+            let mut seen = BTreeSet::new();
+            let mut s = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+            while let Some(e) = s.next().await {
+                let (kind, p) = match e {
+                    Ok(Event::Apply(p) | Event::InitApply(p)) => ("add", p),
+                    Ok(Event::Delete(p)) => ("delete", p),
+                    _ => continue,
+                };
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                let name = p.metadata.name.clone().unwrap_or_default();
+                if kind == "add" && !seen.insert(uid.clone()) {
+                    continue;
+                }
+                ev.lock().unwrap().push((kind, name, uid));
+            }
+        });
+        Recorder { events, task }
+    }
+
+    fn tenon(&self, args: &[&str], store: &Path) -> Run {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.flags());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        tenon_command(&refs, store).output().expect("tenon runs").into()
+    }
+
+    fn spawn_tenon(&self, args: &[&str], store: &Path) -> std::process::Child {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(self.flags());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        tenon_command(&refs, store).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("tenon starts")
+    }
+
+    /// Wait (watching) until a pod of this namespace runs a step; returns its name and uid.
+    async fn wait_running_pod(&self) -> (String, String) {
+        let mut s = watcher::watcher(self.pods_api(), watcher::Config::default()).default_backoff().boxed();
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(e) = s.next().await {
+                if let Ok(Event::Apply(p) | Event::InitApply(p)) = e {
+                    let running = p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c.name.starts_with("step-") && c.state.as_ref().is_some_and(|s| s.running.is_some())
+                        })
+                    });
+                    if running {
+                        return Some((p.metadata.name.unwrap_or_default(), p.metadata.uid.unwrap_or_default()));
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        found.ok().flatten().expect("a step pod started running within 60s")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let (client, ns) = (self.client.clone(), self.ns.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let api: Api<Namespace> = Api::all(client);
+                let _ = api.delete(&ns, &DeleteParams::default()).await;
+            });
+        })
+        .join();
+    }
+}
+
+struct Recorder {
+    events: Arc<Mutex<Vec<(&'static str, String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    /// Names of the pods created so far.
+    fn created(&self) -> BTreeSet<String> {
+        self.events.lock().unwrap().iter().filter(|e| e.0 == "add").map(|e| e.1.clone()).collect()
+    }
+    fn events(&self) -> Vec<(&'static str, String, String)> {
+        self.events.lock().unwrap().clone()
+    }
+    /// Let the watch catch up with what just happened.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let dest = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+fn tasks(report: &Value) -> Vec<Value> {
+    report["runs"][0]["tasks"].as_array().cloned().unwrap_or_default()
+}
+
+fn statuses(report: &Value) -> Vec<(String, String)> {
+    tasks(report)
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_string(), t["status"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn ran(report: &Value) -> BTreeSet<String> {
+    tasks(report).iter().filter(|t| t["status"] != "Cached").map(|t| t["name"].as_str().unwrap().to_string()).collect()
+}
+
+fn pod_of(run: &str, task: &str) -> String {
+    format!("{run}-{task}-pod")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_pipeline_same_as_local_cached_then_incremental() {
+    let Some(c) = Cluster::new("example").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    copy_dir(&repo_root().join("examples/model-promotion"), &repo);
+    let dir = repo.display().to_string();
+
+    let t = Instant::now();
+    let local = tenon_cached(&["run", &dir, "--output", "json", "-q"], &tmp.path().join("local"));
+    let local_time = t.elapsed();
+    assert_eq!(local.code, 0, "{}", local.stderr);
+
+    let store = tmp.path().join("k8s");
+    let rec = c.recorder();
+    let t = Instant::now();
+    let first = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
+    let k8s_time = t.elapsed();
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let (l, k) = (local.json(), first.json());
+    assert_eq!(statuses(&l), statuses(&k));
+    assert_eq!(l["runs"][0]["results"], k["runs"][0]["results"], "pipeline results differ");
+    for (lt, kt) in tasks(&l).iter().zip(tasks(&k).iter()) {
+        assert_eq!(lt["results"], kt["results"], "results of {} differ", lt["name"]);
+        assert_eq!(lt["reason"], kt["reason"]);
+    }
+    // the step image was recorded as the cluster resolved it
+    assert!(tasks(&k)[0]["steps"][0]["imageId"].as_str().is_some_and(|s| s.contains("sha256:")), "{k:#}");
+    rec.settle().await;
+    let run = "model-promotion-run";
+    let all: BTreeSet<String> =
+        ["prepare", "train", "evaluate", "package", "report"].iter().map(|t| pod_of(run, t)).collect();
+    assert_eq!(rec.created(), all);
+    eprintln!(
+        "NOTE example pipeline: local {:.2}s, kubernetes {:.2}s (5 task pods)",
+        local_time.as_secs_f64(),
+        k8s_time.as_secs_f64()
+    );
+
+    // a second run creates no pod: every task is Cached
+    let rec = c.recorder();
+    let second = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(ran(&second.json()).is_empty(), "{}", second.stdout);
+    rec.settle().await;
+    assert_eq!(rec.created(), BTreeSet::new());
+
+    // one input change: exactly the affected tasks get pods
+    let f = repo.join("src/evaluate.py");
+    let mut text = std::fs::read_to_string(&f).unwrap();
+    text.push_str("\n# a comment changes the input, not the output\n");
+    std::fs::write(&f, text).unwrap();
+    let rec = c.recorder();
+    let third = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    let j = third.json();
+    let reran = ran(&j);
+    assert!(reran.contains("evaluate"), "{j:#}");
+    assert!(!reran.contains("prepare") && !reran.contains("train"), "{reran:?}");
+    rec.settle().await;
+    assert_eq!(rec.created(), reran.iter().map(|t| pod_of(run, t)).collect::<BTreeSet<_>>());
+    assert_eq!(j["runs"][0]["results"], l["runs"][0]["results"]);
+    c.assert_no_pods().await;
+}
+
+const FAILURES: &str = r#"
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata: {name: failures}
+spec:
+  tasks:
+    - name: fails
+      taskSpec:
+        steps:
+          - name: boom
+            image: IMG
+            script: |
+              echo about to fail
+              exit 3
+          - name: never
+            image: IMG
+            script: echo never
+    - name: slow
+      timeout: 5s
+      taskSpec:
+        steps:
+          - name: nap
+            image: IMG
+            script: sleep 120
+    - name: flaky
+      retries: 1
+      taskSpec:
+        steps:
+          - name: maybe
+            image: IMG
+            script: |
+              echo attempt $(context.task.retry-count)
+              [ "$(context.task.retry-count)" = 1 ]
+    - name: hog
+      taskSpec:
+        steps:
+          - name: eat
+            image: IMG
+            computeResources:
+              limits: {memory: 24Mi}
+            script: tail /dev/zero
+    - name: tolerant
+      taskSpec:
+        results: [{name: out}]
+        steps:
+          - name: bad
+            image: IMG
+            onError: continue
+            script: exit 5
+          - name: good
+            image: IMG
+            script: printf done > $(results.out.path)
+    - name: big
+      taskSpec:
+        results: [{name: blob}]
+        steps:
+          - name: write
+            image: IMG
+            script: head -c 5000 /dev/zero | tr '\0' x > $(results.blob.path)
+    - name: nopull
+      taskSpec:
+        steps:
+          - name: s
+            image: local/absent:1
+            imagePullPolicy: Never
+            script: echo hi
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {name: failures-run}
+spec:
+  pipelineRef: {name: failures}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_timeouts_retries_oom_are_reported() {
+    let Some(c) = Cluster::new("failures").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("p.yaml"), FAILURES.replace("IMG", BUSYBOX)).unwrap();
+    let rec = c.recorder();
+    let r = c.tenon(
+        &["run", tmp.path().to_str().unwrap(), "--output", "json", "-q", "--parallel", "8", "--no-cache"],
+        &tmp.path().join("store"),
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let t = |n: &str| task(&j, n).clone();
+
+    let fails = t("fails");
+    assert_eq!((fails["status"].as_str(), fails["reason"].as_str()), (Some("Failed"), Some("Failed")), "{fails:#}");
+    assert_eq!(fails["steps"][0]["terminationReason"], "Error");
+    assert_eq!(fails["steps"][0]["exitCode"], 3);
+    assert_eq!(fails["steps"][1]["terminationReason"], "Skipped");
+
+    let slow = t("slow");
+    assert_eq!(
+        (slow["status"].as_str(), slow["reason"].as_str()),
+        (Some("TimedOut"), Some("TaskRunTimeout")),
+        "{slow:#}"
+    );
+
+    let flaky = t("flaky");
+    assert_eq!(flaky["status"], "Succeeded", "{flaky:#}");
+    assert_eq!(flaky["attempts"], 2);
+
+    let hog = t("hog");
+    assert_eq!(hog["status"], "Failed", "{hog:#}");
+    assert_eq!(hog["steps"][0]["terminationReason"], "OOMKilled", "{hog:#}");
+    assert!(hog["message"].as_str().unwrap().contains("OOMKilled"));
+
+    let tolerant = t("tolerant");
+    assert_eq!(tolerant["status"], "Succeeded", "{tolerant:#}");
+    assert_eq!(tolerant["steps"][0]["terminationReason"], "Continued");
+    assert_eq!(tolerant["steps"][0]["exitCode"], 5);
+    assert_eq!(tolerant["results"]["out"], "done");
+
+    let big = t("big");
+    assert_eq!(big["reason"], "TaskRunResultLargerThanAllowedLimit", "{big:#}");
+
+    let nopull = t("nopull");
+    assert_eq!(nopull["reason"], "TaskRunImagePullFailed", "{nopull:#}");
+
+    rec.settle().await;
+    let created = rec.created();
+    assert!(
+        created.contains("failures-run-flaky-pod") && created.contains("failures-run-flaky-pod-retry1"),
+        "{created:?}"
+    );
+    c.assert_no_pods().await;
+}
+
+const SLEEPER: &str = r#"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: sleeper}
+spec:
+  taskSpec:
+    results: [{name: woke}]
+    steps:
+      - name: nap
+        image: IMG
+        script: |
+          sleep SECS
+          printf yes > $(results.woke.path)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_deletes_the_pod() {
+    let Some(c) = Cluster::new("cancel").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("t.yaml"), SLEEPER.replace("IMG", BUSYBOX).replace("SECS", "120")).unwrap();
+    let child = c.spawn_tenon(&["run", tmp.path().to_str().unwrap(), "--output", "json", "-q"], &tmp.path().join("s"));
+    let pid = child.id() as i32;
+    c.wait_running_pod().await;
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let r: Run = out.into();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let t = task(&r.json(), "sleeper").clone();
+    assert_eq!((t["status"].as_str(), t["reason"].as_str()), (Some("Cancelled"), Some("TaskRunCancelled")), "{t:#}");
+    c.assert_no_pods().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_run_replaces_the_orphan_pod() {
+    let Some(c) = Cluster::new("restart").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("t.yaml"), SLEEPER.replace("IMG", BUSYBOX).replace("SECS", "6")).unwrap();
+    let store = tmp.path().join("s");
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let rec = c.recorder();
+    let mut child = c.spawn_tenon(&["run", &dir, "--output", "json", "-q"], &store);
+    let (name, old_uid) = c.wait_running_pod().await;
+    child.kill().unwrap(); // SIGKILL: tenon gets no chance to clean up
+    let _ = child.wait();
+    assert!(c.pods().await.iter().any(|p| p.metadata.uid.as_deref() == Some(old_uid.as_str())), "the orphan is there");
+    let r = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(task(&r.json(), "sleeper")["results"]["woke"], "yes");
+    rec.settle().await;
+    // the orphan was deleted before its replacement was created: never two at once
+    let ev = rec.events();
+    let deleted_old = ev.iter().position(|e| e.0 == "delete" && e.2 == old_uid).expect("orphan deleted");
+    let new_add = ev.iter().position(|e| e.0 == "add" && e.1 == name && e.2 != old_uid).expect("replacement created");
+    assert!(deleted_old < new_add, "{ev:?}");
+    c.assert_no_pods().await;
+}
+
+const PORTABLE: &str = r#"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: plain}
+spec:
+  taskSpec:
+    results: [{name: r}]
+    steps:
+      - {name: s, image: IMG, script: "printf 1 > $(results.r.path)"}
+---
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: portable
+  annotations: {tenon.dev/cache-executor-independent: "true"}
+spec:
+  taskSpec:
+    results: [{name: r}]
+    steps:
+      - {name: s, image: IMG, script: "printf 1 > $(results.r.path)"}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executor_is_part_of_the_key_unless_a_task_opts_out() {
+    let Some(c) = Cluster::new("keys").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("t.yaml"), PORTABLE.replace("IMG", BUSYBOX)).unwrap();
+    let store = tmp.path().join("s");
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let local = tenon_cached(&["run", &dir, "--output", "json", "-q"], &store);
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    let k = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
+    assert_eq!(k.code, 0, "{}", k.stderr);
+    let status = |r: &Run, n: &str| {
+        let j = r.json();
+        j["runs"].as_array().unwrap().iter().find(|x| x["name"] == n).unwrap()["tasks"][0]["status"].clone()
+    };
+    assert_eq!(status(&k, "plain"), "Succeeded", "a local record is no hit on the cluster");
+    assert_eq!(status(&k, "portable"), "Cached", "the opted-in task reuses the local record");
+    c.assert_no_pods().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_manifests_pass_server_side_dry_run() {
+    let Some(c) = Cluster::new("deploy").await else { return };
+    if std::process::Command::new("kubectl").arg("version").arg("--client").output().is_err() {
+        eprintln!("SKIPPED: kubectl is not installed");
+        return;
+    }
+    let kc = c.kubeconfig.display().to_string();
+    let out = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &kc, "apply", "--dry-run=server", "-n", &c.ns, "-k"])
+        .arg(repo_root().join("deploy"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for kind in ["serviceaccount", "role.rbac", "rolebinding.rbac", "persistentvolumeclaim", "service", "deployment"] {
+        assert!(text.contains(kind), "{kind} missing from: {text}");
+    }
+    // the Argo CD and Flux examples use CRDs this cluster lacks: they must at least build
+    for ex in ["deploy/examples/argocd", "deploy/examples/flux"] {
+        let out = std::process::Command::new("kubectl").arg("kustomize").arg(repo_root().join(ex)).output().unwrap();
+        assert!(out.status.success(), "{ex}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stdout.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_has_one_leader_and_hands_over() {
+    let Some(c) = Cluster::new("lease").await else { return };
+    let timing = LeaseTiming {
+        duration: Duration::from_secs(3),
+        renew: Duration::from_millis(500),
+        retry: Duration::from_millis(200),
+    };
+    let start = |id: &str| {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let cancel = CancellationToken::new();
+        let h = tokio::spawn(hold_lease_with(
+            c.client.clone(),
+            c.ns.clone(),
+            "tenon-leader".into(),
+            id.into(),
+            tx,
+            cancel.clone(),
+            timing,
+        ));
+        (rx, cancel, h)
+    };
+    async fn becomes(rx: &mut tokio::sync::watch::Receiver<bool>, want: bool, within: Duration) -> bool {
+        tokio::time::timeout(within, rx.wait_for(|v| *v == want)).await.is_ok_and(|r| r.is_ok())
+    }
+    let holder = || async {
+        let api: Api<Lease> = Api::namespaced(c.client.clone(), &c.ns);
+        api.get("tenon-leader").await.unwrap().spec.unwrap().holder_identity
+    };
+    let (mut a_rx, a_cancel, a) = start("a");
+    assert!(becomes(&mut a_rx, true, Duration::from_secs(10)).await, "a leads a free lease");
+    let (mut b_rx, b_cancel, b) = start("b");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!*b_rx.borrow() && *a_rx.borrow(), "one leader while a renews");
+    assert_eq!(holder().await.as_deref(), Some("a"));
+    // a releases on cancel: b takes over at once (well within a lease duration)
+    a_cancel.cancel();
+    a.await.unwrap().unwrap();
+    assert!(!*a_rx.borrow());
+    assert!(becomes(&mut b_rx, true, Duration::from_secs(2)).await, "b takes a released lease");
+    assert_eq!(holder().await.as_deref(), Some("b"));
+    // b dies without releasing: a new contender waits for the lease to expire
+    b.abort();
+    let _ = b.await;
+    let t = Instant::now();
+    let (mut c_rx, c_cancel, cc) = start("c");
+    assert!(becomes(&mut c_rx, true, Duration::from_secs(10)).await, "c takes an expired lease");
+    assert!(t.elapsed() >= Duration::from_secs(3), "not before it expired: {:?}", t.elapsed());
+    drop(b_cancel);
+    c_cancel.cancel();
+    cc.await.unwrap().unwrap();
+    assert_eq!(holder().await, None, "released");
+}
