@@ -541,18 +541,27 @@ async fn deploy_manifests_pass_server_side_dry_run() {
         return;
     }
     let kc = c.kubeconfig.display().to_string();
-    let out = std::process::Command::new("kubectl")
-        .args(["--kubeconfig", &kc, "apply", "--dry-run=server", "-n", &c.ns, "-k"])
-        .arg(repo_root().join("deploy"))
-        .output()
+    // the base as `kubectl apply -k deploy/` renders it, moved to this test's namespace
+    let rendered = std::process::Command::new("kubectl").arg("kustomize").arg(repo_root().join("deploy")).output().unwrap();
+    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+    let yaml = String::from_utf8_lossy(&rendered.stdout).replace("namespace: tenon\n", &format!("namespace: {}\n", c.ns));
+    let mut child = std::process::Command::new("kubectl")
+        .args(["--kubeconfig", &kc, "apply", "--dry-run=server", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     for kind in ["serviceaccount", "role.rbac", "rolebinding.rbac", "persistentvolumeclaim", "service", "deployment"] {
         assert!(text.contains(kind), "{kind} missing from: {text}");
     }
     // the Argo CD and Flux examples use CRDs this cluster lacks: they must at least build
-    for ex in ["deploy/examples/argocd", "deploy/examples/flux"] {
+    for ex in ["examples/gitops/argocd", "examples/gitops/flux"] {
         let out = std::process::Command::new("kubectl").arg("kustomize").arg(repo_root().join(ex)).output().unwrap();
         assert!(out.status.success(), "{ex}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(!out.stdout.is_empty());

@@ -24,7 +24,7 @@ fi
 py=$(readlink -f /usr/bin/python3)
 [ -x "$py" ] || { echo "make-images: /usr/bin/python3 is missing (apt-get install python3)" >&2; exit 1; }
 bb=$(command -v busybox || true)
-[ -n "$bb" ] && file -L "$bb" | grep -q 'statically linked' \
+[ -n "$bb" ] && ldd "$bb" 2>&1 | grep -q 'not a dynamic' \
   || { echo "make-images: a static busybox is needed (apt-get install busybox-static)" >&2; exit 1; }
 ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 work=$(mktemp -d)
