@@ -542,9 +542,11 @@ async fn deploy_manifests_pass_server_side_dry_run() {
     }
     let kc = c.kubeconfig.display().to_string();
     // the base as `kubectl apply -k deploy/` renders it, moved to this test's namespace
-    let rendered = std::process::Command::new("kubectl").arg("kustomize").arg(repo_root().join("deploy")).output().unwrap();
+    let rendered =
+        std::process::Command::new("kubectl").arg("kustomize").arg(repo_root().join("deploy")).output().unwrap();
     assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
-    let yaml = String::from_utf8_lossy(&rendered.stdout).replace("namespace: tenon\n", &format!("namespace: {}\n", c.ns));
+    let yaml =
+        String::from_utf8_lossy(&rendered.stdout).replace("namespace: tenon\n", &format!("namespace: {}\n", c.ns));
     let mut child = std::process::Command::new("kubectl")
         .args(["--kubeconfig", &kc, "apply", "--dry-run=server", "-f", "-"])
         .stdin(Stdio::piped())

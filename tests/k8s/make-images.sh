@@ -13,11 +13,11 @@ set -euo pipefail
 k8s=${1:?usage: $0 K8S_DIR}
 # busybox:1.36 (the example's report task, and the executor's default helper image) is the
 # cluster's preloaded static busybox under another name
-if ! "$k8s/ctr" images ls -q | grep -qx docker.io/library/busybox:1.36; then
+if ! "$k8s/ctr" images ls -q | grep -x docker.io/library/busybox:1.36 >/dev/null; then
   "$k8s/ctr" images tag docker.io/local/busybox:1.35 docker.io/library/busybox:1.36 >&2
 fi
 name=docker.io/library/python:3.11-slim
-if "$k8s/ctr" images ls -q | grep -qx "$name"; then
+if "$k8s/ctr" images ls -q | grep -x "$name" >/dev/null; then
   echo "make-images: $name already loaded" >&2
   exit 0
 fi
