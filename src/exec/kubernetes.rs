@@ -738,7 +738,7 @@ impl KubernetesExecutor {
         let mut download_err = None;
         let mut downloaded = None;
         if matches!(end, End::Steps) && holder_up {
-            match self.download(&name, &plan).await {
+            match self.download(&name, &plan, &req.dir.join("pod-files")).await {
                 Ok(d) => downloaded = Some(d),
                 Err(e) => download_err = Some(e),
             }
@@ -960,7 +960,7 @@ impl KubernetesExecutor {
         })
     }
 
-    async fn download(&self, name: &str, plan: &PodPlan) -> Result<PathBuf, String> {
+    async fn download(&self, name: &str, plan: &PodPlan, dir: &Path) -> Result<PathBuf, String> {
         let mut cmd = vec!["tar".to_string(), "cf".into(), "-".into(), "-C".into(), "/".into()];
         cmd.push("tekton/results".into());
         cmd.push("tekton/steps".into());
@@ -968,14 +968,13 @@ impl KubernetesExecutor {
             cmd.push(c.stage.clone());
         }
         let bytes = exec(&self.pods, name, HOLDER, cmd, None).await?;
-        let dir = std::env::temp_dir().join(format!("tenon-k8s-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut ar = tar::Archive::new(bytes.as_slice());
         ar.set_preserve_permissions(true);
         ar.set_overwrite(true);
-        ar.unpack(&dir).map_err(|e| format!("cannot unpack the pod's files: {e}"))?;
-        Ok(dir)
+        ar.unpack(dir).map_err(|e| format!("cannot unpack the pod's files: {e}"))?;
+        Ok(dir.to_path_buf())
     }
 }
 
@@ -1091,7 +1090,8 @@ fn copy_changed(root: &Path, dir: &Path, to: &Path, present: &mut BTreeSet<Strin
         let dest = to.join(&rel);
         let ft = e.file_type()?;
         if ft.is_dir() {
-            if !dest.is_dir() {
+            // never follow a symlink on the host side: a step could aim it outside the workspace
+            if !std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
                 let _ = std::fs::remove_file(&dest);
                 std::fs::create_dir_all(&dest)?;
             }
@@ -1108,7 +1108,8 @@ fn copy_changed(root: &Path, dir: &Path, to: &Path, present: &mut BTreeSet<Strin
             continue;
         }
         let new = std::fs::read(&p)?;
-        if std::fs::read(&dest).ok().as_ref() == Some(&new) {
+        let dest_is_file = std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_file());
+        if dest_is_file && std::fs::read(&dest).ok().as_ref() == Some(&new) {
             continue;
         }
         if let Some(parent) = dest.parent() {
@@ -1144,6 +1145,40 @@ mod tests {
         let odd = pod_name("run-train[1]", 0);
         assert!(odd.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{odd}");
         assert_ne!(pod_name("a_b", 0), pod_name("a.b", 0));
+    }
+
+    #[test]
+    fn write_back_merges_changes_only() {
+        let t = tempfile::tempdir().unwrap();
+        let (pod, host) = (t.path().join("pod"), t.path().join("host"));
+        for d in [&pod, &host] {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+        }
+        // uploaded: keep.txt, gone.txt, sub/x; meanwhile another task wrote other.txt on the host
+        std::fs::write(host.join("keep.txt"), "same").unwrap();
+        std::fs::write(host.join("gone.txt"), "old").unwrap();
+        std::fs::write(host.join("sub/x"), "1").unwrap();
+        std::fs::write(host.join("other.txt"), "theirs").unwrap();
+        let uploaded: BTreeSet<String> = ["keep.txt", "gone.txt", "sub/x"].iter().map(|s| s.to_string()).collect();
+        // the pod kept keep.txt, deleted gone.txt, changed sub/x, added new.txt
+        std::fs::write(pod.join("keep.txt"), "same").unwrap();
+        std::fs::write(pod.join("sub/x"), "2").unwrap();
+        std::fs::write(pod.join("new.txt"), "n").unwrap();
+        // and a symlink dir on the host must not be followed
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, host.join("link")).unwrap();
+        std::fs::create_dir_all(pod.join("link")).unwrap();
+        std::fs::write(pod.join("link/f"), "x").unwrap();
+        write_back(&pod, &host, &uploaded).unwrap();
+        let read = |p: &str| std::fs::read_to_string(host.join(p)).ok();
+        assert_eq!(read("keep.txt").as_deref(), Some("same"));
+        assert_eq!(read("gone.txt"), None);
+        assert_eq!(read("sub/x").as_deref(), Some("2"));
+        assert_eq!(read("new.txt").as_deref(), Some("n"));
+        assert_eq!(read("other.txt").as_deref(), Some("theirs"), "another writer's file survives");
+        assert_eq!(read("link/f").as_deref(), Some("x"));
+        assert!(!outside.join("f").exists(), "wrote through a host symlink");
     }
 
     #[test]
