@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::cached::CacheCtx;
 use crate::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
 use crate::error::{Error, Outcome};
-use crate::exec::kubernetes::{self, KubeArgs, KubernetesExecutor};
+use crate::exec::kubernetes::{KubeArgs, KubernetesExecutor};
 use crate::exec::local::{LocalExecutor, Sandbox, SandboxMode};
 use crate::exec::ExecutorKind;
 use crate::model::{self, Catalog, ParamValue};
@@ -789,8 +789,7 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
         }
         ExecutorKind::Kubernetes => {
             let k8s_err = |e: String| Error::Io { context: e, source: std::io::Error::other("kubernetes") };
-            let owner = kubernetes::store_owner(&state_dir).map_err(k8s_err)?;
-            let k = KubernetesExecutor::connect(a.kube.clone(), owner, console.clone()).await.map_err(k8s_err)?;
+            let k = KubernetesExecutor::connect(a.kube.clone(), &state_dir, console.clone()).await.map_err(k8s_err)?;
             if !dry_run {
                 k.sweep().await.map_err(k8s_err)?;
             }

@@ -623,3 +623,92 @@ async fn lease_has_one_leader_and_hands_over() {
     cc.await.unwrap().unwrap();
     assert_eq!(holder().await, None, "released");
 }
+
+const PVC_PIPELINE: &str = r#"
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata: {name: pvc}
+spec:
+  workspaces: [{name: data}]
+  tasks:
+    - name: write
+      workspaces: [{name: data, workspace: data}]
+      taskSpec:
+        workspaces: [{name: data}]
+        steps:
+          - {name: w, image: IMG, script: "printf from-pod > $(workspaces.data.path)/hello.txt"}
+    - name: read
+      runAfter: [write]
+      workspaces: [{name: data, workspace: data}]
+      taskSpec:
+        workspaces: [{name: data}]
+        results: [{name: got}]
+        steps:
+          - {name: r, image: IMG, script: "cat $(workspaces.data.path)/hello.txt > $(results.got.path)"}
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {name: pvc-run}
+spec:
+  pipelineRef: {name: pvc}
+  workspaces:
+    - name: data
+      persistentVolumeClaim: {claimName: CLAIM}
+      subPath: run1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_volume_claims_are_the_clusters() {
+    let Some(c) = Cluster::new("pvc").await else { return };
+    // no dynamic provisioner on the test cluster: a hostPath PV (the node is this machine)
+    let hostdir = tempfile::tempdir().unwrap();
+    let pv_name = format!("{}-pv", c.ns);
+    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(c.client.clone());
+    let pv = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": pv_name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain",
+                 "hostPath": {"path": hostdir.path().display().to_string(), "type": "Directory"}},
+    }))
+    .unwrap();
+    pvs.create(&PostParams::default(), &pv).await.unwrap();
+    struct PvGuard(Api<k8s_openapi::api::core::v1::PersistentVolume>, String);
+    impl Drop for PvGuard {
+        fn drop(&mut self) {
+            let (api, name) = (self.0.clone(), self.1.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async { api.delete(&name, &DeleteParams::default()).await.ok() });
+            })
+            .join();
+        }
+    }
+    let _pv = PvGuard(pvs, pv_name.clone());
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(c.client.clone(), &c.ns);
+    let pvc = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv_name,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    pvcs.create(&PostParams::default(), &pvc).await.unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    std::fs::write(tmp.path().join("p.yaml"), PVC_PIPELINE.replace("IMG", BUSYBOX).replace("CLAIM", "data")).unwrap();
+    let r = c.tenon(&["run", tmp.path().to_str().unwrap(), "--output", "json", "-q"], &store);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(task(&r.json(), "read")["results"]["got"], "from-pod");
+    // written on the volume itself (at the subPath), not in tenon's store
+    assert_eq!(std::fs::read_to_string(hostdir.path().join("run1/hello.txt")).unwrap(), "from-pod");
+    assert!(!store.join("pvc/data/run1/hello.txt").exists());
+
+    // a claim the namespace lacks fails fast with a clear message
+    std::fs::write(tmp.path().join("p.yaml"), PVC_PIPELINE.replace("IMG", BUSYBOX).replace("CLAIM", "absent")).unwrap();
+    let r = c.tenon(&["run", tmp.path().to_str().unwrap(), "--output", "json", "-q"], &store);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let w = task(&r.json(), "write").clone();
+    assert_eq!(w["reason"], "InvalidWorkspaceBindings", "{w:#}");
+    assert!(w["message"].as_str().unwrap().contains("absent"), "{w:#}");
+    c.assert_no_pods().await;
+}

@@ -93,6 +93,10 @@ pub struct KubeArgs {
     /// NoExecute; `KEY:EFFECT` tolerates any value). Repeatable.
     #[arg(long = "k8s-toleration", value_name = "KEY[=VALUE]:EFFECT", value_parser = parse_toleration)]
     pub tolerations: Vec<Value>,
+    /// Copy `persistentVolumeClaim` workspaces from tenon's store (`<store>/pvc/<claim>`), as
+    /// the local executor uses them, instead of mounting the cluster's PVC of that name.
+    #[arg(long = "k8s-copy-pvc")]
+    pub copy_pvc: bool,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -138,6 +142,7 @@ pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<
 /// Runs each TaskRun attempt as a pod.
 pub struct KubernetesExecutor {
     pods: Api<Pod>,
+    state_dir: PathBuf,
     client: kube::Client,
     namespace: String,
     args: KubeArgs,
@@ -146,15 +151,17 @@ pub struct KubernetesExecutor {
 }
 
 impl KubernetesExecutor {
-    /// Connect (checking the namespace is reachable) as owner `owner` (see [`store_owner`]).
-    pub async fn connect(args: KubeArgs, owner: String, console: Arc<Console>) -> Result<Self, String> {
+    /// Connect (checking the namespace is reachable) for the store `state_dir` (its owner
+    /// id labels the pods, see [`store_owner`]).
+    pub async fn connect(args: KubeArgs, state_dir: &Path, console: Arc<Console>) -> Result<Self, String> {
+        let owner = store_owner(state_dir)?;
         let client = client(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
         let namespace = args.k8s_namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         pods.list(&ListParams::default().limit(1))
             .await
             .map_err(|e| format!("cannot list pods in namespace {namespace:?}: {}", kube_msg(&e)))?;
-        Ok(KubernetesExecutor { pods, client, namespace, args, owner, console })
+        Ok(KubernetesExecutor { pods, state_dir: state_dir.to_path_buf(), client, namespace, args, owner, console })
     }
 
     pub fn namespace(&self) -> &str {
@@ -303,6 +310,8 @@ struct StepPlan {
 struct PodPlan {
     steps: Vec<StepPlan>,
     copied: Vec<Copied>,
+    /// (volume, claim name) of workspaces mounted from the cluster's PVCs.
+    claims: Vec<(String, String)>,
     scripts: Vec<(String, String)>,
 }
 
@@ -311,7 +320,7 @@ fn unsupported(what: String) -> String {
 }
 
 /// Translate the TaskRun into containers and copied volumes.
-fn plan(req: &TaskRunRequest, args: &KubeArgs) -> Result<PodPlan, String> {
+fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPlan, String> {
     let spec = &req.spec;
     if !spec.sidecars.is_empty() {
         return Err(unsupported(
@@ -321,7 +330,9 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs) -> Result<PodPlan, String> {
     }
     let pvars = pod_path_vars(spec, &req.workspaces);
     let mut copied = Vec::new();
-    let mut ws_mounts: Vec<(String, String, String, bool)> = Vec::new(); // (ws name, volume, mount path, ro)
+    let mut claims = Vec::new();
+    // (ws name, volume, mount path, read-only, subPath)
+    let mut ws_mounts: Vec<(String, String, String, bool, Option<String>)> = Vec::new();
     for w in &req.workspaces {
         let Some(host) = &w.path else { continue };
         let vol = dns_label(&format!("ws-{}", w.name));
@@ -332,13 +343,24 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs) -> Result<PodPlan, String> {
             .and_then(|d| d.mount_path.clone())
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| format!("/workspace/{}", w.name));
+        if w.kind.starts_with("persistentVolumeClaim:") && !args.copy_pvc {
+            // the cluster's PVC of that name; the engine's host path is <store>/pvc/<claim>/<subPath>
+            let sub = host
+                .strip_prefix(state_dir.join("pvc").join(&w.claim))
+                .ok()
+                .map(|p| p.to_string_lossy().to_string())
+                .filter(|p| !p.is_empty());
+            claims.push((vol.clone(), w.claim.clone()));
+            ws_mounts.push((w.name.clone(), vol, mount, w.read_only, sub));
+            continue;
+        }
         copied.push(Copied {
             volume: vol.clone(),
             stage: format!("tenon/ws/{vol}"),
             host: host.clone(),
             write_back: !w.read_only,
         });
-        ws_mounts.push((w.name.clone(), vol, mount, w.read_only));
+        ws_mounts.push((w.name.clone(), vol, mount, w.read_only, None));
     }
     for (name, host) in &req.volumes {
         copied.push(Copied {
@@ -431,19 +453,23 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs) -> Result<PodPlan, String> {
             json!({"name": "tekton-internal", "mountPath": "/tekton"}),
             json!({"name": "tekton-workspace", "mountPath": "/workspace"}),
         ];
-        for (wname, vol, at, ro) in &ws_mounts {
-            if listed(wname) {
+        for (wname, vol, at, ro, sub) in &ws_mounts {
+            let at = if listed(wname) {
                 match step.workspaces.iter().find(|u| &u.name == wname) {
-                    Some(u) => mounts.push(json!({"name": vol, "readOnly": ro,
-                        "mountPath": u.mount_path.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| at.clone())})),
+                    Some(u) => u.mount_path.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| at.clone()),
                     None => continue,
                 }
             } else {
-                mounts.push(json!({"name": vol, "mountPath": at, "readOnly": ro}));
+                at.clone()
+            };
+            let mut m = json!({"name": vol, "mountPath": at, "readOnly": ro});
+            if let Some(sp) = sub {
+                m["subPath"] = json!(sp);
             }
+            mounts.push(m);
         }
         for m in &step.volume_mounts {
-            let known = req.volumes.contains_key(&m.name) || ws_mounts.iter().any(|(_, v, _, _)| v == &m.name);
+            let known = req.volumes.contains_key(&m.name) || ws_mounts.iter().any(|(_, v, _, _, _)| v == &m.name);
             if !known {
                 return Err(format!("volumeMount {:?}: no volume named {:?} in the Task", m.mount_path, m.name));
             }
@@ -471,13 +497,16 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs) -> Result<PodPlan, String> {
         }
         steps.push(StepPlan { cname, sname, container: c });
     }
-    Ok(PodPlan { steps, copied, scripts })
+    Ok(PodPlan { steps, copied, claims, scripts })
 }
 
 fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &PodPlan) -> Result<Pod, String> {
     let mut helper_mounts = vec![json!({"name": "tekton-internal", "mountPath": "/tekton"})];
     let mut volumes =
         vec![json!({"name": "tekton-internal", "emptyDir": {}}), json!({"name": "tekton-workspace", "emptyDir": {}})];
+    for (vol, claim) in &plan.claims {
+        volumes.push(json!({"name": vol, "persistentVolumeClaim": {"claimName": claim}}));
+    }
     for c in &plan.copied {
         volumes.push(json!({"name": c.volume, "emptyDir": {}}));
         helper_mounts.push(json!({"name": c.volume, "mountPath": format!("/{}", c.stage)}));
@@ -711,7 +740,7 @@ impl Executor for KubernetesExecutor {
 
 impl KubernetesExecutor {
     async fn run_pod(&self, req: &TaskRunRequest, cancel: &CancellationToken) -> Result<TaskOutcome, String> {
-        let plan = plan(req, &self.args)?;
+        let plan = plan(req, &self.args, &self.state_dir)?;
         let logs_dir = req.dir.join("logs");
         std::fs::create_dir_all(&logs_dir)
             .and_then(|_| std::fs::create_dir_all(req.dir.join("results")))
@@ -873,6 +902,23 @@ impl KubernetesExecutor {
                     "Evicted" => End::Broken("Failed".into(), format!("pod {name} was evicted: {msg}")),
                     _ => End::Broken("Failed".into(), format!("pod {name} failed: {reason} {msg}")),
                 };
+            }
+            let missing_claim = st.conditions.iter().flatten().find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("persistentvolumeclaim") && m.contains("not found"))
+            });
+            if let Some(c) = missing_claim {
+                break End::Broken(
+                    "InvalidWorkspaceBindings".into(),
+                    format!(
+                        "{} in namespace {} (create the PVC, or pass --k8s-copy-pvc to use tenon's store)",
+                        c.message.clone().unwrap_or_default(),
+                        self.namespace
+                    ),
+                );
             }
             let prep = container(&st.init_container_statuses, PREPARE).and_then(|c| c.state.clone());
             if let Some(t) = prep.as_ref().and_then(|s| s.terminated.as_ref()) {

@@ -27,6 +27,9 @@ pub struct BoundWorkspace {
     pub read_only: bool,
     /// PVC claim name, if bound to one (for `$(workspaces.w.claim)`).
     pub claim: String,
+    /// What backs it: `repo`, `emptyDir`, `volumeClaimTemplate`,
+    /// `persistentVolumeClaim:<claim>`, `configMap:<digest>`, ... (as in cache keys).
+    pub kind: String,
 }
 
 /// One attempt of one TaskRun.
