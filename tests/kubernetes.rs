@@ -169,16 +169,21 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let (client, ns) = (self.client.clone(), self.ns.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let api: Api<Namespace> = Api::all(client);
-                let _ = api.delete(&ns, &DeleteParams::default()).await;
-            });
-        })
-        .join();
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = self.ns.clone();
+        cleanup(async move {
+            let _ = api.delete(&ns, &DeleteParams::default()).await;
+        });
     }
+}
+
+/// Run a clean-up from `Drop` (also while a failed test unwinds): on a thread of its own,
+/// since the test's runtime may be the one dropping.
+fn cleanup(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f);
+    })
+    .join();
 }
 
 struct Recorder {
@@ -676,11 +681,9 @@ async fn persistent_volume_claims_are_the_clusters() {
     impl Drop for PvGuard {
         fn drop(&mut self) {
             let (api, name) = (self.0.clone(), self.1.clone());
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(async { api.delete(&name, &DeleteParams::default()).await.ok() });
-            })
-            .join();
+            cleanup(async move {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            });
         }
     }
     let _pv = PvGuard(pvs, pv_name.clone());
