@@ -3,15 +3,16 @@
 //! Pod layout (the design and its limits are in README.md, "The Kubernetes executor"):
 //!
 //! - init container `prepare` (the helper image, a static busybox): copies `/bin/busybox` to
-//!   `/tekton/bin/busybox`, then waits until tenon has uploaded the TaskRun's files (scripts and
-//!   the host workspaces, as one tar through `pods/exec`) and exits;
+//!   `/tekton/bin/busybox`;
+//! - container `tenon-holder` (the helper image): tenon uploads the TaskRun's files into it
+//!   (scripts and the host workspaces, as one tar through `pods/exec`) and, after the last step,
+//!   reads the results and the workspaces back (`tar`), whatever the outcome; then tenon
+//!   deletes the pod;
 //! - one container per step, all started together as Tekton does; each runs the static busybox
 //!   from `/tekton/bin` as its entrypoint (`sh -c WRAPPER -- <the step's real argv>`), waits for
-//!   the previous step's marker in `/tekton/run`, runs the step, writes its exit code and a marker
-//!   (`ok`, or `fail` which makes every later step skip itself), and exits with the step's code;
-//! - container `tenon-holder` (the helper image) idles so tenon can read the results and the
-//!   workspaces back (`tar` through `pods/exec`) after the last step, whatever its outcome;
-//!   then tenon deletes the pod.
+//!   the upload (step 0) or the previous step's marker in `/tekton/run`, runs the step, writes
+//!   its exit code and a marker (`ok`, or `fail` which makes every later step skip itself), and
+//!   exits with the step's code.
 //!
 //! Workspaces are `emptyDir` volumes filled from, and written back to, the host directories the
 //! engine binds, so caching and outputs behave exactly as with the local executor, and a source
@@ -431,14 +432,18 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
         };
         let cont = step.on_error.as_deref() == Some("continue");
         let mut wrapper = format!("B={BUSYBOX}; R=/tekton/run\n");
-        if i > 0 {
-            let prev = i - 1;
-            wrapper.push_str(&format!(
-                "while [ ! -e $R/step-{prev} ]; do $B usleep 20000; done\nread s < $R/step-{prev}\nif [ \"$s\" != ok ]; then echo skip > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 0; fi\n"
-            ));
-        }
+        // step 0 waits for the upload, every other step for the one before it
+        let prev = if i == 0 { "ready".to_string() } else { format!("step-{}", i - 1) };
         wrapper.push_str(&format!(
-            "\"$@\"\nc=$?\necho $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
+            "while [ ! -e $R/{prev} ]; do $B usleep 20000; done\nread s < $R/{prev}\nif [ \"$s\" != ok ]; then echo skip > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 0; fi\n"
+        ));
+        // resolve a bare command name on the image's PATH ourselves: busybox's sh would
+        // otherwise prefer its own applet of that name (sh, cat, ...) to the image's binary
+        wrapper.push_str(
+            "p=$1; shift\ncase $p in */*) ;; *) IFS=:; for d in $PATH; do if [ -f \"$d/$p\" ] && [ -x \"$d/$p\" ]; then p=$d/$p; break; fi; done; unset IFS;; esac\n",
+        );
+        wrapper.push_str(&format!(
+            "\"$p\" \"$@\"\nc=$?\necho $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
             if cont { 1 } else { 0 }
         ));
         let _ = n;
@@ -521,10 +526,7 @@ fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &P
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
         })
     };
-    let prepare = helper(
-        PREPARE,
-        "mkdir -p /tekton/bin /tekton/run && cp /bin/busybox /tekton/bin/busybox && while [ ! -e /tekton/run/ready ]; do usleep 20000; done",
-    );
+    let prepare = helper(PREPARE, "mkdir -p /tekton/bin /tekton/run && cp /bin/busybox /tekton/bin/busybox");
     let holder = helper(HOLDER, "trap 'exit 0' TERM; while [ ! -e /tekton/run/collected ]; do sleep 1; done");
     let mut containers: Vec<Value> = plan.steps.iter().map(|s| s.container.clone()).collect();
     containers.push(holder);
@@ -760,6 +762,7 @@ impl KubernetesExecutor {
                 return Ok(failed("PodFailed", e, vec![]));
             }
         };
+        tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "steps ended");
         // read back what the steps produced while the holder still runs
         let holder_up = container(&last.status.as_ref().and_then(|s| s.container_statuses.clone()), HOLDER)
             .and_then(|c| c.state.as_ref())
@@ -772,6 +775,7 @@ impl KubernetesExecutor {
                 Err(e) => download_err = Some(e),
             }
         }
+        tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "files read back");
         delete_pod(&self.pods, &name).await;
         let (steps_out, failure) = step_outcomes(req, &plan, &last, &end, &logs_dir);
         for f in followers {
@@ -932,17 +936,21 @@ impl KubernetesExecutor {
                     );
                 }
             }
-            if !uploaded && prep.as_ref().is_some_and(|s| s.running.is_some()) {
+            let holder_running = container(&st.container_statuses, HOLDER)
+                .and_then(|c| c.state.as_ref())
+                .is_some_and(|s| s.running.is_some());
+            if !uploaded && holder_running {
                 let cmd = format!(
                     "head -c {} | tar xf - -C / && echo ok > /tekton/run/ready.tmp && mv /tekton/run/ready.tmp /tekton/run/ready",
                     upload.len()
                 );
-                let up = exec(&self.pods, name, PREPARE, vec!["sh".into(), "-c".into(), cmd], Some(upload));
+                let up = exec(&self.pods, name, HOLDER, vec!["sh".into(), "-c".into(), cmd], Some(upload));
                 tokio::select! {
                     _ = cancel.cancelled() => break End::Cancelled,
                     r = up => if let Err(e) = r { break End::Broken("PodFailed".into(), format!("cannot upload the workspaces: {e}")) },
                 }
                 uploaded = true;
+                tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "workspaces uploaded");
             }
             for s in &plan.steps {
                 let started = container(&st.container_statuses, &s.cname)
