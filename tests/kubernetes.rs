@@ -715,3 +715,57 @@ async fn persistent_volume_claims_are_the_clusters() {
     assert!(w["message"].as_str().unwrap().contains("absent"), "{w:#}");
     c.assert_no_pods().await;
 }
+
+const SIDECARS: &str = r#"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: served}
+spec:
+  taskSpec:
+    results: [{name: got}]
+    sidecars:
+      - name: web
+        image: IMG
+        script: |
+          sleep 1
+          mkdir -p /tmp/www && echo hello-sidecar > /tmp/www/index.html
+          exec httpd -f -p 127.0.0.1:8080 -h /tmp/www
+        readinessProbe:
+          exec: {command: [wget, -q, -O, /dev/null, "http://127.0.0.1:8080/"]}
+          periodSeconds: 1
+    steps:
+      - name: fetch
+        image: IMG
+        script: wget -qO- http://127.0.0.1:8080/ | tr -d '\n' > $(results.got.path)
+---
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: brokensidecar}
+spec:
+  taskSpec:
+    sidecars:
+      - name: dies
+        image: IMG
+        script: exit 4
+        readinessProbe:
+          exec: {command: ["false"]}
+    steps:
+      - {name: s, image: IMG, script: echo never}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_are_ready_before_the_steps() {
+    let Some(c) = Cluster::new("sidecars").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("t.yaml"), SIDECARS.replace("IMG", BUSYBOX)).unwrap();
+    let r = c.tenon(&["run", tmp.path().to_str().unwrap(), "--output", "json", "-q"], &tmp.path().join("s"));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    let run = |n: &str| j["runs"].as_array().unwrap().iter().find(|x| x["name"] == n).unwrap()["tasks"][0].clone();
+    // the step reached the sidecar over the pod's loopback: it waited for its readiness
+    assert_eq!(run("served")["results"]["got"], "hello-sidecar", "{j:#}");
+    let broken = run("brokensidecar");
+    assert_eq!(broken["reason"], "SidecarFailed", "{broken:#}");
+    assert!(broken["message"].as_str().unwrap().contains("code 4"), "{broken:#}");
+    c.assert_no_pods().await;
+}

@@ -310,6 +310,7 @@ struct StepPlan {
 
 struct PodPlan {
     steps: Vec<StepPlan>,
+    sidecars: Vec<StepPlan>,
     copied: Vec<Copied>,
     /// (volume, claim name) of workspaces mounted from the cluster's PVCs.
     claims: Vec<(String, String)>,
@@ -323,12 +324,6 @@ fn unsupported(what: String) -> String {
 /// Translate the TaskRun into containers and copied volumes.
 fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPlan, String> {
     let spec = &req.spec;
-    if !spec.sidecars.is_empty() {
-        return Err(unsupported(
-            "sidecars (Kubernetes before 1.28 has no native sidecar containers, and tenon does not emulate them)"
-                .into(),
-        ));
-    }
     let pvars = pod_path_vars(spec, &req.workspaces);
     let mut copied = Vec::new();
     let mut claims = Vec::new();
@@ -371,10 +366,40 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
             write_back: false,
         });
     }
-    let listed = |name: &str| spec.steps.iter().any(|s| s.workspaces.iter().any(|u| u.name == name));
+    // isolated workspaces: once any step or sidecar lists one, only those containers see it
+    let listed =
+        |name: &str| spec.steps.iter().chain(spec.sidecars.iter()).any(|s| s.workspaces.iter().any(|u| u.name == name));
+    let ctx = ContainerCtx { req, args, ws_mounts: &ws_mounts, listed: &listed };
     let mut steps = Vec::new();
     let mut scripts = Vec::new();
-    let n = spec.steps.len();
+    let mut sidecars = Vec::new();
+    for (i, raw) in spec.sidecars.iter().enumerate() {
+        let step: Step = substitute_step(raw, &pvars);
+        let name = step.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
+        let cname = dns_label(&format!("sidecar-{name}"));
+        let image =
+            step.image.clone().filter(|s| !s.is_empty()).ok_or_else(|| format!("sidecar {name:?} has no image"))?;
+        let mut c = ctx.container(&step, &cname, &image)?;
+        // with a script or command, it starts once the files are uploaded; without, it runs
+        // its image's entrypoint at once
+        if let Some(argv) = argv_of(&step, &format!("sidecar-script-{i}"), &mut scripts) {
+            c["command"] = json!([
+                BUSYBOX,
+                "sh",
+                "-c",
+                format!(
+                    "while [ ! -e /tekton/run/ready ]; do {BUSYBOX} usleep 20000; done\n{RESOLVE}exec \"$p\" \"$@\"\n"
+                )
+            ]);
+            c["args"] = json!(std::iter::once("tenon-sidecar".to_string()).chain(argv).collect::<Vec<_>>());
+        } else if let Some(a) = &step.args {
+            c["args"] = json!(a);
+        }
+        if let Some(p) = step.readiness_probe.clone() {
+            c["readinessProbe"] = typed(p);
+        }
+        sidecars.push(StepPlan { sname: cname.clone(), cname, container: c });
+    }
     for (i, raw) in spec.steps.iter().enumerate() {
         let cname = step_container_name(raw, i);
         let sname = raw.name.clone().unwrap_or_else(|| format!("unnamed-{i}"));
@@ -398,55 +423,110 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
         {
             return Err(unsupported(format!("step {sname:?}: step results of earlier steps in command/args/env")));
         }
-        if !step.env_from.is_empty() {
-            return Err(unsupported(format!("step {sname:?}: envFrom")));
-        }
         let image =
             step.image.clone().filter(|s| !s.is_empty()).ok_or_else(|| format!("step {sname:?} has no image"))?;
-        let args_: Vec<String> = step.args.clone().unwrap_or_default();
-        let argv: Vec<String> = if let Some(script) = &step.script {
-            let file = format!("script-{i}");
-            let body = if script.trim_start().starts_with("#!") {
-                script.clone()
-            } else {
-                format!("#!/bin/sh\nset -e\n{script}")
-            };
-            scripts.push((file.clone(), body));
-            let mut v = vec![format!("/tekton/scripts/{file}")];
-            v.extend(args_);
-            v
-        } else if let Some(cmd) = step.command.clone().filter(|c| !c.is_empty()) {
-            let mut v = cmd;
-            v.extend(args_);
-            v
-        } else {
-            match image_default_command(&image, &args_) {
-                Some(v) if !v.is_empty() => v,
-                _ => {
-                    return Err(format!(
-                        "step {sname:?} has neither command nor script, so it would run the entrypoint of image {image:?}, which tenon cannot look up without a registry (known: {}); add a command or script",
-                        KNOWN_IMAGES.join(", ")
-                    ))
-                }
-            }
-        };
+        let argv = argv_of(&step, &format!("script-{i}"), &mut scripts)
+            .or_else(|| image_default_command(&image, &step.args.clone().unwrap_or_default()).filter(|v| !v.is_empty()))
+            .ok_or_else(|| format!(
+                "step {sname:?} has neither command nor script, so it would run the entrypoint of image {image:?}, which tenon cannot look up without a registry (known: {}); add a command or script",
+                KNOWN_IMAGES.join(", ")
+            ))?;
         let cont = step.on_error.as_deref() == Some("continue");
         let mut wrapper = format!("B={BUSYBOX}; R=/tekton/run\n");
-        // step 0 waits for the upload, every other step for the one before it
-        let prev = if i == 0 { "ready".to_string() } else { format!("step-{}", i - 1) };
-        wrapper.push_str(&format!(
-            "while [ ! -e $R/{prev} ]; do $B usleep 20000; done\nread s < $R/{prev}\nif [ \"$s\" != ok ]; then echo skip > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 0; fi\n"
-        ));
-        // resolve a bare command name on the image's PATH ourselves: busybox's sh would
-        // otherwise prefer its own applet of that name (sh, cat, ...) to the image's binary
-        wrapper.push_str(
-            "p=$1; shift\ncase $p in */*) ;; *) IFS=:; for d in $PATH; do if [ -f \"$d/$p\" ] && [ -x \"$d/$p\" ]; then p=$d/$p; break; fi; done; unset IFS;; esac\n",
-        );
+        // step 0 waits for the upload (and the sidecars), every other step for the one before it
+        let mut waits = vec![if i == 0 { "ready".to_string() } else { format!("step-{}", i - 1) }];
+        if i == 0 && !sidecars.is_empty() {
+            waits.push("sidecars".into());
+        }
+        for w in waits {
+            wrapper.push_str(&format!(
+                "while [ ! -e $R/{w} ]; do $B usleep 20000; done\nread s < $R/{w}\nif [ \"$s\" != ok ]; then echo skip > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 0; fi\n"
+            ));
+        }
+        wrapper.push_str(RESOLVE);
         wrapper.push_str(&format!(
             "\"$p\" \"$@\"\nc=$?\necho $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
             if cont { 1 } else { 0 }
         ));
-        let _ = n;
+        let mut c = ctx.container(&step, &cname, &image)?;
+        c["command"] = json!([BUSYBOX, "sh", "-c", wrapper]);
+        c["args"] = json!(std::iter::once("tenon-step".to_string()).chain(argv).collect::<Vec<_>>());
+        steps.push(StepPlan { cname, sname, container: c });
+    }
+    Ok(PodPlan { steps, sidecars, copied, claims, scripts })
+}
+
+/// Wrapper lines that resolve a bare command name (`$1`) on the image's PATH into `$p`:
+/// busybox's sh would otherwise prefer its own applet of that name (sh, cat, ...) to the
+/// image's binary.
+const RESOLVE: &str = "p=$1; shift\ncase $p in */*) ;; *) IFS=:; for d in $PATH; do if [ -f \"$d/$p\" ] && [ -x \"$d/$p\" ]; then p=$d/$p; break; fi; done; unset IFS;; esac\n";
+
+/// Scalars of a probe or securityContext as Kubernetes types them: tenon's YAML model keeps
+/// them as strings (`periodSeconds: "1"`), the pod API wants numbers and booleans.
+fn typed(v: Value) -> Value {
+    fn walk(key: &str, v: Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.into_iter()
+                    .map(|(k, v)| {
+                        let t = walk(&k, v);
+                        (k, t)
+                    })
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.into_iter().map(|x| walk(key, x)).collect()),
+            Value::String(s) => {
+                let int = key.ends_with("Seconds")
+                    || key.ends_with("Threshold")
+                    || matches!(key, "runAsUser" | "runAsGroup" | "port");
+                let boolean = matches!(
+                    key,
+                    "privileged" | "readOnlyRootFilesystem" | "runAsNonRoot" | "allowPrivilegeEscalation"
+                );
+                match s.parse::<i64>() {
+                    Ok(n) if int => json!(n),
+                    _ if boolean && (s == "true" || s == "false") => json!(s == "true"),
+                    _ => Value::String(s),
+                }
+            }
+            other => other,
+        }
+    }
+    walk("", v)
+}
+
+/// A step's or sidecar's real argv: its script (written to `/tekton/scripts/<file>`, with
+/// `#!/bin/sh` + `set -e` unless it has a shebang) or command, plus args; `None` for neither.
+fn argv_of(step: &Step, file: &str, scripts: &mut Vec<(String, String)>) -> Option<Vec<String>> {
+    let args = step.args.clone().unwrap_or_default();
+    if let Some(script) = &step.script {
+        let body =
+            if script.trim_start().starts_with("#!") { script.clone() } else { format!("#!/bin/sh\nset -e\n{script}") };
+        scripts.push((file.to_string(), body));
+        let mut v = vec![format!("/tekton/scripts/{file}")];
+        v.extend(args);
+        return Some(v);
+    }
+    let mut v = step.command.clone().filter(|c| !c.is_empty())?;
+    v.extend(args);
+    Some(v)
+}
+
+/// What every step and sidecar container is built from.
+struct ContainerCtx<'a> {
+    req: &'a TaskRunRequest,
+    args: &'a KubeArgs,
+    /// (ws name, volume, mount path, read-only, subPath)
+    ws_mounts: &'a [(String, String, String, bool, Option<String>)],
+    listed: &'a dyn Fn(&str) -> bool,
+}
+
+impl ContainerCtx<'_> {
+    /// The container of a step or sidecar, without command and args.
+    fn container(&self, step: &Step, cname: &str, image: &str) -> Result<Value, String> {
+        if !step.env_from.is_empty() {
+            return Err(unsupported(format!("{cname}: envFrom")));
+        }
         let mut env: Vec<Value> = Vec::new();
         if !step.env.iter().any(|e| e.name == "HOME") {
             env.push(json!({"name": "HOME", "value": "/tekton/home"}));
@@ -458,8 +538,8 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
             json!({"name": "tekton-internal", "mountPath": "/tekton"}),
             json!({"name": "tekton-workspace", "mountPath": "/workspace"}),
         ];
-        for (wname, vol, at, ro, sub) in &ws_mounts {
-            let at = if listed(wname) {
+        for (wname, vol, at, ro, sub) in self.ws_mounts {
+            let at = if (self.listed)(wname) {
                 match step.workspaces.iter().find(|u| &u.name == wname) {
                     Some(u) => u.mount_path.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| at.clone()),
                     None => continue,
@@ -474,7 +554,8 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
             mounts.push(m);
         }
         for m in &step.volume_mounts {
-            let known = req.volumes.contains_key(&m.name) || ws_mounts.iter().any(|(_, v, _, _, _)| v == &m.name);
+            let known =
+                self.req.volumes.contains_key(&m.name) || self.ws_mounts.iter().any(|(_, v, _, _, _)| v == &m.name);
             if !known {
                 return Err(format!("volumeMount {:?}: no volume named {:?} in the Task", m.mount_path, m.name));
             }
@@ -487,9 +568,7 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
         let mut c = json!({
             "name": cname,
             "image": image,
-            "imagePullPolicy": step.image_pull_policy.clone().unwrap_or_else(|| args.pull_policy.clone()),
-            "command": [BUSYBOX, "sh", "-c", wrapper],
-            "args": std::iter::once("tenon-step".to_string()).chain(argv).collect::<Vec<_>>(),
+            "imagePullPolicy": step.image_pull_policy.clone().unwrap_or_else(|| self.args.pull_policy.clone()),
             "env": env,
             "workingDir": step.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/workspace".into()),
             "volumeMounts": mounts,
@@ -498,11 +577,10 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
             c["resources"] = r;
         }
         if let Some(sc) = step.security_context.clone() {
-            c["securityContext"] = sc;
+            c["securityContext"] = typed(sc);
         }
-        steps.push(StepPlan { cname, sname, container: c });
+        Ok(c)
     }
-    Ok(PodPlan { steps, copied, claims, scripts })
 }
 
 fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &PodPlan) -> Result<Pod, String> {
@@ -528,7 +606,8 @@ fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &P
     };
     let prepare = helper(PREPARE, "mkdir -p /tekton/bin /tekton/run && cp /bin/busybox /tekton/bin/busybox");
     let holder = helper(HOLDER, "trap 'exit 0' TERM; while [ ! -e /tekton/run/collected ]; do sleep 1; done");
-    let mut containers: Vec<Value> = plan.steps.iter().map(|s| s.container.clone()).collect();
+    let mut containers: Vec<Value> =
+        plan.sidecars.iter().chain(plan.steps.iter()).map(|s| s.container.clone()).collect();
     containers.push(holder);
     let mut labels = BTreeMap::new();
     for (k, v) in &ex.args.labels {
@@ -778,8 +857,14 @@ impl KubernetesExecutor {
         tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "files read back");
         delete_pod(&self.pods, &name).await;
         let (steps_out, failure) = step_outcomes(req, &plan, &last, &end, &logs_dir);
-        for f in followers {
-            let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
+        // step logs end with their containers; a sidecar's stream may outlive the pod's
+        // deletion by seconds and is cut short
+        for (cname, f) in followers {
+            let wait = if cname.starts_with("sidecar-") { 500 } else { 10_000 };
+            let abort = f.abort_handle();
+            if tokio::time::timeout(Duration::from_millis(wait), f).await.is_err() {
+                abort.abort();
+            }
         }
         let mut failure = failure;
         let mut results: BTreeMap<String, String> = BTreeMap::new();
@@ -868,12 +953,13 @@ impl KubernetesExecutor {
         upload: &[u8],
         cancel: &CancellationToken,
         started: Instant,
-    ) -> Result<(End, Pod, Vec<tokio::task::JoinHandle<()>>), String> {
+    ) -> Result<(End, Pod, BTreeMap<String, tokio::task::JoinHandle<()>>), String> {
         let mut followers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
         let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut stream = watcher::watcher(self.pods.clone(), cfg).default_backoff().boxed();
         let deadline = req.timeout.filter(|t| !t.is_zero()).map(|t| tokio::time::Instant::from_std(started + t));
         let mut uploaded = false;
+        let mut sidecars_ok = plan.sidecars.is_empty();
         let mut last: Option<Pod> = None;
         let end = loop {
             let ev = tokio::select! {
@@ -952,7 +1038,38 @@ impl KubernetesExecutor {
                 uploaded = true;
                 tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "workspaces uploaded");
             }
-            for s in &plan.steps {
+            if uploaded && !sidecars_ok {
+                let mut ready = true;
+                let mut broken = None;
+                for sc in &plan.sidecars {
+                    let cs = container(&st.container_statuses, &sc.cname);
+                    let term = cs.and_then(|c| c.state.as_ref()).and_then(|x| x.terminated.as_ref());
+                    match (cs, term) {
+                        (_, Some(t)) if t.exit_code != 0 => {
+                            broken = Some(format!(
+                                "sidecar {:?} exited with code {} before the steps started",
+                                sc.cname, t.exit_code
+                            ))
+                        }
+                        (_, Some(_)) => {}
+                        (Some(c), None) if c.ready => {}
+                        _ => ready = false,
+                    }
+                }
+                if let Some(msg) = broken {
+                    break End::Broken("SidecarFailed".into(), msg);
+                }
+                if ready {
+                    let cmd = "echo ok > /tekton/run/sidecars.tmp && mv /tekton/run/sidecars.tmp /tekton/run/sidecars";
+                    let go = exec(&self.pods, name, HOLDER, vec!["sh".into(), "-c".into(), cmd.into()], None);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break End::Cancelled,
+                        r = go => if let Err(e) = r { break End::Broken("PodFailed".into(), format!("cannot start the steps: {e}")) },
+                    }
+                    sidecars_ok = true;
+                }
+            }
+            for s in plan.sidecars.iter().chain(plan.steps.iter()) {
                 let started = container(&st.container_statuses, &s.cname)
                     .and_then(|c| c.state.as_ref())
                     .is_some_and(|x| x.running.is_some() || x.terminated.is_some());
@@ -986,7 +1103,7 @@ impl KubernetesExecutor {
             Ok(Some(p)) => p,
             _ => last.unwrap_or_default(),
         };
-        Ok((end, last, followers.into_values().collect()))
+        Ok((end, last, followers))
     }
 
     /// Stream a step container's log live to the console and its log file.
@@ -1233,6 +1350,18 @@ mod tests {
         assert_eq!(read("other.txt").as_deref(), Some("theirs"), "another writer's file survives");
         assert_eq!(read("link/f").as_deref(), Some("x"));
         assert!(!outside.join("f").exists(), "wrote through a host symlink");
+    }
+
+    #[test]
+    fn probe_scalars_get_kubernetes_types() {
+        let v = typed(json!({"exec": {"command": ["test", "1"]}, "periodSeconds": "1", "failureThreshold": "3",
+                             "runAsUser": "1000", "readOnlyRootFilesystem": "true", "name": "7"}));
+        assert_eq!(v["periodSeconds"], 1);
+        assert_eq!(v["failureThreshold"], 3);
+        assert_eq!(v["runAsUser"], 1000);
+        assert_eq!(v["readOnlyRootFilesystem"], true);
+        assert_eq!(v["exec"]["command"][1], "1", "command words stay strings");
+        assert_eq!(v["name"], "7");
     }
 
     #[test]
