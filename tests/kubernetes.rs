@@ -535,6 +535,19 @@ async fn the_executor_is_part_of_the_key_unless_a_task_opts_out() {
     };
     assert_eq!(status(&k, "plain"), "Succeeded", "a local record is no hit on the cluster");
     assert_eq!(status(&k, "portable"), "Cached", "the opted-in task reuses the local record");
+    // the record made on the cluster names the image digest its step ran
+    let db = rusqlite::Connection::open(store.join("cache/tenon.db")).unwrap();
+    let pre: Vec<String> = db
+        .prepare("SELECT preimage FROM records")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let k8s: Vec<&String> = pre.iter().filter(|p| p.contains("\"executor\":\"kubernetes\"")).collect();
+    assert_eq!(k8s.len(), 1, "{pre:?}");
+    let v: Value = serde_json::from_str(k8s[0]).unwrap();
+    assert!(v["observedImages"]["s"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{v:#}");
     c.assert_no_pods().await;
 }
 

@@ -305,6 +305,11 @@ pub fn restore(ctx: &CacheCtx, rec: &Record, req: &TaskRunRequest) -> Result<(),
     Ok(())
 }
 
+/// Step name -> the image digest the executor reported (`imageID`), for the record.
+pub fn observed_images(steps: &[crate::exec::StepOutcome]) -> BTreeMap<String, String> {
+    steps.iter().filter_map(|s| Some((s.name.clone(), s.image_id.clone()?))).collect()
+}
+
 /// Store a success's outputs and commit its record.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
@@ -315,6 +320,7 @@ pub fn record(
     req: &TaskRunRequest,
     results: &BTreeMap<String, ParamValue>,
     duration_ms: u64,
+    images: &BTreeMap<String, String>,
 ) -> Result<Vec<OutputSet>, String> {
     let mut outputs = Vec::new();
     for (ws, rel) in &job.outputs {
@@ -332,7 +338,14 @@ pub fn record(
         task: job.task.clone(),
         created_ns: hash::now_ns(),
         duration_ms,
-        preimage: serde_json::to_value(pre).map_err(|e| e.to_string())?,
+        preimage: {
+            let mut v = serde_json::to_value(pre).map_err(|e| e.to_string())?;
+            // what the executor resolved the images to: recorded, not part of the key
+            if !images.is_empty() {
+                v["observedImages"] = serde_json::json!(images);
+            }
+            v
+        },
         results: portable_results(results, req),
         outputs: outputs.clone(),
     };

@@ -311,7 +311,8 @@ async fn execute_launch(
             o.results.clone(),
             o.duration.as_millis() as u64,
         );
-        match blocking(Box::new(move || match cached::record(&c, &j, &k, &p, &req, &res, d) {
+        let images = cached::observed_images(&o.steps);
+        match blocking(Box::new(move || match cached::record(&c, &j, &k, &p, &req, &res, d, &images) {
             Ok(outs) => CacheStep::Outputs(outs),
             Err(e) => CacheStep::Error(e),
         }))
