@@ -105,7 +105,7 @@ impl Cluster {
         }
     }
 
-    /// Record pod events in the namespace: ("add"|"delete", name, uid) in order.
+    /// Record pod events in the namespace.
     fn recorder(&self) -> Recorder {
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
@@ -120,11 +120,13 @@ impl Cluster {
                     _ => continue,
                 };
                 let uid = p.metadata.uid.clone().unwrap_or_default();
-                let name = p.metadata.name.clone().unwrap_or_default();
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                let taskrun = format!("{}#{}", label("tenon.dev/taskrun"), label("tenon.dev/attempt"));
                 if kind == "add" && !seen.insert(uid.clone()) {
                     continue;
                 }
-                ev.lock().unwrap().push((kind, name, uid));
+                ev.lock().unwrap().push((kind, taskrun, uid));
             }
         });
         Recorder { events, task }
@@ -187,12 +189,13 @@ fn cleanup(f: impl std::future::Future<Output = ()> + Send + 'static) {
 }
 
 struct Recorder {
+    /// ("add" | "delete", `<taskrun>#<attempt>`, uid) in order.
     events: Arc<Mutex<Vec<(&'static str, String, String)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Recorder {
-    /// Names of the pods created so far.
+    /// The pods created so far, as `<taskrun>#<attempt>` (their labels).
     fn created(&self) -> BTreeSet<String> {
         self.events.lock().unwrap().iter().filter(|e| e.0 == "add").map(|e| e.1.clone()).collect()
     }
@@ -239,8 +242,9 @@ fn ran(report: &Value) -> BTreeSet<String> {
     tasks(report).iter().filter(|t| t["status"] != "Cached").map(|t| t["name"].as_str().unwrap().to_string()).collect()
 }
 
+/// A first attempt's pod as [`Recorder::created`] names it.
 fn pod_of(run: &str, task: &str) -> String {
-    format!("{run}-{task}-pod")
+    format!("{run}-{task}#0")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,10 +436,7 @@ async fn failures_timeouts_retries_oom_are_reported() {
 
     rec.settle().await;
     let created = rec.created();
-    assert!(
-        created.contains("failures-run-flaky-pod") && created.contains("failures-run-flaky-pod-retry1"),
-        "{created:?}"
-    );
+    assert!(created.contains("failures-run-flaky#0") && created.contains("failures-run-flaky#1"), "{created:?}");
     c.assert_no_pods().await;
 }
 
@@ -480,18 +481,19 @@ async fn restart_mid_run_replaces_the_orphan_pod() {
     let dir = tmp.path().to_str().unwrap().to_string();
     let rec = c.recorder();
     let mut child = c.spawn_tenon(&["run", &dir, "--output", "json", "-q"], &store);
-    let (name, old_uid) = c.wait_running_pod().await;
+    let (_, old_uid) = c.wait_running_pod().await;
     child.kill().unwrap(); // SIGKILL: tenon gets no chance to clean up
     let _ = child.wait();
     assert!(c.pods().await.iter().any(|p| p.metadata.uid.as_deref() == Some(old_uid.as_str())), "the orphan is there");
     let r = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(task(&r.json(), "sleeper")["results"]["woke"], "yes");
     rec.settle().await;
     // the orphan was deleted before its replacement was created: never two at once
     let ev = rec.events();
     let deleted_old = ev.iter().position(|e| e.0 == "delete" && e.2 == old_uid).expect("orphan deleted");
-    let new_add = ev.iter().position(|e| e.0 == "add" && e.1 == name && e.2 != old_uid).expect("replacement created");
+    let new_add =
+        ev.iter().position(|e| e.0 == "add" && e.1 == "sleeper#0" && e.2 != old_uid).expect("replacement created");
     assert!(deleted_old < new_add, "{ev:?}");
     c.assert_no_pods().await;
 }

@@ -270,10 +270,18 @@ async fn delete_pod(pods: &Api<Pod>, name: &str) {
     }
 }
 
-/// A valid pod name (DNS-1123 subdomain, at most 63 characters so it is also a label value).
-pub fn pod_name(taskrun: &str, attempt: u32) -> String {
-    let base = if attempt == 0 { format!("{taskrun}-pod") } else { format!("{taskrun}-pod-retry{attempt}") };
-    dns_label(&base)
+/// A valid pod name (DNS-1123, at most 63 characters so it is also a label value):
+/// `<taskrun>-pod[-retry<N>]-<5 hex of the attempt's directory>`. TaskRun names repeat from
+/// run to run here, and a pod deleted at once (grace 0) may still be torn down by the kubelet
+/// when the next run starts: a name of its own per attempt keeps exec and logs of the new pod
+/// from ever reaching the old one.
+pub fn pod_name(taskrun: &str, attempt: u32, attempt_dir: &Path) -> String {
+    let tag = &crate::hash::sha256_hex(attempt_dir.as_os_str().as_encoded_bytes())[..5];
+    let retry = if attempt == 0 { String::new() } else { format!("-retry{attempt}") };
+    let base = dns_label(&format!("{taskrun}-pod{retry}"));
+    let mut base = base.chars().take(63 - 6).collect::<String>();
+    base = base.trim_end_matches('-').to_string();
+    format!("{base}-{tag}")
 }
 
 fn dns_label(s: &str) -> String {
@@ -827,7 +835,7 @@ impl KubernetesExecutor {
             .and_then(|_| std::fs::create_dir_all(req.dir.join("results")))
             .map_err(|e| format!("cannot create run directory {}: {e}", req.dir.display()))?;
         let (upload, manifests) = upload_tar(&plan)?;
-        let name = pod_name(&req.name, req.attempt);
+        let name = pod_name(&req.name, req.attempt, &req.dir);
         let pod = build_pod(&name, req, self, &plan)?;
         let started = Instant::now();
         self.create(&name, &pod).await?;
@@ -914,13 +922,13 @@ impl KubernetesExecutor {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     let old = self.pods.get_opt(name).await.ok().flatten();
-                    let ours = old
-                        .as_ref()
-                        .and_then(|p| p.metadata.labels.as_ref())
-                        .is_some_and(|l| l.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1));
+                    let ours = old.as_ref().and_then(|p| p.metadata.labels.as_ref()).is_some_and(|l| {
+                        l.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+                            && l.get(OWNER_LABEL) == Some(&self.owner)
+                    });
                     if !ours && old.is_some() {
                         return Err(format!(
-                            "pod {name} already exists in namespace {} and is not managed by tenon",
+                            "pod {name} already exists in namespace {} and belongs to something else (another tenon store, or not tenon); use another namespace (--k8s-namespace) or run name",
                             self.namespace
                         ));
                     }
@@ -1309,13 +1317,16 @@ mod tests {
 
     #[test]
     fn pod_names_are_valid() {
-        assert_eq!(pod_name("run-train", 0), "run-train-pod");
-        assert_eq!(pod_name("run-train", 2), "run-train-pod-retry2");
-        let long = pod_name(&"x".repeat(80), 0);
+        let d = Path::new("/s/runs/r/1/taskruns/run-train/attempt-0");
+        let n = pod_name("run-train", 0, d);
+        assert!(n.starts_with("run-train-pod-") && n.len() == "run-train-pod-".len() + 5, "{n}");
+        assert!(pod_name("run-train", 2, d).starts_with("run-train-pod-retry2-"));
+        assert_ne!(n, pod_name("run-train", 0, Path::new("/s/runs/r/2/taskruns/run-train/attempt-0")));
+        let long = pod_name(&"x".repeat(80), 0, d);
         assert!(long.len() <= 63, "{long}");
-        let odd = pod_name("run-train[1]", 0);
+        let odd = pod_name("run-train[1]", 0, d);
         assert!(odd.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{odd}");
-        assert_ne!(pod_name("a_b", 0), pod_name("a.b", 0));
+        assert_ne!(pod_name("a_b", 0, d), pod_name("a.b", 0, d));
     }
 
     #[test]
