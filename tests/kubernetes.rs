@@ -106,17 +106,26 @@ impl Cluster {
     }
 
     /// Record pod events in the namespace.
-    fn recorder(&self) -> Recorder {
+    /// Starts watching; returns once the watch's initial list is done.
+    async fn recorder(&self) -> Recorder {
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
         let api = self.pods_api();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
             let mut seen = BTreeSet::new();
             let mut s = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
             while let Some(e) = s.next().await {
                 let (kind, p) = match e {
                     Ok(Event::Apply(p) | Event::InitApply(p)) => ("add", p),
                     Ok(Event::Delete(p)) => ("delete", p),
+                    Ok(Event::InitDone) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
                     _ => continue,
                 };
                 let uid = p.metadata.uid.clone().unwrap_or_default();
@@ -129,6 +138,7 @@ impl Cluster {
                 ev.lock().unwrap().push((kind, taskrun, uid));
             }
         });
+        tokio::time::timeout(Duration::from_secs(30), ready_rx).await.expect("pod watch started").unwrap();
         Recorder { events, task }
     }
 
@@ -202,9 +212,19 @@ impl Recorder {
     fn events(&self) -> Vec<(&'static str, String, String)> {
         self.events.lock().unwrap().clone()
     }
-    /// Let the watch catch up with what just happened.
+    /// Let the watch catch up with what just happened: tenon deletes every pod it creates
+    /// before it exits, so wait until each recorded pod's deletion is seen too.
     async fn settle(&self) {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ev = self.events();
+            let open = ev.iter().filter(|a| a.0 == "add").any(|a| !ev.iter().any(|d| d.0 == "delete" && d.2 == a.2));
+            if !open || Instant::now() > until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -261,7 +281,7 @@ async fn example_pipeline_same_as_local_cached_then_incremental() {
     assert_eq!(local.code, 0, "{}", local.stderr);
 
     let store = tmp.path().join("k8s");
-    let rec = c.recorder();
+    let rec = c.recorder().await;
     let t = Instant::now();
     let first = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
     let k8s_time = t.elapsed();
@@ -287,7 +307,7 @@ async fn example_pipeline_same_as_local_cached_then_incremental() {
     );
 
     // a second run creates no pod: every task is Cached
-    let rec = c.recorder();
+    let rec = c.recorder().await;
     let second = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
     assert_eq!(second.code, 0, "{}", second.stderr);
     assert!(ran(&second.json()).is_empty(), "{}", second.stdout);
@@ -299,7 +319,7 @@ async fn example_pipeline_same_as_local_cached_then_incremental() {
     let mut text = std::fs::read_to_string(&f).unwrap();
     text.push_str("\n# a comment changes the input, not the output\n");
     std::fs::write(&f, text).unwrap();
-    let rec = c.recorder();
+    let rec = c.recorder().await;
     let third = c.tenon(&["run", &dir, "--output", "json", "-q"], &store);
     assert_eq!(third.code, 0, "{}", third.stderr);
     let j = third.json();
@@ -391,7 +411,7 @@ async fn failures_timeouts_retries_oom_are_reported() {
     let Some(c) = Cluster::new("failures").await else { return };
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("p.yaml"), FAILURES.replace("IMG", BUSYBOX)).unwrap();
-    let rec = c.recorder();
+    let rec = c.recorder().await;
     let r = c.tenon(
         &["run", tmp.path().to_str().unwrap(), "--output", "json", "-q", "--parallel", "8", "--no-cache"],
         &tmp.path().join("store"),
@@ -479,7 +499,7 @@ async fn restart_mid_run_replaces_the_orphan_pod() {
     std::fs::write(tmp.path().join("t.yaml"), SLEEPER.replace("IMG", BUSYBOX).replace("SECS", "6")).unwrap();
     let store = tmp.path().join("s");
     let dir = tmp.path().to_str().unwrap().to_string();
-    let rec = c.recorder();
+    let rec = c.recorder().await;
     let mut child = c.spawn_tenon(&["run", &dir, "--output", "json", "-q"], &store);
     let (_, old_uid) = c.wait_running_pod().await;
     child.kill().unwrap(); // SIGKILL: tenon gets no chance to clean up
