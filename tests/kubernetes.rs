@@ -198,9 +198,11 @@ fn cleanup(f: impl std::future::Future<Output = ()> + Send + 'static) {
     .join();
 }
 
+type PodEvent = (&'static str, String, String);
+
 struct Recorder {
     /// ("add" | "delete", `<taskrun>#<attempt>`, uid) in order.
-    events: Arc<Mutex<Vec<(&'static str, String, String)>>>,
+    events: Arc<Mutex<Vec<PodEvent>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -209,7 +211,7 @@ impl Recorder {
     fn created(&self) -> BTreeSet<String> {
         self.events.lock().unwrap().iter().filter(|e| e.0 == "add").map(|e| e.1.clone()).collect()
     }
-    fn events(&self) -> Vec<(&'static str, String, String)> {
+    fn events(&self) -> Vec<PodEvent> {
         self.events.lock().unwrap().clone()
     }
     /// Let the watch catch up with what just happened: tenon deletes every pod it creates

@@ -658,7 +658,10 @@ fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &P
 
 /// The upload: scripts, the tekton directories and every copied volume, as a tar; plus, per
 /// written-back volume, the files uploaded (so the write-back can tell deletions).
-fn upload_tar(plan: &PodPlan) -> Result<(Vec<u8>, BTreeMap<String, BTreeSet<String>>), String> {
+/// Per copied volume (its stage path), the files uploaded into it.
+type Manifests = BTreeMap<String, BTreeSet<String>>;
+
+fn upload_tar(plan: &PodPlan) -> Result<(Vec<u8>, Manifests), String> {
     let mut b = tar::Builder::new(Vec::new());
     b.follow_symlinks(false);
     let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| -> std::io::Result<()> {
