@@ -788,7 +788,10 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
             (Arc::new(LocalExecutor::new(pass_env, console.clone()).with_sandbox(sandbox)), id)
         }
         ExecutorKind::Kubernetes => {
-            let k8s_err = |e: String| Error::Io { context: e, source: std::io::Error::other("kubernetes") };
+            let k8s_err = |e: String| Error::Io {
+                context: e,
+                source: std::io::Error::other("the kubernetes executor cannot start"),
+            };
             let k = KubernetesExecutor::connect(a.kube.clone(), &state_dir, console.clone()).await.map_err(k8s_err)?;
             if !dry_run {
                 k.sweep().await.map_err(k8s_err)?;
