@@ -591,7 +591,7 @@ impl ContainerCtx<'_> {
     }
 }
 
-fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &PodPlan) -> Result<Pod, String> {
+fn build_pod(name: &str, req: &TaskRunRequest, args: &KubeArgs, owner: &str, plan: &PodPlan) -> Result<Pod, String> {
     let mut helper_mounts = vec![json!({"name": "tekton-internal", "mountPath": "/tekton"})];
     let mut volumes =
         vec![json!({"name": "tekton-internal", "emptyDir": {}}), json!({"name": "tekton-workspace", "emptyDir": {}})];
@@ -605,8 +605,8 @@ fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &P
     let helper = |cname: &str, script: &str| {
         json!({
             "name": cname,
-            "image": ex.args.helper_image,
-            "imagePullPolicy": ex.args.pull_policy,
+            "image": args.helper_image,
+            "imagePullPolicy": args.pull_policy,
             "command": ["sh", "-c", script],
             "volumeMounts": helper_mounts,
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
@@ -618,14 +618,14 @@ fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &P
         plan.sidecars.iter().chain(plan.steps.iter()).map(|s| s.container.clone()).collect();
     containers.push(holder);
     let mut labels = BTreeMap::new();
-    for (k, v) in &ex.args.labels {
+    for (k, v) in &args.labels {
         labels.insert(k.clone(), v.clone());
     }
     labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
-    labels.insert(OWNER_LABEL.to_string(), ex.owner.clone());
+    labels.insert(OWNER_LABEL.to_string(), owner.to_string());
     labels.insert(TASKRUN_LABEL.to_string(), dns_label(&req.name));
     labels.insert(ATTEMPT_LABEL.to_string(), req.attempt.to_string());
-    let mut annotations: BTreeMap<String, String> = ex.args.annotations.iter().cloned().collect();
+    let mut annotations: BTreeMap<String, String> = args.annotations.iter().cloned().collect();
     annotations.insert("tenon.dev/taskrun-name".into(), req.name.clone());
     let mut spec = json!({
         "restartPolicy": "Never",
@@ -633,19 +633,19 @@ fn build_pod(name: &str, req: &TaskRunRequest, ex: &KubernetesExecutor, plan: &P
         "initContainers": [prepare],
         "containers": containers,
         "volumes": volumes,
-        "automountServiceAccountToken": ex.args.service_account.is_some(),
+        "automountServiceAccountToken": args.service_account.is_some(),
     });
     if let Some(t) = req.timeout.filter(|t| !t.is_zero()) {
         spec["activeDeadlineSeconds"] = json!(t.as_secs() + DEADLINE_SLACK);
     }
-    if let Some(sa) = &ex.args.service_account {
+    if let Some(sa) = &args.service_account {
         spec["serviceAccountName"] = json!(sa);
     }
-    if !ex.args.node_selector.is_empty() {
-        spec["nodeSelector"] = json!(ex.args.node_selector.iter().cloned().collect::<BTreeMap<_, _>>());
+    if !args.node_selector.is_empty() {
+        spec["nodeSelector"] = json!(args.node_selector.iter().cloned().collect::<BTreeMap<_, _>>());
     }
-    if !ex.args.tolerations.is_empty() {
-        spec["tolerations"] = json!(ex.args.tolerations);
+    if !args.tolerations.is_empty() {
+        spec["tolerations"] = json!(args.tolerations);
     }
     let pod = json!({
         "apiVersion": "v1",
@@ -839,7 +839,7 @@ impl KubernetesExecutor {
             .map_err(|e| format!("cannot create run directory {}: {e}", req.dir.display()))?;
         let (upload, manifests) = upload_tar(&plan)?;
         let name = pod_name(&req.name, req.attempt, &req.dir);
-        let pod = build_pod(&name, req, self, &plan)?;
+        let pod = build_pod(&name, req, &self.args, &self.owner, &plan)?;
         let started = Instant::now();
         self.create(&name, &pod).await?;
         tracing::debug!(pod = %name, namespace = %self.namespace, "pod created");
@@ -1376,6 +1376,96 @@ mod tests {
         assert_eq!(v["readOnlyRootFilesystem"], true);
         assert_eq!(v["exec"]["command"][1], "1", "command words stay strings");
         assert_eq!(v["name"], "7");
+    }
+
+    fn request(yaml_steps: Value, workspaces: Vec<super::super::BoundWorkspace>) -> TaskRunRequest {
+        let spec: crate::model::TaskSpec = serde_json::from_value(yaml_steps).unwrap();
+        TaskRunRequest {
+            name: "run-t".into(),
+            label: "t".into(),
+            spec,
+            workspaces,
+            timeout: Some(Duration::from_secs(60)),
+            attempt: 0,
+            dir: PathBuf::from("/s/runs/r/1/taskruns/run-t/attempt-0"),
+            max_result_size: 4096,
+            volumes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn pod_spec_from_a_task() {
+        let ws = |name: &str, path: &str, kind: &str, claim: &str, ro: bool| super::super::BoundWorkspace {
+            name: name.into(),
+            path: Some(PathBuf::from(path)),
+            read_only: ro,
+            claim: claim.into(),
+            kind: kind.into(),
+        };
+        let req = request(
+            json!({
+                "workspaces": [{"name": "src", "readOnly": true}, {"name": "data"}],
+                "sidecars": [{"name": "db", "image": "redis:7"}],
+                "steps": [
+                    {"name": "a", "image": "alpine:3", "script": "echo hi", "onError": "continue",
+                     "computeResources": {"limits": {"memory": "64Mi"}}},
+                    {"name": "b", "image": "alpine:3", "command": ["cat"], "args": ["$(workspaces.data.path)/x"],
+                     "workingDir": "/w"},
+                ],
+            }),
+            vec![
+                ws("src", "/repo", "repo", "", true),
+                ws("data", "/s/pvc/team-data/sub", "persistentVolumeClaim:team-data", "team-data", false),
+            ],
+        );
+        let args =
+            KubeArgs { pull_policy: "IfNotPresent".into(), helper_image: "busybox:1.36".into(), ..Default::default() };
+        let plan = plan(&req, &args, Path::new("/s")).unwrap();
+        assert_eq!(plan.claims, vec![("ws-data".to_string(), "team-data".to_string())]);
+        assert_eq!(plan.copied.len(), 1, "only the repo is copied");
+        assert!(!plan.copied[0].write_back, "a read-only workspace is not written back");
+        let pod = serde_json::to_value(build_pod("p", &req, &args, "owner1", &plan).unwrap()).unwrap();
+        let spec = &pod["spec"];
+        let names: Vec<&str> =
+            spec["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["sidecar-db", "step-a", "step-b", "tenon-holder"]);
+        assert_eq!(spec["initContainers"][0]["name"], "prepare");
+        assert_eq!(spec["activeDeadlineSeconds"], 90);
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(pod["metadata"]["labels"][OWNER_LABEL], "owner1");
+        let a = &spec["containers"][1];
+        assert_eq!(a["command"][0], BUSYBOX);
+        assert_eq!(a["args"], json!(["tenon-step", "/tekton/scripts/script-0"]));
+        assert!(a["command"][3].as_str().unwrap().contains("[ 1 = 1 ]"), "onError: continue");
+        assert!(a["command"][3].as_str().unwrap().contains("$R/sidecars"), "step 0 waits for the sidecars");
+        assert_eq!(a["resources"]["limits"]["memory"], "64Mi");
+        assert_eq!(a["workingDir"], "/workspace");
+        let b = &spec["containers"][2];
+        assert_eq!(b["args"], json!(["tenon-step", "cat", "/workspace/data/x"]));
+        assert_eq!(b["workingDir"], "/w");
+        assert!(b["command"][3].as_str().unwrap().contains("$R/step-0"));
+        let data = b["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "ws-data").unwrap();
+        assert_eq!(data["subPath"], "sub");
+        assert_eq!(data["mountPath"], "/workspace/data");
+        let src = b["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "ws-src").unwrap();
+        assert_eq!(src["readOnly"], true);
+        let vols = spec["volumes"].as_array().unwrap();
+        assert!(vols.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == "team-data"));
+        // the sidecar without command runs its image's entrypoint
+        assert!(spec["containers"][0].get("command").is_none());
+        let (bytes, manifests) = upload_tar(&plan).unwrap();
+        assert!(!bytes.is_empty() && manifests.contains_key("tenon/ws/ws-src"));
+    }
+
+    #[test]
+    fn unsupported_features_are_named() {
+        let args = KubeArgs::default();
+        let req = request(json!({"steps": [{"name": "a", "image": "x", "script": "true", "timeout": "1s"}]}), vec![]);
+        let e = plan(&req, &args, Path::new("/s")).err().unwrap();
+        assert!(e.contains("unsupported by the kubernetes executor") && e.contains("timeout"), "{e}");
+        let req = request(json!({"steps": [{"name": "a", "image": "quay.io/x/y:1"}]}), vec![]);
+        let e = plan(&req, &args, Path::new("/s")).err().unwrap();
+        assert!(e.contains("neither command nor script"), "{e}");
     }
 
     #[test]
