@@ -43,7 +43,20 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tenon");
 /// Label naming the tenon store (instance) that owns a pod: a restarted tenon on the same
 /// store deletes the pods its previous process left behind.
 pub const OWNER_LABEL: &str = "tenon.dev/owner";
+/// Label naming the tenon process (a random id per process): the start-up sweep spares the
+/// pods of its own process, so constructing the executor again (each reconcile of
+/// `tenon watch`) never deletes pods still in use.
+pub const SESSION_LABEL: &str = "tenon.dev/session";
 pub const TASKRUN_LABEL: &str = "tenon.dev/taskrun";
+
+/// This process's session id.
+pub fn session() -> &'static str {
+    static SESSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SESSION.get_or_init(|| {
+        let seed = format!("{:?} {} session", std::time::SystemTime::now(), std::process::id());
+        crate::hash::sha256_hex(seed.as_bytes())[..16].to_string()
+    })
+}
 pub const ATTEMPT_LABEL: &str = "tenon.dev/attempt";
 
 const HOLDER: &str = "tenon-holder";
@@ -170,9 +183,11 @@ impl KubernetesExecutor {
     }
 
     /// Delete the pods a previous tenon process on the same store left behind (killed
-    /// mid-run): their runs are gone with that process; the engine starts fresh ones.
+    /// mid-run): their runs are gone with that process; the engine starts fresh ones. Pods of
+    /// this process are spared.
     pub async fn sweep(&self) -> Result<usize, String> {
-        let sel = format!("{}={},{OWNER_LABEL}={}", MANAGED_BY.0, MANAGED_BY.1, self.owner);
+        let sel =
+            format!("{}={},{OWNER_LABEL}={},{SESSION_LABEL}!={}", MANAGED_BY.0, MANAGED_BY.1, self.owner, session());
         let list = self
             .pods
             .list(&ListParams::default().labels(&sel))
@@ -623,6 +638,7 @@ fn build_pod(name: &str, req: &TaskRunRequest, args: &KubeArgs, owner: &str, pla
     }
     labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
     labels.insert(OWNER_LABEL.to_string(), owner.to_string());
+    labels.insert(SESSION_LABEL.to_string(), session().to_string());
     labels.insert(TASKRUN_LABEL.to_string(), dns_label(&req.name));
     labels.insert(ATTEMPT_LABEL.to_string(), req.attempt.to_string());
     let mut annotations: BTreeMap<String, String> = args.annotations.iter().cloned().collect();
