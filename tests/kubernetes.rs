@@ -358,6 +358,16 @@ spec:
           - name: nap
             image: IMG
             script: sleep 120
+    - name: stepslow
+      taskSpec:
+        steps:
+          - name: nap
+            image: IMG
+            timeout: 2s
+            script: sleep 60
+          - name: after
+            image: IMG
+            script: echo never
     - name: flaky
       retries: 1
       taskSpec:
@@ -434,6 +444,12 @@ async fn failures_timeouts_retries_oom_are_reported() {
         (Some("TimedOut"), Some("TaskRunTimeout")),
         "{slow:#}"
     );
+
+    let stepslow = t("stepslow");
+    assert_eq!(stepslow["status"], "Failed", "{stepslow:#}");
+    assert_eq!(stepslow["steps"][0]["terminationReason"], "TimeoutExceeded", "{stepslow:#}");
+    assert_eq!(stepslow["steps"][1]["terminationReason"], "Skipped");
+    assert!(stepslow["message"].as_str().unwrap().contains("exceeded its timeout"), "{stepslow:#}");
 
     let flaky = t("flaky");
     assert_eq!(flaky["status"], "Succeeded", "{flaky:#}");

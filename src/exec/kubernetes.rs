@@ -434,9 +434,14 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
         if !step.when.is_empty() {
             return Err(unsupported(format!("step {sname:?}: step-level when")));
         }
-        if step.timeout.is_some() {
-            return Err(unsupported(format!("step {sname:?}: step timeout (use the Task's timeout)")));
-        }
+        let step_timeout = match step.timeout.as_deref() {
+            Some(t) => match crate::model::parse_duration(t) {
+                Some(d) if !d.is_zero() => Some(d.as_secs_f64().ceil().max(1.0) as u64),
+                Some(_) => None,
+                None => return Err(format!("step {sname:?}: invalid timeout {t:?}")),
+            },
+            None => None,
+        };
         if step.stdout_config.is_some() || step.stderr_config.is_some() {
             return Err(unsupported(format!("step {sname:?}: stdoutConfig/stderrConfig")));
         }
@@ -467,8 +472,16 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
             ));
         }
         wrapper.push_str(RESOLVE);
+        match step_timeout {
+            // busybox timeout ends the step with SIGTERM; the marker tells a timeout from a
+            // failure that happened to take as long
+            Some(secs) => wrapper.push_str(&format!(
+                "s0=`$B date +%s`\n$B timeout -s TERM {secs} \"$p\" \"$@\"\nc=$?\nt1=`$B date +%s`\nif [ $c != 0 ] && [ `$B expr $t1 - $s0` -ge {secs} ]; then echo {secs} > /tekton/steps/{cname}/timedOut; fi\n"
+            )),
+            None => wrapper.push_str("\"$p\" \"$@\"\nc=$?\n"),
+        }
         wrapper.push_str(&format!(
-            "\"$p\" \"$@\"\nc=$?\necho $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
+            "echo $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
             if cont { 1 } else { 0 }
         ));
         let mut c = ctx.container(&step, &cname, &image)?;
@@ -883,7 +896,7 @@ impl KubernetesExecutor {
         }
         tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "files read back");
         delete_pod(&self.pods, &name).await;
-        let (steps_out, failure) = step_outcomes(req, &plan, &last, &end, &logs_dir);
+        let (mut steps_out, failure) = step_outcomes(req, &plan, &last, &end, &logs_dir);
         // step logs end with their containers; a sidecar's stream may outlive the pod's
         // deletion by seconds and is cut short
         for (cname, f) in followers {
@@ -908,6 +921,16 @@ impl KubernetesExecutor {
                 let _ = std::fs::write(req.dir.join("results").join(k), v);
             }
             for (i, s) in plan.steps.iter().enumerate() {
+                // a step that its own timeout ended (the wrapper's marker)
+                if let Ok(t) = std::fs::read_to_string(dir.join("tekton/steps").join(&s.cname).join("timedOut")) {
+                    if let Some(o) = steps_out.get_mut(i).filter(|o| o.termination_reason == "Error") {
+                        o.termination_reason = "TimeoutExceeded".into();
+                        let msg = format!("step {:?} exceeded its timeout of {}s", s.sname, t.trim());
+                        if let Some(f) = failure.as_mut().filter(|f| f.2.contains(&format!("\"{}\"", s.cname))) {
+                            f.2 = msg;
+                        }
+                    }
+                }
                 let mut mine = BTreeMap::new();
                 for r in &req.spec.steps[i].results {
                     if let Ok(b) = std::fs::read(dir.join("tekton/steps").join(&s.cname).join("results").join(&r.name))
@@ -1476,9 +1499,10 @@ mod tests {
     #[test]
     fn unsupported_features_are_named() {
         let args = KubeArgs::default();
-        let req = request(json!({"steps": [{"name": "a", "image": "x", "script": "true", "timeout": "1s"}]}), vec![]);
+        let when = json!([{"input": "a", "operator": "in", "values": ["a"]}]);
+        let req = request(json!({"steps": [{"name": "a", "image": "x", "script": "true", "when": when}]}), vec![]);
         let e = plan(&req, &args, Path::new("/s")).err().unwrap();
-        assert!(e.contains("unsupported by the kubernetes executor") && e.contains("timeout"), "{e}");
+        assert!(e.contains("unsupported by the kubernetes executor") && e.contains("when"), "{e}");
         let req = request(json!({"steps": [{"name": "a", "image": "quay.io/x/y:1"}]}), vec![]);
         let e = plan(&req, &args, Path::new("/s")).err().unwrap();
         assert!(e.contains("neither command nor script"), "{e}");
