@@ -393,6 +393,10 @@ spec:
             image: IMG
             onError: continue
             script: exit 5
+          - name: ruledout
+            image: IMG
+            when: [{input: "a", operator: notin, values: ["a"]}]
+            script: exit 9
           - name: good
             image: IMG
             script: printf done > $(results.out.path)
@@ -465,6 +469,8 @@ async fn failures_timeouts_retries_oom_are_reported() {
     assert_eq!(tolerant["steps"][0]["terminationReason"], "Continued");
     assert_eq!(tolerant["steps"][0]["exitCode"], 5);
     assert_eq!(tolerant["results"]["out"], "done");
+    assert_eq!(tolerant["steps"][1]["terminationReason"], "Skipped", "step-level when");
+    assert_eq!(tolerant["steps"][2]["terminationReason"], "Completed");
 
     let big = t("big");
     assert_eq!(big["reason"], "TaskRunResultLargerThanAllowedLimit", "{big:#}");

@@ -334,6 +334,8 @@ struct StepPlan {
 struct PodPlan {
     steps: Vec<StepPlan>,
     sidecars: Vec<StepPlan>,
+    /// Steps their `when` rules out.
+    skipped: BTreeSet<usize>,
     copied: Vec<Copied>,
     /// (volume, claim name) of workspaces mounted from the cluster's PVCs.
     claims: Vec<(String, String)>,
@@ -396,6 +398,7 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
     let mut steps = Vec::new();
     let mut scripts = Vec::new();
     let mut sidecars = Vec::new();
+    let mut skipped = BTreeSet::new();
     for (i, raw) in spec.sidecars.iter().enumerate() {
         let step: Step = substitute_step(raw, &pvars);
         let name = step.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
@@ -431,8 +434,18 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
             vars.set_str(format!("step.results.{}.path", r.name), format!("/tekton/steps/{cname}/results/{}", r.name));
         }
         let step: Step = substitute_step(raw, &vars);
-        if !step.when.is_empty() {
-            return Err(unsupported(format!("step {sname:?}: step-level when")));
+        // step-level when: decided here, params being substituted already; a step it rules
+        // out gets a container that only passes the previous step's marker on
+        let mut when_ok = true;
+        for w in &step.when {
+            if serde_json::to_string(w).unwrap_or_default().contains("$(steps.") {
+                return Err(unsupported(format!("step {sname:?}: a when expression on earlier steps' results")));
+            }
+            when_ok &= crate::cel::when_holds(w, &crate::subst::Vars::new())
+                .map_err(|e| format!("step {sname:?}: when: {e}"))?;
+        }
+        if !when_ok {
+            skipped.insert(i);
         }
         let step_timeout = match step.timeout.as_deref() {
             Some(t) => match crate::model::parse_duration(t) {
@@ -471,6 +484,11 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
                 "while [ ! -e $R/{w} ]; do $B usleep 20000; done\nread s < $R/{w}\nif [ \"$s\" != ok ]; then echo skip > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 0; fi\n"
             ));
         }
+        if !when_ok {
+            wrapper.push_str(&format!(
+                "echo 0 > /tekton/steps/{cname}/exitCode\necho ok > $R/t{i}; $B mv $R/t{i} $R/step-{i}\nexit 0\n"
+            ));
+        }
         wrapper.push_str(RESOLVE);
         match step_timeout {
             // busybox timeout ends the step with SIGTERM; the marker tells a timeout from a
@@ -489,7 +507,7 @@ fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> Result<PodPl
         c["args"] = json!(std::iter::once("tenon-step".to_string()).chain(argv).collect::<Vec<_>>());
         steps.push(StepPlan { cname, sname, container: c });
     }
-    Ok(PodPlan { steps, sidecars, copied, claims, scripts })
+    Ok(PodPlan { steps, sidecars, skipped, copied, claims, scripts })
 }
 
 /// Wrapper lines that resolve a bare command name (`$1`) on the image's PATH into `$p`:
@@ -1248,6 +1266,12 @@ fn step_outcomes(
                 if let (Some(a), Some(b)) = (millis(&t.started_at), millis(&t.finished_at)) {
                     o.duration_ms = (b - a).max(0) as u64;
                 }
+                if plan.skipped.contains(&i) {
+                    o.termination_reason = "Skipped".into();
+                    o.duration_ms = 0;
+                    out.push(o);
+                    continue;
+                }
                 let oom = t.reason.as_deref() == Some("OOMKilled");
                 let cont = req.spec.steps[i].on_error.as_deref() == Some("continue");
                 o.termination_reason = if code == 0 {
@@ -1499,7 +1523,7 @@ mod tests {
     #[test]
     fn unsupported_features_are_named() {
         let args = KubeArgs::default();
-        let when = json!([{"input": "a", "operator": "in", "values": ["a"]}]);
+        let when = json!([{"input": "$(steps.s.results.r)", "operator": "in", "values": ["a"]}]);
         let req = request(json!({"steps": [{"name": "a", "image": "x", "script": "true", "when": when}]}), vec![]);
         let e = plan(&req, &args, Path::new("/s")).err().unwrap();
         assert!(e.contains("unsupported by the kubernetes executor") && e.contains("when"), "{e}");
