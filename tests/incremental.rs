@@ -1862,3 +1862,36 @@ fn consumer_of_a_path_result_is_cached_on_an_unchanged_rerun() {
     assert_statuses(&r2, "second", &[("where", "Cached"), ("use", "Cached")]);
     assert!(w.take_log("exec.log").is_empty(), "second: the consumer executed again");
 }
+
+#[test]
+fn env_from_is_never_cached() {
+    // envFrom reads ConfigMaps/Secrets of the cluster (Kubernetes executor) whose content no
+    // key covers: such a task must run every time
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.yaml"),
+        r#"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: envfrom}
+spec:
+  taskSpec:
+    steps:
+      - name: s
+        image: busybox
+        envFrom: [{configMapRef: {name: settings}}]
+        script: echo hi
+"#,
+    )
+    .unwrap();
+    let store = dir.path().join(".store");
+    let d = dir.path().to_str().unwrap();
+    for _ in 0..2 {
+        let r = tenon_cached(&["run", d, "--output", "json", "-q"], &store);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let j = r.json();
+        let t = task(&j, "envfrom");
+        assert_eq!(t["status"], "Succeeded", "{t:#}");
+        assert!(t["cacheReasons"][0].as_str().unwrap().contains("envFrom"), "{t:#}");
+    }
+}

@@ -376,6 +376,10 @@ pub fn apply_bindings(
         }
     }
     job.executor_independent = ann(EXECUTOR_INDEPENDENT_ANNOTATION).as_deref() == Some("true");
+    let spec = &job.key_spec;
+    if spec.steps.iter().chain(spec.sidecars.iter()).chain(spec.step_template.iter()).any(|s| !s.env_from.is_empty()) {
+        job.uncacheable = Some("envFrom reads ConfigMaps/Secrets whose content tenon does not track".into());
+    }
     if ann(CACHE_ANNOTATION).as_deref() == Some("false") {
         job.uncacheable = Some(format!("{CACHE_ANNOTATION}: \"false\""));
     }

@@ -535,7 +535,7 @@ fn typed(v: Value) -> Value {
                     || matches!(key, "runAsUser" | "runAsGroup" | "port");
                 let boolean = matches!(
                     key,
-                    "privileged" | "readOnlyRootFilesystem" | "runAsNonRoot" | "allowPrivilegeEscalation"
+                    "privileged" | "readOnlyRootFilesystem" | "runAsNonRoot" | "allowPrivilegeEscalation" | "optional"
                 );
                 match s.parse::<i64>() {
                     Ok(n) if int => json!(n),
@@ -578,9 +578,6 @@ struct ContainerCtx<'a> {
 impl ContainerCtx<'_> {
     /// The container of a step or sidecar, without command and args.
     fn container(&self, step: &Step, cname: &str, image: &str) -> Result<Value, String> {
-        if !step.env_from.is_empty() {
-            return Err(unsupported(format!("{cname}: envFrom")));
-        }
         let mut env: Vec<Value> = Vec::new();
         if !step.env.iter().any(|e| e.name == "HOME") {
             env.push(json!({"name": "HOME", "value": "/tekton/home"}));
@@ -632,6 +629,10 @@ impl ContainerCtx<'_> {
         }
         if let Some(sc) = step.security_context.clone() {
             c["securityContext"] = typed(sc);
+        }
+        if !step.env_from.is_empty() {
+            // ConfigMaps/Secrets of the pod's namespace, as Kubernetes resolves them
+            c["envFrom"] = typed(Value::Array(step.env_from.clone()));
         }
         Ok(c)
     }
