@@ -26,6 +26,10 @@ pub const KEY_SCHEMA_VERSION: u32 = 1;
 pub struct Preimage {
     pub version: u32,
     pub executor: String,
+    /// Image -> digest the cluster resolved its tag to (Kubernetes executor); empty, and
+    /// then absent from the encoding, elsewhere.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
     /// The TaskSpec after substitution, as JSON.
     pub spec: Value,
     pub params: BTreeMap<String, Value>,
@@ -108,6 +112,16 @@ pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tre
     }
     if old.executor != new.executor {
         out.push(format!("executor changed ({} -> {})", old.executor, new.executor));
+    }
+    for (img, d) in &new.images {
+        match old.images.get(img) {
+            Some(o) if o != d => out.push(format!(
+                "image {img} now resolves to {} (was {})",
+                short(d.trim_start_matches("sha256:")),
+                short(o.trim_start_matches("sha256:"))
+            )),
+            _ => {}
+        }
     }
     for (k, v) in &new.upstream_results {
         match old.upstream_results.get(k) {
@@ -236,6 +250,7 @@ mod tests {
         Preimage {
             version: KEY_SCHEMA_VERSION,
             executor: "local".into(),
+            images: BTreeMap::new(),
             spec: json!({"steps": [{"script": "python train.py --lr 0.1"}]}),
             params: BTreeMap::from([("lr".into(), json!("0.1"))]),
             inputs: BTreeMap::from([("source".into(), "t1".into())]),
@@ -319,6 +334,21 @@ mod tests {
             edit(&mut new);
             assert_eq!(explain(&pre(), &new, &trees), want.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn image_digests_in_keys() {
+        // no digests: the encoding (and so every existing local key) is unchanged
+        assert!(!serde_json::to_string(&pre()).unwrap().contains("images"));
+        let mut old = pre();
+        old.images.insert("python:3.11-slim".into(), "sha256:aaaaaaaaaa".into());
+        let mut new = old.clone();
+        new.images.insert("python:3.11-slim".into(), "sha256:bbbbbbbbbb".into());
+        assert_ne!(old.key(), new.key());
+        assert_eq!(
+            explain(&old, &new, &|_| None),
+            vec!["image python:3.11-slim now resolves to bbbbbbbb (was aaaaaaaa)".to_string()]
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::DEFAULT_MAX_RESULT_SIZE;
 use crate::error::{Error, Outcome};
+use crate::exec::kubernetes::KubeArgs;
 use crate::exec::local::SandboxMode;
+use crate::exec::ExecutorKind;
 use crate::model::{self, Catalog, ParamValue};
 use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
 use crate::reconcile::{self, RunSettings};
@@ -172,6 +174,20 @@ pub struct WatchArgs {
     /// Do not promote after successful reconciles.
     #[arg(long)]
     pub no_promote: bool,
+    /// Reconcile and promote only while holding a coordination.k8s.io/v1 Lease (for several
+    /// replicas in a cluster): the others serve /healthz and /status and wait. Uses the
+    /// --k8s-kubeconfig / --k8s-context / in-cluster configuration.
+    #[arg(long, env = "TENON_LEADER_ELECT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, value_name = "NAME", default_value = "tenon-leader", requires = "leader_elect")]
+    pub lease_name: String,
+    /// The Lease's namespace (default: --k8s-namespace, else the kubeconfig's or pod's namespace).
+    #[arg(long, value_name = "NS", requires = "leader_elect")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name and pid).
+    #[arg(long, value_name = "ID", env = "POD_NAME", requires = "leader_elect")]
+    pub lease_identity: Option<String>,
     /// Push attempts before a promotion gives up on a moving branch (Conflicted).
     #[arg(long, default_value_t = 8)]
     pub max_attempts: u32,
@@ -320,6 +336,11 @@ pub struct PlanArgs {
     /// The sandbox the run would use (it is part of cache keys); see `tenon run --help`.
     #[arg(long, value_enum, env = "TENON_SANDBOX", default_value_t = SandboxMode::Auto)]
     pub sandbox: SandboxMode,
+    /// The executor the run would use (it is part of cache keys).
+    #[arg(long, value_enum, env = "TENON_EXECUTOR", default_value_t = ExecutorKind::Local)]
+    pub executor: ExecutorKind,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     #[arg(long, default_value = "default")]
     pub namespace: String,
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
@@ -427,6 +448,12 @@ pub struct RunFlags {
     /// `host` uses host paths; `auto` picks bwrap when it is installed and works.
     #[arg(long, value_enum, env = "TENON_SANDBOX", default_value_t = SandboxMode::Auto)]
     pub sandbox: SandboxMode,
+    /// Where tasks run: `local` (processes on this host) or `kubernetes` (one pod per
+    /// TaskRun; see the --k8s-* flags). Part of cache keys.
+    #[arg(long, value_enum, env = "TENON_EXECUTOR", default_value_t = ExecutorKind::Local)]
+    pub executor: ExecutorKind,
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 impl RunFlags {
@@ -442,6 +469,8 @@ impl RunFlags {
             namespace: self.namespace.clone(),
             no_cache: self.no_cache,
             sandbox: self.sandbox,
+            executor: self.executor,
+            kube: self.kube.clone(),
             rerun: rerun.to_vec(),
         }
     }
@@ -549,6 +578,8 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
             namespace: a.namespace,
             no_cache: false,
             sandbox: a.sandbox,
+            executor: a.executor,
+            kube: a.kube,
         },
         quiet: true,
         promote: false,
@@ -814,7 +845,44 @@ async fn watch_cmd(a: WatchArgs, log_format: LogFormat) -> Result<Outcome, Error
         leader: None,
         stop: tokio_util::sync::CancellationToken::new(),
     };
-    crate::watch::watch(opts).await
+    let mut opts = opts;
+    let lease_stop = CancellationToken::new();
+    let lease_task = if a.leader_elect {
+        let k = &a.flags.kube;
+        let client = crate::exec::kubernetes::client(k.kubeconfig.as_deref(), k.context.as_deref())
+            .await
+            .map_err(|e| Error::Usage(format!("--leader-elect: {e}")))?;
+        let namespace = a
+            .lease_namespace
+            .clone()
+            .or_else(|| k.k8s_namespace.clone())
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let identity = a.lease_identity.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "tenon".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        opts.leader = Some(rx);
+        tracing::info!(lease = %format!("{namespace}/{}", a.lease_name), %identity, "leader election: waiting for the lease");
+        let (name, stop) = (a.lease_name.clone(), lease_stop.clone());
+        Some(tokio::spawn(async move {
+            if let Err(e) = crate::lease::hold_lease(client, namespace, name, identity, tx, stop).await {
+                // the receiver then reads false for good: this replica never leads
+                tracing::error!(error = %e, "leader election stopped; this replica will not reconcile");
+            }
+        }))
+    } else {
+        None
+    };
+    let outcome = crate::watch::watch(opts).await;
+    lease_stop.cancel();
+    if let Some(t) = lease_task {
+        // release the lease so another replica takes over at once (bounded)
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+    }
+    outcome
 }
 
 fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod hash;
+pub mod lease;
 pub mod model;
 pub mod promote;
 pub mod reconcile;

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::cached::CacheCtx;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::Error;
+use crate::exec::kubernetes::{KubeArgs, KubernetesExecutor};
 use crate::exec::local::{LocalExecutor, Sandbox, SandboxMode};
-use crate::exec::Executor;
+use crate::exec::{Executor, ExecutorKind};
 use crate::model::{self, Catalog, Diagnostics, ParamValue};
 use crate::report::{HashingStats, RunReport};
 use crate::store::SqliteStore;
@@ -34,6 +35,10 @@ pub struct RunSettings {
     pub namespace: String,
     pub no_cache: bool,
     pub sandbox: SandboxMode,
+    /// Where tasks run (part of cache keys).
+    pub executor: ExecutorKind,
+    /// Settings of the Kubernetes executor (unused by the local one).
+    pub kube: KubeArgs,
     pub rerun: Vec<String>,
 }
 
@@ -103,9 +108,16 @@ pub fn check_runs(cat: &Catalog, dir: &Path, want: Option<&str>) -> Result<(), E
     Ok(())
 }
 
-/// The executor runs use, and its id (part of cache keys). The one place an executor is
-/// chosen.
-pub fn build_executor(s: &RunSettings, console: Arc<Console>) -> Result<(Arc<dyn Executor>, String), Error> {
+/// The executor a reconcile uses, its id (part of cache keys) and the image digests it
+/// already knows. The one place an executor is chosen. A dry run (`plan`) connects to
+/// the cluster but leaves its pods alone.
+pub struct BuiltExecutor {
+    pub exec: Arc<dyn Executor>,
+    pub id: String,
+    pub image_digests: std::collections::BTreeMap<String, String>,
+}
+
+pub async fn build_executor(s: &RunSettings, console: Arc<Console>, dry_run: bool) -> Result<BuiltExecutor, Error> {
     let mut pass_env = Vec::new();
     for name in &s.pass_env {
         if let Ok(v) = std::env::var(name) {
@@ -113,9 +125,29 @@ pub fn build_executor(s: &RunSettings, console: Arc<Console>) -> Result<(Arc<dyn
         }
     }
     let _ = std::fs::create_dir_all(&s.state_dir);
-    let sandbox = Sandbox::detect_cached(s.sandbox, &s.state_dir).map_err(Error::Usage)?;
-    let executor_id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
-    Ok((Arc::new(LocalExecutor::new(pass_env, console).with_sandbox(sandbox)), executor_id.to_string()))
+    match s.executor {
+        ExecutorKind::Local => {
+            let sandbox = Sandbox::detect_cached(s.sandbox, &s.state_dir).map_err(Error::Usage)?;
+            let id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
+            Ok(BuiltExecutor {
+                exec: Arc::new(LocalExecutor::new(pass_env, console).with_sandbox(sandbox)),
+                id: id.to_string(),
+                image_digests: Default::default(),
+            })
+        }
+        ExecutorKind::Kubernetes => {
+            let k8s_err = |e: String| Error::Io {
+                context: e,
+                source: std::io::Error::other("the kubernetes executor cannot start"),
+            };
+            let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console).await.map_err(k8s_err)?;
+            if !dry_run {
+                k.sweep().await.map_err(k8s_err)?;
+            }
+            let image_digests = k.image_digests().await;
+            Ok(BuiltExecutor { exec: Arc::new(k), id: "kubernetes".to_string(), image_digests })
+        }
+    }
 }
 
 /// What a reconcile produced.
@@ -141,7 +173,7 @@ pub async fn run_catalog(
         context: format!("cannot create state directory {}", s.state_dir.display()),
         source: e,
     })?;
-    let (exec, executor_id) = build_executor(s, console.clone())?;
+    let built = build_executor(s, console.clone(), dry_run).await?;
     let opts = EngineOptions {
         parallel: s
             .parallel
@@ -162,9 +194,10 @@ pub async fn run_catalog(
     let rerun: std::collections::BTreeSet<String> = s.rerun.iter().cloned().collect();
     let mut cache_ctx = CacheCtx::new(store, s.no_cache, rerun, dry_run)
         .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
-    cache_ctx.executor = executor_id;
+    cache_ctx.executor = built.id;
+    cache_ctx.image_digests = built.image_digests;
     let cache = Arc::new(cache_ctx);
-    let engine = Engine::new(cat.clone(), exec, opts, console, cancel.clone()).with_cache(cache.clone());
+    let engine = Engine::new(cat.clone(), built.exec, opts, console, cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();
     for pr in cat.pipeline_runs.iter().filter(|r| s.run.as_ref().is_none_or(|n| n == &r.name)) {
         runs.push(engine.run_pipeline_run(pr).await);

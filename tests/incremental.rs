@@ -1915,3 +1915,36 @@ fn embedded_specs_depend_only_on_workspaces_they_reference() {
     assert_statuses(&r, "edit", &[("reads", "Succeeded"), ("unrelated", "Cached")]);
     assert_reason_listed(&r, "reads", "edit", &changed("src/in.txt", b"one\n", b"two\n"));
 }
+
+#[test]
+fn env_from_is_never_cached() {
+    // envFrom reads ConfigMaps/Secrets of the cluster (Kubernetes executor) whose content no
+    // key covers: such a task must run every time
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.yaml"),
+        r#"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: envfrom}
+spec:
+  taskSpec:
+    steps:
+      - name: s
+        image: busybox
+        envFrom: [{configMapRef: {name: settings}}]
+        script: echo hi
+"#,
+    )
+    .unwrap();
+    let store = dir.path().join(".store");
+    let d = dir.path().to_str().unwrap();
+    for _ in 0..2 {
+        let r = tenon_cached(&["run", d, "--output", "json", "-q"], &store);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let j = r.json();
+        let t = task(&j, "envfrom");
+        assert_eq!(t["status"], "Succeeded", "{t:#}");
+        assert!(t["cacheReasons"][0].as_str().unwrap().contains("envFrom"), "{t:#}");
+    }
+}

@@ -685,6 +685,8 @@ fn leader_gate_holds_reconciles_until_leadership() {
             namespace: "default".into(),
             no_cache: false,
             sandbox: tenon::exec::local::SandboxMode::Host,
+            executor: tenon::exec::ExecutorKind::Local,
+            kube: Default::default(),
             rerun: vec![],
         },
         quiet: true,

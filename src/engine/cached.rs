@@ -21,6 +21,9 @@ pub const EXCLUDE_ANNOTATION: &str = "tenon.dev/exclude";
 pub const OUTPUTS_ANNOTATION: &str = "tenon.dev/outputs";
 /// Annotation (on a task): `"false"` never caches it.
 pub const CACHE_ANNOTATION: &str = "tenon.dev/cache";
+/// `"true"`: the task's result does not depend on where it runs, so its key leaves the
+/// executor out and a record made by one executor is a hit for another.
+pub const EXECUTOR_INDEPENDENT_ANNOTATION: &str = "tenon.dev/cache-executor-independent";
 
 /// Split an annotation value into entries.
 pub fn entries(v: &str) -> Vec<String> {
@@ -42,6 +45,8 @@ pub struct CacheCtx {
     /// `tenon plan`: decide, never run.
     pub dry_run: bool,
     pub executor: String,
+    /// Normalized image name -> digest, as the cluster reports them (Kubernetes executor).
+    pub image_digests: BTreeMap<String, String>,
 }
 
 impl CacheCtx {
@@ -57,6 +62,7 @@ impl CacheCtx {
             rerun,
             dry_run,
             executor: "local".into(),
+            image_digests: BTreeMap::new(),
         })
     }
 
@@ -112,6 +118,8 @@ pub struct CacheJob {
     pub forced: Option<String>,
     /// Params that just pass a run param through: task param -> run param name.
     pub param_sources: BTreeMap<String, String>,
+    /// [`EXECUTOR_INDEPENDENT_ANNOTATION`] is `"true"`.
+    pub executor_independent: bool,
     /// This run's directory: run-unique, so replaced by a placeholder in the preimage
     /// (a consumer of a path result is the same task in every run).
     pub run_dir: Option<PathBuf>,
@@ -175,9 +183,21 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
         m.remove("description");
         m.remove("displayName");
     }
+    let mut images = BTreeMap::new();
+    if !ctx.image_digests.is_empty() {
+        let spec = &job.key_spec;
+        for s in spec.steps.iter().chain(spec.sidecars.iter()).chain(spec.step_template.iter()) {
+            if let Some(img) = s.image.as_deref().filter(|i| !i.contains('@')) {
+                if let Some(d) = ctx.image_digests.get(&crate::exec::kubernetes::normalize_image(img)) {
+                    images.insert(img.to_string(), d.clone());
+                }
+            }
+        }
+    }
     let pre = Preimage {
         version: KEY_SCHEMA_VERSION,
-        executor: ctx.executor.clone(),
+        executor: if job.executor_independent { "any".into() } else { ctx.executor.clone() },
+        images,
         spec,
         params: job.params.clone(),
         inputs,
@@ -290,6 +310,11 @@ pub fn restore(ctx: &CacheCtx, rec: &Record, req: &TaskRunRequest) -> Result<(),
     Ok(())
 }
 
+/// Step name -> the image digest the executor reported (`imageID`), for the record.
+pub fn observed_images(steps: &[crate::exec::StepOutcome]) -> BTreeMap<String, String> {
+    steps.iter().filter_map(|s| Some((s.name.clone(), s.image_id.clone()?))).collect()
+}
+
 /// Store a success's outputs and commit its record.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
@@ -300,6 +325,7 @@ pub fn record(
     req: &TaskRunRequest,
     results: &BTreeMap<String, ParamValue>,
     duration_ms: u64,
+    images: &BTreeMap<String, String>,
 ) -> Result<Vec<OutputSet>, String> {
     let mut outputs = Vec::new();
     for (ws, rel) in &job.outputs {
@@ -317,7 +343,14 @@ pub fn record(
         task: job.task.clone(),
         created_ns: hash::now_ns(),
         duration_ms,
-        preimage: serde_json::to_value(pre).map_err(|e| e.to_string())?,
+        preimage: {
+            let mut v = serde_json::to_value(pre).map_err(|e| e.to_string())?;
+            // what the executor resolved the images to: recorded, not part of the key
+            if !images.is_empty() {
+                v["observedImages"] = serde_json::json!(images);
+            }
+            v
+        },
         results: portable_results(results, req),
         outputs: outputs.clone(),
     };
@@ -346,6 +379,11 @@ pub fn apply_bindings(
             Some((w, p)) if !w.is_empty() && !p.is_empty() => job.outputs.push((w.to_string(), p.to_string())),
             _ => job.uncacheable = Some(format!("{OUTPUTS_ANNOTATION} entry {o:?} is not workspace:path")),
         }
+    }
+    job.executor_independent = ann(EXECUTOR_INDEPENDENT_ANNOTATION).as_deref() == Some("true");
+    let spec = &job.key_spec;
+    if spec.steps.iter().chain(spec.sidecars.iter()).chain(spec.step_template.iter()).any(|s| !s.env_from.is_empty()) {
+        job.uncacheable = Some("envFrom reads ConfigMaps/Secrets whose content tenon does not track".into());
     }
     if ann(CACHE_ANNOTATION).as_deref() == Some("false") {
         job.uncacheable = Some(format!("{CACHE_ANNOTATION}: \"false\""));

@@ -348,7 +348,8 @@ async fn execute_launch(
             o.results.clone(),
             o.duration.as_millis() as u64,
         );
-        match blocking(Box::new(move || match cached::record(&c, &j, &k, &p, &req, &res, d) {
+        let images = cached::observed_images(&o.steps);
+        match blocking(Box::new(move || match cached::record(&c, &j, &k, &p, &req, &res, d, &images) {
             Ok(outs) => CacheStep::Outputs(outs),
             Err(e) => CacheStep::Error(e),
         }))
@@ -905,6 +906,7 @@ impl Engine {
             };
             ws.push(BoundWorkspace {
                 name: decl.name.clone(),
+                kind: volumes.describe(b.map(|(_, r, _)| r.as_str()).unwrap_or(&decl.name)),
                 read_only: decl.read_only || bound.as_ref().is_some_and(|(_, ro, _)| *ro),
                 claim: bound.as_ref().map(|(_, _, c)| c.clone()).unwrap_or_default(),
                 path: bound.map(|(p, _, _)| p),
@@ -915,7 +917,8 @@ impl Engine {
             for (tname, run_name, sub) in bindings {
                 if !ws.iter().any(|w| &w.name == tname) {
                     let (p, ro, claim) = volumes.path_for(run_name, sub.as_deref(), dir, tname)?;
-                    ws.push(BoundWorkspace { name: tname.clone(), path: Some(p), read_only: ro, claim });
+                    let kind = volumes.describe(run_name);
+                    ws.push(BoundWorkspace { name: tname.clone(), path: Some(p), read_only: ro, claim, kind });
                 }
             }
         }

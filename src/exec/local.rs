@@ -244,14 +244,7 @@ struct Layout {
 impl Layout {
     fn new(d: &Dirs, sandbox: bool) -> Layout {
         if sandbox {
-            Layout {
-                sandbox,
-                results: "/tekton/results".into(),
-                steps: "/tekton/steps".into(),
-                home: "/tekton/home".into(),
-                scripts: "/tekton/scripts".into(),
-                work: "/workspace".into(),
-            }
+            Layout::pod()
         } else {
             Layout {
                 sandbox,
@@ -261,6 +254,18 @@ impl Layout {
                 scripts: d.scripts.clone(),
                 work: d.work.clone(),
             }
+        }
+    }
+
+    /// A pod's paths.
+    fn pod() -> Layout {
+        Layout {
+            sandbox: true,
+            results: "/tekton/results".into(),
+            steps: "/tekton/steps".into(),
+            home: "/tekton/home".into(),
+            scripts: "/tekton/scripts".into(),
+            work: "/workspace".into(),
         }
     }
 
@@ -385,7 +390,13 @@ fn path_vars(spec: &TaskSpec, l: &Layout, ws: &[BoundWorkspace]) -> Vars {
     v
 }
 
-fn substitute_step(step: &Step, vars: &Vars) -> Step {
+/// Path variables as a pod sees them (`/tekton/results/x`, `/workspace/<name>`, ...),
+/// shared with the Kubernetes executor.
+pub(crate) fn pod_path_vars(spec: &TaskSpec, ws: &[BoundWorkspace]) -> Vars {
+    path_vars(spec, &Layout::pod(), ws)
+}
+
+pub(crate) fn substitute_step(step: &Step, vars: &Vars) -> Step {
     let mut v = serde_json::to_value(step).unwrap_or_default();
     vars.apply_json(&mut v, &["params", "results"]);
     serde_json::from_value(v).unwrap_or_else(|_| step.clone())
@@ -442,6 +453,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                 exit_code: None,
                 duration_ms: 0,
                 log,
+                image_id: None,
             });
             continue;
         }
@@ -488,6 +500,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                 exit_code: Some(0),
                 duration_ms: 0,
                 log,
+                image_id: None,
             });
             continue;
         }
@@ -510,6 +523,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     exit_code: None,
                     duration_ms: 0,
                     log,
+                    image_id: None,
                 });
                 failure =
                     Some((AttemptStatus::Failed, "Failed".into(), format!("step {sname:?} could not start: {e}")));
@@ -536,6 +550,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                 exit_code: Some(code),
                 duration_ms: dur,
                 log,
+                image_id: None,
             });
             failure = Some((AttemptStatus::Failed, "TaskRunResultLargerThanAllowedLimit".into(), msg));
             continue;
@@ -557,6 +572,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     exit_code: None,
                     duration_ms: dur,
                     log,
+                    image_id: None,
                 });
                 failure = Some(if whole {
                     (
@@ -583,6 +599,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     exit_code: None,
                     duration_ms: dur,
                     log,
+                    image_id: None,
                 });
                 failure = Some((
                     AttemptStatus::Cancelled,
@@ -597,6 +614,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     exit_code: Some(0),
                     duration_ms: dur,
                     log,
+                    image_id: None,
                 });
             }
             None if step.on_error.as_deref() == Some("continue") => {
@@ -606,6 +624,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     exit_code: Some(code),
                     duration_ms: dur,
                     log,
+                    image_id: None,
                 });
             }
             None => {
@@ -615,6 +634,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     exit_code: Some(code),
                     duration_ms: dur,
                     log,
+                    image_id: None,
                 });
                 failure =
                     Some((AttemptStatus::Failed, "Failed".into(), format!("\"{cname}\" exited with code {code}")));
@@ -623,8 +643,19 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
     }
     kill_all(&mut sidecars).await;
 
-    // task results sourced from step results
-    for r in &req.spec.results {
+    Ok(finish(&req.spec, results, &step_results, failure, steps_out))
+}
+
+/// The attempt's outcome from its results (task results sourced from step results added)
+/// and its first failure.
+pub(crate) fn finish(
+    spec: &TaskSpec,
+    mut results: BTreeMap<String, String>,
+    step_results: &BTreeMap<String, BTreeMap<String, String>>,
+    mut failure: Option<(AttemptStatus, String, String)>,
+    steps_out: Vec<StepOutcome>,
+) -> TaskOutcome {
+    for r in &spec.results {
         if let Some(ParamValue::Str(v)) = &r.value {
             if let Some(rest) = v.strip_prefix("$(steps.").and_then(|x| x.strip_suffix(')')) {
                 if let Some((s, k)) = rest.split_once(".results.") {
@@ -635,7 +666,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
             }
         }
     }
-    let typed = match type_results(&req.spec, &results) {
+    let typed = match type_results(spec, &results) {
         Ok(t) => t,
         Err(msg) if failure.is_none() => {
             failure = Some((AttemptStatus::Failed, "TaskRunValidationFailed".into(), msg));
@@ -643,7 +674,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         }
         Err(_) => BTreeMap::new(),
     };
-    Ok(match failure {
+    match failure {
         None => TaskOutcome {
             status: AttemptStatus::Succeeded,
             reason: "Succeeded".into(),
@@ -655,10 +686,10 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         Some((status, reason, message)) => {
             TaskOutcome { status, reason, message, results: typed, steps: steps_out, duration: Duration::ZERO }
         }
-    })
+    }
 }
 
-fn failed(reason: &str, message: String, steps: Vec<StepOutcome>) -> TaskOutcome {
+pub(crate) fn failed(reason: &str, message: String, steps: Vec<StepOutcome>) -> TaskOutcome {
     TaskOutcome {
         status: AttemptStatus::Failed,
         reason: reason.into(),
@@ -669,7 +700,12 @@ fn failed(reason: &str, message: String, steps: Vec<StepOutcome>) -> TaskOutcome
     }
 }
 
-fn collect_results(spec: &TaskSpec, dir: &Path, max: usize, into: &mut BTreeMap<String, String>) -> Result<(), String> {
+pub(crate) fn collect_results(
+    spec: &TaskSpec,
+    dir: &Path,
+    max: usize,
+    into: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
     for r in &spec.results {
         let p = dir.join(&r.name);
         let Ok(meta) = std::fs::metadata(&p) else {
@@ -699,7 +735,10 @@ fn parse_typed(v: &str) -> Option<ParamValue> {
     }
 }
 
-fn type_results(spec: &TaskSpec, raw: &BTreeMap<String, String>) -> Result<BTreeMap<String, ParamValue>, String> {
+pub(crate) fn type_results(
+    spec: &TaskSpec,
+    raw: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, ParamValue>, String> {
     let mut out = BTreeMap::new();
     for r in &spec.results {
         let Some(v) = raw.get(&r.name) else { continue };
@@ -1090,7 +1129,7 @@ const BUSYBOX_SH: &str = "/bin/busybox";
 
 /// Interpreter and optional single argument of a `#!` line (Linux passes the rest of
 /// the line as one argument).
-fn parse_shebang(body: &str) -> (String, Option<String>) {
+pub(crate) fn parse_shebang(body: &str) -> (String, Option<String>) {
     let first = body.trim_start().lines().next().unwrap_or("");
     let rest = first.strip_prefix("#!").unwrap_or("/bin/sh").trim();
     match rest.split_once(char::is_whitespace) {

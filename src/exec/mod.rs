@@ -5,6 +5,7 @@
 //! `$(workspaces.w.path)`, step result and exit-code paths) because those differ between
 //! a host and a pod.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,9 @@ pub struct BoundWorkspace {
     pub read_only: bool,
     /// PVC claim name, if bound to one (for `$(workspaces.w.claim)`).
     pub claim: String,
+    /// What backs it: `repo`, `emptyDir`, `volumeClaimTemplate`,
+    /// `persistentVolumeClaim:<claim>`, `configMap:<digest>`, ... (as in cache keys).
+    pub kind: String,
 }
 
 /// One attempt of one TaskRun.
@@ -66,6 +70,9 @@ pub struct StepOutcome {
     pub exit_code: Option<i32>,
     pub duration_ms: u64,
     pub log: PathBuf,
+    /// The image the step ran, as the cluster resolved it (`imageID`, a digest), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 /// What one attempt ended as.
@@ -79,6 +86,15 @@ pub struct TaskOutcome {
     pub results: BTreeMap<String, ParamValue>,
     pub steps: Vec<StepOutcome>,
     pub duration: Duration,
+}
+
+/// `--executor` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// Processes on this host.
+    Local,
+    /// One pod per TaskRun on a Kubernetes cluster.
+    Kubernetes,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
