@@ -173,6 +173,18 @@ pub async fn run_catalog(
         context: format!("cannot create state directory {}", s.state_dir.display()),
         source: e,
     })?;
+    // steps run in other working directories (and bwrap binds need absolute sources): a
+    // relative --store is resolved once, here
+    let abs;
+    let s = if s.state_dir.is_absolute() {
+        s
+    } else {
+        abs = RunSettings {
+            state_dir: std::path::absolute(&s.state_dir).unwrap_or_else(|_| s.state_dir.clone()),
+            ..s.clone()
+        };
+        &abs
+    };
     let built = build_executor(s, console.clone(), dry_run).await?;
     let opts = EngineOptions {
         parallel: s

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{run_yaml, task, tenon, Run};
+use common::{run_yaml, task, tenon, tenon_command, Run};
 use serde_json::{json, Value};
 
 // ------------------------------------------------------------------------------------------
@@ -2179,4 +2179,48 @@ fn condition_message_for_tasks_timeout() {
     let r = report(&run, 1);
     assert_run(&r, "Failed", "PipelineRunTimeout");
     assert_eq!(run0(&r)["message"], r#"PipelineRun "budget" failed due to tasks failed to finish within "1s""#);
+}
+
+/// A relative `--store` (resolved against the working directory) works for tasks with
+/// workspaces, in both sandbox modes that this machine offers: steps run elsewhere, so the
+/// state directory must not be used as a relative path.
+#[test]
+fn relative_store_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("repo")).unwrap();
+    std::fs::write(
+        dir.path().join("repo/run.yaml"),
+        r#"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata: {name: ws}
+spec:
+  workspaces: [{name: w, emptyDir: {}}]
+  taskSpec:
+    workspaces: [{name: w}]
+    results: [{name: out}]
+    steps:
+      - name: s
+        image: busybox
+        script: |
+          echo hi > $(workspaces.w.path)/f
+          cat $(workspaces.w.path)/f > $(results.out.path)
+"#,
+    )
+    .unwrap();
+    for sandbox in ["host", "auto"] {
+        let r: Run = tenon_command(
+            &["run", "repo", "--store", "st", "--sandbox", sandbox, "--output", "json", "-q"],
+            &dir.path().join("home"),
+        )
+        .env_remove("TENON_STORE")
+        .current_dir(dir.path())
+        .output()
+        .unwrap()
+        .into();
+        assert_eq!(r.code, 0, "--sandbox {sandbox}: {}", r.stderr);
+        let j = r.json();
+        assert_eq!(task(&j, "ws")["results"]["out"], "hi\n", "--sandbox {sandbox}: {j:#}");
+        assert!(dir.path().join("st/cache").exists(), "the store is where --store says");
+    }
 }
