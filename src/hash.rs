@@ -38,6 +38,11 @@ pub fn hex(b: &[u8]) -> String {
 /// Stream a file through SHA-256 with a fixed, per-thread buffer (1 MiB): memory stays
 /// bounded whatever the file size, and small files cost no allocation.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    hash_file_raw(path).map(|d| hex(&d))
+}
+
+/// [`hash_file`], the digest's bytes.
+pub fn hash_file_raw(path: &Path) -> std::io::Result<[u8; 32]> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
     }
@@ -53,7 +58,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
             h.update(&buf[..n]);
         }
     })?;
-    Ok(hex(&h.finalize()))
+    Ok(h.finalize().into())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
@@ -88,6 +93,7 @@ impl Tree {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let mut h = Sha256::new();
         h.update(b"tenon-tree-v1\n");
+        let mut line = String::with_capacity(256);
         for e in &entries {
             // length-prefixed path: no separator ambiguity
             let kind = match e.kind {
@@ -95,14 +101,19 @@ impl Tree {
                 Kind::Dir => 'd',
                 Kind::Symlink => 'l',
             };
-            h.update(format!("{kind} {} {}:{} {}\n", e.exec as u8, e.path.len(), e.path, e.digest).as_bytes());
+            use std::fmt::Write;
+            line.clear();
+            let _ = writeln!(line, "{kind} {} {}:{} {}", e.exec as u8, e.path.len(), e.path, e.digest);
+            h.update(line.as_bytes());
         }
         Tree { root: hex(&h.finalize()), entries }
     }
 }
 
-/// What the stat cache remembers about one file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the stat cache remembers about one file: its key. Two stats are equal only for
+/// the same inode in the same state (any write or metadata change moves `ctime`, which no
+/// user can set), so the digest is keyed by the stat alone, wherever the file lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Stat {
     pub dev: u64,
     pub ino: u64,
@@ -123,18 +134,27 @@ impl Stat {
     }
 }
 
-/// A remembered digest: valid for exactly this stat, recorded at `recorded_ns`.
+/// A remembered digest: valid for exactly this stat, recorded at `recorded_ns`, last
+/// used by a run at `used_ns` (records unused for [`STAT_RECORD_TTL_NS`] are dropped).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatRecord {
     pub stat: Stat,
-    pub digest: String,
+    pub digest: [u8; 32],
     pub recorded_ns: i64,
+    pub used_ns: i64,
 }
 
 /// A file modified this close to the moment its digest was recorded may have been
 /// modified again within the same timestamp tick: such a record is not trusted (git's
 /// "racy clean" rule). Two seconds covers filesystems with coarse timestamps.
 pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+/// A record no run has used for this long is forgotten (its file changed or is gone, or
+/// its repository is no longer built with this store; forgetting only costs a re-hash).
+pub const STAT_RECORD_TTL_NS: i64 = 14 * 86_400 * 1_000_000_000;
+
+/// A used record's `used_ns` is refreshed (which rewrites the cache) at most this often.
+const STAT_REFRESH_NS: i64 = 86_400 * 1_000_000_000;
 
 impl StatRecord {
     /// Whether this record proves the file with stat `now` still has `digest`.
@@ -149,35 +169,52 @@ pub fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
-/// An in-memory view of the persisted stat cache: absolute path -> record. Updated
-/// records are collected for the store to persist.
+/// An in-memory view of the persisted stat cache: stat -> record. New records, and old
+/// ones used again after a day, are collected for the store to persist.
 #[derive(Debug, Default)]
 pub struct StatCache {
-    known: HashMap<PathBuf, StatRecord>,
-    updated: Mutex<HashMap<PathBuf, StatRecord>>,
+    known: HashMap<Stat, (StatRecord, std::sync::atomic::AtomicBool)>,
+    updated: Mutex<HashMap<Stat, StatRecord>>,
+    now_ns: i64,
 }
 
 impl StatCache {
-    pub fn new(known: HashMap<PathBuf, StatRecord>) -> Self {
-        StatCache { known, updated: Mutex::new(HashMap::new()) }
+    pub fn new(known: impl IntoIterator<Item = StatRecord>) -> Self {
+        StatCache {
+            known: known.into_iter().map(|r| (r.stat, (r, Default::default()))).collect(),
+            updated: Mutex::new(HashMap::new()),
+            now_ns: now_ns(),
+        }
     }
-    fn lookup(&self, path: &Path, st: &Stat) -> Option<String> {
-        if let Some(r) = self.updated.lock().ok()?.get(path) {
-            if r.stat == *st {
-                // hashed during this process: exact for this stat
-                return Some(r.digest.clone());
+    fn lookup(&self, st: &Stat) -> Option<[u8; 32]> {
+        if let Some((r, used)) = self.known.get(st) {
+            if r.trusted_for(st) {
+                if r.used_ns < self.now_ns - STAT_REFRESH_NS {
+                    used.store(true, Ordering::Relaxed);
+                }
+                return Some(r.digest);
             }
         }
-        self.known.get(path).filter(|r| r.trusted_for(st)).map(|r| r.digest.clone())
+        // hashed during this process: exact for this stat
+        self.updated.lock().ok()?.get(st).map(|r| r.digest)
     }
-    fn remember(&self, path: PathBuf, stat: Stat, digest: String) {
+    fn remember(&self, stat: Stat, digest: [u8; 32]) {
         if let Ok(mut u) = self.updated.lock() {
-            u.insert(path, StatRecord { stat, digest, recorded_ns: now_ns() });
+            let now = now_ns();
+            u.insert(stat, StatRecord { stat, digest, recorded_ns: now, used_ns: now });
         }
     }
-    /// Records hashed since this cache was loaded, to persist.
-    pub fn take_updates(&self) -> Vec<(PathBuf, StatRecord)> {
-        self.updated.lock().map(|mut u| u.drain().collect()).unwrap_or_default()
+    /// Records to persist: those hashed since this cache was loaded and those whose use
+    /// should be refreshed. Empty when nothing changed (a no-op run writes nothing).
+    pub fn take_updates(&self) -> Vec<StatRecord> {
+        let mut out: Vec<StatRecord> =
+            self.updated.lock().map(|mut u| u.drain().map(|(_, r)| r).collect()).unwrap_or_default();
+        for (r, used) in self.known.values() {
+            if used.swap(false, Ordering::Relaxed) {
+                out.push(StatRecord { used_ns: self.now_ns, ..r.clone() });
+            }
+        }
+        out
     }
 }
 
@@ -272,104 +309,130 @@ const ALWAYS_SKIPPED: &[&str] = &[".git"];
 /// Hash the tree under `root` (a file or directory), entries relative to it.
 pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashStats) -> std::io::Result<Tree> {
     let meta = std::fs::symlink_metadata(root)?;
-    let mut found: Vec<(String, PathBuf, std::fs::Metadata)> = Vec::new();
-    if meta.is_dir() {
+    let mut found: Found = Vec::new();
+    let is_dir = meta.is_dir();
+    if is_dir {
         walk(root, "", filter, &mut found)?;
     } else {
         let name = root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        found.push((name, root.to_path_buf(), meta));
+        let kind = if meta.file_type().is_symlink() { Kind::Symlink } else { Kind::File };
+        found.push(Found1 { rel: name, kind, stat: Some(Stat::of(&meta)), mode: meta.mode() });
     }
+    // absolute paths are built only for the files that must be read
+    let abs = |rel: &str| if is_dir { root.join(rel) } else { root.to_path_buf() };
     let entries: Vec<std::io::Result<Entry>> = found
         .into_par_iter()
-        .map(|(rel, abs, m)| {
-            let ft = m.file_type();
-            if ft.is_dir() {
-                return Ok(Entry { path: rel, kind: Kind::Dir, exec: false, digest: String::new() });
-            }
-            if ft.is_symlink() {
-                let target = std::fs::read_link(&abs)?;
-                return Ok(Entry {
-                    path: rel,
-                    kind: Kind::Symlink,
-                    exec: false,
-                    digest: sha256_hex(target.as_os_str().as_encoded_bytes()),
-                });
-            }
-            stats.files.fetch_add(1, Ordering::Relaxed);
-            let st = Stat::of(&m);
-            let digest = match cache.lookup(&abs, &st) {
-                Some(d) => d,
-                None => {
-                    let d = hash_file(&abs)?;
-                    stats.hashed_files.fetch_add(1, Ordering::Relaxed);
-                    stats.hashed_bytes.fetch_add(st.size, Ordering::Relaxed);
-                    // the file may have changed while we read it: only remember a stable stat
-                    if let Ok(after) = std::fs::symlink_metadata(&abs) {
-                        if Stat::of(&after) == st {
-                            cache.remember(abs.clone(), st, d.clone());
-                        }
-                    }
-                    d
+        .map(|f| {
+            let Found1 { rel, kind, stat, mode } = f;
+            match kind {
+                Kind::Dir => Ok(Entry { path: rel, kind: Kind::Dir, exec: false, digest: String::new() }),
+                Kind::Symlink => {
+                    let target = std::fs::read_link(abs(&rel))?;
+                    Ok(Entry {
+                        path: rel,
+                        kind: Kind::Symlink,
+                        exec: false,
+                        digest: sha256_hex(target.as_os_str().as_encoded_bytes()),
+                    })
                 }
-            };
-            Ok(Entry { path: rel, kind: Kind::File, exec: m.mode() & 0o111 != 0, digest })
+                Kind::File => {
+                    stats.files.fetch_add(1, Ordering::Relaxed);
+                    let st = stat.expect("files carry their stat");
+                    let digest = match cache.lookup(&st) {
+                        Some(d) => d,
+                        None => {
+                            let path = abs(&rel);
+                            let d = hash_file_raw(&path)?;
+                            stats.hashed_files.fetch_add(1, Ordering::Relaxed);
+                            stats.hashed_bytes.fetch_add(st.size, Ordering::Relaxed);
+                            // the file may have changed while we read it: only remember a stable stat
+                            if let Ok(after) = std::fs::symlink_metadata(&path) {
+                                if Stat::of(&after) == st {
+                                    cache.remember(st, d);
+                                }
+                            }
+                            d
+                        }
+                    };
+                    Ok(Entry { path: rel, kind: Kind::File, exec: mode & 0o111 != 0, digest: hex(&digest) })
+                }
+            }
         })
         .collect();
     let entries = entries.into_iter().collect::<std::io::Result<Vec<_>>>()?;
     Ok(Tree::seal(entries))
 }
 
-type Found = Vec<(String, PathBuf, std::fs::Metadata)>;
+/// One path found by the walk: its kind, and for files and symlinks their stat and mode.
+struct Found1 {
+    rel: String,
+    kind: Kind,
+    stat: Option<Stat>,
+    mode: u32,
+}
 
-/// Walk `dir`: entries of this directory in name order, each subdirectory's entries
-/// after it; subdirectories are walked in parallel (stat calls dominate).
+type Found = Vec<Found1>;
+
+/// Walk `dir`, appending what the filter selects (in no particular order: the tree is
+/// sorted when sealed); subdirectories are walked in parallel (stat calls dominate).
+/// Directories are recognised by the entry's type (no stat); files are stat-ed relative
+/// to the open directory.
 fn walk(dir: &Path, rel: &str, filter: &Filter, out: &mut Found) -> std::io::Result<()> {
-    // DirEntry::metadata stats relative to the open directory (no full path walk per file)
-    let mut names: Vec<(String, PathBuf, std::io::Result<std::fs::Metadata>)> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .map(|e| (e.file_name().to_string_lossy().to_string(), e.path(), e.metadata()))
-        .collect();
-    names.sort_by(|a, b| a.0.cmp(&b.0));
-    // (position in `out` after which a subdirectory's entries go, its walk)
-    let mut subdirs: Vec<(usize, PathBuf, String)> = Vec::new();
-    for (name, abs, meta) in names {
-        if rel.is_empty() && ALWAYS_SKIPPED.contains(&name.as_str()) {
+    let mut subdirs: Vec<(PathBuf, String)> = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let Ok(e) = e else { continue };
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if rel.is_empty() && ALWAYS_SKIPPED.contains(&name.as_ref()) {
             continue;
         }
-        let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+        let child = if rel.is_empty() { name.into_owned() } else { format!("{rel}/{name}") };
         if filter.excluded(&child) {
             continue;
         }
-        let m = meta?;
-        if m.is_dir() {
-            if !filter.narrowed() || filter.included(&child) {
-                out.push((child.clone(), abs.clone(), m));
-            }
+        let ft = match e.file_type() {
+            Ok(ft) => ft,
+            Err(_) => e.metadata()?.file_type(),
+        };
+        if ft.is_dir() {
             if filter.may_contain(&child) {
-                subdirs.push((out.len(), abs, child));
+                subdirs.push((e.path(), child.clone()));
+            }
+            if !filter.narrowed() || filter.included(&child) {
+                out.push(Found1 { rel: child, kind: Kind::Dir, stat: None, mode: 0 });
             }
         } else if filter.included(&child) {
-            out.push((child, abs, m));
+            if ft.is_symlink() {
+                out.push(Found1 { rel: child, kind: Kind::Symlink, stat: None, mode: 0 });
+            } else {
+                if !ft.is_file() {
+                    // reading a fifo would block, a device has no stable content
+                    return Err(std::io::Error::other(format!(
+                        "{child} is not a regular file, directory or symlink (fifo, socket or device): exclude it with the tenon.dev/exclude annotation"
+                    )));
+                }
+                let m = e.metadata()?;
+                out.push(Found1 { rel: child, kind: Kind::File, stat: Some(Stat::of(&m)), mode: m.mode() });
+            }
         }
     }
-    if subdirs.is_empty() {
-        return Ok(());
+    match subdirs.len() {
+        0 => Ok(()),
+        1 => walk(&subdirs[0].0, &subdirs[0].1, filter, out),
+        _ => {
+            let walked: Vec<std::io::Result<Found>> = subdirs
+                .par_iter()
+                .map(|(abs, child)| {
+                    let mut v = Vec::new();
+                    walk(abs, child, filter, &mut v).map(|_| v)
+                })
+                .collect();
+            for w in walked {
+                out.extend(w?);
+            }
+            Ok(())
+        }
     }
-    let walked: Vec<std::io::Result<Found>> = subdirs
-        .par_iter()
-        .map(|(_, abs, child)| {
-            let mut v = Vec::new();
-            walk(abs, child, filter, &mut v).map(|_| v)
-        })
-        .collect();
-    // splice each subdirectory's entries in after it (back to front keeps positions valid)
-    for ((pos, _, _), w) in subdirs.iter().zip(walked).rev() {
-        let w = w?;
-        let tail = out.split_off(*pos);
-        out.extend(w);
-        out.extend(tail);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -495,23 +558,48 @@ mod tests {
         let f = d.path().join("f");
         std::fs::write(&f, "one").unwrap();
         let st = Stat::of(&std::fs::metadata(&f).unwrap());
-        let rec = StatRecord { stat: st, digest: "bogus".into(), recorded_ns: st.mtime_ns + 10 };
+        let bogus = [7u8; 32];
+        let rec = StatRecord { stat: st, digest: bogus, recorded_ns: st.mtime_ns + 10, used_ns: st.mtime_ns + 10 };
         // racy: recorded right after the write -> not trusted, re-hashed
-        let cache = StatCache::new(HashMap::from([(f.clone(), rec.clone())]));
+        let cache = StatCache::new([rec.clone()]);
         let stats = HashStats::default();
         let t = hash_tree(d.path(), &Filter::everything(), &cache, &stats).unwrap();
         assert_eq!(t.entries[0].digest, sha256_hex(b"one"));
         assert_eq!(stats.hashed_files.load(Ordering::Relaxed), 1);
+        // ... and the fresh digest is what gets persisted
+        let ups = cache.take_updates();
+        assert_eq!(ups.len(), 1);
+        assert_eq!(hex(&ups[0].digest), sha256_hex(b"one"));
         // old exact record: trusted (the bogus digest proves the file was not read)
-        let old = StatRecord { recorded_ns: st.mtime_ns.max(st.ctime_ns) + RACY_WINDOW_NS + 1, ..rec };
-        let cache = StatCache::new(HashMap::from([(f.clone(), old.clone())]));
+        let recorded = st.mtime_ns.max(st.ctime_ns) + RACY_WINDOW_NS + 1;
+        let old = StatRecord { recorded_ns: recorded, used_ns: now_ns(), ..rec };
+        let cache = StatCache::new([old.clone()]);
         let stats = HashStats::default();
         let t = hash_tree(d.path(), &Filter::everything(), &cache, &stats).unwrap();
-        assert_eq!(t.entries[0].digest, "bogus");
+        assert_eq!(t.entries[0].digest, hex(&bogus));
         assert_eq!(stats.hashed_files.load(Ordering::Relaxed), 0);
+        assert!(cache.take_updates().is_empty(), "a no-op pass persists nothing");
+        // a record last used long ago is refreshed when used again
+        let stale = StatCache::new([StatRecord { used_ns: 0, ..old.clone() }]);
+        hash_tree(d.path(), &Filter::everything(), &stale, &HashStats::default()).unwrap();
+        let ups = stale.take_updates();
+        assert!(ups.len() == 1 && ups[0].used_ns > 0 && ups[0].digest == bogus, "{ups:?}");
         // same size, new content, any stat difference -> re-hashed
         std::fs::write(&f, "two").unwrap();
         let t = hash_tree(d.path(), &Filter::everything(), &cache, &HashStats::default()).unwrap();
         assert_eq!(t.entries[0].digest, sha256_hex(b"two"));
+    }
+
+    #[test]
+    fn special_files_are_an_error_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("pipe");
+        let ok = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "mkfifo");
+        let err = hash_tree(d.path(), &Filter::everything(), &StatCache::default(), &HashStats::default()).unwrap_err();
+        assert!(err.to_string().contains("pipe is not a regular file"), "{err}");
+        // excluded: fine
+        let f = Filter::new(&[], &["pipe".into()]).unwrap();
+        assert!(hash_tree(d.path(), &f, &StatCache::default(), &HashStats::default()).is_ok());
     }
 }

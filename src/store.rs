@@ -90,8 +90,10 @@ pub trait Store: Send + Sync {
     /// Restore a stored tree at `dest` (copies, never links: tasks may modify them).
     fn restore_output(&self, tree: &Tree, dest: &Path) -> Result<()>;
     /// Stat cache for files under `prefix`.
-    fn stat_cache(&self) -> Result<HashMap<PathBuf, StatRecord>>;
-    fn save_stats(&self, updates: &[(PathBuf, StatRecord)]) -> Result<()>;
+    fn stat_cache(&self) -> Result<Vec<StatRecord>>;
+    /// Merge new or refreshed records into the persisted stat cache (records unused for
+    /// [`hash::STAT_RECORD_TTL_NS`] are dropped).
+    fn save_stats(&self, updates: &[StatRecord]) -> Result<()>;
     /// Remember a tree's entries (for explanations), by root digest.
     fn put_tree(&self, tree: &Tree) -> Result<()>;
     fn get_tree(&self, root: &str) -> Result<Option<Tree>>;
@@ -679,13 +681,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn stat_cache(&self) -> Result<HashMap<PathBuf, StatRecord>> {
+    fn stat_cache(&self) -> Result<Vec<StatRecord>> {
         let blob: Option<Vec<u8>> =
             self.conn().query_row("SELECT data FROM stat_blob WHERE id = 1", [], |r| r.get(0)).optional()?;
         Ok(blob.map(|b| decode_stats(&b)).unwrap_or_default())
     }
 
-    fn save_stats(&self, updates: &[(PathBuf, StatRecord)]) -> Result<()> {
+    fn save_stats(&self, updates: &[StatRecord]) -> Result<()> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -694,15 +696,16 @@ impl Store for SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let blob: Option<Vec<u8>> =
             tx.query_row("SELECT data FROM stat_blob WHERE id = 1", [], |r| r.get(0)).optional()?;
-        let mut all = blob.map(|b| decode_stats(&b)).unwrap_or_default();
-        for (p, r) in updates {
-            all.insert(p.clone(), r.clone());
+        let mut all: HashMap<hash::Stat, StatRecord> =
+            blob.map(|b| decode_stats(&b)).unwrap_or_default().into_iter().map(|r| (r.stat, r)).collect();
+        for r in updates {
+            let keep_used = all.get(&r.stat).map_or(0, |o| o.used_ns);
+            all.insert(r.stat, StatRecord { used_ns: r.used_ns.max(keep_used), ..r.clone() });
         }
-        // forget files that no longer exist, so the blob does not grow without bound
-        if all.len() > 2 * updates.len() + 1024 {
-            all.retain(|p, _| p.exists());
-        }
-        tx.execute("INSERT OR REPLACE INTO stat_blob (id, data) VALUES (1, ?1)", [encode_stats(&all)])?;
+        // forget records no run has used for a while, so the blob does not grow without bound
+        let horizon = hash::now_ns() - hash::STAT_RECORD_TTL_NS;
+        all.retain(|_, r| r.used_ns >= horizon);
+        tx.execute("INSERT OR REPLACE INTO stat_blob (id, data) VALUES (1, ?1)", [encode_stats(all.values())])?;
         tx.commit()?;
         Ok(())
     }
@@ -752,66 +755,41 @@ impl Store for SqliteStore {
 
 /// The stat cache as one compact blob (fast to load: one row, no per-file SQL):
 /// per entry `path_len:u32 path dev ino size mtime ctime recorded (8 bytes each) digest(32)`.
-fn encode_stats(m: &HashMap<PathBuf, StatRecord>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.len() * 100);
-    out.extend_from_slice(b"TSC1");
-    for (p, r) in m {
-        let Some(digest) = unhex32(&r.digest) else { continue };
-        let pb = p.as_os_str().as_encoded_bytes();
-        out.extend_from_slice(&(pb.len() as u32).to_le_bytes());
-        out.extend_from_slice(pb);
-        for v in
-            [r.stat.dev as i64, r.stat.ino as i64, r.stat.size as i64, r.stat.mtime_ns, r.stat.ctime_ns, r.recorded_ns]
-        {
+const STAT_MAGIC: &[u8; 4] = b"TSC2";
+/// dev, ino, size, mtime_ns, ctime_ns, recorded_ns, used_ns, then the digest.
+const STAT_RECORD_LEN: usize = 7 * 8 + 32;
+
+fn encode_stats<'a>(records: impl ExactSizeIterator<Item = &'a StatRecord>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + records.len() * STAT_RECORD_LEN);
+    out.extend_from_slice(STAT_MAGIC);
+    for r in records {
+        let s = &r.stat;
+        for v in [s.dev as i64, s.ino as i64, s.size as i64, s.mtime_ns, s.ctime_ns, r.recorded_ns, r.used_ns] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&digest);
+        out.extend_from_slice(&r.digest);
     }
     out
 }
 
-fn decode_stats(b: &[u8]) -> HashMap<PathBuf, StatRecord> {
-    // each record is at least 4 + 48 + 32 bytes: size the map once
-    let mut m = HashMap::with_capacity(b.len() / 100 + 1);
-    if b.len() < 4 || &b[..4] != b"TSC1" {
-        return m;
+/// Decode the stat blob; anything else (an older format, a torn blob) decodes to nothing,
+/// which only costs a re-hash.
+fn decode_stats(b: &[u8]) -> Vec<StatRecord> {
+    if b.len() < 4 || &b[..4] != STAT_MAGIC || (b.len() - 4) % STAT_RECORD_LEN != 0 {
+        return Vec::new();
     }
-    let mut i = 4;
-    let rd = |i: usize| -> Option<i64> { b.get(i..i + 8).map(|s| i64::from_le_bytes(s.try_into().unwrap_or([0; 8]))) };
-    while i + 4 <= b.len() {
-        let Some(len) = b.get(i..i + 4).map(|s| u32::from_le_bytes(s.try_into().unwrap_or([0; 4])) as usize) else {
-            break;
-        };
-        i += 4;
-        let Some(pb) = b.get(i..i + len) else { break };
-        i += len;
-        let vals: Option<Vec<i64>> = (0..6).map(|k| rd(i + 8 * k)).collect();
-        let Some(v) = vals else { break };
-        i += 48;
-        let Some(d) = b.get(i..i + 32) else { break };
-        i += 32;
-        let path = PathBuf::from(std::ffi::OsStr::new(&String::from_utf8_lossy(pb).to_string()));
-        m.insert(
-            path,
+    b[4..]
+        .chunks_exact(STAT_RECORD_LEN)
+        .map(|c| {
+            let v = |k: usize| i64::from_le_bytes(c[8 * k..8 * k + 8].try_into().unwrap_or([0; 8]));
             StatRecord {
-                stat: Stat { dev: v[0] as u64, ino: v[1] as u64, size: v[2] as u64, mtime_ns: v[3], ctime_ns: v[4] },
-                digest: hash::hex(d),
-                recorded_ns: v[5],
-            },
-        );
-    }
-    m
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (k, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * k..2 * k + 2)?, 16).ok()?;
-    }
-    Some(out)
+                stat: Stat { dev: v(0) as u64, ino: v(1) as u64, size: v(2) as u64, mtime_ns: v(3), ctime_ns: v(4) },
+                recorded_ns: v(5),
+                used_ns: v(6),
+                digest: c[56..88].try_into().unwrap_or([0; 32]),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -820,21 +798,29 @@ mod tests {
 
     #[test]
     fn stat_cache_blob_round_trips() {
+        use sha2::{Digest, Sha256};
         let d = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(d.path()).unwrap();
-        let rec = |n: i64| StatRecord {
+        let now = hash::now_ns();
+        let rec = |n: i64, used: i64| StatRecord {
             stat: Stat { dev: 1, ino: n as u64, size: 3, mtime_ns: n, ctime_ns: n + 1 },
-            digest: hash::sha256_hex(&n.to_le_bytes()),
+            digest: Sha256::digest(n.to_le_bytes()).into(),
             recorded_ns: n + 2,
+            used_ns: used,
         };
-        let p1 = d.path().join("a");
-        let p2 = d.path().join("dir/é b");
-        s.save_stats(&[(p1.clone(), rec(1)), (p2.clone(), rec(2))]).unwrap();
-        s.save_stats(&[(p1.clone(), rec(5))]).unwrap();
-        let m = s.stat_cache().unwrap();
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[&p1], rec(5));
-        assert_eq!(m[&p2], rec(2));
+        s.save_stats(&[rec(1, now), rec(2, now), rec(3, now - hash::STAT_RECORD_TTL_NS - 1)]).unwrap();
+        // a newer record for the same stat replaces it, keeping the latest use
+        s.save_stats(&[StatRecord { recorded_ns: 99, ..rec(1, now - 5) }]).unwrap();
+        let mut m = s.stat_cache().unwrap();
+        m.sort_by_key(|r| r.stat.ino);
+        assert_eq!(m.len(), 2, "the record unused for longer than the TTL is gone: {m:?}");
+        assert_eq!(m[0], StatRecord { recorded_ns: 99, ..rec(1, now) });
+        assert_eq!(m[1], rec(2, now));
+        // an unknown or torn blob decodes to nothing (a re-hash, never a wrong digest)
+        assert!(decode_stats(b"TSC1\0\0").is_empty());
+        let mut torn = encode_stats([rec(1, now)].iter());
+        torn.pop();
+        assert!(decode_stats(&torn).is_empty());
     }
 
     fn rec(key: &str, run: &str, created: i64) -> Record {

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::cache::{explain, Preimage, KEY_SCHEMA_VERSION};
 use crate::exec::TaskRunRequest;
-use crate::hash::{self, Filter, HashStats, StatCache, Tree};
+use crate::hash::{self, Filter, HashStats, StatCache};
 use crate::model::{ParamValue, TaskSpec};
 use crate::store::{OutputSet, Record, Store};
 
@@ -37,7 +37,8 @@ pub struct CacheCtx {
     pub hash_stats: HashStats,
     /// Wall time spent hashing input trees, in nanoseconds (for metrics).
     pub hash_ns: std::sync::atomic::AtomicU64,
-    memo: Mutex<HashMap<(PathBuf, String), Tree>>,
+    /// (root, filters) -> the tree's root digest, hashed once per process.
+    memo: Mutex<HashMap<(PathBuf, String), String>>,
     /// `--no-cache`: run everything (records are still written).
     pub no_cache: bool,
     /// `--rerun TASK`: run these pipeline tasks.
@@ -75,7 +76,7 @@ impl CacheCtx {
     }
 
     /// Hash a repository tree once per process (a consistent snapshot for the run).
-    fn tree(&self, root: &Path, include: &[String], exclude: &[String]) -> Result<Tree, String> {
+    fn tree_root(&self, root: &Path, include: &[String], exclude: &[String]) -> Result<String, String> {
         let memo_key = (root.to_path_buf(), format!("{include:?}{exclude:?}"));
         if let Some(t) = self.memo.lock().ok().and_then(|m| m.get(&memo_key).cloned()) {
             return Ok(t);
@@ -89,9 +90,9 @@ impl CacheCtx {
             tracing::warn!(error = %e, "could not remember an input tree");
         }
         if let Ok(mut m) = self.memo.lock() {
-            m.insert(memo_key, t.clone());
+            m.insert(memo_key, t.root.clone());
         }
-        Ok(t)
+        Ok(t.root)
     }
 }
 
@@ -174,8 +175,7 @@ impl CacheOutcome {
 pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
     let mut inputs = BTreeMap::new();
     for (ws, root, inc, exc) in &job.inputs {
-        let t = ctx.tree(root, inc, exc)?;
-        inputs.insert(ws.clone(), t.root);
+        inputs.insert(ws.clone(), ctx.tree_root(root, inc, exc)?);
     }
     let mut spec = serde_json::to_value(&job.key_spec).map_err(|e| e.to_string())?;
     // param declarations are covered by `params`; descriptions never change behaviour
