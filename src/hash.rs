@@ -90,22 +90,32 @@ pub struct Tree {
 
 impl Tree {
     fn seal(mut entries: Vec<Entry>) -> Tree {
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        // paths are unique: an unstable sort gives the one order
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let mut h = Sha256::new();
         h.update(b"tenon-tree-v1\n");
-        let mut line = String::with_capacity(256);
+        // one line per entry, "{kind} {exec} {path length}:{path} {digest}\n" (the length
+        // prefix leaves no separator ambiguity), hashed in large chunks
+        let mut buf = Vec::with_capacity(64 * 1024);
         for e in &entries {
-            // length-prefixed path: no separator ambiguity
             let kind = match e.kind {
-                Kind::File => 'f',
-                Kind::Dir => 'd',
-                Kind::Symlink => 'l',
+                Kind::File => b'f',
+                Kind::Dir => b'd',
+                Kind::Symlink => b'l',
             };
-            use std::fmt::Write;
-            line.clear();
-            let _ = writeln!(line, "{kind} {} {}:{} {}", e.exec as u8, e.path.len(), e.path, e.digest);
-            h.update(line.as_bytes());
+            buf.extend_from_slice(&[kind, b' ', b'0' + e.exec as u8, b' ']);
+            buf.extend_from_slice(e.path.len().to_string().as_bytes());
+            buf.push(b':');
+            buf.extend_from_slice(e.path.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(e.digest.as_bytes());
+            buf.push(b'\n');
+            if buf.len() >= 60 * 1024 {
+                h.update(&buf);
+                buf.clear();
+            }
         }
+        h.update(&buf);
         Tree { root: hex(&h.finalize()), entries }
     }
 }
