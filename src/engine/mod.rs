@@ -211,6 +211,10 @@ async fn execute_launch(
     let blocking = |f: Box<dyn FnOnce() -> CacheStep + Send>| async move {
         tokio::task::spawn_blocking(f).await.unwrap_or(CacheStep::Error("cache worker failed".into()))
     };
+    // planning (`tenon plan`, never the watcher): the cache step runs on this worker rather
+    // than going to the blocking pool and back, two thread wake-ups per task; the other
+    // workers keep planning, and a large tree is hashed on rayon's threads anyway
+    let in_place = |f: Box<dyn FnOnce() -> CacheStep + Send>| async move { f() };
     let hit = |rec: crate::store::Record| {
         let cache = CacheOutcome::Hit {
             key: rec.key.clone(),
@@ -224,7 +228,7 @@ async fn execute_launch(
     if ctx.dry_run && uncacheable.is_none() {
         // planning: key, lookup and explanation in one trip to the blocking pool
         let (c, j) = (ctx.clone(), job.clone());
-        let step = blocking(Box::new(move || {
+        let step = in_place(Box::new(move || {
             let p = match cached::compute(&c, &j) {
                 Ok(p) => p,
                 Err(e) => return CacheStep::Error(e),
@@ -1054,14 +1058,15 @@ impl<'a> PipelineRunState<'a> {
         let mut v = self.pvars.clone();
         v.set_str("context.pipelineTask.retries", pt.retries.to_string());
         // only the tasks this one refers to: planning a large pipeline stays linear
-        let referenced = referenced_tasks(pt);
-        for (name, st) in &self.states {
-            if st.finally && !finally {
-                continue;
-            }
-            if !finally && !referenced.contains(name.as_str()) {
-                continue;
-            }
+        let referenced = if finally { BTreeSet::new() } else { referenced_tasks(pt) };
+        // a finally task may read any task's state; others only those they name (looked
+        // up, not scanned: planning stays linear in the number of tasks)
+        let visible: Box<dyn Iterator<Item = (&String, &TaskState)>> = if finally {
+            Box::new(self.states.iter())
+        } else {
+            Box::new(referenced.iter().filter_map(|n| self.states.get_key_value(n)).filter(|(_, st)| !st.finally))
+        };
+        for (name, st) in visible {
             for (r, val) in &st.results {
                 v.set(format!("{}.{name}.results.{r}", if st.finally { "finally" } else { "tasks" }), val.clone());
             }
