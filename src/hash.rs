@@ -43,6 +43,12 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 
 /// [`hash_file`], the digest's bytes.
 pub fn hash_file_raw(path: &Path) -> std::io::Result<[u8; 32]> {
+    hash_file_stat(path).map(|(d, _)| d)
+}
+
+/// Hash a file and stat the opened file once read (fstat: no second path lookup): the
+/// stat the digest is valid for, if nothing changed it while it was read.
+fn hash_file_stat(path: &Path) -> std::io::Result<([u8; 32], Stat)> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
     }
@@ -58,7 +64,8 @@ pub fn hash_file_raw(path: &Path) -> std::io::Result<[u8; 32]> {
             h.update(&buf[..n]);
         }
     })?;
-    Ok(h.finalize().into())
+    let after = Stat::of(&f.metadata()?);
+    Ok((h.finalize().into(), after))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
@@ -152,6 +159,9 @@ pub struct StatRecord {
     pub digest: [u8; 32],
     pub recorded_ns: i64,
     pub used_ns: i64,
+    /// A hash of the path the file was hashed at: of the records of one path only the
+    /// newest is kept (older ones describe content the path no longer has).
+    pub path_hash: u64,
 }
 
 /// A file modified this close to the moment its digest was recorded may have been
@@ -173,6 +183,12 @@ impl StatRecord {
             && self.stat.mtime_ns < self.recorded_ns - RACY_WINDOW_NS
             && self.stat.ctime_ns < self.recorded_ns - RACY_WINDOW_NS
     }
+}
+
+/// The 64-bit hash of a path recorded with a stat record (a collision only drops a record).
+pub fn path_hash(path: &Path) -> u64 {
+    let d = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    u64::from_le_bytes(d[..8].try_into().unwrap_or([0; 8])).max(1)
 }
 
 pub fn now_ns() -> i64 {
@@ -208,10 +224,10 @@ impl StatCache {
         // hashed during this process: exact for this stat
         self.updated.lock().ok()?.get(st).map(|r| r.digest)
     }
-    fn remember(&self, stat: Stat, digest: [u8; 32]) {
+    fn remember(&self, stat: Stat, digest: [u8; 32], path: &Path) {
         if let Ok(mut u) = self.updated.lock() {
             let now = now_ns();
-            u.insert(stat, StatRecord { stat, digest, recorded_ns: now, used_ns: now });
+            u.insert(stat, StatRecord { stat, digest, recorded_ns: now, used_ns: now, path_hash: path_hash(path) });
         }
     }
     /// Records to persist: those hashed since this cache was loaded and those whose use
@@ -352,14 +368,13 @@ pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashSt
                         Some(d) => d,
                         None => {
                             let path = abs(&rel);
-                            let d = hash_file_raw(&path)?;
+                            let (d, after) = hash_file_stat(&path)?;
                             stats.hashed_files.fetch_add(1, Ordering::Relaxed);
                             stats.hashed_bytes.fetch_add(st.size, Ordering::Relaxed);
-                            // the file may have changed while we read it: only remember a stable stat
-                            if let Ok(after) = std::fs::symlink_metadata(&path) {
-                                if Stat::of(&after) == st {
-                                    cache.remember(st, d);
-                                }
+                            // remember only a stable stat: the inode the walk saw (not one
+                            // renamed over it since), unchanged while it was read
+                            if after == st {
+                                cache.remember(st, d, &path);
                             }
                             d
                         }
@@ -569,7 +584,13 @@ mod tests {
         std::fs::write(&f, "one").unwrap();
         let st = Stat::of(&std::fs::metadata(&f).unwrap());
         let bogus = [7u8; 32];
-        let rec = StatRecord { stat: st, digest: bogus, recorded_ns: st.mtime_ns + 10, used_ns: st.mtime_ns + 10 };
+        let rec = StatRecord {
+            stat: st,
+            digest: bogus,
+            recorded_ns: st.mtime_ns + 10,
+            used_ns: st.mtime_ns + 10,
+            path_hash: path_hash(&f),
+        };
         // racy: recorded right after the write -> not trusted, re-hashed
         let cache = StatCache::new([rec.clone()]);
         let stats = HashStats::default();

@@ -702,9 +702,18 @@ impl Store for SqliteStore {
             let keep_used = all.get(&r.stat).map_or(0, |o| o.used_ns);
             all.insert(r.stat, StatRecord { used_ns: r.used_ns.max(keep_used), ..r.clone() });
         }
-        // forget records no run has used for a while, so the blob does not grow without bound
+        // one record per path (the newest: older ones describe content the path no longer
+        // has), and none that no run has used for a while: the blob stays the size of the
+        // trees being built
+        let mut newest: HashMap<u64, i64> = HashMap::with_capacity(all.len());
+        for r in all.values() {
+            let n = newest.entry(r.path_hash).or_insert(r.recorded_ns);
+            *n = (*n).max(r.recorded_ns);
+        }
         let horizon = hash::now_ns() - hash::STAT_RECORD_TTL_NS;
-        all.retain(|_, r| r.used_ns >= horizon);
+        all.retain(|_, r| {
+            r.used_ns >= horizon && (r.path_hash == 0 || newest.get(&r.path_hash) == Some(&r.recorded_ns))
+        });
         tx.execute("INSERT OR REPLACE INTO stat_blob (id, data) VALUES (1, ?1)", [encode_stats(all.values())])?;
         tx.commit()?;
         Ok(())
@@ -755,16 +764,25 @@ impl Store for SqliteStore {
 
 /// The stat cache as one compact blob (fast to load: one row, no per-file SQL):
 /// per entry `path_len:u32 path dev ino size mtime ctime recorded (8 bytes each) digest(32)`.
-const STAT_MAGIC: &[u8; 4] = b"TSC2";
-/// dev, ino, size, mtime_ns, ctime_ns, recorded_ns, used_ns, then the digest.
-const STAT_RECORD_LEN: usize = 7 * 8 + 32;
+const STAT_MAGIC: &[u8; 4] = b"TSC3";
+/// dev, ino, size, mtime_ns, ctime_ns, recorded_ns, used_ns, path hash, then the digest.
+const STAT_RECORD_LEN: usize = 8 * 8 + 32;
 
 fn encode_stats<'a>(records: impl ExactSizeIterator<Item = &'a StatRecord>) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + records.len() * STAT_RECORD_LEN);
     out.extend_from_slice(STAT_MAGIC);
     for r in records {
         let s = &r.stat;
-        for v in [s.dev as i64, s.ino as i64, s.size as i64, s.mtime_ns, s.ctime_ns, r.recorded_ns, r.used_ns] {
+        for v in [
+            s.dev as i64,
+            s.ino as i64,
+            s.size as i64,
+            s.mtime_ns,
+            s.ctime_ns,
+            r.recorded_ns,
+            r.used_ns,
+            r.path_hash as i64,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&r.digest);
@@ -786,7 +804,8 @@ fn decode_stats(b: &[u8]) -> Vec<StatRecord> {
                 stat: Stat { dev: v(0) as u64, ino: v(1) as u64, size: v(2) as u64, mtime_ns: v(3), ctime_ns: v(4) },
                 recorded_ns: v(5),
                 used_ns: v(6),
-                digest: c[56..88].try_into().unwrap_or([0; 32]),
+                path_hash: v(7) as u64,
+                digest: c[64..96].try_into().unwrap_or([0; 32]),
             }
         })
         .collect()
@@ -807,6 +826,7 @@ mod tests {
             digest: Sha256::digest(n.to_le_bytes()).into(),
             recorded_ns: n + 2,
             used_ns: used,
+            path_hash: 100 + n as u64,
         };
         s.save_stats(&[rec(1, now), rec(2, now), rec(3, now - hash::STAT_RECORD_TTL_NS - 1)]).unwrap();
         // a newer record for the same stat replaces it, keeping the latest use
@@ -816,6 +836,15 @@ mod tests {
         assert_eq!(m.len(), 2, "the record unused for longer than the TTL is gone: {m:?}");
         assert_eq!(m[0], StatRecord { recorded_ns: 99, ..rec(1, now) });
         assert_eq!(m[1], rec(2, now));
+        // the same path rewritten: only its newest record stays (no growth per edit)
+        for k in 10..20 {
+            s.save_stats(&[StatRecord { path_hash: 102, ..rec(k, now) }]).unwrap();
+        }
+        let m = s.stat_cache().unwrap();
+        let of_path: Vec<_> = m.iter().filter(|r| r.path_hash == 102).collect();
+        assert_eq!(of_path.len(), 1, "{of_path:?}");
+        assert_eq!(of_path[0].stat.ino, 19);
+        assert_eq!(m.len(), 2);
         // an unknown or torn blob decodes to nothing (a re-hash, never a wrong digest)
         assert!(decode_stats(b"TSC1\0\0").is_empty());
         let mut torn = encode_stats([rec(1, now)].iter());
