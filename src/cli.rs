@@ -186,7 +186,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "NS", requires = "leader_elect")]
     pub lease_namespace: Option<String>,
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name and pid).
-    #[arg(long, value_name = "ID", env = "POD_NAME", requires = "leader_elect")]
+    // (no `requires`: $POD_NAME is set in every pod, with or without --leader-elect)
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
     pub lease_identity: Option<String>,
     /// Push attempts before a promotion gives up on a moving branch (Conflicted).
     #[arg(long, default_value_t = 8)]

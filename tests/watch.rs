@@ -636,10 +636,12 @@ fn once_exit_codes() {
     let once = |yaml: &str| {
         let dir = tempfile::tempdir_in(tmp.path()).unwrap();
         std::fs::write(dir.path().join("p.yaml"), yaml).unwrap();
+        // inside a pod $POD_NAME is always set: it must not demand --leader-elect
         let out = common::tenon_command(
             &["watch", "--dir", dir.path().to_str().unwrap(), "--once", "--sandbox", "host", "-q"],
             &store,
         )
+        .env("POD_NAME", "tenon-0")
         .output()
         .unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
