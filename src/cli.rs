@@ -464,11 +464,7 @@ impl RunFlags {
             run: self.run.clone(),
             params: self.params.clone(),
             parallel: self.parallel,
-            // absolute: steps run in other directories
-            state_dir: {
-                let d = self.store.clone().unwrap_or_else(default_store);
-                std::path::absolute(&d).unwrap_or(d)
-            },
+            state_dir: self.store.clone().unwrap_or_else(default_store),
             max_result_size: self.max_result_size,
             pass_env: self.pass_env.clone(),
             namespace: self.namespace.clone(),
