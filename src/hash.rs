@@ -38,12 +38,7 @@ pub fn hex(b: &[u8]) -> String {
 /// Stream a file through SHA-256 with a fixed, per-thread buffer (1 MiB): memory stays
 /// bounded whatever the file size, and small files cost no allocation.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    hash_file_raw(path).map(|d| hex(&d))
-}
-
-/// [`hash_file`], the digest's bytes.
-pub fn hash_file_raw(path: &Path) -> std::io::Result<[u8; 32]> {
-    hash_file_stat(path).map(|(d, _)| d)
+    hash_file_stat(path).map(|(d, _)| hex(&d))
 }
 
 /// Hash a file and stat the opened file once read (fstat: no second path lookup): the

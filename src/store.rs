@@ -793,7 +793,7 @@ fn encode_stats<'a>(records: impl ExactSizeIterator<Item = &'a StatRecord>) -> V
 /// Decode the stat blob; anything else (an older format, a torn blob) decodes to nothing,
 /// which only costs a re-hash.
 fn decode_stats(b: &[u8]) -> Vec<StatRecord> {
-    if b.len() < 4 || &b[..4] != STAT_MAGIC || (b.len() - 4) % STAT_RECORD_LEN != 0 {
+    if b.len() < 4 || &b[..4] != STAT_MAGIC || !(b.len() - 4).is_multiple_of(STAT_RECORD_LEN) {
         return Vec::new();
     }
     b[4..]

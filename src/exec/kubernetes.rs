@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::local::{collect_results, failed, finish, image_default_command, pod_path_vars, substitute_step};
 use super::local::{step_container_name, KNOWN_IMAGES};
 use super::{AttemptStatus, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest};
-use crate::model::{format_duration, Step};
+use crate::model::Step;
 use crate::ui::Console;
 
 /// Label on every pod tenon creates.
@@ -1218,7 +1218,7 @@ impl KubernetesExecutor {
     }
 }
 
-type Failure = (AttemptStatus, String, String);
+type Failure = super::AttemptFailure;
 
 /// Step outcomes from the last pod state, and the attempt's failure if any.
 fn step_outcomes(
@@ -1231,18 +1231,8 @@ fn step_outcomes(
     let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone());
     let mut failure: Option<Failure> = match end {
         End::Steps => None,
-        End::Cancelled => {
-            Some((AttemptStatus::Cancelled, "TaskRunCancelled".into(), format!("TaskRun {:?} was cancelled", req.name)))
-        }
-        End::TimedOut => Some((
-            AttemptStatus::TimedOut,
-            "TaskRunTimeout".into(),
-            format!(
-                "TaskRun {:?} failed to finish within {:?}",
-                req.name,
-                format_duration(req.timeout.unwrap_or_default())
-            ),
-        )),
+        End::Cancelled => Some(req.cancelled()),
+        End::TimedOut => Some(req.timed_out()),
         End::Broken(reason, msg) => Some((AttemptStatus::Failed, reason.clone(), msg.clone())),
     };
     let mut out = Vec::new();

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::{AttemptStatus, BoundWorkspace, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest};
-use crate::model::{format_duration, parse_duration, ParamType, ParamValue, Step, TaskSpec};
+use crate::model::{parse_duration, ParamType, ParamValue, Step, TaskSpec};
 use crate::subst::Vars;
 use crate::ui::Console;
 
@@ -575,15 +575,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     image_id: None,
                 });
                 failure = Some(if whole {
-                    (
-                        AttemptStatus::TimedOut,
-                        "TaskRunTimeout".into(),
-                        format!(
-                            "TaskRun {:?} failed to finish within {:?}",
-                            req.name,
-                            format_duration(req.timeout.unwrap_or_default())
-                        ),
-                    )
+                    req.timed_out()
                 } else {
                     (
                         AttemptStatus::Failed,
@@ -601,11 +593,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     log,
                     image_id: None,
                 });
-                failure = Some((
-                    AttemptStatus::Cancelled,
-                    "TaskRunCancelled".into(),
-                    format!("TaskRun {:?} was cancelled", req.name),
-                ));
+                failure = Some(req.cancelled());
             }
             None if code == 0 => {
                 steps_out.push(StepOutcome {

@@ -60,6 +60,29 @@ pub enum AttemptStatus {
     Cancelled,
 }
 
+/// How an attempt failed: its status, Tekton's reason and message.
+pub type AttemptFailure = (AttemptStatus, String, String);
+
+impl TaskRunRequest {
+    /// Tekton's failure for a TaskRun that outlived its timeout (every executor reports it alike).
+    pub fn timed_out(&self) -> AttemptFailure {
+        (
+            AttemptStatus::TimedOut,
+            "TaskRunTimeout".into(),
+            format!(
+                "TaskRun {:?} failed to finish within {:?}",
+                self.name,
+                crate::model::format_duration(self.timeout.unwrap_or_default())
+            ),
+        )
+    }
+
+    /// Tekton's failure for a cancelled TaskRun.
+    pub fn cancelled(&self) -> AttemptFailure {
+        (AttemptStatus::Cancelled, "TaskRunCancelled".into(), format!("TaskRun {:?} was cancelled", self.name))
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepOutcome {
