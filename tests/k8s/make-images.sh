@@ -23,9 +23,19 @@ if "$k8s/ctr" images ls -q | grep -x "$name" >/dev/null; then
 fi
 py=$(readlink -f /usr/bin/python3)
 [ -x "$py" ] || { echo "make-images: /usr/bin/python3 is missing (apt-get install python3)" >&2; exit 1; }
-bb=$(command -v busybox || true)
-[ -n "$bb" ] && ldd "$bb" 2>&1 | grep -q 'not a dynamic' \
-  || { echo "make-images: a static busybox is needed (apt-get install busybox-static)" >&2; exit 1; }
+# A static busybox: Debian's busybox-static installs /bin/busybox. `ldd` exits 1 for a static
+# binary, so its verdict is read from its output, never from its exit status (this script runs
+# under pipefail: `ldd | grep` failed on every machine where the image was not loaded yet).
+static_busybox() {
+  local out
+  out=$(ldd "$1" 2>&1 || true)
+  case $out in *"not a dynamic"*|*"statically linked"*) return 0 ;; *) return 1 ;; esac
+}
+bb=
+for cand in /bin/busybox /usr/bin/busybox "$(command -v busybox || true)"; do
+  if [ -n "$cand" ] && [ -x "$cand" ] && static_busybox "$cand"; then bb=$cand; break; fi
+done
+[ -n "$bb" ] || { echo "make-images: a static busybox is needed (apt-get install busybox-static)" >&2; exit 1; }
 ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
