@@ -1957,11 +1957,17 @@ fn map_key_order_does_not_change_the_key() {
     let r = w.run_ok(&[], 0);
     assert_statuses(&r, "first", &[("sized", "Succeeded")]);
     assert_eq!(w.take_log("exec.log"), ["sized"]);
-    w.write("pipeline.yaml", limits_yaml("{memory: 1Gi, cpu: \"1\"}").replace("@SCRATCH@", w.scratch.to_str().unwrap()));
+    w.write(
+        "pipeline.yaml",
+        limits_yaml("{memory: 1Gi, cpu: \"1\"}").replace("@SCRATCH@", w.scratch.to_str().unwrap()),
+    );
     let r = w.run_ok(&[], 0);
     assert_statuses(&r, "reordered", &[("sized", "Cached")]);
     assert!(w.take_log("exec.log").is_empty(), "reordered: the task executed again");
-    w.write("pipeline.yaml", limits_yaml("{memory: 2Gi, cpu: \"1\"}").replace("@SCRATCH@", w.scratch.to_str().unwrap()));
+    w.write(
+        "pipeline.yaml",
+        limits_yaml("{memory: 2Gi, cpu: \"1\"}").replace("@SCRATCH@", w.scratch.to_str().unwrap()),
+    );
     let p = w.plan(&[]);
     assert_eq!(plan_reasons(&p, "sized"), ["task spec changed at steps[0].computeResources.limits.memory"], "{p:#}");
 }
@@ -2034,7 +2040,11 @@ spec:
 fn a_param_reruns_only_the_tasks_that_use_it() {
     let w = World::new(PARAMS_PER_TASK);
     let r = w.run_ok(&[], 0);
-    assert_statuses(&r, "first", &[("ta", "Succeeded"), ("tb", "Succeeded"), ("none", "Succeeded"), ("ref", "Succeeded")]);
+    assert_statuses(
+        &r,
+        "first",
+        &[("ta", "Succeeded"), ("tb", "Succeeded"), ("none", "Succeeded"), ("ref", "Succeeded")],
+    );
     assert_eq!(w.take_log("exec.log"), ["none", "ref 1", "ta 1", "tb 1"]);
     let r = w.run_ok(&["--param", "a=2"], 0);
     assert_statuses(&r, "a=2", &[("ta", "Succeeded"), ("tb", "Cached"), ("none", "Cached"), ("ref", "Cached")]);
@@ -2189,5 +2199,8 @@ fn env_from_reads_repository_objects_locally_and_is_keyed_by_content() {
     let (r, v) = w.run(&[]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     let run = &v["runs"][0];
-    assert!(run["message"].as_str().unwrap_or("").contains("ConfigMap \"absent\" not found in the repository"), "{v:#}");
+    assert!(
+        run["message"].as_str().unwrap_or("").contains("ConfigMap \"absent\" not found in the repository"),
+        "{v:#}"
+    );
 }

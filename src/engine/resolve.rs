@@ -371,7 +371,8 @@ pub fn resolve_env(spec: &mut TaskSpec, cat: &Catalog, mode: EnvMode) -> Result<
             let from = expand_env_from(&step.env_from, cat, mode.for_key)?;
             step.env_from.clear();
             // `env` wins over `envFrom` (Kubernetes)
-            let mut env: Vec<EnvVar> = from.into_iter().filter(|f| !step.env.iter().any(|e| e.name == f.name)).collect();
+            let mut env: Vec<EnvVar> =
+                from.into_iter().filter(|f| !step.env.iter().any(|e| e.name == f.name)).collect();
             env.append(&mut step.env);
             step.env = env;
         }
@@ -430,7 +431,11 @@ fn expand_env_from(list: &[serde_json::Value], cat: &Catalog, for_key: bool) -> 
                     })),
                 }
             } else {
-                EnvVar { name: var.clone(), value: Some(String::from_utf8_lossy(&bytes).into_owned()), value_from: None }
+                EnvVar {
+                    name: var.clone(),
+                    value: Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    value_from: None,
+                }
             };
             out.retain(|x| x.name != var);
             out.push(e);

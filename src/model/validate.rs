@@ -1656,7 +1656,11 @@ impl<'a> Validator<'a> {
                 Ok((w, _)) => {
                     if let Some(ws) = workspaces.filter(|ws| !ws.contains(w.as_str())) {
                         let hint = did_you_mean(&w, ws.iter().copied());
-                        let has = if ws.is_empty() { "none".to_string() } else { ws.iter().copied().collect::<Vec<_>>().join(", ") };
+                        let has = if ws.is_empty() {
+                            "none".to_string()
+                        } else {
+                            ws.iter().copied().collect::<Vec<_>>().join(", ")
+                        };
                         self.err(
                             ctx,
                             &field,
