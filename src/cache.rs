@@ -8,8 +8,12 @@
 //! task consumes (so an upstream rerun with identical results does not cascade: early
 //! cutoff), the digests of upstream outputs on shared workspaces, the workspace kinds and
 //! ConfigMap/Secret content digests, the declared outputs and the executor. Images and
-//! env are part of the spec. The full preimage is kept with every record, so a miss is
-//! explained field by field.
+//! env are part of the spec (a Secret's value only as the Secret's content digest). The
+//! full preimage is kept with every record, so a miss is explained field by field.
+//!
+//! The encoding is canonical: JSON with the keys of every object sorted (serde_json keeps
+//! insertion order in this build, and Kubernetes treats maps such as
+//! `computeResources.limits` as unordered), lists in their order.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +23,32 @@ use serde_json::Value;
 use crate::hash::{sha256_hex, Kind, Tree};
 
 /// Bump on any change to what goes into a key: old records then miss once, loudly.
-pub const KEY_SCHEMA_VERSION: u32 = 1;
+/// v2: canonical encoding (sorted object keys), Secret values keyed by digest, unused
+/// propagated params left out.
+pub const KEY_SCHEMA_VERSION: u32 = 2;
+
+/// Sort the keys of every object in `v`, recursively; lists keep their order.
+pub fn canonicalize(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = std::mem::take(m).into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, mut x) in entries {
+                canonicalize(&mut x);
+                m.insert(k, x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(canonicalize),
+        _ => {}
+    }
+}
+
+/// The canonical JSON text of any serializable value (what keys are computed over).
+pub fn canonical_json<T: Serialize>(x: &T) -> String {
+    let mut v = serde_json::to_value(x).unwrap_or_default();
+    canonicalize(&mut v);
+    serde_json::to_string(&v).unwrap_or_default()
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,9 +76,8 @@ pub struct Preimage {
 
 impl Preimage {
     pub fn key(&self) -> String {
-        // serde_json writes struct fields in declaration order and BTreeMaps sorted:
-        // the encoding is canonical for a given preimage.
-        sha256_hex(serde_json::to_string(self).unwrap_or_default().as_bytes())
+        // every object's keys sorted, whatever order the manifest (or a struct) had them in
+        sha256_hex(canonical_json(self).as_bytes())
     }
 }
 
@@ -130,12 +158,18 @@ pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tre
             None => out.push(format!("now consumes upstream result {k}")),
         }
     }
+    for k in old.upstream_results.keys().filter(|k| !new.upstream_results.contains_key(*k)) {
+        out.push(format!("no longer consumes upstream result {k}"));
+    }
     for (ws, root) in &new.inputs {
         match old.inputs.get(ws) {
             Some(o) if o == root => {}
             Some(o) => out.extend(diff_trees(ws, o, root, tree)),
             None => out.push(format!("now reads workspace {ws} from the repository")),
         }
+    }
+    for ws in old.inputs.keys().filter(|k| !new.inputs.contains_key(*k)) {
+        out.push(format!("no longer reads workspace {ws} from the repository"));
     }
     for (k, d) in &new.upstream_outputs {
         match old.upstream_outputs.get(k) {
@@ -173,6 +207,9 @@ pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tre
             out.push(format!("workspace {k} is now backed by {v}"));
         }
     }
+    for k in old.workspaces.keys().filter(|k| !new.workspaces.contains_key(*k)) {
+        out.push(format!("workspace {k} is no longer bound"));
+    }
     if old.outputs != new.outputs {
         out.push(format!("declared outputs changed ({:?} -> {:?})", old.outputs, new.outputs));
     }
@@ -186,7 +223,14 @@ pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tre
         }
     }
     if out.is_empty() {
-        out.push("cache key changed".into());
+        // whatever else differs: name the field of the preimage
+        out.push(match (serde_json::to_value(old), serde_json::to_value(new)) {
+            (Ok(a), Ok(b)) => match first_difference(&a, &b, "") {
+                Some(p) => format!("cache key changed at {p}"),
+                None => "cache key changed, but no field of the preimage did (the earlier record was keyed by another encoding)".into(),
+            },
+            _ => "cache key changed (a preimage could not be encoded)".into(),
+        });
     }
     out
 }
@@ -321,7 +365,7 @@ mod tests {
                 |p| {
                     p.version = 99;
                 },
-                &["cache key schema changed (v1 -> v99)"],
+                &["cache key schema changed (v2 -> v99)"],
             ),
             (
                 |p| {
@@ -349,6 +393,54 @@ mod tests {
         assert_eq!(
             explain(&old, &new, &|_| None),
             vec!["image python:3.11-slim now resolves to bbbbbbbb (was aaaaaaaa)".to_string()]
+        );
+    }
+
+    /// Maps Kubernetes treats as unordered (`computeResources.limits`, object params) give
+    /// one key whatever order the manifest lists their keys in; lists keep their order.
+    #[test]
+    fn keys_ignore_map_order_but_not_list_order() {
+        let with = |spec: &str, param: &str| {
+            let mut p = pre();
+            p.spec = serde_json::from_str(spec).unwrap();
+            p.params.insert("o".into(), serde_json::from_str(param).unwrap());
+            p
+        };
+        let a = with(
+            r#"{"steps": [{"computeResources": {"limits": {"cpu": "1", "memory": "1Gi"}}, "script": "x"}]}"#,
+            r#"{"a": "1", "b": "2"}"#,
+        );
+        let b = with(
+            r#"{"steps": [{"script": "x", "computeResources": {"limits": {"memory": "1Gi", "cpu": "1"}}}]}"#,
+            r#"{"b": "2", "a": "1"}"#,
+        );
+        // serde_json keeps insertion order in this build: the texts differ, the keys must not
+        assert_ne!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+        assert_eq!(a.key(), b.key());
+        let c = with(r#"{"steps": [{"args": ["1", "2"]}]}"#, "{}");
+        let d = with(r#"{"steps": [{"args": ["2", "1"]}]}"#, "{}");
+        assert_ne!(c.key(), d.key());
+        assert_eq!(explain(&c, &d, &|_| None), vec!["task spec changed at steps[0].args[0]".to_string()]);
+    }
+
+    /// A miss never says just "cache key changed": the changed field is named, removals too.
+    #[test]
+    fn every_reason_names_a_field() {
+        let mut old = pre();
+        old.images.insert("alpine".into(), "sha256:aaaa".into());
+        let new = pre();
+        assert_eq!(explain(&old, &new, &|_| None), vec!["cache key changed at images".to_string()]);
+        let mut new = pre();
+        new.inputs.clear();
+        new.workspaces.clear();
+        new.upstream_results.clear();
+        assert_eq!(
+            explain(&pre(), &new, &|_| None),
+            vec![
+                "no longer consumes upstream result tasks.prepare.results.digest".to_string(),
+                "no longer reads workspace source from the repository".to_string(),
+                "workspace source is no longer bound".to_string(),
+            ]
         );
     }
 

@@ -2169,35 +2169,291 @@ fn embedded_specs_depend_only_on_workspaces_they_reference() {
     assert_reason_listed(&r, "reads", "edit", &changed("src/in.txt", b"one\n", b"two\n"));
 }
 
-#[test]
-fn env_from_is_never_cached() {
-    // envFrom reads ConfigMaps/Secrets of the cluster (Kubernetes executor) whose content no
-    // key covers: such a task must run every time
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("t.yaml"),
-        r#"
+/// The store holds `needle` nowhere (records, preimages, run directories, logs): `grep -r`.
+#[track_caller]
+fn assert_store_lacks(store: &Path, needle: &str, step: &str) {
+    let out = Command::new("grep").args(["-r", "-a", "-l", needle]).arg(store).output().expect("grep runs");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{step}: grep -r {needle} STORE must find nothing, found in:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn limits_yaml(limits: &str) -> String {
+    format!(
+        r##"
 apiVersion: tekton.dev/v1
 kind: TaskRun
-metadata: {name: envfrom}
+metadata:
+  name: sized
 spec:
   taskSpec:
     steps:
       - name: s
-        image: busybox
-        envFrom: [{configMapRef: {name: settings}}]
-        script: echo hi
-"#,
+        image: alpine
+        computeResources:
+          limits: {limits}
+        script: |
+          echo sized >> "@SCRATCH@/exec.log"
+"##
     )
-    .unwrap();
-    let store = dir.path().join(".store");
-    let d = dir.path().to_str().unwrap();
-    for _ in 0..2 {
-        let r = tenon_cached(&["run", d, "--output", "json", "-q"], &store);
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        let j = r.json();
-        let t = task(&j, "envfrom");
-        assert_eq!(t["status"], "Succeeded", "{t:#}");
-        assert!(t["cacheReasons"][0].as_str().unwrap().contains("envFrom"), "{t:#}");
-    }
+}
+
+/// Kubernetes treats `computeResources.limits` as a map: listing memory before cpu is the
+/// same task, so the same key (a false miss before, explained only as "cache key changed");
+/// a real change names the field.
+#[test]
+fn map_key_order_does_not_change_the_key() {
+    let w = World::new(&limits_yaml("{cpu: \"1\", memory: 1Gi}"));
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "first", &[("sized", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["sized"]);
+    w.write(
+        "pipeline.yaml",
+        limits_yaml("{memory: 1Gi, cpu: \"1\"}").replace("@SCRATCH@", w.scratch.to_str().unwrap()),
+    );
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "reordered", &[("sized", "Cached")]);
+    assert!(w.take_log("exec.log").is_empty(), "reordered: the task executed again");
+    w.write(
+        "pipeline.yaml",
+        limits_yaml("{memory: 2Gi, cpu: \"1\"}").replace("@SCRATCH@", w.scratch.to_str().unwrap()),
+    );
+    let p = w.plan(&[]);
+    assert_eq!(plan_reasons(&p, "sized"), ["task spec changed at steps[0].computeResources.limits.memory"], "{p:#}");
+}
+
+const PARAMS_PER_TASK: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: uses-b
+spec:
+  params:
+    - name: b
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        echo "ref $(params.b)" >> "@SCRATCH@/exec.log"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: per-task
+spec:
+  params:
+    - name: a
+      default: "1"
+    - name: b
+      default: "1"
+  tasks:
+    - name: ta
+      taskSpec:
+        steps:
+          - name: s
+            image: alpine
+            script: |
+              echo "ta $(params.a)" >> "@SCRATCH@/exec.log"
+    - name: tb
+      taskSpec:
+        steps:
+          - name: s
+            image: alpine
+            script: |
+              echo "tb $(params["b"])" >> "@SCRATCH@/exec.log"
+    - name: none
+      taskSpec:
+        steps:
+          - name: s
+            image: alpine
+            script: |
+              echo "none" >> "@SCRATCH@/exec.log"
+    - name: ref
+      taskRef:
+        name: uses-b
+      params:
+        - name: b
+          value: $(params.b)
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: per-task-run
+spec:
+  pipelineRef:
+    name: per-task
+"##;
+
+/// A Pipeline param reaches every embedded taskSpec by propagation, but only a task that
+/// uses it may rerun when it changes: its siblings stay Cached.
+#[test]
+fn a_param_reruns_only_the_tasks_that_use_it() {
+    let w = World::new(PARAMS_PER_TASK);
+    let r = w.run_ok(&[], 0);
+    assert_statuses(
+        &r,
+        "first",
+        &[("ta", "Succeeded"), ("tb", "Succeeded"), ("none", "Succeeded"), ("ref", "Succeeded")],
+    );
+    assert_eq!(w.take_log("exec.log"), ["none", "ref 1", "ta 1", "tb 1"]);
+    let r = w.run_ok(&["--param", "a=2"], 0);
+    assert_statuses(&r, "a=2", &[("ta", "Succeeded"), ("tb", "Cached"), ("none", "Cached"), ("ref", "Cached")]);
+    assert_eq!(w.take_log("exec.log"), ["ta 2"]);
+    assert_reasons(&r, "ta", "a=2", &["param a changed 1 -> 2"]);
+    let r = w.run_ok(&["--param", "b=3"], 0);
+    assert_statuses(&r, "b=3", &[("ta", "Cached"), ("tb", "Succeeded"), ("none", "Cached"), ("ref", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["ref 3", "tb 3"]);
+}
+
+fn secret_yaml(secret_data: &str) -> String {
+    format!(
+        r##"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+{secret_data}
+---
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: uses-secret
+spec:
+  taskSpec:
+    results:
+      - name: digest
+    steps:
+      - name: s
+        image: alpine
+        env:
+          - name: TOKEN
+            valueFrom:
+              secretKeyRef:
+                name: creds
+                key: token
+        script: |
+          printf %s "$TOKEN" | sha256sum | cut -c1-64 | tr -d '\n' > "$(results.digest.path)"
+"##
+    )
+}
+
+/// A Secret's value read through `env.valueFrom.secretKeyRef` never lands in the store
+/// (records, preimages, run directories), in the report or in `plan`; the key follows the
+/// Secret's content digest, so a changed value reruns the task (no false hit).
+#[test]
+fn secret_env_values_are_never_stored_and_key_by_digest() {
+    let w = World::new(&secret_yaml("stringData:\n  token: S3CRET"));
+    let (r, v) = w.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_statuses(&v, "first", &[("uses-secret", "Succeeded")]);
+    assert_eq!(result(&v, "uses-secret", "digest"), sha_hex(b"S3CRET"), "the step sees the value");
+    assert!(!r.stdout.contains("S3CRET") && !r.stderr.contains("S3CRET"), "the report shows the secret");
+    assert_store_lacks(&w.store, "S3CRET", "first");
+    let v = w.run_ok(&[], 0);
+    assert_statuses(&v, "unchanged", &[("uses-secret", "Cached")]);
+    // a new value (base64 `data:` this time) must rerun, and stays out of the store too
+    w.write("pipeline.yaml", secret_yaml("data:\n  token: MFRIM1I=")); // "0TH3R"
+    let p = w.tenon(&["plan", w.repo.to_str().unwrap(), "--output", "json"]);
+    assert!(!p.stdout.contains("0TH3R") && !p.stderr.contains("0TH3R"), "plan shows the secret");
+    assert_eq!(
+        plan_reasons(&p.json(), "uses-secret"),
+        ["task spec changed at steps[0].env[0].valueFrom.contentDigest"],
+        "plan must name the field that changed"
+    );
+    let (r, v) = w.run(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_statuses(&v, "new value", &[("uses-secret", "Succeeded")]);
+    assert_eq!(result(&v, "uses-secret", "digest"), sha_hex(b"0TH3R"));
+    assert!(!r.stdout.contains("0TH3R") && !r.stderr.contains("0TH3R"), "the report shows the secret");
+    assert_store_lacks(&w.store, "S3CRET", "new value");
+    assert_store_lacks(&w.store, "0TH3R", "new value");
+    assert_store_lacks(&w.store, "MFRIM1I=", "new value (base64)");
+}
+
+fn env_from_yaml(mode: &str) -> String {
+    format!(
+        r##"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+data:
+  MODE: {mode}
+  LEVEL: "3"
+  not a name: skipped
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+stringData:
+  PASS: hunter2
+---
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: envfrom
+spec:
+  taskSpec:
+    results:
+      - name: seen
+    stepTemplate:
+      envFrom:
+        - secretRef: {{name: creds}}
+    steps:
+      - name: s
+        image: busybox
+        envFrom:
+          - configMapRef: {{name: settings}}
+            prefix: CFG_
+          - configMapRef: {{name: absent, optional: true}}
+        env:
+          - name: CFG_LEVEL
+            value: override
+        script: |
+          echo run >> "@SCRATCH@/exec.log"
+          printf '%s %s %s %s' "$CFG_MODE" "$CFG_LEVEL" "${{MODE:-unset}}" "${{PASS:-unset}}" > "$(results.seen.path)"
+      - name: t
+        image: busybox
+        script: |
+          printf %s "$PASS" | sha256sum | cut -c1-64 > "@SCRATCH@/pass.sha"
+"##
+    )
+}
+
+/// `envFrom` with the local executor: the repository's ConfigMaps/Secrets (with `prefix`,
+/// `optional`, `env` winning), keyed by their content, a Secret's values never stored.
+#[test]
+fn env_from_reads_repository_objects_locally_and_is_keyed_by_content() {
+    let w = World::new(&env_from_yaml("fast"));
+    let v = w.run_ok(&[], 0);
+    assert_statuses(&v, "first", &[("envfrom", "Succeeded")]);
+    // stepTemplate's envFrom is replaced by the step's own list (no merge key)
+    assert_eq!(result(&v, "envfrom", "seen"), "fast override unset unset");
+    let pass = std::fs::read_to_string(w.scratch.join("pass.sha")).unwrap();
+    assert_eq!(pass.trim(), sha_hex(b"hunter2"), "stepTemplate's envFrom: the secret's key is a variable");
+    assert_eq!(w.take_log("exec.log"), ["run"]);
+    assert_store_lacks(&w.store, "hunter2", "first");
+    let v = w.run_ok(&[], 0);
+    assert_statuses(&v, "unchanged", &[("envfrom", "Cached")]);
+    assert!(w.take_log("exec.log").is_empty());
+    w.write("pipeline.yaml", env_from_yaml("slow").replace("@SCRATCH@", w.scratch.to_str().unwrap()));
+    let v = w.run_ok(&[], 0);
+    assert_statuses(&v, "configmap changed", &[("envfrom", "Succeeded")]);
+    assert_eq!(result(&v, "envfrom", "seen"), "slow override unset unset");
+    let got = reasons(&v, "envfrom");
+    assert!(got.len() == 1 && got[0].starts_with("task spec changed at steps[0].env["), "{got:?}");
+    // a ConfigMap that is not optional and not in the repository fails the task, saying so
+    let missing = env_from_yaml("fast").replace("name: absent, optional: true}", "name: absent}");
+    w.write("pipeline.yaml", missing.replace("@SCRATCH@", w.scratch.to_str().unwrap()));
+    let (r, v) = w.run(&[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let run = &v["runs"][0];
+    assert!(
+        run["message"].as_str().unwrap_or("").contains("ConfigMap \"absent\" not found in the repository"),
+        "{v:#}"
+    );
 }

@@ -30,6 +30,22 @@ pub fn entries(v: &str) -> Vec<String> {
     v.split([',', '\n']).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
 }
 
+/// One `tenon.dev/outputs` entry as `(workspace, path)`: the path relative to the
+/// workspace and inside it (no leading `/`, no `..`), or why it is not.
+pub fn parse_output(entry: &str) -> Result<(String, String), String> {
+    let (w, p) = match entry.split_once(':') {
+        Some((w, p)) if !w.trim().is_empty() && !p.trim().is_empty() => (w.trim(), p.trim()),
+        _ => return Err(format!("entry {entry:?} is not workspace:path (e.g. \"work:model/\")")),
+    };
+    if p.starts_with('/') {
+        return Err(format!("entry {entry:?}: path {p:?} must be relative to workspace {w:?} (no leading '/')"));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(format!("entry {entry:?}: path {p:?} must stay inside workspace {w:?} (no '..')"));
+    }
+    Ok((w.to_string(), p.to_string()))
+}
+
 /// Cache state shared by every task of an engine.
 pub struct CacheCtx {
     pub store: Arc<dyn Store>,
@@ -171,6 +187,33 @@ impl CacheOutcome {
     }
 }
 
+/// Keep only the params `spec` (before substitution) can use: declared by it or referenced
+/// anywhere in it (an embedded spec receives every pipeline param by propagation, but only
+/// the ones it mentions can change what it does; an undeclared param passed to a Task is
+/// never substituted). Any other param stays out of the key, so changing it does not rerun
+/// the task.
+pub fn retain_used_params(job: &mut CacheJob, spec: &TaskSpec) {
+    fn strings(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            Value::Object(m) => m.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut text = String::new();
+    strings(&serde_json::to_value(spec).unwrap_or_default(), &mut text);
+    // over-inclusive on purpose (`params.a` also matches `params.ab`): a param kept that
+    // need not be costs a rerun, one dropped that is used would be a false hit
+    let referenced = |k: &str| {
+        [format!("params.{k}"), format!("params[\"{k}\"]"), format!("params['{k}']")].iter().any(|f| text.contains(f))
+    };
+    job.params.retain(|k, _| spec.params.iter().any(|d| &d.name == k) || referenced(k));
+}
+
 /// Compute the key of a job (hashing its inputs).
 pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
     let mut inputs = BTreeMap::new();
@@ -183,6 +226,17 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
         m.remove("description");
         m.remove("displayName");
     }
+    // the record keeps the preimage as the key saw it: every map in sorted order
+    crate::cache::canonicalize(&mut spec);
+    let params = job
+        .params
+        .iter()
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            crate::cache::canonicalize(&mut v);
+            (k.clone(), v)
+        })
+        .collect();
     let mut images = BTreeMap::new();
     if !ctx.image_digests.is_empty() {
         let spec = &job.key_spec;
@@ -199,7 +253,7 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
         executor: if job.executor_independent { "any".into() } else { ctx.executor.clone() },
         images,
         spec,
-        params: job.params.clone(),
+        params,
         inputs,
         upstream_results: job.upstream_results.clone(),
         upstream_outputs: job.upstream_outputs.clone(),
@@ -379,15 +433,25 @@ pub fn apply_bindings(
     let include = ann(INPUTS_ANNOTATION).map(|v| entries(&v)).unwrap_or_default();
     let exclude = ann(EXCLUDE_ANNOTATION).map(|v| entries(&v)).unwrap_or_default();
     for o in ann(OUTPUTS_ANNOTATION).map(|v| entries(&v)).unwrap_or_default() {
-        match o.split_once(':') {
-            Some((w, p)) if !w.is_empty() && !p.is_empty() => job.outputs.push((w.to_string(), p.to_string())),
-            _ => job.uncacheable = Some(format!("{OUTPUTS_ANNOTATION} entry {o:?} is not workspace:path")),
+        match parse_output(&o) {
+            Ok((w, _)) if !req.workspaces.iter().any(|b| b.name == w) => {
+                let names: Vec<&str> = req.workspaces.iter().map(|b| b.name.as_str()).collect();
+                job.uncacheable = Some(format!(
+                    "{OUTPUTS_ANNOTATION} entry {o:?} names workspace {w:?}, which the task does not have (it has: {})",
+                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                ));
+            }
+            Ok(wp) => job.outputs.push(wp),
+            Err(why) => job.uncacheable = Some(format!("{OUTPUTS_ANNOTATION} {why}")),
         }
     }
     job.executor_independent = ann(EXECUTOR_INDEPENDENT_ANNOTATION).as_deref() == Some("true");
+    // only a cluster's envFrom is left in the spec (locally it is resolved from the
+    // repository's objects and keyed by their content)
     let spec = &job.key_spec;
     if spec.steps.iter().chain(spec.sidecars.iter()).chain(spec.step_template.iter()).any(|s| !s.env_from.is_empty()) {
-        job.uncacheable = Some("envFrom reads ConfigMaps/Secrets whose content tenon does not track".into());
+        job.uncacheable =
+            Some("envFrom reads the cluster's ConfigMaps/Secrets, whose content tenon does not track".into());
     }
     if ann(CACHE_ANNOTATION).as_deref() == Some("false") {
         job.uncacheable = Some(format!("{CACHE_ANNOTATION}: \"false\""));
@@ -436,5 +500,86 @@ pub fn apply_forced(job: &mut CacheJob, ctx: &CacheCtx, name: &str) {
         job.forced = Some("forced: --no-cache".into());
     } else if ctx.rerun.contains(name) {
         job.forced = Some(format!("forced: --rerun {name}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::BoundWorkspace;
+
+    fn req(spec: TaskSpec) -> TaskRunRequest {
+        TaskRunRequest {
+            name: "t".into(),
+            label: "t".into(),
+            spec,
+            workspaces: vec![BoundWorkspace {
+                name: "work".into(),
+                path: Some("/tmp/w".into()),
+                read_only: false,
+                claim: String::new(),
+                kind: "emptyDir".into(),
+            }],
+            timeout: None,
+            attempt: 0,
+            dir: "/tmp/d".into(),
+            max_result_size: 4096,
+            volumes: Default::default(),
+        }
+    }
+
+    fn bind(outputs: &str, spec: TaskSpec) -> CacheJob {
+        let mut job = CacheJob { key_spec: spec.clone(), ..Default::default() };
+        let ann = |n: &str| (n == OUTPUTS_ANNOTATION).then(|| outputs.to_string());
+        let bindings = [("work".to_string(), "work".to_string(), None)];
+        apply_bindings(&mut job, &ann, &bindings, &|_| "emptyDir".into(), &req(spec), true, &[]);
+        job
+    }
+
+    /// An output path that leaves its workspace, or names a workspace the task lacks, makes
+    /// the task not cacheable (`plan` says why) instead of failing to record forever.
+    #[test]
+    fn invalid_outputs_are_not_cacheable_with_the_reason() {
+        for (entry, why) in [
+            ("work:../", "must stay inside workspace \"work\""),
+            ("work:/etc/", "must be relative to workspace \"work\""),
+            ("work:out/../../x", "must stay inside workspace \"work\""),
+            ("nope:out/", "names workspace \"nope\", which the task does not have (it has: work)"),
+            ("out/", "is not workspace:path"),
+        ] {
+            let job = bind(entry, TaskSpec::default());
+            let got = job.uncacheable.unwrap_or_default();
+            assert!(got.starts_with(OUTPUTS_ANNOTATION) && got.contains(why), "{entry}: {got}");
+            assert!(job.outputs.is_empty(), "{entry}");
+        }
+        let job = bind("work:model/", TaskSpec::default());
+        assert_eq!(job.uncacheable, None);
+        assert_eq!(job.outputs, vec![("work".to_string(), "model/".to_string())]);
+    }
+
+    /// `envFrom` left in the key's spec (a cluster resolves it from the namespace) is
+    /// never cached; locally it has been resolved into `env` by then.
+    #[test]
+    fn unresolved_env_from_is_not_cacheable() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "steps": [{"name": "s", "envFrom": [{"configMapRef": {"name": "c"}}]}]
+        }))
+        .unwrap();
+        assert!(bind("", spec).uncacheable.is_some_and(|r| r.contains("envFrom")));
+    }
+
+    #[test]
+    fn unused_propagated_params_leave_the_key() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "params": [{"name": "declared"}],
+            "steps": [{"name": "s", "script": "echo $(params.used) $(params[\"quoted\"]) $(params.obj.key)"}]
+        }))
+        .unwrap();
+        let mut job = CacheJob::default();
+        for k in ["declared", "used", "quoted", "obj", "unused"] {
+            job.params.insert(k.into(), Value::String("v".into()));
+        }
+        retain_used_params(&mut job, &spec);
+        assert_eq!(job.params.keys().collect::<Vec<_>>(), ["declared", "obj", "quoted", "used"]);
     }
 }

@@ -723,6 +723,7 @@ impl Engine {
             &bindings,
             &task_dir,
             tr.spec.timeout.as_deref().and_then(parse_duration).unwrap_or(DEFAULT_TIMEOUT),
+            false,
         ) {
             Ok(r) => r,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
@@ -743,6 +744,7 @@ impl Engine {
                     &bindings,
                     &task_dir,
                     timeout,
+                    true,
                 ) {
                     Ok(r) => r,
                     Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
@@ -767,6 +769,7 @@ impl Engine {
                 for (k, v) in &supplied {
                     job.params.insert(k.clone(), v.to_json());
                 }
+                cached::retain_used_params(&mut job, &spec);
                 cached::apply_bindings(
                     &mut job,
                     &ann,
@@ -844,6 +847,8 @@ impl Engine {
         bindings: &[(String, String, Option<String>)],
         dir: &std::path::Path,
         timeout: Duration,
+        // the request a cache key is computed from (Secret values replaced by digests)
+        for_key: bool,
     ) -> Result<TaskRunRequest, Failure> {
         let mut spec = spec.clone();
         // pipeline-level phase (embedded specs: result refs, pipeline context)
@@ -887,7 +892,8 @@ impl Engine {
                 .collect();
         }
         resolve::inline_step_actions(&mut spec, &self.cat)?;
-        resolve::resolve_env(&mut spec, &self.cat)?;
+        let env_mode = resolve::EnvMode { for_key, env_from: !self.exec.resolves_env_from() };
+        resolve::resolve_env(&mut spec, &self.cat, env_mode)?;
         // workspaces
         if !self.dry_run() {
             let _ = std::fs::create_dir_all(dir);
@@ -1328,6 +1334,7 @@ impl<'a> PipelineRunState<'a> {
                 &bindings,
                 &dir,
                 timeout,
+                false,
             ) {
                 Ok(r) => r,
                 Err(f) => return Decision::FailRun(f),
@@ -1347,6 +1354,7 @@ impl<'a> PipelineRunState<'a> {
                         &bindings,
                         &dir,
                         timeout,
+                        true,
                     ) {
                         Ok(r) => r,
                         Err(f) => return Decision::FailRun(f),
@@ -1362,7 +1370,10 @@ impl<'a> PipelineRunState<'a> {
                         &vars,
                         task_name.as_deref(),
                     ) {
-                        Ok(j) => Some(j),
+                        Ok(mut j) => {
+                            cached::retain_used_params(&mut j, &spec);
+                            Some(j)
+                        }
                         Err(d) => return d,
                     }
                 }

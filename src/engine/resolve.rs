@@ -157,6 +157,10 @@ fn merge_step(s: &mut Step, t: &Step) {
             mounts.push(m.clone());
         }
         s.volume_mounts = mounts;
+        // a list without a merge key: the step's replaces the template's
+        if s.env_from.is_empty() {
+            s.env_from = t.env_from.clone();
+        }
     }
     let mut env: Vec<EnvVar> = t.env.clone();
     for e in &s.env {
@@ -291,9 +295,39 @@ fn forward_refs(v: &mut serde_json::Value, forwards: &[(String, String)]) {
     }
 }
 
-/// Resolve `env[].valueFrom` (configMapKeyRef / secretKeyRef) from objects in the
-/// repository. Secret values are never logged.
-pub fn resolve_env(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Failure> {
+/// How [`resolve_env`] treats what it reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvMode {
+    /// Building the cache key: a Secret's value never enters it; the variable is kept as
+    /// its reference plus the Secret's content digest (as Secret workspaces are keyed), so a
+    /// changed value changes the key. ConfigMap values are not secret and stay as values.
+    pub for_key: bool,
+    /// Expand `envFrom` from the repository's ConfigMaps/Secrets (the local executor);
+    /// otherwise it is left to the executor (on a cluster the namespace's objects are used).
+    pub env_from: bool,
+}
+
+/// Kubernetes' rule for names `envFrom` may set (others are skipped, as the kubelet does).
+fn env_name_ok(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || matches!(f, '-' | '.' | '_'))
+        && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '-' | '.' | '_'))
+}
+
+fn flag(v: Option<&serde_json::Value>) -> bool {
+    matches!(v, Some(serde_json::Value::Bool(true))) || v.and_then(|v| v.as_str()) == Some("true")
+}
+
+/// The content digest of a ConfigMap/Secret (every key), as its workspaces are keyed.
+fn content_digest(d: &crate::model::KeyData, secret: bool) -> String {
+    format!("sha256:{}", super::workspaces::data_digest(&key_bytes(d, secret), &[]))
+}
+
+/// Resolve `env[].valueFrom` (configMapKeyRef / secretKeyRef) and, with `mode.env_from`,
+/// `envFrom` (configMapRef / secretRef, `prefix`, `optional`) from objects in the
+/// repository. Secret values are never logged, never put in errors and, with
+/// `mode.for_key`, never put in the spec.
+pub fn resolve_env(spec: &mut TaskSpec, cat: &Catalog, mode: EnvMode) -> Result<(), Failure> {
     for step in spec.steps.iter_mut().chain(spec.sidecars.iter_mut()) {
         for e in step.env.iter_mut() {
             let Some(vf) = e.value_from.take() else {
@@ -311,22 +345,103 @@ pub fn resolve_env(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Failure> {
             };
             let name = r.get("name").and_then(|v| v.as_str()).unwrap_or_default();
             let key = r.get("key").and_then(|v| v.as_str()).unwrap_or_default();
-            let optional = r.get("optional").and_then(|v| v.as_str()) == Some("true");
+            let optional = flag(r.get("optional"));
             let obj = if kind == "ConfigMap" { cat.config_map(name) } else { cat.secret(name) };
             let val = obj.and_then(|o| key_value(&o.spec, key, kind == "Secret"));
-            match val {
-                Some(v) => e.value = Some(v),
-                None if optional => e.value = Some(String::new()),
-                None => {
-                    return Err(Failure::new(
-                        "TaskRunValidationFailed",
-                        format!("env {:?}: {kind} {name:?} key {key:?} not found in the repository (tenon reads ConfigMaps and Secrets from the manifests it loads)", e.name),
-                    ))
-                }
+            if val.is_none() && !optional {
+                return Err(Failure::new(
+                    "TaskRunValidationFailed",
+                    format!("env {:?}: {kind} {name:?} key {key:?} not found in the repository (tenon reads ConfigMaps and Secrets from the manifests it loads)", e.name),
+                ));
             }
+            if kind == "Secret" && mode.for_key {
+                let digest = match (obj, &val) {
+                    (Some(o), Some(_)) => content_digest(&o.spec, true),
+                    _ => "absent".into(),
+                };
+                let mut keyed = vf.clone();
+                keyed["contentDigest"] = serde_json::Value::String(digest);
+                e.value = None;
+                e.value_from = Some(keyed);
+            } else {
+                e.value = Some(val.unwrap_or_default());
+            }
+        }
+        if mode.env_from && !step.env_from.is_empty() {
+            let from = expand_env_from(&step.env_from, cat, mode.for_key)?;
+            step.env_from.clear();
+            // `env` wins over `envFrom` (Kubernetes)
+            let mut env: Vec<EnvVar> =
+                from.into_iter().filter(|f| !step.env.iter().any(|e| e.name == f.name)).collect();
+            env.append(&mut step.env);
+            step.env = env;
+        }
+    }
+    if mode.env_from {
+        // merged into the steps already
+        if let Some(t) = spec.step_template.as_mut() {
+            t.env_from.clear();
         }
     }
     Ok(())
+}
+
+/// The variables `envFrom` sets, later sources winning. For a key, a Secret's variables
+/// carry the Secret's content digest instead of their values.
+fn expand_env_from(list: &[serde_json::Value], cat: &Catalog, for_key: bool) -> Result<Vec<EnvVar>, Failure> {
+    let mut out: Vec<EnvVar> = Vec::new();
+    for (i, src) in list.iter().enumerate() {
+        let prefix = src.get("prefix").and_then(|v| v.as_str()).unwrap_or_default();
+        let (kind, r) = match (src.get("configMapRef"), src.get("secretRef")) {
+            (Some(r), None) => ("ConfigMap", r),
+            (None, Some(r)) => ("Secret", r),
+            _ => {
+                return Err(Failure::new(
+                    "TaskRunValidationFailed",
+                    format!("envFrom[{i}]: expected exactly one of configMapRef, secretRef"),
+                ))
+            }
+        };
+        let secret = kind == "Secret";
+        let name = r.get("name").and_then(|v| v.as_str()).unwrap_or_default();
+        let obj = if secret { cat.secret(name) } else { cat.config_map(name) };
+        let Some(obj) = obj else {
+            if flag(r.get("optional")) {
+                continue;
+            }
+            return Err(Failure::new(
+                "TaskRunValidationFailed",
+                format!("envFrom[{i}]: {kind} {name:?} not found in the repository (tenon reads ConfigMaps and Secrets from the manifests it loads; mark it optional: true if it may be absent)"),
+            ));
+        };
+        let digest = content_digest(&obj.spec, secret);
+        for (k, bytes) in key_bytes(&obj.spec, secret) {
+            let var = format!("{prefix}{k}");
+            if !env_name_ok(&var) {
+                tracing::warn!(kind, name, key = %k, "envFrom: skipping a key that is not a valid environment variable name");
+                continue;
+            }
+            let e = if secret && for_key {
+                EnvVar {
+                    name: var.clone(),
+                    value: None,
+                    value_from: Some(serde_json::json!({
+                        "secretKeyRef": {"name": name, "key": k},
+                        "contentDigest": digest,
+                    })),
+                }
+            } else {
+                EnvVar {
+                    name: var.clone(),
+                    value: Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    value_from: None,
+                }
+            };
+            out.retain(|x| x.name != var);
+            out.push(e);
+        }
+    }
+    Ok(out)
 }
 
 /// The value of `key` in a ConfigMap/Secret (Secret `data` is base64).
@@ -440,6 +555,81 @@ mod tests {
         let env: Vec<(String, String)> =
             spec.steps[0].env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap())).collect();
         assert_eq!(env, vec![("A".into(), "t".into()), ("B".into(), "s".into())]);
+    }
+
+    fn env_catalog() -> Catalog {
+        let yaml = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {A: "1", B: "2"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: sec}
+data: {token: UzNDUkVU}
+"#;
+        crate::model::load_sources(vec![("objects.yaml".into(), yaml.into())])
+    }
+
+    fn env_spec() -> TaskSpec {
+        serde_json::from_value(serde_json::json!({"steps": [{
+            "name": "s",
+            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "P_"}, {"secretRef": {"name": "sec"}}],
+            "env": [
+                {"name": "P_B", "value": "mine"},
+                {"name": "T", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
+                {"name": "C", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "A"}}}
+            ]
+        }]}))
+        .unwrap()
+    }
+
+    fn env_of(spec: &TaskSpec) -> Vec<(String, Option<String>)> {
+        spec.steps[0].env.iter().map(|e| (e.name.clone(), e.value.clone())).collect()
+    }
+
+    #[test]
+    fn env_for_a_run_has_values_env_from_expanded_env_winning() {
+        let cat = env_catalog();
+        let mut spec = env_spec();
+        resolve_env(&mut spec, &cat, EnvMode { for_key: false, env_from: true }).unwrap();
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            env_of(&spec),
+            vec![
+                ("P_A".into(), s("1")),
+                ("token".into(), s("S3CRET")),
+                ("P_B".into(), s("mine")),
+                ("T".into(), s("S3CRET")),
+                ("C".into(), s("1")),
+            ]
+        );
+        assert!(spec.steps[0].env_from.is_empty());
+    }
+
+    /// The key's spec never holds a Secret's value, only the Secret's content digest.
+    #[test]
+    fn env_for_a_key_holds_secret_digests_not_values() {
+        let cat = env_catalog();
+        let mut spec = env_spec();
+        resolve_env(&mut spec, &cat, EnvMode { for_key: true, env_from: true }).unwrap();
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(!text.contains("S3CRET") && !text.contains("UzNDUkVU"), "{text}");
+        let digest = content_digest(&cat.secret("sec").unwrap().spec, true);
+        assert_eq!(text.matches(&digest).count(), 2, "{text}");
+        // ConfigMap values are not secret: kept as values
+        assert!(env_of(&spec).contains(&("P_A".to_string(), Some("1".to_string()))));
+        assert!(env_of(&spec).contains(&("C".to_string(), Some("1".to_string()))));
+    }
+
+    /// On a cluster `envFrom` is the namespace's: left to the executor.
+    #[test]
+    fn env_from_left_to_a_cluster_executor() {
+        let mut spec = env_spec();
+        resolve_env(&mut spec, &env_catalog(), EnvMode { for_key: true, env_from: false }).unwrap();
+        assert_eq!(spec.steps[0].env_from.len(), 2);
+        assert_eq!(spec.steps[0].env.len(), 3);
     }
 
     #[test]

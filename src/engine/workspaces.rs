@@ -317,7 +317,7 @@ pub fn task_volumes(
     Ok(out)
 }
 
-fn data_digest(data: &BTreeMap<String, Vec<u8>>, items: &[crate::model::KeyToPath]) -> String {
+pub(crate) fn data_digest(data: &BTreeMap<String, Vec<u8>>, items: &[crate::model::KeyToPath]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for (k, v) in data {

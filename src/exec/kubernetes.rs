@@ -876,6 +876,11 @@ impl Executor for KubernetesExecutor {
             out
         })
     }
+
+    /// `envFrom` goes into the pod: the namespace's objects, as Kubernetes resolves them.
+    fn resolves_env_from(&self) -> bool {
+        true
+    }
 }
 
 impl KubernetesExecutor {

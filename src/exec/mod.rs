@@ -126,4 +126,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// `cancel` fires or the timeout passes, and never leave processes behind.
 pub trait Executor: Send + Sync {
     fn run<'a>(&'a self, req: TaskRunRequest, cancel: CancellationToken) -> BoxFuture<'a, TaskOutcome>;
+
+    /// Whether steps' `envFrom` is left to the executor (a cluster resolves it from the
+    /// namespace's objects, which no key covers); otherwise the engine resolves it from
+    /// the repository's ConfigMaps/Secrets, keyed by their content digests.
+    fn resolves_env_from(&self) -> bool {
+        false
+    }
 }

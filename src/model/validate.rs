@@ -8,6 +8,7 @@ use super::load::{Catalog, Obj, ObjKind, REPO_WORKSPACE_ANNOTATION};
 use super::parse_duration;
 use super::types::*;
 use crate::dag::{Dag, DagError};
+use crate::engine::cached::{parse_output, OUTPUTS_ANNOTATION};
 use crate::subst::{find_refs, Seg};
 
 /// Validate everything in the catalog. Load-time diagnostics are included first.
@@ -19,10 +20,13 @@ pub fn validate(cat: &Catalog) -> Diagnostics {
     for t in &cat.tasks {
         let ctx = v.ctx(t);
         v.task_spec(&ctx, "spec", &t.spec, &TaskEnv::default());
+        let ws: BTreeSet<&str> = t.spec.workspaces.iter().map(|w| w.name.as_str()).collect();
+        v.outputs_annotation(&ctx, "metadata.annotations", &t.meta.annotations, OUTPUTS_ANNOTATION, Some(&ws));
     }
     for p in &cat.pipelines {
         let ctx = v.ctx(p);
         v.pipeline_spec(&ctx, "spec", &p.spec);
+        v.pipeline_outputs(&ctx, "spec", &p.meta, &p.spec, true);
     }
     for pr in &cat.pipeline_runs {
         v.pipeline_run(pr);
@@ -1470,6 +1474,7 @@ impl<'a> Validator<'a> {
                 let mut ps = ps.clone();
                 super::propagate_run_into_spec(&mut ps, s);
                 self.pipeline_spec(&ctx, "spec.pipelineSpec", &ps);
+                self.pipeline_outputs(&ctx, "spec.pipelineSpec", &pr.meta, &ps, true);
                 Some(ps)
             }
             (Some(r), None) => {
@@ -1479,7 +1484,10 @@ impl<'a> Validator<'a> {
                 } else if let Some(name) = &r.name {
                     let cat: &Catalog = self.cat;
                     match cat.pipeline(name) {
-                        Some(p) => Some(p.spec.clone()),
+                        Some(p) => {
+                            self.pipeline_outputs(&ctx, "spec", &pr.meta, &p.spec, false);
+                            Some(p.spec.clone())
+                        }
                         None if cat.broken.contains(&(ObjKind::Pipeline, name.clone())) => None,
                         None => {
                             let hint = did_you_mean(name, cat.pipelines.iter().map(|p| p.name.as_str()));
@@ -1569,6 +1577,9 @@ impl<'a> Validator<'a> {
             (Some(r), None) => self.task_ref(&ctx, "spec.taskRef", r),
         };
         if let Some(ts) = tspec {
+            let ws: BTreeSet<&str> = ts.workspaces.iter().map(|w| w.name.as_str()).collect();
+            let ws: BTreeSet<&str> = ws.into_iter().chain(s.workspaces.iter().map(|b| b.name.as_str())).collect();
+            self.outputs_annotation(&ctx, "metadata.annotations", &tr.meta.annotations, OUTPUTS_ANNOTATION, Some(&ws));
             self.supplied_params(&ctx, "spec.params", &ts.params, &s.params, &[], "taskRun");
             for w in &ts.workspaces {
                 if !w.optional && !s.workspaces.iter().any(|b| b.name == w.name) {
@@ -1623,6 +1634,97 @@ impl<'a> Validator<'a> {
             }
             if let Some(sp) = &b.sub_path {
                 self.sub_path(ctx, &format!("{f}.subPath"), sp);
+            }
+        }
+    }
+
+    /// `tenon.dev/outputs` (`key`) in `ann`: each entry `workspace:path` with the path inside
+    /// the workspace, and (when known) a workspace the task has.
+    fn outputs_annotation(
+        &mut self,
+        ctx: &Ctx,
+        base: &str,
+        ann: &BTreeMap<String, String>,
+        key: &str,
+        workspaces: Option<&BTreeSet<&str>>,
+    ) {
+        let Some(v) = ann.get(key) else { return };
+        let field = format!("{base}[{key:?}]");
+        for entry in crate::engine::cached::entries(v) {
+            match parse_output(&entry) {
+                Err(why) => self.err(ctx, &field, why),
+                Ok((w, _)) => {
+                    if let Some(ws) = workspaces.filter(|ws| !ws.contains(w.as_str())) {
+                        let hint = did_you_mean(&w, ws.iter().copied());
+                        let has = if ws.is_empty() {
+                            "none".to_string()
+                        } else {
+                            ws.iter().copied().collect::<Vec<_>>().join(", ")
+                        };
+                        self.err(
+                            ctx,
+                            &field,
+                            format!("entry {entry:?} names workspace {w:?}, which the task does not have (it has: {has}){hint}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Outputs declared for a pipeline's tasks: `tenon.dev/outputs.<task>` on `meta` (the
+    /// Pipeline, or the PipelineRun) and, with `embedded`, on each embedded taskSpec.
+    fn pipeline_outputs(&mut self, ctx: &Ctx, base: &str, meta: &ObjectMeta, spec: &PipelineSpec, embedded: bool) {
+        let all: Vec<(String, &PipelineTask)> = spec
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("{base}.tasks[{i}]"), t))
+            .chain(spec.finally.iter().enumerate().map(|(i, t)| (format!("{base}.finally[{i}]"), t)))
+            .collect();
+        let cat: &Catalog = self.cat;
+        let task_ws = |pt: &PipelineTask| -> Option<BTreeSet<String>> {
+            let ts = match (&pt.task_spec, &pt.task_ref) {
+                (Some(ts), _) => &ts.task,
+                (None, Some(r)) => &cat.task(r.name.as_deref()?)?.spec,
+                _ => return None,
+            };
+            let mut ws: BTreeSet<String> = ts.workspaces.iter().map(|w| w.name.clone()).collect();
+            ws.extend(pt.workspaces.iter().map(|b| b.name.clone()));
+            if pt.task_spec.is_some() {
+                // embedded specs may use the pipeline's workspaces by name
+                ws.extend(spec.workspaces.iter().map(|w| w.name.clone()));
+            }
+            Some(ws)
+        };
+        let prefix = format!("{OUTPUTS_ANNOTATION}.");
+        for key in meta.annotations.keys().filter(|k| k.starts_with(&prefix)) {
+            let name = &key[prefix.len()..];
+            match all.iter().find(|(_, t)| t.name == name) {
+                None => {
+                    let hint = did_you_mean(name, all.iter().map(|(_, t)| t.name.as_str()));
+                    self.err(
+                        ctx,
+                        &format!("metadata.annotations[{key:?}]"),
+                        format!("names pipeline task {name:?}, which the pipeline does not have{hint}"),
+                    );
+                }
+                Some((_, pt)) => {
+                    let ws = task_ws(pt);
+                    let ws: Option<BTreeSet<&str>> = ws.as_ref().map(|w| w.iter().map(String::as_str).collect());
+                    self.outputs_annotation(ctx, "metadata.annotations", &meta.annotations, key, ws.as_ref());
+                }
+            }
+        }
+        if embedded {
+            for (f, pt) in &all {
+                let Some(ann) = pt.task_spec.as_ref().and_then(|t| t.metadata.as_ref()).map(|m| &m.annotations) else {
+                    continue;
+                };
+                let ws = task_ws(pt);
+                let ws: Option<BTreeSet<&str>> = ws.as_ref().map(|w| w.iter().map(String::as_str).collect());
+                let base = format!("{f}.taskSpec.metadata.annotations");
+                self.outputs_annotation(ctx, &base, ann, OUTPUTS_ANNOTATION, ws.as_ref());
             }
         }
     }
