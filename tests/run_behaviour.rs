@@ -2255,9 +2255,13 @@ fn bwrap_sandbox_shows_a_step_an_image_not_the_host() {
         r##"
 apiVersion: tekton.dev/v1
 kind: TaskRun
-metadata: {{name: probe}}
+metadata:
+  name: probe
+  annotations: {{tenon.dev/repo-workspace: source}}
 spec:
+  workspaces: [{{name: source, emptyDir: {{}}}}]
   taskSpec:
+    workspaces: [{{name: source, readOnly: true}}]
     results: [{{name: seen}}, {{name: py}}]
     steps:
       - name: s
@@ -2268,6 +2272,8 @@ spec:
           cat {outside}/secret.txt >/dev/null 2>&1 && seen="$seen outside-read"
           touch {outside}/planted 2>/dev/null && seen="$seen outside-write"
           ls {store} >/dev/null 2>&1 && seen="$seen store"
+          [ -f $(workspaces.source.path)/pipeline.yaml ] || seen="$seen no-repo"
+          [ -n "$(ls -A $(workspaces.source.path)/.store)" ] && seen="$seen store-in-repo"
           touch /usr/{probe} 2>/dev/null && seen="$seen usr-write"
           touch /etc/{probe} 2>/dev/null && seen="$seen etc-write"
           [ -e /etc/shadow ] && seen="$seen shadow"
@@ -2355,4 +2361,56 @@ fn no_step_outlives_a_killed_tenon() {
         }
         assert!(left.is_empty(), "--sandbox {sandbox}: step processes {left:?} outlived a killed tenon");
     }
+}
+
+/// Without the sandbox (bubblewrap unusable: here a TENON_BWRAP that does not exist),
+/// a task that writes to Tekton's pod paths is told why they are missing: once on stderr
+/// when such a task starts, and in the failed step's reason, naming the fix.
+#[test]
+fn pod_paths_without_the_sandbox_say_why() {
+    let yaml = r##"
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {name: pods}
+spec:
+  pipelineSpec:
+    tasks:
+      - name: a
+        taskSpec:
+          steps:
+            - name: s
+              image: alpine
+              script: echo stuff > /tekton/home/stuff
+      - name: b
+        taskSpec:
+          steps:
+            - name: s
+              image: alpine
+              workingDir: /workspace/src
+              script: "true"
+      - name: plain
+        taskSpec:
+          steps:
+            - name: s
+              image: alpine
+              script: exit 3
+"##;
+    let (dir, store) = setup(yaml);
+    let d = dir.path().to_str().unwrap();
+    let run = tenon_ext(
+        &["run", d, "--output", "json", "-q"],
+        &store,
+        &[("TENON_BWRAP", "/nonexistent/bwrap")],
+        Duration::from_secs(30),
+    );
+    let r = report(&run, 1);
+    for (t, path) in [("a", "/tekton/home/stuff"), ("b", "/workspace/src")] {
+        let msg = task(&r, t)["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(&format!("{path}: Tekton's pod paths exist only in the bwrap sandbox")), "{t}: {msg}");
+        assert!(msg.contains("/nonexistent/bwrap") && msg.contains("apt-get install bubblewrap"), "{t}: {msg}");
+    }
+    let plain = task(&r, "plain")["message"].as_str().unwrap_or_default().to_string();
+    assert_eq!(plain, "\"step-s\" exited with code 3", "a task without pod paths gets no hint");
+    let warnings = run.stderr.lines().filter(|l| l.starts_with("! ") && l.contains("Tekton's pod paths exist only"));
+    assert_eq!(warnings.count(), 1, "said once: {}", run.stderr);
 }

@@ -123,11 +123,8 @@ fn link_leaves(link: &str, to: &Path, root: &Path) -> bool {
     };
     for c in start.components() {
         match c {
-            Component::ParentDir => {
-                if at.pop().is_none() {
-                    return true;
-                }
-            }
+            // `..` climbs one level (the pop happens whether or not it leaves the root)
+            Component::ParentDir if at.pop().is_none() => return true,
             Component::Normal(n) => at.push(n),
             _ => {}
         }

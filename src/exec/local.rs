@@ -28,7 +28,13 @@ pub struct LocalExecutor {
     pub console: Arc<Console>,
     /// How steps are isolated (see [`Sandbox`]).
     pub sandbox: Sandbox,
+    /// Why steps run with host paths (no sandbox), said when a task uses pod paths.
+    pub host_reason: Option<String>,
+    /// Host directories the sandbox hides even inside a bound directory (the store, when it
+    /// lives in the repository).
+    pub hidden: Vec<PathBuf>,
     warned_images: Mutex<HashSet<String>>,
+    warned_pod_paths: std::sync::atomic::AtomicBool,
 }
 
 /// How the local executor lays out a step's filesystem.
@@ -105,7 +111,8 @@ impl Sandbox {
             let m = std::fs::metadata(b).ok()?;
             let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
             use std::os::unix::fs::MetadataExt;
-            Some(format!("{} {} {} {}", b.display(), m.mtime(), m.mtime_nsec(), boot.trim()))
+            // "v2": the sandbox's arguments changed (read-only host, IPC namespace): probe again
+            Some(format!("v2 {} {} {} {}", b.display(), m.mtime(), m.mtime_nsec(), boot.trim()))
         });
         let file = state_dir.join("sandbox-probe");
         if let (Some(k), Some(b)) = (&key, &bwrap) {
@@ -118,6 +125,17 @@ impl Sandbox {
             let _ = std::fs::write(&file, k);
         }
         Ok(sb)
+    }
+
+    /// Why `mode` gave host paths: the user's choice, or why bubblewrap cannot be used.
+    pub fn host_reason(mode: SandboxMode) -> String {
+        if mode == SandboxMode::Host {
+            return "--sandbox host runs steps with host paths".into();
+        }
+        match Sandbox::detect(SandboxMode::Bwrap) {
+            Err(e) => e.trim_start_matches("--sandbox bwrap: ").to_string(),
+            Ok(_) => "bubblewrap was not usable when tenon started".into(),
+        }
     }
 
     pub fn is_bwrap(&self) -> bool {
@@ -232,7 +250,45 @@ fn host_binds() -> Vec<String> {
 
 impl LocalExecutor {
     pub fn new(pass_env: Vec<(String, String)>, console: Arc<Console>) -> Self {
-        LocalExecutor { pass_env, console, sandbox: Sandbox::Host, warned_images: Mutex::new(HashSet::new()) }
+        LocalExecutor {
+            pass_env,
+            console,
+            sandbox: Sandbox::Host,
+            host_reason: None,
+            hidden: Vec::new(),
+            warned_images: Mutex::new(HashSet::new()),
+            warned_pod_paths: Default::default(),
+        }
+    }
+
+    /// Directories steps must never see in the sandbox, wherever they are bound from.
+    pub fn hiding(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.hidden = dirs.into_iter().map(|d| d.canonicalize().unwrap_or(d)).collect();
+        self
+    }
+
+    /// Why there is no sandbox (`--sandbox host`, or bubblewrap missing or not working).
+    pub fn with_host_reason(mut self, why: Option<String>) -> Self {
+        self.host_reason = why;
+        self
+    }
+
+    /// Without the sandbox, Tekton's pod paths do not exist: what to say when a step that
+    /// refers to them fails (and, once per process, when the first such task starts).
+    fn pod_path_hint(&self, req: &TaskRunRequest, steps: &[&Step]) -> Option<String> {
+        if self.sandbox.is_bwrap() {
+            return None;
+        }
+        let used = pod_paths_in(steps);
+        let first = used.first()?;
+        let why = self.host_reason.clone().unwrap_or_else(|| "steps run with host paths".into());
+        let hint = format!(
+            "{first}: Tekton's pod paths exist only in the bwrap sandbox, not used here ({why}); install bubblewrap (apt-get install bubblewrap) and use the default --sandbox auto, or refer to $(workspaces.<name>.path), $(results.<name>.path) and $HOME, which --sandbox host maps to host paths"
+        );
+        if !self.warned_pod_paths.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.console.line(&format!("{} {}: {hint}", self.console.yellow("!"), req.label));
+        }
+        Some(hint)
     }
 
     pub fn with_sandbox(mut self, sandbox: Sandbox) -> Self {
@@ -267,6 +323,29 @@ impl Executor for LocalExecutor {
             out
         })
     }
+}
+
+/// The Tekton pod paths (`/tekton/...`, `/workspace...`) that steps spell out literally.
+fn pod_paths_in(steps: &[&Step]) -> Vec<String> {
+    let text = serde_json::to_string(steps).unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for start in ["/tekton/", "/workspace"] {
+        for (i, _) in text.match_indices(start) {
+            // a path of its own, not the tail of a host path like /home/me/workspace
+            let before = text[..i].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || "._-/$".contains(c)) {
+                continue;
+            }
+            let path: String = text[i..].chars().take_while(|c| c.is_alphanumeric() || "/._-".contains(*c)).collect();
+            if (start == "/workspace" && !(path == "/workspace" || path.starts_with("/workspace/")))
+                || out.contains(&path)
+            {
+                continue;
+            }
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Container name of step `i`: `step-<name>` or `step-unnamed-<i>`.
@@ -377,12 +456,12 @@ impl Layout {
     fn binds(
         &self,
         d: &Dirs,
-        spec: &TaskSpec,
-        ws: &[BoundWorkspace],
-        volumes: &BTreeMap<String, PathBuf>,
+        req: &TaskRunRequest,
         step: &Step,
         cname: &str,
+        hidden: &[PathBuf],
     ) -> Result<Vec<String>, String> {
+        let (spec, ws, volumes) = (&req.spec, &req.workspaces, &req.volumes);
         // /tekton/steps is read-only to steps, except a step's own results directory
         let own_results = d.steps.join(cname).join("results");
         let _ = std::fs::create_dir_all(&own_results);
@@ -429,8 +508,16 @@ impl Layout {
             b.push((host.display().to_string(), m.mount_path.clone(), m.read_only));
         }
         b.sort_by_key(|(_, at, _)| at.matches('/').count());
+        // a hidden directory inside a bound one (the store in the repository) is covered by
+        // an empty tmpfs, after the binds
+        let masks: Vec<String> = b
+            .iter()
+            .flat_map(|(h, at, _)| hidden.iter().filter_map(move |x| Some(Path::new(at).join(x.strip_prefix(h).ok()?))))
+            .flat_map(|at| ["--tmpfs".to_string(), at.display().to_string()])
+            .collect();
         Ok(b.into_iter()
             .flat_map(|(h, at, ro)| [if ro { "--ro-bind".to_string() } else { "--bind".to_string() }, h, at])
+            .chain(masks)
             .collect())
     }
 }
@@ -484,6 +571,9 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         let _ = std::os::unix::fs::symlink(&cname, d.steps.join(i.to_string()));
     }
     let pvars = path_vars(&req.spec, &layout, &req.workspaces);
+    let _ = ex.pod_path_hint(req, &req.spec.steps.iter().chain(&req.spec.sidecars).collect::<Vec<_>>());
+    // a failing step that names pod paths says why they are missing
+    let hint = |step: &Step| ex.pod_path_hint(req, &[step]).map(|h| format!(" ({h})")).unwrap_or_default();
 
     // sidecars: background processes for the life of the steps
     let mut sidecars: Vec<(Child, String)> = Vec::new();
@@ -596,8 +686,11 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     log,
                     image_id: None,
                 });
-                failure =
-                    Some((AttemptStatus::Failed, "Failed".into(), format!("step {sname:?} could not start: {e}")));
+                failure = Some((
+                    AttemptStatus::Failed,
+                    "Failed".into(),
+                    format!("step {sname:?} could not start: {e}{}", hint(raw)),
+                ));
                 continue;
             }
         };
@@ -695,8 +788,11 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     log,
                     image_id: None,
                 });
-                failure =
-                    Some((AttemptStatus::Failed, "Failed".into(), format!("\"{cname}\" exited with code {code}")));
+                failure = Some((
+                    AttemptStatus::Failed,
+                    "Failed".into(),
+                    format!("\"{cname}\" exited with code {code}{}", hint(raw)),
+                ));
             }
         }
     }
@@ -1060,7 +1156,7 @@ fn spawn(
     let (program, argv) = match &ex.sandbox {
         Sandbox::Host => (program, argv),
         sb @ Sandbox::Bwrap { bwrap, .. } => {
-            let mut a = sb.prefix(&layout.binds(d, &req.spec, &req.workspaces, &req.volumes, step, cname)?);
+            let mut a = sb.prefix(&layout.binds(d, req, step, cname, &ex.hidden)?);
             a.extend(bwrap_extra);
             // the root (a tmpfs holding the mount points) is read-only once they exist
             a.extend(["--remount-ro".to_string(), "/".to_string()]);
