@@ -262,7 +262,8 @@ mod tests {
     }
 
     fn trees(root: &str) -> Option<Tree> {
-        let f = |p: &str, d: &str| Entry { path: p.into(), kind: Kind::File, exec: false, digest: d.into() };
+        let f =
+            |p: &str, d: &str| Entry { path: p.into(), kind: Kind::File, exec: false, digest: d.into(), size: None };
         match root {
             "t1" => {
                 Some(Tree { root: "t1".into(), entries: vec![f("src/train.py", "1f2e3d4c5b"), f("data.csv", "aa")] })

@@ -292,8 +292,19 @@ pub enum CacheCommand {
     /// Remove old records and unreferenced outputs. Never removes what the latest
     /// successful run of each PipelineRun/TaskRun used.
     Gc(GcArgs),
-    /// Re-hash every stored output; exits 1 and lists them when any is corrupt.
-    Verify(StoreArgs),
+    /// Re-hash every stored output; exits 1 and lists them when any is corrupt or
+    /// missing. With --repair, removes those objects and the records that name them
+    /// (their tasks rerun and store them again) and exits 0.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Remove corrupt objects and evict the records naming them (or a missing object).
+    #[arg(long)]
+    pub repair: bool,
 }
 
 #[derive(Debug, Args)]
@@ -691,21 +702,47 @@ fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
             Ok(Outcome::Ok)
         }
         CacheCommand::Verify(a) => {
-            let s = open_store(a.store.as_ref())?;
+            let s = open_store(a.store.store.as_ref())?;
             let (n, bad) = s.verify().map_err(db)?;
-            match a.output {
-                OutputFormat::Json => print_json(
-                    &serde_json::json!({"apiVersion": API_VERSION, "kind": "CacheVerify", "objects": n, "corrupt": bad}),
-                )?,
+            let (removed, evicted) = if a.repair { s.repair(&bad).map_err(db)? } else { Default::default() };
+            match a.store.output {
+                OutputFormat::Json => {
+                    let mut v = serde_json::json!({"apiVersion": API_VERSION, "kind": "CacheVerify", "objects": n, "corrupt": bad});
+                    if a.repair {
+                        v["removedObjects"] = serde_json::json!(removed);
+                        v["evictedRecords"] = serde_json::json!(evicted);
+                    }
+                    print_json(&v)?
+                }
                 OutputFormat::Human => {
                     let mut out = std::io::stdout().lock();
                     for b in &bad {
                         let _ = writeln!(out, "corrupt or missing: sha256:{b}");
                     }
                     let _ = writeln!(out, "{n} object(s) checked, {} corrupt", bad.len());
+                    if a.repair {
+                        for d in &removed {
+                            let _ = writeln!(out, "removed object sha256:{d}");
+                        }
+                        for r in &evicted {
+                            let _ = writeln!(
+                                out,
+                                "evicted record {} ({} {}): it reruns next time",
+                                &r.key[..16],
+                                r.run,
+                                r.task
+                            );
+                        }
+                        let _ = writeln!(
+                            out,
+                            "repaired: {} object(s) removed, {} record(s) evicted",
+                            removed.len(),
+                            evicted.len()
+                        );
+                    }
                 }
             }
-            Ok(if bad.is_empty() { Outcome::Ok } else { Outcome::RunFailed })
+            Ok(if bad.is_empty() || a.repair { Outcome::Ok } else { Outcome::RunFailed })
         }
     }
 }

@@ -79,8 +79,14 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exec: bool,
     /// Content digest (files), target-text digest (symlinks), empty for directories.
+    /// A stored output keeps a symlink's target text as the object of that digest.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
+    /// Bytes of the object (file content, symlink target text): kept for stored outputs
+    /// so a lookup can check an object with one stat; absent in input trees. Not part of
+    /// the root digest (the content digest already decides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// A hashed tree: its root digest and sorted entries.
@@ -346,7 +352,7 @@ pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashSt
         .map(|f| {
             let Found1 { rel, kind, stat, mode } = f;
             match kind {
-                Kind::Dir => Ok(Entry { path: rel, kind: Kind::Dir, exec: false, digest: String::new() }),
+                Kind::Dir => Ok(Entry { path: rel, kind: Kind::Dir, exec: false, digest: String::new(), size: None }),
                 Kind::Symlink => {
                     let target = std::fs::read_link(abs(&rel))?;
                     Ok(Entry {
@@ -354,6 +360,7 @@ pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashSt
                         kind: Kind::Symlink,
                         exec: false,
                         digest: sha256_hex(target.as_os_str().as_encoded_bytes()),
+                        size: None,
                     })
                 }
                 Kind::File => {
@@ -374,7 +381,7 @@ pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashSt
                             d
                         }
                     };
-                    Ok(Entry { path: rel, kind: Kind::File, exec: mode & 0o111 != 0, digest: hex(&digest) })
+                    Ok(Entry { path: rel, kind: Kind::File, exec: mode & 0o111 != 0, digest: hex(&digest), size: None })
                 }
             }
         })

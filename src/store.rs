@@ -46,6 +46,30 @@ pub struct OutputSet {
     pub workspace: String,
     pub path: String,
     pub tree: Tree,
+    /// [`OUTPUT_FORMAT`] of the tree (absent: 0, before it was versioned). A set of
+    /// another format is never restored: its record is a miss, with that reason.
+    #[serde(default)]
+    pub format: u32,
+}
+
+/// How stored output trees are written. 2: a symlink's target text is an object (named
+/// by the digest of the text) and every file or link entry records its object's size.
+/// Before (0), a nested symlink kept only the digest of its target text, so it could not
+/// be restored.
+pub const OUTPUT_FORMAT: u32 = 2;
+
+/// Whether `d` can name an object (64 lowercase hex digits): anything else (a record of
+/// an older format, a damaged row) must never become a path under `objects/`.
+fn is_digest(d: &str) -> bool {
+    d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `workspace:path` of one entry of an output set, for messages.
+fn entry_label(set: &OutputSet, e: &hash::Entry) -> String {
+    match e.path.as_str() {
+        "" => format!("{}:{}", set.workspace, set.path),
+        p => format!("{}:{}/{p}", set.workspace, set.path.trim_end_matches('/')),
+    }
 }
 
 /// A successful task run, reusable by key.
@@ -102,6 +126,9 @@ pub trait Store: Send + Sync {
     /// Hold an exclusive lock on `key` until the guard drops (blocks while another
     /// process holds it).
     fn lock_key(&self, key: &str) -> Result<KeyLock>;
+    /// Why the record of `key`, when there is one, is not a hit (`get` says none): an
+    /// output object missing or of the wrong size, or an older output format.
+    fn unusable(&self, key: &str) -> Result<Option<String>>;
 }
 
 /// An advisory lock held on one key.
@@ -335,7 +362,7 @@ impl SqliteStore {
     }
 
     fn object_size(&self, digest: &str) -> u64 {
-        if digest.is_empty() {
+        if !is_digest(digest) {
             return 0;
         }
         std::fs::metadata(self.object_path(digest)).map(|m| m.len()).unwrap_or(0)
@@ -426,17 +453,30 @@ impl SqliteStore {
     }
 
     fn referenced_objects(&self) -> Result<BTreeSet<String>> {
+        Ok(self.object_refs()?.into_keys().collect())
+    }
+
+    /// Every object a record names -> the keys of the records naming it. A symlink of an
+    /// older output format names the digest of its target text, never stored: not an object.
+    fn object_refs(&self) -> Result<BTreeMap<String, BTreeSet<String>>> {
         let conn = self.conn();
-        let mut st = conn.prepare("SELECT outputs FROM records")?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-        let mut set = BTreeSet::new();
+        let mut st = conn.prepare("SELECT key, outputs FROM records")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut refs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for row in rows {
-            let sets: Vec<OutputSet> = serde_json::from_str(&row?).unwrap_or_default();
+            let (key, outs) = row?;
+            let sets: Vec<OutputSet> = serde_json::from_str(&outs).unwrap_or_default();
             for s in sets {
-                set.extend(s.tree.entries.into_iter().filter(|e| !e.digest.is_empty()).map(|e| e.digest));
+                for e in s.tree.entries {
+                    let object =
+                        e.kind == hash::Kind::File || (e.kind == hash::Kind::Symlink && s.format == OUTPUT_FORMAT);
+                    if object && is_digest(&e.digest) {
+                        refs.entry(e.digest).or_default().insert(key.clone());
+                    }
+                }
             }
         }
-        Ok(set)
+        Ok(refs)
     }
 
     /// Drop remembered input trees that no record's preimage names (they only serve to
@@ -494,7 +534,8 @@ impl SqliteStore {
         Ok(freed)
     }
 
-    /// Re-hash every stored object; returns the digests whose content does not match.
+    /// Re-hash every stored object (file contents and symlink target texts alike);
+    /// returns the digests whose content does not match.
     pub fn verify(&self) -> Result<(usize, Vec<String>)> {
         let mut bad = Vec::new();
         let objs = self.all_objects()?;
@@ -518,40 +559,68 @@ impl SqliteStore {
         Ok((objs.len(), bad))
     }
 
-    fn store_file(&self, src: &Path) -> Result<String> {
-        let digest = hash::hash_file(src).map_err(Self::io(src))?;
-        let dest = self.object_path(&digest);
-        if dest.exists() {
-            return Ok(digest);
+    /// `cache verify --repair`: remove the `bad` objects [`verify`](Self::verify) found
+    /// and evict the records naming them (a later run stores them again). Returns the
+    /// objects removed and the records evicted.
+    pub fn repair(&self, bad: &[String]) -> Result<(Vec<String>, Vec<RecordInfo>)> {
+        let refs = self.object_refs()?;
+        let doomed: BTreeSet<&String> = bad.iter().filter_map(|d| refs.get(d)).flatten().collect();
+        let evicted: Vec<RecordInfo> = self.list()?.into_iter().filter(|i| doomed.contains(&i.key)).collect();
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            for i in &evicted {
+                tx.execute("DELETE FROM records WHERE key = ?1", [&i.key])?;
+            }
+            tx.commit()?;
         }
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}-{n}-{}", std::process::id(), &digest[..16]));
-        reflink_copy::reflink_or_copy(src, &tmp).map_err(Self::io(src))?;
-        // the source may have changed while we copied: the object must match its name
-        let got = hash::hash_file(&tmp).map_err(Self::io(&tmp))?;
-        if got != digest {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Io {
-                path: src.to_path_buf(),
-                source: std::io::Error::other("file changed while it was being stored"),
-            });
+        let mut removed = Vec::new();
+        for d in bad.iter().filter(|d| is_digest(d)) {
+            let p = self.object_path(d);
+            match std::fs::remove_file(&p) {
+                Ok(()) => removed.push(d.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path: p, source: e }),
+            }
         }
-        if let Ok(f) = std::fs::File::open(&tmp) {
-            let _ = f.sync_all();
-        }
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444));
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
-        }
-        std::fs::rename(&tmp, &dest).map_err(Self::io(&dest))?;
-        Ok(digest)
+        Ok((removed, evicted))
     }
-}
 
-impl Store for SqliteStore {
-    fn get(&self, key: &str) -> Result<Option<Record>> {
+    /// Why a record's outputs cannot be restored, if so: another output format, or an
+    /// object missing or of the wrong size. Cheap (one stat per object, no read): the
+    /// content is checked when it is restored.
+    fn output_problem(&self, rec: &Record) -> Option<String> {
+        for set in &rec.outputs {
+            if set.format != OUTPUT_FORMAT {
+                return Some(format!(
+                    "output {}:{} was recorded by an older tenon (output format {}; this one reads {OUTPUT_FORMAT}, which keeps symlink targets and object sizes)",
+                    set.workspace, set.path, set.format
+                ));
+            }
+            for e in set.tree.entries.iter().filter(|e| e.kind != hash::Kind::Dir) {
+                let label = entry_label(set, e);
+                if !is_digest(&e.digest) {
+                    return Some(format!("output object missing: {label} names no object"));
+                }
+                match std::fs::symlink_metadata(self.object_path(&e.digest)) {
+                    Err(_) => return Some(format!("output object missing: {label} (sha256 {}..)", &e.digest[..8])),
+                    Ok(m) if !m.is_file() || e.size != Some(m.len()) => {
+                        return Some(format!(
+                            "output object corrupt (size): {label} (sha256 {}.. is {} bytes, recorded {})",
+                            &e.digest[..8],
+                            m.len(),
+                            e.size.map_or("none".into(), |s| s.to_string())
+                        ))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// The record of `key` as stored, whether or not its objects are intact.
+    fn get_any(&self, key: &str) -> Result<Option<Record>> {
         let raw = self
             .conn()
             .prepare_cached(
@@ -559,17 +628,121 @@ impl Store for SqliteStore {
             )?
             .query_row([key], Self::row_to_record)
             .optional()?;
-        let Some(raw) = raw else { return Ok(None) };
-        let rec = Self::decode(raw)?;
-        // a record whose objects are gone is not a hit
-        for s in &rec.outputs {
-            for e in &s.tree.entries {
-                if e.kind == hash::Kind::File && !self.object_path(&e.digest).exists() {
-                    return Ok(None);
-                }
-            }
+        raw.map(Self::decode).transpose()
+    }
+
+    /// Whether the object at `dest` is present and holds `digest`: its size first (no
+    /// read when it differs), then its content.
+    fn object_sound(dest: &Path, digest: &str, size: u64) -> bool {
+        match std::fs::symlink_metadata(dest) {
+            Ok(m) if m.is_file() && m.len() == size => hash::hash_file(dest).is_ok_and(|d| d == digest),
+            _ => false,
         }
-        Ok(Some(rec))
+    }
+
+    /// A fresh name under `tmp/` for an object being written.
+    fn tmp_path(&self, digest: &str) -> PathBuf {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root.join("tmp").join(format!("{}-{n}-{}", std::process::id(), &digest[..16]))
+    }
+
+    /// Store a symlink's target text as the object named by its digest (what the Merkle
+    /// digest of a tree already hashes); returns (digest, size).
+    fn store_link(&self, src: &Path) -> Result<(String, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let target = std::fs::read_link(src).map_err(Self::io(src))?;
+        let text = target.as_os_str().as_bytes();
+        let digest = hash::sha256_hex(text);
+        let dest = self.object_path(&digest);
+        if Self::object_sound(&dest, &digest, text.len() as u64) {
+            return Ok((digest, text.len() as u64));
+        }
+        let tmp = self.tmp_path(&digest);
+        std::fs::write(&tmp, text).map_err(Self::io(&tmp))?;
+        self.install(&tmp, &dest)?;
+        Ok((digest, text.len() as u64))
+    }
+
+    /// The target text of a stored symlink, checked against its digest (a damaged object
+    /// is removed: the next run that produces it stores it again).
+    fn link_target(&self, e: &hash::Entry) -> Result<std::ffi::OsString> {
+        use std::io::Read;
+        use std::os::unix::ffi::OsStringExt;
+        let corrupt = |m: String| StoreError::Corrupt { key: e.digest.clone(), message: m };
+        if !is_digest(&e.digest) {
+            return Err(corrupt(format!("symlink {} names no stored target (an older output format)", e.path)));
+        }
+        let obj = self.object_path(&e.digest);
+        let mut text = Vec::new();
+        // a target is at most PATH_MAX bytes: a larger object is damaged, never read whole
+        let f = std::fs::File::open(&obj).map_err(Self::io(&obj))?;
+        f.take(64 * 1024).read_to_end(&mut text).map_err(Self::io(&obj))?;
+        if hash::sha256_hex(&text) != e.digest {
+            let _ = std::fs::remove_file(&obj);
+            return Err(corrupt(format!(
+                "stored target of symlink {} does not match its digest (run `tenon cache verify`)",
+                e.path
+            )));
+        }
+        Ok(std::ffi::OsString::from_vec(text))
+    }
+
+    /// Returns (digest, size). An object already present is checked (size, then content)
+    /// before it is reused: a damaged one is replaced by the fresh copy.
+    fn store_file(&self, src: &Path) -> Result<(String, u64)> {
+        let digest = hash::hash_file(src).map_err(Self::io(src))?;
+        let dest = self.object_path(&digest);
+        let size = std::fs::metadata(src).map_err(Self::io(src))?.len();
+        if Self::object_sound(&dest, &digest, size) {
+            return Ok((digest, size));
+        }
+        if dest.exists() {
+            tracing::warn!(object = %digest, "replacing a corrupt stored object");
+        }
+        let tmp = self.tmp_path(&digest);
+        reflink_copy::reflink_or_copy(src, &tmp).map_err(Self::io(src))?;
+        // the source may have changed while we copied: the object must match its name
+        let got = hash::hash_file(&tmp).map_err(Self::io(&tmp))?;
+        let stored = std::fs::metadata(&tmp).map_err(Self::io(&tmp))?.len();
+        if got != digest || stored != size {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Io {
+                path: src.to_path_buf(),
+                source: std::io::Error::other("file changed while it was being stored"),
+            });
+        }
+        self.install(&tmp, &dest)?;
+        Ok((digest, size))
+    }
+
+    /// Make a checked temporary file the object at `dest` (renamed over any damaged one).
+    fn install(&self, tmp: &Path, dest: &Path) -> Result<()> {
+        if let Ok(f) = std::fs::File::open(tmp) {
+            let _ = f.sync_all();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o444));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+        }
+        if let Err(e) = std::fs::rename(tmp, dest) {
+            let _ = std::fs::remove_file(tmp);
+            return Err(StoreError::Io { path: dest.to_path_buf(), source: e });
+        }
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn get(&self, key: &str) -> Result<Option<Record>> {
+        // a record whose objects are gone or damaged, or that this tenon cannot restore
+        // exactly, is not a hit (`unusable` says why)
+        Ok(self.get_any(key)?.filter(|rec| self.output_problem(rec).is_none()))
+    }
+
+    fn unusable(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.get_any(key)?.and_then(|rec| self.output_problem(&rec)))
     }
 
     fn put(&self, rec: &Record) -> Result<()> {
@@ -610,29 +783,34 @@ impl Store for SqliteStore {
             let t = hash::hash_tree(src, &hash::Filter::everything(), &cache, &hash::HashStats::default())
                 .map_err(Self::io(src))?;
             for e in t.entries {
-                if e.kind == hash::Kind::File {
-                    let digest = self.store_file(&src.join(&e.path))?;
-                    entries.push(hash::Entry { digest, ..e });
-                } else {
-                    entries.push(e);
-                }
+                let (digest, size) = match e.kind {
+                    hash::Kind::File => self.store_file(&src.join(&e.path))?,
+                    hash::Kind::Symlink => self.store_link(&src.join(&e.path))?,
+                    hash::Kind::Dir => {
+                        entries.push(e);
+                        continue;
+                    }
+                };
+                entries.push(hash::Entry { digest, size: Some(size), ..e });
             }
         } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(src).map_err(Self::io(src))?;
+            let (digest, size) = self.store_link(src)?;
             entries.push(hash::Entry {
                 path: String::new(),
                 kind: hash::Kind::Symlink,
                 exec: false,
-                digest: target.to_string_lossy().to_string(),
+                digest,
+                size: Some(size),
             });
         } else {
             use std::os::unix::fs::PermissionsExt;
-            let digest = self.store_file(src)?;
+            let (digest, size) = self.store_file(src)?;
             entries.push(hash::Entry {
                 path: String::new(),
                 kind: hash::Kind::File,
                 exec: meta.permissions().mode() & 0o111 != 0,
                 digest,
+                size: Some(size),
             });
         }
         let mut h = sha2::Sha256::new();
@@ -660,8 +838,9 @@ impl Store for SqliteStore {
             match e.kind {
                 hash::Kind::Dir => {}
                 hash::Kind::Symlink => {
+                    let text = self.link_target(e)?;
                     let _ = std::fs::remove_file(&target);
-                    std::os::unix::fs::symlink(&e.digest, &target).map_err(Self::io(&target))?;
+                    std::os::unix::fs::symlink(&text, &target).map_err(Self::io(&target))?;
                 }
                 hash::Kind::File => {
                     let obj = self.object_path(&e.digest);
@@ -671,6 +850,8 @@ impl Store for SqliteStore {
                     let got = hash::hash_file(&target).map_err(Self::io(&target))?;
                     if got != e.digest {
                         let _ = std::fs::remove_file(&target);
+                        // evicted: the record is a miss from now on, and a rerun stores it again
+                        let _ = std::fs::remove_file(&obj);
                         return Err(StoreError::Corrupt {
                             key: e.digest.clone(),
                             message: format!(
@@ -1010,7 +1191,8 @@ mod tests {
         std::fs::write(&f, b"data").unwrap();
         let tree = s.store_output(&f).unwrap();
         let mut r = rec("k", "run", 1);
-        r.outputs = vec![OutputSet { workspace: "w".into(), path: "f".into(), tree: tree.clone() }];
+        r.outputs =
+            vec![OutputSet { workspace: "w".into(), path: "f".into(), tree: tree.clone(), format: OUTPUT_FORMAT }];
         s.put(&r).unwrap();
         let obj = s.object_path(&tree.entries[0].digest);
         use std::os::unix::fs::PermissionsExt;
@@ -1019,6 +1201,132 @@ mod tests {
         assert_eq!(s.verify().unwrap().1, vec![tree.entries[0].digest.clone()]);
         std::fs::remove_file(&obj).unwrap();
         assert!(s.get("k").unwrap().is_none(), "a record whose objects are gone must not hit");
+    }
+
+    #[test]
+    fn symlinks_in_outputs_round_trip_with_their_exact_target() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("store")).unwrap();
+        let src = d.path().join("out");
+        std::fs::create_dir_all(src.join("bin")).unwrap();
+        std::fs::write(src.join("model-v1.json"), b"{}").unwrap();
+        symlink("model-v1.json", src.join("latest")).unwrap();
+        symlink("../latest", src.join("bin/current")).unwrap();
+        symlink("/nonexistent/abs", src.join("dangling")).unwrap();
+        let tree = s.store_output(&src).unwrap();
+        let dest = d.path().join("restored");
+        s.restore_output(&tree, &dest).unwrap();
+        for (link, target) in
+            [("latest", "model-v1.json"), ("bin/current", "../latest"), ("dangling", "/nonexistent/abs")]
+        {
+            assert_eq!(std::fs::read_link(dest.join(link)).unwrap(), Path::new(target), "{link}");
+        }
+        assert_eq!(std::fs::read(dest.join("bin/current")).unwrap(), b"{}");
+        // a declared output that is itself a link
+        let top = d.path().join("top");
+        symlink("out/model-v1.json", &top).unwrap();
+        let top_tree = s.store_output(&top).unwrap();
+        s.restore_output(&top_tree, &d.path().join("top2")).unwrap();
+        assert_eq!(std::fs::read_link(d.path().join("top2")).unwrap(), Path::new("out/model-v1.json"));
+        // targets are objects like contents: verify checks them and finds nothing wrong
+        let mut r = rec("k", "run", 1);
+        r.outputs = vec![
+            OutputSet { workspace: "w".into(), path: "out/".into(), tree: tree.clone(), format: OUTPUT_FORMAT },
+            OutputSet { workspace: "w".into(), path: "top".into(), tree: top_tree, format: OUTPUT_FORMAT },
+        ];
+        s.put(&r).unwrap();
+        assert!(s.get("k").unwrap().is_some());
+        assert_eq!(s.verify().unwrap(), (5, vec![]));
+        // the root tells a link from a file with its target as content, and a retarget
+        let root = |p: &Path| s.store_output(p).unwrap().root;
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::write(&a, b"model-v1.json").unwrap();
+        symlink("model-v1.json", &b).unwrap();
+        let link_root = root(&b);
+        assert_ne!(root(&a), link_root, "a link and a file holding its target text");
+        std::fs::remove_file(&b).unwrap();
+        symlink("model-v2.json", &b).unwrap();
+        assert_ne!(root(&b), link_root, "a retargeted link");
+    }
+
+    #[test]
+    fn storing_again_replaces_a_corrupt_object() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("store")).unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"weights").unwrap();
+        let tree = s.store_output(&f).unwrap();
+        let obj = s.object_path(&tree.entries[0].digest);
+        for rot in [&b"weighTs"[..], b"w"] {
+            std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::write(&obj, rot).unwrap();
+            assert_eq!(s.store_output(&f).unwrap(), tree);
+            assert_eq!(std::fs::read(&obj).unwrap(), b"weights", "a damaged object ({rot:?}) must be replaced");
+        }
+        assert_eq!(s.verify().unwrap(), (1, vec![]));
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_restored_is_a_miss_that_says_why() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("store")).unwrap();
+        let src = d.path().join("m");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("w.bin"), b"weights").unwrap();
+        let tree = s.store_output(&src).unwrap();
+        let digest = hash::sha256_hex(b"weights");
+        let mut r = rec("k", "run", 1);
+        r.outputs = vec![OutputSet { workspace: "work".into(), path: "m/".into(), tree, format: OUTPUT_FORMAT }];
+        s.put(&r).unwrap();
+        assert!(s.get("k").unwrap().is_some());
+        assert_eq!(s.unusable("k").unwrap(), None);
+        assert_eq!(s.unusable("nothing").unwrap(), None);
+        let obj = s.object_path(&digest);
+        std::fs::set_permissions(&obj, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&obj, b"rot").unwrap();
+        assert!(s.get("k").unwrap().is_none(), "a wrong-size object is no hit");
+        assert_eq!(
+            s.unusable("k").unwrap().as_deref(),
+            Some(
+                format!(
+                    "output object corrupt (size): work:m/w.bin (sha256 {}.. is 3 bytes, recorded 7)",
+                    &digest[..8]
+                )
+                .as_str()
+            )
+        );
+        std::fs::remove_file(&obj).unwrap();
+        assert!(s.get("k").unwrap().is_none());
+        assert_eq!(
+            s.unusable("k").unwrap().as_deref(),
+            Some(format!("output object missing: work:m/w.bin (sha256 {}..)", &digest[..8]).as_str())
+        );
+        // a record of the older format (a link kept as raw target text) is a miss, and
+        // its text never becomes a path under objects/
+        let old = hash::Entry {
+            path: String::new(),
+            kind: hash::Kind::Symlink,
+            exec: false,
+            digest: "../../outside".into(),
+            size: None,
+        };
+        let mut r = rec("old", "run", 2);
+        r.outputs = vec![OutputSet {
+            workspace: "work".into(),
+            path: "latest".into(),
+            tree: Tree { root: "x".into(), entries: vec![old.clone()] },
+            format: 0,
+        }];
+        s.put(&r).unwrap();
+        assert!(s.get("old").unwrap().is_none());
+        let why = s.unusable("old").unwrap().unwrap();
+        assert!(why.contains("output format 0"), "{why}");
+        let tree = Tree { root: "x".into(), entries: vec![old] };
+        assert!(s.restore_output(&tree, &d.path().join("dest")).is_err());
+        assert_eq!(s.verify().unwrap().1, vec![digest.clone()], "only the missing object, not the old link");
     }
 
     #[test]

@@ -1632,6 +1632,259 @@ fn cache_ls_verify_gc() {
     assert_eq!(v.json()["corrupt"], serde_json::json!([d2]));
 }
 
+/// Make a stored object writable and give it `content` (bit rot, a bad disk).
+fn damage(obj: &Path, content: &[u8]) {
+    let mut perm = std::fs::metadata(obj).unwrap().permissions();
+    perm.set_mode(0o644);
+    std::fs::set_permissions(obj, perm).unwrap();
+    std::fs::write(obj, content).unwrap();
+}
+
+/// The STORED pipeline run once: (world, gen's key, gen's object path, its digest).
+fn stored_once() -> (World, String, PathBuf, String) {
+    let w = World::new(STORED);
+    w.write("g/in.txt", "g\n");
+    w.write("s/in.txt", "stable\n");
+    let r1 = w.run_ok(&[], 0);
+    assert_statuses(&r1, "first", &[("gen", "Succeeded"), ("stable", "Succeeded")]);
+    let key = task(&r1, "gen")["cacheKey"].as_str().unwrap().to_string();
+    let obj = object_path(&w.store, b"payload-1");
+    (w, key, obj, sha_hex(b"payload-1"))
+}
+
+#[test]
+fn a_corrupt_object_is_replaced_when_its_task_reruns() {
+    let (w, _, obj, d) = stored_once();
+    // same-size rot: the hit's restore detects it, gen reruns with identical bytes, and
+    // the object is stored again (it used to be kept because it "already exists")
+    damage(&obj, b"payload-X");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "same-size rot", &[("gen", "Succeeded"), ("stable", "Cached")]);
+    assert_reasons(
+        &r,
+        "gen",
+        "same-size rot",
+        &[&format!("output object missing: work:out/data.txt (sha256 {}..)", &d[..8])],
+    );
+    assert_eq!(std::fs::read(&obj).unwrap(), b"payload-1", "the rerun must replace the corrupt object");
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "after the rerun", &[("gen", "Cached"), ("stable", "Cached")]);
+    // a forced rerun (no restore) finds the damaged object when it stores its output
+    for rot in [&b"payload-Z"[..], b"rot"] {
+        damage(&obj, rot);
+        let r = w.run_ok(&["--rerun", "gen"], 0);
+        assert_statuses(&r, "forced", &[("gen", "Succeeded"), ("stable", "Cached")]);
+        assert_eq!(std::fs::read(&obj).unwrap(), b"payload-1", "storing must replace an object damaged to {rot:?}");
+    }
+    assert_eq!(w.tenon(&["cache", "verify"]).code, 0);
+}
+
+#[test]
+fn plan_says_run_when_an_output_object_is_missing_or_has_the_wrong_size() {
+    let (w, _, obj, d) = stored_once();
+    // plan checks objects cheaply (existence, size): no `cached` for a record it cannot restore
+    damage(&obj, b"rot");
+    let p = w.plan(&[]);
+    assert_eq!(plan_task(&p, "gen")["decision"], "run", "{p:#}");
+    assert_eq!(
+        plan_reasons(&p, "gen"),
+        [format!("output object corrupt (size): work:out/data.txt (sha256 {}.. is 3 bytes, recorded 9)", &d[..8])],
+        "{p:#}"
+    );
+    assert_eq!(plan_task(&p, "stable")["decision"], "cached", "{p:#}");
+    let human = w.tenon(&["plan", w.repo.to_str().unwrap()]);
+    assert!(human.stdout.contains("output object corrupt (size)"), "{}", human.stdout);
+    std::fs::remove_file(&obj).unwrap();
+    let missing = format!("output object missing: work:out/data.txt (sha256 {}..)", &d[..8]);
+    let p = w.plan(&[]);
+    assert_eq!(plan_task(&p, "gen")["decision"], "run", "{p:#}");
+    assert_eq!(plan_reasons(&p, "gen"), [missing.as_str()]);
+    // ... the run gives the same reason, stores the object again, and the plan is cached
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "missing object", &[("gen", "Succeeded"), ("stable", "Cached")]);
+    assert_reasons(&r, "gen", "missing object", &[&missing]);
+    assert_eq!(std::fs::read(&obj).unwrap(), b"payload-1");
+    assert_eq!(plan_task(&w.plan(&[]), "gen")["decision"], "cached");
+}
+
+#[test]
+fn cache_verify_repair_removes_bad_objects_and_evicts_their_records() {
+    let (w, key, obj, d) = stored_once();
+    damage(&obj, b"payload-Y");
+    assert_eq!(w.tenon(&["cache", "verify"]).code, 1, "plain verify only reports");
+    assert_eq!(std::fs::read(&obj).unwrap(), b"payload-Y");
+    let v = w.tenon(&["cache", "verify", "--repair", "--output", "json"]);
+    assert_eq!(v.code, 0, "verify --repair: {}{}", v.stdout, v.stderr);
+    let j = v.json();
+    assert_eq!(j["corrupt"], serde_json::json!([d]), "{j:#}");
+    assert_eq!(j["removedObjects"], serde_json::json!([d]), "{j:#}");
+    let evicted: Vec<&str> =
+        j["evictedRecords"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(evicted, [key.as_str()], "{j:#}");
+    assert!(!obj.exists(), "the corrupt object is removed");
+    let keys = record_keys(&w.cache_ls());
+    assert!(!keys.contains(&key) && keys.len() == 1, "only the record naming it is evicted: {keys:?}");
+    let v = w.tenon(&["cache", "verify", "--output", "json"]);
+    assert_eq!((v.code, v.json()["corrupt"].clone()), (0, serde_json::json!([])), "after repair: {}", v.stdout);
+    let r = w.run_ok(&[], 0);
+    assert_statuses(&r, "after repair", &[("gen", "Succeeded"), ("stable", "Cached")]);
+    // a missing object: nothing to remove, the record is evicted; the human output says so
+    std::fs::remove_file(&obj).unwrap();
+    let v = w.tenon(&["cache", "verify", "--repair"]);
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains(&format!("evicted record {}", &key[..16])), "{}", v.stdout);
+    assert!(v.stdout.contains("repaired: 0 object(s) removed, 1 record(s) evicted"), "{}", v.stdout);
+    assert_eq!(w.tenon(&["cache", "verify"]).code, 0);
+}
+
+const LINKS: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: linker
+  annotations:
+    tenon.dev/inputs: "m/"
+    tenon.dev/outputs: "work:out/, work:top"
+spec:
+  workspaces:
+    - name: source
+      readOnly: true
+    - name: work
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo link >> "@SCRATCH@/exec.log"
+        v=$(cat "$(workspaces.source.path)/m/version.txt")
+        o="$(workspaces.work.path)/out"
+        mkdir -p "$o/bin" "$o/lib"
+        printf '{"model":"%s"}' "$v" > "$o/model-$v.json"
+        ln -s "model-$v.json" "$o/latest"
+        printf 'lib' > "$o/lib/libfoo.so.1"
+        ln -s libfoo.so.1 "$o/lib/libfoo.so"
+        ln -s ../latest "$o/bin/current"
+        ln -s /nonexistent/abs "$o/dangling"
+        ln -s "out/model-$v.json" "$(workspaces.work.path)/top"
+---
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: user
+spec:
+  workspaces:
+    - name: work
+      readOnly: true
+  results:
+    - name: seen
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        set -e
+        echo use >> "@SCRATCH@/exec.log"
+        w="$(workspaces.work.path)"
+        printf '%s|%s|%s|%s|%s' "$(cat "$w/out/latest")" "$(readlink "$w/out/latest")" \
+          "$(cat "$w/out/bin/current")" "$(cat "$w/out/lib/libfoo.so")" "$(cat "$w/top")" > "$(results.seen.path)"
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: links
+spec:
+  workspaces:
+    - name: source
+    - name: work
+  tasks:
+    - name: link
+      taskRef:
+        name: linker
+      workspaces:
+        - name: source
+          workspace: source
+        - name: work
+          workspace: work
+    - name: use
+      runAfter: [link]
+      taskRef:
+        name: user
+      workspaces:
+        - name: work
+          workspace: work
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: links-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  pipelineRef:
+    name: links
+  workspaces:
+    - name: source
+      emptyDir: {}
+    - name: work
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources:
+            requests:
+              storage: 16Mi
+"##;
+
+#[test]
+fn symlinks_in_outputs_are_restored_with_their_exact_target() {
+    let w = World::new(LINKS);
+    w.write("m/version.txt", "v1");
+    let seen = r#"{"model":"v1"}|model-v1.json|{"model":"v1"}|lib|{"model":"v1"}"#;
+    let r1 = w.run_ok(&[], 0);
+    assert_statuses(&r1, "first", &[("link", "Succeeded"), ("use", "Succeeded")]);
+    assert_eq!(result(&r1, "use", "seen"), seen);
+    assert_eq!(w.take_log("exec.log"), ["link", "use"]);
+
+    // a hit restores every link as a link with the same target text (relative, nested,
+    // dangling, absolute, and a declared output that is itself a link)
+    let r2 = w.run_ok(&["--rerun", "use"], 0);
+    assert_statuses(&r2, "hit", &[("link", "Cached"), ("use", "Succeeded")]);
+    assert_eq!(w.take_log("exec.log"), ["use"]);
+    assert_eq!(result(&r2, "use", "seen"), seen, "the consumer must see the same files after a hit");
+    let vol = run_dir(&r2).join("volumes/work");
+    for (link, target) in [
+        ("out/latest", "model-v1.json"),
+        ("out/bin/current", "../latest"),
+        ("out/lib/libfoo.so", "libfoo.so.1"),
+        ("out/dangling", "/nonexistent/abs"),
+        ("top", "out/model-v1.json"),
+    ] {
+        let p = vol.join(link);
+        assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_symlink(), "{link} must be restored as a link");
+        assert_eq!(std::fs::read_link(&p).unwrap(), Path::new(target), "{link}");
+    }
+    let v = w.tenon(&["cache", "verify", "--output", "json"]);
+    assert_eq!(v.code, 0, "verify must understand links: {}{}", v.stdout, v.stderr);
+    assert_eq!(v.json()["corrupt"], serde_json::json!([]));
+
+    // a retargeted link is a different output: the consumer reruns (no false hit)
+    w.write("m/version.txt", "v2");
+    let r3 = w.run_ok(&[], 0);
+    assert_statuses(&r3, "v2", &[("link", "Succeeded"), ("use", "Succeeded")]);
+    assert_eq!(result(&r3, "use", "seen"), seen.replace("v1", "v2"));
+    let ur = reasons(&r3, "use");
+    assert!(
+        ur.len() == 2
+            && ur[0].starts_with("upstream output link work:out/ changed (sha256 ")
+            && ur[1].starts_with("upstream output link work:top changed (sha256 "),
+        "{ur:?}"
+    );
+    // and back: the v1 record is a hit again, its links exact
+    w.write("m/version.txt", "v1");
+    let r4 = w.run_ok(&[], 0);
+    assert_statuses(&r4, "back to v1", &[("link", "Cached"), ("use", "Cached")]);
+    let r5 = w.run_ok(&["--rerun", "use"], 0);
+    assert_eq!(result(&r5, "use", "seen"), seen);
+}
+
 // ------------------------------------------------------------------------------------------
 // 9. results that embed workspace paths
 // ------------------------------------------------------------------------------------------

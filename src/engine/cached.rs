@@ -11,7 +11,7 @@ use crate::cache::{explain, Preimage, KEY_SCHEMA_VERSION};
 use crate::exec::TaskRunRequest;
 use crate::hash::{self, Filter, HashStats, StatCache};
 use crate::model::{ParamValue, TaskSpec};
-use crate::store::{OutputSet, Record, Store};
+use crate::store::{OutputSet, Record, Store, OUTPUT_FORMAT};
 
 /// Annotation: globs (comma or newline separated) narrowing a task's repository inputs.
 pub const INPUTS_ANNOTATION: &str = "tenon.dev/inputs";
@@ -261,6 +261,10 @@ pub fn miss_reasons(ctx: &CacheCtx, job: &CacheJob, pre: &Preimage) -> Vec<Strin
     if let Some(f) = &job.forced {
         return vec![f.clone()];
     }
+    // the key is recorded, but its outputs cannot be restored (missing, damaged, older format)
+    if let Ok(Some(why)) = ctx.store.unusable(&pre.key()) {
+        return vec![why];
+    }
     match ctx.store.latest_for(&job.run, &job.task) {
         Ok(Some(rec)) => match serde_json::from_value::<Preimage>(rec.preimage.clone()) {
             Ok(old) => explain(&old, pre, &|root| ctx.store.get_tree(root).ok().flatten())
@@ -373,7 +377,7 @@ pub fn record(
             return Err(format!("declared output {ws}:{rel} was not produced ({} does not exist)", src.display()));
         }
         let tree = ctx.store.store_output(&src).map_err(|e| format!("cannot store output {ws}:{rel}: {e}"))?;
-        outputs.push(OutputSet { workspace: ws.clone(), path: rel.clone(), tree });
+        outputs.push(OutputSet { workspace: ws.clone(), path: rel.clone(), tree, format: OUTPUT_FORMAT });
     }
     let rec = Record {
         key: key.to_string(),
