@@ -129,8 +129,14 @@ pub async fn build_executor(s: &RunSettings, console: Arc<Console>, dry_run: boo
         ExecutorKind::Local => {
             let sandbox = Sandbox::detect_cached(s.sandbox, &s.state_dir).map_err(Error::Usage)?;
             let id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
+            let host_reason = (!sandbox.is_bwrap()).then(|| Sandbox::host_reason(s.sandbox));
             Ok(BuiltExecutor {
-                exec: Arc::new(LocalExecutor::new(pass_env, console).with_sandbox(sandbox)),
+                exec: Arc::new(
+                    LocalExecutor::new(pass_env, console)
+                        .with_sandbox(sandbox)
+                        .with_host_reason(host_reason)
+                        .hiding(vec![s.state_dir.clone()]),
+                ),
                 id: id.to_string(),
                 image_digests: Default::default(),
             })

@@ -823,13 +823,20 @@ impl Store for SqliteStore {
 
     fn restore_output(&self, tree: &Tree, dest: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
+        // Never through a symlink tenon did not create (an earlier task may have planted
+        // `out -> /somewhere`): every directory from `dest`'s parent down is a real one.
+        let (top, name) = match (dest.parent(), dest.file_name()) {
+            (Some(top), Some(name)) => (top, Path::new(name)),
+            _ => (dest, Path::new("")),
+        };
+        std::fs::create_dir_all(top).map_err(Self::io(top))?;
         for e in &tree.entries {
-            let target = if e.path.is_empty() { dest.to_path_buf() } else { dest.join(&e.path) };
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
-            }
+            let rel = if e.path.is_empty() { name.to_path_buf() } else { name.join(&e.path) };
+            let target = top.join(&rel);
+            let dirs = if e.kind == hash::Kind::Dir { rel.as_path() } else { rel.parent().unwrap_or(Path::new("")) };
+            create_dirs_nofollow(top, dirs).map_err(Self::io(&target))?;
             match e.kind {
-                hash::Kind::Dir => std::fs::create_dir_all(&target).map_err(Self::io(&target))?,
+                hash::Kind::Dir => {}
                 hash::Kind::Symlink => {
                     let text = self.link_target(e)?;
                     let _ = std::fs::remove_file(&target);
@@ -949,6 +956,39 @@ const STAT_MAGIC: &[u8; 4] = b"TSC3";
 /// dev, ino, size, mtime_ns, ctime_ns, recorded_ns, used_ns, path hash, then the digest.
 const STAT_RECORD_LEN: usize = 8 * 8 + 32;
 
+/// Create `base/rel` as real directories without following a symlink on the way: a
+/// symlink (or a file) where a directory belongs is an error, as writing through it would
+/// write wherever it points.
+fn create_dirs_nofollow(base: &Path, rel: &Path) -> std::io::Result<()> {
+    let mut p = base.to_path_buf();
+    for c in rel.components() {
+        let std::path::Component::Normal(c) = c else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a plain relative path"));
+        };
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) => {
+                let what =
+                    if m.file_type().is_symlink() { "a symlink tenon did not create" } else { "not a directory" };
+                return Err(std::io::Error::other(format!("{} is {what}: not restoring through it", p.display())));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&p) {
+                Ok(()) => {}
+                // created meanwhile: fine if it is a directory (checked by the next lstat)
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !std::fs::symlink_metadata(&p)?.is_dir() {
+                        return Err(std::io::Error::other(format!("{} is not a directory", p.display())));
+                    }
+                }
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn encode_stats<'a>(records: impl ExactSizeIterator<Item = &'a StatRecord>) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + records.len() * STAT_RECORD_LEN);
     out.extend_from_slice(STAT_MAGIC);
@@ -1061,14 +1101,46 @@ mod tests {
         assert_eq!(s.latest_for("run", "t").unwrap().unwrap().key, "k2");
     }
 
-    #[test]
-    fn outputs_are_content_addressed_and_restored_as_copies() {
+    /// A store in a temp dir holding one output: `m/model.bin` = "weights".
+    fn stored_model() -> (tempfile::TempDir, SqliteStore, Tree) {
         let d = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&d.path().join("store")).unwrap();
         let src = d.path().join("out");
         std::fs::create_dir_all(src.join("m")).unwrap();
         std::fs::write(src.join("m/model.bin"), b"weights").unwrap();
         let tree = s.store_output(&src).unwrap();
+        (d, s, tree)
+    }
+
+    /// An earlier task may plant `out -> /host/dir` (or a link deeper down): restoring
+    /// must not write through it into the host directory.
+    #[test]
+    fn restore_never_writes_through_a_planted_symlink() {
+        let (d, s, tree) = stored_model();
+        let host = d.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        let ws = d.path().join("ws");
+        std::fs::create_dir_all(&ws).unwrap();
+        // the output directory itself is a planted link
+        std::os::unix::fs::symlink(&host, ws.join("out")).unwrap();
+        let err = s.restore_output(&tree, &ws.join("out")).unwrap_err();
+        let cause = std::error::Error::source(&err).map(|c| c.to_string()).unwrap_or_default();
+        assert!(cause.contains("symlink tenon did not create"), "{err}: {cause}");
+        // a directory inside it is one
+        std::fs::remove_file(ws.join("out")).unwrap();
+        std::fs::create_dir_all(ws.join("out")).unwrap();
+        std::os::unix::fs::symlink(&host, ws.join("out/m")).unwrap();
+        assert!(s.restore_output(&tree, &ws.join("out")).is_err());
+        assert_eq!(std::fs::read_dir(&host).unwrap().count(), 0, "restore wrote into the link's target");
+        // without planted links, the same restore works
+        std::fs::remove_file(ws.join("out/m")).unwrap();
+        s.restore_output(&tree, &ws.join("out")).unwrap();
+        assert_eq!(std::fs::read(ws.join("out/m/model.bin")).unwrap(), b"weights");
+    }
+
+    #[test]
+    fn outputs_are_content_addressed_and_restored_as_copies() {
+        let (d, s, tree) = stored_model();
         assert!(s.object_path(&hash::sha256_hex(b"weights")).exists());
         let dest = d.path().join("restored");
         s.restore_output(&tree, &dest).unwrap();

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{task, tenon_cached, Run};
+use common::{task, tenon_cached, tenon_command, Run};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -62,7 +62,7 @@ impl World {
         let d = self.repo.to_str().unwrap().to_string();
         let mut args = vec!["run", d.as_str(), "--output", "json", "-q"];
         args.extend_from_slice(extra);
-        let r = tenon_cached(&args, &self.store);
+        let r = self.tenon(&args);
         let v = r.json();
         (r, v)
     }
@@ -75,9 +75,11 @@ impl World {
         v
     }
 
-    /// `tenon ARGS` against this world's store (cache on), any subcommand.
+    /// `tenon ARGS` against this world's store (cache on), any subcommand. Steps run with
+    /// host paths unless ARGS say `--sandbox`: they log to the scratch dir, which the
+    /// sandbox does not show them.
     fn tenon(&self, args: &[&str]) -> Run {
-        tenon_cached(args, &self.store)
+        tenon_command(args, &self.store).env("TENON_SANDBOX", "host").output().expect("tenon runs").into()
     }
 
     fn plan(&self, extra: &[&str]) -> Value {
@@ -236,6 +238,7 @@ fn spawn_run(w: &World, tag: &str, extra: &[&str]) -> Spawned {
         .env("HOME", &w.store)
         .env("TENON_STORE", &w.store)
         .env("NO_COLOR", "1")
+        .env("TENON_SANDBOX", "host")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
@@ -1228,7 +1231,7 @@ fn no_cache_and_rerun_force_execution() {
 
     // TENON_NO_CACHE=true in the environment does the same
     let d = w.repo.to_str().unwrap().to_string();
-    let env_run = common::tenon(&["run", &d, "--output", "json", "-q"], &w.store);
+    let env_run = common::tenon(&["run", &d, "--output", "json", "-q", "--sandbox", "host"], &w.store);
     assert_eq!(env_run.code, 0, "{}", env_run.stderr);
     let r = env_run.json();
     assert_statuses(&r, "TENON_NO_CACHE", &all("Succeeded"));
@@ -2456,4 +2459,142 @@ fn env_from_reads_repository_objects_locally_and_is_keyed_by_content() {
         run["message"].as_str().unwrap_or("").contains("ConfigMap \"absent\" not found in the repository"),
         "{v:#}"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// symlinks never lead the cache astray
+// ------------------------------------------------------------------------------------------
+
+const LINKED: &str = r##"
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: linked
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  workspaces:
+    - name: source
+      emptyDir: {}
+      subPath: @SUB@
+  pipelineSpec:
+    workspaces: [{name: source}]
+    tasks:
+      - name: read
+        workspaces: [{name: source, workspace: source}]
+        taskSpec:
+          workspaces: [{name: source, readOnly: true}]
+          results: [{name: r}]
+          steps:
+            - name: s
+              image: alpine
+              script: cat $(workspaces.source.path)/@FILE@ > $(results.r.path)
+"##;
+
+/// A repository subPath that is a symlink out of the repository is refused (the key
+/// would hash the link while the task reads what it points at: a stale hit forever);
+/// an input tree holding a symlink that points outside it gets a warning.
+#[test]
+fn symlinks_out_of_the_repository_are_refused_or_warned_about() {
+    let w = World::new(&LINKED.replace("@SUB@", "link").replace("@FILE@", "data.txt"));
+    let outside = w.scratch.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("data.txt"), "v1").unwrap();
+    std::os::unix::fs::symlink(&outside, w.path("link")).unwrap();
+    let r = w.run_ok(&[], 1);
+    let msg = r["runs"][0]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("subPath \"link\" leaves the volume through a symlink"), "{r:#}");
+
+    // a link inside the tree that points out of it: plan (and run) say so
+    let w = World::new(&LINKED.replace("@SUB@", "in").replace("@FILE@", "link/data.txt"));
+    w.write("in/keep.txt", "x");
+    let outside = w.scratch.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("data.txt"), "v1").unwrap();
+    std::os::unix::fs::symlink(&outside, w.path("in/link")).unwrap();
+    let r = w.tenon(&["plan", w.repo.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("symlink link -> ") && r.stderr.contains("points outside it"),
+        "plan must warn about the link: {}",
+        r.stderr
+    );
+}
+
+const PLANT: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: planter
+  annotations:
+    tenon.dev/inputs: "plant/"
+spec:
+  workspaces: [{name: source, readOnly: true}, {name: work}]
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        if [ "$(cat $(workspaces.source.path)/plant/mode)" = plant ]; then
+          ln -s "@SCRATCH@/hostdir" "$(workspaces.work.path)/out"
+        fi
+---
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: maker
+  annotations:
+    tenon.dev/inputs: "make/"
+    tenon.dev/outputs: "work:out"
+spec:
+  workspaces: [{name: source, readOnly: true}, {name: work}]
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        mkdir -p "$(workspaces.work.path)/out"
+        cat "$(workspaces.source.path)/make/in" > "$(workspaces.work.path)/out/f"
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: planted
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  workspaces:
+    - name: source
+      emptyDir: {}
+    - name: work
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources: {requests: {storage: 16Mi}}
+  pipelineSpec:
+    workspaces: [{name: source}, {name: work}]
+    tasks:
+      - name: plant
+        taskRef: {name: planter}
+        workspaces: [{name: source, workspace: source}, {name: work, workspace: work}]
+      - name: make
+        runAfter: [plant]
+        taskRef: {name: maker}
+        workspaces: [{name: source, workspace: source}, {name: work, workspace: work}]
+"##;
+
+/// A sandboxed task plants `work/out -> /host/dir`; the next task's output `work:out`
+/// is a cache hit: restoring it must not write through the link into the host.
+#[test]
+fn cache_restore_never_writes_through_a_planted_symlink() {
+    let w = World::new(PLANT);
+    let hostdir = w.scratch.join("hostdir");
+    std::fs::create_dir_all(&hostdir).unwrap();
+    w.write("plant/mode", "no");
+    w.write("make/in", "made");
+    let r1 = w.run_ok(&["--sandbox", "bwrap"], 0);
+    assert_statuses(&r1, "first", &[("plant", "Succeeded"), ("make", "Succeeded")]);
+
+    w.write("plant/mode", "plant");
+    let (r, _) = w.run(&["--sandbox", "bwrap"]);
+    assert_eq!(std::fs::read_dir(&hostdir).unwrap().count(), 0, "tenon wrote into the planted link's target");
+    assert!(r.stderr.contains("symlink tenon did not create"), "the refused restore is reported: {}", r.stderr);
 }

@@ -820,8 +820,12 @@ fn no_orphans_after_timeout() {
     let pidfile = dir.path().join("bg.pid");
     std::fs::write(dir.path().join("pipeline.yaml"), orphan_yaml(&pidfile, Some("1s"), "sleep 5")).unwrap();
     let d = dir.path().to_str().unwrap();
-    let run =
-        tenon_ext(&["run", d, "--output", "json", "-q"], &dir.path().join(".store"), &[], Duration::from_secs(30));
+    let run = tenon_ext(
+        &["run", d, "--output", "json", "-q", "--sandbox", "host"],
+        &dir.path().join(".store"),
+        &[],
+        Duration::from_secs(30),
+    );
     let pid = read_pid(&pidfile);
     assert_gone(pid, "timed-out task");
     let r = report(&run, 1);
@@ -835,8 +839,12 @@ fn no_orphans_after_step_exits() {
     std::fs::write(dir.path().join("pipeline.yaml"), orphan_yaml(&pidfile, None, "echo done")).unwrap();
     let d = dir.path().to_str().unwrap();
     let t0 = Instant::now();
-    let run =
-        tenon_ext(&["run", d, "--output", "json", "-q"], &dir.path().join(".store"), &[], Duration::from_secs(30));
+    let run = tenon_ext(
+        &["run", d, "--output", "json", "-q", "--sandbox", "host"],
+        &dir.path().join(".store"),
+        &[],
+        Duration::from_secs(30),
+    );
     let wall = t0.elapsed();
     let pid = read_pid(&pidfile);
     assert_gone(pid, "finished task");
@@ -862,8 +870,12 @@ fn no_orphans_even_when_a_step_daemonizes() {
     );
     std::fs::write(dir.path().join("pipeline.yaml"), orphan_yaml(&pidfile, None, &tail)).unwrap();
     let d = dir.path().to_str().unwrap();
-    let run =
-        tenon_ext(&["run", d, "--output", "json", "-q"], &dir.path().join(".store"), &[], Duration::from_secs(30));
+    let run = tenon_ext(
+        &["run", d, "--output", "json", "-q", "--sandbox", "host"],
+        &dir.path().join(".store"),
+        &[],
+        Duration::from_secs(30),
+    );
     assert_gone(read_pid(&pidfile), "finished task");
     assert_gone(read_pid(&daemon_pidfile), "finished task (setsid child)");
     let r = report(&run, 0);
@@ -1471,14 +1483,15 @@ fn cli_unknown_run_name_is_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
     std::fs::write(dir.path().join("pipeline.yaml"), marker_yaml(&marker)).unwrap();
-    let run = run_dir(dir.path(), &["--run", "no-such-run"]);
+    // the marker is a host path: steps see it with host paths only
+    let run = run_dir(dir.path(), &["--run", "no-such-run", "--sandbox", "host"]);
     assert_eq!(run.code, 2, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
     assert!(!marker.exists(), "a run was executed although --run named nothing");
     assert!(!run.stdout.contains("RunReport"), "no RunReport for a usage error: {}", run.stdout);
     assert!(run.stderr.contains("no-such-run"), "the error names the run: {}", run.stderr);
 
     // and the right name runs exactly that run
-    let run = run_dir(dir.path(), &["--run", "marker-run"]);
+    let run = run_dir(dir.path(), &["--run", "marker-run", "--sandbox", "host"]);
     let r = report(&run, 0);
     assert_eq!(r["runs"].as_array().unwrap().len(), 1);
     assert!(marker.exists());
@@ -1508,7 +1521,7 @@ spec:
 "##,
     )
     .unwrap();
-    let run = run_dir(dir.path(), &[]);
+    let run = run_dir(dir.path(), &["--sandbox", "host"]);
     assert_eq!(run.code, 2, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
     assert!(!marker.exists(), "a run was executed although the directory is invalid");
     let v = run.json();
@@ -2143,7 +2156,7 @@ fn interrupt_cancels_the_run_without_orphans() {
     let marker = dir.path().join("finally-ran");
     std::fs::write(dir.path().join("pipeline.yaml"), interrupt_yaml(&pidfile, &marker)).unwrap();
     let d = dir.path().to_str().unwrap();
-    let sp = spawn_tenon(&["run", d, "--output", "json", "-q"], &dir.path().join(".store"), &[]);
+    let sp = spawn_tenon(&["run", d, "--output", "json", "-q", "--sandbox", "host"], &dir.path().join(".store"), &[]);
     let t0 = Instant::now();
     while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap_or_default().is_empty() {
         assert!(t0.elapsed() < Duration::from_secs(10), "step never started");
@@ -2223,4 +2236,181 @@ spec:
         assert_eq!(task(&j, "ws")["results"]["out"], "hi\n", "--sandbox {sandbox}: {j:#}");
         assert!(dir.path().join("st/cache").exists(), "the store is where --store says");
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// the bwrap sandbox: what a step sees, and no step outlives tenon
+// ------------------------------------------------------------------------------------------
+
+/// Under `--sandbox bwrap` a step sees what an image would provide, read-only, and its
+/// own pod paths: not /root, not the host's temp directories, not the store; it cannot
+/// write to /usr or the host's /tmp; python3 from /usr/bin works.
+#[test]
+fn bwrap_sandbox_shows_a_step_an_image_not_the_host() {
+    let (dir, store) = setup("");
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "host secret").unwrap();
+    let probe = format!("tenon-sandbox-probe-{}", std::process::id());
+    let yaml = format!(
+        r##"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: probe
+  annotations: {{tenon.dev/repo-workspace: source}}
+spec:
+  workspaces: [{{name: source, emptyDir: {{}}}}]
+  taskSpec:
+    workspaces: [{{name: source, readOnly: true}}]
+    results: [{{name: seen}}, {{name: py}}]
+    steps:
+      - name: s
+        image: alpine
+        script: |
+          seen=""
+          [ -e /root ] && seen="$seen root"
+          cat {outside}/secret.txt >/dev/null 2>&1 && seen="$seen outside-read"
+          touch {outside}/planted 2>/dev/null && seen="$seen outside-write"
+          ls {store} >/dev/null 2>&1 && seen="$seen store"
+          [ -f $(workspaces.source.path)/pipeline.yaml ] || seen="$seen no-repo"
+          [ -n "$(ls -A $(workspaces.source.path)/.store)" ] && seen="$seen store-in-repo"
+          touch /usr/{probe} 2>/dev/null && seen="$seen usr-write"
+          touch /etc/{probe} 2>/dev/null && seen="$seen etc-write"
+          [ -e /etc/shadow ] && seen="$seen shadow"
+          touch /tmp/{probe} || seen="$seen no-tmp"
+          echo data > /tekton/home/f || seen="$seen no-home"
+          printf '%s' "${{seen:-none}}" > $(results.seen.path)
+      - name: p
+        image: python
+        script: |
+          #!/usr/bin/env python3
+          import ssl, sys
+          open("$(results.py.path)", "w").write(sys.executable)
+"##,
+        outside = outside.path().display(),
+        store = store.display(),
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), yaml).unwrap();
+    let run = run_dir(dir.path(), &["--sandbox", "bwrap"]);
+    let r = report(&run, 0);
+    assert_eq!(run0(&r)["results"], json!({"seen": "none", "py": "/usr/bin/python3"}), "{r:#}");
+    assert!(!outside.path().join("planted").exists());
+    assert!(!Path::new("/tmp").join(&probe).exists(), "the step's /tmp is the host's /tmp");
+    assert!(!Path::new("/usr").join(&probe).exists());
+}
+
+/// TaskRun `t` with one alpine step `s`; `fields` are more fields of the step (YAML).
+fn one_step_taskrun(fields: &str) -> String {
+    let fields = fields.replace('\n', "\n        ");
+    format!(
+        "apiVersion: tekton.dev/v1\nkind: TaskRun\nmetadata: {{name: t}}\nspec:\n  taskSpec:\n    steps:\n      - name: s\n        image: alpine\n        {fields}\n"
+    )
+}
+
+/// A program outside what the sandbox shows is refused with a reason, not run as
+/// "exit 1", and a PATH entry the sandbox does not show is skipped.
+#[test]
+fn bwrap_sandbox_refuses_host_programs_it_does_not_show() {
+    let outside = tempfile::tempdir().unwrap();
+    let tool = outside.path().join("tool");
+    std::fs::write(&tool, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (dir, _) = setup(&one_step_taskrun(&format!("onError: continue\ncommand: [\"{}\"]", tool.display())));
+    let run = run_dir(dir.path(), &["--sandbox", "bwrap"]);
+    let r = report(&run, 1);
+    let msg = task(&r, "t")["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("the sandbox shows steps only /usr"), "{r:#}");
+    assert!(msg.contains("--sandbox host"), "{msg}");
+}
+
+/// Live processes whose command line is `sleep <arg>`.
+fn sleeps_with(arg: &str) -> Vec<u32> {
+    let needle = format!("sleep\0{arg}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == needle.as_bytes()) && sleep_alive(*pid)
+        })
+        .collect()
+}
+
+/// `kill -9` of tenon leaves no step process behind, with host paths and in the bwrap
+/// sandbox: the step's own process and a background child of it.
+#[test]
+fn no_step_outlives_a_killed_tenon() {
+    for (sandbox, arg) in [("host", "311.25"), ("bwrap", "311.75")] {
+        let (dir, store) = setup(&one_step_taskrun(&format!("script: |\n  sleep {arg} &\n  exec sleep {arg}")));
+        let d = dir.path().to_str().unwrap();
+        let mut sp = spawn_tenon(&["run", d, "--output", "json", "-q", "--sandbox", sandbox], &store, &[]);
+        let t0 = Instant::now();
+        while sleeps_with(arg).len() < 2 {
+            assert!(t0.elapsed() < Duration::from_secs(20), "--sandbox {sandbox}: the step never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sp.child.kill().unwrap();
+        sp.child.wait().unwrap();
+        let t1 = Instant::now();
+        while !sleeps_with(arg).is_empty() && t1.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left = sleeps_with(arg);
+        for pid in &left {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        assert!(left.is_empty(), "--sandbox {sandbox}: step processes {left:?} outlived a killed tenon");
+    }
+}
+
+/// Without the sandbox (bubblewrap unusable: here a TENON_BWRAP that does not exist),
+/// a task that writes to Tekton's pod paths is told why they are missing: once on stderr
+/// when such a task starts, and in the failed step's reason, naming the fix.
+#[test]
+fn pod_paths_without_the_sandbox_say_why() {
+    let yaml = r##"
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata: {name: pods}
+spec:
+  pipelineSpec:
+    tasks:
+      - name: a
+        taskSpec:
+          steps:
+            - name: s
+              image: alpine
+              script: echo stuff > /tekton/home/stuff
+      - name: b
+        taskSpec:
+          steps:
+            - name: s
+              image: alpine
+              workingDir: /workspace/src
+              script: "true"
+      - name: plain
+        taskSpec:
+          steps:
+            - name: s
+              image: alpine
+              script: exit 3
+"##;
+    let (dir, store) = setup(yaml);
+    let d = dir.path().to_str().unwrap();
+    let run = tenon_ext(
+        &["run", d, "--output", "json", "-q"],
+        &store,
+        &[("TENON_BWRAP", "/nonexistent/bwrap")],
+        Duration::from_secs(30),
+    );
+    let r = report(&run, 1);
+    for (t, path) in [("a", "/tekton/home/stuff"), ("b", "/workspace/src")] {
+        let msg = task(&r, t)["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(&format!("{path}: Tekton's pod paths exist only in the bwrap sandbox")), "{t}: {msg}");
+        assert!(msg.contains("/nonexistent/bwrap") && msg.contains("apt-get install bubblewrap"), "{t}: {msg}");
+    }
+    let plain = task(&r, "plain")["message"].as_str().unwrap_or_default().to_string();
+    assert_eq!(plain, "\"step-s\" exited with code 3", "a task without pod paths gets no hint");
+    let warnings = run.stderr.lines().filter(|l| l.starts_with("! ") && l.contains("Tekton's pod paths exist only"));
+    assert_eq!(warnings.count(), 1, "said once: {}", run.stderr);
 }

@@ -102,6 +102,17 @@ impl CacheCtx {
         let t = hash::hash_tree(root, &filter, &self.stats, &self.hash_stats)
             .map_err(|e| format!("cannot hash inputs under {}: {e}", root.display()))?;
         self.hash_ns.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        for e in t.entries.iter().filter(|e| e.kind == hash::Kind::Symlink) {
+            let Ok(to) = std::fs::read_link(root.join(&e.path)) else { continue };
+            if link_leaves(&e.path, &to, root) {
+                tracing::warn!(
+                    "input tree {}: symlink {} -> {} points outside it: the cache key sees the link, not what it points at, so a change there still gives a cache hit",
+                    root.display(),
+                    e.path,
+                    to.display()
+                );
+            }
+        }
         if let Err(e) = self.store.put_tree(&t) {
             tracing::warn!(error = %e, "could not remember an input tree");
         }
@@ -110,6 +121,31 @@ impl CacheCtx {
         }
         Ok(t.root)
     }
+}
+
+/// Whether symlink `link` (relative to `root`) with target `to` points outside `root`,
+/// judged on the text alone (lexically, as the kernel resolves `..` after the link).
+fn link_leaves(link: &str, to: &Path, root: &Path) -> bool {
+    use std::path::Component;
+    let mut at: Vec<&std::ffi::OsStr> = Vec::new();
+    let start = if to.is_absolute() {
+        match to.strip_prefix(root) {
+            Ok(rest) => rest,
+            Err(_) => return true,
+        }
+    } else {
+        at.extend(Path::new(link).parent().into_iter().flat_map(|p| p.iter()));
+        to
+    };
+    for c in start.components() {
+        match c {
+            // `..` climbs one level (the pop happens whether or not it leaves the root)
+            Component::ParentDir if at.pop().is_none() => return true,
+            Component::Normal(n) => at.push(n),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Everything needed to compute one TaskRun's key, gathered by the engine.
@@ -311,7 +347,9 @@ pub fn output_path(req: &TaskRunRequest, ws: &str, rel: &str) -> Result<PathBuf,
         .find(|w| w.name == ws)
         .ok_or_else(|| format!("output {ws}:{rel}: the task has no workspace {ws:?}"))?;
     let root = w.path.as_ref().ok_or_else(|| format!("output {ws}:{rel}: workspace {ws:?} is not bound"))?;
-    crate::engine::workspaces::join_sub(root, rel.trim_end_matches('/')).map_err(|f| f.message)
+    // the output itself may be a symlink (stored as one); the directories on its way
+    // must stay inside the workspace
+    crate::engine::workspaces::join_sub_but_last(root, rel.trim_end_matches('/')).map_err(|f| f.message)
 }
 
 /// Results that mention this attempt's workspace paths are stored with
@@ -361,9 +399,10 @@ fn map_results(results: &BTreeMap<String, ParamValue>, f: &dyn Fn(&str) -> Strin
 pub fn restore(ctx: &CacheCtx, rec: &Record, req: &TaskRunRequest) -> Result<(), String> {
     for o in &rec.outputs {
         let dest = output_path(req, &o.workspace, &o.path)?;
-        ctx.store
-            .restore_output(&o.tree, &dest)
-            .map_err(|e| format!("cannot restore output {}:{}: {e}", o.workspace, o.path))?;
+        ctx.store.restore_output(&o.tree, &dest).map_err(|e| {
+            let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+            format!("cannot restore output {}:{}: {e}{cause}", o.workspace, o.path)
+        })?;
     }
     Ok(())
 }
@@ -581,5 +620,17 @@ mod tests {
         }
         retain_used_params(&mut job, &spec);
         assert_eq!(job.params.keys().collect::<Vec<_>>(), ["declared", "obj", "quoted", "used"]);
+
+    #[test]
+    fn symlinks_leaving_an_input_tree() {
+        let root = Path::new("/repo/src");
+        let leaves = |link: &str, to: &str| link_leaves(link, Path::new(to), root);
+        assert!(leaves("a", "/etc/passwd"));
+        assert!(leaves("a", "../data"));
+        assert!(leaves("d/a", "../../x"));
+        assert!(!leaves("d/a", "../x"));
+        assert!(!leaves("a", "b/c"));
+        assert!(!leaves("a", "/repo/src/b"));
+        assert!(leaves("d/a", "x/../../../y"));
     }
 }

@@ -37,8 +37,51 @@ pub struct RunVolumes {
     pub create: bool,
 }
 
-/// Join a relative subPath, refusing anything that could leave the volume.
+/// Join a relative subPath, refusing anything that could leave the volume: a leading
+/// `/`, `..`, or a symlink on the way that leads out of `base` (a bind follows it, and
+/// the cache key would hash the link, not what the task reads). Symlinks that stay
+/// inside are resolved, so the path returned is the directory the task really sees.
 pub fn join_sub(base: &Path, sub: &str) -> Result<PathBuf, Failure> {
+    let joined = base.join(relative(sub)?);
+    let Ok(real_base) = base.canonicalize() else {
+        // nothing there yet, so nothing to follow: it is created as plain directories
+        return Ok(joined);
+    };
+    // the deepest part of the path that exists decides where it leads
+    let mut existing = joined.clone();
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(&existing).is_err() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(n), Some(parent)) if existing != base => {
+                rest.push(n.to_owned());
+                existing = parent.to_path_buf();
+            }
+            _ => return Ok(joined),
+        }
+    }
+    let escapes = |to: String| {
+        Failure::new(
+            "InvalidWorkspaceBindings",
+            format!(
+                "subPath {sub:?} leaves the volume through a symlink ({} -> {to}): refused, as '..' is",
+                existing.display()
+            ),
+        )
+    };
+    let real = existing.canonicalize().map_err(|_| {
+        escapes(std::fs::read_link(&existing).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into()))
+    })?;
+    let Ok(inside) = real.strip_prefix(&real_base) else {
+        return Err(escapes(real.display().to_string()));
+    };
+    if existing.strip_prefix(base).is_ok_and(|lexical| lexical == inside) {
+        return Ok(joined);
+    }
+    Ok(rest.iter().rev().fold(real, |acc, n| acc.join(n)))
+}
+
+/// `sub` as a relative path that stays inside by its text: no leading '/', no '..'.
+fn relative(sub: &str) -> Result<&Path, Failure> {
     let p = Path::new(sub);
     if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(Failure::new(
@@ -46,7 +89,18 @@ pub fn join_sub(base: &Path, sub: &str) -> Result<PathBuf, Failure> {
             format!("subPath {sub:?} must be a relative path inside the volume (no leading '/', no '..')"),
         ));
     }
-    Ok(base.join(p))
+    Ok(p)
+}
+
+/// [`join_sub`] for a path whose last component is not followed: a symlink there is
+/// the thing itself (a declared output that is a link).
+pub fn join_sub_but_last(base: &Path, sub: &str) -> Result<PathBuf, Failure> {
+    let p = relative(sub)?;
+    match (p.parent().filter(|d| !d.as_os_str().is_empty()), p.file_name()) {
+        (Some(dir), Some(name)) => Ok(join_sub(base, &dir.to_string_lossy())?.join(name)),
+        (None, Some(name)) => Ok(base.join(name)),
+        _ => join_sub(base, sub),
+    }
 }
 
 impl RunVolumes {
@@ -371,4 +425,36 @@ fn materialize(
         let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subPath that is (or passes through) a symlink leading out of the volume is
+    /// refused like `..`; links that stay inside resolve to the real directory.
+    #[test]
+    fn sub_paths_never_follow_symlinks_out_of_the_volume() {
+        let d = tempfile::tempdir().unwrap();
+        let (vol, outside) = (d.path().join("vol"), d.path().join("outside"));
+        std::fs::create_dir_all(vol.join("real/deep")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join("link")).unwrap();
+        std::os::unix::fs::symlink("../outside", vol.join("rel")).unwrap();
+        std::os::unix::fs::symlink("real", vol.join("inner")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x", vol.join("dangling")).unwrap();
+        for sub in ["link", "link/a/b", "rel", "dangling", "dangling/new"] {
+            let e = join_sub(&vol, sub).unwrap_err();
+            assert!(e.message.contains("leaves the volume through a symlink"), "{sub}: {}", e.message);
+        }
+        let real = vol.canonicalize().unwrap().join("real");
+        assert_eq!(join_sub(&vol, "inner").unwrap(), real);
+        assert_eq!(join_sub(&vol, "inner/deep/new").unwrap(), real.join("deep/new"));
+        assert_eq!(join_sub(&vol, "real/deep").unwrap(), vol.join("real/deep"));
+        assert_eq!(join_sub(&vol, "not/yet").unwrap(), vol.join("not/yet"));
+        assert!(join_sub(&vol, "../x").is_err());
+        // the last component of an output path is the output itself, link or not
+        assert_eq!(join_sub_but_last(&vol, "link").unwrap(), vol.join("link"));
+        assert!(join_sub_but_last(&vol, "link/out").is_err());
+    }
 }

@@ -28,18 +28,26 @@ pub struct LocalExecutor {
     pub console: Arc<Console>,
     /// How steps are isolated (see [`Sandbox`]).
     pub sandbox: Sandbox,
+    /// Why steps run with host paths (no sandbox), said when a task uses pod paths.
+    pub host_reason: Option<String>,
+    /// Host directories the sandbox hides even inside a bound directory (the store, when it
+    /// lives in the repository).
+    pub hidden: Vec<PathBuf>,
     warned_images: Mutex<HashSet<String>>,
+    warned_pod_paths: std::sync::atomic::AtomicBool,
 }
 
 /// How the local executor lays out a step's filesystem.
 ///
 /// - `Host`: steps see host paths: `$(results.x.path)` is a file in the TaskRun
 ///   directory, `$(workspaces.w.path)` the workspace's host directory.
-/// - `Bwrap`: each step runs under bubblewrap in private mount and PID namespaces, with
-///   the paths a Tekton pod has: `/tekton/results`, `/tekton/home`, `/tekton/steps`,
+/// - `Bwrap`: each step runs under bubblewrap in private mount, PID and IPC namespaces,
+///   with the paths a Tekton pod has: `/tekton/results`, `/tekton/home`, `/tekton/steps`,
 ///   `/tekton/scripts`, `/workspace/<name>` (or the declared `mountPath`), Task `volumes`
-///   at their `volumeMounts`. The host's own directories stay visible (this is not a
-///   security boundary), and when a step ends every process it started ends with it.
+///   at their `volumeMounts`. Of the host it sees only what an image would provide,
+///   read-only ([`HOST_DIRS`], [`HOST_ETC`]); `/tmp` and `/var/tmp` are its own tmpfs,
+///   the rest of the root is empty and read-only, so the store, other runs and the
+///   host's files stay out of reach. When a step ends every process it started ends with it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sandbox {
     Host,
@@ -103,7 +111,8 @@ impl Sandbox {
             let m = std::fs::metadata(b).ok()?;
             let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
             use std::os::unix::fs::MetadataExt;
-            Some(format!("{} {} {} {}", b.display(), m.mtime(), m.mtime_nsec(), boot.trim()))
+            // "v2": the sandbox's arguments changed (read-only host, IPC namespace): probe again
+            Some(format!("v2 {} {} {} {}", b.display(), m.mtime(), m.mtime_nsec(), boot.trim()))
         });
         let file = state_dir.join("sandbox-probe");
         if let (Some(k), Some(b)) = (&key, &bwrap) {
@@ -118,6 +127,17 @@ impl Sandbox {
         Ok(sb)
     }
 
+    /// Why `mode` gave host paths: the user's choice, or why bubblewrap cannot be used.
+    pub fn host_reason(mode: SandboxMode) -> String {
+        if mode == SandboxMode::Host {
+            return "--sandbox host runs steps with host paths".into();
+        }
+        match Sandbox::detect(SandboxMode::Bwrap) {
+            Err(e) => e.trim_start_matches("--sandbox bwrap: ").to_string(),
+            Ok(_) => "bubblewrap was not usable when tenon started".into(),
+        }
+    }
+
     pub fn is_bwrap(&self) -> bool {
         matches!(self, Sandbox::Bwrap { .. })
     }
@@ -125,26 +145,79 @@ impl Sandbox {
     /// bwrap arguments before the per-step binds.
     fn prefix(&self, extra: &[String]) -> Vec<String> {
         let Sandbox::Bwrap { binds, .. } = self else { return vec![] };
-        let mut a: Vec<String> =
-            ["--die-with-parent", "--unshare-pid", "--tmpfs", "/"].iter().map(|s| s.to_string()).collect();
+        let mut a: Vec<String> = ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--tmpfs", "/"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         a.extend(binds.iter().cloned());
-        a.extend(["--proc", "/proc", "--dev-bind", "/dev", "/dev"].iter().map(|s| s.to_string()));
+        a.extend(
+            ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
         a.extend(extra.iter().cloned());
         a
     }
+
+    /// Whether a step sees host path `p` (outside the pod's own mounts) in this sandbox.
+    fn sees(&self, p: &Path) -> bool {
+        match self {
+            Sandbox::Host => true,
+            Sandbox::Bwrap { .. } => HOST_DIRS.iter().any(|d| p.starts_with(format!("/{d}"))),
+        }
+    }
 }
 
-/// The host's top-level directories, bound at the same place in the sandbox (so the
-/// step's tools are there), except what the sandbox provides itself.
+/// Top-level host directories a step sees in the bwrap sandbox, read-only: the ones an
+/// image provides (the merged-/usr links `/bin`, `/lib`, ... are recreated as links).
+pub const HOST_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt"];
+
+/// The entries of the host's `/etc` a step sees, read-only: users, name resolution,
+/// certificates, the dynamic linker, locale and shell defaults, `alternatives` (what
+/// `/usr/bin/python3` and friends point at). Never shadow files, ssh keys or credentials.
+pub const HOST_ETC: &[&str] = &[
+    "alternatives",
+    "bash.bashrc",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "environment",
+    "gai.conf",
+    "group",
+    "host.conf",
+    "hostname",
+    "hosts",
+    "inputrc",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "login.defs",
+    "magic",
+    "magic.mime",
+    "mime.types",
+    "networks",
+    "nsswitch.conf",
+    "os-release",
+    "passwd",
+    "pki",
+    "profile",
+    "profile.d",
+    "protocols",
+    "python3",
+    "resolv.conf",
+    "services",
+    "shells",
+    "ssl",
+    "terminfo",
+    "timezone",
+];
+
+/// The host paths the bwrap sandbox binds (see [`HOST_DIRS`], [`HOST_ETC`]), all read-only.
 fn host_binds() -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/") else { return out };
-    let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
-    names.sort();
-    for n in names {
-        if matches!(n.as_str(), "proc" | "dev" | "tekton" | "workspace") {
-            continue;
-        }
+    for n in HOST_DIRS {
         let p = format!("/{n}");
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => {
@@ -152,16 +225,70 @@ fn host_binds() -> Vec<String> {
                     out.extend(["--symlink".to_string(), t.display().to_string(), p]);
                 }
             }
-            Ok(m) if m.is_dir() => out.extend(["--bind".to_string(), p.clone(), p]),
+            Ok(m) if m.is_dir() => out.extend(["--ro-bind".to_string(), p.clone(), p]),
             _ => {}
         }
     }
+    out.extend(["--dir".to_string(), "/etc".to_string()]);
+    let mut etc: Vec<String> = std::fs::read_dir("/etc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        // python3.11 and the like hold the interpreter's site configuration
+        .filter(|n| HOST_ETC.contains(&n.as_str()) || n.starts_with("python3."))
+        .collect();
+    etc.sort();
+    for n in etc {
+        let p = format!("/etc/{n}");
+        // a dangling link (resolv.conf of a resolver that is not running) is left out
+        out.extend(["--ro-bind-try".to_string(), p.clone(), p]);
+    }
+    out.extend(["--ro-bind-try".to_string(), "/sys".to_string(), "/sys".to_string()]);
     out
 }
 
 impl LocalExecutor {
     pub fn new(pass_env: Vec<(String, String)>, console: Arc<Console>) -> Self {
-        LocalExecutor { pass_env, console, sandbox: Sandbox::Host, warned_images: Mutex::new(HashSet::new()) }
+        LocalExecutor {
+            pass_env,
+            console,
+            sandbox: Sandbox::Host,
+            host_reason: None,
+            hidden: Vec::new(),
+            warned_images: Mutex::new(HashSet::new()),
+            warned_pod_paths: Default::default(),
+        }
+    }
+
+    /// Directories steps must never see in the sandbox, wherever they are bound from.
+    pub fn hiding(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.hidden = dirs.into_iter().map(|d| d.canonicalize().unwrap_or(d)).collect();
+        self
+    }
+
+    /// Why there is no sandbox (`--sandbox host`, or bubblewrap missing or not working).
+    pub fn with_host_reason(mut self, why: Option<String>) -> Self {
+        self.host_reason = why;
+        self
+    }
+
+    /// Without the sandbox, Tekton's pod paths do not exist: what to say when a step that
+    /// refers to them fails (and, once per process, when the first such task starts).
+    fn pod_path_hint(&self, req: &TaskRunRequest, steps: &[&Step]) -> Option<String> {
+        if self.sandbox.is_bwrap() {
+            return None;
+        }
+        let used = pod_paths_in(steps);
+        let first = used.first()?;
+        let why = self.host_reason.clone().unwrap_or_else(|| "steps run with host paths".into());
+        let hint = format!(
+            "{first}: Tekton's pod paths exist only in the bwrap sandbox, not used here ({why}); install bubblewrap (apt-get install bubblewrap) and use the default --sandbox auto, or refer to $(workspaces.<name>.path), $(results.<name>.path) and $HOME, which --sandbox host maps to host paths"
+        );
+        if !self.warned_pod_paths.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.console.line(&format!("{} {}: {hint}", self.console.yellow("!"), req.label));
+        }
+        Some(hint)
     }
 
     pub fn with_sandbox(mut self, sandbox: Sandbox) -> Self {
@@ -196,6 +323,29 @@ impl Executor for LocalExecutor {
             out
         })
     }
+}
+
+/// The Tekton pod paths (`/tekton/...`, `/workspace...`) that steps spell out literally.
+fn pod_paths_in(steps: &[&Step]) -> Vec<String> {
+    let text = serde_json::to_string(steps).unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for start in ["/tekton/", "/workspace"] {
+        for (i, _) in text.match_indices(start) {
+            // a path of its own, not the tail of a host path like /home/me/workspace
+            let before = text[..i].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || "._-/$".contains(c)) {
+                continue;
+            }
+            let path: String = text[i..].chars().take_while(|c| c.is_alphanumeric() || "/._-".contains(*c)).collect();
+            if (start == "/workspace" && !(path == "/workspace" || path.starts_with("/workspace/")))
+                || out.contains(&path)
+            {
+                continue;
+            }
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Container name of step `i`: `step-<name>` or `step-unnamed-<i>`.
@@ -306,12 +456,12 @@ impl Layout {
     fn binds(
         &self,
         d: &Dirs,
-        spec: &TaskSpec,
-        ws: &[BoundWorkspace],
-        volumes: &BTreeMap<String, PathBuf>,
+        req: &TaskRunRequest,
         step: &Step,
         cname: &str,
+        hidden: &[PathBuf],
     ) -> Result<Vec<String>, String> {
+        let (spec, ws, volumes) = (&req.spec, &req.workspaces, &req.volumes);
         // /tekton/steps is read-only to steps, except a step's own results directory
         let own_results = d.steps.join(cname).join("results");
         let _ = std::fs::create_dir_all(&own_results);
@@ -358,8 +508,16 @@ impl Layout {
             b.push((host.display().to_string(), m.mount_path.clone(), m.read_only));
         }
         b.sort_by_key(|(_, at, _)| at.matches('/').count());
+        // a hidden directory inside a bound one (the store in the repository) is covered by
+        // an empty tmpfs, after the binds
+        let masks: Vec<String> = b
+            .iter()
+            .flat_map(|(h, at, _)| hidden.iter().filter_map(move |x| Some(Path::new(at).join(x.strip_prefix(h).ok()?))))
+            .flat_map(|at| ["--tmpfs".to_string(), at.display().to_string()])
+            .collect();
         Ok(b.into_iter()
             .flat_map(|(h, at, ro)| [if ro { "--ro-bind".to_string() } else { "--bind".to_string() }, h, at])
+            .chain(masks)
             .collect())
     }
 }
@@ -413,6 +571,9 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         let _ = std::os::unix::fs::symlink(&cname, d.steps.join(i.to_string()));
     }
     let pvars = path_vars(&req.spec, &layout, &req.workspaces);
+    let _ = ex.pod_path_hint(req, &req.spec.steps.iter().chain(&req.spec.sidecars).collect::<Vec<_>>());
+    // a failing step that names pod paths says why they are missing
+    let hint = |step: &Step| ex.pod_path_hint(req, &[step]).map(|h| format!(" ({h})")).unwrap_or_default();
 
     // sidecars: background processes for the life of the steps
     let mut sidecars: Vec<(Child, String)> = Vec::new();
@@ -525,8 +686,11 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     log,
                     image_id: None,
                 });
-                failure =
-                    Some((AttemptStatus::Failed, "Failed".into(), format!("step {sname:?} could not start: {e}")));
+                failure = Some((
+                    AttemptStatus::Failed,
+                    "Failed".into(),
+                    format!("step {sname:?} could not start: {e}{}", hint(raw)),
+                ));
                 continue;
             }
         };
@@ -624,8 +788,11 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
                     log,
                     image_id: None,
                 });
-                failure =
-                    Some((AttemptStatus::Failed, "Failed".into(), format!("\"{cname}\" exited with code {code}")));
+                failure = Some((
+                    AttemptStatus::Failed,
+                    "Failed".into(),
+                    format!("\"{cname}\" exited with code {code}{}", hint(raw)),
+                ));
             }
         }
     }
@@ -970,6 +1137,7 @@ fn spawn(
         &program,
         env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH),
         if layout.sandbox { &d.work } else { &cwd },
+        &|p| ex.sandbox.sees(p),
     );
     // Under bwrap a program that cannot start would look like a step exiting 1: check
     // first, on the host side of the path, so onError: continue does not cover it.
@@ -978,12 +1146,20 @@ fn spawn(
         if !host.is_file() {
             return Err(format!("cannot run {program}: No such file or directory"));
         }
+        if host == Path::new(&program) && !ex.sandbox.sees(&host) {
+            return Err(format!(
+                "cannot run {program}: the sandbox shows steps only /{} of this host (use --sandbox host to run host programs)",
+                HOST_DIRS.join(", /")
+            ));
+        }
     }
     let (program, argv) = match &ex.sandbox {
         Sandbox::Host => (program, argv),
         sb @ Sandbox::Bwrap { bwrap, .. } => {
-            let mut a = sb.prefix(&layout.binds(d, &req.spec, &req.workspaces, &req.volumes, step, cname)?);
+            let mut a = sb.prefix(&layout.binds(d, req, step, cname, &ex.hidden)?);
             a.extend(bwrap_extra);
+            // the root (a tmpfs holding the mount points) is read-only once they exist
+            a.extend(["--remount-ro".to_string(), "/".to_string()]);
             a.extend(["--chdir".to_string(), cwd.display().to_string(), "--".to_string(), program]);
             a.extend(argv);
             (bwrap.display().to_string(), a)
@@ -1004,6 +1180,11 @@ fn spawn(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    let tenon = std::process::id() as libc::pid_t;
+    // SAFETY: `supervise` runs between fork and exec and only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || supervise(tenon));
+    }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
     let log_path = d.logs.join(format!("{cname}.log"));
     let log = Arc::new(Mutex::new(
@@ -1126,14 +1307,15 @@ pub(crate) fn parse_shebang(body: &str) -> (String, Option<String>) {
     }
 }
 
-fn resolve_program(program: &str, path: &str, cwd: &Path) -> String {
+/// `program` as a path: found on `path` among the directories a step `sees`.
+fn resolve_program(program: &str, path: &str, cwd: &Path, sees: &dyn Fn(&Path) -> bool) -> String {
     if program.contains('/') {
         let p = Path::new(program);
         return if p.is_absolute() { program.to_string() } else { cwd.join(p).display().to_string() };
     }
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let cand = Path::new(dir).join(program);
-        if cand.is_file() {
+        if cand.is_file() && sees(&cand) {
             return cand.display().to_string();
         }
     }
@@ -1216,6 +1398,86 @@ async fn wait_child(child: &mut Child, deadline: Option<Instant>, cancel: &Cance
     }
     let _ = child.wait().await;
     ended
+}
+
+/// Make sure no step outlives tenon, even a `kill -9` of it. Runs in the forked child
+/// (already the leader of the step's process group) before exec: it forks again; the
+/// grandchild returns and execs the step, this process stays behind as the step's
+/// supervisor and never returns. Every 200 ms, and whenever the step ends, it checks:
+/// the step ended -> exit with its status (or die of its signal); tenon is gone (this
+/// process was reparented) -> SIGKILL the whole process group, itself included.
+///
+/// Why not `PR_SET_PDEATHSIG` on the step: it fires when the *thread* that forked exits,
+/// and tokio's threads come and go; and it would reach the step's first process only.
+/// The supervisor's own parent check uses `getppid`, which names tenon's process, not a
+/// thread. The step gets `PR_SET_PDEATHSIG` relative to the supervisor (one thread, as
+/// long-lived as the step), so killing the supervisor kills the step too.
+///
+/// Only async-signal-safe calls: this runs in a fork of a multi-threaded process.
+fn supervise(tenon: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: plain system calls on local data, between fork and exec.
+    unsafe {
+        // SIGCHLD is blocked before the second fork, so the step's exit cannot be missed
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &chld, &mut old);
+        let supervisor = libc::getpid();
+        let step = libc::fork();
+        if step < 0 {
+            let e = std::io::Error::last_os_error();
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            return Err(e);
+        }
+        if step == 0 {
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != supervisor {
+                libc::_exit(137);
+            }
+            return Ok(());
+        }
+        // The supervisor holds no file: the step's pipes reach EOF when the step ends,
+        // and the spawn's exec-error pipe closes when the step execs.
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+            for fd in 0..65536 {
+                libc::close(fd);
+            }
+        }
+        // tenon's signals to the group are for the step; it mirrors the step's end
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGPIPE] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        let tick = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+        loop {
+            let mut status = 0;
+            let r = libc::waitpid(step, &mut status, libc::WNOHANG);
+            if r == step {
+                if libc::WIFSIGNALED(status) {
+                    let sig = libc::WTERMSIG(status);
+                    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    libc::setrlimit(libc::RLIMIT_CORE, &zero);
+                    libc::signal(sig, libc::SIG_DFL);
+                    let mut one: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut one);
+                    libc::sigaddset(&mut one, sig);
+                    libc::sigprocmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                    libc::kill(supervisor, sig);
+                    libc::_exit(128 + sig);
+                }
+                libc::_exit(libc::WEXITSTATUS(status));
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+            if libc::getppid() != tenon {
+                libc::kill(0, libc::SIGKILL);
+                libc::_exit(137);
+            }
+            libc::sigtimedwait(&chld, std::ptr::null_mut(), &tick);
+        }
+    }
 }
 
 fn kill_group(pgid: i32, sig: i32) {
