@@ -1934,6 +1934,56 @@ fn pipelinerun_param_values_are_substituted_once_per_phase() {
     assert!(!r.to_string().contains("S3CRET|") && !r.to_string().contains("\"S3CRET\""), "{r:#}");
 }
 
+// Tekton inlines a StepAction before the TaskRun's phases: a step's params get the task's
+// params, the action's params go into its body, then the TaskRun's param and context
+// phases run over the whole spec, the inlined body included.
+const STEPACTION_PHASES: &str = r##"
+apiVersion: tekton.dev/v1alpha1
+kind: StepAction
+metadata:
+  name: say
+spec:
+  params:
+    - name: msg
+  image: alpine
+  script: |
+    printf '%s' '$(params.msg)|$(context.taskRun.name)' > $(results.out.path)
+---
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: tr-sa
+spec:
+  params:
+    - name: secret
+      value: S3CRET
+    - name: inj
+      value: "$(params.secret)"
+  taskSpec:
+    params:
+      - name: secret
+      - name: inj
+    results:
+      - name: out
+    steps:
+      - name: s
+        ref:
+          name: say
+        params:
+          - name: msg
+            value: "$(params.inj)"
+"##;
+
+#[test]
+fn stepaction_bodies_get_the_taskrun_phases_after_inlining() {
+    let (run, _dir) = run_yaml(STEPACTION_PHASES, &[]);
+    let r = report(&run, 0);
+    // the context phase reaches the inlined body; and, as in Tekton, the TaskRun's param
+    // phase runs over the action's output, so a param value that reached the body through
+    // a step param is read as a reference there
+    assert_eq!(run0(&r)["results"]["out"], "S3CRET|tr-sa", "{r:#}");
+}
+
 // ------------------------------------------------------------------------------------------
 // 16. the bundled example
 // ------------------------------------------------------------------------------------------

@@ -1408,12 +1408,14 @@ impl<'a> PipelineRunState<'a> {
                         Ok(r) => r,
                         Err(f) => return Decision::FailRun(f),
                     };
+                    // the key's params: propagated ones too, below the task's own
+                    let keyed: Vec<(String, ParamValue)> = propagated.iter().chain(&sup).cloned().collect();
                     match self.cache_job(
                         pt,
                         dag,
                         &label,
                         key_req.spec,
-                        &sup,
+                        &keyed,
                         &bindings,
                         &req,
                         &vars,
