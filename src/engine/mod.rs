@@ -876,7 +876,9 @@ impl Engine {
                 .filter(|d| d.default.is_some() || supplied.iter().any(|(n, _)| n == &d.name))
                 .cloned()
                 .collect();
-            values = param_values(&own, supplied, &format!("TaskRun {taskrun_name:?}")).map_err(task_failure)?;
+            // (a default may still name a propagated param: that text is the author's)
+            values = resolve::param_values_with(&own, supplied, &values, &format!("TaskRun {taskrun_name:?}"))
+                .map_err(task_failure)?;
         }
         // Tekton's TaskRun phases, in order: params, then context (then, in the executor,
         // result, step and workspace paths). Each is one pass: a param value's text is

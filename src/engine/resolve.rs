@@ -30,6 +30,17 @@ pub fn param_values(
     supplied: &[(String, ParamValue)],
     what: &str,
 ) -> Result<BTreeMap<String, ParamValue>, Failure> {
+    param_values_with(decl, supplied, &BTreeMap::new(), what)
+}
+
+/// [`param_values`] where a default may also name a param of `outer` (values the
+/// defaults can see that are not params of `decl`'s own, e.g. propagated ones).
+pub fn param_values_with(
+    decl: &[ParamSpec],
+    supplied: &[(String, ParamValue)],
+    outer: &BTreeMap<String, ParamValue>,
+    what: &str,
+) -> Result<BTreeMap<String, ParamValue>, Failure> {
     let mut out: BTreeMap<String, ParamValue> = BTreeMap::new();
     let mut missing = Vec::new();
     let mut from_default: std::collections::BTreeSet<String> = Default::default();
@@ -83,7 +94,7 @@ pub fn param_values(
         out.keys().filter(|k| from_default.contains(*k) && value_refs_params(&out[*k])).cloned().collect();
     let mut state: BTreeMap<String, Option<usize>> = pending.iter().map(|k| (k.clone(), None)).collect();
     for k in &pending {
-        resolve_default(k, &mut out, &mut state, &mut Vec::new(), what)?;
+        resolve_default(k, &mut out, outer, &mut state, &mut Vec::new(), what)?;
     }
     for d in decl {
         if let (Some(e), Some(ParamValue::Str(v))) = (&d.enum_, out.get(&d.name)) {
@@ -130,6 +141,7 @@ const MAX_DEFAULT_DEPTH: usize = 10;
 fn resolve_default(
     k: &str,
     out: &mut BTreeMap<String, ParamValue>,
+    outer: &BTreeMap<String, ParamValue>,
     state: &mut BTreeMap<String, Option<usize>>,
     visiting: &mut Vec<String>,
     what: &str,
@@ -160,8 +172,8 @@ fn resolve_default(
     let mut vars = Vars::new();
     let mut depth = 1;
     for n in names {
-        depth = depth.max(1 + resolve_default(&n, out, state, visiting, what)?);
-        if let Some(v) = out.get(&n) {
+        depth = depth.max(1 + resolve_default(&n, out, outer, state, visiting, what)?);
+        if let Some(v) = out.get(&n).or_else(|| outer.get(&n)) {
             vars.set(format!("params.{n}"), v.clone());
         }
     }
@@ -509,6 +521,10 @@ mod tests {
         for (name, want) in rows {
             assert_eq!(got[name], want, "{name}");
         }
+        // a default may name an outer (propagated) value: the author's text, resolved once
+        let outer = BTreeMap::from([("p".to_string(), s("$(params.secret)"))]);
+        let got = param_values_with(&[spec("q", Some(s("$(params.p)-q")))], &[], &outer, "t").unwrap();
+        assert_eq!(got["q"], s("$(params.secret)-q"));
         // a self reference is a cycle; chains are bounded like Tekton's (10 levels)
         let e = param_values(&[spec("s", Some(s("$(params.s)")))], &[], "t").unwrap_err();
         assert!(e.message.contains("circular"), "{}", e.message);
