@@ -1932,6 +1932,11 @@ fn pipelinerun_param_values_are_substituted_once_per_phase() {
         assert_eq!(task(&r, name)["results"]["out"], want, "task {name}\nreport: {r:#}");
     }
     assert!(!r.to_string().contains("S3CRET|") && !r.to_string().contains("\"S3CRET\""), "{r:#}");
+    // a result reference is refused in a `--param` value as in a PipelineRun's params: the
+    // results phase would otherwise read another task's result for whoever sets it
+    let (run, _dir) = run_yaml(PIPELINE_INJECTION, &["--param", "inj=$(tasks.first.results.out)"]);
+    assert_eq!(run.code, 2, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("result references are not allowed"), "{}", run.stderr);
 }
 
 // Tekton inlines a StepAction before the TaskRun's phases: a step's params get the task's
