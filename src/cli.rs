@@ -500,6 +500,16 @@ fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
     } else {
         ParamValue::Str(v.to_string())
     };
+    // as in a PipelineRun's params: the results phase comes after the param phase, so a
+    // result reference here would read another task's result
+    let texts: Vec<&str> = match &value {
+        ParamValue::Str(s) => vec![s.as_str()],
+        ParamValue::Array(a) => a.iter().map(String::as_str).collect(),
+        ParamValue::Object(o) => o.values().map(String::as_str).collect(),
+    };
+    if texts.iter().any(|t| crate::subst::find_refs(t).iter().any(|r| r.expr.starts_with("tasks."))) {
+        return Err(format!("param {k}: result references are not allowed in param values, as in a PipelineRun's"));
+    }
     Ok((k.to_string(), value))
 }
 
@@ -1099,6 +1109,10 @@ mod tests {
         assert!(parse_param("noequals").is_err());
         assert!(parse_param("=v").is_err());
         assert!(parse_param("a=[1,").is_err());
+        // a value is data for the param phase, but the results phase would read it
+        assert!(parse_param("a=$(tasks.t.results.r)").unwrap_err().contains("result references"));
+        assert!(parse_param("a=[\"x\",\"$(tasks.t.results.r)\"]").is_err());
+        assert_eq!(parse_param("a=$(params.b)").unwrap().1, ParamValue::Str("$(params.b)".into()));
     }
 
     #[test]

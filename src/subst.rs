@@ -152,53 +152,96 @@ pub enum Resolved {
     BadAccess(String),
 }
 
-/// Values for one substitution phase, keyed by canonical base key (`params.x`,
-/// `tasks.t.results.r`, `context.pipelineRun.name`, ...).
+/// The values of one substitution phase, keyed by canonical base key (`params.x`,
+/// `tasks.t.results.r`, `context.pipelineRun.name`, ...). A phase replaces every
+/// reference it knows in one pass, like Go's `strings.NewReplacer` in Tekton: the text a
+/// replacement inserts is not scanned again by the same phase.
 #[derive(Debug, Clone, Default)]
-pub struct Vars {
+struct Phase {
     map: HashMap<String, ParamValue>,
+}
+
+/// Substitution variables: one or more phases applied in order, as Tekton applies its
+/// phases (a TaskRun's params, then its context, ...). Text inserted by one phase is
+/// seen by the later phases only.
+#[derive(Debug, Clone)]
+pub struct Vars {
+    /// Never empty; `set` adds to the last phase.
+    phases: Vec<Phase>,
+}
+
+impl Default for Vars {
+    fn default() -> Self {
+        Vars { phases: vec![Phase::default()] }
+    }
 }
 
 impl Vars {
     pub fn new() -> Self {
         Self::default()
     }
+    /// Set a variable: in the phase that already has the key, else in the last phase.
     pub fn set(&mut self, key: impl Into<String>, v: ParamValue) -> &mut Self {
-        self.map.insert(key.into(), v);
+        let key = key.into();
+        let i = self.phases.iter().position(|p| p.map.contains_key(&key)).unwrap_or(self.phases.len() - 1);
+        self.phases[i].map.insert(key, v);
         self
     }
     pub fn set_str(&mut self, key: impl Into<String>, v: impl Into<String>) -> &mut Self {
         self.set(key, ParamValue::Str(v.into()))
     }
+    pub fn remove(&mut self, key: &str) -> &mut Self {
+        for p in &mut self.phases {
+            p.map.remove(key);
+        }
+        self
+    }
     pub fn contains(&self, key: &str) -> bool {
-        self.map.contains_key(key)
+        self.phases.iter().any(|p| p.map.contains_key(key))
     }
     pub fn get(&self, key: &str) -> Option<&ParamValue> {
-        self.map.get(key)
+        self.phases.iter().find_map(|p| p.map.get(key))
     }
+    /// Merge `other`'s variables (of every phase) into these, as [`Vars::set`] does.
     pub fn extend(&mut self, other: &Vars) {
-        for (k, v) in &other.map {
-            self.map.insert(k.clone(), v.clone());
+        for p in &other.phases {
+            for (k, v) in &p.map {
+                self.set(k.clone(), v.clone());
+            }
         }
+    }
+    /// Append `later`'s phases after these: they apply to what these produce.
+    pub fn then(&mut self, later: &Vars) -> &mut Self {
+        self.phases.extend(later.phases.iter().cloned());
+        self
+    }
+    /// The first phase alone.
+    pub fn first_phase(&self) -> Vars {
+        Vars { phases: vec![self.phases[0].clone()] }
     }
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.phases.iter().all(|p| p.map.is_empty())
     }
-    /// A copy without the keys starting with `prefix`.
+    /// A copy without the keys starting with `prefix` (the phases stay).
     pub fn without_prefix(&self, prefix: &str) -> Vars {
-        Vars {
-            map: self.map.iter().filter(|(k, _)| !k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        let mut out = self.clone();
+        for p in &mut out.phases {
+            p.map.retain(|k, _| !k.starts_with(prefix));
         }
+        out
     }
 
-    /// Resolve a parsed reference: the longest run of leading names that is a key,
-    /// then index / star / object key on the value.
+    /// Resolve a parsed reference in the phase that knows it; the value then passes
+    /// through the later phases.
     pub fn resolve(&self, segs: &[Seg]) -> Option<Resolved> {
-        let names = segs.iter().take_while(|s| matches!(s, Seg::Name(_))).count();
-        for k in (1..=names).rev() {
-            let key = canonical(&segs[..k]);
-            if let Some(v) = self.map.get(&key) {
-                return Some(access(v, &segs[k..]));
+        for (i, p) in self.phases.iter().enumerate() {
+            if let Some(r) = p.resolve(segs) {
+                return Some(match r {
+                    Resolved::Value(v) => {
+                        Resolved::Value(self.phases[i + 1..].iter().fold(v, |v, p| p.apply_value(&v)))
+                    }
+                    bad => bad,
+                });
             }
         }
         None
@@ -210,6 +253,48 @@ impl Vars {
 
     /// Substitute string-valued references in `s`; anything else stays literal.
     pub fn apply_str(&self, s: &str) -> String {
+        if !s.contains("$(") {
+            return s.to_string();
+        }
+        self.phases.iter().fold(s.to_string(), |acc, p| p.apply_str(&acc))
+    }
+
+    /// Substitute in a list, splicing isolated array references.
+    pub fn apply_list(&self, items: &[String]) -> Vec<String> {
+        self.phases.iter().fold(items.to_vec(), |acc, p| p.apply_list(&acc))
+    }
+
+    /// Substitute a param value: strings and list elements as usual; a string that is
+    /// exactly `$(x[*])` of an array/object becomes that array/object.
+    pub fn apply_value(&self, v: &ParamValue) -> ParamValue {
+        self.phases.iter().fold(v.clone(), |acc, p| p.apply_value(&acc))
+    }
+
+    /// Substitute through a whole JSON tree (a serialized spec): strings in place,
+    /// arrays of strings with splicing. Keys listed in `skip` are not entered.
+    pub fn apply_json(&self, v: &mut Value, skip: &[&str]) {
+        for p in &self.phases {
+            p.apply_json(v, skip);
+        }
+    }
+}
+
+impl Phase {
+    /// The longest run of leading names that is a key, then index / star / object key
+    /// on the value.
+    fn resolve(&self, segs: &[Seg]) -> Option<Resolved> {
+        let names = segs.iter().take_while(|s| matches!(s, Seg::Name(_))).count();
+        for k in (1..=names).rev() {
+            let key = canonical(&segs[..k]);
+            if let Some(v) = self.map.get(&key) {
+                return Some(access(v, &segs[k..]));
+            }
+        }
+        None
+    }
+
+    /// One pass: each reference is looked up in the input text only.
+    fn apply_str(&self, s: &str) -> String {
         if !s.contains("$(") || self.map.is_empty() {
             return s.to_string();
         }
@@ -227,7 +312,7 @@ impl Vars {
     }
 
     /// If `s` is exactly one reference to an array (or `[*]` of one), its elements.
-    pub fn isolated_array(&self, s: &str) -> Option<Vec<String>> {
+    fn isolated_array(&self, s: &str) -> Option<Vec<String>> {
         let refs = find_refs(s);
         if refs.len() != 1 || refs[0].start != 0 || refs[0].end != s.len() {
             return None;
@@ -238,8 +323,7 @@ impl Vars {
         }
     }
 
-    /// Substitute in a list, splicing isolated array references.
-    pub fn apply_list(&self, items: &[String]) -> Vec<String> {
+    fn apply_list(&self, items: &[String]) -> Vec<String> {
         let mut out = Vec::with_capacity(items.len());
         for it in items {
             match self.isolated_array(it) {
@@ -250,9 +334,7 @@ impl Vars {
         out
     }
 
-    /// Substitute a param value: strings and list elements as usual; a string that is
-    /// exactly `$(x[*])` of an array/object becomes that array/object.
-    pub fn apply_value(&self, v: &ParamValue) -> ParamValue {
+    fn apply_value(&self, v: &ParamValue) -> ParamValue {
         match v {
             ParamValue::Str(s) => {
                 let refs = find_refs(s);
@@ -272,9 +354,10 @@ impl Vars {
         }
     }
 
-    /// Substitute through a whole JSON tree (a serialized spec): strings in place,
-    /// arrays of strings with splicing. Keys listed in `skip` are not entered.
-    pub fn apply_json(&self, v: &mut Value, skip: &[&str]) {
+    fn apply_json(&self, v: &mut Value, skip: &[&str]) {
+        if self.map.is_empty() {
+            return;
+        }
         match v {
             Value::String(s) => {
                 if s.contains("$(") {
@@ -381,6 +464,93 @@ mod tests {
         );
         assert!(matches!(v.apply_value(&ParamValue::Str("$(params.obj[*])".into())), ParamValue::Object(_)));
         assert_eq!(v.apply_value(&ParamValue::Str("$(params.x)!".into())), ParamValue::Str("X!".into()));
+    }
+
+    /// Tekton's phase order for a TaskRun (params, context, paths, workspaces), each one
+    /// pass: what a phase inserts is seen by the later phases only.
+    fn task_phases() -> Vars {
+        let mut params = Vars::new();
+        params
+            .set_str("params.secret", "S3CRET")
+            .set_str("params.inj", "$(params.secret)")
+            .set_str("params.ctx", "$(context.taskRun.name)")
+            .set_str("params.res", "$(results.out.path)")
+            .set_str("params.ws", "$(workspaces.w.path)")
+            .set_str("params.self", "$(params.self)")
+            .set("params.arr", ParamValue::Array(vec!["$(params.secret)".into(), "$(context.taskRun.name)".into()]))
+            .set("params.obj", ParamValue::Object(BTreeMap::from([("k".into(), "$(params[\"secret\"])".into())])));
+        let mut ctx = Vars::new();
+        ctx.set_str("context.taskRun.name", "tr-1").set_str("context.task.name", "$(params.secret)");
+        let mut paths = Vars::new();
+        paths.set_str("results.out.path", "/tekton/results/out");
+        let mut ws = Vars::new();
+        ws.set_str("workspaces.w.path", "/workspace/w");
+        let mut v = params;
+        v.then(&ctx).then(&paths).then(&ws);
+        v
+    }
+
+    #[test]
+    fn phases_are_single_pass_in_order() {
+        let v = task_phases();
+        let cases = [
+            // a param value is data for the param phase: never rescanned, in any spelling
+            ("$(params.inj)", "$(params.secret)"),
+            ("$(params[\"inj\"])", "$(params.secret)"),
+            ("$(params['inj'])", "$(params.secret)"),
+            ("$(inputs.params.inj)", "$(params.secret)"),
+            ("$(params.self)", "$(params.self)"),
+            ("$(params.obj.k)", "$(params[\"secret\"])"),
+            ("$(params.arr[0])", "$(params.secret)"),
+            ("a $(params.inj) b $(params.secret)", "a $(params.secret) b S3CRET"),
+            // ... but the later phases do apply to what it inserted
+            ("$(params.ctx)", "tr-1"),
+            ("$(params.arr[1])", "tr-1"),
+            ("$(params.res)", "/tekton/results/out"),
+            ("$(params.ws)", "/workspace/w"),
+            // a later phase's inserted text is not seen by an earlier one
+            ("$(context.task.name)", "$(params.secret)"),
+            ("$(context.taskRun.name)/$(params.secret)", "tr-1/S3CRET"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(v.apply_str(input), want, "{input}");
+        }
+        // arrays splice in the param phase; the spliced elements go through the later phases
+        assert_eq!(
+            v.apply_list(&["$(params.arr[*])".into(), "$(params.arr)".into(), "$(params.inj)".into()]),
+            vec!["$(params.secret)", "tr-1", "$(params.secret)", "tr-1", "$(params.secret)"]
+        );
+        // a whole-value reference keeps its type and passes the later phases
+        assert_eq!(
+            v.apply_value(&ParamValue::Str("$(params.arr[*])".into())),
+            ParamValue::Array(vec!["$(params.secret)".into(), "tr-1".into()])
+        );
+        assert_eq!(
+            v.apply_value(&ParamValue::Str("$(params.obj[*])".into())),
+            ParamValue::Object(BTreeMap::from([("k".into(), "$(params[\"secret\"])".into())]))
+        );
+        let mut j = serde_json::json!({"script": "$(params.inj) $(params.ctx)", "args": ["$(params.arr[*])"]});
+        v.apply_json(&mut j, &[]);
+        assert_eq!(j, serde_json::json!({"script": "$(params.secret) tr-1", "args": ["$(params.secret)", "tr-1"]}));
+        // resolving a reference gives the text after every later phase
+        assert_eq!(v.resolve_expr("params.ctx"), Some(Resolved::Value(ParamValue::Str("tr-1".into()))));
+    }
+
+    #[test]
+    fn phase_bookkeeping() {
+        let mut v = task_phases();
+        // `set` replaces a key in its own phase: stabilizing a context value keeps the order
+        v.set_str("context.taskRun.name", "$(context.taskRun.name)");
+        assert_eq!(v.apply_str("$(params.ctx)"), "$(context.taskRun.name)");
+        assert_eq!(
+            v.first_phase().apply_str("$(params.ctx) $(results.out.path)"),
+            "$(context.taskRun.name) $(results.out.path)"
+        );
+        let no_params = v.without_prefix("params.");
+        assert_eq!(no_params.apply_str("$(params.secret) $(context.task.name)"), "$(params.secret) $(params.secret)");
+        v.remove("params.secret");
+        assert_eq!(v.apply_str("$(params.secret)"), "$(params.secret)");
+        assert!(Vars::new().is_empty() && !v.is_empty());
     }
 
     #[test]

@@ -1720,6 +1720,289 @@ fn standalone_taskrun_with_taskref_params_and_emptydir() {
 }
 
 // ------------------------------------------------------------------------------------------
+// 15b. substitution phases: single pass each, in Tekton's order
+// ------------------------------------------------------------------------------------------
+
+// Each step writes a param's substituted text verbatim (single quotes keep the shell away)
+// into a result. The values carry references: the param phase must insert them as data,
+// while the later phases (context, paths, workspaces, pipeline results) still apply.
+const TASKRUN_INJECTION: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: echo-params
+spec:
+  params:
+    - name: secret
+    - name: inj
+    - name: dq
+    - name: ctx
+    - name: retry
+    - name: res
+    - name: wsp
+    - name: def
+      default: "$(params.inj)+d"
+    - name: arr
+      type: array
+  workspaces:
+    - name: w
+  results: [{name: inj}, {name: dq}, {name: ctx}, {name: retry}, {name: res}, {name: wsp}, {name: def}, {name: arr}]
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        printf '%s' '$(params.inj)' > $(results.inj.path)
+        printf '%s' '$(params.dq)' > $(results.dq.path)
+        printf '%s' '$(params.ctx)' > $(results.ctx.path)
+        printf '%s' '$(params.retry)' > $(results.retry.path)
+        printf '%s' '$(params.res)' > $(results.res.path)
+        printf '%s' '$(params.wsp)' > $(results.wsp.path)
+        printf '%s' '$(params.def)' > $(results.def.path)
+    - name: a
+      image: alpine
+      command: ["sh", "-c", 'printf "%s|" "$@" > "$0"', "$(results.arr.path)", "$(params.arr[*])"]
+---
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: tr-inj
+spec:
+  taskRef:
+    name: echo-params
+  params:
+    - name: secret
+      value: S3CRET
+    - name: inj
+      value: harmless
+    - name: dq
+      value: '$(params["secret"]) $(inputs.params.secret)'
+    - name: ctx
+      value: "$(context.taskRun.name)/$(context.task.name)"
+    - name: retry
+      value: "$(context.task.retry-count)"
+    - name: res
+      value: "$(results.res.path)"
+    - name: wsp
+      value: "$(workspaces.w.bound):$(workspaces.w.path)"
+    - name: arr
+      value: ["$(params.secret)", "$(context.taskRun.name)"]
+  workspaces:
+    - name: w
+      emptyDir: {}
+"##;
+
+#[test]
+fn taskrun_param_values_are_substituted_once_per_phase() {
+    // `--param` is how a caller (or a webhook) supplies a value: it must not read `secret`
+    let (run, _dir) = run_yaml(TASKRUN_INJECTION, &["--param", "inj=$(params.secret)"]);
+    let r = report(&run, 0);
+    let res = &run0(&r)["results"];
+    let text = |k: &str| res[k].as_str().unwrap_or_else(|| panic!("result {k}: {r:#}")).to_string();
+    let rows: [(&str, &str); 6] = [
+        // the param phase inserts a value as data, in every spelling
+        ("inj", "$(params.secret)"),
+        ("dq", "$(params[\"secret\"]) $(inputs.params.secret)"),
+        // a default gets the value it names, which is not scanned again
+        ("def", "$(params.secret)+d"),
+        // array splicing: the spliced elements go through the context phase, not the param one
+        ("arr", "$(params.secret)|tr-inj|"),
+        // the context phase comes after the param phase, so it applies to inserted text
+        ("ctx", "tr-inj/echo-params"),
+        ("retry", "0"),
+    ];
+    for (k, want) in rows {
+        assert_eq!(text(k), want, "result {k}\nreport: {r:#}");
+    }
+    // so do the result-path and workspace phases
+    let path = text("res");
+    assert!(path.ends_with("/results/res") && !path.contains("$("), "res: {path:?}");
+    let wsp = text("wsp");
+    assert!(wsp.starts_with("true:/") && !wsp.contains("$("), "wsp: {wsp:?}");
+    assert!(!r.to_string().contains("S3CRET|") && !text("inj").contains("S3CRET"), "{r:#}");
+}
+
+const PIPELINE_INJECTION: &str = r##"
+apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: show
+spec:
+  params:
+    - name: v
+  results:
+    - name: out
+  steps:
+    - name: s
+      image: alpine
+      script: |
+        printf '%s' '$(params.v)' > $(results.out.path)
+---
+apiVersion: tekton.dev/v1
+kind: Pipeline
+metadata:
+  name: inj
+spec:
+  workspaces:
+    - name: w
+  params:
+    - name: secret
+    - name: inj
+    - name: ctx
+    - name: ws
+    - name: res
+      default: "$(tasks.first.results.out)"
+    - name: def
+      default: "$(params.inj)+d"
+    - name: arr
+      type: array
+    - name: tp-inj
+  tasks:
+    - name: first
+      taskRef: {name: show}
+      params: [{name: v, value: first-out}]
+    - name: inj
+      taskRef: {name: show}
+      params: [{name: v, value: "$(params.inj)"}]
+    - name: ctx
+      taskRef: {name: show}
+      params: [{name: v, value: "$(params.ctx)"}]
+    - name: ws
+      taskRef: {name: show}
+      params: [{name: v, value: "$(params.ws)"}]
+    - name: res
+      runAfter: [first]
+      taskRef: {name: show}
+      params: [{name: v, value: "$(params.res)"}]
+    - name: def
+      taskRef: {name: show}
+      params: [{name: v, value: "$(params.def)"}]
+    - name: arr
+      params: [{name: a, value: ["$(params.arr[*])"]}]
+      taskSpec:
+        params: [{name: a, type: array}]
+        results: [{name: out}]
+        steps:
+          - name: s
+            image: alpine
+            command: ["sh", "-c", 'printf "%s|" "$@" > "$0"', "$(results.out.path)", "$(params.a[*])"]
+    - name: prop
+      params: [{name: tp, value: TP}]
+      taskSpec:
+        params: [{name: tp}]
+        results: [{name: out}]
+        steps:
+          - name: s
+            image: alpine
+            script: |
+              printf '%s' '$(params.inj)|$(params.tp-inj)' > $(results.out.path)
+---
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: inj-run
+spec:
+  pipelineRef: {name: inj}
+  workspaces:
+    - name: w
+      emptyDir: {}
+  params:
+    - name: secret
+      value: S3CRET
+    - name: inj
+      value: harmless
+    - name: ctx
+      value: "$(context.pipelineRun.name)|$(context.taskRun.name)"
+    - name: ws
+      value: "$(workspaces.w.bound)"
+    - name: arr
+      value: ["$(params.secret)", "$(context.pipelineRun.name)"]
+    - name: tp-inj
+      value: "$(params.tp)"
+"##;
+
+#[test]
+fn pipelinerun_param_values_are_substituted_once_per_phase() {
+    let (run, _dir) = run_yaml(PIPELINE_INJECTION, &["--param", "inj=$(params.secret)"]);
+    let r = report(&run, 0);
+    let rows: [(&str, &str); 7] = [
+        // a pipeline param's value goes through the pipeline's param phase and then the
+        // TaskRun's as data: `$(params.secret)` stays literal
+        ("inj", "$(params.secret)"),
+        ("def", "$(params.secret)+d"),
+        // the pipeline's later phases apply to it: context, workspaces, results of other
+        // tasks; the TaskRun's context phase too
+        ("ctx", "inj-run|inj-run-ctx"),
+        ("ws", "true"),
+        ("res", "first-out"),
+        ("arr", "$(params.secret)|inj-run|"),
+        // an embedded spec gets the pipeline's params propagated in the pipeline's param
+        // phase, and the task's own params in the TaskRun's: Tekton runs the second over
+        // the first's output, so a propagated `$(params.tp)` reads the task's own param,
+        // while a pipeline param (`secret`) is out of the task's reach
+        ("prop", "$(params.secret)|TP"),
+    ];
+    for (name, want) in rows {
+        assert_eq!(task(&r, name)["results"]["out"], want, "task {name}\nreport: {r:#}");
+    }
+    assert!(!r.to_string().contains("S3CRET|") && !r.to_string().contains("\"S3CRET\""), "{r:#}");
+    // a result reference is refused in a `--param` value as in a PipelineRun's params: the
+    // results phase would otherwise read another task's result for whoever sets it
+    let (run, _dir) = run_yaml(PIPELINE_INJECTION, &["--param", "inj=$(tasks.first.results.out)"]);
+    assert_eq!(run.code, 2, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("result references are not allowed"), "{}", run.stderr);
+}
+
+// Tekton inlines a StepAction before the TaskRun's phases: a step's params get the task's
+// params, the action's params go into its body, then the TaskRun's param and context
+// phases run over the whole spec, the inlined body included.
+const STEPACTION_PHASES: &str = r##"
+apiVersion: tekton.dev/v1alpha1
+kind: StepAction
+metadata:
+  name: say
+spec:
+  params:
+    - name: msg
+  image: alpine
+  script: |
+    printf '%s' '$(params.msg)|$(context.taskRun.name)' > $(results.out.path)
+---
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: tr-sa
+spec:
+  params:
+    - name: secret
+      value: S3CRET
+    - name: inj
+      value: "$(params.secret)"
+  taskSpec:
+    params:
+      - name: secret
+      - name: inj
+    results:
+      - name: out
+    steps:
+      - name: s
+        ref:
+          name: say
+        params:
+          - name: msg
+            value: "$(params.inj)"
+"##;
+
+#[test]
+fn stepaction_bodies_get_the_taskrun_phases_after_inlining() {
+    let (run, _dir) = run_yaml(STEPACTION_PHASES, &[]);
+    let r = report(&run, 0);
+    // the context phase reaches the inlined body; and, as in Tekton, the TaskRun's param
+    // phase runs over the action's output, so a param value that reached the body through
+    // a step param is read as a reference there
+    assert_eq!(run0(&r)["results"]["out"], "S3CRET|tr-sa", "{r:#}");
+}
+
+// ------------------------------------------------------------------------------------------
 // 16. the bundled example
 // ------------------------------------------------------------------------------------------
 

@@ -539,14 +539,16 @@ impl Engine {
         ctx.set_str("context.pipelineRun.uid", &uid);
         ctx.set_str("context.pipeline.name", pipeline_name.clone().unwrap_or_else(|| name.clone()));
         let mut supplied: Vec<(String, ParamValue)> =
-            pr.spec.params.iter().map(|p| (p.name.clone(), ctx.apply_value(&p.value))).collect();
+            pr.spec.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
         supplied.extend(self.opts.param_overrides.iter().cloned());
-        let pvalues = match param_values(&spec.params, &supplied, &ctx, "pipelineRun") {
+        let pvalues = match param_values(&spec.params, &supplied, "pipelineRun") {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "PipelineRun", pipeline_name, started, f),
         };
-        let mut pvars = ctx.clone();
-        pvars.extend(&param_vars(&pvalues));
+        // Tekton's pipeline phases, in order and each in one pass: params, context,
+        // workspaces' `bound` (then, per task, retries and matrix lengths, statuses, results)
+        let mut pvars = param_vars(&pvalues);
+        pvars.then(&ctx).then(&Vars::new());
 
         // workspaces
         let repo_names = repo_workspaces(&pr.meta.annotations);
@@ -716,6 +718,7 @@ impl Engine {
             &name,
             &spec,
             &supplied,
+            &[],
             embedded,
             &ctx,
             &Vars::new(),
@@ -737,6 +740,7 @@ impl Engine {
                     &name,
                     &spec,
                     &supplied,
+                    &[],
                     embedded,
                     &stabilize(&ctx),
                     &Vars::new(),
@@ -839,6 +843,8 @@ impl Engine {
         label: &str,
         spec: &TaskSpec,
         supplied: &[(String, ParamValue)],
+        // pipeline params propagated into an embedded spec (below `supplied`)
+        propagated: &[(String, ParamValue)],
         embedded: bool,
         ctx: &Vars,
         pipeline_phase: &Vars,
@@ -851,17 +857,38 @@ impl Engine {
         for_key: bool,
     ) -> Result<TaskRunRequest, Failure> {
         let mut spec = spec.clone();
-        // pipeline-level phase (embedded specs: result refs, pipeline context)
+        // pipeline-level phases for an embedded spec: the pipeline's params (propagated;
+        // a pipeline task param of the same name shadows one), context, workspaces and
+        // results, each in one pass, as Tekton applies them before the TaskRun exists
         if embedded && !pipeline_phase.is_empty() {
             spec = resolve::substitute(&spec, pipeline_phase);
         }
-        let values = param_values(&spec.params, supplied, ctx, &format!("TaskRun {taskrun_name:?}")).map_err(|f| {
+        let all: Vec<(String, ParamValue)> = propagated.iter().chain(supplied).cloned().collect();
+        let task_failure = |f: Failure| {
             Failure::new(
                 if f.reason == "ParameterMissing" { "TaskRunValidationFailed" } else { &f.reason },
                 format!("invalid input params for task {taskrun_name}: {}", f.message),
             )
-        })?;
-        let mut vars = ctx.clone();
+        };
+        let mut values =
+            param_values(&spec.params, &all, &format!("TaskRun {taskrun_name:?}")).map_err(task_failure)?;
+        if !propagated.is_empty() {
+            // The TaskRun's own params are the pipeline task's; a propagated value already
+            // went in with the pipeline's phase, so here the task's default (if any) applies.
+            let own: Vec<crate::model::ParamSpec> = spec
+                .params
+                .iter()
+                .filter(|d| d.default.is_some() || supplied.iter().any(|(n, _)| n == &d.name))
+                .cloned()
+                .collect();
+            // (a default may still name a propagated param: that text is the author's)
+            values = resolve::param_values_with(&own, supplied, &values, &format!("TaskRun {taskrun_name:?}"))
+                .map_err(task_failure)?;
+        }
+        // Tekton's TaskRun phases, in order: params, then context (then, in the executor,
+        // result, step and workspace paths). Each is one pass: a param value's text is
+        // not rescanned for params, but the later phases do apply to it.
+        let mut params = Vars::new();
         // embedded specs see undeclared supplied params too (propagation)
         if embedded {
             let mut merged: BTreeMap<&str, ParamValue> = BTreeMap::new();
@@ -877,21 +904,23 @@ impl Engine {
                 merged.insert(k, nv);
             }
             for (k, v) in merged {
-                vars.set(format!("params.{k}"), v);
+                params.set(format!("params.{k}"), v);
             }
         }
-        vars.extend(&param_vars(&values));
+        params.extend(&param_vars(&values));
+        let mut vars = params.clone();
+        vars.then(ctx);
         resolve::apply_step_template(&mut spec);
-        // StepAction params take whole values (`$(params.a[*])` stays an array)
-        let step_params: Vec<Vec<crate::model::Param>> = spec.steps.iter().map(|s| s.params.clone()).collect();
-        spec = resolve::substitute(&spec, &vars);
-        for (step, params) in spec.steps.iter_mut().zip(step_params) {
-            step.params = params
-                .into_iter()
-                .map(|p| crate::model::Param { value: vars.apply_value(&p.value), name: p.name })
-                .collect();
+        // StepActions first, as Tekton resolves them before the TaskRun's phases: a step's
+        // params get the task's params (whole values: `$(params.a[*])` stays an array),
+        // the action's params go into its body, then every phase runs over the whole spec.
+        for step in spec.steps.iter_mut().filter(|s| s.ref_.is_some()) {
+            for p in step.params.iter_mut() {
+                p.value = params.apply_value(&p.value);
+            }
         }
         resolve::inline_step_actions(&mut spec, &self.cat)?;
+        spec = resolve::substitute(&spec, &vars);
         let env_mode = resolve::EnvMode { for_key, env_from: !self.exec.resolves_env_from() };
         resolve::resolve_env(&mut spec, &self.cat, env_mode)?;
         // workspaces
@@ -1061,8 +1090,11 @@ impl<'a> PipelineRunState<'a> {
     /// Variables for a pipeline task: params, context, workspaces.bound, results of done
     /// tasks, and (finally) execution statuses.
     fn vars_for(&self, pt: &PipelineTask, finally: bool) -> Vars {
-        let mut v = self.pvars.clone();
+        // pipeline task context, then execution statuses, then results: Tekton's order
+        let mut v = Vars::new();
         v.set_str("context.pipelineTask.retries", pt.retries.to_string());
+        let mut status = Vars::new();
+        let mut results = Vars::new();
         // only the tasks this one refers to: planning a large pipeline stays linear
         let referenced = if finally { BTreeSet::new() } else { referenced_tasks(pt) };
         // a finally task may read any task's state; others only those they name (looked
@@ -1074,7 +1106,8 @@ impl<'a> PipelineRunState<'a> {
         };
         for (name, st) in visible {
             for (r, val) in &st.results {
-                v.set(format!("{}.{name}.results.{r}", if st.finally { "finally" } else { "tasks" }), val.clone());
+                results
+                    .set(format!("{}.{name}.results.{r}", if st.finally { "finally" } else { "tasks" }), val.clone());
             }
             if st.matrix {
                 v.set_str(format!("tasks.{name}.matrix.length"), st.expected_children.to_string());
@@ -1090,8 +1123,8 @@ impl<'a> PipelineRunState<'a> {
             let mut any_skipped = false;
             let mut all_none = true;
             for (name, st) in self.states.iter().filter(|(_, s)| !s.finally) {
-                v.set_str(format!("tasks.{name}.status"), st.exec_status());
-                v.set_str(format!("tasks.{name}.reason"), st.reason.clone());
+                status.set_str(format!("tasks.{name}.status"), st.exec_status());
+                status.set_str(format!("tasks.{name}.reason"), st.reason.clone());
                 match &st.state {
                     State::Done(Done::Failed { .. }) => {
                         any_failed = true;
@@ -1111,9 +1144,18 @@ impl<'a> PipelineRunState<'a> {
             } else {
                 "Succeeded"
             };
-            v.set_str("tasks.status", agg);
+            status.set_str("tasks.status", agg);
         }
-        v
+        let mut all = self.pvars.clone();
+        all.then(&v).then(&status).then(&results);
+        all
+    }
+
+    /// The pipeline task after the pipeline's param phase alone (for finding references).
+    fn after_params(&self, pt: &PipelineTask) -> PipelineTask {
+        let mut v = serde_json::to_value(pt).unwrap_or_default();
+        self.pvars.first_phase().apply_json(&mut v, &[]);
+        serde_json::from_value(v).unwrap_or_else(|_| pt.clone())
     }
 
     /// Decide what to do with a pipeline task whose parents are done.
@@ -1133,7 +1175,10 @@ impl<'a> PipelineRunState<'a> {
         }
         // result references: the producer must have the result
         let continue_on_error = pt.on_error.as_deref() == Some("continue");
-        for (producer, result) in result_refs(pt) {
+        // result references are looked for after the pipeline's param phase, as Tekton
+        // resolves them on the substituted pipeline task: a param value may bring one in
+        let scanned = self.after_params(pt);
+        for (producer, result) in result_refs(&scanned) {
             let Some(st) = self.states.get(&producer) else {
                 continue;
             };
@@ -1163,7 +1208,7 @@ impl<'a> PipelineRunState<'a> {
                 }
             }
         }
-        let vars = self.vars_for(pt, finally);
+        let vars = self.vars_for(&scanned, finally);
         // when
         for w in &pt.when {
             match crate::cel::when_holds(w, &vars) {
@@ -1198,15 +1243,16 @@ impl<'a> PipelineRunState<'a> {
                 ))
             }
         };
-        let mut supplied: Vec<(String, ParamValue)> = Vec::new();
+        let mut propagated: Vec<(String, ParamValue)> = Vec::new();
         if embedded {
             // propagated pipeline params: below the pipeline task's own params
             for p in &self.spec.params {
                 if let Some(v) = self.pvars.get(&format!("params.{}", p.name)) {
-                    supplied.push((p.name.clone(), v.clone()));
+                    propagated.push((p.name.clone(), v.clone()));
                 }
             }
         }
+        let mut supplied: Vec<(String, ParamValue)> = Vec::new();
         for p in &pt.params {
             supplied.push((p.name.clone(), vars.apply_value(&p.value)));
         }
@@ -1255,12 +1301,23 @@ impl<'a> PipelineRunState<'a> {
                 c
             }
         };
-        // pipeline-phase substitution for embedded specs: results, context, statuses
+        // pipeline phases for embedded specs: the pipeline's params, where a pipeline task
+        // param of the same name shadows one with its value after the pipeline's param
+        // phase (Tekton's propagation), then context, workspaces, results, statuses
         let mut phase = Vars::new();
         if embedded {
             phase = vars.clone();
-            // params are handled at task level (precedence); drop them here
-            phase = strip_params(&phase);
+            let pparams = self.pvars.first_phase();
+            for p in &pt.params {
+                let key = format!("params.{}", p.name);
+                if phase.contains(&key) {
+                    phase.set(key, pparams.apply_value(&p.value));
+                }
+            }
+            // a matrix param is the child TaskRun's own: left for the task's param phase
+            for p in pt.matrix.iter().flat_map(|m| m.params.iter().chain(m.include.iter().flat_map(|i| &i.params))) {
+                phase.remove(&format!("params.{}", p.name));
+            }
         }
         let timeout = self
             .pr
@@ -1327,6 +1384,7 @@ impl<'a> PipelineRunState<'a> {
                 &label,
                 &spec,
                 &sup,
+                &propagated,
                 embedded,
                 &ctx,
                 &phase,
@@ -1347,6 +1405,7 @@ impl<'a> PipelineRunState<'a> {
                         &label,
                         &spec,
                         &sup,
+                        &propagated,
                         embedded,
                         &stabilize(&ctx),
                         &stabilize(&phase),
@@ -1359,12 +1418,14 @@ impl<'a> PipelineRunState<'a> {
                         Ok(r) => r,
                         Err(f) => return Decision::FailRun(f),
                     };
+                    // the key's params: propagated ones too, below the task's own
+                    let keyed: Vec<(String, ParamValue)> = propagated.iter().chain(&sup).cloned().collect();
                     match self.cache_job(
                         pt,
                         dag,
                         &label,
                         key_req.spec,
-                        &sup,
+                        &keyed,
                         &bindings,
                         &req,
                         &vars,

@@ -20,16 +20,30 @@ impl Failure {
 }
 
 /// Param values from declarations, supplied values and defaults. Object values merge
-/// with the default key by key; defaults may reference other params (resolved
-/// recursively, cycles rejected). `ctx` holds context variables usable in defaults.
+/// with the default key by key. A default may reference other params
+/// (`$(params.other)`, as Tekton allows): it is resolved once, after the params it
+/// names, in one pass; a cycle is rejected. A supplied value is never scanned: its text
+/// is data, and `$(params.other)` in it stays literal (context, results and workspace
+/// references in it are left for the later phases).
 pub fn param_values(
     decl: &[ParamSpec],
     supplied: &[(String, ParamValue)],
-    ctx: &Vars,
+    what: &str,
+) -> Result<BTreeMap<String, ParamValue>, Failure> {
+    param_values_with(decl, supplied, &BTreeMap::new(), what)
+}
+
+/// [`param_values`] where a default may also name a param of `outer` (values the
+/// defaults can see that are not params of `decl`'s own, e.g. propagated ones).
+pub fn param_values_with(
+    decl: &[ParamSpec],
+    supplied: &[(String, ParamValue)],
+    outer: &BTreeMap<String, ParamValue>,
     what: &str,
 ) -> Result<BTreeMap<String, ParamValue>, Failure> {
     let mut out: BTreeMap<String, ParamValue> = BTreeMap::new();
     let mut missing = Vec::new();
+    let mut from_default: std::collections::BTreeSet<String> = Default::default();
     let mut mismatched = Vec::new();
     for d in decl {
         let given = supplied.iter().rev().find(|(n, _)| n == &d.name).map(|(_, v)| v.clone());
@@ -41,7 +55,10 @@ pub fn param_values(
                 ParamValue::Object(m)
             }
             (Some(g), _) => g,
-            (None, Some(def)) => def.clone(),
+            (None, Some(def)) => {
+                from_default.insert(d.name.clone());
+                def.clone()
+            }
             (None, None) => {
                 missing.push(d.name.clone());
                 continue;
@@ -73,40 +90,11 @@ pub fn param_values(
             format!("{what} parameters have mismatching types with Pipeline/Task: {mismatched:?}"),
         ));
     }
-    // Resolve references among params (defaults like "$(params.other)"), to a fixed point.
-    for _ in 0..=out.len() {
-        let mut vars = ctx.clone();
-        for (k, v) in &out {
-            vars.set(format!("params.{k}"), v.clone());
-        }
-        let mut changed = false;
-        for v in out.values_mut() {
-            let nv = vars.apply_value(v);
-            if &nv != v {
-                *v = nv;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    for (k, v) in &out {
-        let refs_self_cycle = match v {
-            ParamValue::Str(s) => s.contains("$(params."),
-            _ => false,
-        };
-        if refs_self_cycle && decl.iter().any(|d| d.default.is_some() && &d.name == k) {
-            let names: Vec<&String> = out.keys().collect();
-            if let ParamValue::Str(s) = v {
-                if names.iter().any(|n| s.contains(&format!("$(params.{n})"))) {
-                    return Err(Failure::new(
-                        "ParamValidationFailed",
-                        format!("{what}: circular dependency detected in param {k:?}"),
-                    ));
-                }
-            }
-        }
+    let pending: Vec<String> =
+        out.keys().filter(|k| from_default.contains(*k) && value_refs_params(&out[*k])).cloned().collect();
+    let mut state: BTreeMap<String, Option<usize>> = pending.iter().map(|k| (k.clone(), None)).collect();
+    for k in &pending {
+        resolve_default(k, &mut out, outer, &mut state, &mut Vec::new(), what)?;
     }
     for d in decl {
         if let (Some(e), Some(ParamValue::Str(v))) = (&d.enum_, out.get(&d.name)) {
@@ -119,6 +107,84 @@ pub fn param_values(
         }
     }
     Ok(out)
+}
+
+/// The param names a text references (`$(params.x...)` in any spelling).
+fn param_refs(s: &str) -> Vec<String> {
+    crate::subst::find_refs(s)
+        .iter()
+        .filter_map(|r| match r.segs()?.as_slice() {
+            [crate::subst::Seg::Name(p), crate::subst::Seg::Name(n), ..] if p == "params" => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn value_texts(v: &ParamValue) -> Vec<&str> {
+    match v {
+        ParamValue::Str(s) => vec![s.as_str()],
+        ParamValue::Array(a) => a.iter().map(String::as_str).collect(),
+        ParamValue::Object(o) => o.values().map(String::as_str).collect(),
+    }
+}
+
+fn value_refs_params(v: &ParamValue) -> bool {
+    value_texts(v).iter().any(|s| !param_refs(s).is_empty())
+}
+
+/// How deep defaults may chain (`a` -> `b` -> ...), as Tekton bounds it.
+const MAX_DEFAULT_DEPTH: usize = 10;
+
+/// Resolve the default of `k` (pending in `state` while `None`): first the defaults it
+/// names, then one pass over its own text with their values. Returns how long the chain
+/// of defaults below `k` is (0 for a value that needs no resolving).
+fn resolve_default(
+    k: &str,
+    out: &mut BTreeMap<String, ParamValue>,
+    outer: &BTreeMap<String, ParamValue>,
+    state: &mut BTreeMap<String, Option<usize>>,
+    visiting: &mut Vec<String>,
+    what: &str,
+) -> Result<usize, Failure> {
+    match state.get(k) {
+        Some(None) => {}
+        Some(Some(depth)) => return Ok(*depth),
+        None => return Ok(0),
+    }
+    if visiting.iter().any(|v| v == k) {
+        return Err(Failure::new(
+            "ParamValidationFailed",
+            format!("{what}: circular dependency detected in param {k:?}"),
+        ));
+    }
+    let too_deep = || {
+        Failure::new(
+            "ParamValidationFailed",
+            format!("{what}: param {k:?}: defaults reference each other more than {MAX_DEFAULT_DEPTH} levels deep"),
+        )
+    };
+    if visiting.len() >= MAX_DEFAULT_DEPTH {
+        // bounded before recursing: a hostile chain cannot exhaust the stack
+        return Err(too_deep());
+    }
+    visiting.push(k.to_string());
+    let names: Vec<String> = value_texts(&out[k]).iter().flat_map(|s| param_refs(s)).collect();
+    let mut vars = Vars::new();
+    let mut depth = 1;
+    for n in names {
+        depth = depth.max(1 + resolve_default(&n, out, outer, state, visiting, what)?);
+        if let Some(v) = out.get(&n).or_else(|| outer.get(&n)) {
+            vars.set(format!("params.{n}"), v.clone());
+        }
+    }
+    visiting.pop();
+    if depth > MAX_DEFAULT_DEPTH {
+        return Err(too_deep());
+    }
+    let resolved = vars.apply_value(&out[k]);
+    out.insert(k.to_string(), resolved);
+    state.insert(k.to_string(), Some(depth));
+    Ok(depth)
 }
 
 /// `params.x` variables for a set of values.
@@ -227,7 +293,7 @@ pub fn inline_step_actions(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Fai
             .collect();
         let decls: Vec<ParamSpec> =
             a.params.iter().filter(|d| !forwards.iter().any(|(n, _)| n == &d.name)).cloned().collect();
-        let values = param_values(&decls, &supplied, &Vars::new(), &format!("StepAction {name:?}"))?;
+        let values = param_values(&decls, &supplied, &format!("StepAction {name:?}"))?;
         let vars = param_vars(&values);
         let body = Step {
             name: step.name.clone(),
@@ -511,35 +577,81 @@ mod tests {
         let s = |v: &str| ParamValue::Str(v.into());
         // supplied beats default; defaults reference other params
         let decl = vec![spec("a", Some(s("A"))), spec("b", Some(s("$(params.a)-b"))), spec("c", None)];
-        let got = param_values(&decl, &[("c".into(), s("C")), ("extra".into(), s("x"))], &Vars::new(), "t").unwrap();
+        let got = param_values(&decl, &[("c".into(), s("C")), ("extra".into(), s("x"))], "t").unwrap();
         assert_eq!(got["b"], s("A-b"));
         assert_eq!(got["c"], s("C"));
         assert!(!got.contains_key("extra"));
         // missing required
-        let e = param_values(&decl, &[], &Vars::new(), "pipelineRun").unwrap_err();
+        let e = param_values(&decl, &[], "pipelineRun").unwrap_err();
         assert_eq!(e.reason, "ParameterMissing");
         assert!(e.message.contains("[\"c\"]"));
         // type mismatch
-        let e = param_values(&decl, &[("c".into(), ParamValue::Array(vec![]))], &Vars::new(), "t").unwrap_err();
+        let e = param_values(&decl, &[("c".into(), ParamValue::Array(vec![]))], "t").unwrap_err();
         assert_eq!(e.reason, "ParameterTypeMismatch");
         // cycle
         let cyc = vec![spec("x", Some(s("$(params.y)"))), spec("y", Some(s("$(params.x)")))];
-        assert!(param_values(&cyc, &[], &Vars::new(), "t").is_err());
+        assert!(param_values(&cyc, &[], "t").is_err());
         // object merge key by key
         let mut o = ParamSpec { name: "o".into(), type_: Some("object".into()), ..Default::default() };
         o.properties = Some(BTreeMap::from([("k1".into(), Default::default()), ("k2".into(), Default::default())]));
         o.default = Some(ParamValue::Object(BTreeMap::from([("k1".into(), "d1".into()), ("k2".into(), "d2".into())])));
-        let got = param_values(
-            &[o],
-            &[("o".into(), ParamValue::Object(BTreeMap::from([("k2".into(), "v2".into())])))],
-            &Vars::new(),
-            "t",
-        )
-        .unwrap();
+        let got =
+            param_values(&[o], &[("o".into(), ParamValue::Object(BTreeMap::from([("k2".into(), "v2".into())])))], "t")
+                .unwrap();
         assert_eq!(
             got["o"],
             ParamValue::Object(BTreeMap::from([("k1".into(), "d1".into()), ("k2".into(), "v2".into())]))
         );
+    }
+
+    #[test]
+    fn supplied_values_are_data_defaults_resolve_once() {
+        let s = |v: &str| ParamValue::Str(v.into());
+        let decl = vec![
+            spec("secret", None),
+            spec("a", None),
+            spec("b", Some(s("$(params.a)-b"))),
+            spec("x", Some(s("X"))),
+            spec("y", Some(s("$(params.x)y"))),
+            spec("z", Some(s("$(params['y'])z $(context.taskRun.name)"))),
+            ParamSpec {
+                name: "arr".into(),
+                type_: Some("array".into()),
+                default: Some(ParamValue::Array(vec!["$(params.z)".into(), "$(params.a)".into()])),
+                ..Default::default()
+            },
+        ];
+        let supplied = [("secret".to_string(), s("S")), ("a".to_string(), s("$(params.secret)"))];
+        let got = param_values(&decl, &supplied, "t").unwrap();
+        let rows = [
+            // a supplied value is never scanned for params
+            ("a", s("$(params.secret)")),
+            // a default gets the value it names, which is not scanned again
+            ("b", s("$(params.secret)-b")),
+            // chains resolve in dependency order; other variables wait for their phase
+            ("y", s("Xy")),
+            ("z", s("Xyz $(context.taskRun.name)")),
+            ("arr", ParamValue::Array(vec!["Xyz $(context.taskRun.name)".into(), "$(params.secret)".into()])),
+        ];
+        for (name, want) in rows {
+            assert_eq!(got[name], want, "{name}");
+        }
+        // a default may name an outer (propagated) value: the author's text, resolved once
+        let outer = BTreeMap::from([("p".to_string(), s("$(params.secret)"))]);
+        let got = param_values_with(&[spec("q", Some(s("$(params.p)-q")))], &[], &outer, "t").unwrap();
+        assert_eq!(got["q"], s("$(params.secret)-q"));
+        // a self reference is a cycle; chains are bounded like Tekton's (10 levels)
+        let e = param_values(&[spec("s", Some(s("$(params.s)")))], &[], "t").unwrap_err();
+        assert!(e.message.contains("circular"), "{}", e.message);
+        let mut deep = vec![spec("p0", Some(s("v")))];
+        for i in 1..=5000 {
+            deep.push(spec(&format!("p{i}"), Some(s(&format!("$(params.p{})", i - 1)))));
+        }
+        for n in [12, 5001] {
+            let e = param_values(&deep[..n], &[], "t").unwrap_err();
+            assert!(e.message.contains("levels deep"), "{}", e.message);
+        }
+        assert_eq!(param_values(&deep[..11], &[], "t").unwrap()["p10"], s("v"));
     }
 
     #[test]
