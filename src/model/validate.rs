@@ -71,15 +71,20 @@ struct Validator<'a> {
 }
 
 fn did_you_mean<'b>(name: &str, candidates: impl IntoIterator<Item = &'b str>) -> String {
-    let best = candidates
+    match closest(name, candidates) {
+        Some(c) => format!(" (did you mean {c:?}?)"),
+        None => String::new(),
+    }
+}
+
+/// The candidate nearest to `name`, if one is near enough to be a typo of it.
+pub(super) fn closest<'b>(name: &str, candidates: impl IntoIterator<Item = &'b str>) -> Option<&'b str> {
+    candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
         .filter(|(d, c)| *d <= 2.max(name.len() / 3) && *d < c.len().max(name.len()))
-        .min();
-    match best {
-        Some((_, c)) => format!(" (did you mean {c:?}?)"),
-        None => String::new(),
-    }
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// DNS-1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, ≤ 63.
