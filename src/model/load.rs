@@ -158,8 +158,10 @@ pub fn load_dir(dir: &Path) -> Catalog {
         match std::fs::read(&f) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => sources.push((shown, text)),
-                Err(_) => {
-                    diags.push(Diagnostic::new(&shown, Pos { line: 1, col: 1 }, None, "", "file is not valid UTF-8"))
+                Err(e) => {
+                    let (pos, byte) = utf8_error_pos(e.as_bytes(), e.utf8_error().valid_up_to());
+                    let msg = format!("file is not valid UTF-8 (byte 0x{byte:02x})");
+                    diags.push(Diagnostic::new(&shown, pos, None, "", msg))
                 }
             },
             Err(e) => {
@@ -172,6 +174,16 @@ pub fn load_dir(dir: &Path) -> Catalog {
     diags.0.extend(cat.diagnostics.0);
     cat.diagnostics = diags;
     cat
+}
+
+/// Line and column (in characters) of the invalid byte at `at`, and the byte.
+fn utf8_error_pos(bytes: &[u8], at: usize) -> (Pos, u8) {
+    let before = &bytes[..at];
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    // the bytes before `at` are valid UTF-8
+    let col = std::str::from_utf8(&before[line_start..]).map_or(at - line_start, |s| s.chars().count()) + 1;
+    (Pos { line, col }, bytes[at])
 }
 
 fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Diagnostics) {
@@ -598,6 +610,17 @@ mod tests {
             let cat = load(&obj(api, kind));
             assert!(cat.diagnostics.is_empty() && cat.is_empty(), "{api} {kind}: {}", cat.diagnostics);
         }
+    }
+
+    #[test]
+    fn invalid_utf8_is_shown_at_its_own_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.yaml"), b"apiVersion: tekton.dev/v1\nkind: Task\nmetadata:\n  name: a\n  labels: {x: \"\xc3\xa9\xff\"}\n").unwrap();
+        let cat = load_dir(dir.path());
+        assert_eq!(cat.diagnostics.len(), 1, "{}", cat.diagnostics);
+        let d = &cat.diagnostics.0[0];
+        assert_eq!((d.file.as_str(), d.line, d.column), ("t.yaml", 5, 17), "{d}");
+        assert_eq!(d.message, "file is not valid UTF-8 (byte 0xff)");
     }
 
     #[test]

@@ -150,6 +150,17 @@ impl<'a> Validator<'a> {
         self.out.push(Diagnostic::new(&file.path, pos, Some(ctx.label.clone()), field, msg));
     }
 
+    /// A required list that is absent (shown at `base`) or empty (shown at its own key).
+    fn missing_list(&mut self, ctx: &Ctx, base: &str, list: &str) {
+        let f = format!("{base}.{list}");
+        let present = self.cat.files[ctx.file].docs.get(ctx.doc).is_some_and(|d| d.positions.contains_key(&f));
+        if present {
+            self.err(ctx, &f, format!("missing field(s): {list} (the list is empty)"));
+        } else {
+            self.err(ctx, base, format!("missing field(s): {list}"));
+        }
+    }
+
     fn promotion_policy(&mut self, p: &Obj<PromotionPolicySpec>) {
         let ctx = self.ctx(p);
         let s = &p.spec;
@@ -501,7 +512,7 @@ impl<'a> Validator<'a> {
     fn task_spec(&mut self, ctx: &Ctx, base: &str, spec: &TaskSpec, env: &TaskEnv) {
         self.param_specs(ctx, &format!("{base}.params"), &spec.params);
         if spec.steps.is_empty() {
-            self.err(ctx, base, "missing field(s): steps");
+            self.missing_list(ctx, base, "steps");
         }
         // results
         let mut rseen = BTreeSet::new();
@@ -855,7 +866,7 @@ impl<'a> Validator<'a> {
         self.param_specs(ctx, &format!("{base}.params"), &spec.params);
         if spec.tasks.is_empty() {
             if spec.finally.is_empty() {
-                self.err(ctx, base, "missing field(s): tasks");
+                self.missing_list(ctx, base, "tasks");
             } else {
                 self.err(
                     ctx,
