@@ -37,7 +37,45 @@ pub fn validate(cat: &Catalog) -> Diagnostics {
         let ctx = v.ctx(sa);
         v.step_action(&ctx, &sa.spec);
     }
+    let hints = yaml11_hints(cat, &v.out);
+    v.out.0.extend(hints);
     v.out.sorted()
+}
+
+/// Whether a field path names something (a task, param, result, workspace, step) or
+/// refers to something by name (`runAfter`, `workspace`, `pipelineTaskName`).
+fn is_name_field(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    last == "name"
+        || last == "workspace"
+        || last == "pipelineTaskName"
+        || (last.starts_with("runAfter[") && last.ends_with(']'))
+}
+
+/// For every object with an error: a hint at each name that YAML 1.1 read as a boolean
+/// (`y`, `no`, `on`, ...), which is the likely cause (`result "y" is not declared`).
+fn yaml11_hints(cat: &Catalog, errors: &Diagnostics) -> Vec<Diagnostic> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for e in &errors.0 {
+        let Some(object) = &e.object else { continue };
+        let Some(file) = cat.files.iter().find(|f| f.path == e.file) else { continue };
+        // the document the error is in: the last one starting at or before it
+        let Some(doc_idx) = file.docs.iter().rposition(|d| d.start.line <= e.line) else { continue };
+        if !seen.insert((e.file.clone(), doc_idx)) {
+            continue;
+        }
+        let doc = &file.docs[doc_idx];
+        for (path, (text, pos)) in &doc.yaml11_bools {
+            if !is_name_field(path) {
+                continue;
+            }
+            if let Some(hint) = super::yaml::yaml11_bool_hint(text) {
+                out.push(Diagnostic::new(&file.path, *pos, Some(object.clone()), path, hint));
+            }
+        }
+    }
+    out
 }
 
 /// Where diagnostics for one object go.

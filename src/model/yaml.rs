@@ -39,8 +39,8 @@ pub struct Document {
     /// Position of the document's first node.
     pub start: Pos,
     /// Field paths of plain values that YAML 1.1 reads as a boolean although they are
-    /// not `true`/`false` (`y`, `no`, `on`, ...) -> their text, for hints.
-    pub yaml11_bools: BTreeMap<String, String>,
+    /// not `true`/`false` (`y`, `no`, `on`, ...) -> their text and position, for hints.
+    pub yaml11_bools: BTreeMap<String, (String, Pos)>,
 }
 
 impl Document {
@@ -351,7 +351,7 @@ pub fn yaml11_bool_hint(text: &str) -> Option<String> {
 struct Converter {
     positions: BTreeMap<String, Pos>,
     errs: Vec<SyntaxError>,
-    bools: BTreeMap<String, String>,
+    bools: BTreeMap<String, (String, Pos)>,
     /// Bytes of field paths built so far, against [`MAX_PATH_BYTES`].
     path_bytes: usize,
     over_budget: bool,
@@ -377,9 +377,9 @@ impl Converter {
         match node.get() {
             Node::Shared(_) => unreachable!("get() looks through sharing"),
             Node::Null(_) => Value::Null,
-            Node::Scalar(text, plain, _) => {
+            Node::Scalar(text, plain, pos) => {
                 if *plain && yaml11_only_bool(text).is_some() {
-                    self.bools.insert(path.to_string(), text.clone());
+                    self.bools.insert(path.to_string(), (text.clone(), *pos));
                 }
                 Value::String(scalar_string(text, *plain))
             }
@@ -1153,6 +1153,17 @@ mod tests {
         }
         let d = one("v: ~\nw:\nx: null");
         assert!(d.value["v"].is_null() && d.value["w"].is_null() && d.value["x"].is_null());
+        // plain YAML 1.1-only booleans are noted (with where they are) for hints; keys,
+        // quoted text and true/false are not
+        let d = one("a: [y, 'n', true, Off]\n\"on\": no\nyes: x\n");
+        let noted: Vec<_> = d.yaml11_bools.iter().map(|(p, (t, pos))| (p.as_str(), t.as_str(), *pos)).collect();
+        let at = |line, col| Pos { line, col };
+        assert_eq!(noted, vec![("a[0]", "y", at(1, 5)), ("a[3]", "Off", at(1, 19)), ("on", "no", at(2, 7))]);
+        assert_eq!(
+            yaml11_bool_hint("Off").as_deref(),
+            Some("Off is read as the boolean false by YAML 1.1 (as Kubernetes does); quote it: \"Off\"")
+        );
+        assert_eq!(yaml11_bool_hint("true"), None);
     }
 
     #[test]
