@@ -228,7 +228,7 @@ fn parse_inner(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
         let ev = match parser.parse() {
             Ok(ev) => ev,
             Err(e) => {
-                err = Some(locate_syntax_error(&e));
+                err = Some(locate_syntax_error(&e, text));
                 break;
             }
         };
@@ -719,8 +719,11 @@ struct LocFrame {
 
 /// A parser error at its best position: an unclosed flow collection is shown where it
 /// was opened.
-fn locate_syntax_error(e: &libyaml_safer::Error) -> SyntaxError {
-    let mut pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or_default();
+fn locate_syntax_error(e: &libyaml_safer::Error, text: &str) -> SyntaxError {
+    if e.kind() == libyaml_safer::ErrorKind::Reader {
+        return reader_error(e, text);
+    }
+    let mut pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or(Pos { line: 1, col: 1 });
     let mut message = e.problem().to_string();
     if let Some(c) = e.context() {
         if c.contains("flow") {
@@ -732,6 +735,29 @@ fn locate_syntax_error(e: &libyaml_safer::Error) -> SyntaxError {
             message = format!("{message} ({c})");
         }
     }
+    SyntaxError { pos, message }
+}
+
+/// A reader error (a control character, a NUL) has no mark, only a byte offset, which
+/// the parser shows in its message only: `... (offset N, value V)`.
+fn reader_error(e: &libyaml_safer::Error, text: &str) -> SyntaxError {
+    let shown = e.to_string();
+    let field = |name: &str| -> Option<i64> {
+        let rest = &shown[shown.rfind(&format!("{name} "))? + name.len() + 1..];
+        rest[..rest.find([',', ')']).unwrap_or(rest.len())].trim().parse().ok()
+    };
+    let bom = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let pos = match field("offset").map(|o| o as usize + bom) {
+        Some(at) if at <= text.len() && text.is_char_boundary(at) => {
+            let (line, col) = line_col_of(text, at);
+            Pos { line, col }
+        }
+        _ => Pos { line: 1, col: 1 },
+    };
+    let message = match field("value").and_then(|v| u32::try_from(v).ok()) {
+        Some(v) => format!("{} (U+{v:04X})", e.problem()),
+        None => e.problem().to_string(),
+    };
     SyntaxError { pos, message }
 }
 
@@ -762,7 +788,7 @@ fn locate_inner(text: &str, path: &[PathSeg]) -> Result<ScalarSpan, LocateError>
         }
     };
     loop {
-        let ev = parser.parse().map_err(|e| LocateError::Syntax(locate_syntax_error(&e)))?;
+        let ev = parser.parse().map_err(|e| LocateError::Syntax(locate_syntax_error(&e, text)))?;
         let pos = to_pos(&ev.start_mark);
         let is_node = matches!(
             ev.data,
@@ -1192,6 +1218,25 @@ mod tests {
         let e = &err[0];
         assert!(e.message.contains("duplicate key"), "{}", e.message);
         assert_eq!(e.pos.line, 2);
+    }
+
+    #[test]
+    fn control_characters_are_shown_where_they_are() {
+        for (text, line, col, what) in [
+            ("\0a: 1\n", 1, 1, "U+0000"),
+            ("a: 1\nb: x\u{1}y\n", 2, 5, "U+0001"),
+            ("a: 1\n  # é\nc: 'é\u{7f}'\n", 3, 6, "U+007F"),
+            ("\u{feff}a: 1\nb: \u{8}\n", 2, 4, "U+0008"),
+        ] {
+            let (_, errs) = parse_documents(text);
+            assert_eq!(errs.len(), 1, "{text:?}: {errs:?}");
+            assert_eq!(errs[0].pos, Pos { line, col }, "{text:?}: {errs:?}");
+            assert_eq!(errs[0].message, format!("control characters are not allowed ({what})"));
+            match locate_scalar(text, &parse_path("a").unwrap()) {
+                Err(LocateError::Syntax(e)) => assert_eq!(e.pos, Pos { line, col }, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
