@@ -277,6 +277,8 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         ("v1", "ConfigMap") => ObjKind::ConfigMap,
         ("v1", "Secret") => ObjKind::Secret,
         ("v1", "PersistentVolumeClaim") => ObjKind::PersistentVolumeClaim,
+        // tenon's own records (the promotion ledger under `.tenon/`): not manifests.
+        ("tenon.dev", k) if TENON_RECORD_KINDS.contains(&k) => return,
         // Our groups: a kind we do not read is a mistake, never silently dropped.
         ("tekton.dev" | "tenon.dev", _) => {
             let name = map.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
@@ -367,6 +369,8 @@ const TEKTON_KINDS: &[&str] = &["Task", "Pipeline", "PipelineRun", "TaskRun", "S
 const TEKTON_KINDS_UNSUPPORTED: &[&str] =
     &["ClusterTask", "CustomRun", "Run", "VerificationPolicy", "PipelineResource", "Condition"];
 const TENON_KINDS: &[&str] = &["PromotionPolicy"];
+/// Documents tenon writes itself (`src/promote`), skipped by the loader.
+const TENON_RECORD_KINDS: &[&str] = &["PromotionRecord", "PromotionHold", "PromotionRelease"];
 
 fn our_kinds(group: &str) -> &'static [&'static str] {
     if group == "tekton.dev" {
@@ -605,6 +609,11 @@ mod tests {
         assert_eq!(cat.diagnostics.len(), 1, "{}", cat.diagnostics);
         assert!(cat.diagnostics.0[0].message.starts_with("missing field(s): kind"), "{}", cat.diagnostics);
         assert_eq!(cat.diagnostics.0[0].line, 1);
+        // tenon's own ledger records are not manifests
+        for kind in TENON_RECORD_KINDS {
+            let cat = load(&obj("tenon.dev/v1alpha1", kind));
+            assert!(cat.diagnostics.is_empty(), "{kind}: {}", cat.diagnostics);
+        }
         // other groups stay ignored, typos or not
         for (api, kind) in [("apps/v1", "Deploymnet"), ("triggers.tekton.dev/v1beta1", "EventListener"), ("v1", "ConfigMapp")] {
             let cat = load(&obj(api, kind));
