@@ -390,7 +390,8 @@ fn unknown_kind_message(group: &str, kind: &str, api_version: &str) -> (String, 
     }
     let meant = super::validate::closest(kind, known.iter().chain(unsupported).copied());
     let hint = meant.map(|m| format!(" (did you mean {m:?}?)")).unwrap_or_default();
-    let msg = format!("unknown kind {kind:?} for apiVersion {api_version:?}{hint}; {group} kinds are {}", known.join(", "));
+    let msg =
+        format!("unknown kind {kind:?} for apiVersion {api_version:?}{hint}; {group} kinds are {}", known.join(", "));
     let ours = [ObjKind::Task, ObjKind::Pipeline, ObjKind::PipelineRun, ObjKind::TaskRun, ObjKind::StepAction];
     let kind = ours.into_iter().chain([ObjKind::PromotionPolicy]).find(|k| meant == Some(k.as_str()));
     (msg, kind)
@@ -586,9 +587,14 @@ mod tests {
 
     #[test]
     fn unknown_kinds_of_our_groups_are_errors() {
-        let obj = |api: &str, kind: &str| format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{}}\n");
+        let obj =
+            |api: &str, kind: &str| format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{}}\n");
         let cases = [
-            ("tekton.dev/v1", "Pipline", "unknown kind \"Pipline\" for apiVersion \"tekton.dev/v1\" (did you mean \"Pipeline\"?)"),
+            (
+                "tekton.dev/v1",
+                "Pipline",
+                "unknown kind \"Pipline\" for apiVersion \"tekton.dev/v1\" (did you mean \"Pipeline\"?)",
+            ),
             ("tekton.dev/v1beta1", "task", "(did you mean \"Task\"?)"),
             ("tekton.dev/v1alpha1", "PipelineRunn", "(did you mean \"PipelineRun\"?)"),
             ("tekton.dev/v1", "Widget", "tekton.dev kinds are Task, Pipeline, PipelineRun, TaskRun, StepAction"),
@@ -615,7 +621,9 @@ mod tests {
             assert!(cat.diagnostics.is_empty(), "{kind}: {}", cat.diagnostics);
         }
         // other groups stay ignored, typos or not
-        for (api, kind) in [("apps/v1", "Deploymnet"), ("triggers.tekton.dev/v1beta1", "EventListener"), ("v1", "ConfigMapp")] {
+        for (api, kind) in
+            [("apps/v1", "Deploymnet"), ("triggers.tekton.dev/v1beta1", "EventListener"), ("v1", "ConfigMapp")]
+        {
             let cat = load(&obj(api, kind));
             assert!(cat.diagnostics.is_empty() && cat.is_empty(), "{api} {kind}: {}", cat.diagnostics);
         }
@@ -624,7 +632,11 @@ mod tests {
     #[test]
     fn invalid_utf8_is_shown_at_its_own_line_and_column() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("t.yaml"), b"apiVersion: tekton.dev/v1\nkind: Task\nmetadata:\n  name: a\n  labels: {x: \"\xc3\xa9\xff\"}\n").unwrap();
+        std::fs::write(
+            dir.path().join("t.yaml"),
+            b"apiVersion: tekton.dev/v1\nkind: Task\nmetadata:\n  name: a\n  labels: {x: \"\xc3\xa9\xff\"}\n",
+        )
+        .unwrap();
         let cat = load_dir(dir.path());
         assert_eq!(cat.diagnostics.len(), 1, "{}", cat.diagnostics);
         let d = &cat.diagnostics.0[0];

@@ -176,7 +176,8 @@ impl Builder {
 
     /// Size of the collection being closed.
     fn close(&mut self) -> Size {
-        let o = self.open.pop().unwrap_or(Open { child_height: 0, nodes_at_start: self.nodes, bytes_at_start: self.bytes });
+        let o =
+            self.open.pop().unwrap_or(Open { child_height: 0, nodes_at_start: self.nodes, bytes_at_start: self.bytes });
         Size { height: o.child_height + 1, nodes: self.nodes - o.nodes_at_start, bytes: self.bytes - o.bytes_at_start }
     }
 }
@@ -235,15 +236,24 @@ fn parse_inner(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
         let pos = to_pos(&ev.start_mark);
         b.nodes += 1;
         if b.nodes > MAX_NODES {
-            err = Some(SyntaxError { pos, message: format!("document has more than {MAX_NODES} nodes (aliases expanded)") });
+            err = Some(SyntaxError {
+                pos,
+                message: format!("document has more than {MAX_NODES} nodes (aliases expanded)"),
+            });
             break;
         }
         if b.bytes > MAX_TEXT_BYTES {
             let mib = MAX_TEXT_BYTES >> 20;
-            err = Some(SyntaxError { pos, message: format!("document holds more than {mib} MiB of text (aliases expanded)") });
+            err = Some(SyntaxError {
+                pos,
+                message: format!("document holds more than {mib} MiB of text (aliases expanded)"),
+            });
             break;
         }
-        let too_deep = || SyntaxError { pos, message: format!("nested deeper than {MAX_DEPTH} levels (mappings and lists, aliases expanded)") };
+        let too_deep = || SyntaxError {
+            pos,
+            message: format!("nested deeper than {MAX_DEPTH} levels (mappings and lists, aliases expanded)"),
+        };
         match ev.data {
             EventData::StreamEnd => break,
             EventData::Scalar { value, anchor, tag, style, .. } => {
@@ -278,7 +288,13 @@ fn parse_inner(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
                     break;
                 }
                 Some((_, size)) if b.nodes + size.nodes > MAX_NODES || b.bytes + size.bytes > MAX_TEXT_BYTES => {
-                    err = Some(SyntaxError { pos, message: format!("alias *{anchor} expands the document past {MAX_NODES} nodes or {} MiB of text", MAX_TEXT_BYTES >> 20) });
+                    err = Some(SyntaxError {
+                        pos,
+                        message: format!(
+                            "alias *{anchor} expands the document past {MAX_NODES} nodes or {} MiB of text",
+                            MAX_TEXT_BYTES >> 20
+                        ),
+                    });
                     break;
                 }
                 Some((n, size)) => {
@@ -383,9 +399,9 @@ impl Converter {
                 }
                 Value::String(scalar_string(text, *plain))
             }
-            Node::Seq(items, _) => {
-                Value::Array(items.iter().enumerate().map(|(i, item)| self.convert(item, &format!("{path}[{i}]"))).collect())
-            }
+            Node::Seq(items, _) => Value::Array(
+                items.iter().enumerate().map(|(i, item)| self.convert(item, &format!("{path}[{i}]"))).collect(),
+            ),
             Node::Map(entries, _) => {
                 let mut out = Map::new();
                 let mut explicit = std::collections::HashSet::new();
@@ -395,7 +411,8 @@ impl Converter {
                         Node::Scalar(t, _, _) => t.clone(),
                         Node::Null(_) => "null".to_string(),
                         _ => {
-                            self.errs.push(SyntaxError { pos: k.pos(), message: "mapping keys must be scalars".into() });
+                            self.errs
+                                .push(SyntaxError { pos: k.pos(), message: "mapping keys must be scalars".into() });
                             continue;
                         }
                     };
@@ -421,7 +438,8 @@ impl Converter {
                     }
                     let child = join_key(path, &key);
                     if !explicit.insert(key.clone()) {
-                        self.errs.push(SyntaxError { pos: k.pos(), message: format!("duplicate key {key:?} in mapping") });
+                        self.errs
+                            .push(SyntaxError { pos: k.pos(), message: format!("duplicate key {key:?} in mapping") });
                     }
                     // A field is shown at its key (`runAfter:`), where the reader looks.
                     self.positions.insert(child.clone(), k.pos());
