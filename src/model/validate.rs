@@ -55,11 +55,12 @@ fn is_name_field(path: &str) -> bool {
 /// For every object with an error: a hint at each name that YAML 1.1 read as a boolean
 /// (`y`, `no`, `on`, ...), which is the likely cause (`result "y" is not declared`).
 fn yaml11_hints(cat: &Catalog, errors: &Diagnostics) -> Vec<Diagnostic> {
+    let files: BTreeMap<&str, &super::load::SourceFile> = cat.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for e in &errors.0 {
         let Some(object) = &e.object else { continue };
-        let Some(file) = cat.files.iter().find(|f| f.path == e.file) else { continue };
+        let Some(file) = files.get(e.file.as_str()) else { continue };
         // the document the error is in: the last one starting at or before it
         let Some(doc_idx) = file.docs.iter().rposition(|d| d.start.line <= e.line) else { continue };
         if !seen.insert((e.file.clone(), doc_idx)) {
