@@ -84,6 +84,7 @@ const TOKENS: &[&str] = &[
     "...\n",
     "!!str ",
     "!!binary ",
+    "!t,",
     "'",
     "\"",
     "|\n",
@@ -165,6 +166,7 @@ const VALUES: &[&str] = &[
     "/abs",
     "a/../../b",
     "\"\\0\\x01\"",
+    "[!!str, x]",
 ];
 
 #[derive(Debug, Clone)]
