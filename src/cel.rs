@@ -98,9 +98,15 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
     Ok(out)
 }
 
+/// The deepest nesting of parentheses, lists, calls and unary operators an expression
+/// may have: the parser recurses once per level.
+const MAX_NESTING: usize = 64;
+
 struct P {
     t: Vec<Tok>,
     i: usize,
+    /// Current nesting, against [`MAX_NESTING`].
+    depth: usize,
 }
 
 impl P {
@@ -123,6 +129,19 @@ impl P {
         }
     }
     fn or(&mut self) -> Result<Val, String> {
+        self.nested(Self::or_inner)
+    }
+    /// Run one nested level of the grammar, refusing to go deeper than [`MAX_NESTING`].
+    fn nested(&mut self, f: fn(&mut Self) -> Result<Val, String>) -> Result<Val, String> {
+        if self.depth >= MAX_NESTING {
+            return Err(format!("expression nested deeper than {MAX_NESTING} levels"));
+        }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
+    }
+    fn or_inner(&mut self) -> Result<Val, String> {
         let mut l = self.and()?;
         while self.eat("||") {
             let r = self.and()?;
@@ -157,6 +176,9 @@ impl P {
         Ok(l)
     }
     fn unary(&mut self) -> Result<Val, String> {
+        self.nested(Self::unary_inner)
+    }
+    fn unary_inner(&mut self) -> Result<Val, String> {
         if self.eat("!") {
             let v = self.unary()?;
             return Ok(Val::Bool(!truth(&v)?));
@@ -291,7 +313,7 @@ fn compare(op: &str, l: &Val, r: &Val) -> Result<bool, String> {
 
 /// Evaluate an (already substituted) expression to a bool.
 pub fn eval_bool(expr: &str) -> Result<bool, String> {
-    let mut p = P { t: lex(expr)?, i: 0 };
+    let mut p = P { t: lex(expr)?, i: 0, depth: 0 };
     let v = p.or()?;
     if p.i != p.t.len() {
         return Err(format!("unexpected {:?} after the expression", p.t[p.i]));
@@ -324,6 +346,25 @@ mod tests {
         }
         for bad in ["'0.9' > 0.5", "1 +", "'x'", "unknown == 1", "'abc", "double('x') > 1"] {
             assert!(eval_bool(bad).is_err(), "{bad} should be an error");
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        // within the limit
+        assert_eq!(eval_bool(&format!("{}true{}", "(".repeat(20), ")".repeat(20))), Ok(true));
+        assert_eq!(eval_bool(&format!("{}true", "!".repeat(20))), Ok(true));
+        // far past it: an error, not a stack overflow
+        for e in [
+            format!("{}true{}", "(".repeat(100_000), ")".repeat(100_000)),
+            format!("{}true", "!".repeat(100_000)),
+            format!("{}1 < 2", "-".repeat(100_000)),
+            format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("{}'1'{} == 1", "int(".repeat(100_000), ")".repeat(100_000)),
+            format!("'a'{}", ".contains('a'".repeat(50_000)),
+        ] {
+            let err = eval_bool(&e).unwrap_err();
+            assert!(err.contains("nested deeper than 64 levels"), "{err}");
         }
     }
 }

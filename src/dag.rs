@@ -129,41 +129,37 @@ impl Dag {
             Done,
         }
         let mut mark: BTreeMap<&str, Mark> = self.names.iter().map(|n| (n.as_str(), Mark::New)).collect();
-        fn dfs<'a>(
-            n: &'a str,
-            dag: &'a Dag,
-            mark: &mut BTreeMap<&'a str, Mark>,
-            stack: &mut Vec<&'a str>,
-        ) -> Option<Vec<String>> {
-            mark.insert(n, Mark::Active);
-            stack.push(n);
-            if let Some(ps) = dag.parents.get(n) {
-                for p in ps {
-                    match mark.get(p.as_str()).copied() {
+        let no_parents = BTreeSet::new();
+        // Depth-first, with an explicit stack: a chain of many thousands of tasks must not
+        // exhaust the thread's stack. Each entry is a task on the current path and its
+        // parents still to visit.
+        for root in &self.names {
+            if mark.get(root.as_str()) != Some(&Mark::New) {
+                continue;
+            }
+            let mut path: Vec<(&str, std::collections::btree_set::Iter<'_, String>)> = Vec::new();
+            mark.insert(root, Mark::Active);
+            path.push((root, self.parents.get(root).unwrap_or(&no_parents).iter()));
+            while let Some((n, parents)) = path.last_mut() {
+                let n = *n;
+                match parents.next() {
+                    Some(p) => match mark.get(p.as_str()).copied() {
                         Some(Mark::Active) => {
-                            let start = stack.iter().position(|s| *s == p.as_str()).unwrap_or(0);
-                            let mut cyc: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+                            let start = path.iter().position(|(s, _)| *s == p.as_str()).unwrap_or(0);
+                            let mut cyc: Vec<String> = path[start..].iter().map(|(s, _)| s.to_string()).collect();
                             cyc.push(p.clone());
                             return Some(cyc);
                         }
                         Some(Mark::New) => {
-                            if let Some(c) = dfs(p.as_str(), dag, mark, stack) {
-                                return Some(c);
-                            }
+                            mark.insert(p, Mark::Active);
+                            path.push((p, self.parents.get(p).unwrap_or(&no_parents).iter()));
                         }
                         _ => {}
+                    },
+                    None => {
+                        mark.insert(n, Mark::Done);
+                        path.pop();
                     }
-                }
-            }
-            stack.pop();
-            mark.insert(n, Mark::Done);
-            None
-        }
-        for n in &self.names {
-            if mark.get(n.as_str()) == Some(&Mark::New) {
-                let mut stack = Vec::new();
-                if let Some(c) = dfs(n, self, &mut mark, &mut stack) {
-                    return Some(c);
                 }
             }
         }
@@ -344,5 +340,31 @@ mod tests {
         }
         let (_, errs) = Dag::build(&[pt("a", &["a"], &[])]);
         assert!(matches!(&errs[..], [DagError::Cycle { .. }]));
+    }
+
+    #[test]
+    fn a_long_chain_needs_no_deep_stack() {
+        // 50,000 tasks, each after the previous, closed into a cycle; on a small stack
+        let n = 50_000;
+        let names: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+        let tasks: Vec<PipelineTask> = (0..n)
+            .map(|i| {
+                let prev = names[(i + n - 1) % n].as_str();
+                pt(&names[i], if i == 0 { &[] } else { std::slice::from_ref(&prev) }, &[])
+            })
+            .collect();
+        let mut cyclic = tasks.clone();
+        cyclic[0].run_after = vec![names[n - 1].clone()];
+        let (ok, bad) = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || (Dag::build(&tasks).1, Dag::build(&cyclic).1))
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert!(ok.is_empty(), "{ok:?}");
+        match &bad[..] {
+            [DagError::Cycle { path }] => assert_eq!(path.len(), n + 1),
+            other => panic!("{:?}", other.len()),
+        }
     }
 }

@@ -49,9 +49,10 @@ pub fn find_refs(s: &str) -> Vec<VarRef<'_>> {
         if bytes[i] == b'$' && bytes[i + 1] == b'(' {
             if let Some(rel) = s[i + 2..].find(')') {
                 let end = i + 2 + rel + 1;
-                if s[i + 2..end - 1].contains("$(") {
-                    // `$(echo $(params.x))`: the inner one is the reference.
-                    i += 2;
+                if let Some(inner) = s[i + 2..end - 1].rfind("$(") {
+                    // `$(echo $(params.x))`: the innermost one is the reference (going
+                    // straight to it keeps this linear on `$($($(...`).
+                    i += 2 + inner;
                     continue;
                 }
                 out.push(VarRef { start: i, end, expr: &s[i + 2..end - 1] });
@@ -445,6 +446,18 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(v.apply_str(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn nested_openers_are_linear() {
+        // `$($($(...)` once took quadratic time (each opener rescanned the rest)
+        let s = format!("{}params.x)", "$(".repeat(200_000));
+        let t = std::time::Instant::now();
+        let refs = find_refs(&s);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(refs.len(), 1);
+        assert_eq!((refs[0].expr, refs[0].end), ("params.x", s.len()));
+        assert!(vars().apply_str(&s).ends_with("$(X"));
     }
 
     #[test]

@@ -342,6 +342,69 @@ fn directory_mode_reruns_what_changed_once_per_settled_change() {
     assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}");
 }
 
+/// `<tmp>/repo` holding [`TWO_TASKS`] and the two input files it reads.
+fn two_task_repo(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("repo");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pipeline.yaml"), TWO_TASKS).unwrap();
+    std::fs::write(dir.join("a.txt"), "a0\n").unwrap();
+    std::fs::write(dir.join("b.txt"), "b0\n").unwrap();
+    dir
+}
+
+/// A TaskRun whose step's `securityContext` nests mappings to exactly `depth` levels of the
+/// document (root mapping included).
+fn nested_task_run(depth: usize) -> String {
+    // root(1) spec(2) taskSpec(3) steps(4) step(5) securityContext(6..)
+    let n = depth - 5;
+    format!(
+        "apiVersion: tekton.dev/v1\nkind: TaskRun\nmetadata: {{name: deep}}\nspec:\n  taskSpec:\n    steps:\n      - name: s\n        image: alpine\n        script: echo deep\n        securityContext: {}x{}\n",
+        "{a: ".repeat(n),
+        "}".repeat(n)
+    )
+}
+
+/// Hostile nesting (20,000 and 200,000 levels) in the watched tree: each revision is
+/// reported `invalid` quickly, the watcher keeps serving, and it recovers when the file
+/// is fixed; a document nested exactly to the limit still runs.
+#[test]
+fn directory_mode_survives_hostile_nesting_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = two_task_repo(tmp.path());
+    let store = tmp.path().join("store");
+    let w = Watcher::start(&["--dir", dir.to_str().unwrap(), "--sandbox", "host", "--debounce", "300ms"], &store, &[]);
+    let s = w.wait_status("the first sync", |s| s["ready"] == true && s["reconciles"] == 1);
+    assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}");
+
+    let mut n = 1;
+    for levels in [20_000usize, 200_000] {
+        let t0 = Instant::now();
+        std::fs::write(dir.join("deep.yaml"), format!("a: {}{}\n", "[".repeat(levels), "]".repeat(levels))).unwrap();
+        let s = w.wait_reconciles(n);
+        n += 1;
+        println!("MEASURE {levels} levels -> invalid reconcile: {} ms", t0.elapsed().as_millis());
+        assert_eq!(s["lastReconcile"]["outcome"], "invalid", "{levels} levels: {s:#}");
+        let messages = s["lastReconcile"]["messages"].to_string();
+        assert!(messages.contains("deep.yaml:1:259") && messages.contains("nested deeper than 256 levels"), "{s:#}");
+        assert_eq!(w.get("/healthz").0, 200);
+        assert_eq!(w.get("/readyz").0, 200);
+    }
+
+    // fixed: at the limit, the deep TaskRun is valid and runs
+    std::fs::write(dir.join("deep.yaml"), nested_task_run(256)).unwrap();
+    let s = w.wait_reconciles(n);
+    n += 1;
+    assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}\n{}", w.log_text());
+    // one level more is invalid again, and removing the file recovers
+    std::fs::write(dir.join("deep.yaml"), nested_task_run(257)).unwrap();
+    let s = w.wait_reconciles(n);
+    n += 1;
+    assert_eq!(s["lastReconcile"]["outcome"], "invalid", "{s:#}");
+    std::fs::remove_file(dir.join("deep.yaml")).unwrap();
+    let s = w.wait_reconciles(n);
+    assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}");
+}
+
 /// SIGTERM while a task runs: a clean exit, no process left, and the next start reruns
 /// the interrupted task only.
 #[test]
@@ -666,11 +729,7 @@ fn once_exit_codes() {
 #[test]
 fn leader_gate_holds_reconciles_until_leadership() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("repo");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("pipeline.yaml"), TWO_TASKS).unwrap();
-    std::fs::write(dir.join("a.txt"), "a\n").unwrap();
-    std::fs::write(dir.join("b.txt"), "b\n").unwrap();
+    let dir = two_task_repo(tmp.path());
     let store = tmp.path().join("store");
     let addr_file = tmp.path().join("addr");
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -158,8 +158,10 @@ pub fn load_dir(dir: &Path) -> Catalog {
         match std::fs::read(&f) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => sources.push((shown, text)),
-                Err(_) => {
-                    diags.push(Diagnostic::new(&shown, Pos { line: 1, col: 1 }, None, "", "file is not valid UTF-8"))
+                Err(e) => {
+                    let (pos, byte) = utf8_error_pos(e.as_bytes(), e.utf8_error().valid_up_to());
+                    let msg = format!("file is not valid UTF-8 (byte 0x{byte:02x})");
+                    diags.push(Diagnostic::new(&shown, pos, None, "", msg))
                 }
             },
             Err(e) => {
@@ -172,6 +174,16 @@ pub fn load_dir(dir: &Path) -> Catalog {
     diags.0.extend(cat.diagnostics.0);
     cat.diagnostics = diags;
     cat
+}
+
+/// Line and column (in characters) of the invalid byte at `at`, and the byte.
+fn utf8_error_pos(bytes: &[u8], at: usize) -> (Pos, u8) {
+    let before = &bytes[..at];
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    // the bytes before `at` are valid UTF-8
+    let col = std::str::from_utf8(&before[line_start..]).map_or(at - line_start, |s| s.chars().count()) + 1;
+    (Pos { line, col }, bytes[at])
 }
 
 fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Diagnostics) {
@@ -245,10 +257,15 @@ pub fn load_sources(sources: Vec<(String, String)>) -> Catalog {
 fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file: usize, doc_idx: usize) {
     let Value::Object(map) = &value else { return };
     let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    let group = api_version.split('/').next().unwrap_or("");
     let Some(kind_s) = map.get("kind").and_then(Value::as_str) else {
+        if matches!(group, "tekton.dev" | "tenon.dev") {
+            let field = if map.contains_key("kind") { "kind" } else { "apiVersion" };
+            let msg = format!("missing field(s): kind (a string; {group} kinds are {})", our_kinds(group).join(", "));
+            cat.diagnostics.push(Diagnostic::new(path, doc.pos_of(field), None, "kind", msg));
+        }
         return;
     };
-    let group = api_version.split('/').next().unwrap_or("");
     let version = api_version.split('/').nth(1).unwrap_or("");
     let kind = match (group, kind_s) {
         ("tekton.dev", "Task") => ObjKind::Task,
@@ -260,6 +277,20 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         ("v1", "ConfigMap") => ObjKind::ConfigMap,
         ("v1", "Secret") => ObjKind::Secret,
         ("v1", "PersistentVolumeClaim") => ObjKind::PersistentVolumeClaim,
+        // tenon's own records (the promotion ledger under `.tenon/`): not manifests.
+        ("tenon.dev", k) if TENON_RECORD_KINDS.contains(&k) => return,
+        // Our groups: a kind we do not read is a mistake, never silently dropped.
+        ("tekton.dev" | "tenon.dev", _) => {
+            let name = map.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
+            let label = if name.is_empty() { format!("{kind_s} (unnamed)") } else { format!("{kind_s} {name:?}") };
+            let (msg, meant) = unknown_kind_message(group, kind_s, &api_version);
+            cat.diagnostics.push(Diagnostic::new(path, doc.pos_of("kind"), Some(label), "kind", msg));
+            // the object exists, misspelt: references to it are not "unknown" as well
+            if let Some(k) = meant {
+                cat.broken.insert((k, name.to_string()));
+            }
+            return;
+        }
         // GitOps repos mix in everything else: not ours.
         _ => return,
     };
@@ -330,6 +361,40 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         ObjKind::Secret => push!(secrets, value.clone(), ""),
         ObjKind::PersistentVolumeClaim => push!(pvcs, spec, "spec"),
     }
+}
+
+/// Kinds of the `tekton.dev` group that tenon reads, then those Tekton defines (or
+/// defined) that tenon does not run.
+const TEKTON_KINDS: &[&str] = &["Task", "Pipeline", "PipelineRun", "TaskRun", "StepAction"];
+const TEKTON_KINDS_UNSUPPORTED: &[&str] =
+    &["ClusterTask", "CustomRun", "Run", "VerificationPolicy", "PipelineResource", "Condition"];
+const TENON_KINDS: &[&str] = &["PromotionPolicy"];
+/// Documents tenon writes itself (`src/promote`), skipped by the loader.
+const TENON_RECORD_KINDS: &[&str] = &["PromotionRecord", "PromotionHold", "PromotionRelease"];
+
+fn our_kinds(group: &str) -> &'static [&'static str] {
+    if group == "tekton.dev" {
+        TEKTON_KINDS
+    } else {
+        TENON_KINDS
+    }
+}
+
+/// Why an object of our groups with kind `kind` is not read, and the kind tenon reads
+/// that it is probably a typo of.
+fn unknown_kind_message(group: &str, kind: &str, api_version: &str) -> (String, Option<ObjKind>) {
+    let known = our_kinds(group);
+    let unsupported = if group == "tekton.dev" { TEKTON_KINDS_UNSUPPORTED } else { &[] };
+    if unsupported.contains(&kind) {
+        return (format!("unsupported kind {kind:?} of {group}: tenon reads {}", known.join(", ")), None);
+    }
+    let meant = super::validate::closest(kind, known.iter().chain(unsupported).copied());
+    let hint = meant.map(|m| format!(" (did you mean {m:?}?)")).unwrap_or_default();
+    let msg =
+        format!("unknown kind {kind:?} for apiVersion {api_version:?}{hint}; {group} kinds are {}", known.join(", "));
+    let ours = [ObjKind::Task, ObjKind::Pipeline, ObjKind::PipelineRun, ObjKind::TaskRun, ObjKind::StepAction];
+    let kind = ours.into_iter().chain([ObjKind::PromotionPolicy]).find(|k| meant == Some(k.as_str()));
+    (msg, kind)
 }
 
 fn join(prefix: &str, field: &str) -> String {
@@ -518,6 +583,65 @@ mod tests {
         assert_eq!(cat.tasks.len(), 1);
         assert_eq!(cat.config_maps[0].spec.data["n"], "1");
         assert!(cat.pipeline_runs[0].name.starts_with("run-") && cat.pipeline_runs[0].name.len() == 9);
+    }
+
+    #[test]
+    fn unknown_kinds_of_our_groups_are_errors() {
+        let obj =
+            |api: &str, kind: &str| format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{}}\n");
+        let cases = [
+            (
+                "tekton.dev/v1",
+                "Pipline",
+                "unknown kind \"Pipline\" for apiVersion \"tekton.dev/v1\" (did you mean \"Pipeline\"?)",
+            ),
+            ("tekton.dev/v1beta1", "task", "(did you mean \"Task\"?)"),
+            ("tekton.dev/v1alpha1", "PipelineRunn", "(did you mean \"PipelineRun\"?)"),
+            ("tekton.dev/v1", "Widget", "tekton.dev kinds are Task, Pipeline, PipelineRun, TaskRun, StepAction"),
+            ("tekton.dev/v1beta1", "ClusterTask", "unsupported kind \"ClusterTask\" of tekton.dev"),
+            ("tekton.dev/v1beta1", "CustomRun", "unsupported kind \"CustomRun\""),
+            ("tenon.dev/v1alpha1", "PromotionPolicyy", "(did you mean \"PromotionPolicy\"?)"),
+        ];
+        for (api, kind, want) in cases {
+            let cat = load(&format!("# a comment\n{}", obj(api, kind)));
+            assert_eq!(cat.diagnostics.len(), 1, "{api} {kind}: {}", cat.diagnostics);
+            let d = &cat.diagnostics.0[0];
+            assert!(d.message.contains(want), "{api} {kind}: {}", d.message);
+            assert_eq!((d.line, d.column, d.field.as_str()), (3, 1, "kind"), "{d}");
+            assert_eq!(d.object.as_deref(), Some(format!("{kind} \"x\"").as_str()));
+        }
+        // a missing kind is an error too
+        let cat = load("apiVersion: tekton.dev/v1\nmetadata: {name: x}\n");
+        assert_eq!(cat.diagnostics.len(), 1, "{}", cat.diagnostics);
+        assert!(cat.diagnostics.0[0].message.starts_with("missing field(s): kind"), "{}", cat.diagnostics);
+        assert_eq!(cat.diagnostics.0[0].line, 1);
+        // tenon's own ledger records are not manifests
+        for kind in TENON_RECORD_KINDS {
+            let cat = load(&obj("tenon.dev/v1alpha1", kind));
+            assert!(cat.diagnostics.is_empty(), "{kind}: {}", cat.diagnostics);
+        }
+        // other groups stay ignored, typos or not
+        for (api, kind) in
+            [("apps/v1", "Deploymnet"), ("triggers.tekton.dev/v1beta1", "EventListener"), ("v1", "ConfigMapp")]
+        {
+            let cat = load(&obj(api, kind));
+            assert!(cat.diagnostics.is_empty() && cat.is_empty(), "{api} {kind}: {}", cat.diagnostics);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_shown_at_its_own_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("t.yaml"),
+            b"apiVersion: tekton.dev/v1\nkind: Task\nmetadata:\n  name: a\n  labels: {x: \"\xc3\xa9\xff\"}\n",
+        )
+        .unwrap();
+        let cat = load_dir(dir.path());
+        assert_eq!(cat.diagnostics.len(), 1, "{}", cat.diagnostics);
+        let d = &cat.diagnostics.0[0];
+        assert_eq!((d.file.as_str(), d.line, d.column), ("t.yaml", 5, 17), "{d}");
+        assert_eq!(d.message, "file is not valid UTF-8 (byte 0xff)");
     }
 
     #[test]

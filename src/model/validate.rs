@@ -41,7 +41,46 @@ pub fn validate(cat: &Catalog) -> Diagnostics {
         let ctx = v.ctx(sa);
         v.step_action(&ctx, &sa.spec);
     }
+    let hints = yaml11_hints(cat, &v.out);
+    v.out.0.extend(hints);
     v.out.sorted()
+}
+
+/// Whether a field path names something (a task, param, result, workspace, step) or
+/// refers to something by name (`runAfter`, `workspace`, `pipelineTaskName`).
+fn is_name_field(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    last == "name"
+        || last == "workspace"
+        || last == "pipelineTaskName"
+        || (last.starts_with("runAfter[") && last.ends_with(']'))
+}
+
+/// For every object with an error: a hint at each name that YAML 1.1 read as a boolean
+/// (`y`, `no`, `on`, ...), which is the likely cause (`result "y" is not declared`).
+fn yaml11_hints(cat: &Catalog, errors: &Diagnostics) -> Vec<Diagnostic> {
+    let files: BTreeMap<&str, &super::load::SourceFile> = cat.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for e in &errors.0 {
+        let Some(object) = &e.object else { continue };
+        let Some(file) = files.get(e.file.as_str()) else { continue };
+        // the document the error is in: the last one starting at or before it
+        let Some(doc_idx) = file.docs.iter().rposition(|d| d.start.line <= e.line) else { continue };
+        if !seen.insert((e.file.clone(), doc_idx)) {
+            continue;
+        }
+        let doc = &file.docs[doc_idx];
+        for (path, (text, pos)) in &doc.yaml11_bools {
+            if !is_name_field(path) {
+                continue;
+            }
+            if let Some(hint) = super::yaml::yaml11_bool_hint(text) {
+                out.push(Diagnostic::new(&file.path, *pos, Some(object.clone()), path, hint));
+            }
+        }
+    }
+    out
 }
 
 /// Where diagnostics for one object go.
@@ -75,15 +114,20 @@ struct Validator<'a> {
 }
 
 fn did_you_mean<'b>(name: &str, candidates: impl IntoIterator<Item = &'b str>) -> String {
-    let best = candidates
+    match closest(name, candidates) {
+        Some(c) => format!(" (did you mean {c:?}?)"),
+        None => String::new(),
+    }
+}
+
+/// The candidate nearest to `name`, if one is near enough to be a typo of it.
+pub(super) fn closest<'b>(name: &str, candidates: impl IntoIterator<Item = &'b str>) -> Option<&'b str> {
+    candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
         .filter(|(d, c)| *d <= 2.max(name.len() / 3) && *d < c.len().max(name.len()))
-        .min();
-    match best {
-        Some((_, c)) => format!(" (did you mean {c:?}?)"),
-        None => String::new(),
-    }
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// DNS-1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, ≤ 63.
@@ -147,6 +191,17 @@ impl<'a> Validator<'a> {
         let file = &self.cat.files[ctx.file];
         let pos = file.docs.get(ctx.doc).map(|d| d.pos_of(field)).unwrap_or_default();
         self.out.push(Diagnostic::new(&file.path, pos, Some(ctx.label.clone()), field, msg));
+    }
+
+    /// A required list that is absent (shown at `base`) or empty (shown at its own key).
+    fn missing_list(&mut self, ctx: &Ctx, base: &str, list: &str) {
+        let f = format!("{base}.{list}");
+        let present = self.cat.files[ctx.file].docs.get(ctx.doc).is_some_and(|d| d.positions.contains_key(&f));
+        if present {
+            self.err(ctx, &f, format!("missing field(s): {list} (the list is empty)"));
+        } else {
+            self.err(ctx, base, format!("missing field(s): {list}"));
+        }
     }
 
     fn promotion_policy(&mut self, p: &Obj<PromotionPolicySpec>) {
@@ -500,7 +555,7 @@ impl<'a> Validator<'a> {
     fn task_spec(&mut self, ctx: &Ctx, base: &str, spec: &TaskSpec, env: &TaskEnv) {
         self.param_specs(ctx, &format!("{base}.params"), &spec.params);
         if spec.steps.is_empty() {
-            self.err(ctx, base, "missing field(s): steps");
+            self.missing_list(ctx, base, "steps");
         }
         // results
         let mut rseen = BTreeSet::new();
@@ -854,7 +909,7 @@ impl<'a> Validator<'a> {
         self.param_specs(ctx, &format!("{base}.params"), &spec.params);
         if spec.tasks.is_empty() {
             if spec.finally.is_empty() {
-                self.err(ctx, base, "missing field(s): tasks");
+                self.missing_list(ctx, base, "tasks");
             } else {
                 self.err(
                     ctx,

@@ -12,6 +12,7 @@
 //! The YAML parser crate is used only here so it can be swapped in one place.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use libyaml_safer::{EventData, Mark, Parser, ScalarStyle};
 use serde_json::{Map, Value};
@@ -37,6 +38,9 @@ pub struct Document {
     pub positions: BTreeMap<String, Pos>,
     /// Position of the document's first node.
     pub start: Pos,
+    /// Field paths of plain values that YAML 1.1 reads as a boolean although they are
+    /// not `true`/`false` (`y`, `no`, `on`, ...) -> their text and position, for hints.
+    pub yaml11_bools: BTreeMap<String, (String, Pos)>,
 }
 
 impl Document {
@@ -84,12 +88,23 @@ enum Node {
     Scalar(String, bool, Pos),
     Seq(Vec<Node>, Pos),
     Map(Vec<(Node, Node)>, Pos),
+    /// An anchored node, shared with its aliases (so an alias costs no copy).
+    Shared(Rc<Node>),
 }
 
 impl Node {
     fn pos(&self) -> Pos {
         match self {
             Node::Null(p) | Node::Scalar(_, _, p) | Node::Seq(_, p) | Node::Map(_, p) => *p,
+            Node::Shared(n) => n.pos(),
+        }
+    }
+
+    /// The node itself, through any sharing.
+    fn get(&self) -> &Node {
+        match self {
+            Node::Shared(n) => n.get(),
+            other => other,
         }
     }
 }
@@ -99,11 +114,32 @@ enum Frame {
     Map(Vec<(Node, Node)>, Option<Node>, Pos, Option<String>),
 }
 
+/// What a finished node costs: its height (0 for a scalar, 1 + the deepest child for a
+/// collection), and the nodes and scalar bytes it holds (alias expansion included).
+#[derive(Clone, Copy, Default)]
+struct Size {
+    height: usize,
+    nodes: usize,
+    bytes: usize,
+}
+
+/// An open collection's bookkeeping: the deepest child so far and the running totals
+/// when it opened.
+struct Open {
+    child_height: usize,
+    nodes_at_start: usize,
+    bytes_at_start: usize,
+}
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
+    open: Vec<Open>,
     docs: Vec<Node>,
-    anchors: BTreeMap<String, Node>,
+    anchors: BTreeMap<String, (Rc<Node>, Size)>,
+    /// Nodes and scalar bytes so far, aliases counted at their expanded size.
+    nodes: usize,
+    bytes: usize,
 }
 
 fn to_pos(m: &Mark) -> Pos {
@@ -111,9 +147,17 @@ fn to_pos(m: &Mark) -> Pos {
 }
 
 impl Builder {
-    fn push_node(&mut self, node: Node, anchor: Option<String>) {
-        if let Some(a) = anchor {
-            self.anchors.insert(a, node.clone());
+    fn push_node(&mut self, node: Node, anchor: Option<String>, size: Size) {
+        let node = match anchor {
+            Some(a) => {
+                let shared = Rc::new(node);
+                self.anchors.insert(a, (shared.clone(), size));
+                Node::Shared(shared)
+            }
+            None => node,
+        };
+        if let Some(o) = self.open.last_mut() {
+            o.child_height = o.child_height.max(size.height);
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
@@ -124,11 +168,35 @@ impl Builder {
             },
         }
     }
+
+    fn open(&mut self, frame: Frame) {
+        self.stack.push(frame);
+        self.open.push(Open { child_height: 0, nodes_at_start: self.nodes, bytes_at_start: self.bytes });
+    }
+
+    /// Size of the collection being closed.
+    fn close(&mut self) -> Size {
+        let o =
+            self.open.pop().unwrap_or(Open { child_height: 0, nodes_at_start: self.nodes, bytes_at_start: self.bytes });
+        Size { height: o.child_height + 1, nodes: self.nodes - o.nodes_at_start, bytes: self.bytes - o.bytes_at_start }
+    }
 }
 
 /// The most nodes one file may hold (alias expansion included): a guard against
 /// "billion laughs" documents.
 const MAX_NODES: usize = 1_000_000;
+
+/// The deepest nesting of collections (mappings and sequences, aliases expanded) a
+/// document may have, as serde_json's limit. Every later walk over a document recurses,
+/// so this bounds their stack use; Tekton objects need about 15 levels.
+pub const MAX_DEPTH: usize = 256;
+
+/// The most scalar text (keys and values, alias expansion included) one file may hold.
+const MAX_TEXT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The most bytes of field paths (`spec.tasks[0].name`, ...) indexed for one file: long
+/// keys nested deep would otherwise cost quadratic time and memory.
+const MAX_PATH_BYTES: usize = 64 * 1024 * 1024;
 
 /// Parse a (possibly multi-document) YAML text. Empty documents are dropped.
 /// On a syntax error, the documents before it are returned along with the error.
@@ -142,60 +210,142 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
         owned = format!("{text}\n");
         owned.as_str()
     };
-    match std::panic::catch_unwind(|| parse_inner(text)) {
+    match guarded(text, |progress| parse_inner(text, progress)) {
         Ok(r) => r,
-        Err(_) => (
-            vec![],
-            vec![SyntaxError { pos: Pos { line: 1, col: 1 }, message: "the YAML parser failed on this file".into() }],
-        ),
+        Err(e) => (vec![], vec![e]),
     }
 }
 
-fn parse_inner(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
+/// Run the parser over `text` in `f`, which records in `progress` the byte offset (as
+/// the parser counts it) where its last event ended. The parser has a few panics left
+/// for input it does not expect (a tag directly followed by `,` in a flow collection):
+/// those become a syntax error at the best position known, and their message is kept
+/// off stderr (by a panic hook that passes every other panic on).
+fn guarded<T>(text: &str, f: impl FnOnce(&std::cell::Cell<usize>) -> T) -> Result<T, SyntaxError> {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.location().is_some_and(|l| l.file().contains("libyaml-safer")) {
+                previous(info)
+            }
+        }));
+    });
+    let progress = std::cell::Cell::new(0);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&progress))).map_err(|_| {
+        let bom = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+        let from = (progress.get() + bom).min(text.len());
+        // the known case: `!tag,` in a flow collection
+        let b = text.as_bytes();
+        let mut tag = None;
+        let mut i = from;
+        while i < b.len() && tag.is_none() {
+            if b[i] == b'!' {
+                // the tag runs to a blank or a comma; each byte is looked at once
+                let end = (i..b.len()).find(|&j| matches!(b[j], b' ' | b'\t' | b'\r' | b'\n' | b','));
+                let end = end.unwrap_or(b.len());
+                if b.get(end) == Some(&b',') {
+                    tag = Some(i);
+                }
+                i = end;
+            }
+            i += 1;
+        }
+        let at = tag.unwrap_or(from);
+        let at = (0..=at).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let (line, col) = line_col_of(text, at);
+        let message = match tag {
+            Some(_) => "a tag directly followed by ',' (write the value, or a space, after the tag)",
+            None => "the YAML parser cannot read what follows here",
+        };
+        SyntaxError { pos: Pos { line, col }, message: message.into() }
+    })
+}
+
+fn parse_inner(text: &str, progress: &std::cell::Cell<usize>) -> (Vec<Document>, Vec<SyntaxError>) {
     let mut b = Builder::default();
     let mut input = text.as_bytes();
     let mut parser = Parser::new();
     parser.set_input_string(&mut input);
     let mut err = None;
-    let mut nodes = 0usize;
     loop {
         let ev = match parser.parse() {
             Ok(ev) => ev,
             Err(e) => {
-                err = Some(locate_syntax_error(&e));
+                err = Some(locate_syntax_error(&e, text));
                 break;
             }
         };
+        progress.set(ev.end_mark.index as usize);
         let pos = to_pos(&ev.start_mark);
-        nodes += 1;
-        if nodes > MAX_NODES {
-            err = Some(SyntaxError { pos, message: format!("document has more than {MAX_NODES} nodes") });
+        b.nodes += 1;
+        if b.nodes > MAX_NODES {
+            err = Some(SyntaxError {
+                pos,
+                message: format!("document has more than {MAX_NODES} nodes (aliases expanded)"),
+            });
             break;
         }
+        if b.bytes > MAX_TEXT_BYTES {
+            let mib = MAX_TEXT_BYTES >> 20;
+            err = Some(SyntaxError {
+                pos,
+                message: format!("document holds more than {mib} MiB of text (aliases expanded)"),
+            });
+            break;
+        }
+        let too_deep = || SyntaxError {
+            pos,
+            message: format!("nested deeper than {MAX_DEPTH} levels (mappings and lists, aliases expanded)"),
+        };
         match ev.data {
             EventData::StreamEnd => break,
             EventData::Scalar { value, anchor, tag, style, .. } => {
                 let plain = style == ScalarStyle::Plain;
                 let is_null = plain && tag.is_none() && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                b.bytes += value.len();
+                let size = Size { height: 0, nodes: 1, bytes: value.len() };
                 let node = if is_null { Node::Null(pos) } else { Node::Scalar(value, plain && tag.is_none(), pos) };
-                b.push_node(node, anchor);
+                b.push_node(node, anchor, size);
             }
-            EventData::SequenceStart { anchor, .. } => b.stack.push(Frame::Seq(Vec::new(), pos, anchor)),
-            EventData::MappingStart { anchor, .. } => b.stack.push(Frame::Map(Vec::new(), None, pos, anchor)),
+            EventData::SequenceStart { .. } | EventData::MappingStart { .. } if b.stack.len() >= MAX_DEPTH => {
+                err = Some(too_deep());
+                break;
+            }
+            EventData::SequenceStart { anchor, .. } => b.open(Frame::Seq(Vec::new(), pos, anchor)),
+            EventData::MappingStart { anchor, .. } => b.open(Frame::Map(Vec::new(), None, pos, anchor)),
             EventData::SequenceEnd => {
                 if let Some(Frame::Seq(items, p, anchor)) = b.stack.pop() {
-                    b.push_node(Node::Seq(items, p), anchor);
+                    let size = b.close();
+                    b.push_node(Node::Seq(items, p), anchor, size);
                 }
             }
             EventData::MappingEnd => {
                 if let Some(Frame::Map(entries, _, p, anchor)) = b.stack.pop() {
-                    b.push_node(Node::Map(entries, p), anchor);
+                    let size = b.close();
+                    b.push_node(Node::Map(entries, p), anchor, size);
                 }
             }
-            EventData::Alias { anchor } => match b.anchors.get(&anchor).cloned() {
-                Some(n) => {
-                    nodes += count_nodes(&n);
-                    b.push_node(n, None)
+            EventData::Alias { anchor } => match b.anchors.get(&anchor) {
+                Some((_, size)) if b.stack.len() + size.height > MAX_DEPTH => {
+                    err = Some(too_deep());
+                    break;
+                }
+                Some((_, size)) if b.nodes + size.nodes > MAX_NODES || b.bytes + size.bytes > MAX_TEXT_BYTES => {
+                    err = Some(SyntaxError {
+                        pos,
+                        message: format!(
+                            "alias *{anchor} expands the document past {MAX_NODES} nodes or {} MiB of text",
+                            MAX_TEXT_BYTES >> 20
+                        ),
+                    });
+                    break;
+                }
+                Some((n, size)) => {
+                    let (n, size) = (Node::Shared(n.clone()), *size);
+                    b.nodes += size.nodes;
+                    b.bytes += size.bytes;
+                    b.push_node(n, None, size)
                 }
                 None => {
                     err = Some(SyntaxError { pos, message: format!("unknown alias {anchor:?}") });
@@ -206,26 +356,21 @@ fn parse_inner(text: &str) -> (Vec<Document>, Vec<SyntaxError>) {
         }
     }
     let mut docs = Vec::new();
-    let mut errs: Vec<SyntaxError> = err.into_iter().collect();
+    let errs: Vec<SyntaxError> = err.into_iter().collect();
+    let mut conv = Converter { errs, ..Default::default() };
     for node in b.docs {
-        if matches!(node, Node::Null(_)) {
+        if matches!(node.get(), Node::Null(_)) {
             continue;
         }
         let start = shown_pos(&node);
-        let mut positions = BTreeMap::new();
-        let value = convert(&node, "", &mut positions, &mut errs);
-        docs.push(Document { value, positions, start });
+        let value = conv.convert(&node, "");
+        let positions = std::mem::take(&mut conv.positions);
+        let yaml11_bools = std::mem::take(&mut conv.bools);
+        docs.push(Document { value, positions, start, yaml11_bools });
     }
+    let mut errs = conv.errs;
     errs.sort_by_key(|e| e.pos);
     (docs, errs)
-}
-
-fn count_nodes(n: &Node) -> usize {
-    match n {
-        Node::Seq(items, _) => 1 + items.iter().map(count_nodes).sum::<usize>(),
-        Node::Map(entries, _) => 1 + entries.iter().map(|(k, v)| count_nodes(k) + count_nodes(v)).sum::<usize>(),
-        _ => 1,
-    }
 }
 
 fn join_key(prefix: &str, key: &str) -> String {
@@ -240,65 +385,113 @@ fn join_key(prefix: &str, key: &str) -> String {
 /// Where a node is best shown: a mapping's own start marker is unreliable in the
 /// parser, so a mapping is shown at its first key.
 fn shown_pos(node: &Node) -> Pos {
-    match node {
+    match node.get() {
         Node::Map(entries, p) => entries.first().map_or(*p, |(k, _)| k.pos()),
         other => other.pos(),
     }
 }
 
-/// Convert a node; problems (duplicate keys, non-scalar keys) are collected and the
-/// document is kept, so one mistake does not hide the objects it belongs to.
-fn convert(node: &Node, path: &str, positions: &mut BTreeMap<String, Pos>, errs: &mut Vec<SyntaxError>) -> Value {
-    positions.entry(path.to_string()).or_insert_with(|| shown_pos(node));
-    match node {
-        Node::Null(_) => Value::Null,
-        Node::Scalar(text, plain, _) => Value::String(scalar_string(text, *plain)),
-        Node::Seq(items, _) => Value::Array(
-            items.iter().enumerate().map(|(i, item)| convert(item, &format!("{path}[{i}]"), positions, errs)).collect(),
-        ),
-        Node::Map(entries, _) => {
-            let mut out = Map::new();
-            let mut explicit = std::collections::HashSet::new();
-            for (k, v) in entries {
-                let key = match k {
-                    // Keys keep their text: `n:` or `on:` as a key is a name, not a bool.
-                    Node::Scalar(t, _, _) => t.clone(),
-                    Node::Null(_) => "null".to_string(),
-                    _ => {
-                        errs.push(SyntaxError { pos: k.pos(), message: "mapping keys must be scalars".into() });
+/// Plain scalars YAML 1.1 reads as booleans that YAML 1.2 (and most readers) take as text.
+fn yaml11_only_bool(text: &str) -> Option<bool> {
+    match text {
+        "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y" | "Y" => Some(true),
+        "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" => Some(false),
+        _ => None,
+    }
+}
+
+/// The hint for a value YAML 1.1 read as a boolean, `None` for any other text.
+pub fn yaml11_bool_hint(text: &str) -> Option<String> {
+    let b = yaml11_only_bool(text)?;
+    Some(format!("{text} is read as the boolean {b} by YAML 1.1 (as Kubernetes does); quote it: {text:?}"))
+}
+
+/// Converts nodes to JSON values, indexing the position of every field path.
+#[derive(Default)]
+struct Converter {
+    positions: BTreeMap<String, Pos>,
+    errs: Vec<SyntaxError>,
+    bools: BTreeMap<String, (String, Pos)>,
+    /// Bytes of field paths built so far, against [`MAX_PATH_BYTES`].
+    path_bytes: usize,
+    over_budget: bool,
+}
+
+impl Converter {
+    /// Convert a node; problems (duplicate keys, non-scalar keys) are collected and the
+    /// document is kept, so one mistake does not hide the objects it belongs to.
+    fn convert(&mut self, node: &Node, path: &str) -> Value {
+        self.path_bytes += path.len();
+        if self.path_bytes > MAX_PATH_BYTES {
+            if !self.over_budget {
+                self.over_budget = true;
+                let mib = MAX_PATH_BYTES >> 20;
+                self.errs.push(SyntaxError {
+                    pos: node.pos(),
+                    message: format!("document too large to index: its field paths exceed {mib} MiB (keys too long or nested too deep)"),
+                });
+            }
+            return Value::Null;
+        }
+        self.positions.entry(path.to_string()).or_insert_with(|| shown_pos(node));
+        match node.get() {
+            Node::Shared(_) => unreachable!("get() looks through sharing"),
+            Node::Null(_) => Value::Null,
+            Node::Scalar(text, plain, pos) => {
+                if *plain && yaml11_only_bool(text).is_some() {
+                    self.bools.insert(path.to_string(), (text.clone(), *pos));
+                }
+                Value::String(scalar_string(text, *plain))
+            }
+            Node::Seq(items, _) => Value::Array(
+                items.iter().enumerate().map(|(i, item)| self.convert(item, &format!("{path}[{i}]"))).collect(),
+            ),
+            Node::Map(entries, _) => {
+                let mut out = Map::new();
+                let mut explicit = std::collections::HashSet::new();
+                for (k, v) in entries {
+                    let key = match k.get() {
+                        // Keys keep their text: `n:` or `on:` as a key is a name, not a bool.
+                        Node::Scalar(t, _, _) => t.clone(),
+                        Node::Null(_) => "null".to_string(),
+                        _ => {
+                            self.errs
+                                .push(SyntaxError { pos: k.pos(), message: "mapping keys must be scalars".into() });
+                            continue;
+                        }
+                    };
+                    if key == "<<" {
+                        // YAML merge key: merge the mapping(s) in, without overriding.
+                        let maps = match self.convert(v, path) {
+                            Value::Object(m) => vec![m],
+                            Value::Array(a) => a
+                                .into_iter()
+                                .filter_map(|x| match x {
+                                    Value::Object(m) => Some(m),
+                                    _ => None,
+                                })
+                                .collect(),
+                            _ => vec![],
+                        };
+                        for m in maps {
+                            for (mk, mv) in m {
+                                out.entry(mk).or_insert(mv);
+                            }
+                        }
                         continue;
                     }
-                };
-                if key == "<<" {
-                    // YAML merge key: merge the mapping(s) in, without overriding.
-                    let maps = match convert(v, path, positions, errs) {
-                        Value::Object(m) => vec![m],
-                        Value::Array(a) => a
-                            .into_iter()
-                            .filter_map(|x| match x {
-                                Value::Object(m) => Some(m),
-                                _ => None,
-                            })
-                            .collect(),
-                        _ => vec![],
-                    };
-                    for m in maps {
-                        for (mk, mv) in m {
-                            out.entry(mk).or_insert(mv);
-                        }
+                    let child = join_key(path, &key);
+                    if !explicit.insert(key.clone()) {
+                        self.errs
+                            .push(SyntaxError { pos: k.pos(), message: format!("duplicate key {key:?} in mapping") });
                     }
-                    continue;
+                    // A field is shown at its key (`runAfter:`), where the reader looks.
+                    self.positions.insert(child.clone(), k.pos());
+                    let val = self.convert(v, &child);
+                    out.insert(key, val);
                 }
-                let child = join_key(path, &key);
-                if !explicit.insert(key.clone()) {
-                    errs.push(SyntaxError { pos: k.pos(), message: format!("duplicate key {key:?} in mapping") });
-                }
-                // A field is shown at its key (`runAfter:`), where the reader looks.
-                positions.insert(child.clone(), k.pos());
-                let val = convert(v, &child, positions, errs);
-                out.insert(key, val);
+                Value::Object(out)
             }
-            Value::Object(out)
         }
     }
 }
@@ -557,17 +750,14 @@ pub fn locate_scalar(text: &str, path: &[PathSeg]) -> Result<ScalarSpan, LocateE
         owned = format!("{text}\n");
         owned.as_str()
     };
-    match std::panic::catch_unwind(|| locate_inner(parse_text, path)) {
+    match guarded(parse_text, |progress| locate_inner(parse_text, path, progress)) {
         Ok(Ok(mut span)) => {
             span.end = span.end.min(text.len());
             span.start = span.start.min(span.end);
             Ok(span)
         }
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(LocateError::Syntax(SyntaxError {
-            pos: Pos { line: 1, col: 1 },
-            message: "the YAML parser failed on this file".into(),
-        })),
+        Err(e) => Err(LocateError::Syntax(e)),
     }
 }
 
@@ -588,8 +778,11 @@ struct LocFrame {
 
 /// A parser error at its best position: an unclosed flow collection is shown where it
 /// was opened.
-fn locate_syntax_error(e: &libyaml_safer::Error) -> SyntaxError {
-    let mut pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or_default();
+fn locate_syntax_error(e: &libyaml_safer::Error, text: &str) -> SyntaxError {
+    if e.kind() == libyaml_safer::ErrorKind::Reader {
+        return reader_error(e, text);
+    }
+    let mut pos = e.problem_mark().map(|m| to_pos(&m)).unwrap_or(Pos { line: 1, col: 1 });
     let mut message = e.problem().to_string();
     if let Some(c) = e.context() {
         if c.contains("flow") {
@@ -604,7 +797,30 @@ fn locate_syntax_error(e: &libyaml_safer::Error) -> SyntaxError {
     SyntaxError { pos, message }
 }
 
-fn locate_inner(text: &str, path: &[PathSeg]) -> Result<ScalarSpan, LocateError> {
+/// A reader error (a control character, a NUL) has no mark, only a byte offset, which
+/// the parser shows in its message only: `... (offset N, value V)`.
+fn reader_error(e: &libyaml_safer::Error, text: &str) -> SyntaxError {
+    let shown = e.to_string();
+    let field = |name: &str| -> Option<i64> {
+        let rest = &shown[shown.rfind(&format!("{name} "))? + name.len() + 1..];
+        rest[..rest.find([',', ')']).unwrap_or(rest.len())].trim().parse().ok()
+    };
+    let bom = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+    let pos = match field("offset").map(|o| o as usize + bom) {
+        Some(at) if at <= text.len() && text.is_char_boundary(at) => {
+            let (line, col) = line_col_of(text, at);
+            Pos { line, col }
+        }
+        _ => Pos { line: 1, col: 1 },
+    };
+    let message = match field("value").and_then(|v| u32::try_from(v).ok()) {
+        Some(v) => format!("{} (U+{v:04X})", e.problem()),
+        None => e.problem().to_string(),
+    };
+    SyntaxError { pos, message }
+}
+
+fn locate_inner(text: &str, path: &[PathSeg], progress: &std::cell::Cell<usize>) -> Result<ScalarSpan, LocateError> {
     use libyaml_safer::{MappingStyle, SequenceStyle};
 
     let bom = if text.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
@@ -631,7 +847,8 @@ fn locate_inner(text: &str, path: &[PathSeg]) -> Result<ScalarSpan, LocateError>
         }
     };
     loop {
-        let ev = parser.parse().map_err(|e| LocateError::Syntax(locate_syntax_error(&e)))?;
+        let ev = parser.parse().map_err(|e| LocateError::Syntax(locate_syntax_error(&e, text)))?;
+        progress.set(ev.end_mark.index as usize);
         let pos = to_pos(&ev.start_mark);
         let is_node = matches!(
             ev.data,
@@ -1022,6 +1239,17 @@ mod tests {
         }
         let d = one("v: ~\nw:\nx: null");
         assert!(d.value["v"].is_null() && d.value["w"].is_null() && d.value["x"].is_null());
+        // plain YAML 1.1-only booleans are noted (with where they are) for hints; keys,
+        // quoted text and true/false are not
+        let d = one("a: [y, 'n', true, Off]\n\"on\": no\nyes: x\n");
+        let noted: Vec<_> = d.yaml11_bools.iter().map(|(p, (t, pos))| (p.as_str(), t.as_str(), *pos)).collect();
+        let at = |line, col| Pos { line, col };
+        assert_eq!(noted, vec![("a[0]", "y", at(1, 5)), ("a[3]", "Off", at(1, 19)), ("on", "no", at(2, 7))]);
+        assert_eq!(
+            yaml11_bool_hint("Off").as_deref(),
+            Some("Off is read as the boolean false by YAML 1.1 (as Kubernetes does); quote it: \"Off\"")
+        );
+        assert_eq!(yaml11_bool_hint("true"), None);
     }
 
     #[test]
@@ -1053,9 +1281,115 @@ mod tests {
     }
 
     #[test]
+    fn a_parser_panic_is_a_positioned_error() {
+        // libyaml-safer panics ("TODO: What is expected here?") on a tag followed by ','
+        // in a flow collection; found by `cargo fuzz run validate`
+        for (text, line, col) in [("a: [!!str,]\n", 1, 5), ("a: 1\nb: {k: [x, !t,]}\n", 2, 12)] {
+            let (_, errs) = parse_documents(text);
+            assert_eq!(errs.len(), 1, "{text:?}: {errs:?}");
+            assert_eq!(errs[0].pos, Pos { line, col }, "{text:?}: {errs:?}");
+            assert!(errs[0].message.contains("a tag directly followed by ','"), "{errs:?}");
+            match locate_scalar(text, &parse_path("a").unwrap()) {
+                Err(LocateError::Syntax(e)) => assert_eq!(e.pos, Pos { line, col }, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        // other panics still reach the previous hook (here: the test harness)
+        let r = std::panic::catch_unwind(|| panic!("not the parser"));
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn control_characters_are_shown_where_they_are() {
+        for (text, line, col, what) in [
+            ("\0a: 1\n", 1, 1, "U+0000"),
+            ("a: 1\nb: x\u{1}y\n", 2, 5, "U+0001"),
+            ("a: 1\n  # é\nc: 'é\u{7f}'\n", 3, 6, "U+007F"),
+            ("\u{feff}a: 1\nb: \u{8}\n", 2, 4, "U+0008"),
+        ] {
+            let (_, errs) = parse_documents(text);
+            assert_eq!(errs.len(), 1, "{text:?}: {errs:?}");
+            assert_eq!(errs[0].pos, Pos { line, col }, "{text:?}: {errs:?}");
+            assert_eq!(errs[0].message, format!("control characters are not allowed ({what})"));
+            match locate_scalar(text, &parse_path("a").unwrap()) {
+                Err(LocateError::Syntax(e)) => assert_eq!(e.pos, Pos { line, col }, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn no_trailing_newline_in_block_scalar() {
         let d = one("s: |\n  if x; then\n    y\n  fi");
         assert_eq!(d.value["s"], "if x; then\n  y\nfi\n");
+    }
+
+    #[test]
+    fn nesting_is_bounded_at_a_documented_depth() {
+        let nest = |n: usize| format!("a: {}{}\n", "[".repeat(n), "]".repeat(n));
+        // the root mapping is level 1
+        let (docs, errs) = parse_documents(&nest(MAX_DEPTH - 1));
+        assert!(errs.is_empty() && docs.len() == 1, "{errs:?}");
+        for n in [MAX_DEPTH, 20_000, 200_000] {
+            let t = std::time::Instant::now();
+            let (docs, errs) = parse_documents(&nest(n));
+            assert!(docs.is_empty(), "{n}");
+            assert_eq!(errs.len(), 1, "{n}: {errs:?}");
+            assert_eq!(errs[0].pos, Pos { line: 1, col: 4 + MAX_DEPTH - 1 }, "{n}: at the first bracket too many");
+            assert!(errs[0].message.contains("nested deeper than 256 levels"), "{}", errs[0].message);
+            assert!(t.elapsed() < std::time::Duration::from_secs(5), "{n} levels took {:?}", t.elapsed());
+        }
+        // aliases count at their expanded depth: each level re-nests the one before
+        let mut text = format!("l0: &l0 {}x{}\n", "[".repeat(100), "]".repeat(100));
+        for i in 1..4 {
+            text.push_str(&format!("l{i}: &l{i} {}*l{}{}\n", "[".repeat(100), i - 1, "]".repeat(100)));
+        }
+        let (_, errs) = parse_documents(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].pos.line, 3, "{errs:?}");
+        assert!(errs[0].message.contains("nested deeper"), "{errs:?}");
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded() {
+        // billion laughs: 9^10 nodes
+        let mut text = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n".to_string();
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let t = std::time::Instant::now();
+        let (_, errs) = parse_documents(&text);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("expands the document past"), "{errs:?}");
+        // few nodes, much text: a long scalar aliased many times
+        let text = format!("s: &s {}\nl: [{}]\n", "x".repeat(1 << 20), vec!["*s"; 100].join(", "));
+        let (_, errs) = parse_documents(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].pos.line, 2, "{errs:?}");
+        assert!(errs[0].message.contains("64 MiB of text"), "{errs:?}");
+        // aliases within the budget still expand
+        let d = one("s: &s {k: v}\nl: [*s, *s]\n");
+        assert_eq!(d.value["l"][1]["k"], "v");
+        assert_eq!(d.positions["l[1].k"], Pos { line: 1, col: 8 }, "an alias is shown where its anchor is");
+    }
+
+    #[test]
+    fn field_paths_are_bounded() {
+        // long keys nested deep would index quadratic bytes of paths
+        let key = "k".repeat(60_000);
+        let mut text = String::new();
+        for i in 0..200 {
+            // an explicit key (`? k`), as a plain key may not pass 1024 characters
+            text.push_str(&format!("{pad}? {key}{i}\n{pad}:\n", pad = " ".repeat(2 * i)));
+        }
+        text.push_str(&format!("{}x: y\n", " ".repeat(400)));
+        let t = std::time::Instant::now();
+        let (_, errs) = parse_documents(&text);
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("too large to index"), "{errs:?}");
     }
 
     #[test]
