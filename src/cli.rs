@@ -896,7 +896,7 @@ fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {
     let time = |ns: i64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64))
     };
-    let short = |s: &str| s[..16.min(s.len())].to_string();
+    let short = |s: &str| crate::promote::git::short(s, 16).to_string();
     match a.output {
         OutputFormat::Json => print_json(
             &serde_json::json!({"apiVersion": API_VERSION, "kind": "PromotionHistory", "promotions": records, "holds": holds}),
@@ -937,7 +937,7 @@ fn print_promotions(r: &PromotionReport) {
             } else {
                 format!("  subject {} {}", p.subject_digest, p.subject_uri)
             };
-            let _ = writeln!(out, "  id {}{subject}", &p.id[..16.min(p.id.len())]);
+            let _ = writeln!(out, "  id {}{subject}", crate::promote::git::short(&p.id, 16));
         }
         for g in &p.gates {
             let _ = writeln!(
@@ -958,7 +958,7 @@ fn print_promotions(r: &PromotionReport) {
             let _ = writeln!(out, "  commit {c}");
         }
         if let (Some(h), false) = (&p.hold, p.state == "Held") {
-            let _ = writeln!(out, "  hold {} by {}: {}", &h.rollback[..16.min(h.rollback.len())], h.by, h.reason);
+            let _ = writeln!(out, "  hold {} by {}: {}", crate::promote::git::short(&h.rollback, 16), h.by, h.reason);
         }
         for d in &p.diff {
             for l in d.lines() {
