@@ -161,6 +161,14 @@ pub struct WatchArgs {
     /// Environment variable holding the webhook secret (never printed).
     #[arg(long, value_name = "VAR", default_value = "TENON_WEBHOOK_SECRET")]
     pub webhook_secret_env: String,
+    /// A request's head and body must arrive within this time after the client connects;
+    /// slower clients are closed (408 for a webhook body).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_age)]
+    pub http_read_timeout: std::time::Duration,
+    /// Open HTTP connections at most; past it the oldest is closed, so that /healthz and
+    /// /readyz always answer.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
     /// Reconcile the current state (directory or branch tip) once and exit.
     #[arg(long)]
     pub once: bool,
@@ -838,6 +846,10 @@ async fn watch_cmd(a: WatchArgs, log_format: LogFormat) -> Result<Outcome, Error
         interval: a.interval.max(std::time::Duration::from_millis(100)),
         max_backoff: a.max_backoff.max(std::time::Duration::from_secs(1)),
         webhook_secret,
+        http_limits: crate::watch::http::Limits {
+            read_timeout: a.http_read_timeout.max(std::time::Duration::from_millis(100)),
+            max_connections: a.http_max_connections as usize,
+        },
         once: a.once,
         shutdown: a.shutdown,
         shutdown_timeout: a.shutdown_timeout,
