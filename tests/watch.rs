@@ -922,7 +922,7 @@ spec:
 /// closed after the read timeout. A 20 MB push payload (GitHub allows 25 MB) is accepted.
 #[test]
 fn slow_clients_cannot_starve_health_and_large_payloads_are_accepted() {
-    let (tmp, dir, store) = two_task_dir();
+    let (_tmp, dir, store) = two_task_dir();
     let w = Watcher::start(
         &["--dir", dir.to_str().unwrap(), "--sandbox", "host", "--http-read-timeout", "2s", "--no-promote"],
         &store,

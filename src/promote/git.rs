@@ -126,6 +126,7 @@ pub fn release_path(env: &str, id: &str) -> String {
 
 pub fn callbacks<'a>(c: &'a Credentials, url: &str) -> git2::RemoteCallbacks<'a> {
     let mut cb = git2::RemoteCallbacks::new();
+    HOST_KEY_REFUSED.with(|w| w.borrow_mut().take());
     let mut tries = 0;
     cb.credentials(move |_url, user, allowed| {
         tries += 1;
@@ -809,7 +810,9 @@ fn push_local(
     let out = cmd
         .arg("--git-dir")
         .arg(repo.path())
-        .args(["push", "--porcelain", "--no-progress", &lease, url, &format!("{commit}:{refname}")])
+        // --no-verify: no client-side pre-push hook (a global core.hooksPath) runs for
+        // tenon's cache clone; the remote's own hooks run as always
+        .args(["push", "--porcelain", "--no-progress", "--no-verify", &lease, url, &format!("{commit}:{refname}")])
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
         .output()
@@ -828,7 +831,7 @@ fn push_local(
         Some((' ' | '+' | '*' | '=', _)) if out.status.success() => Ok(Pushed::Done),
         Some((_, summary)) => Ok(Pushed::Refused(with_remote_lines(summary, &said))),
         None => {
-            let why = stderr.lines().filter(|l| !l.starts_with("remote:")).last().unwrap_or("git push failed");
+            let why = stderr.lines().rfind(|l| !l.starts_with("remote:")).unwrap_or("git push failed");
             Ok(Pushed::Refused(with_remote_lines(why.trim(), &said)))
         }
     }
