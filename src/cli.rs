@@ -161,6 +161,14 @@ pub struct WatchArgs {
     /// Environment variable holding the webhook secret (never printed).
     #[arg(long, value_name = "VAR", default_value = "TENON_WEBHOOK_SECRET")]
     pub webhook_secret_env: String,
+    /// A request's head and body must arrive within this time after the client connects;
+    /// slower clients are closed (408 for a webhook body).
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_age)]
+    pub http_read_timeout: std::time::Duration,
+    /// Open HTTP connections at most; past it the oldest is closed, so that /healthz and
+    /// /readyz always answer.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
     /// Reconcile the current state (directory or branch tip) once and exit.
     #[arg(long)]
     pub once: bool,
@@ -885,6 +893,10 @@ async fn watch_cmd(a: WatchArgs, log_format: LogFormat) -> Result<Outcome, Error
         interval: a.interval.max(std::time::Duration::from_millis(100)),
         max_backoff: a.max_backoff.max(std::time::Duration::from_secs(1)),
         webhook_secret,
+        http_limits: crate::watch::http::Limits {
+            read_timeout: a.http_read_timeout.max(std::time::Duration::from_millis(100)),
+            max_connections: a.http_max_connections as usize,
+        },
         once: a.once,
         shutdown: a.shutdown,
         shutdown_timeout: a.shutdown_timeout,
@@ -943,7 +955,7 @@ fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {
     let time = |ns: i64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64))
     };
-    let short = |s: &str| s[..16.min(s.len())].to_string();
+    let short = |s: &str| crate::promote::git::short(s, 16).to_string();
     match a.output {
         OutputFormat::Json => print_json(
             &serde_json::json!({"apiVersion": API_VERSION, "kind": "PromotionHistory", "promotions": records, "holds": holds}),
@@ -984,7 +996,7 @@ fn print_promotions(r: &PromotionReport) {
             } else {
                 format!("  subject {} {}", p.subject_digest, p.subject_uri)
             };
-            let _ = writeln!(out, "  id {}{subject}", &p.id[..16.min(p.id.len())]);
+            let _ = writeln!(out, "  id {}{subject}", crate::promote::git::short(&p.id, 16));
         }
         for g in &p.gates {
             let _ = writeln!(
@@ -1005,7 +1017,7 @@ fn print_promotions(r: &PromotionReport) {
             let _ = writeln!(out, "  commit {c}");
         }
         if let (Some(h), false) = (&p.hold, p.state == "Held") {
-            let _ = writeln!(out, "  hold {} by {}: {}", &h.rollback[..16.min(h.rollback.len())], h.by, h.reason);
+            let _ = writeln!(out, "  hold {} by {}: {}", crate::promote::git::short(&h.rollback, 16), h.by, h.reason);
         }
         for d in &p.diff {
             for l in d.lines() {

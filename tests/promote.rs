@@ -835,7 +835,8 @@ fn sigkill_at_random_points_never_duplicates() {
     assert_eq!(promotion_commits(&fx.remote).len(), 1, "exactly one promotion commit");
     assert_eq!(rev_list(&fx.remote).len(), 2, "nothing but the promotion on top of the import");
     let entry = git(&fx.remote, &["show", &format!("main:.tenon/promotions/prod/{id}.yaml")]);
-    assert!(entry.contains(&format!("id: \"{id}\"")), "{entry}");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&entry).unwrap();
+    assert_eq!(doc["id"].as_str(), Some(id), "{entry}");
     // the remote is not wedged (no stale ref lock left by a killed push)
     let clone = fx.root.join("after");
     git(&fx.root, &["clone", "-q", fx.remote.to_str().unwrap(), clone.to_str().unwrap()]);
@@ -945,21 +946,28 @@ fn walk(dir: &Path) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // 7. a real server: git daemon on 127.0.0.1
 
-#[test]
-fn lands_through_git_daemon() {
+/// The standard fixture with its policy's target set to `git daemon` serving the remote
+/// (no `origin` to fall back to: the policy's url must be used): (fixture, daemon, its
+/// log, the url), or None when the daemon cannot run here (`test` is skipped, saying so).
+fn daemon_fixture(test: &str) -> Option<(Fx, KillOnDrop, PathBuf, String)> {
     let fx = fixture();
     let (daemon, port, log) = match start_daemon(&fx.root) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("SKIP lands_through_git_daemon: {e}");
-            return;
+            eprintln!("SKIP {test}: {e}");
+            return None;
         }
     };
     let url = format!("git://127.0.0.1:{port}/remote.git");
     set_target_url(&fx.repo, &url);
     fx.commit_repo("promote through git daemon");
-    // no `origin` to fall back to: the policy's url must be used
     git(&fx.repo, &["remote", "remove", "origin"]);
+    Some((fx, daemon, log, url))
+}
+
+#[test]
+fn lands_through_git_daemon() {
+    let Some((fx, daemon, log, url)) = daemon_fixture("lands_through_git_daemon") else { return };
 
     let r = fx.promote(&[]);
     assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
@@ -978,6 +986,98 @@ fn lands_through_git_daemon() {
     drop(daemon);
     let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(daemon_log.contains("receive-pack"), "the daemon saw no push:\n{daemon_log}");
+}
+
+/// Install an executable hook script in a bare repository.
+fn write_hook(repo: &Path, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let hook = repo.join("hooks").join(name);
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(&hook, script).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A pre-receive hook that counts its runs in `count` and declines with words that
+/// once meant "race" to tenon.
+fn declining_hook(count: &Path) -> String {
+    format!(
+        "#!/bin/sh\ncat >/dev/null\necho run >> '{}'\necho 'rejected: cannot accept pushes to main while the release lock is held' >&2\nexit 1\n",
+        count.display()
+    )
+}
+
+fn lines_in(f: &Path) -> usize {
+    std::fs::read_to_string(f).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// A shared bare repository over file:// runs its server-side hooks for tenon as for
+/// `git push`: a declining pre-receive is `Failed` with the hook's message (not retried,
+/// whatever words it prints), the branch unchanged. A stale ref lock on the remote is a
+/// permanent failure too, not a race.
+#[test]
+fn file_remote_runs_hooks_and_permanent_refusals_fail_without_retries() {
+    let fx = fixture();
+    let count = fx.root.join("hook-runs");
+    write_hook(&fx.remote, "pre-receive", &declining_hook(&count));
+    let before = refs(&fx.remote);
+    let r = fx.promote(&[]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Failed", "the hook-protected remote accepted the promotion: {p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("pre-receive hook declined"), "{detail}");
+    assert!(detail.contains("while the release lock is held"), "the hook's message: {detail}");
+    assert_eq!(refs(&fx.remote), before, "the remote's branch is unchanged");
+    assert_eq!(lines_in(&count), 1, "a permanent refusal is not retried");
+
+    // a stale lock left on the remote's branch: refused until someone removes it
+    std::fs::remove_file(fx.remote.join("hooks/pre-receive")).unwrap();
+    let lock = fx.remote.join("refs/heads/main.lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, "").unwrap();
+    let t = Instant::now();
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "Failed", "{p:#}");
+    assert!(p["detail"].as_str().unwrap().contains("main.lock"), "git's message: {p:#}");
+    assert!(t.elapsed() < Duration::from_secs(5), "retried for {:?}", t.elapsed());
+    assert_eq!(refs(&fx.remote), before);
+
+    // without the hook and the lock it lands, once
+    std::fs::remove_file(&lock).unwrap();
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "Landed", "{p:#}");
+    assert_eq!(promotion_commits(&fx.remote).len(), 1);
+}
+
+/// The same through a real server (`git daemon`): tenon tells a refusal from a race by
+/// libgit2's error code, the push status and whether the branch moved, never by words in
+/// git's message. The hook's words and a stale ref lock are `Failed` after one push.
+#[test]
+fn permanent_refusals_through_git_daemon_fail_without_retries() {
+    let test = "permanent_refusals_through_git_daemon_fail_without_retries";
+    let Some((fx, _daemon, log, _url)) = daemon_fixture(test) else { return };
+    let pushes = || std::fs::read_to_string(&log).unwrap_or_default().matches("Request receive-pack").count();
+    let count = fx.root.join("hook-runs");
+    write_hook(&fx.remote, "pre-receive", &declining_hook(&count));
+    let before = refs(&fx.remote);
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "Failed", "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("while the release lock is held"), "the hook's message: {detail}");
+    assert_eq!((lines_in(&count), pushes()), (1, 1), "one push, no retries");
+    assert_eq!(refs(&fx.remote), before);
+
+    std::fs::remove_file(fx.remote.join("hooks/pre-receive")).unwrap();
+    let lock = fx.remote.join("refs/heads/main.lock");
+    std::fs::write(&lock, "").unwrap();
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "Failed", "a stale lock is not a race: {p:#}");
+    assert_eq!(pushes(), 2, "one more push, no retries");
+    assert_eq!(refs(&fx.remote), before);
+
+    std::fs::remove_file(&lock).unwrap();
+    let p = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&p), "Landed", "{p:#}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1277,8 +1377,9 @@ fn rollback_restores_values_holds_promotion_until_release() {
     assert_eq!(trailer(&t, "Tenon-Rollback-To"), [a_id.as_str()], "{msg}");
     assert_eq!(trailer(&t, "Tenon-Rollback-Of"), [b_id.as_str()], "{msg}");
     let hold = show(&fx.remote, "main:.tenon/holds/prod.yaml");
-    assert!(hold.contains("by: \"alice\"") && hold.contains("reason: \"bad model\""), "{hold}");
-    assert!(hold.contains(&format!("rollback: \"{rb_id}\"")) && hold.contains(&format!("restored: \"{a_id}\"")));
+    let doc: serde_yaml::Value = serde_yaml::from_str(&hold).unwrap();
+    assert_eq!((doc["by"].as_str(), doc["reason"].as_str()), (Some("alice"), Some("bad model")), "{hold}");
+    assert_eq!((doc["rollback"].as_str(), doc["restored"].as_str()), (Some(rb_id.as_str()), Some(a_id.as_str())));
     git(&fx.remote, &["cat-file", "-e", &format!("main:.tenon/promotions/prod/{rb_id}.yaml")]);
     let changed = git(&fx.remote, &["show", "--name-only", "--format=", "main"]);
     assert_eq!(changed.lines().count(), 3, "model.yaml, the ledger entry and the hold: {changed}");
@@ -1342,6 +1443,91 @@ fn rollback_restores_values_holds_promotion_until_release() {
     let kinds: Vec<&str> = hist["promotions"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["promotion", "release", "rollback", "promotion", "promotion"], "{hist:#}");
     assert_eq!(hist["holds"].as_array().map(|h| h.len()), Some(0));
+}
+
+/// Commit `text` as `path` on the remote's main through a clone of our own (a person
+/// editing the branch by hand).
+fn commit_by_hand(fx: &Fx, path: &str, text: &str) {
+    let clone = fx.root.join("by-hand");
+    if !clone.exists() {
+        git(&fx.root, &["clone", "-q", fx.remote.to_str().unwrap(), clone.to_str().unwrap()]);
+    }
+    git(&clone, &["pull", "-q", "--ff-only", "origin", "main"]);
+    let f = clone.join(path);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(&f, text).unwrap();
+    git(&clone, &["add", "-A"]);
+    git(&clone, &["commit", "-q", "-m", &format!("edit {path} by hand")]);
+    git(&clone, &["push", "-q", "origin", "HEAD:main"]);
+}
+
+/// tenon's own documents on the branch are YAML read with serde: a hold and a ledger
+/// entry rewritten by hand (other indentation, quoting and key order, comments) read as
+/// written; a malformed one is invalid input (exit 2) naming the file and line.
+#[test]
+fn hand_edited_ledger_and_hold_read_as_written_and_malformed_ones_name_file_and_line() {
+    let fx = fixture_with(without_incumbent_gate);
+    let a = the_promotion(&fx.promote(&[]));
+    assert_eq!(state(&a), "Landed", "{a:#}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let entry = format!(".tenon/promotions/prod/{id}.yaml");
+    let doc: serde_yaml::Value = serde_yaml::from_str(&show(&fx.remote, &format!("main:{entry}"))).unwrap();
+    let update = &doc["updates"][0];
+    let (file, path, value) =
+        (update["file"].as_str().unwrap(), update["path"].as_str().unwrap(), update["value"].as_str().unwrap());
+    let reformatted = format!(
+        "# tidied by hand\nkind: 'PromotionRecord'\napiVersion: \"tenon.dev/v1alpha1\"\ndecidedAt:   1700000000000000000\n\
+         id: '{id}'\nenvironment: prod\npolicy: {policy}\nsubject: {{digest: '{digest}', uri: \"{uri}\"}}\n\
+         updates:\n    -   value: {value:?}\n        path: {path:?}\n        file: {file}\ngates: []\nprevious: ~\n",
+        policy = doc["policy"].as_str().unwrap(),
+        digest = doc["subject"]["digest"].as_str().unwrap(),
+        uri = doc["subject"]["uri"].as_str().unwrap(),
+    );
+    commit_by_hand(&fx, &entry, &reformatted);
+    let h = tenon_json(&fx, &["history", fx.repo_s(), "--env", "prod"]);
+    assert_eq!(h.code, 0, "{}\n{}", h.stdout, h.stderr);
+    let j = h.json();
+    let rec = &j["promotions"][0];
+    assert_eq!(rec["id"].as_str(), Some(id.as_str()), "{j:#}");
+    assert_eq!(rec["decidedAtNs"].as_i64(), Some(1_700_000_000_000_000_000), "{j:#}");
+    assert_eq!(rec["subjectDigest"], doc["subject"]["digest"].as_str().unwrap(), "{j:#}");
+    assert_eq!((rec["updates"][0]["path"].as_str(), rec["updates"][0]["value"].as_str()), (Some(path), Some(value)));
+
+    // a hold placed by hand, formatted its own way
+    let (rollback, restored) = ("2".repeat(64), id.clone());
+    let hold = format!(
+        "# paused by hand during the incident\nkind: 'PromotionHold'\nheldAt:    1700000000000000001\nreason: >-\n  model v2 is\n  bad\n\
+         environment: prod  # the environment\nrestored: \"{restored}\"\nrollback: '{rollback}'\nby: carol\napiVersion: tenon.dev/v1alpha1\n"
+    );
+    commit_by_hand(&fx, ".tenon/holds/prod.yaml", &hold);
+    set_uri_suffix(&fx.repo, "#v2");
+    let r = fx.promote(&[]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let p = the_promotion(&r);
+    assert_eq!(state(&p), "Held", "{p:#}");
+    assert_eq!(p["hold"]["by"], "carol", "{p:#}");
+    assert_eq!(p["hold"]["reason"], "model v2 is bad", "{p:#}");
+    assert_eq!(p["hold"]["rollback"].as_str(), Some(rollback.as_str()), "{p:#}");
+    assert_eq!(p["hold"]["restored"].as_str(), Some(restored.as_str()), "{p:#}");
+    assert_eq!(p["hold"]["heldAtNs"].as_i64(), Some(1_700_000_000_000_000_001), "{p:#}");
+
+    // malformed: invalid input, exit 2, the file and line named; nothing pushed
+    let before = refs(&fx.remote);
+    commit_by_hand(&fx, ".tenon/holds/prod.yaml", &hold.replace("heldAt:    1700000000000000001", "heldAt: yesterday"));
+    let before_malformed = refs(&fx.remote);
+    assert_ne!(before, before_malformed);
+    let r = fx.promote(&[]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("main:.tenon/holds/prod.yaml:3:"), "no file:line: {}", r.stderr);
+    assert!(r.stderr.contains("heldAt"), "the field is named: {}", r.stderr);
+    assert_eq!(refs(&fx.remote), before_malformed);
+    let r = tenon_json(&fx, &["release", fx.repo_s(), "--env", "prod"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("main:.tenon/holds/prod.yaml:3:"), "{}", r.stderr);
+    commit_by_hand(&fx, &entry, &reformatted.replace("decidedAt:   1700000000000000000", "decidedAt: [1, 2"));
+    let h = tenon_json(&fx, &["history", fx.repo_s(), "--env", "prod"]);
+    assert_eq!(h.code, 2, "{}\n{}", h.stdout, h.stderr);
+    assert!(h.stderr.contains(&format!("main:{entry}:")), "{}", h.stderr);
 }
 
 #[test]
@@ -1561,14 +1747,16 @@ fn secret_lines(key: &Path) -> Vec<String> {
     std::fs::read_to_string(key).unwrap().lines().filter(|l| !l.starts_with("-----")).map(String::from).collect()
 }
 
-#[test]
-fn ssh_key_with_strict_known_hosts() {
+/// The standard fixture with its policy's target on a real sshd (in `<root>/sshd`), no
+/// `origin`: (fixture, sshd, the url), or None when sshd cannot run here (`test` is
+/// skipped, saying so).
+fn sshd_fixture(test: &str) -> Option<(Fx, Sshd, String)> {
     let fx = fixture();
     let sshd = match start_sshd(&fx.root.join("sshd")) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("SKIP ssh_key_with_strict_known_hosts: {e}");
-            return;
+            eprintln!("SKIP {test}: {e}");
+            return None;
         }
     };
     let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string();
@@ -1576,6 +1764,12 @@ fn ssh_key_with_strict_known_hosts() {
     set_target_url(&fx.repo, &url);
     fx.commit_repo("promote over ssh");
     git(&fx.repo, &["remote", "remove", "origin"]);
+    Some((fx, sshd, url))
+}
+
+#[test]
+fn ssh_key_with_strict_known_hosts() {
+    let Some((fx, sshd, url)) = sshd_fixture("ssh_key_with_strict_known_hosts") else { return };
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let before = refs(&fx.remote);
     let secrets: Vec<String> = [&sshd.key, &sshd.other_key].iter().flat_map(|k| secret_lines(k)).collect();
@@ -1631,6 +1825,57 @@ fn ssh_key_with_strict_known_hosts() {
     assert_eq!(promotion_commits(&fx.remote).len(), 1);
     let log = sshd.log();
     assert!(log.contains("Accepted publickey"), "it went through sshd:\n{log}");
+}
+
+/// known_hosts as OpenSSH writes it on Debian (`HashKnownHosts yes`: `|1|salt|hash`
+/// names, made here with `ssh-keygen -H`) is trusted; a key marked `@revoked` is refused
+/// even when a plain line trusts it; a `@cert-authority` line is refused with a message
+/// saying host certificates are not checked. Against the real sshd.
+#[test]
+fn known_hosts_hashed_revoked_and_cert_authority() {
+    let Some((fx, sshd, _url)) = sshd_fixture("known_hosts_hashed_revoked_and_cert_authority") else { return };
+    let dir = fx.root.join("sshd");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let plain = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+    let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+    let host_key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    let ca = dir.join("ca_key");
+    ssh_keygen(&ca).unwrap();
+    let ca_pub = std::fs::read_to_string(ca.with_extension("pub")).unwrap();
+    let before = refs(&fx.remote);
+    let promote_with = |text: &str, name: &str| {
+        let f = dir.join(name);
+        std::fs::write(&f, text).unwrap();
+        let r = fx.promote(&["--ssh-key", &s(&sshd.key), "--known-hosts", &s(&f)]);
+        (r.code, the_promotion(&r))
+    };
+
+    // @revoked: refused, although the next line trusts the same key
+    let revoked = format!("@revoked [127.0.0.1]:{} {} {}\n{plain}", sshd.port, host_key[0], host_key[1]);
+    let (code, p) = promote_with(&revoked, "known_hosts_revoked");
+    assert_eq!((code, state(&p)), (1, "Failed"), "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("@revoked") && detail.contains("known_hosts_revoked:1"), "{detail}");
+    assert!(!sshd.log().contains("Accepted publickey"), "authenticated to a revoked host key");
+
+    // @cert-authority only: refused, and the message says why
+    let ca_only = format!("@cert-authority [127.0.0.1]:{} {ca_pub}", sshd.port);
+    let (code, p) = promote_with(&ca_only, "known_hosts_ca");
+    assert_eq!((code, state(&p)), (1, "Failed"), "{p:#}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("@cert-authority") && detail.contains("host key"), "{detail}");
+    assert_eq!(refs(&fx.remote), before, "nothing pushed");
+
+    // hashed by ssh-keygen -H: trusted, lands
+    let hashed = dir.join("known_hosts_hashed");
+    std::fs::write(&hashed, &plain).unwrap();
+    let o = Command::new("ssh-keygen").arg("-H").arg("-f").arg(&hashed).output().unwrap();
+    assert!(o.status.success(), "ssh-keygen -H: {}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&hashed).unwrap();
+    assert!(text.starts_with("|1|") && !text.contains("127.0.0.1"), "not hashed: {text}");
+    let (code, p) = promote_with(&text, "known_hosts_hashed");
+    assert_eq!((code, state(&p)), (0, "Landed"), "{p:#}");
+    assert!(sshd.log().contains("Accepted publickey"), "it went through sshd");
 }
 
 // ---------------------------------------------------------------------------------------

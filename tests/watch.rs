@@ -724,13 +724,19 @@ fn once_exit_codes() {
     assert!(err.contains("p.yaml:") && err.contains("outcome=invalid"), "{err}");
 }
 
+/// A temp dir with `repo/` holding TWO_TASKS and its inputs: (the temp dir, repo, store).
+fn two_task_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = two_task_repo(tmp.path());
+    let store = tmp.path().join("store");
+    (tmp, dir, store)
+}
+
 /// The leader gate (library API, used by the Kubernetes Lease election): no reconcile while
 /// not leading, a reconcile as soon as leadership is granted; `/status` and the metric show it.
 #[test]
 fn leader_gate_holds_reconciles_until_leadership() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = two_task_repo(tmp.path());
-    let store = tmp.path().join("store");
+    let (tmp, dir, store) = two_task_dir();
     let addr_file = tmp.path().join("addr");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = tokio_util::sync::CancellationToken::new();
@@ -758,6 +764,7 @@ fn leader_gate_holds_reconciles_until_leadership() {
         interval: Duration::from_secs(3600),
         max_backoff: Duration::from_secs(5),
         webhook_secret: None,
+        http_limits: Default::default(),
         once: false,
         shutdown: tenon::watch::ShutdownMode::Cancel,
         shutdown_timeout: Duration::from_secs(10),
@@ -964,4 +971,88 @@ spec:
     let log = git(&remote, &["log", "--format=%B", "main"]);
     assert_eq!(log.matches("Tenon-Promotion-Id:").count(), 1, "{log}");
     assert!(!log.contains("version-1"), "v1's promotion was applied:\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------
+// the HTTP endpoint under slow clients
+
+/// 300 clients that trickle a request (half the head, half a webhook body) one byte at a
+/// time: /healthz still answers within a second while they hang on, and each of them is
+/// closed after the read timeout. A 20 MB push payload (GitHub allows 25 MB) is accepted.
+#[test]
+fn slow_clients_cannot_starve_health_and_large_payloads_are_accepted() {
+    let (_tmp, dir, store) = two_task_dir();
+    let w = Watcher::start(
+        &["--dir", dir.to_str().unwrap(), "--sandbox", "host", "--http-read-timeout", "2s", "--no-promote"],
+        &store,
+        &[],
+    );
+    w.wait_reconciles(0);
+
+    // open the slow clients and keep them trickling from one thread
+    let n = 300;
+    let mut slow: Vec<Option<TcpStream>> = Vec::new();
+    for i in 0..n {
+        let mut s = TcpStream::connect(&w.addr).expect("connect");
+        s.set_nonblocking(true).unwrap();
+        let head = if i % 2 == 0 {
+            "GET /status HTTP/1.1\r\nHost: x\r\n".to_string()
+        } else {
+            "POST /hooks/git HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{".to_string()
+        };
+        let _ = s.write_all(head.as_bytes());
+        slow.push(Some(s));
+    }
+    let opened = Instant::now();
+    let trickle = |slow: &mut Vec<Option<TcpStream>>| {
+        // one byte each; a closed connection reads EOF (or errors) and is dropped
+        let mut buf = [0u8; 4096];
+        for c in slow.iter_mut() {
+            let Some(s) = c else { continue };
+            let _ = s.write_all(b" ");
+            match s.read(&mut buf) {
+                Ok(_) => *c = None,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => *c = None,
+            }
+        }
+        slow.iter().filter(|c| c.is_some()).count()
+    };
+    // while they hang on: /healthz answers within a second, every time
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        trickle(&mut slow);
+        let t = Instant::now();
+        let (code, body) = w.get("/healthz");
+        let took = t.elapsed();
+        worst = worst.max(took);
+        assert_eq!((code, body.as_str()), (200, "ok\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("/healthz with {n} slow clients: slowest answer {worst:?}");
+    assert!(worst < Duration::from_secs(1), "/healthz took {worst:?}");
+    // after the read timeout (2 s, plus the grace to answer), every slow client is closed
+    let mut left = n;
+    while left > 0 && opened.elapsed() < Duration::from_secs(15) {
+        left = trickle(&mut slow);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("slow clients still open {:?} after they connected: {left}", opened.elapsed());
+    assert_eq!(left, 0, "slow clients held open past the read timeout");
+
+    // a 20 MB push payload is read, not refused with 413
+    let mut body = br#"{"ref":"refs/heads/main","commits":[""#.to_vec();
+    body.resize(20 * 1000 * 1000, b'x');
+    body.extend_from_slice(br#""]}"#);
+    let (code, reply) = http(&w.addr, "POST", "/hooks/git", &[("Content-Type", "application/json".into())], &body);
+    // a directory watcher has no branch to wake: 404 after reading (and checking) the body
+    assert_ne!(code, 413, "{reply}");
+    assert_eq!(code, 404, "{reply}");
+    // past the cap: 413 without reading the body
+    let mut s = TcpStream::connect(&w.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /hooks/git HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n{").unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::hash::sha256_hex;
 use crate::model::{FieldUpdate, Gate, ParamValue, PromotionPolicySpec};
@@ -28,7 +28,7 @@ pub struct GateOutcome {
 }
 
 /// A rendered edit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenderedUpdate {
     pub file: String,
     pub path: String,

@@ -15,6 +15,7 @@ use git2::{build::TreeUpdateBuilder, FileMode, Oid, Repository, Signature};
 
 use super::decide::{Decision, RenderedUpdate};
 use super::edit::{self, Edit};
+use super::ledger::{self, GateDoc, HoldDoc, Malformed, RecordDoc, ReleaseDoc, SubjectDoc};
 use super::LEDGER_DIR;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +28,11 @@ pub enum PromoteError {
     Rejected { branch: String, message: String },
     #[error("{file}: {message}")]
     Edit { file: String, message: String },
-    #[error("the remote's SSH host key is not trusted: it is not in the --known-hosts file (or ~/.ssh/known_hosts when none is given); tenon checks host keys strictly")]
-    HostKey,
+    /// One of tenon's own documents on the branch is malformed (file:line:column).
+    #[error("{0}")]
+    Malformed(#[from] Malformed),
+    #[error("the remote's SSH host key is not trusted: {why} (tenon checks host keys strictly, against --known-hosts or else ~/.ssh/known_hosts)")]
+    HostKey { why: String },
 }
 
 impl From<git2::Error> for PromoteError {
@@ -36,11 +40,20 @@ impl From<git2::Error> for PromoteError {
         if e.code() == git2::ErrorCode::Auth || e.class() == git2::ErrorClass::Ssh && e.message().contains("auth") {
             return PromoteError::Auth { url: String::new() };
         }
-        if e.message().contains("hostkey") || e.message().contains("host key") {
-            return PromoteError::HostKey;
+        // ours (the known_hosts check) is a Certificate error; libgit2's own check of
+        // ~/.ssh/known_hosts says `hostkey`
+        if e.code() == git2::ErrorCode::Certificate || e.message().contains("hostkey") {
+            let why = HOST_KEY_REFUSED.with(|w| w.borrow_mut().take()).unwrap_or_else(|| e.message().to_string());
+            return PromoteError::HostKey { why };
         }
         PromoteError::Git { message: e.message().to_string() }
     }
+}
+
+thread_local! {
+    /// Why the known_hosts check refused the last host key on this thread (libgit2
+    /// replaces a certificate callback's message with a generic one; the code stays).
+    static HOST_KEY_REFUSED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 /// How tenon authenticates to the target remote.
@@ -111,8 +124,9 @@ pub fn release_path(env: &str, id: &str) -> String {
     format!("{LEDGER_DIR}/releases/{env}/{id}.yaml")
 }
 
-pub fn callbacks(c: &Credentials) -> git2::RemoteCallbacks<'_> {
+pub fn callbacks<'a>(c: &'a Credentials, url: &str) -> git2::RemoteCallbacks<'a> {
     let mut cb = git2::RemoteCallbacks::new();
+    HOST_KEY_REFUSED.with(|w| w.borrow_mut().take());
     let mut tries = 0;
     cb.credentials(move |_url, user, allowed| {
         tries += 1;
@@ -135,48 +149,36 @@ pub fn callbacks(c: &Credentials) -> git2::RemoteCallbacks<'_> {
         Err(git2::Error::new(git2::ErrorCode::Auth, git2::ErrorClass::Net, "no credentials configured for this remote"))
     });
     if let Some(kh) = c.known_hosts.clone() {
+        let port = ssh_port(url);
         cb.certificate_check(move |cert, host| {
-            // strict: the host key must be in the given known_hosts file
+            // strict: the host key must be trusted by the given known_hosts file
             let Some(hk) = cert.as_hostkey() else { return Ok(git2::CertificateCheckStatus::CertificatePassthrough) };
-            let Some(key) = hk.hostkey() else { return Err(git2::Error::from_str("no host key")) };
-            use std::io::BufRead;
-            let b64 = base64_encode(key);
-            let f = std::fs::File::open(&kh).map_err(|e| git2::Error::from_str(&format!("known_hosts: {e}")))?;
-            let found = std::io::BufReader::new(f).lines().map_while(Result::ok).any(|l| {
-                let mut parts = l.split_whitespace();
-                let hosts = parts.next().unwrap_or("");
-                let _kind = parts.next();
-                let k = parts.next().unwrap_or("");
-                // `host` or `[host]:port` (plain names; hashed entries are not read)
-                hosts.split(',').any(|h| {
-                    h == host || h.strip_prefix('[').and_then(|r| r.split_once("]:")).is_some_and(|(n, _)| n == host)
-                }) && k == b64
-            });
-            if found {
-                Ok(git2::CertificateCheckStatus::CertificateOk)
-            } else {
-                Err(git2::Error::from_str(&format!("host key of {host} is not in {}", kh.display())))
+            let untrusted = |why: String| git2::Error::new(git2::ErrorCode::Certificate, git2::ErrorClass::Ssh, why);
+            let Some(key) = hk.hostkey() else { return Err(untrusted(format!("{host} sent no host key"))) };
+            if let Err(why) = super::known_hosts::check(&kh, host, port, key) {
+                HOST_KEY_REFUSED.with(|w| *w.borrow_mut() = Some(why.clone()));
+                return Err(untrusted(why));
             }
+            Ok(git2::CertificateCheckStatus::CertificateOk)
         });
     }
     cb
 }
 
-fn base64_encode(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n =
-            (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
+/// The SSH port of a remote URL (`ssh://[user@]host[:port]/path`; scp-like `host:path`
+/// and everything else: 22).
+fn ssh_port(url: &str) -> u16 {
+    let Some((scheme, rest)) = url.split_once("://") else { return 22 };
+    if !scheme.contains("ssh") {
+        return 22;
     }
-    out
+    let authority = rest.split('/').next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+        None => hostport.split_once(':').map(|(_, p)| p),
+    };
+    port.and_then(|p| p.parse().ok()).unwrap_or(22)
 }
 
 /// The persistent bare clone of a target, held exclusively by this process until the
@@ -226,7 +228,7 @@ fn remove_stale_locks(dir: &Path) {
 fn fetch(repo: &Repository, t: &Target, branch: &str) -> Result<Option<Oid>, PromoteError> {
     let mut remote = repo.remote_anonymous(&t.url)?;
     let mut fo = git2::FetchOptions::new();
-    fo.remote_callbacks(callbacks(&t.credentials));
+    fo.remote_callbacks(callbacks(&t.credentials, &t.url));
     let tracking = format!("refs/tenon/remote/{branch}");
     let refspec = format!("+refs/heads/{branch}:{tracking}");
     match remote.fetch(&[&refspec], Some(&mut fo), None) {
@@ -275,40 +277,40 @@ pub struct Hold {
     pub held_at_ns: i64,
 }
 
-fn q(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
-}
-
-/// The JSON-string value of the first line starting with `prefix`.
-fn yaml_field(text: &str, prefix: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(|v| serde_json::from_str::<String>(v.trim()).unwrap_or_else(|_| v.trim().to_string()))
+/// At most the first `n` bytes of `s` (whole characters): ids in messages.
+pub fn short(s: &str, n: usize) -> &str {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl Hold {
     pub fn to_yaml(&self) -> String {
-        format!(
-            "apiVersion: tenon.dev/v1alpha1\nkind: PromotionHold\nenvironment: {}\nrollback: {}\nrestored: {}\nby: {}\nreason: {}\nheldAt: {}\n",
-            q(&self.environment),
-            q(&self.rollback),
-            q(&self.restored),
-            q(&self.by),
-            q(&self.reason),
-            self.held_at_ns
-        )
+        ledger::to_yaml(&HoldDoc {
+            api_version: Default::default(),
+            kind: Default::default(),
+            environment: self.environment.clone(),
+            rollback: self.rollback.clone(),
+            restored: self.restored.clone(),
+            by: self.by.clone(),
+            reason: self.reason.clone(),
+            held_at: self.held_at_ns,
+        })
     }
 
-    fn parse(text: &str) -> Hold {
-        let f = |p: &str| yaml_field(text, p).unwrap_or_default();
-        Hold {
-            environment: f("environment: "),
-            rollback: f("rollback: "),
-            restored: f("restored: "),
-            by: f("by: "),
-            reason: f("reason: "),
-            held_at_ns: f("heldAt: ").parse().unwrap_or(0),
-        }
+    /// Read a hold file (`file` names it in errors).
+    pub fn parse(file: &str, text: &str) -> Result<Hold, Malformed> {
+        let h: HoldDoc = ledger::parse(file, text)?;
+        Ok(Hold {
+            environment: h.environment,
+            rollback: h.rollback,
+            restored: h.restored,
+            by: h.by,
+            reason: h.reason,
+            held_at_ns: h.held_at,
+        })
     }
 
     /// What `tenon promote` says about an environment held by this.
@@ -317,8 +319,8 @@ impl Hold {
             "environment {env} is held by {by} since rollback {rb} (restored {to}{why}): automatic promotion is paused until `tenon release --env {env}`",
             env = self.environment,
             by = self.by,
-            rb = &self.rollback[..12.min(self.rollback.len())],
-            to = &self.restored[..12.min(self.restored.len())],
+            rb = short(&self.rollback, 12),
+            to = short(&self.restored, 12),
             why = if self.reason.is_empty() { String::new() } else { format!("; {}", self.reason) },
         )
     }
@@ -327,12 +329,14 @@ impl Hold {
 /// The fetched tip of the target branch (None: the branch does not exist yet).
 pub struct Tip<'r> {
     repo: &'r Repository,
+    /// The branch (names files in errors: `main:.tenon/holds/prod.yaml`).
+    branch: String,
     commit: Option<git2::Commit<'r>>,
     tree: Option<git2::Tree<'r>>,
 }
 
 impl<'r> Tip<'r> {
-    fn at(repo: &'r Repository, oid: Option<Oid>) -> Result<Tip<'r>, PromoteError> {
+    fn at(repo: &'r Repository, branch: &str, oid: Option<Oid>) -> Result<Tip<'r>, PromoteError> {
         let commit = match oid {
             Some(o) => Some(repo.find_commit(o)?),
             None => None,
@@ -341,7 +345,7 @@ impl<'r> Tip<'r> {
             Some(c) => Some(c.tree()?),
             None => None,
         };
-        Ok(Tip { repo, commit, tree })
+        Ok(Tip { repo, branch: branch.to_string(), commit, tree })
     }
 
     pub fn read(&self, path: &str) -> Result<Option<String>, PromoteError> {
@@ -356,28 +360,37 @@ impl<'r> Tip<'r> {
     }
 
     /// `decidedAt` of every ledger entry of `env`: (id, decidedAt).
-    fn ledger(&self, env: &str) -> Vec<(String, i64)> {
-        let Some(tree) = &self.tree else { return vec![] };
-        yaml_files(self.repo, tree, &format!("{LEDGER_DIR}/promotions/{env}"))
-            .into_iter()
-            .map(|(id, text)| (id, yaml_field(&text, "decidedAt: ").and_then(|v| v.parse().ok()).unwrap_or(0)))
-            .collect()
+    fn ledger(&self, env: &str) -> Result<Vec<(String, i64)>, PromoteError> {
+        let Some(tree) = &self.tree else { return Ok(vec![]) };
+        let mut out = Vec::new();
+        for (id, path, text) in yaml_files(self.repo, tree, &format!("{LEDGER_DIR}/promotions/{env}")) {
+            let r: RecordDoc = ledger::parse(&format!("{}:{path}", self.branch), &text)?;
+            out.push((id, r.decided_at));
+        }
+        Ok(out)
     }
 
     /// The newest ledger entry decided after `decided_at_ns`.
-    fn superseded(&self, env: &str, decided_at_ns: i64) -> Option<Landing> {
-        let entries = self.ledger(env);
-        let (by, _) = entries.into_iter().filter(|(_, at)| *at > decided_at_ns).max_by_key(|(_, at)| *at)?;
-        Some(Landing::Superseded { by })
+    fn superseded(&self, env: &str, decided_at_ns: i64) -> Result<Option<Landing>, PromoteError> {
+        let entries = self.ledger(env)?;
+        Ok(entries
+            .into_iter()
+            .filter(|(_, at)| *at > decided_at_ns)
+            .max_by_key(|(_, at)| *at)
+            .map(|(by, _)| Landing::Superseded { by }))
     }
 
     /// The newest ledger entry of `env`.
-    fn latest(&self, env: &str) -> Option<String> {
-        self.ledger(env).into_iter().max_by_key(|(_, at)| *at).map(|(id, _)| id)
+    fn latest(&self, env: &str) -> Result<Option<String>, PromoteError> {
+        Ok(self.ledger(env)?.into_iter().max_by_key(|(_, at)| *at).map(|(id, _)| id))
     }
 
     pub fn hold(&self, env: &str) -> Result<Option<Hold>, PromoteError> {
-        Ok(self.read(&hold_path(env))?.map(|t| Hold::parse(&t)))
+        let path = hold_path(env);
+        match self.read(&path)? {
+            Some(text) => Ok(Some(Hold::parse(&format!("{}:{path}", self.branch), &text)?)),
+            None => Ok(None),
+        }
     }
 
     /// The declarative edits applied to their files here: (path, new text) of each file,
@@ -406,15 +419,16 @@ impl<'r> Tip<'r> {
     }
 }
 
-/// The `.yaml` files directly in `dir` of `tree`: (name without `.yaml`, text).
-fn yaml_files(repo: &Repository, tree: &git2::Tree<'_>, dir: &str) -> Vec<(String, String)> {
+/// The `.yaml` files directly in `dir` of `tree`: (name without `.yaml`, path, text).
+fn yaml_files(repo: &Repository, tree: &git2::Tree<'_>, dir: &str) -> Vec<(String, String, String)> {
     let Ok(entry) = tree.get_path(Path::new(dir)) else { return vec![] };
     let Ok(sub) = repo.find_tree(entry.id()) else { return vec![] };
     sub.iter()
         .filter_map(|e| {
-            let id = e.name()?.strip_suffix(".yaml")?.to_string();
+            let name = e.name()?;
+            let id = name.strip_suffix(".yaml")?.to_string();
             let blob = repo.find_blob(e.id()).ok()?;
-            Some((id, String::from_utf8_lossy(blob.content()).to_string()))
+            Some((id, format!("{dir}/{name}"), String::from_utf8_lossy(blob.content()).to_string()))
         })
         .collect()
 }
@@ -459,100 +473,105 @@ pub fn ledger_at_tip(t: &Target, env: Option<&str>) -> Result<(Vec<LedgerRecord>
     let (repo, _lock) = open_cache(t)?;
     let Some(tip) = fetch(&repo, t, &t.branch)? else { return Ok((vec![], vec![])) };
     let tree = repo.find_commit(tip)?.tree()?;
+    let file = |path: &str| format!("{}:{path}", t.branch);
     let mut out = Vec::new();
-    for kind in ["promotions", "releases"] {
-        let root = format!("{LEDGER_DIR}/{kind}");
-        for e in subdirs(&repo, &tree, &root).into_iter().filter(|e| env.is_none_or(|want| want == e)) {
-            out.extend(yaml_files(&repo, &tree, &format!("{root}/{e}")).iter().map(|(_, text)| parse_ledger(text)));
+    let root = format!("{LEDGER_DIR}/promotions");
+    for e in subdirs(&repo, &tree, &root).into_iter().filter(|e| env.is_none_or(|want| want == e)) {
+        for (_, path, text) in yaml_files(&repo, &tree, &format!("{root}/{e}")) {
+            out.push(record_of(ledger::parse(&file(&path), &text)?));
+        }
+    }
+    let root = format!("{LEDGER_DIR}/releases");
+    for e in subdirs(&repo, &tree, &root).into_iter().filter(|e| env.is_none_or(|want| want == e)) {
+        for (_, path, text) in yaml_files(&repo, &tree, &format!("{root}/{e}")) {
+            out.push(release_of(ledger::parse(&file(&path), &text)?));
         }
     }
     out.sort_by(|a, b| b.decided_at_ns.cmp(&a.decided_at_ns));
-    let holds = yaml_files(&repo, &tree, &format!("{LEDGER_DIR}/holds"))
-        .into_iter()
-        .filter(|(e, _)| env.is_none_or(|want| want == e))
-        .map(|(_, text)| Hold::parse(&text))
-        .collect();
+    let mut holds = Vec::new();
+    for (e, path, text) in yaml_files(&repo, &tree, &format!("{LEDGER_DIR}/holds")) {
+        if env.is_none_or(|want| want == e) {
+            holds.push(Hold::parse(&file(&path), &text)?);
+        }
+    }
     Ok((out, holds))
 }
 
-/// Read back a ledger entry written by [`ledger_entry`] or [`release_entry`].
-fn parse_ledger(text: &str) -> LedgerRecord {
-    let field = |prefix: &str| yaml_field(text, prefix);
-    let restores = field("restores: ");
-    let releases = field("releases: ");
-    let mut updates = Vec::new();
-    for l in text.lines().skip_while(|l| *l != "updates:").skip(1).take_while(|l| l.starts_with("  ")) {
-        let val = |p: &str| l.strip_prefix(p).map(|v| serde_json::from_str::<String>(v.trim()).unwrap_or_default());
-        if let Some(file) = val("  - file: ") {
-            updates.push(RenderedUpdate { file, path: String::new(), value: String::new() });
-        } else if let (Some(path), Some(u)) = (val("    path: "), updates.last_mut()) {
-            u.path = path;
-        } else if let (Some(value), Some(u)) = (val("    value: "), updates.last_mut()) {
-            u.value = value;
-        }
-    }
+/// The ledger record of a promotion or rollback entry.
+fn record_of(r: RecordDoc) -> LedgerRecord {
     LedgerRecord {
-        id: field("id: ").unwrap_or_default(),
-        kind: if releases.is_some() {
-            "release"
-        } else if restores.is_some() {
-            "rollback"
-        } else {
-            "promotion"
-        }
-        .into(),
-        policy: field("policy: ").unwrap_or_default(),
-        environment: field("environment: ").unwrap_or_default(),
-        subject_digest: field("  digest: ").unwrap_or_default(),
-        subject_uri: field("  uri: ").unwrap_or_default(),
-        previous: field("previous: ").filter(|p| p != "null"),
-        decided_at_ns: field("decidedAt: ").and_then(|v| v.parse().ok()).unwrap_or(0),
-        restores,
-        releases,
-        by: field("by: "),
-        updates,
+        id: r.id,
+        kind: if r.restores.is_some() { "rollback" } else { "promotion" }.into(),
+        policy: r.policy,
+        environment: r.environment,
+        subject_digest: r.subject.digest,
+        subject_uri: r.subject.uri,
+        previous: r.previous,
+        decided_at_ns: r.decided_at,
+        restores: r.restores,
+        releases: None,
+        by: None,
+        updates: r.updates,
+    }
+}
+
+/// The ledger record of a release entry.
+fn release_of(r: ReleaseDoc) -> LedgerRecord {
+    LedgerRecord {
+        id: r.id,
+        kind: "release".into(),
+        policy: String::new(),
+        environment: r.environment,
+        subject_digest: String::new(),
+        subject_uri: String::new(),
+        previous: None,
+        decided_at_ns: r.decided_at,
+        restores: None,
+        releases: Some(r.releases),
+        by: Some(r.by),
+        updates: vec![],
     }
 }
 
 /// The ledger entry recorded with a promotion.
 pub fn ledger_entry(d: &Decision, decided_at_ns: i64, previous: Option<&str>, source_revision: &str) -> String {
-    let mut y = String::new();
-    y.push_str("apiVersion: tenon.dev/v1alpha1\nkind: PromotionRecord\n");
-    y.push_str(&format!("id: {}\npolicy: {}\nenvironment: {}\n", q(&d.id), q(&d.policy), q(&d.environment)));
-    if let Some(r) = &d.restores {
-        y.push_str(&format!("restores: {}\n", q(r)));
-    }
-    y.push_str(&format!("subject:\n  uri: {}\n  digest: {}\n", q(&d.subject_uri), q(&d.subject_digest)));
-    y.push_str("gates:\n");
-    for g in &d.gates {
-        y.push_str(&format!(
-            "  - result: {}\n    operator: {}\n    threshold: {}\n    observed: {}\n    passed: {}\n",
-            q(&g.result),
-            q(&g.operator),
-            q(&g.threshold),
-            q(g.observed.as_deref().unwrap_or("").trim_end_matches('\n')),
-            g.passed
-        ));
-    }
-    y.push_str("updates:\n");
-    for u in &d.updates {
-        y.push_str(&format!("  - file: {}\n    path: {}\n    value: {}\n", q(&u.file), q(&u.path), q(&u.value)));
-    }
-    y.push_str(&format!("sourceRevision: {}\n", q(source_revision)));
-    y.push_str(&format!("previous: {}\n", previous.map(q).unwrap_or_else(|| "null".into())));
-    y.push_str(&format!("decidedAt: {decided_at_ns}\n"));
-    y
+    ledger::to_yaml(&RecordDoc {
+        api_version: Default::default(),
+        kind: Default::default(),
+        id: d.id.clone(),
+        policy: d.policy.clone(),
+        environment: d.environment.clone(),
+        restores: d.restores.clone(),
+        subject: SubjectDoc { uri: d.subject_uri.clone(), digest: d.subject_digest.clone() },
+        gates: d
+            .gates
+            .iter()
+            .map(|g| GateDoc {
+                result: g.result.clone(),
+                operator: g.operator.clone(),
+                threshold: g.threshold.clone(),
+                observed: g.observed.as_deref().unwrap_or("").trim_end_matches('\n').to_string(),
+                passed: g.passed,
+            })
+            .collect(),
+        updates: d.updates.clone(),
+        source_revision: source_revision.to_string(),
+        previous: previous.map(String::from),
+        decided_at: decided_at_ns,
+    })
 }
 
 /// The record of a release (`.tenon/releases/<env>/<id>.yaml`).
 pub fn release_entry(id: &str, hold: &Hold, by: &str, decided_at_ns: i64) -> String {
-    format!(
-        "apiVersion: tenon.dev/v1alpha1\nkind: PromotionRelease\nid: {}\nenvironment: {}\nreleases: {}\nby: {}\ndecidedAt: {decided_at_ns}\n",
-        q(id),
-        q(&hold.environment),
-        q(&hold.rollback),
-        q(by)
-    )
+    ledger::to_yaml(&ReleaseDoc {
+        api_version: Default::default(),
+        kind: Default::default(),
+        id: id.to_string(),
+        environment: hold.environment.clone(),
+        releases: hold.rollback.clone(),
+        by: by.to_string(),
+        decided_at: decided_at_ns,
+    })
 }
 
 /// The filesystem path of a local remote (`file://` URL or a plain path).
@@ -563,25 +582,11 @@ fn local_path(url: &str) -> Option<PathBuf> {
     (url.starts_with('/') && !url.contains("://")).then(|| PathBuf::from(url))
 }
 
-/// Move `refname` in the local repository at `path` from `old` (None: must not exist)
-/// to `new`, atomically; then drop the temporary `incoming` ref.
-fn cas_local(path: &Path, refname: &str, new: Oid, old: Option<Oid>, incoming: &str) -> Result<(), git2::Error> {
-    let repo = Repository::open(path)?;
-    let res = match old {
-        Some(o) => repo.reference_matching(refname, new, true, o, "tenon promote").map(|_| ()),
-        None => repo.reference(refname, new, false, "tenon promote").map(|_| ()),
-    };
-    if let Ok(mut r) = repo.find_reference(incoming) {
-        let _ = r.delete();
-    }
-    res.map_err(|e| git2::Error::from_str(&format!("failed to update ref (the branch moved): {}", e.message())))
-}
-
 /// Where a change with this id is pushed: the target branch, or in branch mode its own
 /// branch `tenon/promote/<env>/<id12>` (for a pull request).
 pub fn push_branch(t: &Target, env: &str, id: &str) -> String {
     if t.branch_mode {
-        format!("tenon/promote/{env}/{}", &id[..12.min(id.len())])
+        format!("tenon/promote/{env}/{}", short(id, 12))
     } else {
         t.branch.clone()
     }
@@ -615,13 +620,13 @@ fn commit_and_push(
     loop {
         attempt += 1;
         let tip_oid = fetch(&repo, t, &t.branch)?;
-        let tip = Tip::at(&repo, tip_oid)?;
+        let tip = Tip::at(&repo, &t.branch, tip_oid)?;
         if tip.has(marker) {
             return Ok(Landing::AlreadyLanded);
         }
         if t.branch_mode {
             if let Some(b) = fetch(&repo, t, &push_branch)? {
-                let proposed = Tip::at(&repo, Some(b))?;
+                let proposed = Tip::at(&repo, &push_branch, Some(b))?;
                 if proposed.has(marker) {
                     // merged (the branch's commit is in the target branch) but the marker
                     // was removed since: landed all the same; otherwise awaiting merge
@@ -675,78 +680,159 @@ fn commit_and_push(
         };
         // push: a fast-forward only (in branch mode: a new branch only); the remote's own
         // check is the compare-and-swap
-        let mut remote = repo.remote_anonymous(&t.url)?;
-        let rejection = std::cell::RefCell::new(None::<String>);
-        let mut cb = callbacks(&t.credentials);
-        cb.push_update_reference(|_refname, status| {
-            if let Some(s) = status {
-                *rejection.borrow_mut() = Some(s.to_string());
-            }
-            Ok(())
-        });
-        let mut po = git2::PushOptions::new();
-        po.remote_callbacks(cb);
         let expected_old = if t.branch_mode { None } else { tip_oid };
-        let (pushed, rejected) = match local_path(&t.url) {
-            // libgit2's local transport checks fast-forward and then writes the ref
-            // without a compare-and-swap, so a concurrent push could be overwritten:
-            // send the objects to a ref of our own, then move the branch with an atomic
-            // compare-and-swap on the repository's lock files (the ones git uses too)
-            Some(path) => {
-                // unique per process and attempt: concurrent promoters never share it
-                let incoming =
-                    format!("refs/tenon/incoming/{}-{}-{attempt}", &id[..16.min(id.len())], std::process::id());
-                let r = remote.push(&[&format!("+{commit}:{incoming}")], Some(&mut po));
-                let rej = rejection.borrow().clone();
-                match (r, rej) {
-                    (Ok(()), None) => {
-                        (cas_local(&path, &format!("refs/heads/{push_branch}"), commit, expected_old, &incoming), None)
-                    }
-                    other => other,
-                }
-            }
-            None => {
-                let refspec = format!("{commit}:refs/heads/{push_branch}");
-                let r = remote.push(&[&refspec], Some(&mut po));
-                (r, rejection.borrow().clone())
-            }
+        let refname = format!("refs/heads/{push_branch}");
+        let pushed = match local_path(&t.url) {
+            // a local repository is pushed to with git itself (`git receive-pack` runs the
+            // repository's pre-receive/update/post-receive hooks, as for any `git push`);
+            // the lease makes the update a compare-and-swap on the branch
+            Some(_) => push_local(&repo, &t.url, &refname, commit, expected_old)?,
+            None => push_remote(&repo, t, &refname, commit)?,
         };
-        match (pushed, rejected) {
-            (Ok(()), None) if t.branch_mode => {
+        let refusal = match pushed {
+            Pushed::Done if t.branch_mode => {
                 return Ok(Landing::Proposed { commit: commit.to_string(), branch: push_branch })
             }
-            (Ok(()), None) => {
+            Pushed::Done => {
                 return Ok(Landing::Landed { commit: commit.to_string(), branch: push_branch, attempts: attempt })
             }
-            (Err(e), _) if e.code() == git2::ErrorCode::Auth => return Err(PromoteError::Auth { url: t.url.clone() }),
-            (res, why) => {
-                let why = why.or_else(|| res.err().map(|e| e.message().to_string())).unwrap_or_default();
-                let race = [
-                    "already exists",
-                    "non-fast-forward",
-                    "fetch first",
-                    "lock",
-                    "stale",
-                    "incorrect old value",
-                    "not present",
-                    "cannot",
-                    "failed to update ref",
-                    "rejected",
-                ]
-                .iter()
-                .any(|k| why.to_lowercase().contains(k))
-                    && !why.contains("protected");
-                if !race {
-                    return Err(PromoteError::Rejected { branch: push_branch, message: why });
-                }
-                if attempt >= t.max_attempts {
-                    return Ok(Landing::Conflicted { attempts: attempt });
-                }
-                // back off with jitter before planning again on the new tip
-                let base = 50u64 << attempt.min(6);
-                let jitter = crate::hash::now_ns().unsigned_abs() % base;
-                std::thread::sleep(Duration::from_millis(base + jitter));
+            Pushed::Moved => None,
+            Pushed::Refused(why) => Some(why),
+        };
+        // a refusal is a race only when the branch moved since it was read: anything else
+        // (a declining hook, a protected branch, a stale lock on the remote) is permanent,
+        // whatever words git's message holds
+        if let Some(why) = refusal {
+            let moved = fetch(&repo, t, &push_branch).map(|now| now != expected_old).unwrap_or(false);
+            if !moved {
+                return Err(PromoteError::Rejected { branch: push_branch, message: why });
             }
+            tracing::debug!(branch = %push_branch, reason = %why, "the branch moved during the push; retrying");
+        }
+        if attempt >= t.max_attempts {
+            return Ok(Landing::Conflicted { attempts: attempt });
+        }
+        // back off with jitter before planning again on the new tip
+        let base = 50u64 << attempt.min(6);
+        let jitter = crate::hash::now_ns().unsigned_abs() % base;
+        std::thread::sleep(Duration::from_millis(base + jitter));
+    }
+}
+
+/// How one push attempt ended.
+enum Pushed {
+    Done,
+    /// The remote has commits this push does not build on: the branch moved.
+    Moved,
+    /// The remote refused the update; git's reason and what the remote's hooks printed.
+    Refused(String),
+}
+
+/// The remote's own messages (hook output sent on git's sideband), without progress lines.
+fn remote_lines(raw: &str) -> Vec<String> {
+    raw.split('\n')
+        .filter_map(|l| l.rsplit('\r').find(|seg| !seg.trim().is_empty()))
+        .map(|l| l.trim().trim_start_matches("remote:").trim().to_string())
+        .filter(|l| !l.is_empty() && !l.contains('%'))
+        .take(20)
+        .collect()
+}
+
+fn with_remote_lines(why: &str, lines: &[String]) -> String {
+    if lines.is_empty() {
+        why.to_string()
+    } else {
+        format!("{why}; the remote said: {}", lines.join(" / "))
+    }
+}
+
+/// Push with libgit2 (ssh, http(s), git://). libgit2 refuses a non-fast-forward itself
+/// (`NotFastForward`: the remote has commits this one does not build on); the server
+/// reports a refused update through the push-update-reference status.
+fn push_remote(repo: &Repository, t: &Target, refname: &str, commit: Oid) -> Result<Pushed, PromoteError> {
+    let mut remote = repo.remote_anonymous(&t.url)?;
+    let status = std::cell::RefCell::new(None::<String>);
+    let said = std::cell::RefCell::new(String::new());
+    let mut cb = callbacks(&t.credentials, &t.url);
+    cb.push_update_reference(|_refname, s| {
+        if let Some(s) = s {
+            *status.borrow_mut() = Some(s.to_string());
+        }
+        Ok(())
+    });
+    cb.sideband_progress(|data| {
+        let mut said = said.borrow_mut();
+        if said.len() < 16 * 1024 {
+            said.push_str(&String::from_utf8_lossy(data));
+        }
+        true
+    });
+    let mut po = git2::PushOptions::new();
+    po.remote_callbacks(cb);
+    let r = remote.push(&[&format!("{commit}:{refname}")], Some(&mut po));
+    drop(po);
+    let lines = remote_lines(&said.borrow());
+    match (r, status.into_inner()) {
+        (Ok(()), None) => Ok(Pushed::Done),
+        (Ok(()), Some(why)) => Ok(Pushed::Refused(with_remote_lines(&why, &lines))),
+        (Err(e), _) if e.code() == git2::ErrorCode::Auth => Err(PromoteError::Auth { url: t.url.clone() }),
+        (Err(e), _) if e.code() == git2::ErrorCode::NotFastForward => Ok(Pushed::Moved),
+        (Err(e), Some(why)) => Ok(Pushed::Refused(with_remote_lines(&format!("{why} ({})", e.message()), &lines))),
+        // the connection failed (not a refusal of the update): reported as it is
+        (Err(e), None)
+            if matches!(
+                e.class(),
+                git2::ErrorClass::Net | git2::ErrorClass::Ssh | git2::ErrorClass::Http | git2::ErrorClass::Ssl
+            ) =>
+        {
+            Err(PromoteError::from(e))
+        }
+        (Err(e), None) => Ok(Pushed::Refused(with_remote_lines(e.message(), &lines))),
+    }
+}
+
+/// Push to a repository on this machine with `git push`, so that its hooks run; the
+/// lease (`--force-with-lease=REF:OLD`, empty OLD: the branch must not exist) makes the
+/// update a compare-and-swap that git's receive-pack checks under the ref's lock.
+fn push_local(
+    repo: &Repository,
+    url: &str,
+    refname: &str,
+    commit: Oid,
+    expected_old: Option<Oid>,
+) -> Result<Pushed, PromoteError> {
+    let lease = format!("--force-with-lease={refname}:{}", expected_old.map(|o| o.to_string()).unwrap_or_default());
+    let mut cmd = std::process::Command::new("git");
+    for v in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES"]
+    {
+        cmd.env_remove(v);
+    }
+    let out = cmd
+        .arg("--git-dir")
+        .arg(repo.path())
+        // --no-verify: no client-side pre-push hook (a global core.hooksPath) runs for
+        // tenon's cache clone; the remote's own hooks run as always
+        .args(["push", "--porcelain", "--no-progress", "--no-verify", &lease, url, &format!("{commit}:{refname}")])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| PromoteError::Git {
+            message: format!(
+                "pushing to the local repository {url} needs the git command (it runs the repository's hooks, as `git push` does), which cannot be run: {e}"
+            ),
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<String> =
+        remote_lines(&stderr.lines().filter_map(|l| l.strip_prefix("remote:")).collect::<Vec<_>>().join("\n"));
+    // `--porcelain`: `<flag>\t<from>:<to>\t<summary>` for each ref
+    let line = stdout.lines().find(|l| l.split('\t').nth(1).is_some_and(|r| r.ends_with(&format!(":{refname}"))));
+    match line.map(|l| (l.chars().next().unwrap_or('!'), l.split('\t').nth(2).unwrap_or("").trim())) {
+        Some((' ' | '+' | '*' | '=', _)) if out.status.success() => Ok(Pushed::Done),
+        Some((_, summary)) => Ok(Pushed::Refused(with_remote_lines(summary, &said))),
+        None => {
+            let why = stderr.lines().rfind(|l| !l.starts_with("remote:")).unwrap_or("git push failed");
+            Ok(Pushed::Refused(with_remote_lines(why.trim(), &said)))
         }
     }
 }
@@ -793,7 +879,7 @@ pub fn write_back(
 ) -> Result<Landing, PromoteError> {
     let ledger = ledger_path(&d.environment, &d.id);
     commit_and_push(t, &d.environment, &d.id, &ledger, message, |tip| {
-        if let Some(s) = tip.superseded(&d.environment, decided_at_ns) {
+        if let Some(s) = tip.superseded(&d.environment, decided_at_ns)? {
             return Ok(Step::Stop(s));
         }
         if let (None, Some(hold)) = (place_hold, tip.hold(&d.environment)?) {
@@ -804,7 +890,7 @@ pub fn write_back(
         if !changed && place_hold.is_none() {
             return Ok(Step::Stop(Landing::NoChange));
         }
-        let previous = tip.latest(&d.environment);
+        let previous = tip.latest(&d.environment)?;
         files.push((ledger.clone(), Some(ledger_entry(d, decided_at_ns, previous.as_deref(), source_revision))));
         if let Some(h) = place_hold {
             files.push((hold_path(&d.environment), Some(h.to_yaml())));
@@ -836,7 +922,11 @@ pub fn write_release(
 
 /// The hold on `env` at the tip of the target branch.
 pub fn hold_at_tip(t: &Target, env: &str) -> Result<Option<Hold>, PromoteError> {
-    Ok(read_at_tip(t, &hold_path(env))?.map(|text| Hold::parse(&text)))
+    let path = hold_path(env);
+    match read_at_tip(t, &path)? {
+        Some(text) => Ok(Some(Hold::parse(&format!("{}:{path}", t.branch), &text)?)),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]

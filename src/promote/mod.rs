@@ -7,4 +7,6 @@ pub const LEDGER_DIR: &str = ".tenon";
 pub mod decide;
 pub mod edit;
 pub mod git;
+pub mod known_hosts;
+pub mod ledger;
 pub mod run;

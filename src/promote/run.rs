@@ -283,6 +283,7 @@ pub fn promote_all(
                 continue;
             }
             Err(e) => {
+                invalid(&e, &target.url)?;
                 let why = format!("cannot tell whether {} is held: {}", d.environment, with_target(&e, &target.url));
                 out.push(summary(p, Some(&d), "Failed", &why, &target_ref, vec![]));
                 continue;
@@ -301,6 +302,9 @@ pub fn promote_all(
             .record_decision(&d.id, &p.name, &d.environment, &serde_json::to_string(&d).unwrap_or_default())
             .map_err(|e| e.to_string())?;
         let landing = git::write_back(&target, &d, &message, decided, &source, None);
+        if let Err(e) = &landing {
+            invalid(e, &target.url)?;
+        }
         let (state, detail, commit, hold) = outcome(&landing, &target.url, &target.branch);
         let stored = if state == "Failed" { "Failed" } else { state };
         let _ = store.set_promotion_state(&d.id, stored, &detail);
@@ -443,7 +447,10 @@ pub fn rollback(
         |s: PromotionSummary| PromotionReport { api_version: API_VERSION, kind: "RollbackReport", promotions: vec![s] };
     let (records, holds) = match git::ledger_at_tip(&target, Some(env)) {
         Ok(r) => r,
-        Err(e) => return Ok(report(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![]))),
+        Err(e) => {
+            invalid(&e, &target.url)?;
+            return Ok(report(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![])));
+        }
     };
     let promotions: Vec<&git::LedgerRecord> = records.iter().filter(|r| r.kind != "release").collect();
     let matches: Vec<&&git::LedgerRecord> =
@@ -457,7 +464,7 @@ pub fn rollback(
             ))
         }
         many => {
-            let ids: Vec<&str> = many.iter().map(|r| &r.id[..16.min(r.id.len())]).collect();
+            let ids: Vec<&str> = many.iter().map(|r| git::short(&r.id, 16)).collect();
             return Err(format!("{to:?} is ambiguous in environment {env:?}: {}; give more of the id", ids.join(", ")));
         }
     };
@@ -485,7 +492,7 @@ pub fn rollback(
             .to_string()
             .as_bytes(),
     );
-    let short = |s: &str| s[..12.min(s.len())].to_string();
+    let short = |s: &str| git::short(s, 12).to_string();
     let reason = if reason.is_empty() { format!("rollback to {}", short(&found.id)) } else { reason.to_string() };
     let d = Decision {
         policy: found.policy.clone(),
@@ -537,6 +544,9 @@ pub fn rollback(
         .map_err(|e| e.to_string())?;
     hold.held_at_ns = decided;
     let landing = git::write_back(&target, &d, &message, decided, "rollback", Some(&hold));
+    if let Err(e) = &landing {
+        invalid(e, &target.url)?;
+    }
     let (state, detail, commit, _) = outcome(&landing, &target.url, &target.branch);
     let _ = store.set_promotion_state(&id, state, &detail);
     let mut s = summary_of(&d, state, &detail, &target_ref, vec![]);
@@ -564,14 +574,17 @@ pub fn release(
             let detail = format!("environment {env} is not held: nothing to release");
             return Ok(report(summary(p, None, "NotHeld", &detail, &target.url, vec![])));
         }
-        Err(e) => return Ok(report(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![]))),
+        Err(e) => {
+            invalid(&e, &target.url)?;
+            return Ok(report(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![])));
+        }
     };
     let id = crate::hash::sha256_hex(
         serde_json::json!({"kind": "release", "environment": env, "releases": hold.rollback}).to_string().as_bytes(),
     );
     let message = format!(
         "release({env}): lift the hold of rollback {}\n\nTenon-Release-Id: {id}\nTenon-Environment: {env}\nTenon-Released-Hold: {}\nTenon-Released-By: {by}\n",
-        &hold.rollback[..12.min(hold.rollback.len())],
+        git::short(&hold.rollback, 12),
         hold.rollback
     );
     let target_ref = format!("{} {}", target.url, git::push_branch(&target, env, &id));
@@ -583,6 +596,9 @@ pub fn release(
         s.diff = vec![format!("--- a/{}\n+++ /dev/null\n{removed}", git::hold_path(env))];
     } else {
         let landing = git::write_release(&target, &id, &hold, by, &message, crate::hash::now_ns());
+        if let Err(e) = &landing {
+            invalid(e, &target.url)?;
+        }
         let (state, detail, commit, _) = outcome(&landing, &target.url, &target.branch);
         s.state = state.into();
         s.detail = if state == "Landed" { format!("released {env}; {detail}") } else { detail };
@@ -590,6 +606,15 @@ pub fn release(
     }
     s.hold = Some(hold);
     Ok(report(s))
+}
+
+/// One of tenon's own documents on the target branch is malformed: invalid input (exit 2),
+/// with its file:line, not a failed promotion.
+fn invalid(e: &PromoteError, url: &str) -> Result<(), String> {
+    match e {
+        PromoteError::Malformed(_) => Err(with_target(e, url)),
+        _ => Ok(()),
+    }
 }
 
 /// An error message that names the target remote.

@@ -1,13 +1,19 @@
 //! The watcher's HTTP endpoint: `/healthz`, `/readyz`, `/metrics`, `/status` and the
 //! `POST /hooks/git` webhook (GitHub, Gitea and GitLab push events).
+//!
+//! Slow or idle clients cannot starve it: a request's head and body must arrive within
+//! the read timeout (else the connection is closed, 408 for a body), each connection
+//! serves one request, and past the connection cap the oldest connection is closed, so
+//! a new one (a liveness probe) is always served at once.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,11 +22,37 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::Shared;
 
-/// Largest webhook body accepted.
-const MAX_BODY: usize = 5 * 1024 * 1024;
+/// Largest webhook body accepted (GitHub's push payloads are capped at 25 MB).
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// Webhook bytes held in memory at once over all connections; past it a webhook is
+/// answered 503 (retry) instead of growing memory by the connection cap times MAX_BODY.
+const BODY_BUDGET: usize = 4 * MAX_BODY;
+
+/// After the read timeout, this long to answer before a connection is dropped anyway.
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
+
+/// Limits of the HTTP endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request's head and body must have arrived this long after the connection opened.
+    pub read_timeout: Duration,
+    /// Open connections at most; past it the oldest one is closed.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { read_timeout: Duration::from_secs(20), max_connections: 256 }
+    }
+}
 
 /// Serve until `stop` fires.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken, limits: Limits) {
+    // open connections, oldest first: id -> its cancellation
+    let open: Arc<Mutex<BTreeMap<u64, CancellationToken>>> = Arc::default();
+    let shed = AtomicU64::new(0);
+    let mut next_id = 0u64;
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -33,15 +65,97 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
             },
             _ = stop.cancelled() => return,
         };
-        let shared = shared.clone();
+        let id = next_id;
+        next_id += 1;
+        let cancel = stop.child_token();
+        {
+            let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+            while open.len() >= limits.max_connections.max(1) {
+                let Some((_, oldest)) = open.pop_first() else { break };
+                oldest.cancel();
+                let n = shed.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        shed = n,
+                        "too many open HTTP connections: closing the oldest"
+                    );
+                }
+            }
+            open.insert(id, cancel.clone());
+        }
+        let (shared, open) = (shared.clone(), open.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
+            let deadline = tokio::time::Instant::now() + limits.read_timeout;
+            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone(), deadline));
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .header_read_timeout(limits.read_timeout)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline + ANSWER_GRACE) => {}
+            }
+            open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         });
+    }
+}
+
+/// Webhook bytes in memory now (see BODY_BUDGET).
+static BODY_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// A share of BODY_BUDGET, given back on drop.
+struct BodyShare(usize);
+
+impl BodyShare {
+    fn grow(&mut self, n: usize) -> bool {
+        if BODY_BYTES.fetch_add(n, Ordering::SeqCst) + n > BODY_BUDGET {
+            BODY_BYTES.fetch_sub(n, Ordering::SeqCst);
+            return false;
+        }
+        self.0 += n;
+        true
+    }
+}
+
+impl Drop for BodyShare {
+    fn drop(&mut self) {
+        BODY_BYTES.fetch_sub(self.0, Ordering::SeqCst);
+    }
+}
+
+/// Why a webhook body was not read.
+enum BodyError {
+    TooLarge,
+    Busy,
+    Slow,
+    Broken,
+}
+
+/// Read a request body of at most MAX_BODY bytes by `deadline`.
+async fn read_body(mut body: Incoming, deadline: tokio::time::Instant) -> Result<(Vec<u8>, BodyShare), BodyError> {
+    let mut share = BodyShare(0);
+    let mut buf = Vec::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| BodyError::Broken)?;
+            let Ok(data) = frame.into_data() else { continue };
+            if buf.len() + data.len() > MAX_BODY {
+                return Err(BodyError::TooLarge);
+            }
+            if !share.grow(data.len()) {
+                return Err(BodyError::Busy);
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(())) => Ok((buf, share)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BodyError::Slow),
     }
 }
 
@@ -58,7 +172,11 @@ fn json_reply(code: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     reply(code, "application/json", serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
 }
 
-async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    deadline: tokio::time::Instant,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = "text/plain; charset=utf-8";
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, text, "ok\n".into()),
@@ -68,7 +186,7 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         },
         (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.render_metrics()),
         (&Method::GET, "/status") => json_reply(StatusCode::OK, shared.status_json()),
-        (&Method::POST, "/hooks/git") => webhook(req, &shared).await,
+        (&Method::POST, "/hooks/git") => webhook(req, &shared, deadline).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/hooks/git") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, text, "method not allowed\n".into())
         }
@@ -87,16 +205,30 @@ fn readiness(shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
-async fn webhook(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn webhook(req: Request<Incoming>, shared: &Shared, deadline: tokio::time::Instant) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let read = match declared {
+        Some(n) if n > MAX_BODY as u64 => Err(BodyError::TooLarge),
+        _ => read_body(body, deadline).await,
+    };
+    let (body, _share) = match read {
+        Ok(b) => b,
+        Err(e) => {
             shared.count_webhook("rejected");
-            return json_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                serde_json::json!({"error": "body too large or unreadable"}),
-            );
+            let (code, why) = match e {
+                BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {MAX_BODY} bytes")),
+                BodyError::Busy => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "too many webhook bodies in flight; retry later".to_string())
+                }
+                BodyError::Slow => (StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time".to_string()),
+                BodyError::Broken => (StatusCode::BAD_REQUEST, "the body could not be read".to_string()),
+            };
+            return json_reply(code, serde_json::json!({"error": why}));
         }
     };
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -57,6 +57,8 @@ pub struct WatchOptions {
     /// Longest wait between retries of an unreachable remote.
     pub max_backoff: Duration,
     pub webhook_secret: Option<String>,
+    /// Read timeout and connection cap of the HTTP endpoint.
+    pub http_limits: http::Limits,
     /// Reconcile the current state once and exit.
     pub once: bool,
     pub shutdown: ShutdownMode,
@@ -155,7 +157,7 @@ pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
             );
         }
         emit(opts.json_logs, "info", "listening", json!({"address": addr.to_string(), "source": shared.source_label}));
-        tokio::spawn(http::serve(listener, shared.clone(), server_stop.clone()));
+        tokio::spawn(http::serve(listener, shared.clone(), server_stop.clone(), opts.http_limits));
     }
     let result = match opts.source.clone() {
         Source::Dir(dir) => dir_loop(&opts, &shared, &stop, &dir).await,

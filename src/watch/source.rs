@@ -139,7 +139,7 @@ impl GitSource {
         let repo = self.open()?;
         let mut remote = repo.remote_anonymous(&self.url).map_err(git_err)?;
         let mut fo = git2::FetchOptions::new();
-        fo.remote_callbacks(callbacks(&self.credentials));
+        fo.remote_callbacks(callbacks(&self.credentials, &self.url));
         let tracking = format!("refs/remotes/origin/{}", self.branch);
         let refspec = format!("+refs/heads/{}:{tracking}", self.branch);
         remote.fetch(&[&refspec], Some(&mut fo), None).map_err(|e| {
