@@ -40,6 +40,8 @@ pub struct RunSettings {
     /// Settings of the Kubernetes executor (unused by the local one).
     pub kube: KubeArgs,
     pub rerun: Vec<String>,
+    /// Run directories kept per PipelineRun/TaskRun name once a reconcile ends (`--keep-runs`).
+    pub keep_runs: usize,
 }
 
 /// The default state directory: `$XDG_CACHE_HOME/tenon` or `~/.cache/tenon`.
@@ -68,16 +70,63 @@ pub fn load_valid(dir: &Path) -> Result<Result<Catalog, Diagnostics>, Error> {
     Ok(if diags.is_empty() { Ok(cat) } else { Err(diags) })
 }
 
-/// The state directory's cache store (created when missing).
+/// The state directory's cache store (created when missing; owner-only, and tightened
+/// when an older tenon created it readable by others).
 pub fn open_store(state_dir: &Path) -> Result<SqliteStore, Error> {
-    std::fs::create_dir_all(state_dir).map_err(|e| Error::Io {
+    crate::store::make_private_dir(state_dir).map_err(|e| Error::Io {
         context: format!("cannot create state directory {}", state_dir.display()),
         source: e,
     })?;
-    SqliteStore::open(&state_dir.join("cache")).map_err(|e| Error::Io {
-        context: format!("cannot open the cache in {}: {e}", state_dir.display()),
-        source: std::io::Error::other(e.to_string()),
+    let runs = state_dir.join("runs");
+    if runs.is_dir() {
+        let _ = crate::store::make_private_dir(&runs);
+    }
+    SqliteStore::open(&state_dir.join("cache")).map_err(|e| {
+        Error::Store(format!(
+            "{e}\n  the store is unusable; to move it aside (to a timestamped name) and start afresh, run: tenon cache reset --store {}",
+            state_dir.display()
+        ))
     })
+}
+
+/// `tenon cache reset`: move the store (`<state>/cache`) aside to
+/// `<state>/cache.broken-<UTC time>`; the next run starts with an empty cache. Returns
+/// where it went (`None`: there was no store).
+pub fn reset_store(state_dir: &Path) -> Result<Option<PathBuf>, Error> {
+    let cache = state_dir.join("cache");
+    if std::fs::symlink_metadata(&cache).is_err() {
+        return Ok(None);
+    }
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
+    let mut aside = state_dir.join(format!("cache.broken-{stamp}"));
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = state_dir.join(format!("cache.broken-{stamp}-{n}"));
+    }
+    std::fs::rename(&cache, &aside).map_err(|e| Error::Io {
+        context: format!("cannot move {} aside to {}", cache.display(), aside.display()),
+        source: e,
+    })?;
+    Ok(Some(aside))
+}
+
+/// Retention after a reconcile: keep the last `keep` run directories per run name (and
+/// the latest successful run of each, which the cache protects). Never fails a run.
+pub fn prune_run_dirs(state_dir: &Path, store: &SqliteStore, keep: usize) -> crate::retention::Pruned {
+    let protect = store.latest_successful_runs().unwrap_or_default();
+    match crate::retention::prune_runs(state_dir, keep, &protect) {
+        Ok(p) => {
+            if p.removed > 0 {
+                tracing::info!(removed = p.removed, freed_bytes = p.freed_bytes, keep, "pruned old run directories");
+            }
+            p
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not prune old run directories");
+            Default::default()
+        }
+    }
 }
 
 /// Check that the catalog has something to run (and, with `--run NAME`, that NAME exists).
@@ -204,7 +253,7 @@ pub async fn run_catalog(
     let cat = Arc::new(cat);
     let store = Arc::new(open_store(&opts.state_dir)?);
     let rerun: std::collections::BTreeSet<String> = s.rerun.iter().cloned().collect();
-    let mut cache_ctx = CacheCtx::new(store, s.no_cache, rerun, dry_run)
+    let mut cache_ctx = CacheCtx::new(store.clone(), s.no_cache, rerun, dry_run)
         .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
     cache_ctx.executor = built.id;
     cache_ctx.image_digests = built.image_digests;
@@ -224,7 +273,11 @@ pub async fn run_catalog(
         runs.push(engine.run_task_run(tr).await);
     }
     cache.flush();
+    if !dry_run {
+        prune_run_dirs(&s.state_dir, &store, s.keep_runs);
+    }
     let mut report = RunReport::new(runs);
+    report.store_error = cache.store_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
     report.hashing = Some(HashingStats {
         files: cache.hash_stats.files.load(Ordering::Relaxed),
         hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),

@@ -20,22 +20,39 @@ use crate::model::ParamValue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {path}")]
+    // every message carries its cause: these errors are shown with `{e}`, never chained
+    #[error("cannot open the store at {}: {source}", path.display())]
     Open {
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("store database error")]
+    #[error("store database error: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("store I/O error on {path}")]
+    #[error("I/O error on {}: {source}", path.display())]
     Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// tenon could not write into its own store (a full disk, a read-only filesystem).
+    #[error("cannot write {} in the store: {source}", path.display())]
+    Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("corrupt record {key}: {message}")]
     Corrupt { key: String, message: String },
+}
+
+impl StoreError {
+    /// The store itself failed (it cannot be opened, read or written: a full disk, a
+    /// locked or broken database), as opposed to a problem with what was given to it.
+    /// A run that meets one cannot be recorded: tenon exits 3.
+    pub fn is_store_failure(&self) -> bool {
+        matches!(self, StoreError::Open { .. } | StoreError::Db(_) | StoreError::Write { .. })
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -102,6 +119,9 @@ pub trait Store: Send + Sync {
     /// Hold an exclusive lock on `key` until the guard drops (blocks while another
     /// process holds it).
     fn lock_key(&self, key: &str) -> Result<KeyLock>;
+    /// The lock on `key` if no other process holds it (`None` when one does): callers
+    /// poll, so that a wait can be cancelled.
+    fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>>;
 }
 
 /// An advisory lock held on one key.
@@ -136,15 +156,140 @@ CREATE TABLE IF NOT EXISTS watch_revisions (
 
 pub const STORE_FORMAT: &str = "1";
 
+/// How long a statement waits for a database another process has locked
+/// (`TENON_DB_BUSY_TIMEOUT`, a duration such as `30s` or `500ms`; default 30 s).
+pub fn busy_timeout() -> std::time::Duration {
+    std::env::var("TENON_DB_BUSY_TIMEOUT")
+        .ok()
+        .and_then(|v| {
+            humantime::parse_duration(v.trim())
+                .ok()
+                .or_else(|| v.trim().parse().ok().map(std::time::Duration::from_secs))
+        })
+        .unwrap_or(std::time::Duration::from_secs(30))
+}
+
+/// The database the busy handler names in its messages (one store per process).
+static BUSY_DB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// When the current wait for a locked database started, and when it was last reported.
+    static BUSY_SINCE: std::cell::Cell<(std::time::Instant, Option<std::time::Instant>)> =
+        std::cell::Cell::new((std::time::Instant::now(), None));
+}
+
+/// SQLite's busy handler: wait for a database another process has locked, saying so on
+/// stderr after a second (and every 5 s, naming the lock holder when the kernel tells),
+/// up to [`busy_timeout`]. `n` counts the calls of this wait (0 on the first).
+fn busy_wait(n: i32) -> bool {
+    use std::time::Duration;
+    let now = std::time::Instant::now();
+    let timeout = busy_timeout();
+    let (since, said) = if n == 0 { (now, None) } else { BUSY_SINCE.with(|c| c.get()) };
+    let waited = now - since;
+    let db = BUSY_DB.get().cloned().unwrap_or_default();
+    if waited >= timeout {
+        tracing::warn!(
+            "gave up waiting for the store database {} after {:.1}s (TENON_DB_BUSY_TIMEOUT)",
+            db.display(),
+            waited.as_secs_f64()
+        );
+        return false;
+    }
+    let mut said = said;
+    if waited >= Duration::from_secs(1).min(timeout / 2) && said.is_none_or(|t| now - t >= Duration::from_secs(5)) {
+        let holder = lock_holder(&db).map(|h| format!(", locked by {h}")).unwrap_or_default();
+        tracing::warn!(
+            "waiting for the store database {}{holder} (waited {:.1}s of {:.1}s; TENON_DB_BUSY_TIMEOUT sets the limit)",
+            db.display(),
+            waited.as_secs_f64(),
+            timeout.as_secs_f64(),
+        );
+        said = Some(now);
+    }
+    BUSY_SINCE.with(|c| c.set((since, said)));
+    let pause = Duration::from_millis((5u64 << n.clamp(0, 5) as u32).min(100));
+    std::thread::sleep(pause.min(timeout.saturating_sub(waited)).max(Duration::from_millis(1)));
+    true
+}
+
+/// The process holding a lock on `db` (SQLite locks its files with POSIX record locks: the
+/// `-shm` file in WAL mode, the database file otherwise), as `pid N (command)`.
+fn lock_holder(db: &Path) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let shm = PathBuf::from(format!("{}-shm", db.display()));
+    for p in [shm.as_path(), db] {
+        let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(p) else { continue };
+        // SAFETY: a zeroed flock is a valid argument; F_GETLK only fills it in
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as _;
+        fl.l_whence = libc::SEEK_SET as _;
+        fl.l_start = 0;
+        fl.l_len = 0;
+        // SAFETY: a valid open descriptor and a valid flock pointer
+        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
+        if rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short && fl.l_pid > 0 {
+            let cmd = std::fs::read(format!("/proc/{}/cmdline", fl.l_pid))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .split('\0')
+                        .filter(|s| !s.is_empty())
+                        .take(4)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            return Some(if cmd.is_empty() {
+                format!("pid {}", fl.l_pid)
+            } else {
+                format!("pid {} ({cmd})", fl.l_pid)
+            });
+        }
+    }
+    None
+}
+
+/// Create `dir` (and missing parents) owner-only, and tighten it if it exists.
+pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Create `file` owner-only (0600) if missing, and tighten it if it exists.
+fn private_file(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(file)?;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(root: &Path) -> Result<SqliteStore> {
         let err =
             |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open { path: root.to_path_buf(), source: e };
-        for d in ["objects", "locks", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).map_err(|e| err(Box::new(e)))?;
+        // owner-only: records, objects and run history may hold what a task produced
+        for d in ["", "objects", "locks", "tmp"] {
+            make_private_dir(&root.join(d)).map_err(|e| err(Box::new(e)))?;
         }
-        let conn = Connection::open(root.join("tenon.db")).map_err(|e| err(Box::new(e)))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| err(Box::new(e)))?;
+        let db = root.join("tenon.db");
+        // SQLite gives the -wal and -shm files the database file's mode: create it 0600
+        private_file(&db).map_err(|e| err(Box::new(e)))?;
+        for f in ["tenon.db-wal", "tenon.db-shm"] {
+            let p = root.join(f);
+            if p.exists() {
+                private_file(&p).map_err(|e| err(Box::new(e)))?;
+            }
+        }
+        let conn = Connection::open(&db).map_err(|e| err(Box::new(e)))?;
+        BUSY_DB.get_or_init(|| db.clone());
+        conn.busy_handler(Some(busy_wait)).map_err(|e| err(Box::new(e)))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(Box::new(e)))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(Box::new(e)))?;
         conn.execute_batch(SCHEMA).map_err(|e| err(Box::new(e)))?;
@@ -174,6 +319,19 @@ impl SqliteStore {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_file(&self, key: &str) -> Result<(PathBuf, std::fs::File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.root.join("locks").join(format!("{key}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|source| StoreError::Write { path: p.clone(), source })?;
+        Ok((p, f))
     }
 
     pub fn object_path(&self, digest: &str) -> PathBuf {
@@ -339,6 +497,23 @@ impl SqliteStore {
             return 0;
         }
         std::fs::metadata(self.object_path(digest)).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// (run name, run directory name) of the latest successful run of each name: retention
+    /// keeps their directories.
+    pub fn latest_successful_runs(&self) -> Result<BTreeSet<(String, String)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT r.run, r.uid FROM runs r WHERE r.ok = 1 AND r.finished_ns = (SELECT MAX(finished_ns) FROM runs x WHERE x.run = r.run AND x.ok = 1)",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeSet::new();
+        for row in rows {
+            let (run, uid) = row?;
+            let dir = uid.chars().take(8).collect();
+            out.insert((run, dir));
+        }
+        Ok(out)
     }
 
     /// Keys the latest successful run of each PipelineRun/TaskRun used.
@@ -527,26 +702,38 @@ impl SqliteStore {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self.root.join("tmp").join(format!("{}-{n}-{}", std::process::id(), &digest[..16]));
-        reflink_copy::reflink_or_copy(src, &tmp).map_err(Self::io(src))?;
-        // the source may have changed while we copied: the object must match its name
-        let got = hash::hash_file(&tmp).map_err(Self::io(&tmp))?;
-        if got != digest {
+        // no partial temporary file outlives a failure (a full disk must not fill it further)
+        let r = self.place_object(src, &tmp, &digest, &dest);
+        if r.is_err() {
             let _ = std::fs::remove_file(&tmp);
+        }
+        r.map(|()| digest)
+    }
+
+    /// Copy `src` to `tmp`, check it still has `digest`, and rename it to `dest`.
+    fn place_object(&self, src: &Path, tmp: &Path, digest: &str, dest: &Path) -> Result<()> {
+        let write = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Write { path, source }
+        };
+        reflink_copy::reflink_or_copy(src, tmp).map_err(write(tmp))?;
+        // the source may have changed while we copied: the object must match its name
+        let got = hash::hash_file(tmp).map_err(Self::io(tmp))?;
+        if got != digest {
             return Err(StoreError::Io {
                 path: src.to_path_buf(),
                 source: std::io::Error::other("file changed while it was being stored"),
             });
         }
-        if let Ok(f) = std::fs::File::open(&tmp) {
-            let _ = f.sync_all();
-        }
+        std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(write(tmp))?;
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444));
+        // read-only, owner-only
+        let _ = std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o400));
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+            make_private_dir(parent).map_err(write(parent))?;
         }
-        std::fs::rename(&tmp, &dest).map_err(Self::io(&dest))?;
-        Ok(digest)
+        std::fs::rename(tmp, dest).map_err(write(dest))?;
+        Ok(())
     }
 }
 
@@ -755,10 +942,20 @@ impl Store for SqliteStore {
 
     fn lock_key(&self, key: &str) -> Result<KeyLock> {
         use fs4::fs_std::FileExt;
-        let p = self.root.join("locks").join(format!("{key}.lock"));
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(Self::io(&p))?;
+        let (p, f) = self.lock_file(key)?;
         f.lock_exclusive().map_err(Self::io(&p))?;
         Ok(KeyLock { _file: f })
+    }
+
+    fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>> {
+        use fs4::fs_std::FileExt;
+        let (p, f) = self.lock_file(key)?;
+        match f.try_lock_exclusive() {
+            Ok(true) => Ok(Some(KeyLock { _file: f })),
+            Ok(false) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
     }
 }
 
@@ -949,6 +1146,57 @@ mod tests {
         assert!(s.get("k").unwrap().is_none(), "a record whose objects are gone must not hit");
     }
 
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn store_files_are_owner_only_and_an_existing_store_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("st");
+        // a store an older tenon left world-readable
+        drop(SqliteStore::open(&root).unwrap());
+        for (p, m) in [("", 0o755), ("objects", 0o755), ("tmp", 0o777), ("locks", 0o755), ("tenon.db", 0o644)] {
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        let s = SqliteStore::open(&root).unwrap();
+        s.put(&rec("k", "run", 1)).unwrap();
+        s.save_stats(&[]).unwrap();
+        let f = d.path().join("out");
+        std::fs::write(&f, b"secret output").unwrap();
+        let tree = s.store_output(&f).unwrap();
+        let _lock = s.lock_key("abc").unwrap();
+        let obj = s.object_path(&tree.entries[0].digest);
+        for dir in
+            [root.clone(), root.join("objects"), root.join("tmp"), root.join("locks"), obj.parent().unwrap().into()]
+        {
+            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        }
+        // the -wal and -shm files exist while the store is open
+        for file in ["tenon.db", "tenon.db-wal", "tenon.db-shm", "locks/abc.lock"] {
+            assert_eq!(mode(&root.join(file)), 0o600, "{file}");
+        }
+        assert_eq!(mode(&obj), 0o400, "objects are read-only, owner-only");
+    }
+
+    #[test]
+    fn a_failed_object_write_leaves_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("st")).unwrap();
+        let f = d.path().join("out");
+        std::fs::write(&f, b"data").unwrap();
+        // the object's directory cannot be created (a file is in the way): the write fails
+        // after the temporary copy was made
+        let digest = hash::sha256_hex(b"data");
+        std::fs::write(d.path().join("st/objects").join(&digest[..2]), b"").unwrap();
+        let e = s.store_output(&f).unwrap_err();
+        assert!(e.is_store_failure(), "{e}");
+        assert!(e.to_string().contains("File exists") || e.to_string().contains("Not a directory"), "{e}");
+        assert_eq!(std::fs::read_dir(d.path().join("st/tmp")).unwrap().count(), 0);
+    }
+
     #[test]
     fn key_lock_is_exclusive_across_handles() {
         let d = tempfile::tempdir().unwrap();
@@ -958,7 +1206,10 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         use fs4::fs_std::FileExt;
         assert!(!f.try_lock_exclusive().unwrap_or(false), "second lock must not be granted while held");
+        assert!(s.try_lock_key("abc").unwrap().is_none(), "try_lock_key must not wait, nor take a held lock");
         drop(g);
         assert!(f.try_lock_exclusive().unwrap());
+        drop(f);
+        assert!(s.try_lock_key("abc").unwrap().is_some());
     }
 }

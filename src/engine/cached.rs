@@ -48,6 +48,9 @@ pub struct CacheCtx {
     pub executor: String,
     /// Normalized image name -> digest, as the cluster reports them (Kubernetes executor).
     pub image_digests: BTreeMap<String, String>,
+    /// The first failure of the store itself (a full disk, a locked database): the runs
+    /// could not be recorded, and tenon exits 3.
+    pub store_failure: Mutex<Option<String>>,
 }
 
 impl CacheCtx {
@@ -64,7 +67,17 @@ impl CacheCtx {
             dry_run,
             executor: "local".into(),
             image_digests: BTreeMap::new(),
+            store_failure: Mutex::new(None),
         })
+    }
+
+    /// `what` failed with `e`: remember it when the store itself failed. Returns the message.
+    pub fn store_error(&self, what: &str, e: &crate::store::StoreError) -> String {
+        let msg = format!("{what}: {e}");
+        if e.is_store_failure() {
+            self.store_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| msg.clone());
+        }
+        msg
     }
 
     /// Persist what this process learned about file digests.
@@ -333,7 +346,10 @@ pub fn record(
         if std::fs::symlink_metadata(&src).is_err() {
             return Err(format!("declared output {ws}:{rel} was not produced ({} does not exist)", src.display()));
         }
-        let tree = ctx.store.store_output(&src).map_err(|e| format!("cannot store output {ws}:{rel}: {e}"))?;
+        let tree = ctx
+            .store
+            .store_output(&src)
+            .map_err(|e| ctx.store_error(&format!("cannot store output {ws}:{rel}"), &e))?;
         outputs.push(OutputSet { workspace: ws.clone(), path: rel.clone(), tree });
     }
     let rec = Record {
@@ -354,7 +370,7 @@ pub fn record(
         results: portable_results(results, req),
         outputs: outputs.clone(),
     };
-    ctx.store.put(&rec).map_err(|e| format!("cannot record the result: {e}"))?;
+    ctx.store.put(&rec).map_err(|e| ctx.store_error("cannot record the result", &e))?;
     Ok(outputs)
 }
 
