@@ -769,7 +769,7 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
             OutputFormat::Json => print_json(&report)?,
             OutputFormat::Human => print_human(&report),
         }
-        return Err(Error::Store(format!("the store failed, so the runs could not be recorded: {e}")));
+        return Err(Error::Store(format!("tenon could not use its state directory, so what ran is not recorded: {e}")));
     }
     let promotion = if a.promote && report.all_ok() {
         let cat = load(&a.dir)?;

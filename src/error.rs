@@ -5,7 +5,7 @@
 //! | 0 | every run ended `Succeeded` (reason `Succeeded` or `Completed`); validation found nothing |
 //! | 1 | a run failed (a task failed, timed out, was cancelled, or a runtime check failed) |
 //! | 2 | invalid input or usage: bad manifests, unknown names, bad flags |
-//! | 3 | tenon itself could not work: the state directory is unusable, an I/O error |
+//! | 3 | tenon itself could not work: the state directory is unusable, an I/O error, a full disk, a run that could not be recorded |
 
 use std::process::ExitCode;
 

@@ -81,12 +81,8 @@ pub fn open_store(state_dir: &Path) -> Result<SqliteStore, Error> {
     if runs.is_dir() {
         let _ = crate::store::make_private_dir(&runs);
     }
-    SqliteStore::open(&state_dir.join("cache")).map_err(|e| {
-        Error::Store(format!(
-            "{e}\n  the store is unusable; to move it aside (to a timestamped name) and start afresh, run: tenon cache reset --store {}",
-            state_dir.display()
-        ))
-    })
+    SqliteStore::open(&state_dir.join("cache"))
+        .map_err(|e| Error::Store(format!("{e}\n  {}", open_hint(&e, state_dir))))
 }
 
 /// `tenon cache reset`: move the store (`<state>/cache`) aside to
@@ -127,6 +123,58 @@ pub fn prune_run_dirs(state_dir: &Path, store: &SqliteStore, keep: usize) -> cra
             Default::default()
         }
     }
+}
+
+/// A run or task that failed because tenon's own write into the state directory (a run
+/// directory, a script, a materialized volume) found the disk full or over quota: tenon
+/// could not work, which is not the task's failure (exit 3). A step's own failing write
+/// ends the step with an exit code instead, reported as the task's failure.
+fn out_of_space(report: &RunReport) -> Option<String> {
+    let full = |m: &str| m.contains("(os error 28)") || m.contains("(os error 122)");
+    report.runs.iter().find_map(|r| {
+        let own = full(&r.message).then(|| format!("{} {}: {}", r.kind, r.name, r.message));
+        own.or_else(|| r.tasks.iter().find(|t| full(&t.message)).map(|t| format!("task {}: {}", t.name, t.message)))
+    })
+}
+
+/// Why a store cannot be opened, and what to do about it.
+fn open_hint(e: &crate::store::StoreError, state_dir: &Path) -> String {
+    use rusqlite::ErrorCode;
+    let crate::store::StoreError::Open { source, .. } = e else { return String::new() };
+    let code = source.downcast_ref::<rusqlite::Error>().and_then(|e| e.sqlite_error_code());
+    let io = source.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    // SQLite reports a full disk met while growing its shared-memory file as a plain
+    // `disk I/O error`: ask the filesystem
+    if free_bytes(state_dir) == Some(0) {
+        return format!(
+            "no space left on the filesystem of {}: free some space (or `tenon cache gc`)",
+            state_dir.display()
+        );
+    }
+    match (code, io) {
+        (Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked), _) => {
+            "another process holds the store database: wait for it, or raise TENON_DB_BUSY_TIMEOUT".into()
+        }
+        (Some(ErrorCode::DiskFull), _) | (_, Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)) => {
+            format!("free some space on the filesystem of {} (or `tenon cache gc`)", state_dir.display())
+        }
+        (Some(ErrorCode::PermissionDenied | ErrorCode::ReadOnly), _) | (_, Some(std::io::ErrorKind::PermissionDenied)) => {
+            format!("tenon needs to write {}: check its owner and permissions, or use another --store", state_dir.display())
+        }
+        _ => format!(
+            "the store is unusable; to move it aside (to a timestamped name) and start afresh, run: tenon cache reset --store {}",
+            state_dir.display()
+        ),
+    }
+}
+
+/// Bytes available to this user on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a valid NUL-terminated path and a zeroed statvfs for the kernel to fill in
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Check that the catalog has something to run (and, with `--run NAME`, that NAME exists).
@@ -278,6 +326,9 @@ pub async fn run_catalog(
     }
     let mut report = RunReport::new(runs);
     report.store_error = cache.store_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if report.store_error.is_none() {
+        report.store_error = out_of_space(&report);
+    }
     report.hashing = Some(HashingStats {
         files: cache.hash_stats.files.load(Ordering::Relaxed),
         hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),

@@ -28,7 +28,9 @@ impl RunDirGuard {
     /// Lock `dir` (a new run's directory) for this process.
     pub fn acquire(dir: &Path) -> RunDirGuard {
         // (created once, never truncated: its time is when the run started)
+        use std::os::unix::fs::OpenOptionsExt;
         let lock = std::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .truncate(false)
             .write(true)
@@ -77,7 +79,7 @@ pub fn prune_runs(state_dir: &Path, keep: usize, protect: &BTreeSet<(String, Str
             })
             .collect();
         // newest first
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (at, dir, id) in dirs.into_iter().skip(keep) {
             if protect.contains(&(run.clone(), id)) || in_progress(&dir, at) {
                 continue;

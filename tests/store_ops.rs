@@ -159,14 +159,33 @@ fn run_directories_are_pruned_to_keep_runs_and_secret_material_is_removed() {
     assert_eq!(run_dirs(&store, "build").len(), 1);
 }
 
+#[test]
+fn every_watch_reconcile_prunes_run_directories_even_all_cached_ones() {
+    let (_tmp, m, store) = setup(&output_taskrun("build", 200_000, "/dev/zero", true));
+    for i in 0..4 {
+        let r = tenon_cached(
+            &["watch", "--dir", &m, "--once", "--listen", "127.0.0.1:0", "--sandbox", "host", "--keep-runs", "2"],
+            &store,
+        );
+        assert_eq!(r.code, 0, "reconcile {i}: {}", r.stderr);
+        assert_eq!(run_dirs(&store, "build").len(), (i + 1).min(2), "after reconcile {i}");
+        assert!(files_containing(&store, b"S3CRET-VALUE-4711").is_empty(), "Secret material left after reconcile {i}");
+    }
+}
+
 /// The store on a 2 MiB tmpfs (in a private mount namespace: `unshare -rm`, so nothing
-/// outlives the test): the step's 1.2 MB output fits, storing its copy does not.
+/// outlives the test): the step's 1.2 MB output fits, storing its copy does not. Then the
+/// same disk already full when a run starts, and a state directory whose `runs/` has no
+/// inode left.
 #[test]
 fn a_full_disk_is_reported_with_its_cause_and_exit_3_leaving_no_temporary_file() {
     let (_tmp, m, store) = setup(&output_taskrun("big", 1_200_000, "/dev/urandom", false));
     std::fs::create_dir_all(&store).unwrap();
     let script = format!(
-        "mount -t tmpfs -o size=2m tmpfs '{s}' || exit 99; '{bin}' run '{m}' -q --sandbox host --store '{s}'; echo \"rc=$?\"; echo tmp:; ls -A '{s}/cache/tmp'",
+        "mount -t tmpfs -o size=2m tmpfs '{s}' || exit 99; '{bin}' run '{m}' -q --sandbox host --store '{s}'; echo \"rc=$?\"; echo tmp:; ls -A '{s}/cache/tmp'; echo :tmp; \
+         head -c 4M /dev/zero > '{s}/filler' 2>/dev/null; '{bin}' run '{m}' -q --sandbox host --no-cache --store '{s}'; echo \"rc2=$?\"; \
+         mkdir -p '{s}2/runs' && mount -t tmpfs -o size=1m,nr_inodes=1 tmpfs '{s}2/runs' || exit 99; \
+         '{bin}' run '{m}' -q --sandbox host --store '{s}2'; echo \"rc3=$?\"",
         s = store.display(),
         bin = common::bin().display(),
     );
@@ -177,9 +196,18 @@ fn a_full_disk_is_reported_with_its_cause_and_exit_3_leaving_no_temporary_file()
     assert_ne!(out.status.code(), Some(99), "cannot mount a tmpfs in a private mount namespace: {stderr}");
     assert!(stdout.contains("rc=3"), "a full store is exit 3, not a task failure:\n{stdout}\n{stderr}");
     assert!(stderr.contains("No space left on device"), "the cause is reported:\n{stderr}");
-    assert!(stderr.contains("could not be recorded"), "{stderr}");
-    let tmp_listing = stdout.split("tmp:\n").nth(1).unwrap_or("missing");
+    assert!(stderr.contains("not recorded"), "{stderr}");
+    let tmp_listing = stdout.split("tmp:\n").nth(1).and_then(|t| t.split(":tmp").next()).unwrap_or("missing");
     assert_eq!(tmp_listing.trim(), "", "no partial temporary file is left in cache/tmp:\n{stdout}");
+    // a disk already full when the run starts: exit 3 too, and the message says so
+    assert!(stdout.contains("rc2=3"), "{stdout}\n{stderr}");
+    let second = stderr.rsplit("error: ").next().unwrap_or_default();
+    assert!(second.contains("no space left") || second.contains("No space left"), "{stderr}");
+    assert!(!second.contains("tenon cache reset"), "a full disk is no reason to reset the store:\n{stderr}");
+    // the store opens, but the run directory cannot be created (no inode left): exit 3
+    assert!(stdout.contains("rc3=3"), "{stdout}\n{stderr}");
+    let third = stderr.rsplit("error: ").next().unwrap_or_default();
+    assert!(third.contains("cannot create run directory") && third.contains("No space left on device"), "{stderr}");
 }
 
 #[test]

@@ -480,7 +480,7 @@ async fn reconcile_tree(
     };
     if let Some(e) = &rec.report.store_error {
         // the runs could not be recorded: not a success, and the revision is tried again
-        let error = format!("the store failed, so the runs could not be recorded: {e}");
+        let error = format!("tenon could not use its state directory, so what ran is not recorded: {e}");
         return finish(
             opts,
             shared,
