@@ -335,7 +335,7 @@ fn ctrl_c_while_waiting_for_another_process_key_lock_cancels_promptly() {
     let (mut a, a_err) = spawn_run(&m, &store);
     wait_for_line(&a_err, "slow started", Duration::from_secs(30));
     let (mut b, b_err) = spawn_run(&m, &store);
-    wait_for_line(&b_err, "waiting for another tenon process running the same task", Duration::from_secs(30));
+    wait_for_line(&b_err, "waiting for another run of the same task to finish", Duration::from_secs(30));
     let t0 = Instant::now();
     // SAFETY: plain kill(2) of our own child
     unsafe { libc::kill(b.id() as i32, libc::SIGINT) };

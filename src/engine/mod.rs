@@ -336,7 +336,7 @@ async fn execute_launch(
                     status: AttemptStatus::Cancelled,
                     reason: "TaskRunCancelled".into(),
                     message: format!(
-                        "TaskRun {:?} was cancelled while waiting for another process running the same task",
+                        "TaskRun {:?} was cancelled while waiting for another run of the same task",
                         l.req.name
                     ),
                     results: BTreeMap::new(),
@@ -409,7 +409,7 @@ async fn wait_key_lock(
         if !announced {
             announced = true;
             console.line(&format!(
-                "{} {label}: waiting for another tenon process running the same task (key {})",
+                "{} {label}: waiting for another run of the same task to finish (key {}; Ctrl-C cancels)",
                 console.dim("…"),
                 &key[..key.len().min(12)]
             ));
