@@ -249,13 +249,24 @@ fn lock_holder(db: &Path) -> Option<String> {
     None
 }
 
-/// Create `dir` (and missing parents) owner-only, and tighten it if it exists.
+/// Create `dir` (and missing parents) owner-only, and tighten it if it exists. A directory
+/// this user does not own (a volume's mount point, e.g. a PVC with an `fsGroup`) is left as
+/// it is, with a warning: what tenon creates inside it is owner-only anyway.
 pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
-    if mode != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            // SAFETY: geteuid has no preconditions
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && meta.uid() != unsafe { libc::geteuid() } => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(
+                    || tracing::warn!(dir = %dir.display(), "cannot make a directory owned by another user owner-only"),
+                );
+            }
+            r => r?,
+        }
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ spec:
 }
 
 fn mode(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o7777
 }
 
 fn run_dirs(store: &Path, run: &str) -> Vec<PathBuf> {
@@ -350,4 +350,39 @@ fn ctrl_c_while_waiting_for_another_process_key_lock_cancels_promptly() {
     };
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert_eq!(status.code(), Some(1), "a cancelled run is exit 1");
+}
+
+/// A state directory this user does not own (a PVC's mount point, group-writable through
+/// an `fsGroup`) cannot be made owner-only; tenon uses it as it is and makes what it creates
+/// inside owner-only.
+#[test]
+fn a_state_dir_owned_by_another_user_is_used_as_it_is() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to give the state directory to another user");
+        return;
+    }
+    let (tmp, m, _) = setup(ONE_TASK);
+    for p in [tmp.path().to_path_buf(), tmp.path().join("m"), tmp.path().join("m/run.yaml")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // the mount point: root's, group nogroup, setgid and group-writable; tenon runs as nobody
+    let store = tmp.path().join("pvc");
+    std::fs::create_dir(&store).unwrap();
+    let st = std::process::Command::new("chown").args(["root:nogroup", store.to_str().unwrap()]).status().unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(common::bin())
+        .args(["run", &m, "-q", "--sandbox", "host", "--store", store.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &store)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(mode(&store) & 0o7777, 0o2775, "the mount point is left as it is");
+    assert_eq!(mode(&store.join("cache")) & 0o777, 0o700);
+    assert_eq!(mode(&store.join("runs")) & 0o777, 0o700);
 }
