@@ -214,36 +214,30 @@ fn busy_wait(n: i32) -> bool {
 }
 
 /// The process holding a lock on `db` (SQLite locks its files with POSIX record locks: the
-/// `-shm` file in WAL mode, the database file otherwise), as `pid N (command)`.
+/// `-shm` file in WAL mode, the database file otherwise), as `pid N (command name)`, read
+/// from `/proc/locks`. (Never by opening the files: closing any descriptor of a file drops
+/// every POSIX lock this process holds on it, SQLite's own included.)
 fn lock_holder(db: &Path) -> Option<String> {
-    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let me = std::process::id();
     let shm = PathBuf::from(format!("{}-shm", db.display()));
     for p in [shm.as_path(), db] {
-        let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(p) else { continue };
-        // SAFETY: a zeroed flock is a valid argument; F_GETLK only fills it in
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as _;
-        fl.l_whence = libc::SEEK_SET as _;
-        fl.l_start = 0;
-        fl.l_len = 0;
-        // SAFETY: a valid open descriptor and a valid flock pointer
-        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
-        if rc == 0 && fl.l_type != libc::F_UNLCK as libc::c_short && fl.l_pid > 0 {
-            let cmd = std::fs::read(format!("/proc/{}/cmdline", fl.l_pid))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .split('\0')
-                        .filter(|s| !s.is_empty())
-                        .take(4)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
-            return Some(if cmd.is_empty() {
-                format!("pid {}", fl.l_pid)
-            } else {
-                format!("pid {} ({cmd})", fl.l_pid)
-            });
+        let Ok(m) = std::fs::metadata(p) else { continue };
+        let id = format!("{:02x}:{:02x}:{}", libc::major(m.dev()), libc::minor(m.dev()), m.ino());
+        // `1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 120 120` (waiters are marked `->`)
+        let holders = locks
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 8 && f[1] != "->" && f[5] == id && f[4].parse::<u32>().is_ok_and(|pid| pid != me));
+        // a writer blocks us; failing one, any other process's lock
+        let mut holders: Vec<Vec<&str>> = holders.collect();
+        holders.sort_by_key(|f| f[3] != "WRITE");
+        if let Some(pid) = holders.first().map(|f| f[4].to_string()) {
+            // the command name only: another program's arguments may hold credentials
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmd = cmd.trim();
+            return Some(if cmd.is_empty() { format!("pid {pid}") } else { format!("pid {pid} ({cmd})") });
         }
     }
     None

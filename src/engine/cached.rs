@@ -80,8 +80,17 @@ impl CacheCtx {
         msg
     }
 
+    /// The store failed earlier: later writes are not attempted (each could wait for a
+    /// locked database again), and tenon exits 3 at the end.
+    pub fn store_failed(&self) -> bool {
+        self.store_failure.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Persist what this process learned about file digests.
     pub fn flush(&self) {
+        if self.store_failed() {
+            return;
+        }
         let updates = self.stats.take_updates();
         if let Err(e) = self.store.save_stats(&updates) {
             tracing::warn!(error = %e, "could not save the stat cache");
@@ -340,6 +349,9 @@ pub fn record(
     duration_ms: u64,
     images: &BTreeMap<String, String>,
 ) -> Result<Vec<OutputSet>, String> {
+    if ctx.store_failed() {
+        return Err("not recorded: the store failed earlier in this run".into());
+    }
     let mut outputs = Vec::new();
     for (ws, rel) in &job.outputs {
         let src = output_path(req, ws, rel)?;

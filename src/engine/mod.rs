@@ -858,7 +858,7 @@ impl Engine {
         task.task_run = Some(name.clone());
         let ok = outcome.status == AttemptStatus::Succeeded;
         if let Some(cache) = &self.cache {
-            if !cache.dry_run {
+            if !cache.dry_run && !cache.store_failed() {
                 let keys: Vec<String> = m.cache.key().map(String::from).into_iter().collect();
                 if let Err(e) = cache.store.record_run(&name, &uid, ok, &keys) {
                     let msg = cache.store_error(&format!("could not record TaskRun {name}"), &e);
@@ -1955,7 +1955,7 @@ impl<'a> PipelineRunState<'a> {
         }
         // remember which records this run used, so gc keeps them while it is the latest
         if let Some(cache) = &self.engine.cache {
-            if !cache.dry_run {
+            if !cache.dry_run && !cache.store_failed() {
                 let keys: Vec<String> = self
                     .states
                     .values()
