@@ -143,28 +143,32 @@ fn open_hint(e: &crate::store::StoreError, state_dir: &Path) -> String {
     let crate::store::StoreError::Open { source, .. } = e else { return String::new() };
     let code = source.downcast_ref::<rusqlite::Error>().and_then(|e| e.sqlite_error_code());
     let io = source.downcast_ref::<std::io::Error>().map(|e| e.kind());
-    // SQLite reports a full disk met while growing its shared-memory file as a plain
-    // `disk I/O error`: ask the filesystem
-    if free_bytes(state_dir) == Some(0) {
-        return format!(
-            "no space left on the filesystem of {}: free some space (or `tenon cache gc`)",
+    let reset = || {
+        format!(
+            "the store is unusable; to move it aside (to a timestamped name) and start afresh, run: tenon cache reset --store {}",
             state_dir.display()
-        );
-    }
+        )
+    };
+    let full =
+        || format!("no space left on the filesystem of {}: free some space (or `tenon cache gc`)", state_dir.display());
     match (code, io) {
+        (Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt), _) => reset(),
         (Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked), _) => {
             "another process holds the store database: wait for it, or raise TENON_DB_BUSY_TIMEOUT".into()
         }
-        (Some(ErrorCode::DiskFull), _) | (_, Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)) => {
-            format!("free some space on the filesystem of {} (or `tenon cache gc`)", state_dir.display())
+        (Some(ErrorCode::PermissionDenied | ErrorCode::ReadOnly), _)
+        | (_, Some(std::io::ErrorKind::PermissionDenied)) => {
+            format!(
+                "tenon needs to write {}: check its owner and permissions, or use another --store",
+                state_dir.display()
+            )
         }
-        (Some(ErrorCode::PermissionDenied | ErrorCode::ReadOnly), _) | (_, Some(std::io::ErrorKind::PermissionDenied)) => {
-            format!("tenon needs to write {}: check its owner and permissions, or use another --store", state_dir.display())
-        }
-        _ => format!(
-            "the store is unusable; to move it aside (to a timestamped name) and start afresh, run: tenon cache reset --store {}",
-            state_dir.display()
-        ),
+        // SQLite reports a full disk met while growing its shared-memory file as a plain
+        // `disk I/O error`: ask the filesystem too
+        (Some(ErrorCode::DiskFull), _)
+        | (_, Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)) => full(),
+        _ if free_bytes(state_dir) == Some(0) => full(),
+        _ => reset(),
     }
 }
 
