@@ -304,6 +304,10 @@ pub enum CacheCommand {
     /// missing. With --repair, removes those objects and the records that name them
     /// (their tasks rerun and store them again) and exits 0.
     Verify(VerifyArgs),
+    /// Move a broken store (`<state>/cache`: records, outputs, the stat cache) aside to
+    /// `<state>/cache.broken-<time>` and print where; the next run starts with an empty
+    /// cache. Run directories, PVC directories and watch clones are kept.
+    Reset(StoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -334,6 +338,10 @@ pub struct GcArgs {
     /// Remove the oldest records until stored outputs fit in this size (e.g. 10GiB, 500MB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,
+    /// Keep this many run directories per PipelineRun/TaskRun name (default 5; the
+    /// latest successful run's and those in progress are always kept).
+    #[arg(long, env = "TENON_KEEP_RUNS", value_name = "N")]
+    pub keep_runs: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -474,6 +482,11 @@ pub struct RunFlags {
     pub executor: ExecutorKind,
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// Run directories (`<store>/runs/<run>/<id>`: logs, restored outputs) kept per
+    /// PipelineRun/TaskRun name; older ones are removed when a run (or a watch reconcile)
+    /// ends. The latest successful run's and those in progress are always kept.
+    #[arg(long, env = "TENON_KEEP_RUNS", value_name = "N", default_value_t = crate::retention::DEFAULT_KEEP_RUNS)]
+    pub keep_runs: usize,
 }
 
 impl RunFlags {
@@ -492,6 +505,7 @@ impl RunFlags {
             executor: self.executor,
             kube: self.kube.clone(),
             rerun: rerun.to_vec(),
+            keep_runs: self.keep_runs,
         }
     }
 }
@@ -610,6 +624,7 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
             sandbox: a.sandbox,
             executor: a.executor,
             kube: a.kube,
+            keep_runs: crate::retention::DEFAULT_KEEP_RUNS,
         },
         quiet: true,
         promote: false,
@@ -664,10 +679,7 @@ fn open_store(dir: Option<&PathBuf>) -> Result<SqliteStore, Error> {
 }
 
 fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
-    let db = |e: crate::store::StoreError| Error::Io {
-        context: "cache error".into(),
-        source: std::io::Error::other(e.to_string()),
-    };
+    let db = |e: crate::store::StoreError| Error::Store(e.to_string());
     match c {
         CacheCommand::Ls(a) => {
             let s = open_store(a.store.as_ref())?;
@@ -703,18 +715,34 @@ fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
             Ok(Outcome::Ok)
         }
         CacheCommand::Gc(a) => {
-            if a.older_than.is_none() && a.max_size.is_none() {
-                return Err(Error::Usage("cache gc needs --older-than DURATION and/or --max-size SIZE".into()));
+            if a.older_than.is_none() && a.max_size.is_none() && a.keep_runs.is_none() {
+                return Err(Error::Usage(
+                    "cache gc needs --older-than DURATION, --max-size SIZE and/or --keep-runs N".into(),
+                ));
             }
-            let s = open_store(a.store.store.as_ref())?;
-            let cut = a.older_than.map(|d| crate::hash::now_ns() - d.as_nanos() as i64);
-            let (n, freed) = s.gc(cut, a.max_size).map_err(db)?;
+            let state_dir = a.store.store.clone().unwrap_or_else(default_store);
+            let s = open_store(Some(&state_dir))?;
+            let (n, freed) = if a.older_than.is_some() || a.max_size.is_some() {
+                let cut = a.older_than.map(|d| crate::hash::now_ns() - d.as_nanos() as i64);
+                s.gc(cut, a.max_size).map_err(db)?
+            } else {
+                (0, 0)
+            };
+            let keep = a.keep_runs.unwrap_or(crate::retention::DEFAULT_KEEP_RUNS);
+            let runs = reconcile::prune_run_dirs(&state_dir, &s, keep);
             match a.store.output {
-                OutputFormat::Json => print_json(
-                    &serde_json::json!({"apiVersion": API_VERSION, "kind": "CacheGc", "removedRecords": n, "freedBytes": freed}),
-                )?,
+                OutputFormat::Json => print_json(&serde_json::json!({
+                    "apiVersion": API_VERSION, "kind": "CacheGc", "removedRecords": n, "freedBytes": freed,
+                    "removedRunDirs": runs.removed, "freedRunDirBytes": runs.freed_bytes,
+                }))?,
                 OutputFormat::Human => {
-                    let _ = writeln!(std::io::stdout(), "removed {n} record(s), freed {freed} bytes");
+                    let _ = writeln!(
+                        std::io::stdout(),
+                        "removed {n} record(s), freed {freed} bytes; removed {} run director{} (keeping {keep} per run), freed {} bytes",
+                        runs.removed,
+                        if runs.removed == 1 { "y" } else { "ies" },
+                        runs.freed_bytes
+                    );
                 }
             }
             Ok(Outcome::Ok)
@@ -762,11 +790,42 @@ fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
             }
             Ok(if bad.is_empty() || a.repair { Outcome::Ok } else { Outcome::RunFailed })
         }
+        CacheCommand::Reset(a) => {
+            let state_dir = a.store.clone().unwrap_or_else(default_store);
+            let moved = reconcile::reset_store(&state_dir)?;
+            match a.output {
+                OutputFormat::Json => print_json(&serde_json::json!({
+                    "apiVersion": API_VERSION, "kind": "CacheReset",
+                    "movedTo": moved.as_ref().map(|p| p.display().to_string()),
+                }))?,
+                OutputFormat::Human => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = match &moved {
+                        Some(p) => writeln!(
+                            out,
+                            "moved the store {} aside to {}; the next run starts with an empty cache",
+                            state_dir.join("cache").display(),
+                            p.display()
+                        ),
+                        None => writeln!(out, "no store at {}: nothing to reset", state_dir.join("cache").display()),
+                    };
+                }
+            }
+            Ok(Outcome::Ok)
+        }
     }
 }
 
 async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
     let report = execute(&a, false).await?;
+    if let Some(e) = &report.store_error {
+        // the report is still printed (what ran, and where its logs are), then exit 3
+        match a.output {
+            OutputFormat::Json => print_json(&report)?,
+            OutputFormat::Human => print_human(&report),
+        }
+        return Err(Error::Store(format!("tenon could not use its state directory, so what ran is not recorded: {e}")));
+    }
     let promotion = if a.promote && report.all_ok() {
         let cat = load(&a.dir)?;
         let store = open_store(a.flags.store.as_ref())?;

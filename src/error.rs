@@ -5,7 +5,7 @@
 //! | 0 | every run ended `Succeeded` (reason `Succeeded` or `Completed`); validation found nothing |
 //! | 1 | a run failed (a task failed, timed out, was cancelled, or a runtime check failed) |
 //! | 2 | invalid input or usage: bad manifests, unknown names, bad flags |
-//! | 3 | tenon itself could not work: the state directory is unusable, an I/O error |
+//! | 3 | tenon itself could not work: the state directory is unusable, an I/O error, a full disk, a run that could not be recorded |
 
 use std::process::ExitCode;
 
@@ -28,6 +28,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// tenon's store could not be opened, read or written (a full disk, a locked or broken
+    /// database); the message carries the cause and, where there is one, the way out.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// How a command ended.
@@ -42,7 +46,7 @@ pub fn exit_code(result: &Result<Outcome, Error>) -> ExitCode {
         Ok(Outcome::Ok) => EXIT_OK,
         Ok(Outcome::RunFailed) => EXIT_RUN_FAILED,
         Err(Error::Invalid { .. }) | Err(Error::Usage(_)) => EXIT_INVALID,
-        Err(Error::Io { .. }) => EXIT_INTERNAL,
+        Err(Error::Io { .. }) | Err(Error::Store(_)) => EXIT_INTERNAL,
     })
 }
 
@@ -59,6 +63,7 @@ mod tests {
             (Err(Error::Invalid { count: 3 }), 2),
             (Err(Error::Usage("bad".into())), 2),
             (Err(Error::Io { context: "c".into(), source: io() }), 3),
+            (Err(Error::Store("the run could not be recorded".into())), 3),
         ];
         for (r, want) in rows {
             assert_eq!(exit_code(&r), ExitCode::from(want), "{r:?}");

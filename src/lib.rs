@@ -22,6 +22,7 @@ pub mod model;
 pub mod promote;
 pub mod reconcile;
 pub mod report;
+pub mod retention;
 pub mod store;
 pub mod subst;
 pub mod telemetry;

@@ -40,6 +40,8 @@ pub struct RunSettings {
     /// Settings of the Kubernetes executor (unused by the local one).
     pub kube: KubeArgs,
     pub rerun: Vec<String>,
+    /// Run directories kept per PipelineRun/TaskRun name once a reconcile ends (`--keep-runs`).
+    pub keep_runs: usize,
 }
 
 /// The default state directory: `$XDG_CACHE_HOME/tenon` or `~/.cache/tenon`.
@@ -68,16 +70,115 @@ pub fn load_valid(dir: &Path) -> Result<Result<Catalog, Diagnostics>, Error> {
     Ok(if diags.is_empty() { Ok(cat) } else { Err(diags) })
 }
 
-/// The state directory's cache store (created when missing).
+/// The state directory's cache store (created when missing; owner-only, and tightened
+/// when an older tenon created it readable by others).
 pub fn open_store(state_dir: &Path) -> Result<SqliteStore, Error> {
-    std::fs::create_dir_all(state_dir).map_err(|e| Error::Io {
+    crate::store::make_private_dir(state_dir).map_err(|e| Error::Io {
         context: format!("cannot create state directory {}", state_dir.display()),
         source: e,
     })?;
-    SqliteStore::open(&state_dir.join("cache")).map_err(|e| Error::Io {
-        context: format!("cannot open the cache in {}: {e}", state_dir.display()),
-        source: std::io::Error::other(e.to_string()),
+    let runs = state_dir.join("runs");
+    if runs.is_dir() {
+        let _ = crate::store::make_private_dir(&runs);
+    }
+    SqliteStore::open(&state_dir.join("cache"))
+        .map_err(|e| Error::Store(format!("{e}\n  {}", open_hint(&e, state_dir))))
+}
+
+/// `tenon cache reset`: move the store (`<state>/cache`) aside to
+/// `<state>/cache.broken-<UTC time>`; the next run starts with an empty cache. Returns
+/// where it went (`None`: there was no store).
+pub fn reset_store(state_dir: &Path) -> Result<Option<PathBuf>, Error> {
+    let cache = state_dir.join("cache");
+    if std::fs::symlink_metadata(&cache).is_err() {
+        return Ok(None);
+    }
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
+    let mut aside = state_dir.join(format!("cache.broken-{stamp}"));
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = state_dir.join(format!("cache.broken-{stamp}-{n}"));
+    }
+    std::fs::rename(&cache, &aside).map_err(|e| Error::Io {
+        context: format!("cannot move {} aside to {}", cache.display(), aside.display()),
+        source: e,
+    })?;
+    Ok(Some(aside))
+}
+
+/// Retention after a reconcile: keep the last `keep` run directories per run name (and
+/// the latest successful run of each, which the cache protects). Never fails a run.
+pub fn prune_run_dirs(state_dir: &Path, store: &SqliteStore, keep: usize) -> crate::retention::Pruned {
+    let protect = store.latest_successful_runs().unwrap_or_default();
+    match crate::retention::prune_runs(state_dir, keep, &protect) {
+        Ok(p) => {
+            if p.removed > 0 {
+                tracing::info!(removed = p.removed, freed_bytes = p.freed_bytes, keep, "pruned old run directories");
+            }
+            p
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not prune old run directories");
+            Default::default()
+        }
+    }
+}
+
+/// A run or task that failed because tenon's own write into the state directory (a run
+/// directory, a script, a materialized volume) found the disk full or over quota: tenon
+/// could not work, which is not the task's failure (exit 3). A step's own failing write
+/// ends the step with an exit code instead, reported as the task's failure.
+fn out_of_space(report: &RunReport) -> Option<String> {
+    let full = |m: &str| m.contains("(os error 28)") || m.contains("(os error 122)");
+    report.runs.iter().find_map(|r| {
+        let own = full(&r.message).then(|| format!("{} {}: {}", r.kind, r.name, r.message));
+        own.or_else(|| r.tasks.iter().find(|t| full(&t.message)).map(|t| format!("task {}: {}", t.name, t.message)))
     })
+}
+
+/// Why a store cannot be opened, and what to do about it.
+fn open_hint(e: &crate::store::StoreError, state_dir: &Path) -> String {
+    use rusqlite::ErrorCode;
+    let crate::store::StoreError::Open { source, .. } = e else { return String::new() };
+    let code = source.downcast_ref::<rusqlite::Error>().and_then(|e| e.sqlite_error_code());
+    let io = source.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    let reset = || {
+        format!(
+            "the store is unusable; to move it aside (to a timestamped name) and start afresh, run: tenon cache reset --store {}",
+            state_dir.display()
+        )
+    };
+    let full =
+        || format!("no space left on the filesystem of {}: free some space (or `tenon cache gc`)", state_dir.display());
+    match (code, io) {
+        (Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt), _) => reset(),
+        (Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked), _) => {
+            "another process holds the store database: wait for it, or raise TENON_DB_BUSY_TIMEOUT".into()
+        }
+        (Some(ErrorCode::PermissionDenied | ErrorCode::ReadOnly), _)
+        | (_, Some(std::io::ErrorKind::PermissionDenied)) => {
+            format!(
+                "tenon needs to write {}: check its owner and permissions, or use another --store",
+                state_dir.display()
+            )
+        }
+        // SQLite reports a full disk met while growing its shared-memory file as a plain
+        // `disk I/O error`: ask the filesystem too
+        (Some(ErrorCode::DiskFull), _)
+        | (_, Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)) => full(),
+        _ if free_bytes(state_dir) == Some(0) => full(),
+        _ => reset(),
+    }
+}
+
+/// Bytes available to this user on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a valid NUL-terminated path and a zeroed statvfs for the kernel to fill in
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Check that the catalog has something to run (and, with `--run NAME`, that NAME exists).
@@ -210,7 +311,7 @@ pub async fn run_catalog(
     let cat = Arc::new(cat);
     let store = Arc::new(open_store(&opts.state_dir)?);
     let rerun: std::collections::BTreeSet<String> = s.rerun.iter().cloned().collect();
-    let mut cache_ctx = CacheCtx::new(store, s.no_cache, rerun, dry_run)
+    let mut cache_ctx = CacheCtx::new(store.clone(), s.no_cache, rerun, dry_run)
         .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
     cache_ctx.executor = built.id;
     cache_ctx.image_digests = built.image_digests;
@@ -230,7 +331,14 @@ pub async fn run_catalog(
         runs.push(engine.run_task_run(tr).await);
     }
     cache.flush();
+    if !dry_run {
+        prune_run_dirs(&s.state_dir, &store, s.keep_runs);
+    }
     let mut report = RunReport::new(runs);
+    report.store_error = cache.store_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if report.store_error.is_none() {
+        report.store_error = out_of_space(&report);
+    }
     report.hashing = Some(HashingStats {
         files: cache.hash_stats.files.load(Ordering::Relaxed),
         hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),

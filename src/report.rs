@@ -21,6 +21,10 @@ pub struct RunReport {
     /// Input hashing done by this invocation (absent when caching is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hashing: Option<HashingStats>,
+    /// The store failed during the runs (a full disk, a locked database): what ran could
+    /// not be recorded, and tenon exits 3. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 /// How much input hashing an invocation did.
@@ -36,7 +40,7 @@ pub struct HashingStats {
 
 impl RunReport {
     pub fn new(runs: Vec<RunSummary>) -> Self {
-        RunReport { api_version: API_VERSION, kind: "RunReport", runs, hashing: None }
+        RunReport { api_version: API_VERSION, kind: "RunReport", runs, hashing: None, store_error: None }
     }
     pub fn all_ok(&self) -> bool {
         self.runs.iter().all(|r| r.status == "Succeeded")

@@ -20,22 +20,39 @@ use crate::model::ParamValue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {path}")]
+    // every message carries its cause: these errors are shown with `{e}`, never chained
+    #[error("cannot open the store at {}: {source}", path.display())]
     Open {
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("store database error")]
+    #[error("store database error: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("store I/O error on {path}")]
+    #[error("I/O error on {}: {source}", path.display())]
     Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// tenon could not write into its own store (a full disk, a read-only filesystem).
+    #[error("cannot write {} in the store: {source}", path.display())]
+    Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error("corrupt record {key}: {message}")]
     Corrupt { key: String, message: String },
+}
+
+impl StoreError {
+    /// The store itself failed (it cannot be opened, read or written: a full disk, a
+    /// locked or broken database), as opposed to a problem with what was given to it.
+    /// A run that meets one cannot be recorded: tenon exits 3.
+    pub fn is_store_failure(&self) -> bool {
+        matches!(self, StoreError::Open { .. } | StoreError::Db(_) | StoreError::Write { .. })
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -129,6 +146,9 @@ pub trait Store: Send + Sync {
     /// Why the record of `key`, when there is one, is not a hit (`get` says none): an
     /// output object missing or of the wrong size, or an older output format.
     fn unusable(&self, key: &str) -> Result<Option<String>>;
+    /// The lock on `key` if no other process holds it (`None` when one does): callers
+    /// poll, so that a wait can be cancelled.
+    fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>>;
 }
 
 /// An advisory lock held on one key.
@@ -163,15 +183,145 @@ CREATE TABLE IF NOT EXISTS watch_revisions (
 
 pub const STORE_FORMAT: &str = "1";
 
+/// How long a statement waits for a database another process has locked
+/// (`TENON_DB_BUSY_TIMEOUT`, a duration such as `30s` or `500ms`; default 30 s).
+pub fn busy_timeout() -> std::time::Duration {
+    std::env::var("TENON_DB_BUSY_TIMEOUT")
+        .ok()
+        .and_then(|v| {
+            humantime::parse_duration(v.trim())
+                .ok()
+                .or_else(|| v.trim().parse().ok().map(std::time::Duration::from_secs))
+        })
+        .unwrap_or(std::time::Duration::from_secs(30))
+}
+
+/// The database the busy handler names in its messages (one store per process).
+static BUSY_DB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// When the current wait for a locked database started, and when it was last reported.
+    static BUSY_SINCE: std::cell::Cell<(std::time::Instant, Option<std::time::Instant>)> =
+        std::cell::Cell::new((std::time::Instant::now(), None));
+}
+
+/// SQLite's busy handler: wait for a database another process has locked, saying so on
+/// stderr after a second (and every 5 s, naming the lock holder when the kernel tells),
+/// up to [`busy_timeout`]. `n` counts the calls of this wait (0 on the first).
+fn busy_wait(n: i32) -> bool {
+    use std::time::Duration;
+    let now = std::time::Instant::now();
+    let timeout = busy_timeout();
+    let (since, said) = if n == 0 { (now, None) } else { BUSY_SINCE.with(|c| c.get()) };
+    let waited = now - since;
+    let db = BUSY_DB.get().cloned().unwrap_or_default();
+    if waited >= timeout {
+        tracing::warn!(
+            "gave up waiting for the store database {} after {:.1}s (TENON_DB_BUSY_TIMEOUT)",
+            db.display(),
+            waited.as_secs_f64()
+        );
+        return false;
+    }
+    let mut said = said;
+    if waited >= Duration::from_secs(1).min(timeout / 2) && said.is_none_or(|t| now - t >= Duration::from_secs(5)) {
+        let holder = lock_holder(&db).map(|h| format!(", locked by {h}")).unwrap_or_default();
+        tracing::warn!(
+            "waiting for the store database {}{holder} (waited {:.1}s of {:.1}s; TENON_DB_BUSY_TIMEOUT sets the limit)",
+            db.display(),
+            waited.as_secs_f64(),
+            timeout.as_secs_f64(),
+        );
+        said = Some(now);
+    }
+    BUSY_SINCE.with(|c| c.set((since, said)));
+    let pause = Duration::from_millis((5u64 << n.clamp(0, 5) as u32).min(100));
+    std::thread::sleep(pause.min(timeout.saturating_sub(waited)).max(Duration::from_millis(1)));
+    true
+}
+
+/// The process holding a lock on `db` (SQLite locks its files with POSIX record locks: the
+/// `-shm` file in WAL mode, the database file otherwise), as `pid N (command name)`, read
+/// from `/proc/locks`. (Never by opening the files: closing any descriptor of a file drops
+/// every POSIX lock this process holds on it, SQLite's own included.)
+fn lock_holder(db: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let me = std::process::id();
+    let shm = PathBuf::from(format!("{}-shm", db.display()));
+    for p in [shm.as_path(), db] {
+        let Ok(m) = std::fs::metadata(p) else { continue };
+        let id = format!("{:02x}:{:02x}:{}", libc::major(m.dev()), libc::minor(m.dev()), m.ino());
+        // `1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 120 120` (waiters are marked `->`)
+        let holders = locks
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 8 && f[1] != "->" && f[5] == id && f[4].parse::<u32>().is_ok_and(|pid| pid != me));
+        // a writer blocks us; failing one, any other process's lock
+        let mut holders: Vec<Vec<&str>> = holders.collect();
+        holders.sort_by_key(|f| f[3] != "WRITE");
+        if let Some(pid) = holders.first().map(|f| f[4].to_string()) {
+            // the command name only: another program's arguments may hold credentials
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmd = cmd.trim();
+            return Some(if cmd.is_empty() { format!("pid {pid}") } else { format!("pid {pid} ({cmd})") });
+        }
+    }
+    None
+}
+
+/// Create `dir` (and missing parents) owner-only, and tighten it if it exists. A directory
+/// this user does not own (a volume's mount point, e.g. a PVC with an `fsGroup`) is left as
+/// it is, with a warning: what tenon creates inside it is owner-only anyway.
+pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            // SAFETY: geteuid has no preconditions
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && meta.uid() != unsafe { libc::geteuid() } => {
+                static ONCE: std::sync::Once = std::sync::Once::new();
+                ONCE.call_once(
+                    || tracing::warn!(dir = %dir.display(), "cannot make a directory owned by another user owner-only"),
+                );
+            }
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+/// Create `file` owner-only (0600) if missing, and tighten it if it exists.
+fn private_file(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(file)?;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(root: &Path) -> Result<SqliteStore> {
         let err =
             |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Open { path: root.to_path_buf(), source: e };
-        for d in ["objects", "locks", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).map_err(|e| err(Box::new(e)))?;
+        // owner-only: records, objects and run history may hold what a task produced
+        for d in ["", "objects", "locks", "tmp"] {
+            make_private_dir(&root.join(d)).map_err(|e| err(Box::new(e)))?;
         }
-        let conn = Connection::open(root.join("tenon.db")).map_err(|e| err(Box::new(e)))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| err(Box::new(e)))?;
+        let db = root.join("tenon.db");
+        // SQLite gives the -wal and -shm files the database file's mode: create it 0600
+        private_file(&db).map_err(|e| err(Box::new(e)))?;
+        for f in ["tenon.db-wal", "tenon.db-shm"] {
+            let p = root.join(f);
+            if p.exists() {
+                private_file(&p).map_err(|e| err(Box::new(e)))?;
+            }
+        }
+        let conn = Connection::open(&db).map_err(|e| err(Box::new(e)))?;
+        BUSY_DB.get_or_init(|| db.clone());
+        conn.busy_handler(Some(busy_wait)).map_err(|e| err(Box::new(e)))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(Box::new(e)))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(Box::new(e)))?;
         conn.execute_batch(SCHEMA).map_err(|e| err(Box::new(e)))?;
@@ -201,6 +351,19 @@ impl SqliteStore {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_file(&self, key: &str) -> Result<(PathBuf, std::fs::File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.root.join("locks").join(format!("{key}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|source| StoreError::Write { path: p.clone(), source })?;
+        Ok((p, f))
     }
 
     pub fn object_path(&self, digest: &str) -> PathBuf {
@@ -366,6 +529,23 @@ impl SqliteStore {
             return 0;
         }
         std::fs::metadata(self.object_path(digest)).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// (run name, run directory name) of the latest successful run of each name: retention
+    /// keeps their directories.
+    pub fn latest_successful_runs(&self) -> Result<BTreeSet<(String, String)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT r.run, r.uid FROM runs r WHERE r.ok = 1 AND r.finished_ns = (SELECT MAX(finished_ns) FROM runs x WHERE x.run = r.run AND x.ok = 1)",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeSet::new();
+        for row in rows {
+            let (run, uid) = row?;
+            let dir = uid.chars().take(8).collect();
+            out.insert((run, dir));
+        }
+        Ok(out)
     }
 
     /// Keys the latest successful run of each PipelineRun/TaskRun used.
@@ -659,7 +839,10 @@ impl SqliteStore {
             return Ok((digest, text.len() as u64));
         }
         let tmp = self.tmp_path(&digest);
-        std::fs::write(&tmp, text).map_err(Self::io(&tmp))?;
+        if let Err(source) = std::fs::write(&tmp, text) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Write { path: tmp, source });
+        }
         self.install(&tmp, &dest)?;
         Ok((digest, text.len() as u64))
     }
@@ -701,7 +884,11 @@ impl SqliteStore {
             tracing::warn!(object = %digest, "replacing a corrupt stored object");
         }
         let tmp = self.tmp_path(&digest);
-        reflink_copy::reflink_or_copy(src, &tmp).map_err(Self::io(src))?;
+        // no partial temporary file outlives a failure (a full disk must not fill it further)
+        if let Err(source) = reflink_copy::reflink_or_copy(src, &tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Write { path: tmp, source });
+        }
         // the source may have changed while we copied: the object must match its name
         let got = hash::hash_file(&tmp).map_err(Self::io(&tmp))?;
         let stored = std::fs::metadata(&tmp).map_err(Self::io(&tmp))?.len();
@@ -718,13 +905,22 @@ impl SqliteStore {
 
     /// Make a checked temporary file the object at `dest` (renamed over any damaged one).
     fn install(&self, tmp: &Path, dest: &Path) -> Result<()> {
-        if let Ok(f) = std::fs::File::open(tmp) {
-            let _ = f.sync_all();
+        let write = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Write { path, source }
+        };
+        if let Err(e) = std::fs::File::open(tmp).and_then(|f| f.sync_all()) {
+            let _ = std::fs::remove_file(tmp);
+            return Err(write(tmp)(e));
         }
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o444));
+        // read-only, owner-only
+        let _ = std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o400));
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(Self::io(parent))?;
+            if let Err(e) = make_private_dir(parent) {
+                let _ = std::fs::remove_file(tmp);
+                return Err(write(parent)(e));
+            }
         }
         if let Err(e) = std::fs::rename(tmp, dest) {
             let _ = std::fs::remove_file(tmp);
@@ -943,10 +1139,20 @@ impl Store for SqliteStore {
 
     fn lock_key(&self, key: &str) -> Result<KeyLock> {
         use fs4::fs_std::FileExt;
-        let p = self.root.join("locks").join(format!("{key}.lock"));
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(Self::io(&p))?;
+        let (p, f) = self.lock_file(key)?;
         f.lock_exclusive().map_err(Self::io(&p))?;
         Ok(KeyLock { _file: f })
+    }
+
+    fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>> {
+        use fs4::fs_std::FileExt;
+        let (p, f) = self.lock_file(key)?;
+        match f.try_lock_exclusive() {
+            Ok(true) => Ok(Some(KeyLock { _file: f })),
+            Ok(false) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(StoreError::Io { path: p, source: e }),
+        }
     }
 }
 
@@ -1203,6 +1409,57 @@ mod tests {
         assert!(s.get("k").unwrap().is_none(), "a record whose objects are gone must not hit");
     }
 
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn store_files_are_owner_only_and_an_existing_store_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("st");
+        // a store an older tenon left world-readable
+        drop(SqliteStore::open(&root).unwrap());
+        for (p, m) in [("", 0o755), ("objects", 0o755), ("tmp", 0o777), ("locks", 0o755), ("tenon.db", 0o644)] {
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        let s = SqliteStore::open(&root).unwrap();
+        s.put(&rec("k", "run", 1)).unwrap();
+        s.save_stats(&[]).unwrap();
+        let f = d.path().join("out");
+        std::fs::write(&f, b"secret output").unwrap();
+        let tree = s.store_output(&f).unwrap();
+        let _lock = s.lock_key("abc").unwrap();
+        let obj = s.object_path(&tree.entries[0].digest);
+        for dir in
+            [root.clone(), root.join("objects"), root.join("tmp"), root.join("locks"), obj.parent().unwrap().into()]
+        {
+            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        }
+        // the -wal and -shm files exist while the store is open
+        for file in ["tenon.db", "tenon.db-wal", "tenon.db-shm", "locks/abc.lock"] {
+            assert_eq!(mode(&root.join(file)), 0o600, "{file}");
+        }
+        assert_eq!(mode(&obj), 0o400, "objects are read-only, owner-only");
+    }
+
+    #[test]
+    fn a_failed_object_write_leaves_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("st")).unwrap();
+        let f = d.path().join("out");
+        std::fs::write(&f, b"data").unwrap();
+        // the object's directory cannot be created (a file is in the way): the write fails
+        // after the temporary copy was made
+        let digest = hash::sha256_hex(b"data");
+        std::fs::write(d.path().join("st/objects").join(&digest[..2]), b"").unwrap();
+        let e = s.store_output(&f).unwrap_err();
+        assert!(e.is_store_failure(), "{e}");
+        assert!(e.to_string().contains("File exists") || e.to_string().contains("Not a directory"), "{e}");
+        assert_eq!(std::fs::read_dir(d.path().join("st/tmp")).unwrap().count(), 0);
+    }
+
     #[test]
     fn symlinks_in_outputs_round_trip_with_their_exact_target() {
         use std::os::unix::fs::symlink;
@@ -1338,7 +1595,10 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         use fs4::fs_std::FileExt;
         assert!(!f.try_lock_exclusive().unwrap_or(false), "second lock must not be granted while held");
+        assert!(s.try_lock_key("abc").unwrap().is_none(), "try_lock_key must not wait, nor take a held lock");
         drop(g);
         assert!(f.try_lock_exclusive().unwrap());
+        drop(f);
+        assert!(s.try_lock_key("abc").unwrap().is_some());
     }
 }

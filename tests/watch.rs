@@ -755,6 +755,7 @@ fn leader_gate_holds_reconciles_until_leadership() {
             executor: tenon::exec::ExecutorKind::Local,
             kube: Default::default(),
             rerun: vec![],
+            keep_runs: 5,
         },
         quiet: true,
         listen: "127.0.0.1:0".parse().unwrap(),

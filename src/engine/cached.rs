@@ -64,6 +64,9 @@ pub struct CacheCtx {
     pub executor: String,
     /// Normalized image name -> digest, as the cluster reports them (Kubernetes executor).
     pub image_digests: BTreeMap<String, String>,
+    /// The first failure of the store itself (a full disk, a locked database): the runs
+    /// could not be recorded, and tenon exits 3.
+    pub store_failure: Mutex<Option<String>>,
 }
 
 impl CacheCtx {
@@ -80,11 +83,30 @@ impl CacheCtx {
             dry_run,
             executor: "local".into(),
             image_digests: BTreeMap::new(),
+            store_failure: Mutex::new(None),
         })
+    }
+
+    /// `what` failed with `e`: remember it when the store itself failed. Returns the message.
+    pub fn store_error(&self, what: &str, e: &crate::store::StoreError) -> String {
+        let msg = format!("{what}: {e}");
+        if e.is_store_failure() {
+            self.store_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| msg.clone());
+        }
+        msg
+    }
+
+    /// The store failed earlier: later writes are not attempted (each could wait for a
+    /// locked database again), and tenon exits 3 at the end.
+    pub fn store_failed(&self) -> bool {
+        self.store_failure.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// Persist what this process learned about file digests.
     pub fn flush(&self) {
+        if self.store_failed() {
+            return;
+        }
         let updates = self.stats.take_updates();
         if let Err(e) = self.store.save_stats(&updates) {
             tracing::warn!(error = %e, "could not save the stat cache");
@@ -424,13 +446,19 @@ pub fn record(
     duration_ms: u64,
     images: &BTreeMap<String, String>,
 ) -> Result<Vec<OutputSet>, String> {
+    if ctx.store_failed() {
+        return Err("not recorded: the store failed earlier in this run".into());
+    }
     let mut outputs = Vec::new();
     for (ws, rel) in &job.outputs {
         let src = output_path(req, ws, rel)?;
         if std::fs::symlink_metadata(&src).is_err() {
             return Err(format!("declared output {ws}:{rel} was not produced ({} does not exist)", src.display()));
         }
-        let tree = ctx.store.store_output(&src).map_err(|e| format!("cannot store output {ws}:{rel}: {e}"))?;
+        let tree = ctx
+            .store
+            .store_output(&src)
+            .map_err(|e| ctx.store_error(&format!("cannot store output {ws}:{rel}"), &e))?;
         outputs.push(OutputSet { workspace: ws.clone(), path: rel.clone(), tree, format: OUTPUT_FORMAT });
     }
     let rec = Record {
@@ -451,7 +479,7 @@ pub fn record(
         results: portable_results(results, req),
         outputs: outputs.clone(),
     };
-    ctx.store.put(&rec).map_err(|e| format!("cannot record the result: {e}"))?;
+    ctx.store.put(&rec).map_err(|e| ctx.store_error("cannot record the result", &e))?;
     Ok(outputs)
 }
 

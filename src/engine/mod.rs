@@ -329,8 +329,23 @@ async fn execute_launch(
     // Never run one key twice at once (across processes too): the second waits and then
     // reuses the first's record. A forced run does not wait: it was asked to run.
     let lock = if job.forced.is_none() {
-        let (c, k) = (ctx.clone(), key.clone());
-        tokio::task::spawn_blocking(move || c.store.lock_key(&k)).await.ok().and_then(|r| r.ok())
+        match wait_key_lock(&ctx, &key, &l.cancel, &console, &l.req.label).await {
+            Some(lock) => lock,
+            None => {
+                let o = TaskOutcome {
+                    status: AttemptStatus::Cancelled,
+                    reason: "TaskRunCancelled".into(),
+                    message: format!(
+                        "TaskRun {:?} was cancelled while waiting for another run of the same task",
+                        l.req.name
+                    ),
+                    results: BTreeMap::new(),
+                    steps: vec![],
+                    duration: Duration::ZERO,
+                };
+                return msg(o, 0, CacheOutcome::Miss { key, reasons }, vec![]);
+            }
+        }
     } else {
         None
     };
@@ -366,6 +381,45 @@ async fn execute_launch(
     }
     drop(lock);
     msg(o, a, CacheOutcome::Miss { key, reasons }, outputs)
+}
+
+/// Take the per-key lock, polling so that a wait for another process running the same key
+/// sees cancellation (Ctrl-C) at once. `None`: cancelled while waiting; `Some(None)`: the
+/// lock could not be used (the task runs unlocked, as before a lock existed).
+async fn wait_key_lock(
+    ctx: &Arc<CacheCtx>,
+    key: &str,
+    cancel: &CancellationToken,
+    console: &Console,
+    label: &str,
+) -> Option<Option<crate::store::KeyLock>> {
+    let mut announced = false;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let (c, k) = (ctx.clone(), key.to_string());
+        match tokio::task::spawn_blocking(move || c.store.try_lock_key(&k)).await {
+            Ok(Ok(Some(lock))) => return Some(Some(lock)),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot lock the cache key; running without it");
+                return Some(None);
+            }
+            Err(_) => return Some(None),
+        }
+        if !announced {
+            announced = true;
+            console.line(&format!(
+                "{} {label}: waiting for another run of the same task to finish (key {}; Ctrl-C cancels)",
+                console.dim("…"),
+                &key[..key.len().min(12)]
+            ));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }
 
 /// Results of blocking cache work.
@@ -439,15 +493,19 @@ impl Engine {
     }
 
     /// A new run's uid and directory, announced on the console.
-    fn start_run(&self, name: &str, kind: &str) -> Result<(String, PathBuf), Failure> {
+    /// The guard keeps the directory from retention while the run is in progress and
+    /// removes Secret material from it when the run ends.
+    fn start_run(&self, name: &str, kind: &str) -> Result<(String, PathBuf, crate::retention::RunDirGuard), Failure> {
         let uid = new_uid(name);
         let run_dir = self.run_dir_for(name, &uid);
-        std::fs::create_dir_all(&run_dir).map_err(|e| {
+        // owner-only: restored outputs and materialized Secrets live here
+        crate::store::make_private_dir(&run_dir).map_err(|e| {
             Failure::new("CreateRunFailed", format!("cannot create run directory {}: {e}", run_dir.display()))
         })?;
+        let guard = crate::retention::RunDirGuard::acquire(&run_dir);
         let c = &self.console;
         c.line(&format!("{} {kind} {} {}", c.bold("▶"), c.bold(name), c.dim(&format!("({})", run_dir.display()))));
-        Ok((uid, run_dir))
+        Ok((uid, run_dir, guard))
     }
 
     /// Where a run keeps its TaskRun directories (planning: a scratch dir removed after).
@@ -527,7 +585,7 @@ impl Engine {
                     )
                 }
             };
-        let (uid, run_dir) = match self.start_run(&name, "PipelineRun") {
+        let (uid, run_dir, _run_guard) = match self.start_run(&name, "PipelineRun") {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "PipelineRun", pipeline_name, started, f),
         };
@@ -692,7 +750,7 @@ impl Engine {
         if let Some(vols) = tr.spec.pod_template.as_ref().and_then(|p| p.get("volumes")).and_then(|v| v.as_array()) {
             spec.volumes.extend(vols.iter().cloned());
         }
-        let (uid, run_dir) = match self.start_run(&name, "TaskRun") {
+        let (uid, run_dir, _run_guard) = match self.start_run(&name, "TaskRun") {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
         };
@@ -807,10 +865,11 @@ impl Engine {
         task.task_run = Some(name.clone());
         let ok = outcome.status == AttemptStatus::Succeeded;
         if let Some(cache) = &self.cache {
-            if !cache.dry_run {
+            if !cache.dry_run && !cache.store_failed() {
                 let keys: Vec<String> = m.cache.key().map(String::from).into_iter().collect();
                 if let Err(e) = cache.store.record_run(&name, &uid, ok, &keys) {
-                    tracing::warn!(error = %e, "could not record the run");
+                    let msg = cache.store_error(&format!("could not record TaskRun {name}"), &e);
+                    self.console.line(&format!("{} {msg}", self.console.yellow("!")));
                 }
             }
         }
@@ -1968,14 +2027,16 @@ impl<'a> PipelineRunState<'a> {
         }
         // remember which records this run used, so gc keeps them while it is the latest
         if let Some(cache) = &self.engine.cache {
-            if !cache.dry_run {
+            if !cache.dry_run && !cache.store_failed() {
                 let keys: Vec<String> = self
                     .states
                     .values()
                     .flat_map(|s| s.children.iter().filter_map(|c| c.cache.key().map(String::from)))
                     .collect();
                 if let Err(e) = cache.store.record_run(&self.name, &self.uid, status == "Succeeded", &keys) {
-                    tracing::warn!(error = %e, "could not record the run");
+                    let msg = cache.store_error(&format!("could not record PipelineRun {}", self.name), &e);
+                    let c = &self.engine.console;
+                    c.line(&format!("{} {msg}", c.yellow("!")));
                 }
             }
         }

@@ -476,10 +476,24 @@ async fn reconcile_tree(
     let rec = match result {
         Ok(r) => r,
         Err(e) => {
-            let outcome = if matches!(e, Error::Io { .. }) { "error" } else { "invalid" };
+            let outcome = if matches!(e, Error::Io { .. } | Error::Store(_)) { "error" } else { "invalid" };
             return finish(opts, shared, started, rev.as_deref(), outcome, json!({"error": e.to_string()}), None, 0);
         }
     };
+    if let Some(e) = &rec.report.store_error {
+        // the runs could not be recorded: not a success, and the revision is tried again
+        let error = format!("tenon could not use its state directory, so what ran is not recorded: {e}");
+        return finish(
+            opts,
+            shared,
+            started,
+            rev.as_deref(),
+            "error",
+            json!({"error": error}),
+            Some(&rec.report),
+            rec.hash_ns,
+        );
+    }
     let ok = rec.report.all_ok();
     if interrupted && !ok {
         return Ended {
