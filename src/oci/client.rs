@@ -571,7 +571,9 @@ impl Client {
                     resent = false;
                 }
                 Err(e) if e.is_transient() && !resent => {
-                    // Resend only if the session shows none of this chunk arrived.
+                    // Resend only if the session shows none of this chunk arrived. (2.8 answers
+                    // `0-0` for an empty session, and refuses a stale `_state` once bytes were
+                    // appended: both end here in a restart, which is always safe.)
                     let status = self.send(Req::new(Method::GET, loc.clone(), "GET upload status")).await?;
                     let end = if status.status() == StatusCode::NO_CONTENT { range_end(status.headers()) } else { None };
                     let have = end.map_or(0, |e| e + 1);

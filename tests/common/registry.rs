@@ -88,8 +88,22 @@ impl Registry {
     }
 
     /// Everything the registry logged so far (access log lines: `"METHOD /v2/... HTTP/1.1" status`).
+    /// The registry writes an access-log line after the response, so a client can see the
+    /// response first: wait until the log stops growing for 50 ms (at most 2 s) before reading.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.name))).unwrap_or_default()
+        let path = self.dir.path().join(format!("{}.log", self.name));
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = size();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = size();
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        std::fs::read_to_string(&path).unwrap_or_default()
     }
 
     /// The requests the access log shows so far: (method, path, status).
