@@ -152,14 +152,19 @@ struct HelperReply {
 /// `docker-credential-NAME get`, host on stdin, JSON `{Username, Secret}` on stdout. "not found"
 /// (exit 1 with that text) means anonymous. The helper's output is never quoted in errors.
 fn run_helper(name: &str, registry: &str) -> Result<Option<Credentials>, OciError> {
+    let program = format!("docker-credential-{name}");
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(OciError::Credentials { origin: format!("credential helper {program}"), reason: "invalid helper name".into() });
+    }
+    run_helper_program(Path::new(&program), registry)
+}
+
+fn run_helper_program(program: &Path, registry: &str) -> Result<Option<Credentials>, OciError> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let origin = format!("credential helper docker-credential-{name}");
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(OciError::Credentials { origin, reason: "invalid helper name".into() });
-    }
+    let origin = format!("credential helper {}", program.display());
     let err = |reason: String| OciError::Credentials { origin: origin.clone(), reason };
-    let mut child = Command::new(format!("docker-credential-{name}"))
+    let mut child = Command::new(program)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -266,6 +271,38 @@ mod tests {
         let c = cfg(r#"{"credHelpers": {"h:1": "tenon-test-no-such-helper"}}"#);
         let e = lookup(&c, "h:1", "f").unwrap_err().to_string();
         assert!(e.contains("docker-credential-tenon-test-no-such-helper"), "{e}");
+    }
+
+    #[test]
+    fn credential_helper_protocol() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let helper = |name: &str, script: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        // the host arrives on stdin; the answer is {Username, Secret}
+        let ok = helper(
+            "ok",
+            r#"read host; [ "$host" = "reg.example:5000" ] || exit 3; echo '{"ServerURL":"x","Username":"u","Secret":"helper-secret"}'"#,
+        );
+        let missing = helper("missing", "echo 'credentials not found in native keychain'; exit 1");
+        let garbage = helper("garbage", "echo 'Secret: leaked-value'");
+        let token = helper("token", r#"echo '{"Username":"<token>","Secret":"refresh"}'"#);
+        // a process forked by another test while a script was open for writing holds it until
+        // its exec; give such children time, or exec fails with ETXTBSY
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(run_helper_program(&ok, "reg.example:5000").unwrap(), Some(Credentials::new("u", "helper-secret")));
+        let e = run_helper_program(&ok, "other").unwrap_err().to_string();
+        assert!(e.contains("exited") && !e.contains("helper-secret"), "{e}");
+        // "credentials not found in native keychain": anonymous
+        assert_eq!(run_helper_program(&missing, "h").unwrap(), None);
+        // garbage output is an error that does not quote it
+        let e = run_helper_program(&garbage, "h").unwrap_err().to_string();
+        assert!(!e.contains("leaked-value"), "{e}");
+        assert!(run_helper_program(&token, "h").unwrap_err().to_string().contains("identity token"));
     }
 
     #[test]
