@@ -61,20 +61,34 @@ fn file_digest(path: &Path) -> Digest {
     }
 }
 
-fn record_manifest(config: &Digest, config_size: u64, layers: &[(Digest, u64)], key: &str) -> oci_spec::image::ImageManifest {
+fn record_manifest(
+    config: &Digest,
+    config_size: u64,
+    layers: &[(Digest, u64)],
+    key: &str,
+) -> oci_spec::image::ImageManifest {
     let d = |s: &Digest| s.as_str().parse::<oci_spec::image::Digest>().unwrap();
     ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .artifact_type(MediaType::Other("application/vnd.tenon.record.v1".into()))
-        .config(Descriptor::new(MediaType::Other("application/vnd.tenon.record.v1+json".into()), config_size, d(config)))
+        .config(Descriptor::new(
+            MediaType::Other("application/vnd.tenon.record.v1+json".into()),
+            config_size,
+            d(config),
+        ))
         .layers(
             layers
                 .iter()
-                .map(|(dg, size)| Descriptor::new(MediaType::Other("application/vnd.tenon.object.v1".into()), *size, d(dg)))
+                .map(|(dg, size)| {
+                    Descriptor::new(MediaType::Other("application/vnd.tenon.object.v1".into()), *size, d(dg))
+                })
                 .collect::<Vec<_>>(),
         )
-        .annotations([("dev.tenon.key".to_string(), key.to_string()), ("dev.tenon.task".to_string(), "train".to_string())])
+        .annotations([
+            ("dev.tenon.key".to_string(), key.to_string()),
+            ("dev.tenon.task".to_string(), "train".to_string()),
+        ])
         .build()
         .unwrap()
 }
@@ -213,7 +227,10 @@ async fn large_blobs_stream_monolithic_and_chunked_with_bounded_memory() {
     // A chunk that is not a multiple of the I/O piece, and a last chunk shorter than the rest.
     let odd = dir.path().join("odd.bin");
     let odd_digest = write_blob(&odd, (5 << 20) + 12345, 5);
-    let small_chunks = client(&reg.url("tenon/odd"), ClientConfig { monolithic_max: 1 << 20, chunk_size: (1 << 20) + 3, ..anonymous() });
+    let small_chunks = client(
+        &reg.url("tenon/odd"),
+        ClientConfig { monolithic_max: 1 << 20, chunk_size: (1 << 20) + 3, ..anonymous() },
+    );
     small_chunks.push_blob_file(&odd_digest, &odd, &[]).await.unwrap();
     assert_eq!(reg.count_requests("PATCH", "/v2/tenon/odd/"), 6);
     let mut buf = Vec::new();
@@ -262,7 +279,9 @@ async fn tampered_storage_is_detected_and_nothing_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_htpasswd() {
     let password = "pw-Zq8-never-printed";
-    let Some(reg) = Registry::start(Variant::TlsHtpasswd { user: "ci".into(), password: password.into() }) else { return };
+    let Some(reg) = Registry::start(Variant::TlsHtpasswd { user: "ci".into(), password: password.into() }) else {
+        return;
+    };
     let url = reg.url("tenon/cache");
     assert!(url.starts_with("oci://"));
     let with = |credentials: CredentialSource, ca: bool| {

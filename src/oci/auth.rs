@@ -103,11 +103,15 @@ fn from_config_file(path: &Path, registry: &str, required: bool) -> Result<Optio
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
-        Err(e) => return Err(OciError::Io { context: "reading registry credentials", path: path.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(OciError::Io { context: "reading registry credentials", path: path.to_path_buf(), source: e })
+        }
     };
     // serde_json's messages quote no input values, only positions and expectations.
-    let cfg: DockerConfig = serde_json::from_slice(&text)
-        .map_err(|e| OciError::Credentials { origin: origin.clone(), reason: format!("not a Docker config.json: {e}") })?;
+    let cfg: DockerConfig = serde_json::from_slice(&text).map_err(|e| OciError::Credentials {
+        origin: origin.clone(),
+        reason: format!("not a Docker config.json: {e}"),
+    })?;
     lookup(&cfg, registry, &origin)
 }
 
@@ -123,9 +127,13 @@ fn lookup(cfg: &DockerConfig, registry: &str, origin: &str) -> Result<Option<Cre
         return run_helper(helper, registry);
     }
     if let Some((_, entry)) = cfg.auths.iter().find(|(k, _)| matches(k)) {
-        let bad = |reason: &str| OciError::Credentials { origin: origin.to_string(), reason: format!("auths[{registry}]: {reason}") };
+        let bad = |reason: &str| OciError::Credentials {
+            origin: origin.to_string(),
+            reason: format!("auths[{registry}]: {reason}"),
+        };
         if let Some(a) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
-            let raw = base64::engine::general_purpose::STANDARD.decode(a.trim()).map_err(|_| bad("`auth` is not base64"))?;
+            let raw =
+                base64::engine::general_purpose::STANDARD.decode(a.trim()).map_err(|_| bad("`auth` is not base64"))?;
             let raw = String::from_utf8(raw).map_err(|_| bad("`auth` is not UTF-8"))?;
             let (u, p) = raw.split_once(':').ok_or_else(|| bad("`auth` is not base64(user:password)"))?;
             return Ok(Some(Credentials::new(u, p)));
@@ -154,7 +162,10 @@ struct HelperReply {
 fn run_helper(name: &str, registry: &str) -> Result<Option<Credentials>, OciError> {
     let program = format!("docker-credential-{name}");
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(OciError::Credentials { origin: format!("credential helper {program}"), reason: "invalid helper name".into() });
+        return Err(OciError::Credentials {
+            origin: format!("credential helper {program}"),
+            reason: "invalid helper name".into(),
+        });
     }
     run_helper_program(Path::new(&program), registry)
 }
@@ -195,8 +206,8 @@ fn run_helper_program(program: &Path, registry: &str) -> Result<Option<Credentia
         }
         return Err(err(format!("exited with {}", out.status)));
     }
-    let reply: HelperReply =
-        serde_json::from_slice(&out.stdout).map_err(|_| err("its output is not {\"Username\", \"Secret\"} JSON".into()))?;
+    let reply: HelperReply = serde_json::from_slice(&out.stdout)
+        .map_err(|_| err("its output is not {\"Username\", \"Secret\"} JSON".into()))?;
     if reply.username == "<token>" {
         return Err(err("returned an identity token (OAuth refresh token), which is not supported".into()));
     }
@@ -257,8 +268,10 @@ mod tests {
     #[test]
     fn docker_config_auths() {
         let b64 = base64::engine::general_purpose::STANDARD.encode("alice:pw:with:colons");
-        let c = cfg(&format!(r#"{{"auths": {{"https://reg.example:5000/v1/": {{"auth": "{b64}"}},
-                                  "other": {{"username": "bob", "password": "pw2"}}}}}}"#));
+        let c = cfg(&format!(
+            r#"{{"auths": {{"https://reg.example:5000/v1/": {{"auth": "{b64}"}},
+                                  "other": {{"username": "bob", "password": "pw2"}}}}}}"#
+        ));
         assert_eq!(lookup(&c, "reg.example:5000", "f").unwrap(), Some(Credentials::new("alice", "pw:with:colons")));
         assert_eq!(lookup(&c, "other", "f").unwrap(), Some(Credentials::new("bob", "pw2")));
         assert_eq!(lookup(&c, "nowhere", "f").unwrap(), None);
@@ -315,7 +328,9 @@ mod tests {
     fn challenges() {
         assert_eq!(parse_challenge("Basic realm=\"tenon-test\""), Some(Challenge::Basic));
         assert_eq!(
-            parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#),
+            parse_challenge(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#
+            ),
             Some(Challenge::Bearer {
                 realm: "https://auth.example/token".into(),
                 service: Some("registry.example".into()),

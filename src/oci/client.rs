@@ -523,7 +523,9 @@ impl Client {
             };
             match self.upload(session, digest, path, len).await {
                 Ok(()) => return Ok(PushOutcome::Uploaded),
-                Err(e) if (e.is_transient() || matches!(e, OciError::Protocol { .. })) && attempt < self.cfg.retries => {
+                Err(e)
+                    if (e.is_transient() || matches!(e, OciError::Protocol { .. })) && attempt < self.cfg.retries =>
+                {
                     attempt += 1;
                     // it may have landed before the connection broke
                     if self.blob_exists(digest).await?.is_some() {
@@ -564,7 +566,9 @@ impl Client {
                 Ok(resp) => {
                     let end = range_end(resp.headers());
                     if end != Some(offset + n - 1) {
-                        return Err(self.protocol(op, &format!("upload Range {end:?} after sending up to {}", offset + n - 1)));
+                        return Err(
+                            self.protocol(op, &format!("upload Range {end:?} after sending up to {}", offset + n - 1))
+                        );
                     }
                     loc = self.location(&resp, op)?;
                     offset += n;
@@ -575,7 +579,8 @@ impl Client {
                     // `0-0` for an empty session, and refuses a stale `_state` once bytes were
                     // appended: both end here in a restart, which is always safe.)
                     let status = self.send(Req::new(Method::GET, loc.clone(), "GET upload status")).await?;
-                    let end = if status.status() == StatusCode::NO_CONTENT { range_end(status.headers()) } else { None };
+                    let end =
+                        if status.status() == StatusCode::NO_CONTENT { range_end(status.headers()) } else { None };
                     let have = end.map_or(0, |e| e + 1);
                     if status.status() != StatusCode::NO_CONTENT || have != offset {
                         return Err(e);
@@ -664,7 +669,14 @@ impl Client {
     async fn send_following_redirects(&self, req: Req<'_>) -> Result<Response<Incoming>, OciError> {
         let Req { method, mut url, headers, op, .. } = req;
         for _ in 0..5 {
-            let r = Req { method: method.clone(), url: url.clone(), headers: headers.clone(), body: BodySrc::Empty, op, retry: true };
+            let r = Req {
+                method: method.clone(),
+                url: url.clone(),
+                headers: headers.clone(),
+                body: BodySrc::Empty,
+                op,
+                retry: true,
+            };
             let resp = self.send(r).await?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
@@ -685,7 +697,8 @@ impl Client {
         let same_origin = req.url.starts_with(&format!("{}/", self.repo.base()));
         if same_origin {
             if let Some(value) = self.auth_header() {
-                let mut v = HeaderValue::from_str(&value).map_err(|_| self.protocol(req.op, "credentials are not a valid header"))?;
+                let mut v = HeaderValue::from_str(&value)
+                    .map_err(|_| self.protocol(req.op, "credentials are not a valid header"))?;
                 v.set_sensitive(true);
                 b = b.header(header::AUTHORIZATION, v);
             }
@@ -736,7 +749,10 @@ impl Client {
                     let mut buf = vec![0u8; (left.min(IO_CHUNK as u64)) as usize];
                     let n = f.read(&mut buf).await?;
                     if n == 0 {
-                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank during upload"));
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the file shrank during upload",
+                        ));
                     }
                     buf.truncate(n);
                     p.touch();
@@ -827,7 +843,13 @@ impl Client {
 
     /// The token flow: `GET realm?service=…&scope=…`, with Basic credentials when there are any
     /// (anonymous tokens otherwise). The answer is `{"token": …}` or `{"access_token": …}`.
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: Option<&str>, op: &str) -> Result<String, OciError> {
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+        op: &str,
+    ) -> Result<String, OciError> {
         if !(realm.starts_with("https://") || realm.starts_with("http://")) {
             return Err(self.protocol(op, "bearer realm is not an http(s) URL"));
         }
@@ -842,7 +864,8 @@ impl Client {
         }
         let mut b = Request::builder().method(Method::GET).uri(&url);
         if let Some(c) = &self.creds {
-            let mut v = HeaderValue::from_str(&c.basic_header()).map_err(|_| self.protocol(op, "credentials are not a valid header"))?;
+            let mut v = HeaderValue::from_str(&c.basic_header())
+                .map_err(|_| self.protocol(op, "credentials are not a valid header"))?;
             v.set_sensitive(true);
             b = b.header(header::AUTHORIZATION, v);
         }
@@ -850,11 +873,18 @@ impl Client {
             .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
             .map_err(|e| self.protocol(op, &format!("building the token request: {e}")))?;
         let progress = Progress::new();
-        let resp = self.with_idle_timeout(self.http.request(request), &progress, op).await?.map_err(|e| self.transport_error(op, &e))?;
+        let resp = self
+            .with_idle_timeout(self.http.request(request), &progress, op)
+            .await?
+            .map_err(|e| self.transport_error(op, &e))?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(OciError::Unauthorized { registry: self.repo.registry.clone(), op: op.to_string(), detail: self.who() + " (token service refused them)" })
+                return Err(OciError::Unauthorized {
+                    registry: self.repo.registry.clone(),
+                    op: op.to_string(),
+                    detail: self.who() + " (token service refused them)",
+                })
             }
             s => return Err(self.protocol(op, &format!("token service answered HTTP {}", s.as_u16()))),
         }
@@ -864,8 +894,12 @@ impl Client {
             access_token: Option<String>,
         }
         let body = self.read_capped(resp, 1 << 20, op).await?;
-        let t: Token = serde_json::from_slice(&body).map_err(|_| self.protocol(op, "token service answer is not JSON"))?;
-        t.token.or(t.access_token).filter(|t| !t.is_empty()).ok_or_else(|| self.protocol(op, "token service gave no token"))
+        let t: Token =
+            serde_json::from_slice(&body).map_err(|_| self.protocol(op, "token service answer is not JSON"))?;
+        t.token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| self.protocol(op, "token service gave no token"))
     }
 
     fn who(&self) -> String {
@@ -924,7 +958,11 @@ impl Client {
             src = s.source();
         }
         if timed_out {
-            return OciError::Timeout { registry: self.repo.registry.clone(), op: op.to_string(), after: self.cfg.connect_timeout };
+            return OciError::Timeout {
+                registry: self.repo.registry.clone(),
+                op: op.to_string(),
+                after: self.cfg.connect_timeout,
+            };
         }
         OciError::Unreachable { registry: self.repo.registry.clone(), op: op.to_string(), reason }
     }
@@ -1034,10 +1072,16 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(with_query("/v2/a/blobs/uploads/u?_state=x", "digest", "sha256:1"), "/v2/a/blobs/uploads/u?_state=x&digest=sha256:1");
+        assert_eq!(
+            with_query("/v2/a/blobs/uploads/u?_state=x", "digest", "sha256:1"),
+            "/v2/a/blobs/uploads/u?_state=x&digest=sha256:1"
+        );
         assert_eq!(with_query("/u", "digest", "d"), "/u?digest=d");
         assert_eq!(pct_encode("repository:a/b:pull,push"), "repository%3Aa%2Fb%3Apull%2Cpush");
-        assert_eq!(parse_next_link("</v2/a/tags/list?n=2&last=b>; rel=\"next\""), Some("/v2/a/tags/list?n=2&last=b".into()));
+        assert_eq!(
+            parse_next_link("</v2/a/tags/list?n=2&last=b>; rel=\"next\""),
+            Some("/v2/a/tags/list?n=2&last=b".into())
+        );
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, HeaderValue::from_static("0-1048575"));
         assert_eq!(range_end(&h), Some(1048575));
@@ -1046,7 +1090,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let v = serde_json::json!({"b": 1, "a": {"z": [{"y": 1, "x": 2}], "c": null}});
-        assert_eq!(String::from_utf8(canonical_json(&v).unwrap()).unwrap(), r#"{"a":{"c":null,"z":[{"x":2,"y":1}]},"b":1}"#);
+        assert_eq!(
+            String::from_utf8(canonical_json(&v).unwrap()).unwrap(),
+            r#"{"a":{"c":null,"z":[{"x":2,"y":1}]},"b":1}"#
+        );
     }
 
     #[test]

@@ -113,6 +113,13 @@ mod tests {
             "registry r:1: PUT manifest failed with HTTP 400 (MANIFEST_INVALID): bad"
         );
         assert!(!e("", "").is_transient());
-        assert!(OciError::Registry { registry: "r".into(), op: "o".into(), status: 503, code: String::new(), message: String::new() }.is_transient());
+        assert!(OciError::Registry {
+            registry: "r".into(),
+            op: "o".into(),
+            status: 503,
+            code: String::new(),
+            message: String::new()
+        }
+        .is_transient());
     }
 }

@@ -25,7 +25,10 @@ impl RepoUrl {
     /// echoed: credentials belong in the Docker config or a credentials file, not in a URL that
     /// ends up in logs.
     pub fn parse(input: &str) -> Result<RepoUrl, OciError> {
-        let bad = |shown: &str, reason: &str| OciError::InvalidReference { input: shown.to_string(), reason: reason.to_string() };
+        let bad = |shown: &str, reason: &str| OciError::InvalidReference {
+            input: shown.to_string(),
+            reason: reason.to_string(),
+        };
         let (scheme, rest) = if let Some(r) = input.strip_prefix("oci://") {
             ("https", r)
         } else if let Some(r) = input.strip_prefix("oci+http://") {
@@ -42,7 +45,10 @@ impl RepoUrl {
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if authority.contains('@') {
             let shown = format!("{}{}", &input[..input.len() - rest.len()], "<redacted>@…");
-            return Err(bad(&shown, "credentials in the URL are not accepted; use the Docker config or a credentials file"));
+            return Err(bad(
+                &shown,
+                "credentials in the URL are not accepted; use the Docker config or a credentials file",
+            ));
         }
         if authority.is_empty() {
             return Err(bad(input, "missing registry host"));
@@ -242,7 +248,10 @@ mod tests {
     #[test]
     fn parses_oci_urls() {
         let u = RepoUrl::parse("oci://Registry.example:5000/tenon/cache").unwrap();
-        assert_eq!((u.scheme, u.registry.as_str(), u.repository.as_str()), ("https", "registry.example:5000", "tenon/cache"));
+        assert_eq!(
+            (u.scheme, u.registry.as_str(), u.repository.as_str()),
+            ("https", "registry.example:5000", "tenon/cache")
+        );
         assert_eq!(u.base(), "https://registry.example:5000");
         assert_eq!(u.to_string(), "oci://registry.example:5000/tenon/cache");
         let u = RepoUrl::parse("oci+http://127.0.0.1:5000/a/b-c/d__e?mode=ro").unwrap();

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 pub enum Variant {
     Plain,
     /// HTTPS with a test CA, and htpasswd auth for one user.
-    TlsHtpasswd { user: String, password: String },
+    TlsHtpasswd {
+        user: String,
+        password: String,
+    },
 }
 
 pub struct Registry {
@@ -181,13 +184,17 @@ fn spawn(bin: &Path, dir: Arc<tempfile::TempDir>, name: &str, variant: Variant, 
                 last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 break; // exited: likely lost the port race; retry with another port
             }
-            if std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok() {
+            if std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+            {
                 return Registry { child, dir, name: name.to_string(), port, tls, variant };
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("docker-registry did not listen on 127.0.0.1:{port} within 10 s; log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+                panic!(
+                    "docker-registry did not listen on 127.0.0.1:{port} within 10 s; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -202,7 +209,8 @@ fn write_tls_files(d: &Path) {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.distinguished_name.push(DnType::CommonName, "tenon test CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().expect("server key");
