@@ -19,6 +19,7 @@ pub mod exec;
 pub mod hash;
 pub mod lease;
 pub mod model;
+pub mod oci;
 pub mod promote;
 pub mod reconcile;
 pub mod report;

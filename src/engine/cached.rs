@@ -648,6 +648,7 @@ mod tests {
         }
         retain_used_params(&mut job, &spec);
         assert_eq!(job.params.keys().collect::<Vec<_>>(), ["declared", "obj", "quoted", "used"]);
+    }
 
     #[test]
     fn symlinks_leaving_an_input_tree() {

@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// A real OCI registry (Debian's docker-registry) for the registry client's tests.
+pub mod registry;
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tenon"))
 }
