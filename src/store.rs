@@ -362,7 +362,7 @@ impl SqliteStore {
             .write(true)
             .mode(0o600)
             .open(&p)
-            .map_err(|source| StoreError::Write { path: p.clone(), source })?;
+            .map_err(write_error(&p))?;
         Ok((p, f))
     }
 
@@ -838,12 +838,7 @@ impl SqliteStore {
         if Self::object_sound(&dest, &digest, text.len() as u64) {
             return Ok((digest, text.len() as u64));
         }
-        let tmp = self.tmp_path(&digest);
-        if let Err(source) = std::fs::write(&tmp, text) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Write { path: tmp, source });
-        }
-        self.install(&tmp, &dest)?;
+        self.install(&digest, &dest, |tmp| std::fs::write(tmp, text).map_err(write_error(tmp)))?;
         Ok((digest, text.len() as u64))
     }
 
@@ -883,51 +878,49 @@ impl SqliteStore {
         if dest.exists() {
             tracing::warn!(object = %digest, "replacing a corrupt stored object");
         }
-        let tmp = self.tmp_path(&digest);
-        // no partial temporary file outlives a failure (a full disk must not fill it further)
-        if let Err(source) = reflink_copy::reflink_or_copy(src, &tmp) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Write { path: tmp, source });
-        }
-        // the source may have changed while we copied: the object must match its name
-        let got = hash::hash_file(&tmp).map_err(Self::io(&tmp))?;
-        let stored = std::fs::metadata(&tmp).map_err(Self::io(&tmp))?.len();
-        if got != digest || stored != size {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(StoreError::Io {
-                path: src.to_path_buf(),
-                source: std::io::Error::other("file changed while it was being stored"),
-            });
-        }
-        self.install(&tmp, &dest)?;
+        self.install(&digest, &dest, |tmp| {
+            reflink_copy::reflink_or_copy(src, tmp).map_err(write_error(tmp))?;
+            // the source may have changed while we copied: the object must match its name
+            let got = hash::hash_file(tmp).map_err(Self::io(tmp))?;
+            let stored = std::fs::metadata(tmp).map_err(Self::io(tmp))?.len();
+            if got != digest || stored != size {
+                return Err(StoreError::Io {
+                    path: src.to_path_buf(),
+                    source: std::io::Error::other("file changed while it was being stored"),
+                });
+            }
+            Ok(())
+        })?;
         Ok((digest, size))
     }
 
-    /// Make a checked temporary file the object at `dest` (renamed over any damaged one).
-    fn install(&self, tmp: &Path, dest: &Path) -> Result<()> {
-        let write = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Write { path, source }
-        };
-        if let Err(e) = std::fs::File::open(tmp).and_then(|f| f.sync_all()) {
-            let _ = std::fs::remove_file(tmp);
-            return Err(write(tmp)(e));
-        }
-        use std::os::unix::fs::PermissionsExt;
-        // read-only, owner-only
-        let _ = std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o400));
-        if let Some(parent) = dest.parent() {
-            if let Err(e) = make_private_dir(parent) {
-                let _ = std::fs::remove_file(tmp);
-                return Err(write(parent)(e));
+    /// Write the object `digest` to a fresh temporary file with `fill` (which checks what it
+    /// wrote), then make it the object at `dest` (renamed over any damaged one). On any
+    /// failure the temporary file is removed: a full disk must not fill up further.
+    fn install(&self, digest: &str, dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let tmp = self.tmp_path(digest);
+        let placed = fill(&tmp).and_then(|()| {
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(write_error(&tmp))?;
+            use std::os::unix::fs::PermissionsExt;
+            // read-only, owner-only
+            let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400));
+            if let Some(parent) = dest.parent() {
+                make_private_dir(parent).map_err(write_error(parent))?;
             }
+            std::fs::rename(&tmp, dest).map_err(write_error(dest))
+        });
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        if let Err(e) = std::fs::rename(tmp, dest) {
-            let _ = std::fs::remove_file(tmp);
-            return Err(StoreError::Io { path: dest.to_path_buf(), source: e });
-        }
-        Ok(())
+        placed
     }
+}
+
+/// A failure to write `path` in the store (a full disk, a read-only filesystem): tenon's
+/// own failure, exit 3.
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Write { path, source }
 }
 
 impl Store for SqliteStore {
