@@ -524,12 +524,7 @@ fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
     };
     // as in a PipelineRun's params: the results phase comes after the param phase, so a
     // result reference here would read another task's result
-    let texts: Vec<&str> = match &value {
-        ParamValue::Str(s) => vec![s.as_str()],
-        ParamValue::Array(a) => a.iter().map(String::as_str).collect(),
-        ParamValue::Object(o) => o.values().map(String::as_str).collect(),
-    };
-    if texts.iter().any(|t| crate::subst::find_refs(t).iter().any(|r| r.expr.starts_with("tasks."))) {
+    if value.texts().iter().any(|t| crate::subst::find_refs(t).iter().any(|r| r.expr.starts_with("tasks."))) {
         return Err(format!("param {k}: result references are not allowed in param values, as in a PipelineRun's"));
     }
     Ok((k.to_string(), value))

@@ -20,11 +20,7 @@ pub fn result_deps(pt: &PipelineTask) -> BTreeSet<String> {
             }
         }
     };
-    let visit_value = |v: &ParamValue, f: &mut dyn FnMut(&str)| match v {
-        ParamValue::Str(s) => f(s),
-        ParamValue::Array(a) => a.iter().for_each(|s| f(s)),
-        ParamValue::Object(o) => o.values().for_each(|s| f(s)),
-    };
+    let visit_value = |v: &ParamValue, f: &mut dyn FnMut(&str)| v.texts().into_iter().for_each(f);
     for p in &pt.params {
         visit_value(&p.value, &mut visit);
     }

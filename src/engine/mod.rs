@@ -1873,14 +1873,9 @@ impl<'a> PipelineRunState<'a> {
         let planning = self.engine.dry_run();
         for r in self.spec.results.iter().filter(|_| !planning) {
             let Some(value) = &r.value else { continue };
-            let texts: Vec<&str> = match value {
-                ParamValue::Str(s) => vec![s.as_str()],
-                ParamValue::Array(a) => a.iter().map(String::as_str).collect(),
-                ParamValue::Object(o) => o.values().map(String::as_str).collect(),
-            };
             let mut omit = false;
             let mut missing = None;
-            for t in texts {
+            for t in value.texts() {
                 for rf in find_refs(t) {
                     let Some(segs) = rf.segs() else { continue };
                     if let [Seg::Name(_), Seg::Name(task), Seg::Name(_), Seg::Name(res), ..] = segs.as_slice() {
@@ -2121,15 +2116,15 @@ fn result_refs(pt: &PipelineTask) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut texts: Vec<String> = Vec::new();
     for p in &pt.params {
-        texts.extend(value_texts(&p.value));
+        texts.extend(p.value.texts().into_iter().map(String::from));
     }
     if let Some(m) = &pt.matrix {
         for p in &m.params {
-            texts.extend(value_texts(&p.value));
+            texts.extend(p.value.texts().into_iter().map(String::from));
         }
         for i in &m.include {
             for p in &i.params {
-                texts.extend(value_texts(&p.value));
+                texts.extend(p.value.texts().into_iter().map(String::from));
             }
         }
     }
@@ -2174,14 +2169,6 @@ fn referenced_tasks(pt: &PipelineTask) -> BTreeSet<String> {
         }
     }
     out
-}
-
-fn value_texts(v: &ParamValue) -> Vec<String> {
-    match v {
-        ParamValue::Str(s) => vec![s.clone()],
-        ParamValue::Array(a) => a.clone(),
-        ParamValue::Object(o) => o.values().cloned().collect(),
-    }
 }
 
 fn collect(v: &Value, out: &mut Vec<String>) {

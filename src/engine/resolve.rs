@@ -120,16 +120,8 @@ fn param_refs(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn value_texts(v: &ParamValue) -> Vec<&str> {
-    match v {
-        ParamValue::Str(s) => vec![s.as_str()],
-        ParamValue::Array(a) => a.iter().map(String::as_str).collect(),
-        ParamValue::Object(o) => o.values().map(String::as_str).collect(),
-    }
-}
-
 fn value_refs_params(v: &ParamValue) -> bool {
-    value_texts(v).iter().any(|s| !param_refs(s).is_empty())
+    v.texts().iter().any(|s| !param_refs(s).is_empty())
 }
 
 /// How deep defaults may chain (`a` -> `b` -> ...), as Tekton bounds it.
@@ -168,7 +160,7 @@ fn resolve_default(
         return Err(too_deep());
     }
     visiting.push(k.to_string());
-    let names: Vec<String> = value_texts(&out[k]).iter().flat_map(|s| param_refs(s)).collect();
+    let names: Vec<String> = out[k].texts().iter().flat_map(|s| param_refs(s)).collect();
     let mut vars = Vars::new();
     let mut depth = 1;
     for n in names {

@@ -82,6 +82,14 @@ impl ParamValue {
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
+    /// Every string the value holds: the string, the array's elements, the object's values.
+    pub fn texts(&self) -> Vec<&str> {
+        match self {
+            ParamValue::Str(s) => vec![s.as_str()],
+            ParamValue::Array(a) => a.iter().map(String::as_str).collect(),
+            ParamValue::Object(o) => o.values().map(String::as_str).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -997,13 +997,8 @@ impl<'a> Validator<'a> {
                 self.err(ctx, &format!("{base}.results[{i}]"), "missing field(s): value");
                 continue;
             };
-            let texts: Vec<&String> = match v {
-                ParamValue::Str(s) => vec![s],
-                ParamValue::Array(a) => a.iter().collect(),
-                ParamValue::Object(o) => o.values().collect(),
-            };
             let mut any = false;
-            for t in texts {
+            for t in v.texts() {
                 for rf in find_refs(t) {
                     let Some(segs) = rf.segs() else { continue };
                     match segs.as_slice() {
@@ -1110,7 +1105,7 @@ impl<'a> Validator<'a> {
             })
             .collect();
         for (i, p) in pt.params.iter().enumerate() {
-            for (j, s) in value_strings(&p.value).into_iter().enumerate() {
+            for (j, s) in p.value.texts().into_iter().enumerate() {
                 let field = match &p.value {
                     ParamValue::Str(_) => format!("{f}.params[{i}].value"),
                     _ => format!("{f}.params[{i}].value[{j}]"),
@@ -1557,7 +1552,7 @@ impl<'a> Validator<'a> {
             }
         };
         for (i, p) in s.params.iter().enumerate() {
-            for v in value_strings(&p.value) {
+            for v in p.value.texts() {
                 for r in find_refs(v) {
                     if r.expr.starts_with("tasks.") {
                         self.err(
@@ -1863,14 +1858,6 @@ impl<'a> Validator<'a> {
 
 fn snames_before(steps: &[Step], i: usize) -> BTreeSet<String> {
     steps[..i].iter().filter_map(|s| s.name.clone()).collect()
-}
-
-fn value_strings(v: &ParamValue) -> Vec<&String> {
-    match v {
-        ParamValue::Str(s) => vec![s],
-        ParamValue::Array(a) => a.iter().collect(),
-        ParamValue::Object(o) => o.values().collect(),
-    }
 }
 
 fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
