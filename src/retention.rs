@@ -28,15 +28,7 @@ impl RunDirGuard {
     /// Lock `dir` (a new run's directory) for this process.
     pub fn acquire(dir: &Path) -> RunDirGuard {
         // (created once, never truncated: its time is when the run started)
-        use std::os::unix::fs::OpenOptionsExt;
-        let lock = std::fs::OpenOptions::new()
-            .mode(0o600)
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .ok()
-            .filter(|f| f.lock_exclusive().is_ok());
+        let lock = crate::store::open_lock_file(&dir.join(LOCK_FILE)).ok().filter(|f| f.lock_exclusive().is_ok());
         RunDirGuard { dir: dir.to_path_buf(), _lock: lock }
     }
 }

@@ -292,6 +292,12 @@ pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Open (creating it owner-only, never truncating it) a file that is only locked.
+pub fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)
+}
+
 /// Create `file` owner-only (0600) if missing, and tighten it if it exists.
 fn private_file(file: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -354,15 +360,8 @@ impl SqliteStore {
     }
 
     fn lock_file(&self, key: &str) -> Result<(PathBuf, std::fs::File)> {
-        use std::os::unix::fs::OpenOptionsExt;
         let p = self.root.join("locks").join(format!("{key}.lock"));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(write_error(&p))?;
+        let f = open_lock_file(&p).map_err(write_error(&p))?;
         Ok((p, f))
     }
 
