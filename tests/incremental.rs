@@ -1,5 +1,6 @@
 //! Incremental runs end to end: the real `tenon` binary, real files in temp dirs, the
-//! cache enabled (`common::tenon_cached`). Every test has its own repository dir, store
+//! cache enabled, steps on the host (`--sandbox host`: they write the scratch log outside
+//! the sandbox's view). Every test has its own repository dir, store
 //! dir and scratch dir (siblings in one temp dir: the store is never inside the repo).
 //!
 //! Expected values are what a correct content-hash cache must do; a failing assertion
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{task, tenon_cached, tenon_command, Run};
+use common::{task, tenon_command, Run};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
