@@ -46,6 +46,14 @@ pub fn parse_output(entry: &str) -> Result<(String, String), String> {
     Ok((w.to_string(), p.to_string()))
 }
 
+/// Why output entry `entry` is wrong when it names workspace `w`, which the task lacks
+/// (`has`: the workspaces it has).
+pub fn output_workspace_unknown<'a>(entry: &str, w: &str, has: impl IntoIterator<Item = &'a str>) -> String {
+    let has: Vec<&str> = has.into_iter().collect();
+    let has = if has.is_empty() { "none".to_string() } else { has.join(", ") };
+    format!("entry {entry:?} names workspace {w:?}, which the task does not have (it has: {has})")
+}
+
 /// Cache state shared by every task of an engine.
 pub struct CacheCtx {
     pub store: Arc<dyn Store>,
@@ -502,11 +510,8 @@ pub fn apply_bindings(
     for o in ann(OUTPUTS_ANNOTATION).map(|v| entries(&v)).unwrap_or_default() {
         match parse_output(&o) {
             Ok((w, _)) if !req.workspaces.iter().any(|b| b.name == w) => {
-                let names: Vec<&str> = req.workspaces.iter().map(|b| b.name.as_str()).collect();
-                job.uncacheable = Some(format!(
-                    "{OUTPUTS_ANNOTATION} entry {o:?} names workspace {w:?}, which the task does not have (it has: {})",
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
-                ));
+                let why = output_workspace_unknown(&o, &w, req.workspaces.iter().map(|b| b.name.as_str()));
+                job.uncacheable = Some(format!("{OUTPUTS_ANNOTATION} {why}"));
             }
             Ok(wp) => job.outputs.push(wp),
             Err(why) => job.uncacheable = Some(format!("{OUTPUTS_ANNOTATION} {why}")),

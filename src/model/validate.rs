@@ -1706,16 +1706,8 @@ impl<'a> Validator<'a> {
                 Ok((w, _)) => {
                     if let Some(ws) = workspaces.filter(|ws| !ws.contains(w.as_str())) {
                         let hint = did_you_mean(&w, ws.iter().copied());
-                        let has = if ws.is_empty() {
-                            "none".to_string()
-                        } else {
-                            ws.iter().copied().collect::<Vec<_>>().join(", ")
-                        };
-                        self.err(
-                            ctx,
-                            &field,
-                            format!("entry {entry:?} names workspace {w:?}, which the task does not have (it has: {has}){hint}"),
-                        );
+                        let why = crate::engine::cached::output_workspace_unknown(&entry, &w, ws.iter().copied());
+                        self.err(ctx, &field, format!("{why}{hint}"));
                     }
                 }
             }
