@@ -502,9 +502,12 @@ fn scalar_string(text: &str, plain: bool) -> String {
         return text.to_string();
     }
     match text {
-        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y" | "Y" => return "true".into(),
-        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n" | "N" => return "false".into(),
+        "true" | "True" | "TRUE" => return "true".into(),
+        "false" | "False" | "FALSE" => return "false".into(),
         _ => {}
+    }
+    if let Some(b) = yaml11_only_bool(text) {
+        return b.to_string();
     }
     if let Some(n) = normalize_number(text) {
         return n;
