@@ -1,6 +1,6 @@
-//! A small async client for OCI registries (the Distribution spec), the foundation of the shared
-//! cache of issue 14. Nothing in tenon calls it yet; `run`/`plan`/`watch` and the store are wired
-//! to it in a later step.
+//! A small async client for OCI registries (the Distribution spec): the transport of the shared
+//! cache (`src/remote`, `--cache-repo`), plus [`pack`] (small objects in one deterministic tar)
+//! and [`sign`] (SSH signatures on records).
 //!
 //! Layout:
 //! * [`reference`]: `oci://host[:port]/repo` (HTTPS) and `oci+http://host:port/repo` (plain
@@ -49,7 +49,9 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod pack;
 pub mod reference;
+pub mod sign;
 
 pub use auth::{CredentialSource, Credentials};
 pub use client::{canonical_json, Client, ClientConfig, Manifest, PushOutcome};
