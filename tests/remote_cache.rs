@@ -723,3 +723,25 @@ fn skopeo_reads_and_copies_every_record_tenon_pushes() {
         }
     }
 }
+
+#[test]
+fn a_bad_cache_url_is_a_usage_error_that_never_echoes_credentials() {
+    let w = World::new();
+    let a = w.machine("a", "v1\n");
+    let d = a.repo.to_str().unwrap().to_string();
+    for (url, says) in [
+        ("http://127.0.0.1:5000/x", "expected oci://"),
+        ("oci://ci:hunter2-secret@127.0.0.1:5000/x", "credentials in the URL are not accepted"),
+        ("oci+http://127.0.0.1:5000/UPPER", "repository"),
+        ("oci+http://127.0.0.1:5000/x?mode=maybe", "mode=ro"),
+    ] {
+        let r = a.tenon(&["run", &d, "--sandbox", "host", "--cache-repo", url]);
+        assert_eq!(r.code, 2, "{url}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{url}: {}", r.stderr);
+        assert!(!r.stderr.contains("hunter2"), "{}", r.stderr);
+        assert_eq!(a.ran(), Vec::<String>::new(), "nothing runs on a usage error");
+    }
+    let r = a.tenon(&["cache", "ls", "--remote"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--cache-repo"), "{}", r.stderr);
+}
