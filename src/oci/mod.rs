@@ -13,6 +13,8 @@
 //!   ring through hyper-rustls (all already linked by kube: no new TLS stack, no C build), system
 //!   roots plus an optional extra CA file; anonymous, Basic, and the Bearer token flow (realm,
 //!   service, scope; anonymous tokens when there are no credentials). Types from `oci-spec`.
+//! * [`modelkit`]: a task's output published as a KitOps ModelKit (Kitfile config, model/
+//!   dataset/code/docs tar layers), and the durable `oci://host/repo@sha256:…` reference.
 //! * [`error`]: [`OciError`]. Its variants are built only from hosts, repositories, digests,
 //!   operation names, status codes and bounded registry messages: no credential, token or
 //!   `Authorization` header can reach `Display` or `Debug`.
@@ -49,6 +51,7 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod modelkit;
 pub mod pack;
 pub mod reference;
 pub mod sign;
