@@ -72,6 +72,10 @@ pub struct Preimage {
     pub workspaces: BTreeMap<String, String>,
     /// Declared outputs (`workspace:path`).
     pub outputs: Vec<String>,
+    /// Results replaced by the reference of a published ModelKit -> the repository
+    /// (`tenon.dev/publish` with `--cache-repo`); absent otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub publish: BTreeMap<String, String>,
 }
 
 impl Preimage {
@@ -210,6 +214,9 @@ pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tre
     for k in old.workspaces.keys().filter(|k| !new.workspaces.contains_key(*k)) {
         out.push(format!("workspace {k} is no longer bound"));
     }
+    if old.publish != new.publish {
+        out.push(format!("published outputs changed ({:?} -> {:?})", old.publish, new.publish));
+    }
     if old.outputs != new.outputs {
         out.push(format!("declared outputs changed ({:?} -> {:?})", old.outputs, new.outputs));
     }
@@ -302,6 +309,7 @@ mod tests {
             upstream_outputs: BTreeMap::new(),
             workspaces: BTreeMap::from([("source".into(), "repo".into())]),
             outputs: vec![],
+            publish: BTreeMap::new(),
         }
     }
 

@@ -21,6 +21,11 @@ pub const EXCLUDE_ANNOTATION: &str = "tenon.dev/exclude";
 pub const OUTPUTS_ANNOTATION: &str = "tenon.dev/outputs";
 /// Annotation (on a task): `"false"` never caches it.
 pub const CACHE_ANNOTATION: &str = "tenon.dev/cache";
+/// Annotation: `RESULT=workspace:path` entries: with a shared cache (`--cache-repo`), the
+/// declared output `workspace:path` is published as a KitOps ModelKit next to the cache
+/// (`<cache repository>/<task>`) and the task's result `RESULT` becomes its durable reference
+/// `oci://host/repo@sha256:…`.
+pub const PUBLISH_ANNOTATION: &str = "tenon.dev/publish";
 /// `"true"`: the task's result does not depend on where it runs, so its key leaves the
 /// executor out and a record made by one executor is a hit for another.
 pub const EXECUTOR_INDEPENDENT_ANNOTATION: &str = "tenon.dev/cache-executor-independent";
@@ -44,6 +49,17 @@ pub fn parse_output(entry: &str) -> Result<(String, String), String> {
         return Err(format!("entry {entry:?}: path {p:?} must stay inside workspace {w:?} (no '..')"));
     }
     Ok((w.to_string(), p.to_string()))
+}
+
+/// One `tenon.dev/publish` entry as `(result, workspace, path)`, or why it is not one.
+pub fn parse_publish(entry: &str) -> Result<(String, String, String), String> {
+    let (result, output) = entry
+        .split_once('=')
+        .map(|(r, o)| (r.trim(), o.trim()))
+        .filter(|(r, o)| !r.is_empty() && !o.is_empty())
+        .ok_or_else(|| format!("entry {entry:?} is not RESULT=workspace:path (e.g. \"model-uri=work:dist/\")"))?;
+    let (w, p) = parse_output(output)?;
+    Ok((result.to_string(), w, p))
 }
 
 /// Why output entry `entry` is wrong when it names workspace `w`, which the task lacks
@@ -214,6 +230,8 @@ pub struct CacheJob {
     /// This run's directory: run-unique, so replaced by a placeholder in the preimage
     /// (a consumer of a path result is the same task in every run).
     pub run_dir: Option<PathBuf>,
+    /// `tenon.dev/publish`: (result, workspace, path) of outputs published as ModelKits.
+    pub publish: Vec<(String, String, String)>,
 }
 
 /// What the cache decided for one TaskRun.
@@ -336,6 +354,12 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
         upstream_outputs: job.upstream_outputs.clone(),
         workspaces: job.workspaces.clone(),
         outputs: job.outputs.iter().map(|(w, p)| format!("{w}:{p}")).collect(),
+        // a published result is a reference into this repository, not the task's own value:
+        // records with and without it (or for another registry) are different
+        publish: match &ctx.remote {
+            Some(r) => job.publish.iter().map(|(res, _, _)| (res.clone(), r.model_repo(&job.task))).collect(),
+            None => BTreeMap::new(),
+        },
     };
     match &job.run_dir {
         Some(dir) => {
@@ -526,6 +550,16 @@ pub fn apply_bindings(
             }
             Ok(wp) => job.outputs.push(wp),
             Err(why) => job.uncacheable = Some(format!("{OUTPUTS_ANNOTATION} {why}")),
+        }
+    }
+    for e in ann(PUBLISH_ANNOTATION).map(|v| entries(&v)).unwrap_or_default() {
+        match parse_publish(&e) {
+            Ok((r, w, p)) if job.outputs.iter().any(|(ow, op)| ow == &w && op == &p) => job.publish.push((r, w, p)),
+            Ok((_, w, p)) => {
+                job.uncacheable =
+                    Some(format!("{PUBLISH_ANNOTATION} entry {e:?}: {w}:{p} is not one of the task's {OUTPUTS_ANNOTATION}"))
+            }
+            Err(why) => job.uncacheable = Some(format!("{PUBLISH_ANNOTATION} {why}")),
         }
     }
     job.executor_independent = ann(EXECUTOR_INDEPENDENT_ANNOTATION).as_deref() == Some("true");

@@ -384,9 +384,34 @@ async fn execute_launch(
             }
         }
     }
-    let (o, a) = run_attempts(exec, sem, l.req.clone(), l.retries, l.cancel.clone(), console.clone()).await;
+    let (mut o, a) = run_attempts(exec, sem, l.req.clone(), l.retries, l.cancel.clone(), console.clone()).await;
     let mut outputs = vec![];
-    if o.status == AttemptStatus::Succeeded {
+    // `tenon.dev/publish`: the output goes to the registry as a ModelKit and the result
+    // becomes its reference; a record is written only with the reference in it
+    let mut unpublished = None;
+    if let (AttemptStatus::Succeeded, Some(remote), false) = (&o.status, &ctx.remote, job.publish.is_empty()) {
+        for (res, ws, path) in &job.publish {
+            let published = match cached::output_path(&l.req, ws, path) {
+                Ok(local) => remote.publish_model(&job.task, &local, &ctx.store.scratch_dir()).await,
+                Err(e) => Err(e),
+            };
+            match published {
+                Ok(reference) => {
+                    console.line(&format!("{} {}: published {ws}:{path} as {reference}", console.green("↑"), l.req.label));
+                    o.results.insert(res.clone(), crate::model::ParamValue::Str(reference));
+                }
+                Err(e) => {
+                    console.line(&format!(
+                        "{} {}: {ws}:{path} not published ({e}); result {res} keeps the task's own value and the run is not cached",
+                        console.yellow("!"),
+                        l.req.label
+                    ));
+                    unpublished = Some(e);
+                }
+            }
+        }
+    }
+    if o.status == AttemptStatus::Succeeded && unpublished.is_none() {
         let (c, j, k, p, req, res, d) = (
             ctx.clone(),
             job.clone(),

@@ -100,6 +100,8 @@ enum Miss {
 
 pub struct RemoteCache {
     client: Client,
+    /// How the client was built (for the clients of model repositories).
+    cfg: ClientConfig,
     url: String,
     read_only: bool,
     signer: Option<crate::oci::sign::Signer>,
@@ -138,7 +140,7 @@ impl RemoteCache {
             ..ClientConfig::default()
         };
         let url = repo.to_string();
-        let client = Client::new(repo, cfg).map_err(|e| format!("--cache-repo {url}: {e}"))?;
+        let client = Client::new(repo, cfg.clone()).map_err(|e| format!("--cache-repo {url}: {e}"))?;
         let signer = match &s.sign_key {
             Some(p) => Some(crate::oci::sign::Signer::load(p).map_err(|e| format!("--cache-sign-key: {e}"))?),
             None => None,
@@ -149,6 +151,7 @@ impl RemoteCache {
         };
         Ok(RemoteCache {
             client,
+            cfg,
             url,
             read_only,
             signer,
@@ -173,6 +176,67 @@ impl RemoteCache {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The repository a pipeline task's published models go to: `<cache repository>/<task>`
+    /// (the task name lower-cased, other characters than `[a-z0-9]` as `-`).
+    fn model_repo_url(&self, task: &str) -> RepoUrl {
+        let mut name: String =
+            task.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        name = name.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-");
+        if name.is_empty() {
+            name = "model".into();
+        }
+        let base = self.client.repo();
+        base.with_repository(&format!("{}/{name}", base.repository)).unwrap_or_else(|_| base.clone())
+    }
+
+    /// [`RemoteCache::model_repo_url`] as text (part of a publishing task's key).
+    pub fn model_repo(&self, task: &str) -> String {
+        self.model_repo_url(task).to_string()
+    }
+
+    /// Publish the file or directory `local` (a task's declared output) as a KitOps
+    /// ModelKit named after `task`; returns its durable reference `oci://host/repo@sha256:…`.
+    /// The kit is built deterministically (the same files give the same digest), so a
+    /// repeated publish is a few HEADs. Read-only: nothing is pushed, and the reference is
+    /// returned only if the registry already has that kit.
+    pub async fn publish_model(&self, task: &str, local: &Path, scratch: &Path) -> Result<String, String> {
+        use crate::oci::modelkit;
+        if self.is_down() {
+            return Err(format!("the shared cache {} is unavailable", self.url));
+        }
+        let repo = self.model_repo_url(task);
+        let name = repo.repository.rsplit('/').next().unwrap_or("model").to_string();
+        let path = local.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+        let layer = modelkit::KitLayer::from_path(modelkit::LayerKind::Model, &path, local)?;
+        let input = modelkit::KitInput {
+            package: modelkit::KitPackage { name, ..Default::default() },
+            layers: vec![layer],
+            created: None,
+            annotations: Default::default(),
+        };
+        let work = scratch.join(format!("kit-{}-{}", std::process::id(), self.stats.published.load(Ordering::Relaxed)));
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        let result = async {
+            let w = work.clone();
+            let kit = tokio::task::spawn_blocking(move || modelkit::build(&input, &w))
+                .await
+                .map_err(|e| e.to_string())??;
+            let client = Client::new(repo.clone(), self.cfg.clone()).map_err(|e| e.to_string())?;
+            if self.read_only || self.no_writes.load(Ordering::SeqCst) {
+                return match client.head_manifest(&ManifestRef::Digest(kit.digest.clone())).await {
+                    Ok(Some(_)) => Ok(modelkit::reference(&repo, &kit.digest)),
+                    Ok(None) => Err(format!("not publishing (read-only), and {repo} has no ModelKit {}", kit.digest)),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            let d = modelkit::publish(&client, &kit, None).await.map_err(|e| e.to_string())?;
+            Ok(modelkit::reference(&repo, &d))
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&work);
+        result
     }
 
     /// Print (through tracing, on stderr) and keep a warning for the report.
