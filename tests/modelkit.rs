@@ -6,29 +6,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::registry::{Registry, Variant};
+use common::registry::{tool, Registry, Variant};
 use tenon::oci::modelkit::{self, KitInput, KitLayer, KitPackage, LayerKind, KITOPS_CONFIG};
 use tenon::oci::{Client, ClientConfig, CredentialSource, Digest, ManifestRef, PushOutcome, RepoUrl, OCI_MANIFEST};
-
-/// `skopeo` on PATH or in /usr/bin; `None` (after a message) outside CI; a failure under CI=true.
-fn skopeo() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("skopeo"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("skopeo is not installed but CI=true: .ci/run must install the skopeo package");
-        }
-        eprintln!("SKIP: skopeo not found (apt-get install -y skopeo); the skopeo half of this test is skipped");
-    }
-    found
-}
 
 /// A model of `len` pseudo-random bytes and a dataset directory of two files in `dir`.
 fn sources(dir: &Path, len: usize) -> Vec<u8> {
@@ -136,7 +119,7 @@ async fn modelkit_publishes_and_skopeo_reads_it() {
     assert_eq!(reference, format!("oci://127.0.0.1:{}/ml/pump-failure@{digest}", reg.port));
 
     // a standard client reads it
-    let Some(skopeo) = skopeo() else { return };
+    let Some(skopeo) = tool("skopeo", "the skopeo half of this test skipped") else { return };
     let docker = format!("docker://127.0.0.1:{}/ml/pump-failure@{digest}", reg.port);
     let raw = run(Command::new(&skopeo).args(["inspect", "--raw", "--tls-verify=false", &docker]));
     assert_eq!(raw, kit.manifest.to_vec(), "skopeo sees the exact manifest tenon pushed");
