@@ -32,7 +32,8 @@ fn sources(dir: &Path, len: usize) -> Vec<u8> {
 }
 
 fn input(dir: &Path) -> KitInput {
-    let mut model = KitLayer::from_path(LayerKind::Model, "model/pump-failure.onnx", &dir.join("pump-failure.onnx")).unwrap();
+    let mut model =
+        KitLayer::from_path(LayerKind::Model, "model/pump-failure.onnx", &dir.join("pump-failure.onnx")).unwrap();
     model.name = Some("pump-failure".into());
     let mut data = KitLayer::from_path(LayerKind::Dataset, "data", &dir.join("dataset")).unwrap();
     data.name = Some("sensor-readings".into());
@@ -60,12 +61,7 @@ fn tar_entry(path: &Path, name: &str) -> Option<Vec<u8>> {
 
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 
@@ -134,8 +130,7 @@ async fn modelkit_publishes_and_skopeo_reads_it() {
         &docker,
         &format!("oci:{}:v1", layout.display()),
     ]));
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["digest"], digest.as_str(), "copied without conversion");
     let blob = |d: &Digest| layout.join("blobs/sha256").join(d.hex());
     assert_eq!(std::fs::read(blob(&digest)).unwrap(), kit.manifest.to_vec());
@@ -154,13 +149,17 @@ fn different_inputs_give_different_kits() {
     other.created = Some("2026-12-04T09:00:00Z".into());
     let b = modelkit::build(&other, &src.path().join("w2")).unwrap();
     assert_ne!(a.digest, b.digest, "created is part of the manifest");
-    assert_eq!(a.layers, {
-        let mut l = b.layers.clone();
-        for (x, y) in l.iter_mut().zip(&a.layers) {
-            x.file = y.file.clone();
-        }
-        l
-    }, "but the layers are the same blobs");
+    assert_eq!(
+        a.layers,
+        {
+            let mut l = b.layers.clone();
+            for (x, y) in l.iter_mut().zip(&a.layers) {
+                x.file = y.file.clone();
+            }
+            l
+        },
+        "but the layers are the same blobs"
+    );
     std::fs::write(src.path().join("dataset/train.csv"), "changed").unwrap();
     let c = modelkit::build(&input(src.path()), &src.path().join("w3")).unwrap();
     assert_ne!(a.digest, c.digest);
