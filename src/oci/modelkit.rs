@@ -87,7 +87,11 @@ impl FromStr for LayerKind {
             "code" => LayerKind::Code,
             "dataset" => LayerKind::Dataset,
             "docs" => LayerKind::Docs,
-            _ => return Err(format!("unknown ModelKit layer kind {s:?}: expected model, modelpart, code, dataset or docs")),
+            _ => {
+                return Err(format!(
+                    "unknown ModelKit layer kind {s:?}: expected model, modelpart, code, dataset or docs"
+                ))
+            }
         })
     }
 }
@@ -156,7 +160,10 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<KitFile>) -> Result<(), String> 
         } else if meta.is_file() {
             out.push(KitFile { rel, source: e.path(), executable: is_exec(&meta) });
         } else {
-            return Err(format!("{}: not a regular file or directory (a ModelKit holds only those)", e.path().display()));
+            return Err(format!(
+                "{}: not a regular file or directory (a ModelKit holds only those)",
+                e.path().display()
+            ));
         }
     }
     Ok(())
@@ -379,9 +386,7 @@ pub fn build(input: &KitInput, work_dir: &Path) -> Result<BuiltKit, String> {
     let config = Bytes::from(canonical_json(&kitfile)?);
     let config_digest = Digest::of_bytes(&config);
 
-    let oci_digest = |d: &Digest| {
-        d.as_str().parse::<oci_spec::image::Digest>().map_err(|e| format!("digest {d}: {e}"))
-    };
+    let oci_digest = |d: &Digest| d.as_str().parse::<oci_spec::image::Digest>().map_err(|e| format!("digest {d}: {e}"));
     let mut annotations: BTreeMap<String, String> = input.annotations.clone();
     if let Some(c) = &input.created {
         annotations.insert(ANNOTATION_CREATED.to_string(), c.clone());
@@ -531,7 +536,8 @@ pub async fn publish(client: &Client, kit: &BuiltKit, tag: Option<&str>) -> Resu
         client.push_blob_file(&l.digest, &l.file, &[]).await?;
     }
     client.push_blob_bytes(kit.config.clone()).await?;
-    let digest = client.put_manifest(&ManifestRef::Digest(kit.digest.clone()), OCI_MANIFEST, kit.manifest.clone()).await?;
+    let digest =
+        client.put_manifest(&ManifestRef::Digest(kit.digest.clone()), OCI_MANIFEST, kit.manifest.clone()).await?;
     if let Some(t) = tag {
         client.put_manifest(&t, OCI_MANIFEST, kit.manifest.clone()).await?;
     }
@@ -579,7 +585,12 @@ mod tests {
             .map(|e| {
                 let e = e.unwrap();
                 let h = e.header();
-                (e.path().unwrap().to_string_lossy().into_owned(), h.mode().unwrap(), h.mtime().unwrap(), h.uid().unwrap())
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.mtime().unwrap(),
+                    h.uid().unwrap(),
+                )
             })
             .collect()
     }
@@ -598,7 +609,10 @@ mod tests {
         let just: Vec<_> = names.iter().map(|n| n.0.as_str()).collect();
         assert_eq!(just, ["data/", "data/b.csv", "data/sub/", "data/sub/a.csv"]);
         assert!(names.iter().all(|n| n.2 == 0 && n.3 == 0), "mtime and uid 0: {names:?}");
-        assert_eq!(tar_names(&a.layers[0].file).iter().map(|n| n.0.clone()).collect::<Vec<_>>(), ["models/", "models/pump.bin"]);
+        assert_eq!(
+            tar_names(&a.layers[0].file).iter().map(|n| n.0.clone()).collect::<Vec<_>>(),
+            ["models/", "models/pump.bin"]
+        );
         // a changed byte changes the digest
         let c = build(&kit_of(src.path(), b"weightz"), &src.path().join("w3")).unwrap();
         assert_ne!(a.digest, c.digest);
@@ -619,7 +633,10 @@ mod tests {
         input.layers[0] = KitLayer::from_path(LayerKind::Dataset, "data", &src.path().join("data")).unwrap();
         let k = build(&input, &src.path().join("w")).unwrap();
         let modes: Vec<_> = tar_names(&k.layers[1].file).into_iter().map(|n| (n.0, n.1)).collect();
-        assert!(modes.contains(&("data/b.csv".into(), 0o755)) && modes.contains(&("data/sub/a.csv".into(), 0o644)), "{modes:?}");
+        assert!(
+            modes.contains(&("data/b.csv".into(), 0o755)) && modes.contains(&("data/sub/a.csv".into(), 0o644)),
+            "{modes:?}"
+        );
 
         let mut bad = input.clone();
         bad.layers[0].path = "../x".into();
@@ -634,7 +651,9 @@ mod tests {
         bad.package.name = String::new();
         assert!(build(&bad, &src.path().join("w")).is_err());
         std::os::unix::fs::symlink("/etc/passwd", src.path().join("data/link")).unwrap();
-        assert!(KitLayer::from_path(LayerKind::Dataset, "data", &src.path().join("data")).unwrap_err().contains("link"));
+        assert!(KitLayer::from_path(LayerKind::Dataset, "data", &src.path().join("data"))
+            .unwrap_err()
+            .contains("link"));
         assert_eq!("dataset".parse::<LayerKind>(), Ok(LayerKind::Dataset));
         assert!("weights".parse::<LayerKind>().is_err());
     }

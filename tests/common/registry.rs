@@ -35,17 +35,23 @@ pub struct Registry {
 /// `/usr/bin/docker-registry` or the one on PATH; `None` (after a message) when missing outside
 /// CI. Under `CI=true` a missing binary is a failure, not a skip.
 pub fn registry_binary() -> Option<PathBuf> {
+    tool("docker-registry", "registry tests skipped")
+}
+
+/// The Debian tool `name` (its package has the same name) on PATH or in /usr/bin. Missing: a
+/// failure under `CI=true` (`.ci/run` installs it), else `None` after a SKIP message.
+pub fn tool(name: &str, skipped: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("docker-registry"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file());
     if found.is_none() {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("docker-registry is not installed but CI=true: .ci/run must install the docker-registry package");
+            panic!("{name} is not installed but CI=true: .ci/run must install the {name} package");
         }
-        eprintln!("SKIP: docker-registry not found (apt-get install -y docker-registry); registry tests skipped");
+        eprintln!("SKIP: {name} not found (apt-get install -y {name}); {skipped}");
     }
     found
 }
