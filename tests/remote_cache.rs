@@ -745,3 +745,45 @@ fn a_bad_cache_url_is_a_usage_error_that_never_echoes_credentials() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--cache-repo"), "{}", r.stderr);
 }
+
+#[test]
+fn the_example_publishes_its_model_as_a_modelkit_that_skopeo_reads_and_a_second_machine_reuses() {
+    let Some(reg) = start() else { return };
+    let Some(skopeo) = skopeo() else { return };
+    let url = reg.url("ml/cache");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |name: &str| {
+        let dst = tmp.path().join(name);
+        let st = Command::new("cp").arg("-a").arg(common::repo_root().join("examples/model-promotion")).arg(&dst).status();
+        assert!(st.unwrap().success());
+        dst
+    };
+    let run = |dir: &Path, store: &str, extra: &[&str]| {
+        let d = dir.to_str().unwrap().to_string();
+        let mut args = vec!["run", d.as_str(), "--output", "json", "-q"];
+        args.extend_from_slice(extra);
+        let r: Run = tenon_command(&args, &tmp.path().join(store)).output().unwrap().into();
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r.json()
+    };
+    // without a registry the result is the task's own file:// URI
+    let plain = run(&copy("plain"), "s0", &[]);
+    assert!(plain["runs"][0]["results"]["model-uri"].as_str().unwrap().starts_with("file://"));
+    // with one, a durable reference to a ModelKit
+    let a = run(&copy("a"), "s1", &["--cache-repo", &url]);
+    let uri = a["runs"][0]["results"]["model-uri"].as_str().unwrap().to_string();
+    let prefix = format!("oci://127.0.0.1:{}/ml/cache/package@sha256:", reg.port);
+    assert!(uri.starts_with(&prefix), "{uri}");
+    let image = format!("docker://{}", uri.trim_start_matches("oci://"));
+    let out = Command::new(skopeo).args(["inspect", "--raw", "--tls-verify=false", &image]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["config"]["mediaType"], "application/vnd.kitops.modelkit.config.v1+json");
+    assert_eq!(m["layers"][0]["mediaType"], "application/vnd.kitops.modelkit.model.v1.tar");
+    // machine B: everything cached from the registry, the same reference
+    let b = run(&copy("b"), "s2", &["--cache-repo", &url]);
+    assert_eq!(b["runs"][0]["results"]["model-uri"], uri.as_str());
+    for t in b["runs"][0]["tasks"].as_array().unwrap() {
+        assert_eq!(t["status"], "Cached", "{t:#}");
+    }
+}

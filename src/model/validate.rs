@@ -22,6 +22,7 @@ pub fn validate(cat: &Catalog) -> Diagnostics {
         v.task_spec(&ctx, "spec", &t.spec, &TaskEnv::default());
         let ws: BTreeSet<&str> = t.spec.workspaces.iter().map(|w| w.name.as_str()).collect();
         v.outputs_annotation(&ctx, "metadata.annotations", &t.meta.annotations, OUTPUTS_ANNOTATION, Some(&ws));
+        v.publish_annotation(&ctx, &t.meta.annotations, &t.spec);
     }
     for p in &cat.pipelines {
         let ctx = v.ctx(p);
@@ -1708,6 +1709,34 @@ impl<'a> Validator<'a> {
                         let hint = did_you_mean(&w, ws.iter().copied());
                         let why = crate::engine::cached::output_workspace_unknown(&entry, &w, ws.iter().copied());
                         self.err(ctx, &field, format!("{why}{hint}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `tenon.dev/publish` on a Task: each entry `RESULT=workspace:path` names a result the
+    /// task declares and one of its `tenon.dev/outputs` entries.
+    fn publish_annotation(&mut self, ctx: &Ctx, ann: &BTreeMap<String, String>, spec: &TaskSpec) {
+        use crate::engine::cached::{entries, parse_publish, PUBLISH_ANNOTATION};
+        let Some(v) = ann.get(PUBLISH_ANNOTATION) else { return };
+        let field = format!("metadata.annotations[{PUBLISH_ANNOTATION:?}]");
+        let outputs: Vec<(String, String)> =
+            ann.get(OUTPUTS_ANNOTATION).map(|o| entries(o)).unwrap_or_default().iter().filter_map(|e| parse_output(e).ok()).collect();
+        for entry in entries(v) {
+            match parse_publish(&entry) {
+                Err(why) => self.err(ctx, &field, why),
+                Ok((r, w, p)) => {
+                    if !spec.results.iter().any(|d| d.name == r) {
+                        let hint = did_you_mean(&r, spec.results.iter().map(|d| d.name.as_str()));
+                        self.err(ctx, &field, format!("entry {entry:?} names result {r:?}, which the task does not declare{hint}"));
+                    }
+                    if !outputs.iter().any(|(ow, op)| ow == &w && op == &p) {
+                        self.err(
+                            ctx,
+                            &field,
+                            format!("entry {entry:?}: {w}:{p} is not one of the task's {OUTPUTS_ANNOTATION} (publish what the cache stores)"),
+                        );
                     }
                 }
             }
