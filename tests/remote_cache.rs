@@ -754,7 +754,8 @@ fn the_example_publishes_its_model_as_a_modelkit_that_skopeo_reads_and_a_second_
     let tmp = tempfile::tempdir().unwrap();
     let copy = |name: &str| {
         let dst = tmp.path().join(name);
-        let st = Command::new("cp").arg("-a").arg(common::repo_root().join("examples/model-promotion")).arg(&dst).status();
+        let st =
+            Command::new("cp").arg("-a").arg(common::repo_root().join("examples/model-promotion")).arg(&dst).status();
         assert!(st.unwrap().success());
         dst
     };
@@ -786,4 +787,66 @@ fn the_example_publishes_its_model_as_a_modelkit_that_skopeo_reads_and_a_second_
     for t in b["runs"][0]["tasks"].as_array().unwrap() {
         assert_eq!(t["status"], "Cached", "{t:#}");
     }
+}
+
+#[test]
+fn a_publish_that_fails_keeps_the_task_result_and_is_not_cached() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("oci+http://127.0.0.1:{port}/ml/cache");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ex");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(common::repo_root().join("examples/model-promotion"))
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let d = dir.to_str().unwrap().to_string();
+    let store = tmp.path().join("store");
+    for _ in 0..2 {
+        let r: Run =
+            tenon_command(&["run", &d, "--output", "json", "--cache-repo", &url], &store).output().unwrap().into();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v = r.json();
+        assert!(v["runs"][0]["results"]["model-uri"].as_str().unwrap().starts_with("file://"));
+        assert!(r.stderr.contains("work:dist/ not published"), "{}", r.stderr);
+        assert_eq!(task(&v, "package")["status"], "Succeeded", "not cached: it runs again");
+    }
+}
+
+#[test]
+fn a_wrong_publish_annotation_is_a_validation_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("t.yaml"),
+        r#"apiVersion: tekton.dev/v1
+kind: Task
+metadata:
+  name: pkg
+  annotations:
+    tenon.dev/outputs: "work:dist/"
+    tenon.dev/publish: "model-url=work:dist/, model-uri=work:other/, nonsense"
+spec:
+  workspaces:
+    - name: work
+  results:
+    - name: model-uri
+  steps:
+    - name: s
+      image: alpine
+      script: "true"
+"#,
+    )
+    .unwrap();
+    let r: Run = tenon_command(&["validate", tmp.path().to_str().unwrap()], tmp.path()).output().unwrap().into();
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for says in [
+        "names result \"model-url\", which the task does not declare (did you mean \"model-uri\"?)",
+        "work:other/ is not one of the task's tenon.dev/outputs",
+        "entry \"nonsense\" is not RESULT=workspace:path",
+    ] {
+        assert!(r.stderr.contains(says), "missing {says:?} in:\n{}", r.stderr);
+    }
+    assert!(r.stderr.contains("t.yaml:"), "errors name the file: {}", r.stderr);
 }

@@ -556,8 +556,9 @@ pub fn apply_bindings(
         match parse_publish(&e) {
             Ok((r, w, p)) if job.outputs.iter().any(|(ow, op)| ow == &w && op == &p) => job.publish.push((r, w, p)),
             Ok((_, w, p)) => {
-                job.uncacheable =
-                    Some(format!("{PUBLISH_ANNOTATION} entry {e:?}: {w}:{p} is not one of the task's {OUTPUTS_ANNOTATION}"))
+                job.uncacheable = Some(format!(
+                    "{PUBLISH_ANNOTATION} entry {e:?}: {w}:{p} is not one of the task's {OUTPUTS_ANNOTATION}"
+                ))
             }
             Err(why) => job.uncacheable = Some(format!("{PUBLISH_ANNOTATION} {why}")),
         }

@@ -397,7 +397,11 @@ async fn execute_launch(
             };
             match published {
                 Ok(reference) => {
-                    console.line(&format!("{} {}: published {ws}:{path} as {reference}", console.green("↑"), l.req.label));
+                    console.line(&format!(
+                        "{} {}: published {ws}:{path} as {reference}",
+                        console.green("↑"),
+                        l.req.label
+                    ));
                     o.results.insert(res.clone(), crate::model::ParamValue::Str(reference));
                 }
                 Err(e) => {

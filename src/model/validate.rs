@@ -1721,15 +1721,24 @@ impl<'a> Validator<'a> {
         use crate::engine::cached::{entries, parse_publish, PUBLISH_ANNOTATION};
         let Some(v) = ann.get(PUBLISH_ANNOTATION) else { return };
         let field = format!("metadata.annotations[{PUBLISH_ANNOTATION:?}]");
-        let outputs: Vec<(String, String)> =
-            ann.get(OUTPUTS_ANNOTATION).map(|o| entries(o)).unwrap_or_default().iter().filter_map(|e| parse_output(e).ok()).collect();
+        let outputs: Vec<(String, String)> = ann
+            .get(OUTPUTS_ANNOTATION)
+            .map(|o| entries(o))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| parse_output(e).ok())
+            .collect();
         for entry in entries(v) {
             match parse_publish(&entry) {
                 Err(why) => self.err(ctx, &field, why),
                 Ok((r, w, p)) => {
                     if !spec.results.iter().any(|d| d.name == r) {
                         let hint = did_you_mean(&r, spec.results.iter().map(|d| d.name.as_str()));
-                        self.err(ctx, &field, format!("entry {entry:?} names result {r:?}, which the task does not declare{hint}"));
+                        self.err(
+                            ctx,
+                            &field,
+                            format!("entry {entry:?} names result {r:?}, which the task does not declare{hint}"),
+                        );
                     }
                     if !outputs.iter().any(|(ow, op)| ow == &w && op == &p) {
                         self.err(

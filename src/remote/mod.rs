@@ -220,9 +220,8 @@ impl RemoteCache {
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         let result = async {
             let w = work.clone();
-            let kit = tokio::task::spawn_blocking(move || modelkit::build(&input, &w))
-                .await
-                .map_err(|e| e.to_string())??;
+            let kit =
+                tokio::task::spawn_blocking(move || modelkit::build(&input, &w)).await.map_err(|e| e.to_string())??;
             let client = Client::new(repo.clone(), self.cfg.clone()).map_err(|e| e.to_string())?;
             if self.read_only || self.no_writes.load(Ordering::SeqCst) {
                 return match client.head_manifest(&ManifestRef::Digest(kit.digest.clone())).await {
