@@ -361,7 +361,7 @@ pub struct GcArgs {
     pub store: StoreArgs,
     /// Delete old records from the shared cache (`--cache-repo`) instead: each record
     /// older than --older-than is deleted by its manifest digest, except the ones the local
-    /// store protects (the latest successful runs' and promoted ones). The registry's own
+    /// store protects (the records its latest successful runs used). The registry's own
     /// garbage collection (`registry garbage-collect --delete-untagged`, with the registry
     /// stopped or read-only) then frees the blobs no record names.
     #[arg(long)]

@@ -230,7 +230,9 @@ impl RemoteCache {
                     Err(e) => Err(e.to_string()),
                 };
             }
-            let d = modelkit::publish(&client, &kit, None).await.map_err(|e| e.to_string())?;
+            // tagged, so a registry's `garbage-collect --delete-untagged` keeps what was promoted
+            let tag = format!("k1-{}", kit.digest.hex());
+            let d = modelkit::publish(&client, &kit, Some(&tag)).await.map_err(|e| e.to_string())?;
             Ok(modelkit::reference(&repo, &d))
         }
         .await;
