@@ -9,6 +9,9 @@ use serde_json::Value;
 /// A real OCI registry (Debian's docker-registry) for the registry client's tests.
 pub mod registry;
 
+/// The temp repo + store + scratch layout most tests start from.
+pub mod fixture;
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tenon"))
 }
