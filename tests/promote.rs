@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fixture::copy_dir;
 use common::Run;
 use serde_json::Value;
 
@@ -49,20 +50,6 @@ const TRAILER_KEYS: [&str; 7] = [
 
 fn example() -> PathBuf {
     common::repo_root().join("examples").join("model-promotion")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = e.file_type().unwrap();
-        let dst = to.join(e.file_name());
-        if t.is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else if t.is_file() {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
 }
 
 fn git_cmd(dir: &Path) -> Command {
