@@ -20,20 +20,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Hex SHA-256 of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-pub fn hex(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(H[(x >> 4) as usize] as char);
-        s.push(H[(x & 15) as usize] as char);
-    }
-    s
-}
+pub use crate::util::{hex, now_ns, sha256_hex};
 
 /// Stream a file through SHA-256 with a fixed, per-thread buffer (1 MiB): memory stays
 /// bounded whatever the file size, and small files cost no allocation.
@@ -190,10 +177,6 @@ impl StatRecord {
 pub fn path_hash(path: &Path) -> u64 {
     let d = Sha256::digest(path.as_os_str().as_encoded_bytes());
     u64::from_le_bytes(d[..8].try_into().unwrap_or([0; 8])).max(1)
-}
-
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// An in-memory view of the persisted stat cache: stat -> record. New records, and old

@@ -29,4 +29,5 @@ pub mod store;
 pub mod subst;
 pub mod telemetry;
 pub mod ui;
+pub mod util;
 pub mod watch;

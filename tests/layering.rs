@@ -159,9 +159,6 @@ const DEBT: &[(&str, &str, &str)] = &[
     // model (status), RemoteSummary to report.
     ("report", "exec", "report.rs: Vec<exec::StepOutcome>"),
     ("report", "remote", "report.rs: remote::RemoteSummary"),
-    // the cycle engine -> exec -> engine: exec/local.rs uses engine::workspaces::join_sub
-    // and engine::new_uid. Fix: util::new_uid, join_sub to exec/common.rs or util.
-    ("exec", "engine", "exec/local.rs: engine::workspaces::join_sub, engine::new_uid"),
     // engine knows a later stage (promote::LEDGER_DIR for never_inputs). Fix: reconcile
     // computes never_inputs and passes them in EngineOptions.
     ("engine", "promote", "engine/mod.rs: promote::LEDGER_DIR"),

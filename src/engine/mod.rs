@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -510,18 +509,8 @@ enum Decision {
     FailRun(Failure),
 }
 
-pub fn new_uid(name: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(name.as_bytes());
-    h.update(std::process::id().to_le_bytes());
-    h.update(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes());
-    let x = format!("{:x}", h.finalize());
-    format!("{}-{}-{}-{}-{}", &x[..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::util::new_uid;
+use crate::util::rfc3339_millis as rfc3339;
 
 fn to_json(v: &BTreeMap<String, ParamValue>) -> BTreeMap<String, Value> {
     v.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()

@@ -9,7 +9,7 @@
 //! | `configMap` / `secret` | `<run>/volumes/<binding>`, one file per key | one run, read-only |
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::resolve::{key_bytes, Failure};
 use super::EngineOptions;
@@ -37,70 +37,18 @@ pub struct RunVolumes {
     pub create: bool,
 }
 
-/// Join a relative subPath, refusing anything that could leave the volume: a leading
-/// `/`, `..`, or a symlink on the way that leads out of `base` (a bind follows it, and
-/// the cache key would hash the link, not what the task reads). Symlinks that stay
-/// inside are resolved, so the path returned is the directory the task really sees.
+/// [`crate::util::join_sub`] with the reason Tekton gives for a bad subPath.
 pub fn join_sub(base: &Path, sub: &str) -> Result<PathBuf, Failure> {
-    let joined = base.join(relative(sub)?);
-    let Ok(real_base) = base.canonicalize() else {
-        // nothing there yet, so nothing to follow: it is created as plain directories
-        return Ok(joined);
-    };
-    // the deepest part of the path that exists decides where it leads
-    let mut existing = joined.clone();
-    let mut rest = Vec::new();
-    while std::fs::symlink_metadata(&existing).is_err() {
-        match (existing.file_name(), existing.parent()) {
-            (Some(n), Some(parent)) if existing != base => {
-                rest.push(n.to_owned());
-                existing = parent.to_path_buf();
-            }
-            _ => return Ok(joined),
-        }
-    }
-    let escapes = |to: String| {
-        Failure::new(
-            "InvalidWorkspaceBindings",
-            format!(
-                "subPath {sub:?} leaves the volume through a symlink ({} -> {to}): refused, as '..' is",
-                existing.display()
-            ),
-        )
-    };
-    let real = existing.canonicalize().map_err(|_| {
-        escapes(std::fs::read_link(&existing).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into()))
-    })?;
-    let Ok(inside) = real.strip_prefix(&real_base) else {
-        return Err(escapes(real.display().to_string()));
-    };
-    if existing.strip_prefix(base).is_ok_and(|lexical| lexical == inside) {
-        return Ok(joined);
-    }
-    Ok(rest.iter().rev().fold(real, |acc, n| acc.join(n)))
+    crate::util::join_sub(base, sub).map_err(bad_sub_path)
 }
 
-/// `sub` as a relative path that stays inside by its text: no leading '/', no '..'.
-fn relative(sub: &str) -> Result<&Path, Failure> {
-    let p = Path::new(sub);
-    if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(Failure::new(
-            "InvalidWorkspaceBindings",
-            format!("subPath {sub:?} must be a relative path inside the volume (no leading '/', no '..')"),
-        ));
-    }
-    Ok(p)
-}
-
-/// [`join_sub`] for a path whose last component is not followed: a symlink there is
-/// the thing itself (a declared output that is a link).
+/// [`crate::util::join_sub_but_last`] with the reason Tekton gives for a bad subPath.
 pub fn join_sub_but_last(base: &Path, sub: &str) -> Result<PathBuf, Failure> {
-    let p = relative(sub)?;
-    match (p.parent().filter(|d| !d.as_os_str().is_empty()), p.file_name()) {
-        (Some(dir), Some(name)) => Ok(join_sub(base, &dir.to_string_lossy())?.join(name)),
-        (None, Some(name)) => Ok(base.join(name)),
-        _ => join_sub(base, sub),
-    }
+    crate::util::join_sub_but_last(base, sub).map_err(bad_sub_path)
+}
+
+fn bad_sub_path(message: String) -> Failure {
+    Failure::new("InvalidWorkspaceBindings", message)
 }
 
 impl RunVolumes {

@@ -502,7 +502,7 @@ impl Layout {
                 return Err(format!("volumeMount {:?}: no volume named {:?} in the Task", m.mount_path, m.name));
             };
             let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                Some(sp) => crate::engine::workspaces::join_sub(host, sp).map_err(|f| f.message)?,
+                Some(sp) => crate::util::join_sub(host, sp)?,
                 None => host.clone(),
             };
             b.push((host.display().to_string(), m.mount_path.clone(), m.read_only));
@@ -1169,7 +1169,7 @@ fn spawn(
     let mut cmd = Command::new(&program);
     // A marker every descendant inherits, so processes that escape the step's process
     // group (setsid, daemons) are still found and killed when the step ends.
-    let marker = format!("{}-{cname}-{}", req.name, crate::engine::new_uid(&req.dir.display().to_string()));
+    let marker = format!("{}-{cname}-{}", req.name, crate::util::new_uid(&req.dir.display().to_string()));
     env.insert(STEP_MARKER.into(), marker.clone());
     cmd.args(&argv)
         .env_clear()

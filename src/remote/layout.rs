@@ -153,10 +153,7 @@ pub fn manifest_bytes(
 }
 
 /// `created_ns` as RFC 3339 (UTC, seconds).
-pub fn rfc3339(ns: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+pub use crate::util::rfc3339_seconds as rfc3339;
 
 /// What a reader takes from a record manifest, after checking it.
 #[derive(Debug, Clone)]
