@@ -73,7 +73,10 @@ pub fn join_sub(base: &Path, sub: &str) -> Result<PathBuf, String> {
         }
     }
     let escapes = |to: String| {
-        format!("subPath {sub:?} leaves the volume through a symlink ({} -> {to}): refused, as '..' is", existing.display())
+        format!(
+            "subPath {sub:?} leaves the volume through a symlink ({} -> {to}): refused, as '..' is",
+            existing.display()
+        )
     };
     let real = existing.canonicalize().map_err(|_| {
         escapes(std::fs::read_link(&existing).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into()))

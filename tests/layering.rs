@@ -310,8 +310,8 @@ fn imports_follow_the_data_flow_order() {
 }
 
 /// Neither executor imports the other; their shared pod conventions live in exec/common.rs.
-/// Debt: today kubernetes.rs still takes them from local.rs (listed here until moved).
-const EXECUTOR_DEBT: &[(&str, &str)] = &[("kubernetes", "local")];
+/// (Empty: kubernetes.rs took them from local.rs until they moved to exec/common.rs.)
+const EXECUTOR_DEBT: &[(&str, &str)] = &[];
 
 #[test]
 fn executors_do_not_import_each_other() {

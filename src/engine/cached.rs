@@ -337,7 +337,7 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
         let spec = &job.key_spec;
         for s in spec.steps.iter().chain(spec.sidecars.iter()).chain(spec.step_template.iter()) {
             if let Some(img) = s.image.as_deref().filter(|i| !i.contains('@')) {
-                if let Some(d) = ctx.image_digests.get(&crate::exec::kubernetes::normalize_image(img)) {
+                if let Some(d) = ctx.image_digests.get(&crate::exec::common::normalize_image(img)) {
                     images.insert(img.to_string(), d.clone());
                 }
             }

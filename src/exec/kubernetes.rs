@@ -32,8 +32,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::local::{collect_results, failed, finish, image_default_command, pod_path_vars, substitute_step};
-use super::local::{step_container_name, KNOWN_IMAGES};
+use super::common::normalize_image;
+use super::common::{collect_results, failed, finish, image_default_command, pod_path_vars, substitute_step};
+use super::common::{step_container_name, KNOWN_IMAGES};
 use super::{AttemptStatus, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest};
 use crate::model::Step;
 use crate::ui::Console;
@@ -229,29 +230,6 @@ impl KubernetesExecutor {
             .map(|(k, d)| (k, d.into_iter().collect::<Vec<_>>().join(",")))
             .collect()
     }
-}
-
-/// `python:3.11` -> `docker.io/library/python:3.11`, `x/y` -> `docker.io/x/y:latest`.
-pub fn normalize_image(r: &str) -> String {
-    let (name, tag) = match r.split_once('@') {
-        Some(_) => return r.to_string(),
-        None => {
-            let slash = r.rfind('/').map(|i| i + 1).unwrap_or(0);
-            match r[slash..].rfind(':') {
-                Some(i) => (&r[..slash + i], &r[slash + i..]),
-                None => (r, ":latest"),
-            }
-        }
-    };
-    let first = name.split('/').next().unwrap_or("");
-    let qualified = if !name.contains('/') {
-        format!("docker.io/library/{name}")
-    } else if first.contains('.') || first.contains(':') || first == "localhost" {
-        name.to_string()
-    } else {
-        format!("docker.io/{name}")
-    };
-    format!("{qualified}{tag}")
 }
 
 /// The owner id of a store: a random id kept in `<state>/k8s-owner`.

@@ -5,6 +5,7 @@
 //! `$(workspaces.w.path)`, step result and exit-code paths) because those differ between
 //! a host and a pod.
 
+pub mod common;
 pub mod kubernetes;
 pub mod local;
 
