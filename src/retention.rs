@@ -35,7 +35,33 @@ impl RunDirGuard {
 
 impl Drop for RunDirGuard {
     fn drop(&mut self) {
-        crate::engine::workspaces::scrub_secrets(&self.dir);
+        scrub_secrets(&self.dir);
+    }
+}
+
+/// Directories holding materialized Secret data, removed when their run ends.
+static SECRET_DIRS: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Remember `dir` (materialized Secret data of a run) for [`scrub_secrets`].
+pub fn register_secret_dir(dir: &Path) {
+    SECRET_DIRS.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_path_buf());
+}
+
+/// Remove the Secret material materialized under `run_dir` (its run has ended).
+pub fn scrub_secrets(run_dir: &Path) {
+    let dirs: Vec<PathBuf> = {
+        let mut set = SECRET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        let mine: Vec<PathBuf> = set.iter().filter(|d| d.starts_with(run_dir)).cloned().collect();
+        for d in &mine {
+            set.remove(d);
+        }
+        mine
+    };
+    for d in dirs {
+        if let Err(e) = remove_tree(&d) {
+            tracing::warn!(dir = %d.display(), error = %e, "could not remove Secret material");
+        }
     }
 }
 

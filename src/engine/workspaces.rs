@@ -342,27 +342,6 @@ fn mk(base: &Path, sub: Option<&str>) -> Result<PathBuf, Failure> {
     Ok(p)
 }
 
-/// Directories holding materialized Secret data, removed when their run ends.
-static SECRET_DIRS: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// Remove the Secret material materialized under `run_dir` (its run has ended).
-pub fn scrub_secrets(run_dir: &Path) {
-    let dirs: Vec<PathBuf> = {
-        let mut set = SECRET_DIRS.lock().unwrap_or_else(|e| e.into_inner());
-        let mine: Vec<PathBuf> = set.iter().filter(|d| d.starts_with(run_dir)).cloned().collect();
-        for d in &mine {
-            set.remove(d);
-        }
-        mine
-    };
-    for d in dirs {
-        if let Err(e) = crate::retention::remove_tree(&d) {
-            tracing::warn!(dir = %d.display(), error = %e, "could not remove Secret material");
-        }
-    }
-}
-
 fn materialize(
     dir: &Path,
     data: &BTreeMap<String, Vec<u8>>,
@@ -373,7 +352,7 @@ fn materialize(
     std::fs::create_dir_all(dir)
         .map_err(|e| Failure::new("CreateRunFailed", format!("cannot create {}: {e}", dir.display())))?;
     if secret {
-        SECRET_DIRS.lock().unwrap_or_else(|e| e.into_inner()).insert(dir.to_path_buf());
+        crate::retention::register_secret_dir(dir);
     }
     let pairs: Vec<(String, String)> = if items.is_empty() {
         data.keys().map(|k| (k.clone(), k.clone())).collect()
