@@ -152,9 +152,6 @@ const DEBT: &[(&str, &str, &str)] = &[
     // use model's types (cycles model <-> dag, model <-> subst). Fix: dag, subst, cel under model/.
     ("model", "dag", "model/validate.rs uses dag::; dag uses model types (cycle)"),
     ("model", "subst", "model/validate.rs uses subst::; subst uses model types (cycle)"),
-    // validate.rs parses the tenon.dev/outputs and publish annotations with engine::cached's
-    // parsers (cycle engine -> model -> engine). Fix: the annotation parsers move to model.
-    ("model", "engine", "model/validate.rs uses engine::cached's annotation parsers"),
     // the JSON report carries executor and remote-cache types. Fix: StepOutcome to
     // model (status), RemoteSummary to report.
     ("report", "exec", "report.rs: Vec<exec::StepOutcome>"),

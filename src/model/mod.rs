@@ -3,6 +3,7 @@
 //! No I/O beyond reading the manifest files handed in; every problem becomes a
 //! [`Diagnostic`] naming file, line, column, object and field path.
 
+pub mod annotations;
 mod diag;
 mod load;
 mod types;

@@ -3,12 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::annotations::{parse_output, OUTPUTS_ANNOTATION};
 use super::diag::{Diagnostic, Diagnostics};
 use super::load::{Catalog, Obj, ObjKind, REPO_WORKSPACE_ANNOTATION};
 use super::parse_duration;
 use super::types::*;
 use crate::dag::{Dag, DagError};
-use crate::engine::cached::{parse_output, OUTPUTS_ANNOTATION};
 use crate::subst::{find_refs, Seg};
 
 /// Validate everything in the catalog. Load-time diagnostics are included first.
@@ -1701,13 +1701,13 @@ impl<'a> Validator<'a> {
     ) {
         let Some(v) = ann.get(key) else { return };
         let field = format!("{base}[{key:?}]");
-        for entry in crate::engine::cached::entries(v) {
+        for entry in super::annotations::entries(v) {
             match parse_output(&entry) {
                 Err(why) => self.err(ctx, &field, why),
                 Ok((w, _)) => {
                     if let Some(ws) = workspaces.filter(|ws| !ws.contains(w.as_str())) {
                         let hint = did_you_mean(&w, ws.iter().copied());
-                        let why = crate::engine::cached::output_workspace_unknown(&entry, &w, ws.iter().copied());
+                        let why = super::annotations::output_workspace_unknown(&entry, &w, ws.iter().copied());
                         self.err(ctx, &field, format!("{why}{hint}"));
                     }
                 }
@@ -1718,7 +1718,7 @@ impl<'a> Validator<'a> {
     /// `tenon.dev/publish` on a Task: each entry `RESULT=workspace:path` names a result the
     /// task declares and one of its `tenon.dev/outputs` entries.
     fn publish_annotation(&mut self, ctx: &Ctx, ann: &BTreeMap<String, String>, spec: &TaskSpec) {
-        use crate::engine::cached::{entries, parse_publish, PUBLISH_ANNOTATION};
+        use super::annotations::{entries, parse_publish, PUBLISH_ANNOTATION};
         let Some(v) = ann.get(PUBLISH_ANNOTATION) else { return };
         let field = format!("metadata.annotations[{PUBLISH_ANNOTATION:?}]");
         let outputs: Vec<(String, String)> = ann
