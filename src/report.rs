@@ -27,7 +27,7 @@ pub struct RunReport {
     pub store_error: Option<String>,
     /// The shared cache (`--cache-repo`): hits, misses, bytes each way, errors, warnings.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_cache: Option<crate::remote::RemoteSummary>,
+    pub remote_cache: Option<RemoteSummary>,
 }
 
 /// How much input hashing an invocation did.
@@ -118,7 +118,7 @@ pub struct TaskSummary {
     pub task_run: Option<String>,
     /// Per step: name, termination reason, exit code, log file (last attempt).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<crate::exec::StepOutcome>,
+    pub steps: Vec<crate::model::status::StepOutcome>,
     /// The cache key of this TaskRun (absent when caching is off or it is not cacheable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_key: Option<String>,
@@ -221,4 +221,22 @@ impl PlanReport {
             .collect();
         PlanReport { api_version: API_VERSION, kind: "Plan", runs, hashing: r.hashing }
     }
+}
+
+/// The report's view of the shared cache.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteSummary {
+    pub url: String,
+    pub read_only: bool,
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub published: u64,
+    pub errors: u64,
+    /// The registry was unusable and the run went on with the local store.
+    pub unavailable: bool,
+    /// Every warning this invocation printed about the shared cache.
+    pub warnings: Vec<String>,
 }

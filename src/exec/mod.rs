@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use crate::model::status::StepOutcome;
 use crate::model::{ParamValue, TaskSpec};
 
 /// A workspace as the executor sees it.
@@ -82,21 +83,6 @@ impl TaskRunRequest {
     pub fn cancelled(&self) -> AttemptFailure {
         (AttemptStatus::Cancelled, "TaskRunCancelled".into(), format!("TaskRun {:?} was cancelled", self.name))
     }
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepOutcome {
-    pub name: String,
-    /// `Completed`, `Error`, `Continued`, `Skipped`, `TimeoutExceeded`, `Cancelled`.
-    pub termination_reason: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    pub duration_ms: u64,
-    pub log: PathBuf,
-    /// The image the step ran, as the cluster resolved it (`imageID`, a digest), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image_id: Option<String>,
 }
 
 /// What one attempt ended as.

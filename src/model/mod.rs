@@ -6,6 +6,7 @@
 pub mod annotations;
 mod diag;
 mod load;
+pub mod status;
 mod types;
 mod validate;
 mod yaml;

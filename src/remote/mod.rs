@@ -27,6 +27,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::oci::{Client, ClientConfig, CredentialSource, Digest, ManifestRef, OciError, PushOutcome, RepoUrl};
+pub use crate::report::RemoteSummary;
 use crate::store::{Record, Store};
 use layout::{RemoteRecord, LARGE_OBJECT};
 
@@ -63,24 +64,6 @@ pub struct RemoteStats {
     pub published: AtomicU64,
     /// Failures: registry faults and records that failed a check.
     pub errors: AtomicU64,
-}
-
-/// The report's view of the shared cache.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RemoteSummary {
-    pub url: String,
-    pub read_only: bool,
-    pub hits: u64,
-    pub misses: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub published: u64,
-    pub errors: u64,
-    /// The registry was unusable and the run went on with the local store.
-    pub unavailable: bool,
-    /// Every warning this invocation printed about the shared cache.
-    pub warnings: Vec<String>,
 }
 
 /// A record found in the registry.
