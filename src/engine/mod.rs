@@ -521,7 +521,7 @@ fn never_inputs(cat: &Catalog, repo_root: &Path) -> Vec<PathBuf> {
     let root = repo_root.canonicalize().unwrap_or_else(|_| repo_root.to_path_buf());
     let mut out: Vec<PathBuf> =
         cat.promotion_policies.iter().flat_map(|p| p.spec.target.updates.iter().map(|u| root.join(&u.file))).collect();
-    out.push(root.join(crate::promote::LEDGER_DIR));
+    out.push(root.join(crate::model::LEDGER_DIR));
     out
 }
 

@@ -664,6 +664,10 @@ pub fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
     Ok(m.unwrap_or_default().into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect())
 }
 
+/// Where a PromotionPolicy's decisions are recorded in the target repository, one file
+/// per id: `.tenon/promotions/<environment>/<id>.yaml` (never a task input).
+pub const LEDGER_DIR: &str = ".tenon";
+
 /// `tenon.dev/v1alpha1` `PromotionPolicy`: when the results of a PipelineRun pass its
 /// gates, set fields of files in a git repository to the promoted subject.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -1,8 +1,8 @@
 //! Promotion: decide from task results whether to promote, and write the decision back to git.
 
-/// Where promotion decisions are recorded in the target repository, one file per id:
-/// `.tenon/promotions/<environment>/<id>.yaml`.
-pub const LEDGER_DIR: &str = ".tenon";
+/// Where promotion decisions are recorded in the target repository (defined with the
+/// PromotionPolicy kind in model, which never_inputs also reads).
+pub use crate::model::LEDGER_DIR;
 
 pub mod decide;
 pub mod edit;
