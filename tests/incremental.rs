@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::fixture::Fixture;
 use common::{task, tenon_command, Run};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -27,31 +28,21 @@ use sha2::{Digest, Sha256};
 // ------------------------------------------------------------------------------------------
 
 /// One test's world: a repository dir (holding `pipeline.yaml`), a store and a scratch
-/// dir for files outside the repository (execution logs, pid files).
-struct World {
-    _tmp: tempfile::TempDir,
-    repo: PathBuf,
-    store: PathBuf,
-    scratch: PathBuf,
+/// dir for files outside the repository (execution logs, pid files): a
+/// [`common::fixture::Fixture`] (`repo`, `store`, `scratch`, `write`) with tenon helpers.
+struct World(Fixture);
+
+impl std::ops::Deref for World {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.0
+    }
 }
 
 impl World {
     /// `yaml` may contain `@SCRATCH@`, replaced by the scratch dir's path.
     fn new(yaml: &str) -> World {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().canonicalize().unwrap();
-        let (repo, store, scratch) = (root.join("repo"), root.join("store"), root.join("scratch"));
-        for d in [&repo, &store, &scratch] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        std::fs::write(repo.join("pipeline.yaml"), yaml.replace("@SCRATCH@", scratch.to_str().unwrap())).unwrap();
-        World { _tmp: tmp, repo, store, scratch }
-    }
-
-    fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
-        let p = self.repo.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
+        World(Fixture::with_yaml(yaml))
     }
 
     fn path(&self, rel: &str) -> PathBuf {

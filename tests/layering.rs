@@ -179,10 +179,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The code of a file with line comments (`//`, `///`, `//!`) blanked, so that doc links
 /// do not count; line numbers are kept.
 fn code_of(text: &str) -> String {
-    text.lines()
-        .map(|l| if l.trim_start().starts_with("//") { "" } else { l })
-        .collect::<Vec<_>>()
-        .join("\n")
+    text.lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n")
 }
 
 /// Every `crate::X` (and each first name in `crate::{X, Y::z}`) with its 1-based line.
@@ -276,9 +273,8 @@ fn imports_follow_the_data_flow_order() {
         }
         let at = places.join(", ");
         if rank(f).is_none() && !OUTSIDE.contains(&f) || rank(t).is_none() && !OUTSIDE.contains(&t) {
-            problems.push(format!(
-                "new module in edge {f} -> {t} ({at}): add it to a tier of LAYERS in tests/layering.rs"
-            ));
+            problems
+                .push(format!("new module in edge {f} -> {t} ({at}): add it to a tier of LAYERS in tests/layering.rs"));
         } else if forward(f, t) {
             problems.push(format!(
                 "new import edge {f} -> {t} at {at}: it follows the order; if it is intended, add (\"{f}\", \"{t}\") to ALLOWED in tests/layering.rs"
@@ -291,7 +287,9 @@ fn imports_follow_the_data_flow_order() {
     }
     for (from, to, why) in DEBT {
         if !found.contains_key(&(from.to_string(), to.to_string())) {
-            problems.push(format!("the debt edge {from} -> {to} ({why}) is gone: delete it from DEBT in tests/layering.rs"));
+            problems.push(format!(
+                "the debt edge {from} -> {to} ({why}) is gone: delete it from DEBT in tests/layering.rs"
+            ));
         }
     }
     assert!(problems.is_empty(), "layering (tests/layering.rs):\n  {}", problems.join("\n  "));
@@ -312,7 +310,10 @@ fn executors_do_not_import_each_other() {
             if [format!("super::{other}"), format!("crate::exec::{other}")].iter().any(|p| line.contains(p.as_str())) {
                 seen.insert((me, other));
                 if !EXECUTOR_DEBT.contains(&(me, other)) {
-                    problems.push(format!("src/exec/{me}.rs:{} imports exec::{other}: move the shared code to exec/common.rs", n + 1));
+                    problems.push(format!(
+                        "src/exec/{me}.rs:{} imports exec::{other}: move the shared code to exec/common.rs",
+                        n + 1
+                    ));
                 }
             }
         }

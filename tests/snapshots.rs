@@ -44,9 +44,8 @@ fn corpus() -> Option<PathBuf> {
 /// `tenon ARGS` (cache on) in `fx`: exit code and the redacted JSON report.
 fn report(fx: &Fixture, args: &[&str]) -> Value {
     let r = common::tenon_cached(args, &fx.store);
-    let json: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
-        panic!("tenon {args:?}: stdout is not JSON ({e}):\n{}\nstderr:\n{}", r.stdout, r.stderr)
-    });
+    let json: Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("tenon {args:?}: stdout is not JSON ({e}):\n{}\nstderr:\n{}", r.stdout, r.stderr));
     let mut v = serde_json::json!({ "exitCode": r.code, "report": json });
     redact(&mut v, &fx.root.to_string_lossy());
     v
@@ -119,7 +118,11 @@ fn check(name: &str, got: &Value) {
         )
     });
     if want != text {
-        let first = want.lines().zip(text.lines()).position(|(a, b)| a != b).unwrap_or(want.lines().count().min(text.lines().count()));
+        let first = want
+            .lines()
+            .zip(text.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(want.lines().count().min(text.lines().count()));
         let show = |s: &str| s.lines().skip(first.saturating_sub(3)).take(8).collect::<Vec<_>>().join("\n");
         panic!(
             "{name}: output differs from {} at line {}\n--- snapshot\n{}\n+++ now\n{}\n\nfull output:\n{text}\n\

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixture::copy_dir;
+use common::fixture::{copy_dir, Fixture};
 use serde_json::Value;
 
 const SECRET: &str = "hook-secret-for-tests";
@@ -331,13 +331,12 @@ fn directory_mode_reruns_what_changed_once_per_settled_change() {
 }
 
 /// `<tmp>/repo` holding [`TWO_TASKS`] and the two input files it reads.
-fn two_task_repo(tmp: &Path) -> PathBuf {
-    let dir = tmp.join("repo");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("pipeline.yaml"), TWO_TASKS).unwrap();
-    std::fs::write(dir.join("a.txt"), "a0\n").unwrap();
-    std::fs::write(dir.join("b.txt"), "b0\n").unwrap();
-    dir
+/// `repo/` holding TWO_TASKS and its inputs, `store/` next to it.
+fn two_task_fixture() -> Fixture {
+    let fx = Fixture::with_yaml(TWO_TASKS);
+    fx.write("a.txt", "a0\n");
+    fx.write("b.txt", "b0\n");
+    fx
 }
 
 /// A TaskRun whose step's `securityContext` nests mappings to exactly `depth` levels of the
@@ -357,10 +356,9 @@ fn nested_task_run(depth: usize) -> String {
 /// is fixed; a document nested exactly to the limit still runs.
 #[test]
 fn directory_mode_survives_hostile_nesting_and_recovers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = two_task_repo(tmp.path());
-    let store = tmp.path().join("store");
-    let w = Watcher::start(&["--dir", dir.to_str().unwrap(), "--sandbox", "host", "--debounce", "300ms"], &store, &[]);
+    let fx = two_task_fixture();
+    let (dir, store) = (&fx.repo, &fx.store);
+    let w = Watcher::start(&["--dir", dir.to_str().unwrap(), "--sandbox", "host", "--debounce", "300ms"], store, &[]);
     let s = w.wait_status("the first sync", |s| s["ready"] == true && s["reconciles"] == 1);
     assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}");
 
@@ -712,20 +710,19 @@ fn once_exit_codes() {
     assert!(err.contains("p.yaml:") && err.contains("outcome=invalid"), "{err}");
 }
 
-/// A temp dir with `repo/` holding TWO_TASKS and its inputs: (the temp dir, repo, store).
-fn two_task_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = two_task_repo(tmp.path());
-    let store = tmp.path().join("store");
-    (tmp, dir, store)
+/// TWO_TASKS in a fixture: (the fixture, its repo, its store).
+fn two_task_dir() -> (Fixture, PathBuf, PathBuf) {
+    let fx = two_task_fixture();
+    let (dir, store) = (fx.repo.clone(), fx.store.clone());
+    (fx, dir, store)
 }
 
 /// The leader gate (library API, used by the Kubernetes Lease election): no reconcile while
 /// not leading, a reconcile as soon as leadership is granted; `/status` and the metric show it.
 #[test]
 fn leader_gate_holds_reconciles_until_leadership() {
-    let (tmp, dir, store) = two_task_dir();
-    let addr_file = tmp.path().join("addr");
+    let (fx, dir, store) = two_task_dir();
+    let addr_file = fx.root.join("addr");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = tokio_util::sync::CancellationToken::new();
     let opts = tenon::watch::WatchOptions {
@@ -778,7 +775,7 @@ fn leader_gate_holds_reconciles_until_leadership() {
         assert!(Instant::now() < deadline, "the watcher did not listen");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let w = Watcher { child: None, addr: std::fs::read_to_string(&addr_file).unwrap(), log: tmp.path().join("none") };
+    let w = Watcher { child: None, addr: std::fs::read_to_string(&addr_file).unwrap(), log: fx.root.join("none") };
     let s = w.wait_status("leader=false", |s| s["leader"] == false);
     assert_eq!(s["reconciles"], 0, "{s:#}");
     assert_eq!(w.metric("tenon_leader"), 0.0);
