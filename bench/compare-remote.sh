@@ -1,0 +1,371 @@
+#!/usr/bin/env bash
+# Shared cache through an OCI registry, in one run and side by side: tenon's `--cache-repo`
+# against a DVC local-directory remote and against `curl` to the same registry, on the
+# scenario of compare-dvc.sh (10,000 small files, one large model, 3 stages; bench/lib/scenario.sh).
+#
+#   nice -n 19 bash bench/compare-remote.sh          # full: 10 x 1,000 files, 1 GiB model and probe, 3 reps
+#   nice -n 19 bash bench/compare-remote.sh --quick  # smoke test: 10 x 100 files, 64 MiB, 1 rep
+#
+# Options: --quick, --reps N, --keep (keep the work dir), --workdir DIR, --no-build,
+#          --no-results (do not write bench/RESULTS-remote.md).
+# Env: TENON_BIN (use this binary, no build; TENON_LABEL says what it is), DVC_VERSION
+#      (default 3.67.1), REGISTRY_BIN (default /usr/bin/docker-registry, Debian's package).
+#
+# Machines A and B are two directories and two stores on this host. The data and the model are
+# committed to git (for both tools), so B's `git clone` has the inputs and neither tool fetches
+# them: what is timed on B is getting the outputs and deciding that nothing has to run.
+#   registry  docker-registry on 127.0.0.1:<free port>, its own config (filesystem storage in
+#             the work dir, deletes enabled), killed at exit; URL oci+http://127.0.0.1:P/bench/cache
+#   A         tenon run, empty store, no remote ("A cold"); tenon run --cache-repo, empty store,
+#             empty repository ("A cold + push"; each rep but the last pushes to a throw-away
+#             repository bench/cache-repN, so every rep uploads)
+#   B         fresh `git clone` of A, empty store, same --cache-repo; `--output json` must show
+#             every task Cached and the outputs must be byte-identical to A's (sha256), else exit 1
+#   DVC       the same stages in dvc.yaml; A: dvc repro, dvc push to a local directory remote,
+#             commit dvc.lock; B: fresh clone, empty cache, timed `dvc pull && dvc repro`
+#   transfer  the scenario's large file is an input, and caches push outputs, so a bench-only
+#             one-task pipeline (probe) writes one output of MODEL_SIZE: a copy of the model
+#             (base.bin, a hard link, deliberately not a declared input, so no run hashes it) with
+#             the seed param stamped over its first 32 bytes (a new key and digest per seed). tenon's upload = [probe run with --cache-repo, empty store, new
+#             seed] - [the same run without a remote]; download = [probe on an empty store B
+#             with --cache-repo, record in the registry] - [the same run hitting the record in
+#             the local store]: both restore the output into the run dir, the difference is
+#             fetching, verifying and storing it. curl: POST /v2/bench/curl/blobs/uploads/,
+#             then PUT <Location>&digest=sha256:... -T model.bin; GET the blob -o /dev/null.
+# Times: median of N reps, wall clock; each timed command's peak RSS comes from /usr/bin/time.
+# MB/s = 10^6 bytes per second. Files are in the page cache: this measures the tools and HTTP,
+# not the disk.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+
+# shellcheck source=bench/lib/scenario.sh
+. "$HERE/lib/scenario.sh"
+WORK="${TMPDIR:-/tmp}/tenon-bench-remote"
+REGISTRY_BIN="${REGISTRY_BIN:-/usr/bin/docker-registry}"
+bench_options "$@"
+scenario_sizes
+if [ "$QUICK" = 1 ]; then : "${REPS:=1}"; else : "${REPS:=3}"; fi
+
+# ---------------------------------------------------------------- tools
+[ -x /usr/bin/time ] || need_apt /usr/bin/time time || die "/usr/bin/time is required (apt-get install time)"
+[ -x "$REGISTRY_BIN" ] || need_apt docker-registry docker-registry || die "no registry at $REGISTRY_BIN (apt-get install docker-registry)"
+command -v curl >/dev/null || die "curl is required"
+setup_tools
+unset TENON_CACHE_REPO
+export NO_COLOR=1
+
+# ---------------------------------------------------------------- work dir and registry
+rm -rf "$WORK"
+mkdir -p "$WORK"
+REG="$WORK/registry"
+REG_PID=""
+cleanup() {
+    if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; fi
+    if [ "$KEEP" = 0 ]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi
+}
+trap cleanup EXIT
+
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_registry: a fresh docker-registry on 127.0.0.1:REG_PORT (another port if the first is
+# taken between our probe and its bind).
+start_registry() {
+    local attempt i
+    mkdir -p "$REG/data"
+    for attempt in 1 2 3; do
+        REG_PORT=$(free_port)
+        cat > "$REG/config.yml" <<EOF
+version: 0.1
+log: {level: info}
+storage:
+  filesystem: {rootdirectory: $REG/data}
+  delete: {enabled: true}
+  maintenance: {uploadpurging: {enabled: false}}
+http: {addr: 127.0.0.1:$REG_PORT}
+EOF
+        "$REGISTRY_BIN" serve "$REG/config.yml" >>"$REG/registry.log" 2>&1 &
+        REG_PID=$!
+        for ((i = 0; i < 100; i++)); do
+            if curl -fsS -o /dev/null "http://127.0.0.1:$REG_PORT/v2/" 2>/dev/null; then return 0; fi
+            kill -0 "$REG_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; REG_PID=""
+        log "registry did not start on port $REG_PORT (attempt $attempt)"
+    done
+    tail -5 "$REG/registry.log" >&2
+    die "docker-registry did not start (log: $REG/registry.log)"
+}
+log "starting $REGISTRY_BIN"
+start_registry
+BASE="http://127.0.0.1:$REG_PORT"
+CACHE_URL="oci+http://127.0.0.1:$REG_PORT/bench/cache"
+log "registry at $BASE (pid $REG_PID)"
+
+# ---------------------------------------------------------------- timing helpers
+RAW="$WORK/raw"
+mkdir -p "$RAW"
+declare -A TIMES  # case -> wall microseconds of each rep
+declare -A PEAK   # case -> peak RSS KiB of the last rep
+
+# timed CASE COMMAND...: run it (stdout in $RAW/CASE.out, stderr in $RAW/CASE.err), record wall
+# time and peak RSS (not for a shell function); a failure ends the benchmark with its stderr.
+timed() {
+    local name="$1" t0 t1 time=(/usr/bin/time -f '%M' -o "$RAW/$1.rss")
+    shift
+    if declare -F "$1" >/dev/null; then time=(); echo 0 > "$RAW/$name.rss"; fi
+    t0=$(date +%s%N)
+    "${time[@]}" "$@" >"$RAW/$name.out" 2>"$RAW/$name.err" ||
+        { tail -30 "$RAW/$name.err" >&2; die "$name failed: $*"; }
+    t1=$(date +%s%N)
+    TIMES[$name]+="$(((t1 - t0) / 1000)) "
+    PEAK[$name]=$(tail -1 "$RAW/$name.rss")
+    log "    $name: $(awk -v u="$(((t1 - t0) / 1000))" 'BEGIN {printf "%.1f ms", u / 1000}')"
+}
+# median in seconds of a case's reps
+med() {
+    printf '%s\n' ${TIMES[$1]} | sort -n |
+        awk '{a[NR] = $1} END {m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.6f", m / 1e6}'
+}
+calc() { "$PY" -c "import sys; print($1)"; }
+ms() { calc "f'{$(med "$1") * 1000:.1f}'"; }
+
+# all_cached JSON: every task of every run in a RunReport is Cached (prints the reasons)
+all_cached() {
+    "$PY" - "$1" <<'EOF'
+import json, sys
+report = json.load(open(sys.argv[1]))
+bad = 0
+for run in report["runs"]:
+    for t in run["tasks"]:
+        print(f"      {run['name']}/{t['name']}: {t['status']} {t.get('cacheReasons')}", file=sys.stderr)
+        bad += t["status"] != "Cached"
+    bad += run["status"] != "Succeeded"
+sys.exit(1 if bad or not report["runs"] else 0)
+EOF
+}
+run_dir() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["runs"][0]["runDir"])' "$1"; }
+# sums DIR FILE...: sha256 lines of FILEs relative to DIR
+sums() { local d="$1"; shift; (cd "$d" && sha256sum "$@"); }
+
+# ---------------------------------------------------------------- scenario
+SEED="$WORK/seed"       # the data and model, committed once; every repo below is a clone of it
+TA="$WORK/tenon-a"      # machine A, tenon
+TB="$WORK/tenon-b"      # machine B, tenon (a fresh clone of TA per rep)
+DA="$WORK/dvc-a"        # machine A, DVC
+DB="$WORK/dvc-b"        # machine B, DVC (a fresh clone of DA per rep)
+GIT=(git -c core.compression=0 -c core.looseCompression=0 -c user.email=bench@example.invalid -c user.name=bench)
+
+log "scenario: $NFILES files of 1 KiB in $DIRS dirs, model of $MODEL_SIZE (committed to git)"
+mkdir -p "$SEED"
+"${GIT[@]}" -C "$SEED" init -q
+scenario_data "$SEED"
+"${GIT[@]}" -C "$SEED" add -A
+"${GIT[@]}" -C "$SEED" commit -q -m "bench data"
+MODEL="$SEED/model/model.bin"
+MODEL_BYTES=$(stat -c %s "$MODEL")
+
+git clone -q "$SEED" "$TA"
+scenario_tenon_pipeline "$TA"
+"${GIT[@]}" -C "$TA" add -A
+"${GIT[@]}" -C "$TA" commit -q -m "tenon pipeline"
+
+git clone -q "$SEED" "$DA"
+scenario_dvc "$DA" "$WORK/dvc-site-a"
+"${GIT[@]}" -C "$DA" add -A
+"${GIT[@]}" -C "$DA" commit -q -m "dvc pipeline"
+
+# the transfer probe: one task, one output of MODEL_SIZE (see the header)
+# shellcheck disable=SC2016
+PROBE_CMD='cp base.bin "$OUT/blob/blob.bin"; printf "%032d" "$(params.seed)" | dd of="$OUT/blob/blob.bin" bs=32 count=1 conv=notrunc 2>/dev/null'
+probe_yaml() { # DIR
+    mkdir -p "$1"
+    {
+        cat <<EOF
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: probe-run
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  params:
+    - {name: seed, value: "0"}
+EOF
+        run_workspaces 2Gi
+        cat <<EOF
+  pipelineSpec:
+    params:
+      - name: seed
+    workspaces:
+      - name: source
+      - name: work
+    tasks:
+EOF
+        tenon_task write-blob "" "probe.yaml" blob "$PROBE_CMD" seed | sed 's/^/  /'
+    } > "$1/probe.yaml"
+}
+PA="$WORK/probe-a"
+PB="$WORK/probe-b"
+probe_yaml "$PA"
+probe_yaml "$PB"
+ln "$MODEL" "$PA/base.bin"
+ln "$MODEL" "$PB/base.bin"
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- machine A, tenon
+log "A: tenon run, empty store, no remote ($REPS reps)"
+for ((i = 1; i <= REPS; i++)); do
+    rm -rf "$WORK/store-a0"
+    timed a_cold "$TENON" run "$TA" -q --store "$WORK/store-a0" --output json
+done
+A0_DIR=$(run_dir "$RAW/a_cold.out")
+log "A: tenon run --cache-repo, empty store, empty repository ($REPS reps)"
+for ((i = 1; i <= REPS; i++)); do
+    url="$CACHE_URL"; [ "$i" = "$REPS" ] || url="$CACHE_URL-rep$i"
+    rm -rf "$WORK/store-a"
+    timed a_push "$TENON" run "$TA" -q --store "$WORK/store-a" --cache-repo "$url" --output json
+done
+A_DIR=$(run_dir "$RAW/a_push.out")
+sums "$A_DIR/volumes/work" $STAGE_OUTPUTS > "$WORK/a.sums"
+sums "$A0_DIR/volumes/work" $STAGE_OUTPUTS | cmp -s - "$WORK/a.sums" || die "A's outputs differ between the runs with and without a remote"
+# (404 NAME_UNKNOWN when nothing was pushed)
+TAGS=$(curl -sS "$BASE/v2/bench/cache/tags/list" | "$PY" -c 'import json, sys; print(len(json.load(sys.stdin).get("tags") or []))')
+log "    bench/cache holds $TAGS tags after A's push"
+
+# ---------------------------------------------------------------- machine B, tenon
+log "B: fresh clone, empty store, tenon run --cache-repo ($REPS reps; every task must be Cached)"
+for ((i = 1; i <= REPS; i++)); do
+    rm -rf "$TB" "$WORK/store-b"
+    git clone -q "$TA" "$TB"
+    timed b_tenon "$TENON" run "$TB" -q --store "$WORK/store-b" --cache-repo "$CACHE_URL" --output json
+    all_cached "$RAW/b_tenon.out" ||
+        die "B: not every task was Cached (report: $RAW/b_tenon.out, stderr: $RAW/b_tenon.err)"
+    B_DIR=$(run_dir "$RAW/b_tenon.out")
+    sums "$B_DIR/volumes/work" $STAGE_OUTPUTS | cmp -s - "$WORK/a.sums" ||
+        { sums "$B_DIR/volumes/work" $STAGE_OUTPUTS | diff "$WORK/a.sums" - >&2 || true; die "B's restored outputs differ from A's"; }
+done
+log "    all Cached, outputs byte-identical to A's"
+
+# ---------------------------------------------------------------- DVC
+log "DVC A: dvc repro, dvc push to a local directory remote"
+(cd "$DA" && "$DVC" remote add -q -d r "$WORK/dvc-remote")
+timed dvc_a_repro bash -c "cd '$DA' && '$DVC' repro"
+timed dvc_a_push bash -c "cd '$DA' && '$DVC' push"
+"${GIT[@]}" -C "$DA" add -A
+"${GIT[@]}" -C "$DA" commit -q -m "dvc.lock"
+sums "$DA/out" $STAGE_OUTPUTS | cmp -s - "$WORK/a.sums" || die "DVC's and tenon's outputs differ"
+log "DVC B: fresh clone, empty cache, dvc pull && dvc repro ($REPS reps)"
+for ((i = 1; i <= REPS; i++)); do
+    rm -rf "$DB" "$WORK/dvc-site-b"
+    git clone -q "$DA" "$DB"
+    dvc_local_config "$DB" "$WORK/dvc-site-b"
+    timed dvc_b bash -c "cd '$DB' && '$DVC' pull && '$DVC' repro"
+    sums "$DB/out" $STAGE_OUTPUTS | cmp -s - "$WORK/a.sums" || die "DVC B's outputs differ from A's"
+done
+DVC_B_RAN=$(grep -c "Running stage" "$RAW/dvc_b.out" || true)
+log "    DVC B ran $DVC_B_RAN stage(s) after the pull (0 expected)"
+
+# ---------------------------------------------------------------- transfer: curl
+log "transfer floor: curl, $MODEL_SIZE blob ($REPS reps)"
+MODEL_DIGEST=$(sha256sum "$MODEL" | cut -d' ' -f1)
+curl_push() {
+    local loc sep
+    loc=$(curl -fsS -X POST -D - -o /dev/null "$BASE/v2/bench/curl/blobs/uploads/" |
+        awk 'tolower($1) == "location:" {print $2}' | tr -d '\r')
+    [ -n "$loc" ] || die "no Location from POST /v2/bench/curl/blobs/uploads/"
+    case "$loc" in http*) ;; *) loc="$BASE$loc" ;; esac
+    sep='?'; case "$loc" in *\?*) sep='&' ;; esac
+    curl -fsS -X PUT -H 'Content-Type: application/octet-stream' -T "$MODEL" -o /dev/null \
+        "$loc${sep}digest=sha256:$MODEL_DIGEST"
+}
+for ((i = 1; i <= REPS; i++)); do
+    timed curl_up curl_push
+    timed curl_down curl -fsS -o /dev/null -w '%{size_download}' "$BASE/v2/bench/curl/blobs/sha256:$MODEL_DIGEST"
+    [ "$(cat "$RAW/curl_down.out")" = "$MODEL_BYTES" ] || die "curl GET returned $(cat "$RAW/curl_down.out") bytes, not $MODEL_BYTES"
+done
+
+# ---------------------------------------------------------------- transfer: tenon
+log "transfer: tenon probe with one $MODEL_SIZE output ($REPS reps each)"
+for ((i = 1; i <= REPS; i++)); do
+    rm -rf "$WORK/store-p0"
+    timed probe_local "$TENON" run "$PA" -q --store "$WORK/store-p0" --param seed=0 --output json
+    rm -rf "$WORK/store-pa"
+    timed probe_push "$TENON" run "$PA" -q --store "$WORK/store-pa" --param "seed=$i" --cache-repo "$CACHE_URL" --output json
+done
+# the last seed pushed ($REPS) is in the registry and in store-pa
+for ((i = 1; i <= REPS; i++)); do
+    timed probe_hit "$TENON" run "$PA" -q --store "$WORK/store-pa" --param "seed=$REPS" --output json
+    all_cached "$RAW/probe_hit.out" 2>/dev/null || die "probe: the local rerun was not Cached ($RAW/probe_hit.out)"
+    rm -rf "$WORK/store-pb"
+    timed probe_pull "$TENON" run "$PB" -q --store "$WORK/store-pb" --param "seed=$REPS" --cache-repo "$CACHE_URL" --output json
+    all_cached "$RAW/probe_pull.out" || die "probe on B: not Cached from the registry ($RAW/probe_pull.out, $RAW/probe_pull.err)"
+done
+cmp -s "$(run_dir "$RAW/probe_hit.out")/volumes/work/blob/blob.bin" "$(run_dir "$RAW/probe_pull.out")/volumes/work/blob/blob.bin" ||
+    die "probe: B's restored blob differs from A's"
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- report
+mbps() { calc "f'{$MODEL_BYTES / max($1, 1e-6) / 1e6:.0f}'"; }
+UP_T=$(calc "$(med probe_push) - $(med probe_local)")
+DOWN_T=$(calc "$(med probe_pull) - $(med probe_hit)")
+UP_TENON=$(mbps "$UP_T"); DOWN_TENON=$(mbps "$DOWN_T")
+UP_CURL=$(mbps "$(med curl_up)"); DOWN_CURL=$(mbps "$(med curl_down)")
+UP_PCT=$(calc "f'{100 * $UP_TENON / max($UP_CURL, 1):.0f}'")
+DOWN_PCT=$(calc "f'{100 * $DOWN_TENON / max($DOWN_CURL, 1):.0f}'")
+SPEED_A=$(calc "f'{$(med a_cold) / $(med b_tenon):.2f}'")
+SPEED_DVC=$(calc "f'{$(med dvc_b) / $(med b_tenon):.1f}'")
+verdict() { calc "'**met**' if $1 else '**missed**'"; }
+B_RSS=$(awk -v k="${PEAK[b_tenon]}" 'BEGIN {printf "%.1f MiB", k / 1024}')
+
+OUT_MD="$WORK/RESULTS-remote.md"
+{
+    echo "# Shared cache: tenon --cache-repo vs a DVC remote vs curl"
+    echo
+    echo "Generated by \`bench/compare-remote.sh$([ "$QUICK" = 1 ] && echo ' --quick')\` on $(date -u +%Y-%m-%dT%H:%MZ)."
+    echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(findmnt -no FSTYPE -T "$WORK")."
+    echo "$(tenon_label), DVC $("$DVC" --version), $("$REGISTRY_BIN" --version 2>&1 | awk '{print $1, $3}') on 127.0.0.1, $(curl --version | head -1 | awk '{print $1, $2}')."
+    echo "Load average at start: $LOAD_START; at end: $LOAD_END (2 CPUs: above ~0.5 means something else was running)."
+    echo "Scenario: $NFILES files of 1 KiB + one $MODEL_SIZE model, committed to git; 3 stages. Machine B: a fresh"
+    echo "\`git clone\` and an empty store (DVC: an empty cache) against the same registry (DVC: a local-directory remote)."
+    echo "Median of $REPS rep(s), wall ms; files in the page cache."
+    echo
+    echo "| case | ms |"
+    echo "|---|---:|"
+    echo "| A: \`tenon run\`, empty store, no remote (A cold) | $(ms a_cold) |"
+    echo "| A: \`tenon run --cache-repo\`, empty store, empty repository (A cold + push; $TAGS tags pushed) | $(ms a_push) |"
+    echo "| B: \`tenon run --cache-repo\`, fresh clone, empty store (all tasks Cached, outputs identical) | $(ms b_tenon) |"
+    echo "| A: \`dvc repro\`, empty cache (1 run) | $(ms dvc_a_repro) |"
+    echo "| A: \`dvc push\` to the directory remote (1 run) | $(ms dvc_a_push) |"
+    echo "| B: \`dvc pull && dvc repro\`, fresh clone, empty cache ($DVC_B_RAN stages re-ran) | $(ms dvc_b) |"
+    echo
+    echo "| transfer of $MODEL_SIZE ($MODEL_BYTES bytes) | seconds | MB/s | tenon / curl |"
+    echo "|---|---:|---:|---:|"
+    echo "| curl up: POST + \`PUT ?digest=\` with \`-T\` | $(calc "f'{$(med curl_up):.3f}'") | $UP_CURL | |"
+    echo "| tenon up: probe run with --cache-repo ($(ms probe_push) ms) - without ($(ms probe_local) ms) | $(calc "f'{$UP_T:.3f}'") | $UP_TENON | $UP_PCT % |"
+    echo "| curl down: GET \`-o /dev/null\` | $(calc "f'{$(med curl_down):.3f}'") | $DOWN_CURL | |"
+    echo "| tenon down: probe on empty store B with --cache-repo ($(ms probe_pull) ms) - local hit ($(ms probe_hit) ms) | $(calc "f'{$DOWN_T:.3f}'") | $DOWN_TENON | $DOWN_PCT % |"
+    echo
+    echo "| target | measured | verdict |"
+    echo "|---|---|---|"
+    echo "| B: every task Cached, outputs byte-identical to A's | yes ($REPS of $REPS reps) | **met** |"
+    echo "| B vs A cold | ${SPEED_A}x faster ($(ms b_tenon) vs $(ms a_cold) ms) | (no goal) |"
+    echo "| B >= 10x faster than DVC's pull + repro | ${SPEED_DVC}x ($(ms b_tenon) vs $(ms dvc_b) ms) | $(verdict "$(med dvc_b) >= 10 * $(med b_tenon)") |"
+    echo "| upload >= 80 % of curl's throughput | $UP_PCT % ($UP_TENON vs $UP_CURL MB/s) | $(verdict "$UP_PCT >= 80") |"
+    echo "| download >= 80 % of curl's throughput | $DOWN_PCT % ($DOWN_TENON vs $DOWN_CURL MB/s) | $(verdict "$DOWN_PCT >= 80") |"
+    echo "| peak RSS of B's \`tenon run\` | $B_RSS | (no goal) |"
+    echo "| peak RSS of the probe's $MODEL_SIZE push / pull | $(awk -v a="${PEAK[probe_push]}" -v b="${PEAK[probe_pull]}" 'BEGIN {printf "%.1f / %.1f MiB", a / 1024, b / 1024}') | (no goal) |"
+    echo
+    echo "Notes: tenon's transfer rows are differences of two whole runs (see the script's header), so"
+    echo "they include tenon's hashing and the write into the store; curl writes nothing (\`-o /dev/null\`)."
+    echo "DVC's B time includes hashing the inputs (DVC has no state on a fresh clone); so does tenon's."
+} > "$OUT_MD"
+
+cat "$OUT_MD"
+if [ "$WRITE_RESULTS" = 1 ]; then
+    cp "$OUT_MD" "$HERE/RESULTS-remote.md"
+    log "saved $HERE/RESULTS-remote.md"
+fi
