@@ -132,6 +132,14 @@ med() {
 calc() { "$PY" -c "import sys; print($1)"; }
 ms() { calc "f'{$(med "$1") * 1000:.1f}'"; }
 
+# reg_mark; reg_requests MARK: "METHOD status xN, ..." of the requests the registry logged since MARK
+reg_mark() { wc -l < "$REG/registry.log"; }
+reg_requests() {
+    tail -n +"$(($1 + 1))" "$REG/registry.log" |
+        sed -n '/msg="response completed/s/.*http\.request\.method=\([A-Z]*\).*http\.response\.status=\([0-9]*\).*/\1 \2/p' |
+        sort | uniq -c | awk '{printf "%s%s %s x%s", (NR > 1 ? ", " : ""), $2, $3, $1} END {if (!NR) printf "none"}'
+}
+
 # all_cached JSON: every task of every run in a RunReport is Cached (prints the reasons)
 all_cached() {
     "$PY" - "$1" <<'EOF'
@@ -227,8 +235,11 @@ log "A: tenon run --cache-repo, empty store, empty repository ($REPS reps)"
 for ((i = 1; i <= REPS; i++)); do
     url="$CACHE_URL"; [ "$i" = "$REPS" ] || url="$CACHE_URL-rep$i"
     rm -rf "$WORK/store-a"
+    mark=$(reg_mark)
     timed a_push "$TENON" run "$TA" -q --store "$WORK/store-a" --cache-repo "$url" --output json
 done
+A_REQ=$(reg_requests "$mark")
+log "    registry requests of A's last push: $A_REQ"
 A_DIR=$(run_dir "$RAW/a_push.out")
 sums "$A_DIR/volumes/work" $STAGE_OUTPUTS > "$WORK/a.sums"
 sums "$A0_DIR/volumes/work" $STAGE_OUTPUTS | cmp -s - "$WORK/a.sums" || die "A's outputs differ between the runs with and without a remote"
@@ -241,6 +252,7 @@ log "B: fresh clone, empty store, tenon run --cache-repo ($REPS reps; every task
 for ((i = 1; i <= REPS; i++)); do
     rm -rf "$TB" "$WORK/store-b"
     git clone -q "$TA" "$TB"
+    mark=$(reg_mark)
     timed b_tenon "$TENON" run "$TB" -q --store "$WORK/store-b" --cache-repo "$CACHE_URL" --output json
     all_cached "$RAW/b_tenon.out" ||
         die "B: not every task was Cached (report: $RAW/b_tenon.out, stderr: $RAW/b_tenon.err)"
@@ -248,7 +260,8 @@ for ((i = 1; i <= REPS; i++)); do
     sums "$B_DIR/volumes/work" $STAGE_OUTPUTS | cmp -s - "$WORK/a.sums" ||
         { sums "$B_DIR/volumes/work" $STAGE_OUTPUTS | diff "$WORK/a.sums" - >&2 || true; die "B's restored outputs differ from A's"; }
 done
-log "    all Cached, outputs byte-identical to A's"
+B_REQ=$(reg_requests "$mark")
+log "    all Cached, outputs byte-identical to A's; registry requests of B's last run: $B_REQ"
 
 # ---------------------------------------------------------------- DVC
 log "DVC A: dvc repro, dvc push to a local directory remote"
@@ -294,31 +307,38 @@ for ((i = 1; i <= REPS; i++)); do
     rm -rf "$WORK/store-p0"
     timed probe_local "$TENON" run "$PA" -q --store "$WORK/store-p0" --param seed=0 --output json
     rm -rf "$WORK/store-pa"
+    mark=$(reg_mark)
     timed probe_push "$TENON" run "$PA" -q --store "$WORK/store-pa" --param "seed=$i" --cache-repo "$CACHE_URL" --output json
 done
+PUSH_REQ=$(reg_requests "$mark")
 # the last seed pushed ($REPS) is in the registry and in store-pa
 for ((i = 1; i <= REPS; i++)); do
     timed probe_hit "$TENON" run "$PA" -q --store "$WORK/store-pa" --param "seed=$REPS" --output json
     all_cached "$RAW/probe_hit.out" 2>/dev/null || die "probe: the local rerun was not Cached ($RAW/probe_hit.out)"
     rm -rf "$WORK/store-pb"
+    mark=$(reg_mark)
     timed probe_pull "$TENON" run "$PB" -q --store "$WORK/store-pb" --param "seed=$REPS" --cache-repo "$CACHE_URL" --output json
     all_cached "$RAW/probe_pull.out" || die "probe on B: not Cached from the registry ($RAW/probe_pull.out, $RAW/probe_pull.err)"
 done
+PULL_REQ=$(reg_requests "$mark")
 cmp -s "$(run_dir "$RAW/probe_hit.out")/volumes/work/blob/blob.bin" "$(run_dir "$RAW/probe_pull.out")/volumes/work/blob/blob.bin" ||
     die "probe: B's restored blob differs from A's"
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-mbps() { calc "f'{$MODEL_BYTES / max($1, 1e-6) / 1e6:.0f}'"; }
+# MB/s of MODEL_BYTES in SECONDS; n/a when a difference of two runs came out <= 0 (noise)
+mbps() { calc "f'{$MODEL_BYTES / $1 / 1e6:.0f}' if $1 > 0 else 'n/a'"; }
+pct() { case "$1$2" in *n/a*) echo n/a ;; *) calc "f'{100 * $1 / $2:.0f}'" ;; esac; }
+verdict() { calc "'**met**' if $1 else '**missed**'"; }
+pct_verdict() { case "$1" in n/a) echo "n/a (rerun with more --reps)" ;; *) verdict "$1 >= 80" ;; esac; }
 UP_T=$(calc "$(med probe_push) - $(med probe_local)")
 DOWN_T=$(calc "$(med probe_pull) - $(med probe_hit)")
 UP_TENON=$(mbps "$UP_T"); DOWN_TENON=$(mbps "$DOWN_T")
 UP_CURL=$(mbps "$(med curl_up)"); DOWN_CURL=$(mbps "$(med curl_down)")
-UP_PCT=$(calc "f'{100 * $UP_TENON / max($UP_CURL, 1):.0f}'")
-DOWN_PCT=$(calc "f'{100 * $DOWN_TENON / max($DOWN_CURL, 1):.0f}'")
+UP_PCT=$(pct "$UP_TENON" "$UP_CURL")
+DOWN_PCT=$(pct "$DOWN_TENON" "$DOWN_CURL")
 SPEED_A=$(calc "f'{$(med a_cold) / $(med b_tenon):.2f}'")
 SPEED_DVC=$(calc "f'{$(med dvc_b) / $(med b_tenon):.1f}'")
-verdict() { calc "'**met**' if $1 else '**missed**'"; }
 B_RSS=$(awk -v k="${PEAK[b_tenon]}" 'BEGIN {printf "%.1f MiB", k / 1024}')
 
 OUT_MD="$WORK/RESULTS-remote.md"
@@ -354,10 +374,13 @@ OUT_MD="$WORK/RESULTS-remote.md"
     echo "| B: every task Cached, outputs byte-identical to A's | yes ($REPS of $REPS reps) | **met** |"
     echo "| B vs A cold | ${SPEED_A}x faster ($(ms b_tenon) vs $(ms a_cold) ms) | (no goal) |"
     echo "| B >= 10x faster than DVC's pull + repro | ${SPEED_DVC}x ($(ms b_tenon) vs $(ms dvc_b) ms) | $(verdict "$(med dvc_b) >= 10 * $(med b_tenon)") |"
-    echo "| upload >= 80 % of curl's throughput | $UP_PCT % ($UP_TENON vs $UP_CURL MB/s) | $(verdict "$UP_PCT >= 80") |"
-    echo "| download >= 80 % of curl's throughput | $DOWN_PCT % ($DOWN_TENON vs $DOWN_CURL MB/s) | $(verdict "$DOWN_PCT >= 80") |"
+    echo "| upload >= 80 % of curl's throughput | $UP_PCT % ($UP_TENON vs $UP_CURL MB/s) | $(pct_verdict "$UP_PCT") |"
+    echo "| download >= 80 % of curl's throughput | $DOWN_PCT % ($DOWN_TENON vs $DOWN_CURL MB/s) | $(pct_verdict "$DOWN_PCT") |"
     echo "| peak RSS of B's \`tenon run\` | $B_RSS | (no goal) |"
     echo "| peak RSS of the probe's $MODEL_SIZE push / pull | $(awk -v a="${PEAK[probe_push]}" -v b="${PEAK[probe_pull]}" 'BEGIN {printf "%.1f / %.1f MiB", a / 1024, b / 1024}') | (no goal) |"
+    echo
+    echo "Registry requests (method status xcount), last rep: A's push: $A_REQ; B's run: $B_REQ;"
+    echo "the probe's push: $PUSH_REQ; its pull on B: $PULL_REQ."
     echo
     echo "Notes: tenon's transfer rows are differences of two whole runs (see the script's header), so"
     echo "they include tenon's hashing and the write into the store; curl writes nothing (\`-o /dev/null\`)."
