@@ -261,6 +261,11 @@ for ((i = 1; i <= REPS; i++)); do
         { sums "$B_DIR/volumes/work" $STAGE_OUTPUTS | diff "$WORK/a.sums" - >&2 || true; die "B's restored outputs differ from A's"; }
 done
 B_REQ=$(reg_requests "$mark")
+# the floor of B's run: hashing every input of the fresh clone (no remote, nothing to restore)
+for ((i = 1; i <= REPS; i++)); do
+    rm -rf "$WORK/store-bp"
+    timed b_plan "$TENON" plan "$TB" --store "$WORK/store-bp"
+done
 log "    all Cached, outputs byte-identical to A's; registry requests of B's last run: $B_REQ"
 
 # ---------------------------------------------------------------- DVC
@@ -358,6 +363,7 @@ OUT_MD="$WORK/RESULTS-remote.md"
     echo "| A: \`tenon run\`, empty store, no remote (A cold) | $(ms a_cold) |"
     echo "| A: \`tenon run --cache-repo\`, empty store, empty repository (A cold + push; $TAGS tags pushed) | $(ms a_push) |"
     echo "| B: \`tenon run --cache-repo\`, fresh clone, empty store (all tasks Cached, outputs identical) | $(ms b_tenon) |"
+    echo "| B: \`tenon plan\`, fresh clone, empty store, no remote (hashing the inputs: the floor of B's run) | $(ms b_plan) |"
     echo "| A: \`dvc repro\`, empty cache (1 run) | $(ms dvc_a_repro) |"
     echo "| A: \`dvc push\` to the directory remote (1 run) | $(ms dvc_a_push) |"
     echo "| B: \`dvc pull && dvc repro\`, fresh clone, empty cache ($DVC_B_RAN stages re-ran) | $(ms dvc_b) |"
