@@ -295,8 +295,16 @@ pub struct PromoteArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
-    /// List cache records, newest first.
-    Ls(StoreArgs),
+    /// List cache records, newest first (`--remote`: the records in the shared cache).
+    Ls(LsArgs),
+    /// Push to the shared cache (`--cache-repo`) the records the latest successful run of
+    /// each PipelineRun/TaskRun used, outputs included, like `dvc push`. Records already
+    /// there are left alone (the first writer wins).
+    Push(RemoteStoreArgs),
+    /// Import from the shared cache every record DIR's runs would use (outputs included,
+    /// every byte verified) into the local store, like `dvc pull`; nothing runs. Exits 1
+    /// when the registry could not be used.
+    Pull(PlanArgs),
     /// Remove old records and unreferenced outputs. Never removes what the latest
     /// successful run of each PipelineRun/TaskRun used.
     Gc(GcArgs),
@@ -329,9 +337,37 @@ pub struct StoreArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// List the records in the shared cache (`--cache-repo`) instead of the local ones.
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub remote_args: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteStoreArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct GcArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Delete old records from the shared cache (`--cache-repo`) instead: each record
+    /// older than --older-than is deleted by its manifest digest, except the ones the local
+    /// store protects (the latest successful runs' and promoted ones). The registry's own
+    /// garbage collection (`registry garbage-collect --delete-untagged`, with the registry
+    /// stopped or read-only) then frees the blobs no record names.
+    #[arg(long)]
+    pub remote: bool,
+    #[command(flatten)]
+    pub remote_args: RemoteArgs,
     /// Remove records older than this (Go/humantime duration: 7d, 36h, 90m).
     #[arg(long, value_name = "DURATION", value_parser = parse_age)]
     pub older_than: Option<std::time::Duration>,
@@ -373,6 +409,8 @@ pub struct PlanArgs {
     pub namespace: String,
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
@@ -487,6 +525,60 @@ pub struct RunFlags {
     /// ends. The latest successful run's and those in progress are always kept.
     #[arg(long, env = "TENON_KEEP_RUNS", value_name = "N", default_value_t = crate::retention::DEFAULT_KEEP_RUNS)]
     pub keep_runs: usize,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// The shared cache in an OCI registry: the flags `run`, `plan`, `watch` and `cache`
+/// share.
+#[derive(Debug, Clone, Args, Default)]
+#[command(next_help_heading = "Shared cache (OCI registry)")]
+pub struct RemoteArgs {
+    /// Share the cache through this OCI repository: `oci://host[:port]/path` (HTTPS) or
+    /// `oci+http://host:port/path` (plain HTTP, for loopback). After a local miss a task's
+    /// record is looked up there (verified: every byte against its digest, the record
+    /// against its key) and its outputs restored; after a success it is pushed. A
+    /// registry that fails prints one warning and the run goes on locally.
+    /// `?mode=ro` at the end is --cache-read-only.
+    #[arg(long, env = "TENON_CACHE_REPO", value_name = "URL")]
+    pub cache_repo: Option<String>,
+    /// Read from the shared cache, never write to it (laptops, pull-request jobs).
+    #[arg(long, env = "TENON_CACHE_READ_ONLY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub cache_read_only: bool,
+    /// Registry credentials in Docker's config.json format (`auths`, `credHelpers`,
+    /// `credsStore`). Default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json,
+    /// else anonymous. Never printed.
+    #[arg(long, env = "TENON_CACHE_CREDENTIALS_FILE", value_name = "FILE")]
+    pub cache_credentials_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for the registry (a private CA).
+    #[arg(long, env = "TENON_CACHE_CA_FILE", value_name = "FILE")]
+    pub cache_ca_file: Option<PathBuf>,
+    /// Sign the records this run pushes with this OpenSSH Ed25519 private key
+    /// (SSHSIG, namespace `tenon-cache`; `ssh-keygen -Y verify` checks it too).
+    #[arg(long, env = "TENON_CACHE_SIGN_KEY", value_name = "FILE")]
+    pub cache_sign_key: Option<PathBuf>,
+    /// Use only records signed by one of these OpenSSH public keys (one per line, or an
+    /// allowed_signers file); unsigned or wrongly signed ones are ignored with a warning.
+    #[arg(long, env = "TENON_CACHE_VERIFY_KEY", value_name = "FILE")]
+    pub cache_verify_key: Option<PathBuf>,
+    /// How long the end of a run waits for pushes still under way.
+    #[arg(long, value_name = "DURATION", value_parser = parse_age, default_value = "10m")]
+    pub cache_upload_timeout: std::time::Duration,
+}
+
+impl RemoteArgs {
+    pub fn settings(&self) -> Option<crate::remote::RemoteSettings> {
+        let url = self.cache_repo.clone().filter(|u| !u.trim().is_empty())?;
+        Some(crate::remote::RemoteSettings {
+            url,
+            read_only: self.cache_read_only,
+            credentials_file: self.cache_credentials_file.clone(),
+            ca_file: self.cache_ca_file.clone(),
+            sign_key: self.cache_sign_key.clone(),
+            verify_key: self.cache_verify_key.clone(),
+            upload_timeout: self.cache_upload_timeout,
+        })
+    }
 }
 
 impl RunFlags {
@@ -506,6 +598,8 @@ impl RunFlags {
             kube: self.kube.clone(),
             rerun: rerun.to_vec(),
             keep_runs: self.keep_runs,
+            remote: self.remote.settings(),
+            import_on_plan: false,
         }
     }
 }
@@ -549,7 +643,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Validate(a) => validate(a),
         Command::Run(a) => run_cmd(a).await,
         Command::Plan(a) => plan_cmd(a).await,
-        Command::Cache(c) => cache_cmd(c),
+        Command::Cache(c) => cache_cmd(c).await,
         Command::Promote(a) => promote_cmd(a),
         Command::History(a) => history_cmd(a),
         Command::Rollback(a) => hold_cmd(a, true),
@@ -605,7 +699,60 @@ fn validate(a: ValidateArgs) -> Result<Outcome, Error> {
 }
 
 async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
-    let args = RunArgs {
+    let output = a.output;
+    let args = plan_run_args(a);
+    let report = execute(&args, true).await?;
+    let plan = PlanReport::from_dry_run(report);
+    match output {
+        OutputFormat::Json => print_json(&plan)?,
+        OutputFormat::Human => print_plan_human(&plan),
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `tenon cache pull DIR`: plan DIR with the shared cache, importing every record it has
+/// for the plan's keys (outputs included, verified) into the local store.
+async fn pull_cmd(a: PlanArgs) -> Result<Outcome, Error> {
+    if a.remote.settings().is_none() {
+        return Err(Error::Usage("cache pull needs --cache-repo URL (or TENON_CACHE_REPO)".into()));
+    }
+    let output = a.output;
+    let args = plan_run_args(a);
+    let report = execute_importing(&args, true, true).await?;
+    let remote = report.remote_cache.clone().unwrap_or_else(|| crate::remote::RemoteSummary {
+        url: String::new(),
+        read_only: true,
+        hits: 0,
+        misses: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        published: 0,
+        errors: 0,
+        unavailable: false,
+        warnings: vec![],
+    });
+    let tasks: Vec<&crate::report::TaskSummary> = report.runs.iter().flat_map(|r| r.tasks.iter()).collect();
+    let cached = tasks.iter().filter(|t| t.status == "Cached").count();
+    match output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "CachePull", "tasks": tasks.len(), "cached": cached, "remoteCache": remote,
+        }))?,
+        OutputFormat::Human => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "pulled {} record(s) ({} bytes) from {}; {cached} of {} task(s) are cached locally now",
+                remote.hits,
+                remote.bytes_in,
+                remote.url,
+                tasks.len()
+            );
+        }
+    }
+    Ok(if remote.unavailable { Outcome::RunFailed } else { Outcome::Ok })
+}
+
+fn plan_run_args(a: PlanArgs) -> RunArgs {
+    RunArgs {
         dir: a.dir,
         flags: RunFlags {
             run: a.run,
@@ -620,6 +767,7 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
             executor: a.executor,
             kube: a.kube,
             keep_runs: crate::retention::DEFAULT_KEEP_RUNS,
+            remote: a.remote,
         },
         quiet: true,
         promote: false,
@@ -633,50 +781,161 @@ async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
         },
         rerun: a.rerun,
         output: a.output,
-    };
-    let report = execute(&args, true).await?;
-    let plan = PlanReport::from_dry_run(report);
-    match a.output {
-        OutputFormat::Json => print_json(&plan)?,
-        OutputFormat::Human => {
-            let mut out = std::io::stdout().lock();
-            for r in &plan.runs {
-                let _ = writeln!(
-                    out,
-                    "{} {}{}",
-                    r.kind,
-                    r.name,
-                    r.pipeline.as_ref().map(|p| format!(" (pipeline {p})")).unwrap_or_default()
-                );
-                if let Some(e) = &r.error {
-                    let _ = writeln!(out, "  cannot plan: {e}");
-                }
-                let w = r.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-                for t in &r.tasks {
-                    let first = t.reasons.first().cloned().unwrap_or_default();
-                    let _ = writeln!(out, "  {:w$}  {:7}  {first}", t.name, t.decision);
-                    for more in t.reasons.iter().skip(1) {
-                        let _ = writeln!(out, "  {:w$}  {:7}  {more}", "", "");
-                    }
-                }
-            }
-            if let Some(h) = &plan.hashing {
-                let _ =
-                    writeln!(out, "inputs: {} files, {} hashed ({} bytes)", h.files, h.hashed_files, h.hashed_bytes);
+    }
+}
+
+fn print_plan_human(plan: &PlanReport) {
+    let mut out = std::io::stdout().lock();
+    for r in &plan.runs {
+        let _ = writeln!(
+            out,
+            "{} {}{}",
+            r.kind,
+            r.name,
+            r.pipeline.as_ref().map(|p| format!(" (pipeline {p})")).unwrap_or_default()
+        );
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "  cannot plan: {e}");
+        }
+        let w = r.tasks.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+        for t in &r.tasks {
+            let first = t.reasons.first().cloned().unwrap_or_default();
+            let _ = writeln!(out, "  {:w$}  {:7}  {first}", t.name, t.decision);
+            for more in t.reasons.iter().skip(1) {
+                let _ = writeln!(out, "  {:w$}  {:7}  {more}", "", "");
             }
         }
     }
+    if let Some(h) = &plan.hashing {
+        let _ = writeln!(out, "inputs: {} files, {} hashed ({} bytes)", h.files, h.hashed_files, h.hashed_bytes);
+    }
+}
+
+/// The shared cache named by `--cache-repo`, or a usage error.
+fn remote_cache(a: &RemoteArgs) -> Result<crate::remote::RemoteCache, Error> {
+    let s = a.settings().ok_or_else(|| Error::Usage("this needs --cache-repo URL (or TENON_CACHE_REPO)".into()))?;
+    crate::remote::RemoteCache::new(&s).map_err(Error::Usage)
+}
+
+/// A registry failure in a cache command: tenon could not work (exit 3), credentials never shown.
+fn registry_error(e: crate::oci::OciError) -> Error {
+    Error::Io { context: e.to_string(), source: std::io::Error::other("the shared cache could not be used") }
+}
+
+async fn remote_ls(a: &RemoteArgs, output: OutputFormat) -> Result<Outcome, Error> {
+    let r = remote_cache(a)?;
+    let list = r.list_records().await.map_err(registry_error)?;
+    match output {
+        OutputFormat::Json => print_json(
+            &serde_json::json!({"apiVersion": API_VERSION, "kind": "RemoteCacheList", "repository": r.url(), "records": list}),
+        )?,
+        OutputFormat::Human => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{:16}  {:24}  {:24}  {:>12}  {:6}  CREATED", "KEY", "RUN", "TASK", "SIZE", "SIGNED");
+            for e in &list {
+                let _ = writeln!(
+                    out,
+                    "{:16}  {:24}  {:24}  {:>12}  {:6}  {}{}",
+                    &e.key[..16],
+                    e.run,
+                    e.task,
+                    e.size,
+                    if e.signed { "yes" } else { "no" },
+                    e.created,
+                    e.problem.as_ref().map(|p| format!("  (unusable: {p})")).unwrap_or_default()
+                );
+            }
+            let _ = writeln!(out, "{} record(s) in {}", list.len(), r.url());
+        }
+    }
     Ok(Outcome::Ok)
+}
+
+async fn remote_gc(a: &GcArgs) -> Result<Outcome, Error> {
+    let Some(age) = a.older_than else {
+        return Err(Error::Usage("cache gc --remote needs --older-than DURATION".into()));
+    };
+    let r = remote_cache(&a.remote_args)?;
+    let protected = match open_store(a.store.store.as_ref()) {
+        Ok(s) => s.protected_keys().map_err(|e| Error::Store(e.to_string()))?,
+        Err(_) => Default::default(),
+    };
+    let cut = std::time::SystemTime::now() - age;
+    let list = r.list_records().await.map_err(registry_error)?;
+    let (mut deleted, mut kept, mut freed) = (Vec::new(), 0usize, 0u64);
+    for e in &list {
+        let old = e.created_time().is_some_and(|t| t < cut);
+        if !old || protected.contains(&e.key) {
+            kept += 1;
+            continue;
+        }
+        let d = crate::oci::Digest::parse(&e.digest).map_err(registry_error)?;
+        r.delete(&d).await.map_err(registry_error)?;
+        freed += e.size;
+        deleted.push(e.key.clone());
+    }
+    match a.store.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "RemoteCacheGc", "repository": r.url(),
+            "deletedRecords": deleted, "keptRecords": kept, "unreferencedBytes": freed,
+        }))?,
+        OutputFormat::Human => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "deleted {} record(s) from {} ({} bytes of layers may now be unreferenced), kept {kept}; the registry frees the blobs in its own garbage collection (Distribution: `registry garbage-collect --delete-untagged CONFIG` with the registry stopped or read-only)",
+                deleted.len(),
+                r.url(),
+                freed
+            );
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+async fn remote_push(a: &RemoteStoreArgs) -> Result<Outcome, Error> {
+    let r = Arc::new(remote_cache(&a.remote)?);
+    let s = open_store(a.store.store.as_ref())?;
+    let keys = s.protected_keys().map_err(|e| Error::Store(e.to_string()))?;
+    let keys = crate::remote::present(&s, &keys);
+    let store: Arc<dyn crate::store::Store> = Arc::new(s);
+    let mut ok = 0usize;
+    for k in &keys {
+        if r.publish(k, &store).await {
+            ok += 1;
+        }
+    }
+    let sum = r.finish().await;
+    match a.store.output {
+        OutputFormat::Json => print_json(&serde_json::json!({
+            "apiVersion": API_VERSION, "kind": "CachePush", "records": keys.len(), "inRegistry": ok, "remoteCache": sum,
+        }))?,
+        OutputFormat::Human => {
+            let _ = writeln!(
+                std::io::stdout(),
+                "{ok} of {} record(s) are in {} now ({} pushed, {} bytes uploaded)",
+                keys.len(),
+                sum.url,
+                sum.published,
+                sum.bytes_out
+            );
+        }
+    }
+    Ok(if ok == keys.len() { Outcome::Ok } else { Outcome::RunFailed })
 }
 
 fn open_store(dir: Option<&PathBuf>) -> Result<SqliteStore, Error> {
     reconcile::open_store(&dir.cloned().unwrap_or_else(default_store))
 }
 
-fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
+async fn cache_cmd(c: CacheCommand) -> Result<Outcome, Error> {
     let db = |e: crate::store::StoreError| Error::Store(e.to_string());
     match c {
+        CacheCommand::Ls(a) if a.remote => remote_ls(&a.remote_args, a.store.output).await,
+        CacheCommand::Gc(a) if a.remote => remote_gc(&a).await,
+        CacheCommand::Push(a) => remote_push(&a).await,
+        CacheCommand::Pull(a) => pull_cmd(a).await,
         CacheCommand::Ls(a) => {
+            let a = a.store;
             let s = open_store(a.store.as_ref())?;
             let list = s.list().map_err(db)?;
             match a.output {
@@ -1089,6 +1348,11 @@ fn print_promotions(r: &PromotionReport) {
 
 /// Load, validate and run (or, with `dry_run`, plan) the selected runs.
 async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
+    execute_importing(a, dry_run, false).await
+}
+
+/// [`execute`]; `import`: planning imports what the shared cache has (`cache pull`).
+async fn execute_importing(a: &RunArgs, dry_run: bool, import: bool) -> Result<RunReport, Error> {
     let cat = match reconcile::load_valid(&a.dir)? {
         Ok(cat) => cat,
         Err(diags) => {
@@ -1119,7 +1383,8 @@ async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
             }
         });
     }
-    let settings = a.flags.settings(&a.rerun);
+    let mut settings = a.flags.settings(&a.rerun);
+    settings.import_on_plan = import;
     Ok(reconcile::run_catalog(cat, &a.dir, &settings, dry_run, console, cancel).await?.report)
 }
 
@@ -1155,6 +1420,28 @@ fn print_human(report: &RunReport) {
         if let Some(d) = &r.run_dir {
             let _ = writeln!(out, "  logs: {d}");
         }
+    }
+    if let Some(rc) = &report.remote_cache {
+        let _ = writeln!(
+            out,
+            "shared cache {}: {} hit(s), {} miss(es), {} published, {} in, {} out{}",
+            rc.url,
+            rc.hits,
+            rc.misses,
+            rc.published,
+            human_bytes(rc.bytes_in),
+            human_bytes(rc.bytes_out),
+            if rc.unavailable { " (unavailable: the run went on with the local store)" } else { "" }
+        );
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
     }
 }
 

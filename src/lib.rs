@@ -22,6 +22,7 @@ pub mod model;
 pub mod oci;
 pub mod promote;
 pub mod reconcile;
+pub mod remote;
 pub mod report;
 pub mod retention;
 pub mod store;

@@ -42,6 +42,10 @@ pub struct RunSettings {
     pub rerun: Vec<String>,
     /// Run directories kept per PipelineRun/TaskRun name once a reconcile ends (`--keep-runs`).
     pub keep_runs: usize,
+    /// The shared cache (`--cache-repo`), if any.
+    pub remote: Option<crate::remote::RemoteSettings>,
+    /// Planning imports what the shared cache has into the store (`tenon cache pull`).
+    pub import_on_plan: bool,
 }
 
 /// The default state directory: `$XDG_CACHE_HOME/tenon` or `~/.cache/tenon`.
@@ -315,6 +319,10 @@ pub async fn run_catalog(
         .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
     cache_ctx.executor = built.id;
     cache_ctx.image_digests = built.image_digests;
+    if let Some(r) = &s.remote {
+        cache_ctx.remote = Some(Arc::new(crate::remote::RemoteCache::new(r).map_err(Error::Usage)?));
+        cache_ctx.import_on_plan = s.import_on_plan;
+    }
     let cache = Arc::new(cache_ctx);
     let engine = Engine::new(cat.clone(), built.exec, opts, console, cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();
@@ -335,6 +343,9 @@ pub async fn run_catalog(
         prune_run_dirs(&s.state_dir, &store, s.keep_runs);
     }
     let mut report = RunReport::new(runs);
+    if let Some(r) = &cache.remote {
+        report.remote_cache = Some(r.finish().await);
+    }
     report.store_error = cache.store_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
     if report.store_error.is_none() {
         report.store_error = out_of_space(&report);

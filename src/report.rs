@@ -25,6 +25,9 @@ pub struct RunReport {
     /// not be recorded, and tenon exits 3. Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_error: Option<String>,
+    /// The shared cache (`--cache-repo`): hits, misses, bytes each way, errors, warnings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_cache: Option<crate::remote::RemoteSummary>,
 }
 
 /// How much input hashing an invocation did.
@@ -40,7 +43,14 @@ pub struct HashingStats {
 
 impl RunReport {
     pub fn new(runs: Vec<RunSummary>) -> Self {
-        RunReport { api_version: API_VERSION, kind: "RunReport", runs, hashing: None, store_error: None }
+        RunReport {
+            api_version: API_VERSION,
+            kind: "RunReport",
+            runs,
+            hashing: None,
+            store_error: None,
+            remote_cache: None,
+        }
     }
     pub fn all_ok(&self) -> bool {
         self.runs.iter().all(|r| r.status == "Succeeded")
@@ -79,6 +89,10 @@ pub struct CachedFrom {
     pub run: String,
     pub run_uid: String,
     pub created_at: String,
+    /// The host that produced it and the shared cache it came from (`--cache-repo`), when
+    /// this invocation found it there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 /// One pipeline task (or one matrix child, named `task[i]`).

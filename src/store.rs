@@ -149,6 +149,15 @@ pub trait Store: Send + Sync {
     /// The lock on `key` if no other process holds it (`None` when one does): callers
     /// poll, so that a wait can be cancelled.
     fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>>;
+    /// The stored object `digest` when it is present with `size` bytes (one stat: what a
+    /// lookup trusts), for reading it (the shared cache uploads it from there).
+    fn object_file(&self, digest: &str, size: u64) -> Option<PathBuf>;
+    /// Make the file `src` (already checked to hash to `digest` by whoever wrote it, e.g.
+    /// a verified download) the object `digest`: moved, not copied. Its size must be `size`.
+    fn import_object(&self, digest: &str, size: u64, src: &Path) -> Result<()>;
+    /// A directory on the store's filesystem for temporary files (renames into the store
+    /// from there are atomic).
+    fn scratch_dir(&self) -> PathBuf;
 }
 
 /// An advisory lock held on one key.
@@ -1134,6 +1143,36 @@ impl Store for SqliteStore {
         let (p, f) = self.lock_file(key)?;
         f.lock_exclusive().map_err(Self::io(&p))?;
         Ok(KeyLock { _file: f })
+    }
+
+    fn object_file(&self, digest: &str, size: u64) -> Option<PathBuf> {
+        if !is_digest(digest) {
+            return None;
+        }
+        let p = self.object_path(digest);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() && m.len() == size => Some(p),
+            _ => None,
+        }
+    }
+
+    fn import_object(&self, digest: &str, size: u64, src: &Path) -> Result<()> {
+        if !is_digest(digest) {
+            return Err(StoreError::Corrupt { key: digest.to_string(), message: "not an object digest".into() });
+        }
+        let got = std::fs::symlink_metadata(src).map_err(Self::io(src))?;
+        if !got.is_file() || got.len() != size {
+            return Err(StoreError::Corrupt {
+                key: digest.to_string(),
+                message: format!("object of {} bytes where {size} were expected", got.len()),
+            });
+        }
+        let dest = self.object_path(digest);
+        self.install(digest, &dest, |tmp| std::fs::rename(src, tmp).map_err(write_error(tmp)))
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     fn try_lock_key(&self, key: &str) -> Result<Option<KeyLock>> {

@@ -756,6 +756,8 @@ fn leader_gate_holds_reconciles_until_leadership() {
             kube: Default::default(),
             rerun: vec![],
             keep_runs: 5,
+            remote: None,
+            import_on_plan: false,
         },
         quiet: true,
         listen: "127.0.0.1:0".parse().unwrap(),

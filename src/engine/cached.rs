@@ -75,6 +75,12 @@ pub struct CacheCtx {
     /// The first failure of the store itself (a full disk, a locked database): the runs
     /// could not be recorded, and tenon exits 3.
     pub store_failure: Mutex<Option<String>>,
+    /// The shared cache (`--cache-repo`): looked up after a local miss, published to after
+    /// a success.
+    pub remote: Option<Arc<crate::remote::RemoteCache>>,
+    /// Planning imports what the shared cache has (`tenon cache pull`), instead of only
+    /// reading its records.
+    pub import_on_plan: bool,
 }
 
 impl CacheCtx {
@@ -92,6 +98,8 @@ impl CacheCtx {
             executor: "local".into(),
             image_digests: BTreeMap::new(),
             store_failure: Mutex::new(None),
+            remote: None,
+            import_on_plan: false,
         })
     }
 
@@ -218,6 +226,8 @@ pub enum CacheOutcome {
         run: String,
         run_uid: String,
         created_ns: i64,
+        /// Found in the shared cache: `produced by RUN on HOST, from oci://…`.
+        remote: Option<String>,
     },
     /// Ran (or, planning, would run) because of `reasons`.
     Miss {
@@ -243,6 +253,7 @@ impl CacheOutcome {
     pub fn reasons(&self) -> Vec<String> {
         match self {
             CacheOutcome::Off => vec![],
+            CacheOutcome::Hit { remote: Some(from), .. } => vec![format!("cached: {from}")],
             CacheOutcome::Hit { run, run_uid, .. } => {
                 vec![format!("cached: produced by {run} ({})", &run_uid[..run_uid.len().min(8)])]
             }

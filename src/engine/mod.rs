@@ -215,12 +215,13 @@ async fn execute_launch(
     // than going to the blocking pool and back, two thread wake-ups per task; the other
     // workers keep planning, and a large tree is hashed on rayon's threads anyway
     let in_place = |f: Box<dyn FnOnce() -> CacheStep + Send>| async move { f() };
-    let hit = |rec: crate::store::Record| {
+    let hit = |rec: crate::store::Record, remote: Option<String>| {
         let cache = CacheOutcome::Hit {
             key: rec.key.clone(),
             run: rec.run.clone(),
             run_uid: rec.run_uid.clone(),
             created_ns: rec.created_ns,
+            remote,
         };
         (cached_outcome(cached::localize_results(&rec.results, &l.req)), cache, rec.outputs.clone())
     };
@@ -244,10 +245,19 @@ async fn execute_launch(
         .await;
         return match step {
             CacheStep::Hit(rec) => {
-                let (o, c, outs) = hit(*rec);
+                let (o, c, outs) = hit(*rec, None);
                 msg(o, 0, c, outs)
             }
             CacheStep::Planned(key, reasons) => {
+                // the shared cache: read its record (`tenon cache pull`: import it)
+                if let (Some(remote), None) = (&ctx.remote, &job.forced) {
+                    let found =
+                        if ctx.import_on_plan { remote.fetch(&key, &ctx.store).await } else { remote.peek(&key).await };
+                    if let Some(h) = found {
+                        let (o, c, outs) = hit(h.record, Some(h.origin));
+                        return msg(o, 0, c, outs);
+                    }
+                }
                 msg(cached_outcome(BTreeMap::new()), 0, CacheOutcome::Miss { key, reasons }, vec![])
             }
             other => {
@@ -309,7 +319,7 @@ async fn execute_launch(
     if job.forced.is_none() {
         match lookup(ctx.clone(), key.clone(), l.req.clone(), !ctx.dry_run).await {
             CacheStep::Hit(rec) => {
-                let (o, c, outs) = hit(*rec);
+                let (o, c, outs) = hit(*rec, None);
                 return msg(o, 0, c, outs);
             }
             CacheStep::Error(e) => {
@@ -351,8 +361,27 @@ async fn execute_launch(
     };
     if job.forced.is_none() {
         if let CacheStep::Hit(rec) = lookup(ctx.clone(), key.clone(), l.req.clone(), true).await {
-            let (o, c, outs) = hit(*rec);
+            let (o, c, outs) = hit(*rec, None);
             return msg(o, 0, c, outs);
+        }
+        // the shared cache: a verified record is imported into the store, then restored
+        // from there like any local hit
+        if let Some(remote) = &ctx.remote {
+            if let Some(h) = remote.fetch(&key, &ctx.store).await {
+                match lookup(ctx.clone(), key.clone(), l.req.clone(), true).await {
+                    CacheStep::Hit(rec) => {
+                        let (o, c, outs) = hit(*rec, Some(h.origin));
+                        return msg(o, 0, c, outs);
+                    }
+                    CacheStep::Error(e) => console.line(&format!(
+                        "{} {}: the record from {} could not be restored, running: {e}",
+                        console.yellow("!"),
+                        l.req.label,
+                        remote.url()
+                    )),
+                    _ => {}
+                }
+            }
         }
     }
     let (o, a) = run_attempts(exec, sem, l.req.clone(), l.retries, l.cancel.clone(), console.clone()).await;
@@ -374,7 +403,12 @@ async fn execute_launch(
         }))
         .await
         {
-            CacheStep::Outputs(outs) => outputs = outs,
+            CacheStep::Outputs(outs) => {
+                outputs = outs;
+                if let Some(remote) = &ctx.remote {
+                    remote.publish_later(key.clone(), ctx.store.clone());
+                }
+            }
             CacheStep::Error(e) => console.line(&format!("{} {}: not cached: {e}", console.yellow("!"), l.req.label)),
             _ => {}
         }
@@ -2080,8 +2114,9 @@ fn child_summary(name: &str, ch: &ChildDone, finally: bool, ignore: bool) -> Tas
 fn set_cache_fields(t: &mut TaskSummary, c: &CacheOutcome) {
     t.cache_key = c.key().map(String::from);
     t.cache_reasons = c.reasons();
-    if let CacheOutcome::Hit { run, run_uid, created_ns, .. } = c {
+    if let CacheOutcome::Hit { run, run_uid, created_ns, remote, .. } = c {
         t.cached_from = Some(crate::report::CachedFrom {
+            remote: remote.clone(),
             run: run.clone(),
             run_uid: run_uid.clone(),
             created_at: rfc3339(std::time::UNIX_EPOCH + Duration::from_nanos((*created_ns).max(0) as u64)),

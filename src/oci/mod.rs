@@ -1,6 +1,6 @@
-//! A small async client for OCI registries (the Distribution spec), the foundation of the shared
-//! cache of issue 14. Nothing in tenon calls it yet; `run`/`plan`/`watch` and the store are wired
-//! to it in a later step.
+//! A small async client for OCI registries (the Distribution spec): the transport of the shared
+//! cache (`src/remote`, `--cache-repo`), plus [`pack`] (small objects in one deterministic tar)
+//! and [`sign`] (SSH signatures on records).
 //!
 //! Layout:
 //! * [`reference`]: `oci://host[:port]/repo` (HTTPS) and `oci+http://host:port/repo` (plain
@@ -13,6 +13,8 @@
 //!   ring through hyper-rustls (all already linked by kube: no new TLS stack, no C build), system
 //!   roots plus an optional extra CA file; anonymous, Basic, and the Bearer token flow (realm,
 //!   service, scope; anonymous tokens when there are no credentials). Types from `oci-spec`.
+//! * [`modelkit`]: a task's output published as a KitOps ModelKit (Kitfile config, model/
+//!   dataset/code/docs tar layers), and the durable `oci://host/repo@sha256:…` reference.
 //! * [`error`]: [`OciError`]. Its variants are built only from hosts, repositories, digests,
 //!   operation names, status codes and bounded registry messages: no credential, token or
 //!   `Authorization` header can reach `Display` or `Debug`.
@@ -49,7 +51,10 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod modelkit;
+pub mod pack;
 pub mod reference;
+pub mod sign;
 
 pub use auth::{CredentialSource, Credentials};
 pub use client::{canonical_json, Client, ClientConfig, Manifest, PushOutcome};

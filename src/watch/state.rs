@@ -28,6 +28,8 @@ pub struct Metrics {
     pub webhooks: BTreeMap<String, u64>,
     pub reconcile_seconds_sum: f64,
     pub reconcile_seconds_count: u64,
+    /// The shared cache: hits, misses, bytes_in, bytes_out, errors, published.
+    pub remote: BTreeMap<&'static str, u64>,
 }
 
 /// State shared by the loop and the HTTP server.
@@ -137,6 +139,18 @@ impl Shared {
                 m.hashed_bytes += h.hashed_bytes;
                 m.hashed_files += h.hashed_files;
             }
+            if let Some(rc) = &r.remote_cache {
+                for (k, v) in [
+                    ("hits", rc.hits),
+                    ("misses", rc.misses),
+                    ("bytes_in", rc.bytes_in),
+                    ("bytes_out", rc.bytes_out),
+                    ("errors", rc.errors),
+                    ("published", rc.published),
+                ] {
+                    *m.remote.entry(k).or_default() += v;
+                }
+            }
         }
         m.hash_seconds += hash_ns as f64 / 1e9;
     }
@@ -199,6 +213,26 @@ impl Shared {
             "Cacheable tasks that had to run.",
             vec![(String::new(), m.cache_misses.to_string())],
         );
+        for (key, name, help) in [
+            ("hits", "tenon_remote_cache_hits_total", "Records found and verified in the shared cache (--cache-repo)."),
+            (
+                "misses",
+                "tenon_remote_cache_misses_total",
+                "Lookups the shared cache could not answer with a usable record.",
+            ),
+            ("bytes_in", "tenon_remote_cache_bytes_in_total", "Bytes downloaded (and verified) from the shared cache."),
+            ("bytes_out", "tenon_remote_cache_bytes_out_total", "Bytes uploaded to the shared cache."),
+            ("errors", "tenon_remote_cache_errors_total", "Shared cache faults and records that failed a check."),
+            ("published", "tenon_remote_cache_published_total", "Records pushed to the shared cache."),
+        ] {
+            family(
+                &mut o,
+                name,
+                "counter",
+                help,
+                vec![(String::new(), m.remote.get(key).copied().unwrap_or(0).to_string())],
+            );
+        }
         family(
             &mut o,
             "tenon_hashed_bytes_total",
@@ -278,5 +312,42 @@ impl Shared {
             vec![(String::new(), (self.leader.load(Ordering::Relaxed) as u8).to_string())],
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_cache_counters_add_up_across_reconciles_in_the_exposition() {
+        let s = Shared::new(json!({"dir": "/x"}), PathBuf::from("/tmp"), None, None);
+        let mut report = RunReport::new(vec![]);
+        report.remote_cache = Some(crate::remote::RemoteSummary {
+            url: "oci+http://127.0.0.1:1/c".into(),
+            read_only: false,
+            hits: 2,
+            misses: 1,
+            bytes_in: 1000,
+            bytes_out: 500,
+            published: 1,
+            errors: 0,
+            unavailable: false,
+            warnings: vec![],
+        });
+        s.count_reconcile("succeeded", 1.0, Some(&report), 0);
+        s.count_reconcile("succeeded", 1.0, Some(&report), 0);
+        let m = s.render_metrics();
+        for line in [
+            "tenon_remote_cache_hits_total 4",
+            "tenon_remote_cache_misses_total 2",
+            "tenon_remote_cache_bytes_in_total 2000",
+            "tenon_remote_cache_bytes_out_total 1000",
+            "tenon_remote_cache_published_total 2",
+            "tenon_remote_cache_errors_total 0",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} missing from:\n{m}");
+        }
+        assert!(m.contains("# TYPE tenon_remote_cache_hits_total counter"));
     }
 }
