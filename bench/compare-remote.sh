@@ -53,7 +53,9 @@ if [ "$QUICK" = 1 ]; then : "${REPS:=1}"; else : "${REPS:=3}"; fi
 [ -x "$REGISTRY_BIN" ] || need_apt docker-registry docker-registry || die "no registry at $REGISTRY_BIN (apt-get install docker-registry)"
 command -v curl >/dev/null || die "curl is required"
 setup_tools
-unset TENON_CACHE_REPO
+# only the flags below configure the shared cache
+unset TENON_CACHE_REPO TENON_CACHE_READ_ONLY TENON_CACHE_CREDENTIALS_FILE TENON_CACHE_CA_FILE \
+    TENON_CACHE_SIGN_KEY TENON_CACHE_VERIFY_KEY
 export NO_COLOR=1
 
 # ---------------------------------------------------------------- work dir and registry
@@ -124,11 +126,14 @@ timed() {
     PEAK[$name]=$(tail -1 "$RAW/$name.rss")
     log "    $name: $(awk -v u="$(((t1 - t0) / 1000))" 'BEGIN {printf "%.1f ms", u / 1000}')"
 }
-# median in seconds of a case's reps
-med() {
-    printf '%s\n' ${TIMES[$1]} | sort -n |
-        awk '{a[NR] = $1} END {m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.6f", m / 1e6}'
+# median of numbers; med CASE: median wall seconds of a case's reps; srv CASE: the same of
+# its registry-side seconds
+median() {
+    printf '%s\n' "$@" | sort -g |
+        awk '{a[NR] = $1} END {m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.6f", m}'
 }
+med() { calc "$(median ${TIMES[$1]}) / 1e6"; }
+srv() { median ${SRV[$1]}; }
 calc() { "$PY" -c "import sys; print($1)"; }
 ms() { calc "f'{$(med "$1") * 1000:.1f}'"; }
 
@@ -140,18 +145,67 @@ reg_requests() {
         sort | uniq -c | awk '{printf "%s%s %s x%s", (NR > 1 ? ", " : ""), $2, $3, $1} END {if (!NR) printf "none"}'
 }
 
-# all_cached JSON: every task of every run in a RunReport is Cached (prints the reasons)
-all_cached() {
-    "$PY" - "$1" <<'EOF'
+# reg_blob_secs MARK up|down: seconds the registry spent, by its own log since MARK, on blob
+# uploads (PATCH and PUT under /blobs/uploads/) or on downloads of blobs of 1 MiB or more:
+# the transfer as the server saw it, without the client's start-up and bookkeeping.
+reg_blob_secs() {
+    tail -n +"$(($1 + 1))" "$REG/registry.log" | "$PY" -c '
+import re, sys
+want = sys.argv[1]
+unit = {"ns": 1e-9, "\u00b5s": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+def secs(d):
+    return sum(float(v) * unit[u] for v, u in re.findall(r"([0-9.]+)(ns|\u00b5s|us|ms|s|m|h)", d))
+total = 0.0
+for line in sys.stdin:
+    if "msg=\"response completed" not in line:
+        continue
+    f = dict(re.findall(r"([a-z.]+)=(\"[^\"]*\"|\S+)", line))
+    f = {k: v.strip("\"") for k, v in f.items()}
+    m, uri = f.get("http.request.method"), f.get("http.request.uri", "")
+    if want == "up" and m in ("PATCH", "PUT") and "/blobs/uploads/" in uri:
+        total += secs(f["http.response.duration"])
+    elif want == "down" and m == "GET" and "/blobs/sha256:" in uri and int(f.get("http.response.written", 0)) >= 1 << 20:
+        total += secs(f["http.response.duration"])
+print(f"{total:.6f}")
+' "$2"
+}
+
+# check_report JSON MODE: the RunReport of one `tenon run --output json` is what MODE expects, or
+# exit 1 naming what is wrong; prints its remoteCache counters. MODE: push (succeeded, records
+# published, no remote error or warning), remote-hit (every task Cached from the registry, no
+# remote error or warning), local-hit (every task Cached).
+check_report() {
+    "$PY" - "$@" <<'EOF'
 import json, sys
-report = json.load(open(sys.argv[1]))
-bad = 0
+path, mode = sys.argv[1], sys.argv[2]
+report = json.load(open(path))
+bad = []
 for run in report["runs"]:
+    if run["status"] != "Succeeded":
+        bad.append(f"run {run['name']}: {run['status']} {run['message']}")
     for t in run["tasks"]:
+        frm = t.get("cachedFrom") or {}
         print(f"      {run['name']}/{t['name']}: {t['status']} {t.get('cacheReasons')}", file=sys.stderr)
-        bad += t["status"] != "Cached"
-    bad += run["status"] != "Succeeded"
-sys.exit(1 if bad or not report["runs"] else 0)
+        if mode != "push" and t["status"] != "Cached":
+            bad.append(f"task {t['name']}: {t['status']}, not Cached ({t.get('cacheReasons')})")
+        elif mode == "remote-hit" and not frm.get("remote"):
+            bad.append(f"task {t['name']}: Cached, but not from the registry (cachedFrom: {frm})")
+if not report["runs"]:
+    bad.append("no runs in the report")
+rc = report.get("remoteCache")
+if mode != "local-hit":
+    if rc is None:
+        bad.append("no remoteCache in the report")
+    else:
+        if rc["unavailable"] or rc["errors"] or rc["warnings"]:
+            bad.append(f"remote cache: unavailable={rc['unavailable']} errors={rc['errors']} warnings={rc['warnings']}")
+        if mode == "push" and not rc["published"]:
+            bad.append("remote cache: nothing published")
+if rc:
+    print(" ".join(f"{k}={rc[k]}" for k in ("hits", "misses", "published", "bytesIn", "bytesOut", "errors")))
+for b in bad:
+    print(f"error: {path}: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
 EOF
 }
 run_dir() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["runs"][0]["runDir"])' "$1"; }
@@ -237,7 +291,9 @@ for ((i = 1; i <= REPS; i++)); do
     rm -rf "$WORK/store-a"
     mark=$(reg_mark)
     timed a_push "$TENON" run "$TA" -q --store "$WORK/store-a" --cache-repo "$url" --output json
+    A_STATS=$(check_report "$RAW/a_push.out" push 2>/dev/null) || { check_report "$RAW/a_push.out" push || true; die "A's push is wrong (stderr: $RAW/a_push.err)"; }
 done
+log "    A's push: $A_STATS"
 A_REQ=$(reg_requests "$mark")
 log "    registry requests of A's last push: $A_REQ"
 A_DIR=$(run_dir "$RAW/a_push.out")
@@ -254,8 +310,8 @@ for ((i = 1; i <= REPS; i++)); do
     git clone -q "$TA" "$TB"
     mark=$(reg_mark)
     timed b_tenon "$TENON" run "$TB" -q --store "$WORK/store-b" --cache-repo "$CACHE_URL" --output json
-    all_cached "$RAW/b_tenon.out" ||
-        die "B: not every task was Cached (report: $RAW/b_tenon.out, stderr: $RAW/b_tenon.err)"
+    B_STATS=$(check_report "$RAW/b_tenon.out" remote-hit) ||
+        die "B: not every task was Cached from the registry (report: $RAW/b_tenon.out, stderr: $RAW/b_tenon.err)"
     B_DIR=$(run_dir "$RAW/b_tenon.out")
     sums "$B_DIR/volumes/work" $STAGE_OUTPUTS | cmp -s - "$WORK/a.sums" ||
         { sums "$B_DIR/volumes/work" $STAGE_OUTPUTS | diff "$WORK/a.sums" - >&2 || true; die "B's restored outputs differ from A's"; }
@@ -266,7 +322,7 @@ for ((i = 1; i <= REPS; i++)); do
     rm -rf "$WORK/store-bp"
     timed b_plan "$TENON" plan "$TB" --store "$WORK/store-bp"
 done
-log "    all Cached, outputs byte-identical to A's; registry requests of B's last run: $B_REQ"
+log "    all Cached, outputs byte-identical to A's; $B_STATS; registry requests of B's last run: $B_REQ"
 
 # ---------------------------------------------------------------- DVC
 log "DVC A: dvc repro, dvc push to a local directory remote"
@@ -300,11 +356,23 @@ curl_push() {
     curl -fsS -X PUT -H 'Content-Type: application/octet-stream' -T "$MODEL" -o /dev/null \
         "$loc${sep}digest=sha256:$MODEL_DIGEST"
 }
+declare -A SRV  # case -> registry-side seconds of each rep
+curl_verified() { # what a verified restore does at least: GET into a file and hash it
+    curl -fsS "$BASE/v2/bench/curl/blobs/sha256:$MODEL_DIGEST" | tee "$WORK/curl-down.bin" | sha256sum | cut -d' ' -f1
+}
 for ((i = 1; i <= REPS; i++)); do
+    mark=$(reg_mark)
     timed curl_up curl_push
+    SRV[curl_up]+="$(reg_blob_secs "$mark" up) "
+    mark=$(reg_mark)
     timed curl_down curl -fsS -o /dev/null -w '%{size_download}' "$BASE/v2/bench/curl/blobs/sha256:$MODEL_DIGEST"
+    SRV[curl_down]+="$(reg_blob_secs "$mark" down) "
     [ "$(cat "$RAW/curl_down.out")" = "$MODEL_BYTES" ] || die "curl GET returned $(cat "$RAW/curl_down.out") bytes, not $MODEL_BYTES"
+    rm -f "$WORK/curl-down.bin"
+    timed curl_file curl_verified
+    [ "$(cat "$RAW/curl_file.out")" = "$MODEL_DIGEST" ] || die "curl GET into a file: wrong digest"
 done
+rm -f "$WORK/curl-down.bin"
 
 # ---------------------------------------------------------------- transfer: tenon
 log "transfer: tenon probe with one $MODEL_SIZE output ($REPS reps each)"
@@ -314,16 +382,20 @@ for ((i = 1; i <= REPS; i++)); do
     rm -rf "$WORK/store-pa"
     mark=$(reg_mark)
     timed probe_push "$TENON" run "$PA" -q --store "$WORK/store-pa" --param "seed=$i" --cache-repo "$CACHE_URL" --output json
+    SRV[probe_push]+="$(reg_blob_secs "$mark" up) "
+    PUSH_STATS=$(check_report "$RAW/probe_push.out" push 2>/dev/null) || { check_report "$RAW/probe_push.out" push || true; die "probe: the push is wrong (stderr: $RAW/probe_push.err)"; }
 done
 PUSH_REQ=$(reg_requests "$mark")
 # the last seed pushed ($REPS) is in the registry and in store-pa
 for ((i = 1; i <= REPS; i++)); do
     timed probe_hit "$TENON" run "$PA" -q --store "$WORK/store-pa" --param "seed=$REPS" --output json
-    all_cached "$RAW/probe_hit.out" 2>/dev/null || die "probe: the local rerun was not Cached ($RAW/probe_hit.out)"
+    check_report "$RAW/probe_hit.out" local-hit 2>/dev/null || die "probe: the local rerun was not Cached ($RAW/probe_hit.out)"
     rm -rf "$WORK/store-pb"
     mark=$(reg_mark)
     timed probe_pull "$TENON" run "$PB" -q --store "$WORK/store-pb" --param "seed=$REPS" --cache-repo "$CACHE_URL" --output json
-    all_cached "$RAW/probe_pull.out" || die "probe on B: not Cached from the registry ($RAW/probe_pull.out, $RAW/probe_pull.err)"
+    SRV[probe_pull]+="$(reg_blob_secs "$mark" down) "
+    PULL_STATS=$(check_report "$RAW/probe_pull.out" remote-hit 2>/dev/null) ||
+        { check_report "$RAW/probe_pull.out" remote-hit || true; die "probe on B: not Cached from the registry ($RAW/probe_pull.out, $RAW/probe_pull.err)"; }
 done
 PULL_REQ=$(reg_requests "$mark")
 cmp -s "$(run_dir "$RAW/probe_hit.out")/volumes/work/blob/blob.bin" "$(run_dir "$RAW/probe_pull.out")/volumes/work/blob/blob.bin" ||
@@ -342,6 +414,10 @@ UP_TENON=$(mbps "$UP_T"); DOWN_TENON=$(mbps "$DOWN_T")
 UP_CURL=$(mbps "$(med curl_up)"); DOWN_CURL=$(mbps "$(med curl_down)")
 UP_PCT=$(pct "$UP_TENON" "$UP_CURL")
 DOWN_PCT=$(pct "$DOWN_TENON" "$DOWN_CURL")
+FILE_CURL=$(mbps "$(med curl_file)")
+SRV_UP_CURL=$(mbps "$(srv curl_up)"); SRV_UP_TENON=$(mbps "$(srv probe_push)")
+SRV_DOWN_CURL=$(mbps "$(srv curl_down)"); SRV_DOWN_TENON=$(mbps "$(srv probe_pull)")
+secs() { calc "f'{$1:.3f}'"; }
 SPEED_A=$(calc "f'{$(med a_cold) / $(med b_tenon):.2f}'")
 SPEED_DVC=$(calc "f'{$(med dvc_b) / $(med b_tenon):.1f}'")
 B_RSS=$(awk -v k="${PEAK[b_tenon]}" 'BEGIN {printf "%.1f MiB", k / 1024}')
@@ -368,12 +444,13 @@ OUT_MD="$WORK/RESULTS-remote.md"
     echo "| A: \`dvc push\` to the directory remote (1 run) | $(ms dvc_a_push) |"
     echo "| B: \`dvc pull && dvc repro\`, fresh clone, empty cache ($DVC_B_RAN stages re-ran) | $(ms dvc_b) |"
     echo
-    echo "| transfer of $MODEL_SIZE ($MODEL_BYTES bytes) | seconds | MB/s | tenon / curl |"
-    echo "|---|---:|---:|---:|"
-    echo "| curl up: POST + \`PUT ?digest=\` with \`-T\` | $(calc "f'{$(med curl_up):.3f}'") | $UP_CURL | |"
-    echo "| tenon up: probe run with --cache-repo ($(ms probe_push) ms) - without ($(ms probe_local) ms) | $(calc "f'{$UP_T:.3f}'") | $UP_TENON | $UP_PCT % |"
-    echo "| curl down: GET \`-o /dev/null\` | $(calc "f'{$(med curl_down):.3f}'") | $DOWN_CURL | |"
-    echo "| tenon down: probe on empty store B with --cache-repo ($(ms probe_pull) ms) - local hit ($(ms probe_hit) ms) | $(calc "f'{$DOWN_T:.3f}'") | $DOWN_TENON | $DOWN_PCT % |"
+    echo "| transfer of $MODEL_SIZE ($MODEL_BYTES bytes) | wall s | MB/s | tenon / curl | registry-side s | MB/s | tenon / curl |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| curl up: POST + \`PUT ?digest=\` with \`-T\` | $(secs "$(med curl_up)") | $UP_CURL | | $(secs "$(srv curl_up)") | $SRV_UP_CURL | |"
+    echo "| tenon up: probe run with --cache-repo ($(ms probe_push) ms) - without ($(ms probe_local) ms) | $(secs "$UP_T") | $UP_TENON | $UP_PCT % | $(secs "$(srv probe_push)") | $SRV_UP_TENON | $(pct "$SRV_UP_TENON" "$SRV_UP_CURL") % |"
+    echo "| curl down: GET \`-o /dev/null\` | $(secs "$(med curl_down)") | $DOWN_CURL | | $(secs "$(srv curl_down)") | $SRV_DOWN_CURL | |"
+    echo "| curl down into a file, hashed: \`curl \| tee FILE \| sha256sum\` | $(secs "$(med curl_file)") | $FILE_CURL | | | | |"
+    echo "| tenon down: probe on empty store B with --cache-repo ($(ms probe_pull) ms) - local hit ($(ms probe_hit) ms) | $(secs "$DOWN_T") | $DOWN_TENON | $DOWN_PCT % | $(secs "$(srv probe_pull)") | $SRV_DOWN_TENON | $(pct "$SRV_DOWN_TENON" "$SRV_DOWN_CURL") % |"
     echo
     echo "| target | measured | verdict |"
     echo "|---|---|---|"
@@ -385,11 +462,16 @@ OUT_MD="$WORK/RESULTS-remote.md"
     echo "| peak RSS of B's \`tenon run\` | $B_RSS | (no goal) |"
     echo "| peak RSS of the probe's $MODEL_SIZE push / pull | $(awk -v a="${PEAK[probe_push]}" -v b="${PEAK[probe_pull]}" 'BEGIN {printf "%.1f / %.1f MiB", a / 1024, b / 1024}') | (no goal) |"
     echo
+    echo "tenon's remoteCache counters (last rep): A's push: $A_STATS; B: $B_STATS;"
+    echo "the probe's push: $PUSH_STATS; its pull on B: $PULL_STATS."
     echo "Registry requests (method status xcount), last rep: A's push: $A_REQ; B's run: $B_REQ;"
     echo "the probe's push: $PUSH_REQ; its pull on B: $PULL_REQ."
     echo
-    echo "Notes: tenon's transfer rows are differences of two whole runs (see the script's header), so"
-    echo "they include tenon's hashing and the write into the store; curl writes nothing (\`-o /dev/null\`)."
+    echo "Notes: tenon's wall transfer rows are differences of two whole runs (see the script's header),"
+    echo "so they include tenon's hashing and the write into the store; curl writes nothing (\`-o /dev/null\`)."
+    echo "Registry-side: the summed \`http.response.duration\` of the blob PATCH/PUT (up) or of the GET of"
+    echo "the $MODEL_SIZE blob (down) in the registry's log, i.e. how long the server was busy with the bytes."
+    echo "The goals (>= 80 %) are judged on the wall columns."
     echo "DVC's B time includes hashing the inputs (DVC has no state on a fresh clone); so does tenon's."
 } > "$OUT_MD"
 
