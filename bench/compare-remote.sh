@@ -52,6 +52,7 @@ if [ "$QUICK" = 1 ]; then : "${REPS:=1}"; else : "${REPS:=3}"; fi
 [ -x /usr/bin/time ] || need_apt /usr/bin/time time || die "/usr/bin/time is required (apt-get install time)"
 [ -x "$REGISTRY_BIN" ] || need_apt docker-registry docker-registry || die "no registry at $REGISTRY_BIN (apt-get install docker-registry)"
 command -v curl >/dev/null || die "curl is required"
+command -v openssl >/dev/null || die "openssl is required"
 setup_tools
 # only the flags below configure the shared cache
 unset TENON_CACHE_REPO TENON_CACHE_READ_ONLY TENON_CACHE_CREDENTIALS_FILE TENON_CACHE_CA_FILE \
@@ -385,6 +386,7 @@ for ((i = 1; i <= REPS; i++)); do
     rm -f "$WORK/curl-down.bin"
     timed curl_file curl_verified
     [ "$(cat "$RAW/curl_file.out")" = "$MODEL_DIGEST" ] || die "curl GET into a file: wrong digest"
+    timed sha_floor openssl dgst -sha256 "$MODEL"
 done
 rm -f "$WORK/curl-down.bin"
 
@@ -467,6 +469,7 @@ OUT_MD="$WORK/RESULTS-remote.md"
     echo "| curl up: POST + \`PUT ?digest=\` with \`-T\` | $(secs "$(med curl_up)") | $UP_CURL | | $(secs "$(srv curl_up)") | $SRV_UP_CURL | |"
     echo "| tenon up: probe run with --cache-repo ($(ms probe_push) ms) - without ($(ms probe_local) ms) | $(secs "$UP_T") | $UP_TENON | $UP_PCT % | $(secs "$(srv probe_push)") | $SRV_UP_TENON | $(pct "$SRV_UP_TENON" "$SRV_UP_CURL") % |"
     echo "| curl down: GET \`-o /dev/null\` | $(secs "$(med curl_down)") | $DOWN_CURL | | $(secs "$(srv curl_down)") | $SRV_DOWN_CURL | |"
+    echo "| SHA-256 alone: \`openssl dgst -sha256\` of the blob (what verifying a download costs at least) | $(secs "$(med sha_floor)") | $(mbps "$(med sha_floor)") | | | | |"
     echo "| curl down into a file, hashed: \`curl \| tee FILE \| sha256sum\` | $(secs "$(med curl_file)") | $FILE_CURL | | | | |"
     echo "| tenon down: probe on empty store B with --cache-repo ($(ms probe_pull) ms) - local hit ($(ms probe_hit) ms) | $(secs "$DOWN_T") | $DOWN_TENON | $DOWN_PCT % | $(secs "$(srv probe_pull)") | $SRV_DOWN_TENON | $(pct "$SRV_DOWN_TENON" "$SRV_DOWN_CURL") % |"
     echo
