@@ -20,21 +20,25 @@
 #             empty repository ("A cold + push"; each rep but the last pushes to a throw-away
 #             repository bench/cache-repN, so every rep uploads)
 #   B         fresh `git clone` of A, empty store, same --cache-repo; `--output json` must show
-#             every task Cached and the outputs must be byte-identical to A's (sha256), else exit 1
+#             every task Cached from the registry (cachedFrom.remote, no remote warning) and the
+#             outputs must be byte-identical to A's (sha256), else exit 1. Its floor: the same run
+#             with a copy of A's store and no remote (every input hashed again, local restore).
 #   DVC       the same stages in dvc.yaml; A: dvc repro, dvc push to a local directory remote,
 #             commit dvc.lock; B: fresh clone, empty cache, timed `dvc pull && dvc repro`
 #   transfer  the scenario's large file is an input, and caches push outputs, so a bench-only
 #             one-task pipeline (probe) writes one output of MODEL_SIZE: a copy of the model
-#             (base.bin, a hard link, deliberately not a declared input, so no run hashes it) with
-#             the seed param stamped over its first 32 bytes (a new key and digest per seed). tenon's upload = [probe run with --cache-repo, empty store, new
-#             seed] - [the same run without a remote]; download = [probe on an empty store B
-#             with --cache-repo, record in the registry] - [the same run hitting the record in
-#             the local store]: both restore the output into the run dir, the difference is
+#             (base.bin, a hard link, deliberately not a declared input, so no run hashes it)
+#             with the seed param stamped over its first 32 bytes (a new key and digest per
+#             seed). tenon's upload = [probe run with --cache-repo, empty store, new seed] - [the
+#             same run without a remote]; download = [probe on an empty store B with
+#             --cache-repo, record in the registry] - [the same run hitting the record in the
+#             local store]: both restore the output into the run dir, the difference is
 #             fetching, verifying and storing it. curl: POST /v2/bench/curl/blobs/uploads/,
 #             then PUT <Location>&digest=sha256:... -T model.bin; GET the blob -o /dev/null.
+#             Also from the registry's own log: how long it spent on the blob requests.
 # Times: median of N reps, wall clock; each timed command's peak RSS comes from /usr/bin/time.
 # MB/s = 10^6 bytes per second. Files are in the page cache: this measures the tools and HTTP,
-# not the disk.
+# not the disk. The full run needs about 14 GiB free in the work dir (checked first).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
