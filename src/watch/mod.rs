@@ -318,7 +318,7 @@ async fn git_loop(
         };
         match fetched {
             Err(e) => {
-                shared.metrics().fetch_errors += 1;
+                shared.metrics.fetch_errors.inc();
                 shared.set_status("lastError", json!({"at": rfc3339_now(), "message": e}));
                 if opts.once {
                     return Err(Error::Io { context: e, source: std::io::Error::other("fetch") });
