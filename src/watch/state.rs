@@ -8,10 +8,157 @@ use std::sync::Mutex;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use crate::promote::run::PromotionReport;
-use crate::report::{RunReport, API_VERSION};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::Diagnostic;
+use crate::promote::run::{PromotionReport, PromotionSummary};
+use crate::report::{PlanReport, RunReport, API_VERSION};
+
+/// How one reconcile ended (the `outcome` of `/status`, logs and
+/// `tenon_reconciles_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReconcileOutcome {
+    /// Every run succeeded (tasks may have come from the cache).
+    Succeeded,
+    /// Nothing to run: only tenon's own promotion commits since the last reconcile.
+    Skipped,
+    /// Nothing reconciled yet in this process: the revision was done before.
+    UpToDate,
+    /// A run failed.
+    Failed,
+    /// Shutdown interrupted a run.
+    Cancelled,
+    /// The manifests are invalid: nothing was run.
+    Invalid,
+    /// tenon could not work (checkout, state directory): the revision is tried again.
+    Error,
+}
+
+impl ReconcileOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileOutcome::Succeeded => "succeeded",
+            ReconcileOutcome::Skipped => "skipped",
+            ReconcileOutcome::UpToDate => "up-to-date",
+            ReconcileOutcome::Failed => "failed",
+            ReconcileOutcome::Cancelled => "cancelled",
+            ReconcileOutcome::Invalid => "invalid",
+            ReconcileOutcome::Error => "error",
+        }
+    }
+
+    /// A success for `lastSuccessAt` and the last-success gauge.
+    pub fn is_success(self) -> bool {
+        matches!(self, ReconcileOutcome::Succeeded | ReconcileOutcome::Skipped)
+    }
+}
+
+impl std::fmt::Display for ReconcileOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What is followed, as `/status` shows it (credentials removed from URLs).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceDoc {
+    Dir { dir: String },
+    Git { url: String, branch: String },
+}
+
+/// The document `/status` serves.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchStatus {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub source: SourceDoc,
+    pub ready: bool,
+    /// `null` without a leader gate.
+    pub leader: Option<bool>,
+    pub reconciling: bool,
+    pub revision: Option<String>,
+    pub reconciles: u64,
+    pub last_reconcile: Option<LastReconcile>,
+    pub last_error: Option<LastError>,
+    /// By environment: the last promotion decision and when it was made.
+    pub promotions: BTreeMap<String, PromotionEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile_started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<String>,
+}
+
+/// The last finished reconcile.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastReconcile {
+    pub revision: Option<String>,
+    pub outcome: ReconcileOutcome,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(flatten)]
+    pub details: Details,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<RunReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanReport>,
+}
+
+/// What a reconcile adds to its outcome (each part only when it applies).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Details {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The validation errors of invalid manifests, and the same as text.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Diagnostic>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionReport>,
+    /// `environment=state,...`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promotions: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promotion_note: Option<String>,
+}
+
+/// The last error: a failed fetch, reconcile or promotion.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    pub at: String,
+    pub message: String,
+    /// A reconcile's error names its revision (`null` in directory mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionReport>,
+}
+
+impl LastError {
+    pub fn now(message: impl Into<String>) -> Self {
+        LastError { at: rfc3339_now(), message: message.into(), revision: None, promotion: None }
+    }
+}
+
+/// One environment's last promotion decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromotionEntry {
+    #[serde(flatten)]
+    pub summary: PromotionSummary,
+    pub at: String,
+}
 
 /// One label: `{name="value"}`.
 type Label = [(&'static str, String); 1];
@@ -119,7 +266,7 @@ pub fn label(name: &'static str, value: &str) -> Label {
 /// State shared by the loop and the HTTP server.
 pub struct Shared {
     pub metrics: Metrics,
-    pub status: Mutex<Value>,
+    pub status: Mutex<WatchStatus>,
     /// The first sync (a fetch and a reconcile attempt) is done.
     pub ready: AtomicBool,
     /// This replica may reconcile and promote (always true without a leader gate).
@@ -148,27 +295,28 @@ pub fn rfc3339_now() -> String {
 }
 
 impl Shared {
-    pub fn new(source: Value, state_dir: PathBuf, webhook_secret: Option<String>, branch: Option<String>) -> Self {
-        let source_label = match (&source["url"], &source["dir"]) {
-            (Value::String(u), _) => format!("{u}#{}", branch.as_deref().unwrap_or("")),
-            (_, Value::String(d)) => d.clone(),
-            _ => String::new(),
+    pub fn new(source: SourceDoc, state_dir: PathBuf, webhook_secret: Option<String>) -> Self {
+        let (source_label, branch) = match &source {
+            SourceDoc::Git { url, branch } => (format!("{url}#{branch}"), Some(branch.clone())),
+            SourceDoc::Dir { dir } => (dir.clone(), None),
         };
         Shared {
             metrics: Metrics::default(),
-            status: Mutex::new(json!({
-                "apiVersion": API_VERSION,
-                "kind": "WatchStatus",
-                "source": source,
-                "ready": false,
-                "leader": Value::Null,
-                "reconciling": false,
-                "revision": Value::Null,
-                "reconciles": 0,
-                "lastReconcile": Value::Null,
-                "lastError": Value::Null,
-                "promotions": {},
-            })),
+            status: Mutex::new(WatchStatus {
+                api_version: API_VERSION,
+                kind: "WatchStatus",
+                source,
+                ready: false,
+                leader: None,
+                reconciling: false,
+                revision: None,
+                reconciles: 0,
+                last_reconcile: None,
+                last_error: None,
+                promotions: BTreeMap::new(),
+                reconcile_started_at: None,
+                last_success_at: None,
+            }),
             ready: AtomicBool::new(false),
             leader: AtomicBool::new(true),
             has_leader_gate: false,
@@ -180,15 +328,17 @@ impl Shared {
         }
     }
 
-    pub fn set_status(&self, key: &str, v: Value) {
-        lock(&self.status)[key] = v;
+    /// The `/status` document, to read or update.
+    pub fn status(&self) -> std::sync::MutexGuard<'_, WatchStatus> {
+        lock(&self.status)
     }
 
+    /// `/status` as served: readiness and leadership as of now.
     pub fn status_json(&self) -> Value {
-        let mut s = lock(&self.status).clone();
-        s["ready"] = json!(self.ready.load(Ordering::Relaxed));
-        s["leader"] = if self.has_leader_gate { json!(self.leader.load(Ordering::Relaxed)) } else { Value::Null };
-        s
+        let mut s = self.status();
+        s.ready = self.ready.load(Ordering::Relaxed);
+        s.leader = self.has_leader_gate.then(|| self.leader.load(Ordering::Relaxed));
+        serde_json::to_value(&*s).unwrap_or(Value::Null)
     }
 
     pub fn count_webhook(&self, result: &str) {
@@ -196,11 +346,11 @@ impl Shared {
     }
 
     /// Account one finished reconcile: its outcome, its tasks and hashing.
-    pub fn count_reconcile(&self, outcome: &str, seconds: f64, report: Option<&RunReport>, hash_ns: u64) {
+    pub fn count_reconcile(&self, outcome: ReconcileOutcome, seconds: f64, report: Option<&RunReport>, hash_ns: u64) {
         let m = &self.metrics;
-        m.reconciles.get_or_create(&label("outcome", outcome)).inc();
+        m.reconciles.get_or_create(&label("outcome", outcome.as_str())).inc();
         m.reconcile_duration.observe(seconds);
-        if outcome == "succeeded" || outcome == "skipped" {
+        if outcome.is_success() {
             m.last_success_ts.set(now_secs());
         }
         if let Some(r) = report {
@@ -232,18 +382,16 @@ impl Shared {
         for s in &p.promotions {
             self.metrics.promotions.get_or_create(&label("state", &s.state)).inc();
         }
-        let mut st = lock(&self.status);
+        let mut st = self.status();
         for s in &p.promotions {
-            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-            v["at"] = json!(rfc3339_now());
-            st["promotions"][&s.environment] = v;
+            st.promotions.insert(s.environment.clone(), PromotionEntry { summary: s.clone(), at: rfc3339_now() });
         }
     }
 
     /// The Prometheus text exposition (format 0.0.4, [`METRICS_CONTENT_TYPE`]).
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
-        let revision = lock(&self.status)["revision"].as_str().unwrap_or("").to_string();
+        let revision = self.status().revision.clone().unwrap_or_default();
         m.revision_info.clear();
         m.revision_info.get_or_create(&[("source", self.source_label.clone()), ("revision", revision)]).set(1);
         m.ready.set(self.ready.load(Ordering::Relaxed) as i64);
@@ -261,10 +409,11 @@ pub const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_t
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn shared_cache_counters_add_up_across_reconciles_in_the_exposition() {
-        let s = Shared::new(json!({"dir": "/x"}), PathBuf::from("/tmp"), None, None);
+        let s = Shared::new(SourceDoc::Dir { dir: "/x".into() }, PathBuf::from("/tmp"), None);
         let mut report = RunReport::new(vec![]);
         report.remote_cache = Some(crate::remote::RemoteSummary {
             url: "oci+http://127.0.0.1:1/c".into(),
@@ -278,8 +427,8 @@ mod tests {
             unavailable: false,
             warnings: vec![],
         });
-        s.count_reconcile("succeeded", 1.0, Some(&report), 0);
-        s.count_reconcile("succeeded", 1.0, Some(&report), 0);
+        s.count_reconcile(ReconcileOutcome::Succeeded, 1.0, Some(&report), 0);
+        s.count_reconcile(ReconcileOutcome::Succeeded, 1.0, Some(&report), 0);
         let m = s.render_metrics();
         for line in [
             "tenon_remote_cache_hits_total 4",
@@ -298,15 +447,15 @@ mod tests {
     /// `_count`), and the other families keep their names, labels and types.
     #[test]
     fn exposition_has_a_duration_histogram_and_the_families() {
-        let s = Shared::new(json!({"dir": "/x"}), PathBuf::from("/tmp"), None, None);
+        let s = Shared::new(SourceDoc::Dir { dir: "/x".into() }, PathBuf::from("/tmp"), None);
         for secs in [0.2, 0.7, 42.0] {
-            s.count_reconcile("succeeded", secs, None, 1_500_000_000);
+            s.count_reconcile(ReconcileOutcome::Succeeded, secs, None, 1_500_000_000);
         }
-        s.count_reconcile("invalid", 0.01, None, 0);
+        s.count_reconcile(ReconcileOutcome::Invalid, 0.01, None, 0);
         s.count_webhook("rejected");
         s.metrics.fetch_errors.inc();
         s.ready.store(true, Ordering::Relaxed);
-        s.set_status("revision", json!("abc"));
+        s.status().revision = Some("abc".into());
         let m = s.render_metrics();
         for line in [
             "# TYPE tenon_reconcile_duration_seconds histogram",
@@ -335,9 +484,62 @@ mod tests {
         let ts = m.lines().find_map(|l| l.strip_prefix("tenon_last_successful_reconcile_timestamp_seconds "));
         assert!(ts.unwrap().parse::<f64>().unwrap() > 1.0e9, "{m}");
         // the revision label follows the status, escaped
-        s.set_status("revision", json!("a\"b\\c"));
+        s.status().revision = Some("a\"b\\c".into());
         let m = s.render_metrics();
         assert!(m.contains("tenon_revision_info{source=\"/x\",revision=\"a\\\"b\\\\c\"} 1"), "{m}");
         assert!(!m.contains("revision=\"abc\""), "{m}");
+    }
+
+    /// The typed `/status` document serializes to the JSON the `serde_json::Value` built
+    /// before: same keys, same order, `null`s where nothing happened yet.
+    #[test]
+    fn watch_status_json_is_unchanged() {
+        let git = SourceDoc::Git { url: "https://example.com/r.git".into(), branch: "main".into() };
+        let s = Shared::new(git, PathBuf::from("/tmp"), None);
+        assert_eq!(s.source_label, "https://example.com/r.git#main");
+        assert_eq!(s.branch.as_deref(), Some("main"));
+        assert_eq!(
+            s.status_json().to_string(),
+            format!(
+                r#"{{"apiVersion":"{API_VERSION}","kind":"WatchStatus","source":{{"kind":"git","url":"https://example.com/r.git","branch":"main"}},"ready":false,"leader":null,"reconciling":false,"revision":null,"reconciles":0,"lastReconcile":null,"lastError":null,"promotions":{{}}}}"#
+            )
+        );
+        let mut s = Shared::new(SourceDoc::Dir { dir: "/x".into() }, PathBuf::from("/tmp"), None);
+        s.has_leader_gate = true;
+        s.ready.store(true, Ordering::Relaxed);
+        {
+            let mut st = s.status();
+            st.reconcile_started_at = Some("t0".into());
+            st.last_error = Some(LastError { revision: Some(None), ..LastError::now("2 error(s)") });
+            st.last_reconcile = Some(LastReconcile {
+                revision: None,
+                outcome: ReconcileOutcome::Invalid,
+                finished_at: "t1".into(),
+                duration_ms: 5,
+                started_at: Some("t0".into()),
+                details: Details { error: Some("2 error(s)".into()), messages: vec!["a.yaml:1: x".into()], ..Details::default() },
+                report: None,
+                plan: None,
+            });
+        }
+        let v = s.status_json();
+        assert_eq!(v["source"].to_string(), r#"{"kind":"dir","dir":"/x"}"#);
+        assert_eq!((v["ready"].clone(), v["leader"].clone()), (json!(true), json!(true)));
+        assert_eq!(
+            v["lastReconcile"].to_string(),
+            r#"{"revision":null,"outcome":"invalid","finishedAt":"t1","durationMs":5,"startedAt":"t0","error":"2 error(s)","messages":["a.yaml:1: x"]}"#
+        );
+        assert_eq!(v["lastError"]["revision"], Value::Null);
+        assert_eq!(v["lastError"]["message"], "2 error(s)");
+        assert!(v["lastError"].as_object().unwrap().contains_key("revision"));
+        assert_eq!(v["reconcileStartedAt"], "t0");
+        assert!(v.get("lastSuccessAt").is_none());
+        assert_eq!(
+            ["up-to-date", "succeeded", "cancelled"],
+            [ReconcileOutcome::UpToDate, ReconcileOutcome::Succeeded, ReconcileOutcome::Cancelled].map(|o| {
+                assert_eq!(json!(o), json!(o.as_str()));
+                o.as_str()
+            })
+        );
     }
 }
