@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Outcome};
@@ -80,32 +79,6 @@ struct Ended {
     done: bool,
 }
 
-/// One line per event on stderr: human text, or a JSON object with `--log-format json`.
-fn emit(json_logs: bool, level: &str, msg: &str, fields: Value) {
-    use std::io::Write;
-    let line = if json_logs {
-        let mut o = json!({"timestamp": rfc3339_now(), "level": level.to_uppercase(), "target": "tenon::watch", "message": msg});
-        if let (Some(o), Value::Object(f)) = (o.as_object_mut(), fields) {
-            o.extend(f);
-        }
-        o.to_string()
-    } else {
-        let extra: Vec<String> = match fields {
-            Value::Object(f) => f
-                .into_iter()
-                .filter(|(k, _)| k != "report")
-                .map(|(k, v)| match v {
-                    Value::String(s) => format!("{k}={s}"),
-                    v => format!("{k}={v}"),
-                })
-                .collect(),
-            _ => vec![],
-        };
-        format!("watch: {msg}{}{}", if extra.is_empty() { "" } else { "  " }, extra.join(" "))
-    };
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
 /// Run the watcher until SIGTERM/SIGINT (or, with `once`, one reconcile).
 pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
     let source_doc = match &opts.source {
@@ -147,14 +120,9 @@ pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
                 .map_err(|e| Error::Io { context: format!("cannot write {}", f.display()), source: e })?;
         }
         if shared.webhook_secret.is_none() && matches!(opts.source, Source::Git { .. }) {
-            emit(
-                opts.json_logs,
-                "warn",
-                "no webhook secret configured: POST /hooks/git accepts unsigned requests",
-                json!({}),
-            );
+            tracing::warn!("no webhook secret configured: POST /hooks/git accepts unsigned requests");
         }
-        emit(opts.json_logs, "info", "listening", json!({"address": addr.to_string(), "source": shared.source_label}));
+        tracing::info!(address = %addr, source = %shared.source_label, "listening");
         tokio::spawn(http::serve(listener, shared.clone(), server_stop.clone(), opts.http_limits));
     }
     let result = match opts.source.clone() {
@@ -163,7 +131,7 @@ pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
     };
     server_stop.cancel();
     if stop.is_cancelled() {
-        emit(opts.json_logs, "info", "stopped", json!({}));
+        tracing::info!("stopped");
     }
     result
 }
@@ -323,12 +291,7 @@ async fn git_loop(
                 }
                 let wait = backoff.map_or(Duration::from_secs(1), |b| (b * 2).min(opts.max_backoff));
                 backoff = Some(wait);
-                emit(
-                    opts.json_logs,
-                    "error",
-                    "fetch failed",
-                    json!({"error": e, "retryIn": humantime::format_duration(wait).to_string()}),
-                );
+                tracing::error!(error = e.as_str(), retryIn = %humantime::format_duration(wait), "fetch failed");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shared.trigger.notified() => {}
@@ -385,7 +348,7 @@ async fn reconcile_revision(
     let s = src.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || s.checkout(tip)).await.unwrap_or_else(|e| Err(e.to_string())) {
         let details = Details { error: Some(format!("checkout {rev}: {e}")), ..Details::default() };
-        return finish(opts, shared, started, Some(&rev), ReconcileOutcome::Error, details, None, 0);
+        return finish(shared, started, Some(&rev), ReconcileOutcome::Error, details, None, 0);
     }
     shared.status().revision = Some(rev.clone());
     // tenon's own promotion commits change only promotion targets and the ledger
@@ -396,7 +359,7 @@ async fn reconcile_revision(
         if let Ok(Ok(true)) = only {
             let why = "only tenon promotion commits since the last reconcile: no task runs";
             let details = Details { skipped: Some(why.into()), ..Details::default() };
-            return finish(opts, shared, started, Some(&rev), ReconcileOutcome::Skipped, details, None, 0);
+            return finish(shared, started, Some(&rev), ReconcileOutcome::Skipped, details, None, 0);
         }
     }
     reconcile_tree(opts, shared, stop, &src.dir, Some((src, tip))).await
@@ -421,7 +384,7 @@ async fn reconcile_tree(
     let cat = match reconcile::load_valid(dir) {
         Err(e) => {
             let details = Details { error: Some(e.to_string()), ..Details::default() };
-            return finish(opts, shared, started, rev.as_deref(), invalid, details, None, 0);
+            return finish(shared, started, rev.as_deref(), invalid, details, None, 0);
         }
         Ok(Err(diags)) => {
             let details = Details {
@@ -430,7 +393,7 @@ async fn reconcile_tree(
                 errors: diags.0,
                 ..Details::default()
             };
-            return finish(opts, shared, started, rev.as_deref(), invalid, details, None, 0);
+            return finish(shared, started, rev.as_deref(), invalid, details, None, 0);
         }
         Ok(Ok(cat)) => cat,
     };
@@ -462,7 +425,7 @@ async fn reconcile_tree(
         Err(e) => {
             let outcome = if matches!(e, Error::Io { .. } | Error::Store(_)) { ReconcileOutcome::Error } else { invalid };
             let details = Details { error: Some(e.to_string()), ..Details::default() };
-            return finish(opts, shared, started, rev.as_deref(), outcome, details, None, 0);
+            return finish(shared, started, rev.as_deref(), outcome, details, None, 0);
         }
     };
     if let Some(e) = &rec.report.store_error {
@@ -470,13 +433,13 @@ async fn reconcile_tree(
         let error = format!("tenon could not use its state directory, so what ran is not recorded: {e}");
         let details = Details { error: Some(error), ..Details::default() };
         let outcome = ReconcileOutcome::Error;
-        return finish(opts, shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
+        return finish(shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
     }
     let ok = rec.report.all_ok();
     if interrupted && !ok {
         let outcome = ReconcileOutcome::Cancelled;
         let details = Details::default();
-        let ended = finish(opts, shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
+        let ended = finish(shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
         return Ended { done: false, ..ended };
     }
     let outcome = if ok { ReconcileOutcome::Succeeded } else { ReconcileOutcome::Failed };
@@ -533,7 +496,7 @@ async fn reconcile_tree(
         }
         details.promotion = Some(p);
     }
-    let mut ended = finish(opts, shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
+    let mut ended = finish(shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
     // a run failed because shutdown cancelled it: not done
     ended.done = !interrupted || ok;
     ended
@@ -542,7 +505,6 @@ async fn reconcile_tree(
 /// Account, publish and log a finished reconcile.
 #[allow(clippy::too_many_arguments)]
 fn finish(
-    opts: &WatchOptions,
     shared: &Shared,
     started: Instant,
     rev: Option<&str>,
@@ -557,32 +519,11 @@ fn finish(
     for t in report.iter().flat_map(|r| r.runs.iter()).flat_map(|r| r.tasks.iter()) {
         *counts.entry(t.status.clone()).or_default() += 1;
     }
-    let level = match outcome {
-        ReconcileOutcome::Succeeded | ReconcileOutcome::Skipped | ReconcileOutcome::UpToDate => "info",
-        ReconcileOutcome::Cancelled | ReconcileOutcome::Failed => "warn",
-        ReconcileOutcome::Invalid | ReconcileOutcome::Error => "error",
-    };
     let tasks: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {}", k.to_lowercase())).collect();
-    let mut log = json!({"outcome": outcome, "duration": format!("{secs:.2}s")});
-    if let Some(r) = rev {
-        log["revision"] = json!(&r[..12.min(r.len())]);
-    }
-    if !tasks.is_empty() {
-        log["tasks"] = json!(tasks.join(", "));
-    }
-    for (k, v) in [
-        ("error", &details.error),
-        ("skipped", &details.skipped),
-        ("promotions", &details.promotions),
-        ("promotionNote", &details.promotion_note),
-    ] {
-        if let Some(v) = v {
-            log[k] = json!(v);
-        }
-    }
     for line in &details.messages {
-        emit(opts.json_logs, "error", line, json!({}));
+        tracing::error!("{line}");
     }
+    log_reconcile(outcome, secs, rev, &tasks.join(", "), &details);
     {
         let mut st = shared.status();
         if outcome.is_success() {
@@ -603,7 +544,37 @@ fn finish(
         st.reconciling = false;
         st.reconciles += 1;
     }
-    emit(opts.json_logs, level, "reconcile", log);
     // tenon itself could not work (checkout, state directory): try the revision again later
     Ended { outcome, done: outcome != ReconcileOutcome::Error }
+}
+
+/// The one log event of a finished reconcile (`message` "reconcile"), at a level that
+/// follows the outcome; the fields are the outcome, its duration, the short revision,
+/// task counts by status, and the error, skip reason or promotions when there are any.
+fn log_reconcile(outcome: ReconcileOutcome, secs: f64, rev: Option<&str>, tasks: &str, details: &Details) {
+    let revision = rev.map(|r| &r[..12.min(r.len())]);
+    let tasks = (!tasks.is_empty()).then_some(tasks);
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                outcome = %outcome,
+                duration = %format_args!("{secs:.2}s"),
+                revision = revision.map(tracing::field::display),
+                tasks,
+                error = details.error.as_deref(),
+                skipped = details.skipped.as_deref(),
+                promotions = details.promotions.as_deref(),
+                promotionNote = details.promotion_note.as_deref(),
+                "reconcile"
+            )
+        };
+    }
+    match outcome {
+        ReconcileOutcome::Succeeded | ReconcileOutcome::Skipped | ReconcileOutcome::UpToDate => {
+            event!(tracing::Level::INFO)
+        }
+        ReconcileOutcome::Cancelled | ReconcileOutcome::Failed => event!(tracing::Level::WARN),
+        ReconcileOutcome::Invalid | ReconcileOutcome::Error => event!(tracing::Level::ERROR),
+    }
 }
