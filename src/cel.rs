@@ -422,6 +422,19 @@ pub fn eval_bool(expr: &str) -> Result<bool, String> {
     }
 }
 
+/// Whether a `when` expression holds, after substituting `vars`: `input` `in`/`notin`
+/// `values` (exact string match, isolated arrays spliced), or a `cel` expression.
+pub fn when_holds(w: &crate::model::WhenExpression, vars: &crate::subst::Vars) -> Result<bool, String> {
+    if let Some(cel) = &w.cel {
+        let expr = vars.apply_str(cel);
+        return eval_bool(&expr).map_err(|e| format!("CEL expression {expr:?}: {e}"));
+    }
+    let input = vars.apply_str(w.input.as_deref().unwrap_or(""));
+    let values = vars.apply_list(w.values.as_deref().unwrap_or(&[]));
+    let hit = values.contains(&input);
+    Ok(if w.operator.as_deref() == Some("notin") { !hit } else { hit })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,17 +535,4 @@ mod tests {
             assert!(err.contains("nested deeper than 64 levels"), "{err}");
         }
     }
-}
-
-/// Whether a `when` expression holds, after substituting `vars`: `input` `in`/`notin`
-/// `values` (exact string match, isolated arrays spliced), or a `cel` expression.
-pub fn when_holds(w: &crate::model::WhenExpression, vars: &crate::subst::Vars) -> Result<bool, String> {
-    if let Some(cel) = &w.cel {
-        let expr = vars.apply_str(cel);
-        return eval_bool(&expr).map_err(|e| format!("CEL expression {expr:?}: {e}"));
-    }
-    let input = vars.apply_str(w.input.as_deref().unwrap_or(""));
-    let values = vars.apply_list(w.values.as_deref().unwrap_or(&[]));
-    let hit = values.contains(&input);
-    Ok(if w.operator.as_deref() == Some("notin") { !hit } else { hit })
 }
