@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use super::matrix::NoFanOut;
+use super::matrix::{Combo, NoFanOut};
 use super::refs::{referenced_tasks, result_refs};
 use crate::dag::{Dag, Readiness};
 use crate::model::{parse_duration, ParamValue, PipelineRunSpec, PipelineSpec, PipelineTask};
@@ -816,7 +816,7 @@ impl PipelineRunFacts {
     }
 
     /// The matrix combinations (`[None]` without a matrix).
-    fn combinations(&self, pt: &PipelineTask, vars: &Vars) -> Result<Vec<Option<Vec<(String, String)>>>, Decision> {
+    fn combinations(&self, pt: &PipelineTask, vars: &Vars) -> Result<Vec<Option<Combo>>, Decision> {
         let Some(m) = &pt.matrix else { return Ok(vec![None]) };
         match super::matrix::expand(&pt.name, m, vars) {
             Ok(c) => Ok(c.into_iter().map(Some).collect()),
