@@ -6,7 +6,10 @@ pub const LEDGER_DIR: &str = ".tenon";
 
 pub mod decide;
 pub mod edit;
+pub mod error;
 pub mod git;
 pub mod known_hosts;
 pub mod ledger;
 pub mod run;
+
+pub use error::PromoteError;

@@ -25,6 +25,19 @@ use crate::ui::Console;
 use source::{GitSource, Ignored};
 use state::{rfc3339_now, Shared};
 
+/// Why `tenon watch --once` (or a stopped watcher) did not end well (exit codes:
+/// `crate::error`). What went wrong was already logged with the revision.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("the manifests are invalid (see the errors above); nothing was run")]
+    Invalid,
+    #[error("the reconcile could not run (see the error above)")]
+    Reconcile,
+    /// The git source could not be fetched (tenon could not work).
+    #[error("cannot fetch {url}: {message}")]
+    Fetch { url: String, message: String },
+}
+
 /// What to follow.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -282,11 +295,8 @@ fn update_ignored(ignored: &Mutex<Ignored>, root: &Path) {
 fn once_outcome(outcome: &str) -> Result<Outcome, Error> {
     match outcome {
         "succeeded" | "skipped" | "up-to-date" => Ok(Outcome::Ok),
-        "invalid" => Err(Error::Usage("the manifests are invalid (see the errors above); nothing was run".into())),
-        "error" => Err(Error::Io {
-            context: "the reconcile could not run (see the error above)".into(),
-            source: std::io::Error::other("reconcile"),
-        }),
+        "invalid" => Err(WatchError::Invalid.into()),
+        "error" => Err(WatchError::Reconcile.into()),
         _ => Ok(Outcome::RunFailed),
     }
 }
@@ -321,7 +331,7 @@ async fn git_loop(
                 shared.metrics().fetch_errors += 1;
                 shared.set_status("lastError", json!({"at": rfc3339_now(), "message": e}));
                 if opts.once {
-                    return Err(Error::Io { context: e, source: std::io::Error::other("fetch") });
+                    return Err(WatchError::Fetch { url: url.to_string(), message: e }.into());
                 }
                 let wait = backoff.map_or(Duration::from_secs(1), |b| (b * 2).min(opts.max_backoff));
                 backoff = Some(wait);
@@ -476,8 +486,9 @@ async fn reconcile_tree(
     let rec = match result {
         Ok(r) => r,
         Err(e) => {
-            let outcome = if matches!(e, Error::Io { .. } | Error::Store(_)) { "error" } else { "invalid" };
-            return finish(opts, shared, started, rev.as_deref(), outcome, json!({"error": e.to_string()}), None, 0);
+            let outcome = if e.code() == crate::error::EXIT_INTERNAL { "error" } else { "invalid" };
+            let error = crate::error::render(&e);
+            return finish(opts, shared, started, rev.as_deref(), outcome, json!({"error": error}), None, 0);
         }
     };
     if let Some(e) = &rec.report.store_error {
@@ -540,13 +551,14 @@ async fn reconcile_tree(
             let dir = dir.to_path_buf();
             let popts = opts.promote_opts.clone();
             let state_dir = opts.settings.state_dir.clone();
-            let r = tokio::task::spawn_blocking(move || -> Result<PromotionReport, String> {
-                let cat = reconcile::load(&dir).map_err(|e| e.to_string())?;
-                let store = reconcile::open_store(&state_dir).map_err(|e| e.to_string())?;
-                promote_all(&cat, &dir, &store, Some(&results), &popts)
+            let r = tokio::task::spawn_blocking(move || -> Result<PromotionReport, Error> {
+                let cat = reconcile::load(&dir)?;
+                let store = reconcile::open_store(&state_dir)?;
+                Ok(promote_all(&cat, &dir, &store, Some(&results), &popts)?)
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            .map_err(|e| format!("the promotion task stopped: {e}"))
+            .and_then(|r| r.map_err(|e| crate::error::render(&e)));
             match r {
                 Ok(p) => {
                     shared.count_promotions(&p);
