@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use crate::promote::PromoteError;
 use crate::reconcile::ReconcileError;
+use crate::watch::source::SourceError;
 use crate::watch::WatchError;
 
 pub const EXIT_OK: u8 = 0;
@@ -75,8 +76,8 @@ impl Error {
                 ReconcileError::ExecutorStart { .. } | ReconcileError::StatCache { .. } => EXIT_INTERNAL,
             },
             Error::Watch(e) => match e {
-                WatchError::Invalid => EXIT_INVALID,
-                WatchError::Fetch { .. } | WatchError::Reconcile => EXIT_INTERNAL,
+                WatchError::Invalid | WatchError::Source(SourceError::Locked { .. }) => EXIT_INVALID,
+                WatchError::Reconcile | WatchError::Source(_) => EXIT_INTERNAL,
             },
         }
     }
@@ -162,6 +163,21 @@ mod tests {
         ];
         for (e, want) in rows {
             let e = Error::from(e);
+            assert_eq!(e.code(), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn watch_and_reconcile_errors_map_to_codes() {
+        let rows: Vec<(Error, u8)> = vec![
+            (WatchError::Invalid.into(), 2),
+            (WatchError::Reconcile.into(), 3),
+            (WatchError::from(SourceError::Locked { url: "u".into(), lock: "l".into() }).into(), 2),
+            (WatchError::from(SourceError::NoBranch { branch: "main".into(), url: "u".into() }).into(), 3),
+            (ReconcileError::Sandbox { message: "no bwrap".into() }.into(), 2),
+            (ReconcileError::ExecutorStart { executor: "kubernetes", message: "no cluster".into() }.into(), 3),
+        ];
+        for (e, want) in rows {
             assert_eq!(e.code(), want, "{e:?}");
         }
     }

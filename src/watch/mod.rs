@@ -22,7 +22,7 @@ use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionRepo
 use crate::reconcile::{self, RunSettings};
 use crate::report::PlanReport;
 use crate::ui::Console;
-use source::{GitSource, Ignored};
+use source::{GitSource, Ignored, SourceError};
 use state::{rfc3339_now, Shared};
 
 /// Why `tenon watch --once` (or a stopped watcher) did not end well (exit codes:
@@ -33,9 +33,9 @@ pub enum WatchError {
     Invalid,
     #[error("the reconcile could not run (see the error above)")]
     Reconcile,
-    /// The git source could not be fetched (tenon could not work).
-    #[error("cannot fetch {url}: {message}")]
-    Fetch { url: String, message: String },
+    /// The git source could not be locked or fetched.
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 /// What to follow.
@@ -309,7 +309,7 @@ async fn git_loop(
     branch: &str,
 ) -> Result<Outcome, Error> {
     let src = GitSource::new(url, branch, &opts.settings.state_dir, opts.promote_opts.credentials.clone());
-    let _lock = src.lock().map_err(Error::Usage)?;
+    let _lock = src.lock().map_err(WatchError::from)?;
     let source_key = format!("git {url}#{branch}");
     let store = reconcile::open_store(&opts.settings.state_dir)?;
     let mut leader = opts.leader.clone();
@@ -323,15 +323,16 @@ async fn git_loop(
         let fetch = tokio::task::spawn_blocking(move || s.fetch());
         // a fetch stuck on the network does not hold up shutdown
         let fetched = tokio::select! {
-            r = fetch => r.unwrap_or_else(|e| Err(e.to_string())),
+            r = fetch => r.map_err(|e| SourceError::Git { message: format!("the fetch stopped: {e}") }).and_then(|r| r),
             _ = stop.cancelled() => break,
         };
         match fetched {
-            Err(e) => {
+            Err(source) => {
+                let e = crate::error::render(&source);
                 shared.metrics().fetch_errors += 1;
                 shared.set_status("lastError", json!({"at": rfc3339_now(), "message": e}));
                 if opts.once {
-                    return Err(WatchError::Fetch { url: url.to_string(), message: e }.into());
+                    return Err(WatchError::Source(source).into());
                 }
                 let wait = backoff.map_or(Duration::from_secs(1), |b| (b * 2).min(opts.max_backoff));
                 backoff = Some(wait);
@@ -395,7 +396,8 @@ async fn reconcile_revision(
     let started = Instant::now();
     shared.set_status("reconcileStartedAt", json!(rfc3339_now()));
     let s = src.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || s.checkout(tip)).await.unwrap_or_else(|e| Err(e.to_string())) {
+    let checkout = tokio::task::spawn_blocking(move || s.checkout(tip)).await;
+    if let Err(e) = checkout.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| crate::error::render(&e))) {
         return finish(
             opts,
             shared,
