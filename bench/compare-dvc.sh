@@ -27,75 +27,19 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 
-QUICK=0
-REPS=""
-KEEP=0
-BUILD=1
-WRITE_RESULTS=1
+# shellcheck source=bench/lib/scenario.sh
+. "$HERE/lib/scenario.sh"
 WORK="${TMPDIR:-/tmp}/tenon-bench-dvc"
-DVC_VERSION="${DVC_VERSION:-3.67.1}"
-
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --quick) QUICK=1 ;;
-        --reps) REPS="$2"; shift ;;
-        --keep) KEEP=1 ;;
-        --workdir) WORK="$2"; shift ;;
-        --no-build) BUILD=0 ;;
-        --no-results) WRITE_RESULTS=0 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-        *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
-    esac
-    shift
-done
-
-if [ "$QUICK" = 1 ]; then
-    DIRS=10; PER_DIR=100; MODEL_SIZE=64M; RSS_SIZE=1G; : "${REPS:=2}"
-else
-    DIRS=10; PER_DIR=1000; MODEL_SIZE=1G; RSS_SIZE=10G; : "${REPS:=5}"
-fi
-NFILES=$((DIRS * PER_DIR))
-
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-die() { echo "error: $*" >&2; exit 1; }
+bench_options "$@"
+scenario_sizes
+if [ "$QUICK" = 1 ]; then RSS_SIZE=1G; : "${REPS:=2}"; else RSS_SIZE=10G; : "${REPS:=5}"; fi
 
 # ---------------------------------------------------------------- tools
-need_apt() { # command package
-    command -v "$1" >/dev/null 2>&1 && return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        log "installing $2 from apt"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1 ||
-            { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1; } || true
-    fi
-    command -v "$1" >/dev/null 2>&1
-}
 HAVE_HYPERFINE=0
 need_apt hyperfine hyperfine && HAVE_HYPERFINE=1
 [ -x /usr/bin/time ] || need_apt /usr/bin/time time || true
 command -v openssl >/dev/null || die "openssl is required"
-command -v git >/dev/null || die "git is required"
-PY=python3
-command -v "$PY" >/dev/null || die "python3 is required"
-
-VENV="$HERE/.venv"
-if ! "$VENV/bin/dvc" --version 2>/dev/null | grep -qx "$DVC_VERSION"; then
-    log "installing dvc==$DVC_VERSION into $VENV"
-    [ -x "$VENV/bin/pip" ] || "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "dvc==$DVC_VERSION"
-fi
-DVC="$VENV/bin/dvc"
-export DVC_NO_ANALYTICS=1 DVC_IGNORE_UPDATER=1
-
-if [ -n "${TENON_BIN:-}" ]; then
-    TENON="$TENON_BIN"
-else
-    if [ "$BUILD" = 1 ]; then
-        log "cargo build --release"
-        (cd "$REPO" && cargo build --release -q)
-    fi
-    TENON="$REPO/target/release/tenon"
-fi
-[ -x "$TENON" ] || die "no tenon binary at $TENON"
+setup_tools
 
 # ---------------------------------------------------------------- scenario
 rm -rf "$WORK"
@@ -112,115 +56,8 @@ S="$WORK/tenon-store"  # tenon's state dir
 mkdir -p "$T"
 
 log "scenario: $NFILES files of 1 KiB in $DIRS dirs, model of $MODEL_SIZE"
-"$PY" - "$T/data" "$DIRS" "$PER_DIR" <<'EOF'
-import os, sys, random
-root, dirs, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rnd = random.Random(42)
-for d in range(dirs):
-    p = os.path.join(root, f"shard-{d:02d}")
-    os.makedirs(p, exist_ok=True)
-    for i in range(per):
-        with open(os.path.join(p, f"sample-{i:05d}.csv"), "wb") as f:
-            f.write(rnd.randbytes(1024))
-EOF
-mkdir -p "$T/model"
-head -c "$MODEL_SIZE" /dev/urandom > "$T/model/model.bin"
-
-# the three stages, shared verbatim by both tools (and timed bare as "the tasks' own time")
-STAGE1='find data -type f | LC_ALL=C sort | xargs cat | sha256sum > "$OUT/summary/summary.txt"'
-STAGE2='{ head -c 16777216 model/model.bin; cat "$OUT/summary/summary.txt"; } | sha256sum > "$OUT/evaluation/evaluation.txt"'
-STAGE3='{ echo report; cat "$OUT/evaluation/evaluation.txt"; } > "$OUT/report/report.txt"'
-
-mkdir -p "$T/tekton"
-cat > "$T/tekton/pipeline.yaml" <<EOF
-apiVersion: tekton.dev/v1
-kind: Pipeline
-metadata:
-  name: bench
-spec:
-  workspaces:
-    - name: source
-    - name: work
-  tasks:
-    - name: summarize
-      workspaces:
-        - {name: source, workspace: source}
-        - {name: work, workspace: work}
-      taskSpec:
-        metadata:
-          annotations:
-            tenon.dev/inputs: "data/"
-            tenon.dev/outputs: "work:summary/"
-        workspaces:
-          - {name: source, readOnly: true}
-          - {name: work}
-        steps:
-          - name: run
-            image: alpine
-            script: |
-              #!/bin/sh
-              set -eu
-              OUT="\$(workspaces.work.path)"; mkdir -p "\$OUT/summary"
-              cd "\$(workspaces.source.path)"
-              $STAGE1
-    - name: evaluate
-      runAfter: [summarize]
-      workspaces:
-        - {name: source, workspace: source}
-        - {name: work, workspace: work}
-      taskSpec:
-        metadata:
-          annotations:
-            tenon.dev/inputs: "model/model.bin"
-            tenon.dev/outputs: "work:evaluation/"
-        workspaces:
-          - {name: source, readOnly: true}
-          - {name: work}
-        steps:
-          - name: run
-            image: alpine
-            script: |
-              #!/bin/sh
-              set -eu
-              OUT="\$(workspaces.work.path)"; mkdir -p "\$OUT/evaluation"
-              cd "\$(workspaces.source.path)"
-              $STAGE2
-    - name: report
-      runAfter: [evaluate]
-      workspaces:
-        - {name: work, workspace: work}
-      taskSpec:
-        metadata:
-          annotations:
-            tenon.dev/outputs: "work:report/"
-        workspaces:
-          - {name: work}
-        steps:
-          - name: run
-            image: alpine
-            script: |
-              #!/bin/sh
-              set -eu
-              OUT="\$(workspaces.work.path)"; mkdir -p "\$OUT/report"
-              $STAGE3
----
-apiVersion: tekton.dev/v1
-kind: PipelineRun
-metadata:
-  name: bench-run
-  annotations:
-    tenon.dev/repo-workspace: source
-spec:
-  pipelineRef: {name: bench}
-  workspaces:
-    - name: source
-      emptyDir: {}
-    - name: work
-      volumeClaimTemplate:
-        spec:
-          accessModes: [ReadWriteOnce]
-          resources: {requests: {storage: 1Gi}}
-EOF
+scenario_data "$T"
+scenario_tenon_pipeline "$T"
 
 log "copying the scenario for DVC"
 mkdir -p "$D"
@@ -231,28 +68,7 @@ cp -a "$T/data" "$T/model" "$D/"
     git config user.email bench@example.invalid
     git config user.name bench
     printf '/data/\n/model/\n' > .gitignore
-    "$DVC" init -q
-    "$DVC" config core.analytics false
-    "$DVC" config core.check_update false
-    "$DVC" config core.autostage false
-    "$DVC" config --local core.site_cache_dir "$WORK/dvc-site-cache"
-    mkdir -p out/summary out/evaluation out/report
-    # OUT=out: the same commands as tenon's steps
-    cat > dvc.yaml <<EOF
-stages:
-  summarize:
-    cmd: OUT=out; mkdir -p out/summary; $STAGE1
-    deps: [data]
-    outs: [out/summary]
-  evaluate:
-    cmd: OUT=out; mkdir -p out/evaluation; $STAGE2
-    deps: [model/model.bin, out/summary]
-    outs: [out/evaluation]
-  report:
-    cmd: OUT=out; mkdir -p out/report; $STAGE3
-    deps: [out/evaluation]
-    outs: [out/report]
-EOF
+    scenario_dvc "$D" "$WORK/dvc-site-cache"
     git add -A >/dev/null
     git commit -q -m bench
 )
@@ -442,7 +258,7 @@ OUT_MD="$WORK/RESULTS.md"
     echo
     echo "Generated by \`bench/compare-dvc.sh$([ "$QUICK" = 1 ] && echo ' --quick')\` on $(date -u +%Y-%m-%dT%H:%MZ)."
     echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); SHA-NI: $(grep -qw sha_ni /proc/cpuinfo && echo yes || echo no)), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(findmnt -no FSTYPE -T "$WORK")."
-    echo "tenon $("$TENON" --version | awk '{print $2}') ($(if [ -n "${TENON_BIN:-}" ]; then echo "TENON_BIN=$TENON_BIN${TENON_LABEL:+, $TENON_LABEL}"; else echo "git $(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo "+dirty, src diff sha256 $(git diff HEAD -- src Cargo.toml | sha256sum | cut -c1-12)")"; fi); binary built $(date -u -r "$TENON" +%H:%MZ)), DVC $("$DVC" --version), $(openssl version | awk '{print $1, $2}')."
+    echo "$(tenon_label), DVC $("$DVC" --version), $(openssl version | awk '{print $1, $2}')."
     echo "Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg) (2 CPUs: anything above ~0.5 means something else was running)."
     echo "Scenario: $NFILES files of 1 KiB in $DIRS dirs + one $MODEL_SIZE model; 3 stages (summarize the small files -> evaluate with model + summary -> report)."
     echo "Median of $REPS runs$([ "$HAVE_HYPERFINE" = 1 ] && echo " (hyperfine $(hyperfine --version | awk '{print $2}'), 1 warm-up except cold cases)" || echo " (bash loop)"); files in the page cache; times in ms."

@@ -1,7 +1,9 @@
 //! A small CEL subset for `when: [{cel: ...}]` (Tekton's alpha CEL when expressions):
 //! literals (strings, numbers, booleans, lists), `== != < <= > >=`, `&& || !`, `in`,
 //! parentheses, `int()`, `double()`, `string()`, and the string methods `startsWith`,
-//! `endsWith`, `contains`, `matches` (substring). Tekton substitutes `$(...)` first, so
+//! `endsWith`, `contains`, and `matches` (also as `matches(s, re)`): an RE2 regular
+//! expression, true when it matches any part of the string unless anchored with `^...$`,
+//! as in cel-go. Raw strings (`r'\d+'`) keep backslashes. Tekton substitutes `$(...)` first, so
 //! expressions compare quoted values: `"'$(params.branch)' == 'main'"`, or numbers:
 //! `"double('$(tasks.eval.results.accuracy)') >= 0.9"`. Types are strict as in CEL:
 //! comparing a string with a number is an error, not false.
@@ -41,12 +43,17 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
         let ch = c[i];
         if ch.is_whitespace() {
             i += 1;
-        } else if ch == '\'' || ch == '"' {
-            let q = ch;
+        } else if ch == '\'' || ch == '"' || (matches!(ch, 'r' | 'R') && matches!(c.get(i + 1), Some('\'' | '"'))) {
+            // r'...' is a raw string: backslashes are kept (regular expressions)
+            let raw = matches!(ch, 'r' | 'R');
+            if raw {
+                i += 1;
+            }
+            let q = c[i];
             let mut lit = String::new();
             i += 1;
             while i < c.len() && c[i] != q {
-                if c[i] == '\\' && i + 1 < c.len() {
+                if c[i] == '\\' && i + 1 < c.len() && !raw {
                     i += 1;
                 }
                 lit.push(c[i]);
@@ -202,6 +209,7 @@ impl P {
                 (Val::Str(a), Val::Str(b), "startsWith") => Val::Bool(a.starts_with(b.as_str())),
                 (Val::Str(a), Val::Str(b), "endsWith") => Val::Bool(a.ends_with(b.as_str())),
                 (Val::Str(a), Val::Str(b), "contains") => Val::Bool(a.contains(b.as_str())),
+                (Val::Str(a), Val::Str(re), "matches") => Val::Bool(matches(a, re)?),
                 _ => return Err(format!("unsupported method {m}() on {}", v.type_name())),
             };
         }
@@ -227,6 +235,17 @@ impl P {
                         let v = self.or()?;
                         self.expect(")")?;
                         convert(&id, v)
+                    }
+                    "matches" => {
+                        self.expect("(")?;
+                        let v = self.or()?;
+                        self.expect(",")?;
+                        let re = self.or()?;
+                        self.expect(")")?;
+                        match (&v, &re) {
+                            (Val::Str(a), Val::Str(re)) => Ok(Val::Bool(matches(a, re)?)),
+                            _ => Err(format!("no such overload: matches({}, {})", v.type_name(), re.type_name())),
+                        }
                     }
                     other => Err(format!(
                         "unknown identifier {other:?} (Tekton variables must be substituted, and quoted when strings)"
@@ -267,6 +286,85 @@ fn leak(op: &str) -> &'static str {
         .into_iter()
         .find(|o| *o == op)
         .unwrap_or("")
+}
+
+/// Longest regular expression `matches` accepts, in bytes.
+pub const MAX_PATTERN: usize = 4096;
+
+/// Largest compiled program of a `matches` pattern (`regex`'s size limit), so that
+/// counted repetitions like `(a{1000}){1000}` are refused instead of eating memory.
+const MAX_PROGRAM: usize = 1 << 20;
+
+/// CEL `matches`: whether the RE2 pattern `re` matches any part of `s` (cel-go's
+/// `regexp.MatchString`). The `regex` crate runs in time linear in the input, so a
+/// hostile pattern cannot stall a run; oversized and invalid patterns are errors.
+fn matches(s: &str, re: &str) -> Result<bool, String> {
+    if re.len() > MAX_PATTERN {
+        return Err(format!("matches(): the regular expression is {} bytes, more than {MAX_PATTERN}", re.len()));
+    }
+    let compiled = regex::RegexBuilder::new(&re2_perl_classes(re))
+        .size_limit(MAX_PROGRAM)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => format!("matches(): the regular expression {re:?} is too large"),
+            e => format!("matches(): invalid regular expression {re:?}: {e}"),
+        })?;
+    Ok(compiled.is_match(s))
+}
+
+/// RE2's Perl classes are ASCII (`\d` is `[0-9]`, `\s` has no `\v`), the `regex` crate's
+/// are Unicode: rewrite them to RE2's meaning, inside and outside brackets.
+fn re2_perl_classes(re: &str) -> String {
+    const D: &str = "0-9";
+    const W: &str = "0-9A-Za-z_";
+    const S: &str = "\\t\\n\\f\\r ";
+    let mut out = String::with_capacity(re.len());
+    let mut depth = 0usize;
+    let mut it = re.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\\' => match it.next() {
+                Some(n @ ('d' | 'w' | 's' | 'D' | 'W' | 'S')) => {
+                    let set = match n.to_ascii_lowercase() {
+                        'd' => D,
+                        'w' => W,
+                        _ => S,
+                    };
+                    match (n.is_ascii_uppercase(), depth > 0) {
+                        (false, true) => out.push_str(set),
+                        (false, false) => out.push_str(&format!("[{set}]")),
+                        // negated: a nested class, also inside brackets
+                        (true, _) => out.push_str(&format!("[^{set}]")),
+                    }
+                }
+                Some(n @ ('b' | 'B')) if depth == 0 => out.push_str(&format!("(?-u:\\{n})")),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            },
+            '[' => {
+                depth += 1;
+                out.push('[');
+                // `[]a]` and `[^]a]`: a `]` first in a class is a literal
+                if it.peek() == Some(&'^') {
+                    out.push('^');
+                    it.next();
+                }
+                if it.peek() == Some(&']') {
+                    out.push_str("\\]");
+                    it.next();
+                }
+            }
+            ']' if depth > 0 => {
+                depth -= 1;
+                out.push(']');
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn truth(v: &Val) -> Result<bool, String> {
@@ -324,6 +422,19 @@ pub fn eval_bool(expr: &str) -> Result<bool, String> {
     }
 }
 
+/// Whether a `when` expression holds, after substituting `vars`: `input` `in`/`notin`
+/// `values` (exact string match, isolated arrays spliced), or a `cel` expression.
+pub fn when_holds(w: &crate::model::WhenExpression, vars: &crate::subst::Vars) -> Result<bool, String> {
+    if let Some(cel) = &w.cel {
+        let expr = vars.apply_str(cel);
+        return eval_bool(&expr).map_err(|e| format!("CEL expression {expr:?}: {e}"));
+    }
+    let input = vars.apply_str(w.input.as_deref().unwrap_or(""));
+    let values = vars.apply_list(w.values.as_deref().unwrap_or(&[]));
+    let hit = values.contains(&input);
+    Ok(if w.operator.as_deref() == Some("notin") { !hit } else { hit })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +460,63 @@ mod tests {
         }
     }
 
+    /// `matches` is an RE2 regular expression with cel-go's semantics: a partial match
+    /// unless anchored, ASCII Perl classes, and errors (not false) for bad patterns.
+    #[test]
+    fn matches_is_a_regular_expression() {
+        let rows = [
+            // partial match unless anchored (was a substring test, and '^v' never matched)
+            ("'v1.2.3'.matches('^v[0-9]+[.][0-9]+[.][0-9]+$')", true),
+            ("'release-v1.2'.matches('v[0-9]')", true),
+            ("'release-v1.2'.matches('^v[0-9]')", false),
+            ("'main'.matches('^(main|master)$')", true),
+            ("'mainline'.matches('^(main|master)$')", false),
+            ("'feature/x'.matches('a.*x')", true),
+            ("'abc'.matches('')", true),
+            // the global form and raw strings
+            ("matches('refs/heads/main', '^refs/heads/')", true),
+            ("'v10'.matches(r'^v\\d+$')", true),
+            ("'v10'.matches('^v\\\\d+$')", true),
+            // RE2's \d, \w, \s and \b are ASCII; Unicode classes are spelled \pN
+            ("'٣'.matches(r'^\\d$')", false),
+            ("'٣'.matches(r'^\\pN$')", true),
+            ("'é'.matches(r'^\\w$')", false),
+            ("'a\u{b}b'.matches(r'a\\sb')", false),
+            ("'a b'.matches(r'a\\sb')", true),
+            ("'x9'.matches(r'^[\\dx]+$')", true),
+            ("'x-'.matches(r'^[\\d\\D]+$')", true),
+            ("'é'.matches(r'^\\W$')", true),
+            ("'ab'.matches(r'\\bb')", false),
+            ("'a b'.matches(r'\\bb')", true),
+            ("']a'.matches('^[]a]+$')", true),
+            ("'MAIN'.matches('(?i)^main$')", true),
+            ("'a.b'.matches(r'^a\\.b$')", true),
+            ("'axb'.matches(r'^a\\.b$')", false),
+        ];
+        for (e, want) in rows {
+            assert_eq!(eval_bool(e), Ok(want), "{e}");
+        }
+        for (bad, why) in [
+            ("'a'.matches('(')", "invalid regular expression"),
+            ("'aa'.matches(r'(a)\\1')", "invalid regular expression"),
+            ("'a'.matches('(?=a)')", "invalid regular expression"),
+            ("'a'.matches(r'(a{1000}){1000}')", "too large"),
+            ("(1).matches('a')", "unsupported method"),
+            ("'a'.matches(1)", "unsupported method"),
+            ("matches('a', 1)", "no such overload"),
+        ] {
+            let err = eval_bool(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let long = format!("'a'.matches('{}')", "a".repeat(MAX_PATTERN + 1));
+        assert!(eval_bool(&long).unwrap_err().contains("more than 4096"));
+        // linear time: the classic catastrophic-backtracking pattern on a long subject
+        let t = std::time::Instant::now();
+        let e = format!("'{}!'.matches('^(a+)+$')", "a".repeat(100_000));
+        assert_eq!(eval_bool(&e), Ok(false));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
     #[test]
     fn nesting_is_bounded() {
         // within the limit
@@ -367,17 +535,4 @@ mod tests {
             assert!(err.contains("nested deeper than 64 levels"), "{err}");
         }
     }
-}
-
-/// Whether a `when` expression holds, after substituting `vars`: `input` `in`/`notin`
-/// `values` (exact string match, isolated arrays spliced), or a `cel` expression.
-pub fn when_holds(w: &crate::model::WhenExpression, vars: &crate::subst::Vars) -> Result<bool, String> {
-    if let Some(cel) = &w.cel {
-        let expr = vars.apply_str(cel);
-        return eval_bool(&expr).map_err(|e| format!("CEL expression {expr:?}: {e}"));
-    }
-    let input = vars.apply_str(w.input.as_deref().unwrap_or(""));
-    let values = vars.apply_list(w.values.as_deref().unwrap_or(&[]));
-    let hit = values.contains(&input);
-    Ok(if w.operator.as_deref() == Some("notin") { !hit } else { hit })
 }

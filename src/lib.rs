@@ -20,6 +20,7 @@ pub mod hash;
 pub mod lease;
 pub mod model;
 pub mod oci;
+pub mod plan;
 pub mod promote;
 pub mod reconcile;
 pub mod remote;

@@ -1,4 +1,5 @@
-//! tracing to stderr: `TENON_LOG` (EnvFilter syntax, default `warn`), text or JSON.
+//! tracing to stderr: `TENON_LOG` (EnvFilter syntax, default `warn`, and `info` for
+//! `tenon watch`'s own events), text or JSON (one object per line, fields at the top).
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,7 +11,8 @@ pub enum LogFormat {
 
 pub fn init(format: LogFormat, verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // the watcher's reconcile, fetch and lifecycle events are its log
+        0 => "warn,tenon::watch=info",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -18,7 +20,7 @@ pub fn init(format: LogFormat, verbose: u8) {
     let filter = EnvFilter::try_from_env("TENON_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
     };
 }

@@ -483,6 +483,9 @@ spec:
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(w.log_text().contains("outcome=cancelled"), "{}", w.log_text());
+    // the watcher logs through tracing (level and target), not hand-built lines
+    let cancelled = " WARN tenon::watch: reconcile outcome=cancelled duration=";
+    assert!(w.log_text().lines().any(|l| l.contains(cancelled)), "{}", w.log_text());
 
     // next start: fast is cached, slow (interrupted) reruns
     std::fs::remove_file(&block).unwrap();
@@ -504,6 +507,11 @@ spec:
         .unwrap_or_else(|| panic!("no reconcile line:\n{err}"));
     assert_eq!(line["outcome"], "succeeded", "{line}");
     assert_eq!(line["tasks"], "1 cached, 1 succeeded", "{line}");
+    // a tracing event (one log path): level, target, timestamp, fields at the top level
+    assert_eq!((line["level"].as_str(), line["target"].as_str()), (Some("INFO"), Some("tenon::watch")), "{line}");
+    assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    assert!(line["duration"].as_str().is_some_and(|d| d.ends_with('s')), "{line}");
+    assert!(line.get("fields").is_none(), "{line}");
 }
 
 // ---------------------------------------------------------------------------------------

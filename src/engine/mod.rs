@@ -3,7 +3,7 @@
 //! on top of an [`Executor`].
 
 pub mod cached;
-pub mod matrix;
+pub use crate::plan::matrix;
 pub mod resolve;
 pub mod workspaces;
 
@@ -24,8 +24,9 @@ use crate::model::{
     format_duration, parse_duration, Catalog, Obj, ParamValue, PipelineRunSpec, PipelineSpec, PipelineTask,
     TaskRunSpec, TaskSpec,
 };
+use crate::plan::refs::{referenced_tasks, result_refs};
 use crate::report::{RunSummary, TaskSummary};
-use crate::subst::{find_refs, Seg, Vars};
+use crate::subst::{find_refs, Vars};
 use crate::ui::Console;
 use cached::{CacheCtx, CacheJob, CacheOutcome};
 use resolve::{param_values, param_vars, Failure};
@@ -683,23 +684,8 @@ impl Engine {
         }
 
         // timeouts
-        let t = pr.spec.timeouts.clone().unwrap_or_default();
-        let dur = |s: &Option<String>| s.as_deref().and_then(parse_duration);
-        let pipeline_timeout = dur(&t.pipeline).or(dur(&pr.spec.timeout)).unwrap_or(DEFAULT_TIMEOUT);
-        let mut tasks_timeout = dur(&t.tasks);
-        let mut finally_timeout = dur(&t.finally);
-        if !pipeline_timeout.is_zero() {
-            if tasks_timeout.is_none() {
-                if let Some(f) = finally_timeout.filter(|f| !f.is_zero()) {
-                    tasks_timeout = pipeline_timeout.checked_sub(f);
-                }
-            }
-            if finally_timeout.is_none() {
-                if let Some(tt) = tasks_timeout.filter(|f| !f.is_zero()) {
-                    finally_timeout = pipeline_timeout.checked_sub(tt);
-                }
-            }
-        }
+        let crate::plan::Timeouts { pipeline: pipeline_timeout, tasks: tasks_timeout, finally: finally_timeout } =
+            crate::plan::Timeouts::from_run(&pr.spec);
         let nz = |d: Option<Duration>| d.filter(|d| !d.is_zero());
         let pipeline_deadline = nz(Some(pipeline_timeout)).map(|d| t0 + d);
         let tasks_deadline = nz(tasks_timeout).map(|d| t0 + d);
@@ -1381,66 +1367,19 @@ impl<'a> PipelineRunState<'a> {
         // matrix
         let combos: Vec<Vec<(String, String)>> = match &pt.matrix {
             None => vec![vec![]],
-            Some(m) => {
-                let mut params = Vec::new();
-                for p in &m.params {
-                    match vars.apply_value(&p.value) {
-                        ParamValue::Array(a) => params.push((p.name.clone(), a)),
-                        other => {
-                            return Decision::FailRun(Failure::new(
-                                "InvalidMatrixParameterTypes",
-                                format!(
-                                    "matrix param {:?} of pipeline task {} is not an array: {:?}",
-                                    p.name, pt.name, other
-                                ),
-                            ))
-                        }
-                    }
+            Some(m) => match matrix::expand(&pt.name, m, &vars) {
+                Ok(c) => c,
+                Err(matrix::NoFanOut::Empty) => {
+                    let reason = crate::plan::SkipReason::EmptyMatrix.as_str().into();
+                    return Decision::Skip { reason, by_when: false };
                 }
-                let include: Vec<Vec<(String, String)>> = m
-                    .include
-                    .iter()
-                    .map(|inc| {
-                        inc.params
-                            .iter()
-                            .map(|p| match vars.apply_value(&p.value) {
-                                ParamValue::Str(s) => (p.name.clone(), s),
-                                other => (p.name.clone(), format!("{other:?}")),
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let c = matrix::combinations(&params, &include);
-                if c.is_empty() {
-                    return Decision::Skip { reason: "Matrix Parameters have an empty array".into(), by_when: false };
-                }
-                if c.len() > 256 {
-                    return Decision::FailRun(Failure::new(
-                        "PipelineValidationFailed",
-                        format!("expected 0 <= {} <= 256: matrix of pipeline task {}", c.len(), pt.name),
-                    ));
-                }
-                c
-            }
+                Err(matrix::NoFanOut::Fail(f)) => return Decision::FailRun(Failure::new(&f.reason, f.message)),
+            },
         };
         // pipeline phases for embedded specs: the pipeline's params, where a pipeline task
         // param of the same name shadows one with its value after the pipeline's param
         // phase (Tekton's propagation), then context, workspaces, results, statuses
-        let mut phase = Vars::new();
-        if embedded {
-            phase = vars.clone();
-            let pparams = self.pvars.first_phase();
-            for p in &pt.params {
-                let key = format!("params.{}", p.name);
-                if phase.contains(&key) {
-                    phase.set(key, pparams.apply_value(&p.value));
-                }
-            }
-            // a matrix param is the child TaskRun's own: left for the task's param phase
-            for p in pt.matrix.iter().flat_map(|m| m.params.iter().chain(m.include.iter().flat_map(|i| &i.params))) {
-                phase.remove(&format!("params.{}", p.name));
-            }
-        }
+        let phase = if embedded { crate::plan::facts::embedded_phase(pt, &vars, &self.pvars) } else { Vars::new() };
         let timeout = self
             .pr
             .spec
@@ -1926,7 +1865,6 @@ impl<'a> PipelineRunState<'a> {
         pipeline_timeout: Duration,
     ) -> RunSummary {
         // results
-        let mut results = BTreeMap::new();
         let mut vars = Vars::new();
         for (name, st) in &self.states {
             for (r, v) in &st.results {
@@ -1934,38 +1872,13 @@ impl<'a> PipelineRunState<'a> {
             }
         }
         let planning = self.engine.dry_run();
-        for r in self.spec.results.iter().filter(|_| !planning) {
-            let Some(value) = &r.value else { continue };
-            let mut omit = false;
-            let mut missing = None;
-            for t in value.texts() {
-                for rf in find_refs(t) {
-                    let Some(segs) = rf.segs() else { continue };
-                    if let [Seg::Name(_), Seg::Name(task), Seg::Name(_), Seg::Name(res), ..] = segs.as_slice() {
-                        match self.states.get(task) {
-                            Some(st) if st.state == State::Done(Done::Succeeded) => {
-                                if !st.results.contains_key(res) {
-                                    missing = Some(format!("$({})", rf.expr));
-                                }
-                            }
-                            _ => omit = true,
-                        }
-                    }
-                }
-            }
-            if omit {
-                continue;
-            }
-            if let Some(m) = missing {
-                if self.run_failure.is_none() {
-                    self.run_failure = Some(Failure::new(
-                        "CouldntGetPipelineResult",
-                        format!("invalid pipelineresults [{}], the referenced results don't exist: {m}", r.name),
-                    ));
-                }
-                continue;
-            }
-            results.insert(r.name.clone(), vars.apply_value(value).to_json());
+        let declared = if planning { &[][..] } else { &self.spec.results[..] };
+        let (values, missing) = crate::plan::pipeline_results(declared, &vars, |t| {
+            self.states.get(t).map(|st| (st.state == State::Done(Done::Succeeded), &st.results))
+        });
+        let results: BTreeMap<String, Value> = values.into_iter().map(|(k, v)| (k, v.to_json())).collect();
+        if let (None, Some(f)) = (&self.run_failure, missing) {
+            self.run_failure = Some(Failure::new(&f.reason, f.message));
         }
         // status
         let mut failed = 0;
@@ -2173,73 +2086,4 @@ fn stabilize(v: &Vars) -> Vars {
 
 fn strip_params(v: &Vars) -> Vars {
     v.without_prefix("params.")
-}
-
-/// `(task, result)` pairs a pipeline task consumes.
-fn result_refs(pt: &PipelineTask) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut texts: Vec<String> = Vec::new();
-    for p in &pt.params {
-        texts.extend(p.value.texts().into_iter().map(String::from));
-    }
-    if let Some(m) = &pt.matrix {
-        for p in &m.params {
-            texts.extend(p.value.texts().into_iter().map(String::from));
-        }
-        for i in &m.include {
-            for p in &i.params {
-                texts.extend(p.value.texts().into_iter().map(String::from));
-            }
-        }
-    }
-    for w in &pt.when {
-        texts.extend(w.input.clone());
-        texts.extend(w.values.clone().unwrap_or_default());
-    }
-    if let Some(ts) = &pt.task_spec {
-        if let Ok(v) = serde_json::to_value(&ts.task.steps) {
-            collect(&v, &mut texts);
-        }
-    }
-    for t in &texts {
-        for r in find_refs(t) {
-            if let Some(segs) = r.segs() {
-                if let [Seg::Name(a), Seg::Name(task), Seg::Name(b), Seg::Name(res), ..] = segs.as_slice() {
-                    if a == "tasks" && b == "results" {
-                        out.push((task.clone(), res.clone()));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Names `X` of every `$(tasks.X...)` a pipeline task mentions.
-fn referenced_tasks(pt: &PipelineTask) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let v = serde_json::to_value(pt).unwrap_or_default();
-    let mut texts = Vec::new();
-    collect(&v, &mut texts);
-    for t in &texts {
-        for r in find_refs(t) {
-            if let Some(segs) = r.segs() {
-                if let [Seg::Name(a), Seg::Name(task), ..] = segs.as_slice() {
-                    if a == "tasks" {
-                        out.insert(task.clone());
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn collect(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::String(s) => out.push(s.clone()),
-        Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
-        Value::Object(m) => m.values().for_each(|x| collect(x, out)),
-        _ => {}
-    }
 }

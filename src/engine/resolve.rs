@@ -531,29 +531,18 @@ pub fn key_bytes(d: &crate::model::KeyData, secret: bool) -> BTreeMap<String, Ve
     out
 }
 
+/// Decode a Secret's `data`/`binaryData` value with the `base64` crate: the standard
+/// alphabet (what Kubernetes writes) or the URL-safe one, padding optional, line breaks and
+/// spaces (folded YAML scalars) ignored. Anything else, including a truncated last group
+/// or stray trailing bits, is `None`: never a panic, never silently truncated bytes.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' | b'\n' | b'\r' | b' ' => continue,
-            _ => return None,
-        };
-        buf = (buf << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-            buf &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
+    let compact: String = s.chars().filter(|c| !matches!(c, '\n' | '\r' | ' ')).collect();
+    STANDARD.decode(&compact).or_else(|_| URL_SAFE.decode(&compact)).ok()
 }
 
 #[cfg(test)]
@@ -741,5 +730,23 @@ data: {token: UzNDUkVU}
         assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(base64_decode("c2VjcmV0").unwrap(), b"secret");
         assert!(base64_decode("!!").is_none());
+        // the forms the old decoder accepted: unpadded, URL-safe, folded over lines
+        assert_eq!(base64_decode("aGVsbG8").unwrap(), b"hello");
+        assert_eq!(base64_decode("-_8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode("+/8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode("aGVs\nbG8=\r\n").unwrap(), b"hello");
+        assert_eq!(base64_decode("").unwrap(), b"");
+    }
+
+    /// Hostile or broken Secret data is an error (None), never a panic or a silent
+    /// truncation (the hand-written decoder turned "QQ=A" and "A" into bytes).
+    #[test]
+    fn base64_rejects_invalid_input() {
+        let long = "A".repeat(1 << 20) + "*";
+        for bad in ["A", "QQ=A", "QR==", "a===", "=", "aGVsbG8=x", "héllo", "\u{0}", "%%%%", long.as_str()] {
+            assert!(base64_decode(bad).is_none(), "{bad:.20?} decoded");
+        }
+        // a big valid value decodes in full
+        assert_eq!(base64_decode(&"QUFB".repeat(1 << 18)).unwrap().len(), 3 << 18);
     }
 }

@@ -147,6 +147,22 @@ pub struct Client {
 }
 
 const IO_CHUNK: usize = 256 << 10;
+
+/// Where a downloaded blob's verified-as-it-goes chunks go.
+enum Sink<'a, W> {
+    Writer(&'a mut W),
+    /// A writer thread (see [`Client::pull_blob_to_file`]).
+    Channel(tokio::sync::mpsc::Sender<Bytes>),
+}
+
+impl<W: AsyncWrite + Unpin> Sink<'_, W> {
+    async fn put(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        match self {
+            Sink::Writer(w) => w.write_all(&chunk).await,
+            Sink::Channel(tx) => tx.send(chunk).await.map_err(|_| std::io::Error::other("the writer stopped")),
+        }
+    }
+}
 const ERROR_BODY_CAP: usize = 64 << 10;
 
 impl Client {
@@ -358,6 +374,20 @@ impl Client {
         expected_size: Option<u64>,
         out: &mut W,
     ) -> Result<u64, OciError> {
+        let mut sink = Sink::Writer(out);
+        let n = self.pull_blob_into(digest, expected_size, &mut sink).await?;
+        if let Sink::Writer(out) = sink {
+            out.flush().await.map_err(|e| self.protocol("GET blob", &format!("writing the blob: {e}")))?;
+        }
+        Ok(n)
+    }
+
+    async fn pull_blob_into<W: AsyncWrite + Unpin>(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        out: &mut Sink<'_, W>,
+    ) -> Result<u64, OciError> {
         let op = "GET blob";
         let mut hasher = Sha256::new();
         let mut written: u64 = 0;
@@ -397,8 +427,8 @@ impl Client {
                         }
                     }
                     hasher.update(&chunk);
-                    out.write_all(&chunk).await.map_err(|e| self.protocol(op, &format!("writing the blob: {e}")))?;
                     written += chunk.len() as u64;
+                    out.put(chunk).await.map_err(|e| self.protocol(op, &format!("writing the blob: {e}")))?;
                 }
                 Ok(())
             }
@@ -412,7 +442,6 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        out.flush().await.map_err(|e| self.protocol(op, &format!("writing the blob: {e}")))?;
         if let Some(size) = expected_size {
             if written != size {
                 return Err(OciError::SizeMismatch {
@@ -445,15 +474,29 @@ impl Client {
         let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let tmp = dest.with_file_name(format!(".{name}.partial-{}", std::process::id()));
         let io = |context, source| OciError::Io { context, path: tmp.clone(), source };
-        let file = tokio::fs::File::create(&tmp).await.map_err(|e| io("creating", e))?;
-        let mut w = tokio::io::BufWriter::with_capacity(IO_CHUNK, file);
-        let result = self.pull_blob(digest, expected_size, &mut w).await;
-        let result = match result {
-            Ok(n) => match w.into_inner().sync_all().await {
-                Ok(()) => tokio::fs::rename(&tmp, dest).await.map(|_| n).map_err(|e| io("renaming into place", e)),
-                Err(e) => Err(io("syncing", e)),
-            },
-            Err(e) => Err(e),
+        let file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
+        // the socket reader hashes; a thread of its own writes (and syncs), so neither waits
+        // for the other: a bounded queue of chunks between them keeps memory small
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            while let Some(chunk) = rx.blocking_recv() {
+                w.write_all(&chunk)?;
+            }
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()
+        });
+        let mut sink: Sink<'_, tokio::io::Sink> = Sink::Channel(tx);
+        let pulled = self.pull_blob_into(digest, expected_size, &mut sink).await;
+        drop(sink);
+        let wrote = writer.await.map_err(std::io::Error::other).and_then(|r| r);
+        let result = match (pulled, wrote) {
+            (Ok(n), Ok(())) => {
+                tokio::fs::rename(&tmp, dest).await.map(|_| n).map_err(|e| io("renaming into place", e))
+            }
+            // a failed write stops the download too: say why the write failed
+            (_, Err(e)) => Err(io("writing", e)),
+            (Err(e), Ok(())) => Err(e),
         };
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;

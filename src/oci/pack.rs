@@ -73,11 +73,37 @@ pub fn write_pack<W: Write>(
         h.set_gid(0);
         h.set_mtime(0);
         h.set_cksum();
-        tar.append(&h, f.take(*size))?;
+        tar.append(&h, Exact { inner: f, left: *size, hex })?;
     }
     let mut w = tar.into_inner()?;
     w.flush()?;
     Ok((Digest::from_hasher(w.hasher), w.n))
+}
+
+/// Reads exactly `left` bytes of an object, or fails: `tar::Builder::append` would otherwise
+/// write a header announcing more bytes than follow (a corrupt pack) if the file shrank.
+struct Exact<'a, R> {
+    inner: R,
+    left: u64,
+    hex: &'a str,
+}
+
+impl<R: Read> Read for Exact<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let max = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("object {}: shorter than recorded ({} bytes missing)", self.hex, self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -87,8 +113,18 @@ fn is_hex64(s: &str) -> bool {
 /// Read a pack and place every member `expected` names: each is streamed into a temporary
 /// file under `tmp_dir` while it is hashed, and handed to `commit(hex, temp file)` only when
 /// its size and digest match (`commit` moves it; a temporary file left over is removed).
-/// Members not in `expected` are skipped unread (a pack shared by several records); any
-/// other entry type, name or a mismatch fails the whole read. Returns the digests placed.
+///
+/// Entries are read raw (no PAX or GNU long-name processing), so what is checked is exactly
+/// the name in the entry's own header: PAX headers (`x`, `g`), GNU long names and links (`L`,
+/// `K`), links, directories, devices and sparse files are refused, as is any name that is not
+/// 64 lowercase hex digits (which rules out `..`, `/` and absolute paths). Nothing is ever
+/// created from a member name: only `tmp_dir`'s own temporary files are written.
+///
+/// A well-formed member that `expected` does not list is skipped unread (the caller lists only
+/// the objects it still lacks; the pack may hold others it already has), never placed. A size
+/// or digest mismatch, a truncated stream or a refused entry fails the whole read, with the
+/// objects placed before it already committed (each one checked). Members missing from the
+/// pack are not an error here: the returned set says what was placed.
 pub fn unpack<R: Read>(
     r: R,
     expected: &BTreeMap<String, u64>,
@@ -98,16 +134,17 @@ pub fn unpack<R: Read>(
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut placed = BTreeSet::new();
     let mut archive = tar::Archive::new(r);
-    for entry in archive.entries()? {
+    for entry in archive.entries()?.raw(true) {
         let mut entry = entry?;
-        let raw = entry.path_bytes();
+        let raw = entry.header().path_bytes();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let bad = |reason: &str| PackError::Member { name: name.clone(), reason: reason.into() };
-        if !entry.header().entry_type().is_file() {
-            return Err(bad(&format!("a {:?} entry (packs hold regular files only)", entry.header().entry_type())));
+        let kind = entry.header().entry_type();
+        if !kind.is_file() {
+            return Err(bad(&format!("a {} entry (packs hold regular files only)", kind_name(kind))));
         }
         if !is_hex64(&name) {
-            return Err(bad("not an object digest"));
+            return Err(bad("not an object digest (64 lowercase hex digits)"));
         }
         let Some(&size) = expected.get(&name) else { continue };
         if entry.size() != size {
@@ -118,10 +155,15 @@ pub fn unpack<R: Read>(
         }
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp: PathBuf = tmp_dir.join(format!("unpack-{}-{n}-{}", std::process::id(), &name[..16]));
+        let mut created = false;
         let result = (|| -> Result<(), PackError> {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            created = true;
             let mut h = Hashing { inner: &mut f, hasher: Sha256::new(), n: 0 };
-            std::io::copy(&mut (&mut entry).take(size), &mut h)?;
+            let copied = std::io::copy(&mut (&mut entry).take(size), &mut h)?;
+            if copied != size {
+                return Err(bad(&format!("truncated: {copied} of {size} bytes")));
+            }
             let got = crate::hash::hex(&h.hasher.finalize());
             if got != name {
                 return Err(bad(&format!("content hashes to {got}")));
@@ -130,11 +172,28 @@ pub fn unpack<R: Read>(
             commit(&name, &tmp)?;
             Ok(())
         })();
-        let _ = std::fs::remove_file(&tmp);
+        if created {
+            let _ = std::fs::remove_file(&tmp);
+        }
         result?;
         placed.insert(name);
     }
     Ok(placed)
+}
+
+fn kind_name(kind: tar::EntryType) -> String {
+    use tar::EntryType as T;
+    match kind {
+        T::Symlink => "symbolic link".into(),
+        T::Link => "hard link".into(),
+        T::Directory => "directory".into(),
+        T::Char | T::Block => "device".into(),
+        T::Fifo => "FIFO".into(),
+        T::XHeader | T::XGlobalHeader => "PAX extended header".into(),
+        T::GNULongName | T::GNULongLink => "GNU long name".into(),
+        T::GNUSparse => "sparse file".into(),
+        other => format!("type {:?}", other.as_byte() as char),
+    }
 }
 
 #[cfg(test)]
@@ -223,44 +282,123 @@ mod tests {
         no_temps(&tmp);
     }
 
-    fn hostile(kind: tar::EntryType, name: &str, link: Option<&str>, data: &[u8]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
+    /// One raw entry (header and padded data), as an attacker would write it: any name bytes,
+    /// any link name, no checks.
+    fn raw_entry(kind: tar::EntryType, name: &[u8], link: Option<&str>, data: &[u8]) -> Vec<u8> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
-        // set_path refuses `..`: write the raw name field, as an attacker would
-        let field = &mut h.as_old_mut().name;
-        field[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
         if let Some(l) = link {
-            h.set_link_name(l).unwrap();
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
         }
         h.set_cksum();
-        b.append(&h, data).unwrap();
-        b.into_inner().unwrap()
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    fn archive(entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = entries.concat();
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn hostile(kind: tar::EntryType, name: &str, link: Option<&str>, data: &[u8]) -> Vec<u8> {
+        archive(&[raw_entry(kind, name.as_bytes(), link, data)])
     }
 
     #[test]
     fn hostile_entries_are_refused() {
+        use tar::EntryType as T;
         let t = tempfile::tempdir().unwrap();
         let (tmp, dest) = (t.path().join("tmp"), t.path().join("dest"));
         std::fs::create_dir_all(&tmp).unwrap();
         std::fs::create_dir_all(&dest).unwrap();
         let hex = crate::hash::sha256_hex(b"x");
         let expected: BTreeMap<String, u64> = [(hex.clone(), 1)].into();
-        let cases = [
-            hostile(tar::EntryType::Symlink, &hex, Some("/etc/passwd"), b""),
-            hostile(tar::EntryType::Link, &hex, Some("../../outside"), b""),
-            hostile(tar::EntryType::Regular, "../escape", None, b"x"),
-            hostile(tar::EntryType::Regular, "/abs", None, b"x"),
-            hostile(tar::EntryType::Directory, &hex, None, b""),
-            hostile(tar::EntryType::Regular, &hex, None, b"xy"),
+        let pax_path = format!("73 path={hex}\n");
+        assert_eq!(pax_path.len(), 73);
+        let mut long = hex.clone().into_bytes();
+        long.push(0);
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("symlink", hostile(T::Symlink, &hex, Some("/etc/passwd"), b""), "symbolic link"),
+            // CVE-2026-50163 style: a hard link with a relative link name out of the tree
+            ("hard link", hostile(T::Link, &hex, Some("../../outside"), b""), "hard link"),
+            ("dotdot", hostile(T::Regular, "../escape", None, b"x"), "not an object digest"),
+            ("absolute", hostile(T::Regular, "/abs", None, b"x"), "not an object digest"),
+            ("uppercase", hostile(T::Regular, &hex.to_uppercase(), None, b"x"), "not an object digest"),
+            ("directory", hostile(T::Directory, &hex, None, b""), "directory"),
+            ("device", hostile(T::Char, &hex, None, b""), "device"),
+            ("fifo", hostile(T::Fifo, &hex, None, b""), "FIFO"),
+            ("size", hostile(T::Regular, &hex, None, b"xy"), "2 bytes where 1 were expected"),
+            // a PAX header renaming a harmless-looking entry to an expected digest
+            (
+                "pax path",
+                archive(&[
+                    raw_entry(T::XHeader, b"PaxHeaders/evil", None, pax_path.as_bytes()),
+                    raw_entry(T::Regular, b"../evil", None, b"x"),
+                ]),
+                "PAX extended header",
+            ),
+            (
+                "pax global",
+                archive(&[raw_entry(T::XGlobalHeader, b"pax_global_header", None, pax_path.as_bytes())]),
+                "PAX extended header",
+            ),
+            (
+                "gnu long name",
+                archive(&[
+                    raw_entry(T::GNULongName, b"././@LongLink", None, &long),
+                    raw_entry(T::Regular, b"../evil", None, b"x"),
+                ]),
+                "GNU long name",
+            ),
+            // truncated inside the data, and inside a header
+            ("truncated data", hostile(T::Regular, &hex, None, b"x")[..512].to_vec(), "truncated"),
+            ("truncated header", hostile(T::Regular, &hex, None, b"x")[..300].to_vec(), ""),
         ];
-        for (i, bytes) in cases.iter().enumerate() {
-            assert!(unpack_into(bytes, &expected, &tmp, &dest).is_err(), "case {i} accepted");
+        for (what, bytes, says) in &cases {
+            match unpack_into(bytes, &expected, &tmp, &dest) {
+                Ok(placed) => panic!("{what}: accepted, placed {placed:?}"),
+                Err(e) => assert!(e.to_string().contains(says), "{what}: {e}"),
+            }
             no_temps(&tmp);
         }
         assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
-        assert!(!t.path().join("escape").exists() && !t.path().join("outside").exists());
+        for name in ["escape", "evil", "outside", "abs"] {
+            assert!(!t.path().join(name).exists() && !tmp.join(name).exists(), "{name} was written");
+        }
+        // a well-formed member the caller did not ask for is skipped, never placed
+        let other = crate::hash::sha256_hex(b"y");
+        let bytes = hostile(T::Regular, &other, None, b"y");
+        assert!(unpack_into(&bytes, &expected, &tmp, &dest).unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+        no_temps(&tmp);
+    }
+
+    #[test]
+    fn headers_are_fixed_and_a_shrunk_object_fails_the_write() {
+        let t = tempfile::tempdir().unwrap();
+        let objs = objects(t.path(), &[b"abc"]);
+        let (bytes, _) = pack(t.path(), &objs);
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let e = ar.entries().unwrap().next().unwrap().unwrap();
+        let h = e.header();
+        assert!(h.as_ustar().is_some());
+        assert_eq!((h.mtime().unwrap(), h.uid().unwrap(), h.gid().unwrap()), (0, 0, 0));
+        assert_eq!(h.mode().unwrap(), 0o444);
+        assert_eq!((h.username_bytes(), h.groupname_bytes()), (Some(&b""[..]), Some(&b""[..])));
+        assert_eq!(&*e.path_bytes(), objs[0].0.as_bytes());
+        // the recorded size is not the file's: refused before anything is written for it
+        let wrong = vec![(objs[0].0.clone(), 4)];
+        let e = write_pack(&wrong, |hex| std::fs::File::open(t.path().join(hex)), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("3 bytes where 4 were recorded"), "{e}");
+        // a file shorter than its header says (it shrank after the size check) is an error
+        let mut r = Exact { inner: &b"ab"[..], left: 3, hex: "h" };
+        let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

@@ -30,7 +30,8 @@ impl Signer {
             .map_err(|_| format!("{} is not an OpenSSH private key", path.display()))?;
         if key.is_encrypted() {
             return Err(format!(
-                "{} is encrypted with a passphrase; tenon needs an unencrypted key (e.g. a CI secret file)",
+                "{} is encrypted with a passphrase: use an unencrypted key (e.g. a CI secret file with \
+                 mode 0600); passphrases and ssh-agent are not supported",
                 path.display()
             ));
         }
@@ -59,28 +60,32 @@ pub struct Verifier {
 
 impl Verifier {
     /// Read OpenSSH public keys, one per line (`ssh-ed25519 AAAA… comment`), or an
-    /// `allowed_signers` file (`principals [options] ssh-ed25519 AAAA…`). Blank lines and `#`
-    /// comments are skipped; anything else that is not a key is an error naming file:line.
+    /// `allowed_signers` file (`principals [options] ssh-ed25519 AAAA… [comment]`). Blank lines
+    /// and `#` comments are skipped; anything else that is not an Ed25519 key is an error
+    /// naming file:line. Of the `allowed_signers` options, `namespaces="…"` is honoured (a key
+    /// limited to other namespaces is not trusted here, as `ssh-keygen -Y verify` would not);
+    /// `cert-authority`, `valid-after` and `valid-before` are refused rather than ignored,
+    /// since ignoring them would trust more than the file says.
     pub fn load(path: &Path) -> Result<Verifier, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut keys = Vec::new();
+        let mut other_namespaces = 0;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            // the key starts at its algorithm name, wherever the principals and options end
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let at =
-                words.iter().position(|w| w.starts_with("ssh-") || w.starts_with("ecdsa-") || w.starts_with("sk-"));
-            let key = at.and_then(|at| PublicKey::from_openssh(&words[at..].join(" ")).ok());
-            match key {
+            let at = |what: String| format!("{}:{}: {what}", path.display(), i + 1);
+            match parse_key_line(line).map_err(at)? {
                 Some(k) => keys.push(k),
-                None => return Err(format!("{}:{}: not an OpenSSH public key", path.display(), i + 1)),
+                None => other_namespaces += 1,
             }
         }
         if keys.is_empty() {
-            return Err(format!("{}: no public key in it", path.display()));
+            return Err(match other_namespaces {
+                0 => format!("{}: no public key in it", path.display()),
+                _ => format!("{}: every key in it is limited to namespaces other than {NAMESPACE:?}", path.display()),
+            });
         }
         Ok(Verifier { keys })
     }
@@ -99,6 +104,58 @@ impl Verifier {
         key.verify(NAMESPACE, msg, &sig).map_err(|_| "the signature does not match the record".to_string())?;
         Ok(key.fingerprint(HashAlg::Sha256).to_string())
     }
+}
+
+/// Split on whitespace (or `sep`) outside double quotes.
+fn split_unquoted(s: &str, sep: impl Fn(char) -> bool) -> Vec<&str> {
+    let (mut out, mut start, mut quoted) = (Vec::new(), 0, false);
+    for (i, c) in s.char_indices() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && sep(c) {
+            if i > start {
+                out.push(&s[start..i]);
+            }
+            start = i + c.len_utf8();
+        }
+    }
+    if start < s.len() {
+        out.push(&s[start..]);
+    }
+    out
+}
+
+/// One key line: `Some(key)`, `None` for a key limited to other namespaces, or why not.
+fn parse_key_line(line: &str) -> Result<Option<PublicKey>, String> {
+    let words = split_unquoted(line, char::is_whitespace);
+    // the key starts at its algorithm name, after the principals and options if any
+    // (not `Other`: that is any `name@domain`, which a principal such as ci@example.com is)
+    let is_key_type =
+        |w: &&str| matches!(ssh_key::Algorithm::new(w), Ok(a) if !matches!(a, ssh_key::Algorithm::Other(_)));
+    let Some(at) = words.iter().position(is_key_type) else {
+        return Err("not an OpenSSH public key (no key type such as ssh-ed25519)".into());
+    };
+    let mut ours = true;
+    if at >= 2 {
+        for opt in words[1..at].iter().flat_map(|w| split_unquoted(w, |c| c == ',')) {
+            let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
+            match name.to_ascii_lowercase().as_str() {
+                "namespaces" => {
+                    ours = value.trim_matches('"').split(',').any(|n| n.trim() == NAMESPACE);
+                }
+                "cert-authority" | "valid-after" | "valid-before" => {
+                    return Err(format!("the {name} option is not supported for record signatures"));
+                }
+                _ => return Err(format!("unknown option {name:?}")),
+            }
+        }
+    }
+    let key = PublicKey::from_openssh(&words[at..].join(" "))
+        .map_err(|_| "not an OpenSSH public key (the key data does not parse)".to_string())?;
+    if key.algorithm() != ssh_key::Algorithm::Ed25519 {
+        return Err(format!("a {} key; record signatures use Ed25519", key.algorithm()));
+    }
+    Ok(ours.then_some(key))
 }
 
 #[cfg(test)]
@@ -142,7 +199,7 @@ mod tests {
         std::fs::write(&allowed, format!("# ci\nci@example.com,bot namespaces=\"tenon-cache\" {pubtext}\n")).unwrap();
         assert!(Verifier::load(&allowed).unwrap().verify(&msg, &sig).is_ok());
         std::fs::write(&allowed, "not a key\n").unwrap();
-        assert!(Verifier::load(&allowed).err().unwrap().ends_with(":1: not an OpenSSH public key"));
+        assert!(Verifier::load(&allowed).err().unwrap().contains(":1: not an OpenSSH public key"));
         // a public key is not a signing key, and the error shows no key material
         let e = Signer::load(&p1).err().unwrap();
         assert!(e.contains("not an OpenSSH private key") && !e.contains("AAAA"), "{e}");
@@ -190,5 +247,53 @@ mod tests {
         assert!(st.success());
         let git = std::fs::read_to_string(t.path().join("msg.sig")).unwrap();
         assert!(Verifier::load(&p).unwrap().verify(&msg, &git).unwrap_err().contains("namespace"));
+    }
+
+    #[test]
+    fn key_files_say_what_is_wrong_with_them() {
+        let t = tempfile::tempdir().unwrap();
+        let Some((k, p)) = keygen(t.path(), "ci") else { return };
+        let pubtext = std::fs::read_to_string(&p).unwrap();
+        let msg = record_message(&"d".repeat(64), "sha256:22");
+        let sig = Signer::load(&k).unwrap().sign(&msg).unwrap();
+        let file = t.path().join("keys");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            Verifier::load(&file)
+        };
+        // principals with @, quoted options with spaces and commas
+        let v = load(&format!("ci@example.com,bot@example.com namespaces=\"git, tenon-cache\" {pubtext}")).unwrap();
+        assert!(v.verify(&msg, &sig).is_ok());
+        // a key limited to other namespaces is not trusted here
+        let e = load(&format!("ci@example.com namespaces=\"git\" {pubtext}")).err().unwrap();
+        assert!(e.contains("namespaces other than"), "{e}");
+        for (line, says) in [
+            (format!("ca@example.com cert-authority {pubtext}"), ":1: the cert-authority option is not supported"),
+            (format!("ci valid-before=\"20300101\" {pubtext}"), ":1: the valid-before option is not supported"),
+            (format!("ci frobnicate {pubtext}"), ":1: unknown option \"frobnicate\""),
+            (format!("# a comment\n\nssh-ed25519 AAAAnotbase64 x\n{pubtext}"), ":3: not an OpenSSH public key"),
+            ("\n# only comments\n".to_string(), "no public key in it"),
+        ] {
+            let e = load(&line).err().unwrap_or_else(|| panic!("accepted {line:?}"));
+            assert!(e.contains(says) && e.contains(&*file.display().to_string()), "{e}");
+        }
+        // an RSA key: refused with its line
+        let rsa = t.path().join("rsa");
+        let st = Command::new("ssh-keygen").args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"]).arg(&rsa).status();
+        assert!(st.unwrap().success());
+        let e = load(&std::fs::read_to_string(rsa.with_extension("pub")).unwrap()).err().unwrap();
+        assert!(e.contains(":1: a ssh-rsa key; record signatures use Ed25519"), "{e}");
+        let e = Signer::load(&rsa).err().unwrap();
+        assert!(e.contains("record signatures use Ed25519") && !e.contains("PRIVATE"), "{e}");
+        // an encrypted private key: a clear error naming the file, no key material
+        let enc = t.path().join("enc");
+        let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "s3cret pass", "-f"]).arg(&enc).status();
+        assert!(st.unwrap().success());
+        let e = Signer::load(&enc).err().unwrap();
+        assert!(e.contains(&*enc.display().to_string()) && e.contains("unencrypted") && e.contains("ssh-agent"), "{e}");
+        assert!(!e.contains("s3cret") && !e.contains("BEGIN") && !e.contains("AAAA"), "{e}");
+        // a missing file names itself
+        let e = Signer::load(&t.path().join("absent")).err().unwrap();
+        assert!(e.contains("absent"), "{e}");
     }
 }

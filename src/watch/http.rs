@@ -184,7 +184,7 @@ async fn handle(
             Ok(()) => reply(StatusCode::OK, text, "ready\n".into()),
             Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {why}\n")),
         },
-        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.render_metrics()),
+        (&Method::GET, "/metrics") => reply(StatusCode::OK, super::state::METRICS_CONTENT_TYPE, shared.render_metrics()),
         (&Method::GET, "/status") => json_reply(StatusCode::OK, shared.status_json()),
         (&Method::POST, "/hooks/git") => webhook(req, &shared, deadline).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/hooks/git") => {
@@ -266,7 +266,8 @@ async fn webhook(req: Request<Incoming>, shared: &Shared, deadline: tokio::time:
 
 /// Check a push event's signature: GitHub `X-Hub-Signature-256: sha256=<hex HMAC>`, Gitea
 /// `X-Gitea-Signature: <hex HMAC>` (HMAC-SHA256 of the body with the secret), GitLab
-/// `X-Gitlab-Token: <secret>`. All comparisons are constant-time.
+/// `X-Gitlab-Token: <secret>`. All comparisons are constant-time: HMACs through
+/// `Mac::verify_slice` (itself `subtle`), the GitLab token through [`token_eq`].
 pub fn verify(secret: &[u8], body: &[u8], header: &dyn Fn(&str) -> Option<String>) -> Result<(), &'static str> {
     use hmac::Mac;
     let hmac_ok = |hex: &str| -> bool {
@@ -283,20 +284,22 @@ pub fn verify(secret: &[u8], body: &[u8], header: &dyn Fn(&str) -> Option<String
         return if hmac_ok(&s) { Ok(()) } else { Err("invalid signature") };
     }
     if let Some(t) = header("x-gitlab-token") {
-        return if constant_time_eq(t.as_bytes(), secret) { Ok(()) } else { Err("invalid token") };
+        return if token_eq(t.as_bytes(), secret) { Ok(()) } else { Err("invalid token") };
     }
     Err("unsigned request (a webhook secret is configured)")
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Constant-time equality of a presented token and the secret (`subtle`). Both sides are
+/// hashed first, so neither the position of the first difference nor the secret's length
+/// shows in the time taken.
+fn token_eq(presented: &[u8], secret: &[u8]) -> bool {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    sha2::Sha256::digest(presented).as_slice().ct_eq(sha2::Sha256::digest(secret).as_slice()).into()
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -330,6 +333,10 @@ mod tests {
         assert!(check(&[("x-gitea-signature", "zz".into())], body).is_err());
         assert!(check(&[("x-gitlab-token", "topsecret".into())], body).is_ok());
         assert!(check(&[("x-gitlab-token", "topsecreT".into())], body).is_err());
+        // a prefix, an extension and the empty token are not the secret
+        for t in ["topsecre", "topsecret ", "topsecretX", ""] {
+            assert!(check(&[("x-gitlab-token", t.into())], body).is_err(), "{t:?}");
+        }
         assert!(check(&[], body).is_err());
     }
 }

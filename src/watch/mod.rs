@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Outcome};
@@ -23,7 +22,7 @@ use crate::reconcile::{self, RunSettings};
 use crate::report::PlanReport;
 use crate::ui::Console;
 use source::{GitSource, Ignored, SourceError};
-use state::{rfc3339_now, Shared};
+use state::{rfc3339_now, Details, LastError, LastReconcile, ReconcileOutcome, Shared, SourceDoc};
 
 /// Why `tenon watch --once` (or a stopped watcher) did not end well (exit codes:
 /// `crate::error`). What went wrong was already logged with the revision.
@@ -88,50 +87,22 @@ pub struct WatchOptions {
 
 /// How one reconcile ended.
 struct Ended {
-    outcome: &'static str,
+    outcome: ReconcileOutcome,
     /// The revision may be recorded as done (not interrupted by shutdown).
     done: bool,
 }
 
-/// One line per event on stderr: human text, or a JSON object with `--log-format json`.
-fn emit(json_logs: bool, level: &str, msg: &str, fields: Value) {
-    use std::io::Write;
-    let line = if json_logs {
-        let mut o = json!({"timestamp": rfc3339_now(), "level": level.to_uppercase(), "target": "tenon::watch", "message": msg});
-        if let (Some(o), Value::Object(f)) = (o.as_object_mut(), fields) {
-            o.extend(f);
-        }
-        o.to_string()
-    } else {
-        let extra: Vec<String> = match fields {
-            Value::Object(f) => f
-                .into_iter()
-                .filter(|(k, _)| k != "report")
-                .map(|(k, v)| match v {
-                    Value::String(s) => format!("{k}={s}"),
-                    v => format!("{k}={v}"),
-                })
-                .collect(),
-            _ => vec![],
-        };
-        format!("watch: {msg}{}{}", if extra.is_empty() { "" } else { "  " }, extra.join(" "))
-    };
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
 /// Run the watcher until SIGTERM/SIGINT (or, with `once`, one reconcile).
 pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
-    let (source_doc, branch) = match &opts.source {
-        Source::Dir(d) => (json!({"kind": "dir", "dir": d.display().to_string()}), None),
-        Source::Git { url, branch } => {
-            (json!({"kind": "git", "url": source::redact(url), "branch": branch}), Some(branch.clone()))
-        }
+    let source_doc = match &opts.source {
+        Source::Dir(d) => SourceDoc::Dir { dir: d.display().to_string() },
+        Source::Git { url, branch } => SourceDoc::Git { url: source::redact(url), branch: branch.clone() },
     };
     std::fs::create_dir_all(&opts.settings.state_dir).map_err(|e| Error::Io {
         context: format!("cannot create state directory {}", opts.settings.state_dir.display()),
         source: e,
     })?;
-    let mut shared = Shared::new(source_doc, opts.settings.state_dir.clone(), opts.webhook_secret.take(), branch);
+    let mut shared = Shared::new(source_doc, opts.settings.state_dir.clone(), opts.webhook_secret.take());
     shared.has_leader_gate = opts.leader.is_some();
     let shared = Arc::new(shared);
     if let Some(mut rx) = opts.leader.clone() {
@@ -162,14 +133,9 @@ pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
                 .map_err(|e| Error::Io { context: format!("cannot write {}", f.display()), source: e })?;
         }
         if shared.webhook_secret.is_none() && matches!(opts.source, Source::Git { .. }) {
-            emit(
-                opts.json_logs,
-                "warn",
-                "no webhook secret configured: POST /hooks/git accepts unsigned requests",
-                json!({}),
-            );
+            tracing::warn!("no webhook secret configured: POST /hooks/git accepts unsigned requests");
         }
-        emit(opts.json_logs, "info", "listening", json!({"address": addr.to_string(), "source": shared.source_label}));
+        tracing::info!(address = %addr, source = %shared.source_label, "listening");
         tokio::spawn(http::serve(listener, shared.clone(), server_stop.clone(), opts.http_limits));
     }
     let result = match opts.source.clone() {
@@ -178,7 +144,7 @@ pub async fn watch(mut opts: WatchOptions) -> Result<Outcome, Error> {
     };
     server_stop.cancel();
     if stop.is_cancelled() {
-        emit(opts.json_logs, "info", "stopped", json!({}));
+        tracing::info!("stopped");
     }
     result
 }
@@ -292,12 +258,12 @@ fn update_ignored(ignored: &Mutex<Ignored>, root: &Path) {
 
 /// The exit of `--once` (and of a stopped watcher): 0 ok, 1 a run failed, 2 invalid
 /// manifests, 3 tenon could not work.
-fn once_outcome(outcome: &str) -> Result<Outcome, Error> {
+fn once_outcome(outcome: ReconcileOutcome) -> Result<Outcome, Error> {
     match outcome {
-        "succeeded" | "skipped" | "up-to-date" => Ok(Outcome::Ok),
-        "invalid" => Err(WatchError::Invalid.into()),
-        "error" => Err(WatchError::Reconcile.into()),
-        _ => Ok(Outcome::RunFailed),
+        ReconcileOutcome::Succeeded | ReconcileOutcome::Skipped | ReconcileOutcome::UpToDate => Ok(Outcome::Ok),
+        ReconcileOutcome::Invalid => Err(WatchError::Invalid.into()),
+        ReconcileOutcome::Error => Err(WatchError::Reconcile.into()),
+        ReconcileOutcome::Failed | ReconcileOutcome::Cancelled => Ok(Outcome::RunFailed),
     }
 }
 
@@ -314,7 +280,7 @@ async fn git_loop(
     let store = reconcile::open_store(&opts.settings.state_dir)?;
     let mut leader = opts.leader.clone();
     let mut backoff: Option<Duration> = None;
-    let mut last_outcome = "up-to-date";
+    let mut last_outcome = ReconcileOutcome::UpToDate;
     loop {
         if !await_leadership(&mut leader, shared, stop).await {
             break;
@@ -329,19 +295,14 @@ async fn git_loop(
         match fetched {
             Err(source) => {
                 let e = crate::error::render(&source);
-                shared.metrics().fetch_errors += 1;
-                shared.set_status("lastError", json!({"at": rfc3339_now(), "message": e}));
+                shared.metrics.fetch_errors.inc();
+                shared.status().last_error = Some(LastError::now(e.clone()));
                 if opts.once {
                     return Err(WatchError::Source(source).into());
                 }
                 let wait = backoff.map_or(Duration::from_secs(1), |b| (b * 2).min(opts.max_backoff));
                 backoff = Some(wait);
-                emit(
-                    opts.json_logs,
-                    "error",
-                    "fetch failed",
-                    json!({"error": e, "retryIn": humantime::format_duration(wait).to_string()}),
-                );
+                tracing::error!(error = e.as_str(), retryIn = %humantime::format_duration(wait), "fetch failed");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shared.trigger.notified() => {}
@@ -357,10 +318,10 @@ async fn git_loop(
                     let ended = reconcile_revision(opts, shared, stop, &src, &store, &source_key, tip).await;
                     last_outcome = ended.outcome;
                     if ended.done {
-                        let _ = store.record_reconciled(&source_key, &rev, ended.outcome);
+                        let _ = store.record_reconciled(&source_key, &rev, ended.outcome.as_str());
                     }
                 } else {
-                    shared.set_status("revision", json!(rev));
+                    shared.status().revision = Some(rev);
                 }
                 shared.ready.store(true, Ordering::Relaxed);
             }
@@ -394,38 +355,23 @@ async fn reconcile_revision(
 ) -> Ended {
     let rev = tip.to_string();
     let started = Instant::now();
-    shared.set_status("reconcileStartedAt", json!(rfc3339_now()));
+    shared.status().reconcile_started_at = Some(rfc3339_now());
     let s = src.clone();
     let checkout = tokio::task::spawn_blocking(move || s.checkout(tip)).await;
     if let Err(e) = checkout.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| crate::error::render(&e))) {
-        return finish(
-            opts,
-            shared,
-            started,
-            Some(&rev),
-            "error",
-            json!({"error": format!("checkout {rev}: {e}")}),
-            None,
-            0,
-        );
+        let details = Details { error: Some(format!("checkout {rev}: {e}")), ..Details::default() };
+        return finish(shared, started, Some(&rev), ReconcileOutcome::Error, details, None, 0);
     }
-    shared.set_status("revision", json!(rev));
+    shared.status().revision = Some(rev.clone());
     // tenon's own promotion commits change only promotion targets and the ledger
     if let Some(prev) = store.last_reconciled(source_key).ok().flatten().and_then(|p| git2::Oid::from_str(&p).ok()) {
         let targets = reconcile::load(&src.dir).map(|c| source::promotion_targets(&c)).unwrap_or_default();
         let s = src.clone();
         let only = tokio::task::spawn_blocking(move || s.only_promotions(prev, tip, &targets)).await;
         if let Ok(Ok(true)) = only {
-            return finish(
-                opts,
-                shared,
-                started,
-                Some(&rev),
-                "skipped",
-                json!({"skipped": "only tenon promotion commits since the last reconcile: no task runs"}),
-                None,
-                0,
-            );
+            let why = "only tenon promotion commits since the last reconcile: no task runs";
+            let details = Details { skipped: Some(why.into()), ..Details::default() };
+            return finish(shared, started, Some(&rev), ReconcileOutcome::Skipped, details, None, 0);
         }
     }
     reconcile_tree(opts, shared, stop, &src.dir, Some((src, tip))).await
@@ -441,24 +387,25 @@ async fn reconcile_tree(
 ) -> Ended {
     let started = Instant::now();
     let rev = git.map(|(_, t)| t.to_string());
-    shared.set_status("reconciling", json!(true));
-    shared.set_status("reconcileStartedAt", json!(rfc3339_now()));
+    {
+        let mut st = shared.status();
+        st.reconciling = true;
+        st.reconcile_started_at = Some(rfc3339_now());
+    }
+    let invalid = ReconcileOutcome::Invalid;
     let cat = match reconcile::load_valid(dir) {
         Err(e) => {
-            return finish(opts, shared, started, rev.as_deref(), "invalid", json!({"error": e.to_string()}), None, 0)
+            let details = Details { error: Some(e.to_string()), ..Details::default() };
+            return finish(shared, started, rev.as_deref(), invalid, details, None, 0);
         }
         Ok(Err(diags)) => {
-            let errors: Vec<String> = diags.0.iter().map(|d| d.to_string()).collect();
-            return finish(
-                opts,
-                shared,
-                started,
-                rev.as_deref(),
-                "invalid",
-                json!({"error": format!("{} error(s) in the manifests; nothing was run", diags.len()), "errors": diags.0, "messages": errors}),
-                None,
-                0,
-            );
+            let details = Details {
+                error: Some(format!("{} error(s) in the manifests; nothing was run", diags.len())),
+                messages: diags.0.iter().map(|d| d.to_string()).collect(),
+                errors: diags.0,
+                ..Details::default()
+            };
+            return finish(shared, started, rev.as_deref(), invalid, details, None, 0);
         }
         Ok(Ok(cat)) => cat,
     };
@@ -488,43 +435,26 @@ async fn reconcile_tree(
     let rec = match result {
         Ok(r) => r,
         Err(e) => {
-            let outcome = if e.code() == crate::error::EXIT_INTERNAL { "error" } else { "invalid" };
-            let error = crate::error::render(&e);
-            return finish(opts, shared, started, rev.as_deref(), outcome, json!({"error": error}), None, 0);
+            let outcome = if e.code() == crate::error::EXIT_INTERNAL { ReconcileOutcome::Error } else { invalid };
+            let details = Details { error: Some(crate::error::render(&e)), ..Details::default() };
+            return finish(shared, started, rev.as_deref(), outcome, details, None, 0);
         }
     };
     if let Some(e) = &rec.report.store_error {
         // the runs could not be recorded: not a success, and the revision is tried again
         let error = format!("tenon could not use its state directory, so what ran is not recorded: {e}");
-        return finish(
-            opts,
-            shared,
-            started,
-            rev.as_deref(),
-            "error",
-            json!({"error": error}),
-            Some(&rec.report),
-            rec.hash_ns,
-        );
+        let details = Details { error: Some(error), ..Details::default() };
+        let outcome = ReconcileOutcome::Error;
+        return finish(shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
     }
     let ok = rec.report.all_ok();
     if interrupted && !ok {
-        return Ended {
-            outcome: finish(
-                opts,
-                shared,
-                started,
-                rev.as_deref(),
-                "cancelled",
-                json!({}),
-                Some(&rec.report),
-                rec.hash_ns,
-            )
-            .outcome,
-            done: false,
-        };
+        let outcome = ReconcileOutcome::Cancelled;
+        let details = Details::default();
+        let ended = finish(shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
+        return Ended { done: false, ..ended };
     }
-    let outcome = if ok { "succeeded" } else { "failed" };
+    let outcome = if ok { ReconcileOutcome::Succeeded } else { ReconcileOutcome::Failed };
     let mut promotion: Option<PromotionReport> = None;
     let mut promotion_note: Option<String> = None;
     if ok && has_policies && opts.promote && !stop.is_cancelled() && shared.leader.load(Ordering::Relaxed) {
@@ -570,22 +500,16 @@ async fn reconcile_tree(
             }
         }
     }
-    let mut fields = json!({});
-    if let Some(p) = &promotion {
-        fields["promotion"] = serde_json::to_value(p).unwrap_or(Value::Null);
+    let mut details = Details { promotion_note, ..Details::default() };
+    if let Some(p) = promotion {
         let states: Vec<String> = p.promotions.iter().map(|s| format!("{}={}", s.environment, s.state)).collect();
-        if !states.is_empty() {
-            fields["promotions"] = json!(states.join(","));
-        }
+        details.promotions = (!states.is_empty()).then(|| states.join(","));
         if p.failed() {
-            shared
-                .set_status("lastError", json!({"at": rfc3339_now(), "message": "a promotion failed", "promotion": p}));
+            shared.status().last_error = Some(LastError { promotion: Some(p.clone()), ..LastError::now("a promotion failed") });
         }
+        details.promotion = Some(p);
     }
-    if let Some(n) = promotion_note {
-        fields["promotionNote"] = json!(n);
-    }
-    let mut ended = finish(opts, shared, started, rev.as_deref(), outcome, fields, Some(&rec.report), rec.hash_ns);
+    let mut ended = finish(shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
     // a run failed because shutdown cancelled it: not done
     ended.done = !interrupted || ok;
     ended
@@ -594,74 +518,76 @@ async fn reconcile_tree(
 /// Account, publish and log a finished reconcile.
 #[allow(clippy::too_many_arguments)]
 fn finish(
-    opts: &WatchOptions,
     shared: &Shared,
     started: Instant,
     rev: Option<&str>,
-    outcome: &'static str,
-    fields: Value,
+    outcome: ReconcileOutcome,
+    details: Details,
     report: Option<&crate::report::RunReport>,
     hash_ns: u64,
 ) -> Ended {
     let secs = started.elapsed().as_secs_f64();
     shared.count_reconcile(outcome, secs, report, hash_ns);
-    let mut last = json!({
-        "revision": rev,
-        "outcome": outcome,
-        "finishedAt": rfc3339_now(),
-        "durationMs": (secs * 1000.0) as u64,
-    });
-    if let Some(s) = shared.status.lock().ok().and_then(|s| s.get("reconcileStartedAt").cloned()) {
-        last["startedAt"] = s;
-    }
-    if let Value::Object(f) = &fields {
-        for (k, v) in f {
-            last[k] = v.clone();
-        }
-    }
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    if let Some(r) = report {
-        for t in r.runs.iter().flat_map(|r| r.tasks.iter()) {
-            *counts.entry(t.status.clone()).or_default() += 1;
-        }
-        last["report"] = serde_json::to_value(r).unwrap_or(Value::Null);
-        last["plan"] = serde_json::to_value(PlanReport::from_dry_run(r.clone())).unwrap_or(Value::Null);
+    for t in report.iter().flat_map(|r| r.runs.iter()).flat_map(|r| r.tasks.iter()) {
+        *counts.entry(t.status.clone()).or_default() += 1;
     }
-    {
-        let mut st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
-        st["lastReconcile"] = last;
-        st["reconciling"] = json!(false);
-        st["reconciles"] = json!(st["reconciles"].as_u64().unwrap_or(0) + 1);
-        if outcome == "succeeded" || outcome == "skipped" {
-            st["lastSuccessAt"] = json!(rfc3339_now());
-        } else if let Some(e) = fields.get("error") {
-            st["lastError"] = json!({"at": rfc3339_now(), "message": e, "revision": rev});
-        }
-    }
-    let level = match outcome {
-        "succeeded" | "skipped" => "info",
-        "cancelled" | "failed" => "warn",
-        _ => "error",
-    };
     let tasks: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {}", k.to_lowercase())).collect();
-    let mut log = json!({"outcome": outcome, "duration": format!("{secs:.2}s")});
-    if let Some(r) = rev {
-        log["revision"] = json!(&r[..12.min(r.len())]);
+    for line in &details.messages {
+        tracing::error!("{line}");
     }
-    if !tasks.is_empty() {
-        log["tasks"] = json!(tasks.join(", "));
-    }
-    for k in ["error", "skipped", "promotions", "promotionNote"] {
-        if let Some(v) = fields.get(k) {
-            log[k] = v.clone();
+    log_reconcile(outcome, secs, rev, &tasks.join(", "), &details);
+    {
+        let mut st = shared.status();
+        if outcome.is_success() {
+            st.last_success_at = Some(rfc3339_now());
+        } else if let Some(e) = &details.error {
+            st.last_error = Some(LastError { revision: Some(rev.map(str::to_string)), ..LastError::now(e.clone()) });
         }
+        st.last_reconcile = Some(LastReconcile {
+            revision: rev.map(str::to_string),
+            outcome,
+            finished_at: rfc3339_now(),
+            duration_ms: (secs * 1000.0) as u64,
+            started_at: st.reconcile_started_at.clone(),
+            details,
+            report: report.cloned(),
+            plan: report.map(|r| PlanReport::from_dry_run(r.clone())),
+        });
+        st.reconciling = false;
+        st.reconciles += 1;
     }
-    if let Some(m) = fields.get("messages").and_then(|m| m.as_array()) {
-        for line in m.iter().filter_map(|l| l.as_str()) {
-            emit(opts.json_logs, "error", line, json!({}));
-        }
-    }
-    emit(opts.json_logs, level, "reconcile", log);
     // tenon itself could not work (checkout, state directory): try the revision again later
-    Ended { outcome, done: outcome != "error" }
+    Ended { outcome, done: outcome != ReconcileOutcome::Error }
+}
+
+/// The one log event of a finished reconcile (`message` "reconcile"), at a level that
+/// follows the outcome; the fields are the outcome, its duration, the short revision,
+/// task counts by status, and the error, skip reason or promotions when there are any.
+fn log_reconcile(outcome: ReconcileOutcome, secs: f64, rev: Option<&str>, tasks: &str, details: &Details) {
+    let revision = rev.map(|r| &r[..12.min(r.len())]);
+    let tasks = (!tasks.is_empty()).then_some(tasks);
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                outcome = %outcome,
+                duration = %format_args!("{secs:.2}s"),
+                revision = revision.map(tracing::field::display),
+                tasks,
+                error = details.error.as_deref(),
+                skipped = details.skipped.as_deref(),
+                promotions = details.promotions.as_deref(),
+                promotionNote = details.promotion_note.as_deref(),
+                "reconcile"
+            )
+        };
+    }
+    match outcome {
+        ReconcileOutcome::Succeeded | ReconcileOutcome::Skipped | ReconcileOutcome::UpToDate => {
+            event!(tracing::Level::INFO)
+        }
+        ReconcileOutcome::Cancelled | ReconcileOutcome::Failed => event!(tracing::Level::WARN),
+        ReconcileOutcome::Invalid | ReconcileOutcome::Error => event!(tracing::Level::ERROR),
+    }
 }

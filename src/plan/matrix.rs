@@ -1,8 +1,64 @@
 //! Matrix fan-out (Tekton `docs/matrix.md`): cartesian product, first param varies
 //! fastest, then `include` entries merged or appended. Pure.
 
+use super::facts::RunFailure;
+use crate::model::{Matrix, ParamValue};
+use crate::subst::Vars;
+
+/// Tekton's `default-max-matrix-combinations-count`.
+pub const MAX_MATRIX_COMBINATIONS: usize = 256;
+
 /// One combination: (param name, value) sorted by name.
 pub type Combo = Vec<(String, String)>;
+
+/// Why a matrix does not fan out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoFanOut {
+    /// A matrix param is an empty array: the task is skipped.
+    Empty,
+    /// A matrix param is not an array, or there are too many combinations: the run fails.
+    Fail(RunFailure),
+}
+
+/// The combinations of pipeline task `task`'s matrix, its params substituted with `vars`.
+pub fn expand(task: &str, m: &Matrix, vars: &Vars) -> Result<Vec<Combo>, NoFanOut> {
+    let mut params = Vec::new();
+    for p in &m.params {
+        match vars.apply_value(&p.value) {
+            ParamValue::Array(a) => params.push((p.name.clone(), a)),
+            other => {
+                return Err(NoFanOut::Fail(RunFailure::new(
+                    "InvalidMatrixParameterTypes",
+                    format!("matrix param {:?} of pipeline task {task} is not an array: {other:?}", p.name),
+                )))
+            }
+        }
+    }
+    let include: Vec<Combo> = m
+        .include
+        .iter()
+        .map(|inc| {
+            inc.params
+                .iter()
+                .map(|p| match vars.apply_value(&p.value) {
+                    ParamValue::Str(s) => (p.name.clone(), s),
+                    other => (p.name.clone(), format!("{other:?}")),
+                })
+                .collect()
+        })
+        .collect();
+    let c = combinations(&params, &include);
+    if c.is_empty() {
+        return Err(NoFanOut::Empty);
+    }
+    if c.len() > MAX_MATRIX_COMBINATIONS {
+        return Err(NoFanOut::Fail(RunFailure::new(
+            "PipelineValidationFailed",
+            format!("expected 0 <= {} <= {MAX_MATRIX_COMBINATIONS}: matrix of pipeline task {task}", c.len()),
+        )));
+    }
+    Ok(c)
+}
 
 pub fn combinations(params: &[(String, Vec<String>)], include: &[Vec<(String, String)>]) -> Vec<Combo> {
     let mut combos: Vec<Combo> = Vec::new();
