@@ -14,7 +14,7 @@ use crate::exec::local::SandboxMode;
 use crate::exec::ExecutorKind;
 use crate::model::{self, Catalog, ParamValue};
 use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
-use crate::reconcile::{self, RunSettings};
+use crate::reconcile::{self, ReconcileError, RunSettings};
 use crate::report::{PlanReport, RunReport, RunSummary, ValidationReport, API_VERSION};
 use crate::store::SqliteStore;
 use crate::telemetry::LogFormat;
@@ -814,12 +814,12 @@ fn print_plan_human(plan: &PlanReport) {
 /// The shared cache named by `--cache-repo`, or a usage error.
 fn remote_cache(a: &RemoteArgs) -> Result<crate::remote::RemoteCache, Error> {
     let s = a.settings().ok_or_else(|| Error::Usage("this needs --cache-repo URL (or TENON_CACHE_REPO)".into()))?;
-    crate::remote::RemoteCache::new(&s).map_err(Error::Usage)
+    crate::remote::RemoteCache::new(&s).map_err(|message| ReconcileError::RemoteCache { message }.into())
 }
 
 /// A registry failure in a cache command: tenon could not work (exit 3), credentials never shown.
 fn registry_error(e: crate::oci::OciError) -> Error {
-    Error::Io { context: e.to_string(), source: std::io::Error::other("the shared cache could not be used") }
+    Error::Registry { source: e }
 }
 
 async fn remote_ls(a: &RemoteArgs, output: OutputFormat) -> Result<Outcome, Error> {
@@ -1084,7 +1084,7 @@ async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
         let cat = load(&a.dir)?;
         let store = open_store(a.flags.store.as_ref())?;
         let opts = promote_options(a.flags.store.as_ref(), false, None, &a.auth, 8)?;
-        Some(promote_all(&cat, &a.dir, &store, Some(&results_of(&report)), &opts).map_err(Error::Usage)?)
+        Some(promote_all(&cat, &a.dir, &store, Some(&results_of(&report)), &opts)?)
     } else {
         None
     };
@@ -1142,7 +1142,7 @@ fn promote_cmd(a: PromoteArgs) -> Result<Outcome, Error> {
     }
     let store = open_store(a.store.as_ref())?;
     let opts = promote_options(a.store.as_ref(), a.dry_run, a.policy.clone(), &a.auth, a.max_attempts)?;
-    let report = promote_all(&cat, &a.dir, &store, None, &opts).map_err(Error::Usage)?;
+    let report = promote_all(&cat, &a.dir, &store, None, &opts)?;
     match a.output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Human => print_promotions(&report),
@@ -1165,8 +1165,7 @@ fn hold_cmd(r: RollbackArgs, rollback: bool) -> Result<Outcome, Error> {
         return Err(Error::Usage("tenon release takes no --to or --reason: it lifts the hold on --env".into()));
     } else {
         crate::promote::run::release(&cat, &a.dir, &r.env, &r.by, &opts)
-    }
-    .map_err(Error::Usage)?;
+    }?;
     match a.output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Human => print_promotions(&report),
@@ -1264,7 +1263,7 @@ fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {
         return Err(Error::Usage(format!("no PromotionPolicy found in {}", a.dir.display())));
     }
     let opts = promote_options(a.store.as_ref(), true, a.policy.clone(), &a.auth, 1)?;
-    let (records, holds) = crate::promote::run::history(&cat, &a.dir, a.env.as_deref(), &opts).map_err(Error::Usage)?;
+    let (records, holds) = crate::promote::run::history(&cat, &a.dir, a.env.as_deref(), &opts)?;
     let time = |ns: i64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64))
     };

@@ -17,13 +17,7 @@ fn main() -> ExitCode {
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     if let Err(e) = &result {
         if !matches!(e, tenon::error::Error::Invalid { .. }) {
-            let mut msg = format!("error: {e}");
-            let mut src = std::error::Error::source(e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("error: {}", tenon::error::render(e));
         }
     }
     tenon::error::exit_code(&result)

@@ -19,6 +19,23 @@ use crate::report::{HashingStats, RunReport};
 use crate::store::SqliteStore;
 use crate::ui::Console;
 
+/// Why the reconcile core could not set up a run (its exit code: `crate::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The sandbox asked for is not available here (invalid usage).
+    #[error("{message}")]
+    Sandbox { message: String },
+    /// The shared cache settings are unusable (invalid usage).
+    #[error("{message}")]
+    RemoteCache { message: String },
+    /// The executor could not connect or prepare (tenon could not work).
+    #[error("the {executor} executor cannot start: {message}")]
+    ExecutorStart { executor: &'static str, message: String },
+    /// The store's stat cache could not be read (tenon could not work).
+    #[error("{message}")]
+    StatCache { message: String },
+}
+
 /// What a run needs besides the manifests (the flags `tenon run` and `tenon watch` share).
 #[derive(Debug, Clone)]
 pub struct RunSettings {
@@ -232,7 +249,8 @@ pub async fn build_executor(s: &RunSettings, console: Arc<Console>, dry_run: boo
     let _ = std::fs::create_dir_all(&s.state_dir);
     match s.executor {
         ExecutorKind::Local => {
-            let sandbox = Sandbox::detect_cached(s.sandbox, &s.state_dir).map_err(Error::Usage)?;
+            let sandbox = Sandbox::detect_cached(s.sandbox, &s.state_dir)
+                .map_err(|message| ReconcileError::Sandbox { message })?;
             let id = if sandbox.is_bwrap() { "local+bwrap" } else { "local" };
             let host_reason = (!sandbox.is_bwrap()).then(|| Sandbox::host_reason(s.sandbox));
             Ok(BuiltExecutor {
@@ -247,10 +265,7 @@ pub async fn build_executor(s: &RunSettings, console: Arc<Console>, dry_run: boo
             })
         }
         ExecutorKind::Kubernetes => {
-            let k8s_err = |e: String| Error::Io {
-                context: e,
-                source: std::io::Error::other("the kubernetes executor cannot start"),
-            };
+            let k8s_err = |message: String| ReconcileError::ExecutorStart { executor: "kubernetes", message };
             let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console).await.map_err(k8s_err)?;
             if !dry_run {
                 k.sweep().await.map_err(k8s_err)?;
@@ -316,11 +331,13 @@ pub async fn run_catalog(
     let store = Arc::new(open_store(&opts.state_dir)?);
     let rerun: std::collections::BTreeSet<String> = s.rerun.iter().cloned().collect();
     let mut cache_ctx = CacheCtx::new(store.clone(), s.no_cache, rerun, dry_run)
-        .map_err(|e| Error::Io { context: e, source: std::io::Error::other("stat cache") })?;
+        .map_err(|message| ReconcileError::StatCache { message })?;
     cache_ctx.executor = built.id;
     cache_ctx.image_digests = built.image_digests;
     if let Some(r) = &s.remote {
-        cache_ctx.remote = Some(Arc::new(crate::remote::RemoteCache::new(r).map_err(Error::Usage)?));
+        cache_ctx.remote = Some(Arc::new(
+            crate::remote::RemoteCache::new(r).map_err(|message| ReconcileError::RemoteCache { message })?,
+        ));
         cache_ctx.import_on_plan = s.import_on_plan;
     }
     let cache = Arc::new(cache_ctx);

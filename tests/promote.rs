@@ -2140,3 +2140,99 @@ fn branch_mode_rollback_holds_once_merged() {
     assert_eq!(state(&p), "Held", "{p:#}");
     assert_eq!(refs(&fx.remote), before, "held: no branch pushed");
 }
+
+// ---------------------------------------------------------------------------------------
+// 15. exit codes of promotions that cannot work: never 2 ("invalid input") for a git,
+//     network or store failure; the cause is printed once
+
+/// The one `error: ` line on stderr; no part of it (split at ": ") is said twice.
+fn the_error_said_once(r: &Run) -> String {
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "exactly one error line:\n{}", r.stderr);
+    let parts: Vec<&str> = lines[0].split(": ").map(str::trim).filter(|p| p.len() > 8).collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].iter().any(|q| q.contains(p) || p.contains(q)), "the cause {p:?} is printed twice: {}", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+/// Make `table` of the store's SQLite database unreadable (its root page overwritten),
+/// as a bad disk or a torn write would; the rest of the database still opens.
+fn corrupt_table(store: &Path, table: &str) {
+    use std::io::{Seek, SeekFrom};
+    let db = store.join("cache/tenon.db");
+    let (page, size) = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+        let page: i64 =
+            c.query_row("SELECT rootpage FROM sqlite_master WHERE name = ?1", [table], |r| r.get(0)).unwrap();
+        let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        (page, size)
+    };
+    let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.seek(SeekFrom::Start(((page - 1) * size) as u64)).unwrap();
+    f.write_all(&vec![0xFF; size as usize]).unwrap();
+}
+
+/// Targets tenon cannot use: a git:// port nobody listens on, and a directory that is not
+/// a git repository.
+fn unusable_targets(root: &Path) -> Vec<String> {
+    let plain = root.join("not-a-repo");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(plain.join("README"), "just a directory\n").unwrap();
+    vec![format!("git://127.0.0.1:{}/remote.git", free_port()), plain.display().to_string()]
+}
+
+#[test]
+fn history_of_an_unusable_target_exits_3_with_the_cause_once() {
+    let fx = fixture();
+    for url in unusable_targets(&fx.root) {
+        set_target_url(&fx.repo, &url);
+        let r = common::tenon_cached(&["history", fx.repo_s()], &fx.store);
+        assert_eq!(r.code, 3, "{url}: tenon could not work (not invalid input):\n{}\n{}", r.stdout, r.stderr);
+        let line = the_error_said_once(&r);
+        assert!(line.contains(&url), "{url}: the error names the target: {line}");
+        assert!(r.stdout.is_empty(), "{url}: {}", r.stdout);
+        git(&fx.repo, &["checkout", "-q", "--", "."]);
+    }
+}
+
+/// A promotion, rollback or release that meets an unusable target is a failed promotion
+/// (exit 1, state `Failed` naming the target), not invalid input.
+#[test]
+fn promote_rollback_release_to_an_unusable_target_fail_with_exit_1() {
+    let fx = fixture();
+    for url in unusable_targets(&fx.root) {
+        set_target_url(&fx.repo, &url);
+        for args in [
+            vec!["promote", fx.repo_s()],
+            vec!["rollback", fx.repo_s(), "--env", "prod", "--to", "cbaa9667"],
+            vec!["release", fx.repo_s(), "--env", "prod"],
+        ] {
+            let r = tenon_json(&fx, &args);
+            assert_eq!(r.code, 1, "{url} {args:?}:\n{}\n{}", r.stdout, r.stderr);
+            let ps = r.json()["promotions"].as_array().cloned().unwrap_or_default();
+            assert_eq!(ps.len(), 1, "{url} {args:?}: {}", r.stdout);
+            assert_eq!(state(&ps[0]), "Failed", "{url} {args:?}: {:#}", ps[0]);
+            assert!(ps[0]["detail"].as_str().unwrap().contains(&url), "{url} {args:?}: {:#}", ps[0]);
+        }
+        git(&fx.repo, &["checkout", "-q", "--", "."]);
+    }
+}
+
+/// The store cannot record the decision (its promotions table is corrupt): tenon could not
+/// work (exit 3, the database's own words once), and nothing is pushed.
+#[test]
+fn a_corrupt_store_during_promotion_exits_3_and_pushes_nothing() {
+    let fx = fixture();
+    corrupt_table(&fx.store, "promotions");
+    let before = refs(&fx.remote);
+    for args in [vec!["promote", fx.repo_s()], vec!["run", fx.repo_s(), "-q", "--promote"]] {
+        let r = common::tenon_cached(&args, &fx.store);
+        assert_eq!(r.code, 3, "{args:?}: tenon could not work (not invalid input):\n{}\n{}", r.stdout, r.stderr);
+        let line = the_error_said_once(&r);
+        assert!(line.contains("malformed"), "{args:?}: the database's reason is shown: {line}");
+        assert!(line.contains("store"), "{args:?}: the error says it is the store: {line}");
+        assert_eq!(refs(&fx.remote), before, "{args:?}: nothing may be pushed without a recorded decision");
+    }
+}

@@ -19,7 +19,7 @@ use super::ledger::{self, GateDoc, HoldDoc, Malformed, RecordDoc, ReleaseDoc, Su
 use super::LEDGER_DIR;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PromoteError {
+pub enum GitError {
     #[error("git: {message}")]
     Git { message: String },
     #[error("authentication to {url} failed (check the credentials; they are never printed)")]
@@ -35,18 +35,18 @@ pub enum PromoteError {
     HostKey { why: String },
 }
 
-impl From<git2::Error> for PromoteError {
+impl From<git2::Error> for GitError {
     fn from(e: git2::Error) -> Self {
         if e.code() == git2::ErrorCode::Auth || e.class() == git2::ErrorClass::Ssh && e.message().contains("auth") {
-            return PromoteError::Auth { url: String::new() };
+            return GitError::Auth { url: String::new() };
         }
         // ours (the known_hosts check) is a Certificate error; libgit2's own check of
         // ~/.ssh/known_hosts says `hostkey`
         if e.code() == git2::ErrorCode::Certificate || e.message().contains("hostkey") {
             let why = HOST_KEY_REFUSED.with(|w| w.borrow_mut().take()).unwrap_or_else(|| e.message().to_string());
-            return PromoteError::HostKey { why };
+            return GitError::HostKey { why };
         }
-        PromoteError::Git { message: e.message().to_string() }
+        GitError::Git { message: e.message().to_string() }
     }
 }
 
@@ -184,11 +184,11 @@ fn ssh_port(url: &str) -> u16 {
 /// The persistent bare clone of a target, held exclusively by this process until the
 /// returned lock drops (two tenons sharing a store take turns; git's own config and ref
 /// lock files would otherwise make one of them fail).
-fn open_cache(t: &Target) -> Result<(Repository, std::fs::File), PromoteError> {
+fn open_cache(t: &Target) -> Result<(Repository, std::fs::File), GitError> {
     use fs4::fs_std::FileExt;
     let name = crate::hash::sha256_hex(t.url.as_bytes()).get(..16).unwrap_or("repo").to_string();
     let dir = t.cache_dir.join(&name);
-    let io = |e: std::io::Error| PromoteError::Git { message: format!("cannot use {}: {e}", dir.display()) };
+    let io = |e: std::io::Error| GitError::Git { message: format!("cannot use {}: {e}", dir.display()) };
     std::fs::create_dir_all(&t.cache_dir).map_err(io)?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -225,7 +225,7 @@ fn remove_stale_locks(dir: &Path) {
 }
 
 /// Fetch `branch`; returns its tip (None when the branch does not exist yet).
-fn fetch(repo: &Repository, t: &Target, branch: &str) -> Result<Option<Oid>, PromoteError> {
+fn fetch(repo: &Repository, t: &Target, branch: &str) -> Result<Option<Oid>, GitError> {
     let mut remote = repo.remote_anonymous(&t.url)?;
     let mut fo = git2::FetchOptions::new();
     fo.remote_callbacks(callbacks(&t.credentials, &t.url));
@@ -233,7 +233,7 @@ fn fetch(repo: &Repository, t: &Target, branch: &str) -> Result<Option<Oid>, Pro
     let refspec = format!("+refs/heads/{branch}:{tracking}");
     match remote.fetch(&[&refspec], Some(&mut fo), None) {
         Ok(()) => {}
-        Err(e) if e.code() == git2::ErrorCode::Auth => return Err(PromoteError::Auth { url: t.url.clone() }),
+        Err(e) if e.code() == git2::ErrorCode::Auth => return Err(GitError::Auth { url: t.url.clone() }),
         Err(e) if e.message().contains("couldn't find remote ref") => {
             let _ = repo.find_reference(&tracking).and_then(|mut r| r.delete());
             return Ok(None);
@@ -244,14 +244,14 @@ fn fetch(repo: &Repository, t: &Target, branch: &str) -> Result<Option<Oid>, Pro
 }
 
 /// The text of `path` at the tip of the target branch (fetching first).
-pub fn read_at_tip(t: &Target, path: &str) -> Result<Option<String>, PromoteError> {
+pub fn read_at_tip(t: &Target, path: &str) -> Result<Option<String>, GitError> {
     let (repo, _lock) = open_cache(t)?;
     let Some(tip) = fetch(&repo, t, &t.branch)? else { return Ok(None) };
     let tree = repo.find_commit(tip)?.tree()?;
     read_blob(&repo, &tree, path)
 }
 
-fn read_blob(repo: &Repository, tree: &git2::Tree<'_>, path: &str) -> Result<Option<String>, PromoteError> {
+fn read_blob(repo: &Repository, tree: &git2::Tree<'_>, path: &str) -> Result<Option<String>, GitError> {
     match tree.get_path(Path::new(path)) {
         Ok(entry) => {
             let blob = repo.find_blob(entry.id())?;
@@ -336,7 +336,7 @@ pub struct Tip<'r> {
 }
 
 impl<'r> Tip<'r> {
-    fn at(repo: &'r Repository, branch: &str, oid: Option<Oid>) -> Result<Tip<'r>, PromoteError> {
+    fn at(repo: &'r Repository, branch: &str, oid: Option<Oid>) -> Result<Tip<'r>, GitError> {
         let commit = match oid {
             Some(o) => Some(repo.find_commit(o)?),
             None => None,
@@ -348,7 +348,7 @@ impl<'r> Tip<'r> {
         Ok(Tip { repo, branch: branch.to_string(), commit, tree })
     }
 
-    pub fn read(&self, path: &str) -> Result<Option<String>, PromoteError> {
+    pub fn read(&self, path: &str) -> Result<Option<String>, GitError> {
         match &self.tree {
             Some(t) => read_blob(self.repo, t, path),
             None => Ok(None),
@@ -360,7 +360,7 @@ impl<'r> Tip<'r> {
     }
 
     /// `decidedAt` of every ledger entry of `env`: (id, decidedAt).
-    fn ledger(&self, env: &str) -> Result<Vec<(String, i64)>, PromoteError> {
+    fn ledger(&self, env: &str) -> Result<Vec<(String, i64)>, GitError> {
         let Some(tree) = &self.tree else { return Ok(vec![]) };
         let mut out = Vec::new();
         for (id, path, text) in yaml_files(self.repo, tree, &format!("{LEDGER_DIR}/promotions/{env}")) {
@@ -371,7 +371,7 @@ impl<'r> Tip<'r> {
     }
 
     /// The newest ledger entry decided after `decided_at_ns`.
-    fn superseded(&self, env: &str, decided_at_ns: i64) -> Result<Option<Landing>, PromoteError> {
+    fn superseded(&self, env: &str, decided_at_ns: i64) -> Result<Option<Landing>, GitError> {
         let entries = self.ledger(env)?;
         Ok(entries
             .into_iter()
@@ -381,11 +381,11 @@ impl<'r> Tip<'r> {
     }
 
     /// The newest ledger entry of `env`.
-    fn latest(&self, env: &str) -> Result<Option<String>, PromoteError> {
+    fn latest(&self, env: &str) -> Result<Option<String>, GitError> {
         Ok(self.ledger(env)?.into_iter().max_by_key(|(_, at)| *at).map(|(id, _)| id))
     }
 
-    pub fn hold(&self, env: &str) -> Result<Option<Hold>, PromoteError> {
+    pub fn hold(&self, env: &str) -> Result<Option<Hold>, GitError> {
         let path = hold_path(env);
         match self.read(&path)? {
             Some(text) => Ok(Some(Hold::parse(&format!("{}:{path}", self.branch), &text)?)),
@@ -395,7 +395,7 @@ impl<'r> Tip<'r> {
 
     /// The declarative edits applied to their files here: (path, new text) of each file,
     /// and whether any value changed.
-    fn render(&self, branch: &str, updates: &[RenderedUpdate]) -> Result<(Files, bool), PromoteError> {
+    fn render(&self, branch: &str, updates: &[RenderedUpdate]) -> Result<(Files, bool), GitError> {
         let mut by_file: Vec<(String, Vec<Edit>)> = Vec::new();
         for u in updates {
             let e = Edit { path: u.path.clone(), value: u.value.clone() };
@@ -406,12 +406,12 @@ impl<'r> Tip<'r> {
         }
         let (mut files, mut changed) = (Vec::new(), false);
         for (file, edits) in by_file {
-            let text = self.read(&file)?.ok_or_else(|| PromoteError::Edit {
+            let text = self.read(&file)?.ok_or_else(|| GitError::Edit {
                 file: file.clone(),
                 message: format!("not found on branch {branch}"),
             })?;
             let (new, did) = edit::apply(&text, &edits)
-                .map_err(|e| PromoteError::Edit { file: file.clone(), message: e.to_string() })?;
+                .map_err(|e| GitError::Edit { file: file.clone(), message: e.to_string() })?;
             changed |= did;
             files.push((file, Some(new)));
         }
@@ -469,7 +469,7 @@ pub struct LedgerRecord {
 
 /// What the target branch records: every ledger entry (optionally of one environment),
 /// newest first, and the holds in place.
-pub fn ledger_at_tip(t: &Target, env: Option<&str>) -> Result<(Vec<LedgerRecord>, Vec<Hold>), PromoteError> {
+pub fn ledger_at_tip(t: &Target, env: Option<&str>) -> Result<(Vec<LedgerRecord>, Vec<Hold>), GitError> {
     let (repo, _lock) = open_cache(t)?;
     let Some(tip) = fetch(&repo, t, &t.branch)? else { return Ok((vec![], vec![])) };
     let tree = repo.find_commit(tip)?.tree()?;
@@ -612,8 +612,8 @@ fn commit_and_push(
     id: &str,
     marker: &str,
     message: &str,
-    mut plan: impl FnMut(&Tip<'_>) -> Result<Step, PromoteError>,
-) -> Result<Landing, PromoteError> {
+    mut plan: impl FnMut(&Tip<'_>) -> Result<Step, GitError>,
+) -> Result<Landing, GitError> {
     let (repo, _lock) = open_cache(t)?;
     let push_branch = push_branch(t, env, id);
     let mut attempt = 0;
@@ -637,7 +637,7 @@ fn commit_and_push(
                         Landing::Proposed { commit: b.to_string(), branch: push_branch }
                     });
                 }
-                return Err(PromoteError::Rejected {
+                return Err(GitError::Rejected {
                     branch: push_branch,
                     message: format!("the branch exists and does not hold {marker}; tenon never overwrites it"),
                 });
@@ -674,7 +674,7 @@ fn commit_and_push(
             Some(key) => {
                 let buf = repo.commit_create_buffer(&sig, &sig, message, &new_tree, &parents)?;
                 let content = std::str::from_utf8(&buf)
-                    .map_err(|_| PromoteError::Git { message: "the commit is not UTF-8; cannot sign it".into() })?;
+                    .map_err(|_| GitError::Git { message: "the commit is not UTF-8; cannot sign it".into() })?;
                 repo.commit_signed(content, &ssh_sign(key, &buf)?, Some("gpgsig"))?
             }
         };
@@ -705,7 +705,7 @@ fn commit_and_push(
         if let Some(why) = refusal {
             let moved = fetch(&repo, t, &push_branch).map(|now| now != expected_old).unwrap_or(false);
             if !moved {
-                return Err(PromoteError::Rejected { branch: push_branch, message: why });
+                return Err(GitError::Rejected { branch: push_branch, message: why });
             }
             tracing::debug!(branch = %push_branch, reason = %why, "the branch moved during the push; retrying");
         }
@@ -749,7 +749,7 @@ fn with_remote_lines(why: &str, lines: &[String]) -> String {
 /// Push with libgit2 (ssh, http(s), git://). libgit2 refuses a non-fast-forward itself
 /// (`NotFastForward`: the remote has commits this one does not build on); the server
 /// reports a refused update through the push-update-reference status.
-fn push_remote(repo: &Repository, t: &Target, refname: &str, commit: Oid) -> Result<Pushed, PromoteError> {
+fn push_remote(repo: &Repository, t: &Target, refname: &str, commit: Oid) -> Result<Pushed, GitError> {
     let mut remote = repo.remote_anonymous(&t.url)?;
     let status = std::cell::RefCell::new(None::<String>);
     let said = std::cell::RefCell::new(String::new());
@@ -775,7 +775,7 @@ fn push_remote(repo: &Repository, t: &Target, refname: &str, commit: Oid) -> Res
     match (r, status.into_inner()) {
         (Ok(()), None) => Ok(Pushed::Done),
         (Ok(()), Some(why)) => Ok(Pushed::Refused(with_remote_lines(&why, &lines))),
-        (Err(e), _) if e.code() == git2::ErrorCode::Auth => Err(PromoteError::Auth { url: t.url.clone() }),
+        (Err(e), _) if e.code() == git2::ErrorCode::Auth => Err(GitError::Auth { url: t.url.clone() }),
         (Err(e), _) if e.code() == git2::ErrorCode::NotFastForward => Ok(Pushed::Moved),
         (Err(e), Some(why)) => Ok(Pushed::Refused(with_remote_lines(&format!("{why} ({})", e.message()), &lines))),
         // the connection failed (not a refusal of the update): reported as it is
@@ -785,7 +785,7 @@ fn push_remote(repo: &Repository, t: &Target, refname: &str, commit: Oid) -> Res
                 git2::ErrorClass::Net | git2::ErrorClass::Ssh | git2::ErrorClass::Http | git2::ErrorClass::Ssl
             ) =>
         {
-            Err(PromoteError::from(e))
+            Err(GitError::from(e))
         }
         (Err(e), None) => Ok(Pushed::Refused(with_remote_lines(e.message(), &lines))),
     }
@@ -800,7 +800,7 @@ fn push_local(
     refname: &str,
     commit: Oid,
     expected_old: Option<Oid>,
-) -> Result<Pushed, PromoteError> {
+) -> Result<Pushed, GitError> {
     let lease = format!("--force-with-lease={refname}:{}", expected_old.map(|o| o.to_string()).unwrap_or_default());
     let mut cmd = std::process::Command::new("git");
     for v in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES"]
@@ -816,7 +816,7 @@ fn push_local(
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| PromoteError::Git {
+        .map_err(|e| GitError::Git {
             message: format!(
                 "pushing to the local repository {url} needs the git command (it runs the repository's hooks, as `git push` does), which cannot be run: {e}"
             ),
@@ -839,10 +839,10 @@ fn push_local(
 
 /// An SSH signature of `data` in git's format (`ssh-keygen -Y sign -n git`, as git does
 /// with gpg.format=ssh).
-fn ssh_sign(key: &Path, data: &[u8]) -> Result<String, PromoteError> {
+fn ssh_sign(key: &Path, data: &[u8]) -> Result<String, GitError> {
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let fail = |m: String| PromoteError::Git { message: format!("cannot sign with {}: {m}", key.display()) };
+    let fail = |m: String| GitError::Git { message: format!("cannot sign with {}: {m}", key.display()) };
     let mut child = Command::new("ssh-keygen")
         .args(["-Y", "sign", "-n", "git", "-f"])
         .arg(key)
@@ -876,7 +876,7 @@ pub fn write_back(
     decided_at_ns: i64,
     source_revision: &str,
     place_hold: Option<&Hold>,
-) -> Result<Landing, PromoteError> {
+) -> Result<Landing, GitError> {
     let ledger = ledger_path(&d.environment, &d.id);
     commit_and_push(t, &d.environment, &d.id, &ledger, message, |tip| {
         if let Some(s) = tip.superseded(&d.environment, decided_at_ns)? {
@@ -907,7 +907,7 @@ pub fn write_release(
     by: &str,
     message: &str,
     decided_at_ns: i64,
-) -> Result<Landing, PromoteError> {
+) -> Result<Landing, GitError> {
     let record = release_path(&hold.environment, id);
     commit_and_push(t, &hold.environment, id, &record, message, |tip| match tip.hold(&hold.environment)? {
         None => Ok(Step::Stop(Landing::NotHeld)),
@@ -921,7 +921,7 @@ pub fn write_release(
 }
 
 /// The hold on `env` at the tip of the target branch.
-pub fn hold_at_tip(t: &Target, env: &str) -> Result<Option<Hold>, PromoteError> {
+pub fn hold_at_tip(t: &Target, env: &str) -> Result<Option<Hold>, GitError> {
     let path = hold_path(env);
     match read_at_tip(t, &path)? {
         Some(text) => Ok(Some(Hold::parse(&format!("{}:{path}", t.branch), &text)?)),

@@ -6,7 +6,10 @@ pub use crate::model::LEDGER_DIR;
 
 pub mod decide;
 pub mod edit;
+pub mod error;
 pub mod git;
 pub mod known_hosts;
 pub mod ledger;
 pub mod run;
+
+pub use error::PromoteError;

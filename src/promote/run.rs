@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::decide::{commit_message, decide, Decision, GateOutcome, RenderedUpdate};
-use super::git::{self, Credentials, Hold, Landing, PromoteError, Target};
+use super::git::{self, Credentials, GitError, Hold, Landing, Target};
+use super::PromoteError;
 use crate::model::{Catalog, Obj, ParamValue, PromotionPolicySpec};
 use crate::report::{RunReport, API_VERSION};
 use crate::store::SqliteStore;
@@ -87,14 +88,14 @@ pub fn results_of(report: &RunReport) -> BTreeMap<String, BTreeMap<String, BTree
 }
 
 /// Where a policy writes: its url, else the `origin` of the repository holding `dir`.
-fn target_of(p: &Obj<PromotionPolicySpec>, dir: &Path, opts: &PromoteOptions) -> Result<Target, String> {
+fn target_of(p: &Obj<PromotionPolicySpec>, dir: &Path, opts: &PromoteOptions) -> Result<Target, PromoteError> {
     let discovered = git2::Repository::discover(dir).ok();
     let url = match &p.spec.target.url {
         Some(u) => u.clone(),
         None => discovered
             .as_ref()
             .and_then(|r| r.find_remote("origin").ok().and_then(|o| o.url().map(String::from)))
-            .ok_or_else(|| format!("PromotionPolicy {:?}: no target: set spec.target.url, or run tenon in a git checkout with an `origin` remote", p.name))?,
+            .ok_or_else(|| PromoteError::NoTarget { policy: p.name.clone() })?,
     };
     let branch = match &p.spec.target.branch {
         Some(b) => b.clone(),
@@ -164,13 +165,16 @@ pub fn promote_all(
     store: &SqliteStore,
     results: Option<&BTreeMap<String, BTreeMap<String, BTreeMap<String, ParamValue>>>>,
     opts: &PromoteOptions,
-) -> Result<PromotionReport, String> {
+) -> Result<PromotionReport, PromoteError> {
     let mut out = Vec::new();
     'policies: for p in cat.promotion_policies.iter().filter(|p| opts.policy.as_ref().is_none_or(|n| n == &p.name)) {
         let run = &p.spec.pipeline_run_ref.name;
         let (source, run_results) = match results.and_then(|r| r.get(run)) {
             Some(r) => (source_revision(dir), r.clone()),
-            None => match store.latest_run_results(run).map_err(|e| e.to_string())? {
+            None => match store
+                .latest_run_results(run)
+                .map_err(PromoteError::store(format!("read the results of PipelineRun {run:?}")))?
+            {
                 Some((_uid, r)) => (source_revision(dir), r),
                 None => {
                     out.push(summary(
@@ -188,7 +192,7 @@ pub fn promote_all(
         let target = match target_of(p, dir, opts) {
             Ok(t) => t,
             Err(e) => {
-                out.push(summary(p, None, "Failed", &e, "", vec![]));
+                out.push(summary(p, None, "Failed", &e.to_string(), "", vec![]));
                 continue;
             }
         };
@@ -300,7 +304,7 @@ pub fn promote_all(
         // the decision is recorded before git is touched; a restart re-drives it
         let decided = store
             .record_decision(&d.id, &p.name, &d.environment, &serde_json::to_string(&d).unwrap_or_default())
-            .map_err(|e| e.to_string())?;
+            .map_err(PromoteError::store("record the promotion decision (nothing was pushed)"))?;
         let landing = git::write_back(&target, &d, &message, decided, &source, None);
         if let Err(e) = &landing {
             invalid(e, &target.url)?;
@@ -323,7 +327,7 @@ pub fn history(
     dir: &Path,
     env: Option<&str>,
     opts: &PromoteOptions,
-) -> Result<(Vec<git::LedgerRecord>, Vec<Hold>), String> {
+) -> Result<(Vec<git::LedgerRecord>, Vec<Hold>), PromoteError> {
     let mut seen = std::collections::BTreeSet::new();
     let (mut out, mut holds) = (Vec::new(), Vec::new());
     for p in cat.promotion_policies.iter().filter(|p| opts.policy.as_ref().is_none_or(|n| n == &p.name)) {
@@ -331,7 +335,7 @@ pub fn history(
         if !seen.insert((t.url.clone(), t.branch.clone())) {
             continue;
         }
-        let (records, h) = git::ledger_at_tip(&t, env).map_err(|e| with_target(&e, &t.url))?;
+        let (records, h) = git::ledger_at_tip(&t, env).map_err(|e| PromoteError::git(&t.url, e))?;
         out.extend(records);
         holds.extend(h);
     }
@@ -368,7 +372,7 @@ fn dry_run_diffs(target: &Target, dir: &Path, updates: &[RenderedUpdate]) -> Vec
 
 /// A write-back's outcome as (state, detail, commit, hold).
 fn outcome(
-    landing: &Result<Landing, PromoteError>,
+    landing: &Result<Landing, GitError>,
     url: &str,
     branch: &str,
 ) -> (&'static str, String, Option<String>, Option<Hold>) {
@@ -406,23 +410,24 @@ fn env_target<'c>(
     dir: &Path,
     env: &str,
     opts: &PromoteOptions,
-) -> Result<(&'c Obj<PromotionPolicySpec>, Target), String> {
+) -> Result<(&'c Obj<PromotionPolicySpec>, Target), PromoteError> {
     let policies: Vec<&Obj<PromotionPolicySpec>> = cat
         .promotion_policies
         .iter()
         .filter(|p| p.spec.environment == env && opts.policy.as_ref().is_none_or(|n| n == &p.name))
         .collect();
     let Some(first) = policies.first() else {
-        return Err(format!("no PromotionPolicy for environment {env:?} in {}", dir.display()));
+        return Err(PromoteError::NoPolicy { env: env.to_string(), dir: dir.display().to_string() });
     };
     let target = target_of(first, dir, opts)?;
     for p in &policies[1..] {
         let t = target_of(p, dir, opts)?;
         if (&t.url, &t.branch) != (&target.url, &target.branch) {
-            return Err(format!(
-                "environment {env:?} is written by PromotionPolicies with different targets ({} and {}): choose one with --policy",
-                first.name, p.name
-            ));
+            return Err(PromoteError::TargetsConflict {
+                env: env.to_string(),
+                first: first.name.clone(),
+                second: p.name.clone(),
+            });
         }
     }
     Ok((first, target))
@@ -441,7 +446,7 @@ pub fn rollback(
     by: &str,
     reason: &str,
     opts: &PromoteOptions,
-) -> Result<PromotionReport, String> {
+) -> Result<PromotionReport, PromoteError> {
     let (p, target) = env_target(cat, dir, env, opts)?;
     let report =
         |s: PromotionSummary| PromotionReport { api_version: API_VERSION, kind: "RollbackReport", promotions: vec![s] };
@@ -458,18 +463,20 @@ pub fn rollback(
     let found = match matches.as_slice() {
         [one] => *one,
         [] => {
-            return Err(format!(
-                "no promotion {to:?} in the ledger of environment {env:?} on {} {} (see `tenon history --env {env}`)",
-                target.url, target.branch
-            ))
+            return Err(PromoteError::UnknownPromotion {
+                to: to.to_string(),
+                env: env.to_string(),
+                url: target.url.clone(),
+                branch: target.branch.clone(),
+            })
         }
         many => {
-            let ids: Vec<&str> = many.iter().map(|r| git::short(&r.id, 16)).collect();
-            return Err(format!("{to:?} is ambiguous in environment {env:?}: {}; give more of the id", ids.join(", ")));
+            let candidates = many.iter().map(|r| git::short(&r.id, 16).to_string()).collect();
+            return Err(PromoteError::AmbiguousPromotion { to: to.to_string(), env: env.to_string(), candidates });
         }
     };
     if found.updates.is_empty() {
-        return Err(format!("promotion {} records no field values to restore", found.id));
+        return Err(PromoteError::NothingToRestore { id: found.id.clone() });
     }
     let latest = promotions.first().map(|r| r.id.clone()).unwrap_or_default();
     let target_ref = format!("{} {}", target.url, git::push_branch(&target, env, &latest));
@@ -541,7 +548,7 @@ pub fn rollback(
     }
     let decided = store
         .record_decision(&id, &d.policy, env, &serde_json::to_string(&d).unwrap_or_default())
-        .map_err(|e| e.to_string())?;
+        .map_err(PromoteError::store("record the rollback decision (nothing was pushed)"))?;
     hold.held_at_ns = decided;
     let landing = git::write_back(&target, &d, &message, decided, "rollback", Some(&hold));
     if let Err(e) = &landing {
@@ -564,7 +571,7 @@ pub fn release(
     env: &str,
     by: &str,
     opts: &PromoteOptions,
-) -> Result<PromotionReport, String> {
+) -> Result<PromotionReport, PromoteError> {
     let (p, target) = env_target(cat, dir, env, opts)?;
     let report =
         |s: PromotionSummary| PromotionReport { api_version: API_VERSION, kind: "ReleaseReport", promotions: vec![s] };
@@ -610,15 +617,15 @@ pub fn release(
 
 /// One of tenon's own documents on the target branch is malformed: invalid input (exit 2),
 /// with its file:line, not a failed promotion.
-fn invalid(e: &PromoteError, url: &str) -> Result<(), String> {
+fn invalid(e: &GitError, url: &str) -> Result<(), PromoteError> {
     match e {
-        PromoteError::Malformed(_) => Err(with_target(e, url)),
+        GitError::Malformed(m) => Err(PromoteError::Malformed { url: url.to_string(), source: m.clone() }),
         _ => Ok(()),
     }
 }
 
 /// An error message that names the target remote.
-fn with_target(e: &git::PromoteError, url: &str) -> String {
+fn with_target(e: &git::GitError, url: &str) -> String {
     let m = e.to_string();
     if m.contains(url) {
         m

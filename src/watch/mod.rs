@@ -21,8 +21,21 @@ use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionRepo
 use crate::reconcile::{self, RunSettings};
 use crate::report::PlanReport;
 use crate::ui::Console;
-use source::{GitSource, Ignored};
+use source::{GitSource, Ignored, SourceError};
 use state::{rfc3339_now, Details, LastError, LastReconcile, ReconcileOutcome, Shared, SourceDoc};
+
+/// Why `tenon watch --once` (or a stopped watcher) did not end well (exit codes:
+/// `crate::error`). What went wrong was already logged with the revision.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("the manifests are invalid (see the errors above); nothing was run")]
+    Invalid,
+    #[error("the reconcile could not run (see the error above)")]
+    Reconcile,
+    /// The git source could not be locked or fetched.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
 
 /// What to follow.
 #[derive(Debug, Clone)]
@@ -248,11 +261,8 @@ fn update_ignored(ignored: &Mutex<Ignored>, root: &Path) {
 fn once_outcome(outcome: ReconcileOutcome) -> Result<Outcome, Error> {
     match outcome {
         ReconcileOutcome::Succeeded | ReconcileOutcome::Skipped | ReconcileOutcome::UpToDate => Ok(Outcome::Ok),
-        ReconcileOutcome::Invalid => Err(Error::Usage("the manifests are invalid (see the errors above); nothing was run".into())),
-        ReconcileOutcome::Error => Err(Error::Io {
-            context: "the reconcile could not run (see the error above)".into(),
-            source: std::io::Error::other("reconcile"),
-        }),
+        ReconcileOutcome::Invalid => Err(WatchError::Invalid.into()),
+        ReconcileOutcome::Error => Err(WatchError::Reconcile.into()),
         ReconcileOutcome::Failed | ReconcileOutcome::Cancelled => Ok(Outcome::RunFailed),
     }
 }
@@ -265,7 +275,7 @@ async fn git_loop(
     branch: &str,
 ) -> Result<Outcome, Error> {
     let src = GitSource::new(url, branch, &opts.settings.state_dir, opts.promote_opts.credentials.clone());
-    let _lock = src.lock().map_err(Error::Usage)?;
+    let _lock = src.lock().map_err(WatchError::from)?;
     let source_key = format!("git {url}#{branch}");
     let store = reconcile::open_store(&opts.settings.state_dir)?;
     let mut leader = opts.leader.clone();
@@ -279,15 +289,16 @@ async fn git_loop(
         let fetch = tokio::task::spawn_blocking(move || s.fetch());
         // a fetch stuck on the network does not hold up shutdown
         let fetched = tokio::select! {
-            r = fetch => r.unwrap_or_else(|e| Err(e.to_string())),
+            r = fetch => r.map_err(|e| SourceError::Git { message: format!("the fetch stopped: {e}") }).and_then(|r| r),
             _ = stop.cancelled() => break,
         };
         match fetched {
-            Err(e) => {
+            Err(source) => {
+                let e = crate::error::render(&source);
                 shared.metrics.fetch_errors.inc();
                 shared.status().last_error = Some(LastError::now(e.clone()));
                 if opts.once {
-                    return Err(Error::Io { context: e, source: std::io::Error::other("fetch") });
+                    return Err(WatchError::Source(source).into());
                 }
                 let wait = backoff.map_or(Duration::from_secs(1), |b| (b * 2).min(opts.max_backoff));
                 backoff = Some(wait);
@@ -346,7 +357,8 @@ async fn reconcile_revision(
     let started = Instant::now();
     shared.status().reconcile_started_at = Some(rfc3339_now());
     let s = src.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || s.checkout(tip)).await.unwrap_or_else(|e| Err(e.to_string())) {
+    let checkout = tokio::task::spawn_blocking(move || s.checkout(tip)).await;
+    if let Err(e) = checkout.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| crate::error::render(&e))) {
         let details = Details { error: Some(format!("checkout {rev}: {e}")), ..Details::default() };
         return finish(shared, started, Some(&rev), ReconcileOutcome::Error, details, None, 0);
     }
@@ -423,8 +435,8 @@ async fn reconcile_tree(
     let rec = match result {
         Ok(r) => r,
         Err(e) => {
-            let outcome = if matches!(e, Error::Io { .. } | Error::Store(_)) { ReconcileOutcome::Error } else { invalid };
-            let details = Details { error: Some(e.to_string()), ..Details::default() };
+            let outcome = if e.code() == crate::error::EXIT_INTERNAL { ReconcileOutcome::Error } else { invalid };
+            let details = Details { error: Some(crate::error::render(&e)), ..Details::default() };
             return finish(shared, started, rev.as_deref(), outcome, details, None, 0);
         }
     };
@@ -471,13 +483,14 @@ async fn reconcile_tree(
             let dir = dir.to_path_buf();
             let popts = opts.promote_opts.clone();
             let state_dir = opts.settings.state_dir.clone();
-            let r = tokio::task::spawn_blocking(move || -> Result<PromotionReport, String> {
-                let cat = reconcile::load(&dir).map_err(|e| e.to_string())?;
-                let store = reconcile::open_store(&state_dir).map_err(|e| e.to_string())?;
-                promote_all(&cat, &dir, &store, Some(&results), &popts)
+            let r = tokio::task::spawn_blocking(move || -> Result<PromotionReport, Error> {
+                let cat = reconcile::load(&dir)?;
+                let store = reconcile::open_store(&state_dir)?;
+                Ok(promote_all(&cat, &dir, &store, Some(&results), &popts)?)
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            .map_err(|e| format!("the promotion task stopped: {e}"))
+            .and_then(|r| r.map_err(|e| crate::error::render(&e)));
             match r {
                 Ok(p) => {
                     shared.count_promotions(&p);

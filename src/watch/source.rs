@@ -82,8 +82,37 @@ pub struct GitSource {
     pub credentials: Credentials,
 }
 
-fn git_err(e: git2::Error) -> String {
-    e.message().to_string()
+/// Why the git source could not be used. URLs in it are redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Another watcher holds the clone (invalid usage: two watchers of one remote and store).
+    #[error("another tenon watch already follows {url} with this state directory ({})", lock.display())]
+    Locked { url: String, lock: PathBuf },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("authentication to {url} failed (check the credentials; they are never printed)")]
+    Auth { url: String },
+    #[error("fetch {url} {branch}: {message}")]
+    Fetch { url: String, branch: String, message: String },
+    #[error("branch {branch} not found on {url}")]
+    NoBranch { branch: String, url: String },
+    /// The local clone could not be read or updated.
+    #[error("{message}")]
+    Git { message: String },
+}
+
+fn git_err(e: git2::Error) -> SourceError {
+    SourceError::Git { message: e.message().to_string() }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
+    let path = path.to_path_buf();
+    move |source| SourceError::Io { action, path, source }
 }
 
 impl GitSource {
@@ -99,28 +128,24 @@ impl GitSource {
 
     /// Hold the clone for this process: a second watcher of the same remote on the same
     /// store is refused (it would fight over the work tree).
-    pub fn lock(&self) -> Result<std::fs::File, String> {
+    pub fn lock(&self) -> Result<std::fs::File, SourceError> {
         use fs4::fs_std::FileExt;
         let parent = self.dir.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
         let path = parent.join("watch.lock");
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            .map_err(io_err("open", &path))?;
         match f.try_lock_exclusive() {
             Ok(true) => Ok(f),
-            _ => Err(format!(
-                "another tenon watch already follows {} with this state directory ({})",
-                redact(&self.url),
-                path.display()
-            )),
+            _ => Err(SourceError::Locked { url: redact(&self.url), lock: path }),
         }
     }
 
-    fn open(&self) -> Result<Repository, String> {
+    fn open(&self) -> Result<Repository, SourceError> {
         if self.dir.join(".git").exists() {
             // a process killed mid-operation may leave git lock files; this clone is ours
             for f in ["index.lock", "HEAD.lock"] {
@@ -128,14 +153,14 @@ impl GitSource {
             }
             return Repository::open(&self.dir).map_err(git_err);
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
         let repo = Repository::init(&self.dir).map_err(git_err)?;
         repo.remote("origin", &self.url).map_err(git_err)?;
         Ok(repo)
     }
 
     /// Fetch the branch (incrementally); returns its tip.
-    pub fn fetch(&self) -> Result<Oid, String> {
+    pub fn fetch(&self) -> Result<Oid, SourceError> {
         let repo = self.open()?;
         let mut remote = repo.remote_anonymous(&self.url).map_err(git_err)?;
         let mut fo = git2::FetchOptions::new();
@@ -144,23 +169,24 @@ impl GitSource {
         let refspec = format!("+refs/heads/{}:{tracking}", self.branch);
         remote.fetch(&[&refspec], Some(&mut fo), None).map_err(|e| {
             if e.code() == git2::ErrorCode::Auth {
-                format!(
-                    "authentication to {} failed (check the credentials; they are never printed)",
-                    redact(&self.url)
-                )
+                SourceError::Auth { url: redact(&self.url) }
             } else {
-                format!("fetch {} {}: {}", redact(&self.url), self.branch, e.message())
+                SourceError::Fetch {
+                    url: redact(&self.url),
+                    branch: self.branch.clone(),
+                    message: e.message().to_string(),
+                }
             }
         })?;
         repo.find_reference(&tracking)
             .ok()
             .and_then(|r| r.target())
-            .ok_or_else(|| format!("branch {} not found on {}", self.branch, redact(&self.url)))
+            .ok_or_else(|| SourceError::NoBranch { branch: self.branch.clone(), url: redact(&self.url) })
     }
 
     /// Make the work tree exactly `rev`'s tree (only differing files are rewritten) with
     /// the local branch at `rev`.
-    pub fn checkout(&self, rev: Oid) -> Result<(), String> {
+    pub fn checkout(&self, rev: Oid) -> Result<(), SourceError> {
         let repo = self.open()?;
         let commit = repo.find_commit(rev).map_err(git_err)?;
         repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force().remove_untracked(true)))
@@ -173,7 +199,7 @@ impl GitSource {
 
     /// Whether every commit in `from..to` carries a `Tenon-Promotion-Id` trailer and the
     /// range changes only `targets` and the ledger: tenon's own promotion commits.
-    pub fn only_promotions(&self, from: Oid, to: Oid, targets: &[String]) -> Result<bool, String> {
+    pub fn only_promotions(&self, from: Oid, to: Oid, targets: &[String]) -> Result<bool, SourceError> {
         let repo = self.open()?;
         if from == to || !repo.graph_descendant_of(to, from).map_err(git_err)? {
             return Ok(false);
