@@ -426,7 +426,9 @@ impl Client {
                             });
                         }
                     }
-                    hasher.update(&chunk);
+                    if matches!(out, Sink::Writer(_)) {
+                        hasher.update(&chunk);
+                    }
                     written += chunk.len() as u64;
                     out.put(chunk).await.map_err(|e| self.protocol(op, &format!("writing the blob: {e}")))?;
                 }
@@ -452,6 +454,14 @@ impl Client {
                 });
             }
         }
+        // a writer thread hashes what it writes: the caller checks its digest
+        if matches!(out, Sink::Writer(_)) {
+            self.check_digest(digest, hasher)?;
+        }
+        Ok(written)
+    }
+
+    fn check_digest(&self, digest: &Digest, hasher: Sha256) -> Result<(), OciError> {
         let actual = Digest::from_hasher(hasher);
         if actual != *digest {
             return Err(OciError::DigestMismatch {
@@ -460,7 +470,7 @@ impl Client {
                 actual: actual.to_string(),
             });
         }
-        Ok(written)
+        Ok(())
     }
 
     /// Download a blob to `dest` through a sibling temporary file that is renamed into place
@@ -475,28 +485,32 @@ impl Client {
         let tmp = dest.with_file_name(format!(".{name}.partial-{}", std::process::id()));
         let io = |context, source| OciError::Io { context, path: tmp.clone(), source };
         let file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
-        // the socket reader hashes; a thread of its own writes (and syncs), so neither waits
-        // for the other: a bounded queue of chunks between them keeps memory small
+        // the socket reader only moves bytes; a thread of its own hashes, writes and syncs, so
+        // neither waits for the other: a bounded queue of chunks between them keeps memory small
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(32);
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
             use std::io::Write;
+            let mut hasher = Sha256::new();
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
             while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
                 w.write_all(&chunk)?;
             }
-            w.into_inner().map_err(|e| e.into_error())?.sync_all()
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(hasher)
         });
         let mut sink: Sink<'_, tokio::io::Sink> = Sink::Channel(tx);
         let pulled = self.pull_blob_into(digest, expected_size, &mut sink).await;
         drop(sink);
         let wrote = writer.await.map_err(std::io::Error::other).and_then(|r| r);
         let result = match (pulled, wrote) {
-            (Ok(n), Ok(())) => {
-                tokio::fs::rename(&tmp, dest).await.map(|_| n).map_err(|e| io("renaming into place", e))
-            }
+            (Ok(n), Ok(hasher)) => match self.check_digest(digest, hasher) {
+                Ok(()) => tokio::fs::rename(&tmp, dest).await.map(|_| n).map_err(|e| io("renaming into place", e)),
+                Err(e) => Err(e),
+            },
             // a failed write stops the download too: say why the write failed
             (_, Err(e)) => Err(io("writing", e)),
-            (Err(e), Ok(())) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
         };
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
