@@ -487,7 +487,7 @@ impl Client {
         let file = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
         // the socket reader only moves bytes; a thread of its own hashes, writes and syncs, so
         // neither waits for the other: a bounded queue of chunks between them keeps memory small
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
             use std::io::Write;
             let mut hasher = Sha256::new();
