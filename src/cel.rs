@@ -302,10 +302,8 @@ fn matches(s: &str, re: &str) -> Result<bool, String> {
     if re.len() > MAX_PATTERN {
         return Err(format!("matches(): the regular expression is {} bytes, more than {MAX_PATTERN}", re.len()));
     }
-    let compiled = regex::RegexBuilder::new(&re2_perl_classes(re))
-        .size_limit(MAX_PROGRAM)
-        .build()
-        .map_err(|e| match e {
+    let compiled =
+        regex::RegexBuilder::new(&re2_perl_classes(re)).size_limit(MAX_PROGRAM).build().map_err(|e| match e {
             regex::Error::CompiledTooBig(_) => format!("matches(): the regular expression {re:?} is too large"),
             e => format!("matches(): invalid regular expression {re:?}: {e}"),
         })?;

@@ -109,3 +109,18 @@ pub fn join_sub_but_last(base: &Path, sub: &str) -> Result<PathBuf, String> {
         _ => join_sub(base, sub),
     }
 }
+
+/// Decode a Secret's `data`/`binaryData` value with the `base64` crate: the standard
+/// alphabet (what Kubernetes writes) or the URL-safe one, padding optional, line breaks and
+/// spaces (folded YAML scalars) ignored. Anything else, including a truncated last group
+/// or stray trailing bits, is `None`: never a panic, never silently truncated bytes.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    const CONFIG: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
+    let compact: String = s.chars().filter(|c| !matches!(c, '\n' | '\r' | ' ')).collect();
+    STANDARD.decode(&compact).or_else(|_| URL_SAFE.decode(&compact)).ok()
+}

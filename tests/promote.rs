@@ -2151,7 +2151,11 @@ fn the_error_said_once(r: &Run) -> String {
     assert_eq!(lines.len(), 1, "exactly one error line:\n{}", r.stderr);
     let parts: Vec<&str> = lines[0].split(": ").map(str::trim).filter(|p| p.len() > 8).collect();
     for (i, p) in parts.iter().enumerate() {
-        assert!(!parts[i + 1..].iter().any(|q| q.contains(p) || p.contains(q)), "the cause {p:?} is printed twice: {}", lines[0]);
+        assert!(
+            !parts[i + 1..].iter().any(|q| q.contains(p) || p.contains(q)),
+            "the cause {p:?} is printed twice: {}",
+            lines[0]
+        );
     }
     lines[0].to_string()
 }

@@ -502,6 +502,8 @@ fn expand_env_from(list: &[serde_json::Value], cat: &Catalog, for_key: bool) -> 
     Ok(out)
 }
 
+use crate::util::base64_decode;
+
 /// The value of `key` in a ConfigMap/Secret (Secret `data` is base64).
 pub fn key_value(d: &crate::model::KeyData, key: &str, secret: bool) -> Option<String> {
     if let Some(v) = d.string_data.get(key) {
@@ -529,20 +531,6 @@ pub fn key_bytes(d: &crate::model::KeyData, secret: bool) -> BTreeMap<String, Ve
         out.insert(k.clone(), v.as_bytes().to_vec());
     }
     out
-}
-
-/// Decode a Secret's `data`/`binaryData` value with the `base64` crate: the standard
-/// alphabet (what Kubernetes writes) or the URL-safe one, padding optional, line breaks and
-/// spaces (folded YAML scalars) ignored. Anything else, including a truncated last group
-/// or stray trailing bits, is `None`: never a panic, never silently truncated bytes.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    use base64::Engine as _;
-    const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
-    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
-    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
-    let compact: String = s.chars().filter(|c| !matches!(c, '\n' | '\r' | ' ')).collect();
-    STANDARD.decode(&compact).or_else(|_| URL_SAFE.decode(&compact)).ok()
 }
 
 #[cfg(test)]

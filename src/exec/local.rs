@@ -23,8 +23,8 @@ use crate::ui::Console;
 mod process;
 mod sandbox;
 
-pub use process::{kill_marked, STEP_MARKER};
 use process::*;
+pub use process::{kill_marked, STEP_MARKER};
 pub use sandbox::{HOST_DIRS, HOST_ETC};
 
 /// PATH given to steps unless the user passes their own through.

@@ -184,7 +184,9 @@ async fn handle(
             Ok(()) => reply(StatusCode::OK, text, "ready\n".into()),
             Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, text, format!("not ready: {why}\n")),
         },
-        (&Method::GET, "/metrics") => reply(StatusCode::OK, super::state::METRICS_CONTENT_TYPE, shared.render_metrics()),
+        (&Method::GET, "/metrics") => {
+            reply(StatusCode::OK, super::state::METRICS_CONTENT_TYPE, shared.render_metrics())
+        }
         (&Method::GET, "/status") => json_reply(StatusCode::OK, shared.status_json()),
         (&Method::POST, "/hooks/git") => webhook(req, &shared, deadline).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/hooks/git") => {

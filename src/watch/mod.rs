@@ -505,7 +505,8 @@ async fn reconcile_tree(
         let states: Vec<String> = p.promotions.iter().map(|s| format!("{}={}", s.environment, s.state)).collect();
         details.promotions = (!states.is_empty()).then(|| states.join(","));
         if p.failed() {
-            shared.status().last_error = Some(LastError { promotion: Some(p.clone()), ..LastError::now("a promotion failed") });
+            shared.status().last_error =
+                Some(LastError { promotion: Some(p.clone()), ..LastError::now("a promotion failed") });
         }
         details.promotion = Some(p);
     }

@@ -214,7 +214,8 @@ impl Default for Metrics {
         let task_runs = reg(r, "tenon_task_runs", "Tasks of reconciles by status", Family::default());
         let cache_hits = reg(r, "tenon_cache_hits", "Tasks reused from the cache", Counter::default());
         let cache_misses = reg(r, "tenon_cache_misses", "Cacheable tasks that had to run", Counter::default());
-        let remote = REMOTE_COUNTERS.map(|(k, help)| reg(r, &format!("tenon_remote_cache_{k}"), help, Counter::default()));
+        let remote =
+            REMOTE_COUNTERS.map(|(k, help)| reg(r, &format!("tenon_remote_cache_{k}"), help, Counter::default()));
         let hashed_bytes = reg(r, "tenon_hashed_bytes", "Input bytes read and hashed", Counter::default());
         let hashed_files = reg(r, "tenon_hashed_files", "Input files read and hashed", Counter::default());
         let hash_seconds = reg(r, "tenon_hashing_seconds", "Time spent hashing inputs", Counter::default());
@@ -517,7 +518,11 @@ mod tests {
                 finished_at: "t1".into(),
                 duration_ms: 5,
                 started_at: Some("t0".into()),
-                details: Details { error: Some("2 error(s)".into()), messages: vec!["a.yaml:1: x".into()], ..Details::default() },
+                details: Details {
+                    error: Some("2 error(s)".into()),
+                    messages: vec!["a.yaml:1: x".into()],
+                    ..Details::default()
+                },
                 report: None,
                 plan: None,
             });

@@ -30,6 +30,12 @@ pub fn validate(cat: &Catalog) -> Diagnostics {
         v.outputs_annotation(&ctx, "metadata.annotations", &t.meta.annotations, OUTPUTS_ANNOTATION, Some(&ws));
         v.publish_annotation(&ctx, &t.meta.annotations, &t.spec);
     }
+    for (objs, secret) in [(&cat.secrets, true), (&cat.config_maps, false)] {
+        for o in objs {
+            let ctx = v.ctx(o);
+            v.key_data(&ctx, &o.spec, secret);
+        }
+    }
     for p in &cat.pipelines {
         let ctx = v.ctx(p);
         v.pipeline_spec(&ctx, "spec", &p.spec);
@@ -190,6 +196,23 @@ fn is_isolated_ref(s: &str) -> bool {
 }
 
 impl<'a> Validator<'a> {
+    /// A Secret's `data` and any `binaryData` must be base64 (Kubernetes refuses anything
+    /// else): a value that is not would be mounted as nothing. The message never shows it.
+    fn key_data(&mut self, ctx: &Ctx, d: &crate::model::KeyData, secret: bool) {
+        let fields = [("data", &d.data, secret), ("binaryData", &d.binary_data, true)];
+        for (field, map, encoded) in fields {
+            if !encoded {
+                continue;
+            }
+            for (k, v) in map.iter() {
+                if crate::util::base64_decode(v).is_none() {
+                    let hint = if field == "data" { " (use stringData for plain text)" } else { "" };
+                    self.err(ctx, &crate::model::yaml::join_key(field, k), format!("is not valid base64{hint}"));
+                }
+            }
+        }
+    }
+
     fn ctx<T>(&self, o: &Obj<T>) -> Ctx {
         Ctx { file: o.file, doc: o.doc, label: o.label() }
     }

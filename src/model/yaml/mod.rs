@@ -21,8 +21,8 @@ mod locate;
 #[cfg(test)]
 mod tests;
 
-pub use locate::{locate_scalar, parse_path, LocateError, PathSeg, ScalarKind, ScalarSpan};
 use locate::{line_col_of, locate_syntax_error};
+pub use locate::{locate_scalar, parse_path, LocateError, PathSeg, ScalarKind, ScalarSpan};
 
 /// A 1-based line and column in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -380,7 +380,9 @@ fn parse_inner(text: &str, progress: &std::cell::Cell<usize>) -> (Vec<Document>,
     (docs, errs)
 }
 
-fn join_key(prefix: &str, key: &str) -> String {
+/// The field path of `key` under `prefix`, as diagnostics name fields: `a.b`, or `a["k.x"]`
+/// for a key that is not a plain word.
+pub fn join_key(prefix: &str, key: &str) -> String {
     let simple = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     match (prefix.is_empty(), simple) {
         (true, true) => key.to_string(),
