@@ -10,15 +10,15 @@
 //! ```
 
 pub mod cache;
-pub mod cel;
 pub mod cli;
-pub mod dag;
 pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod hash;
 pub mod lease;
 pub mod model;
+/// Old paths of the expression and graph modules, which now live in `model`.
+pub use model::{cel, dag, subst};
 pub mod oci;
 pub mod plan;
 pub mod promote;
@@ -27,7 +27,6 @@ pub mod remote;
 pub mod report;
 pub mod retention;
 pub mod store;
-pub mod subst;
 pub mod telemetry;
 pub mod ui;
 pub mod util;

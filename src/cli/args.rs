@@ -600,7 +600,7 @@ pub(super) fn parse_param(s: &str) -> Result<(String, ParamValue), String> {
     };
     // as in a PipelineRun's params: the results phase comes after the param phase, so a
     // result reference here would read another task's result
-    if value.texts().iter().any(|t| crate::subst::find_refs(t).iter().any(|r| r.expr.starts_with("tasks."))) {
+    if value.texts().iter().any(|t| crate::model::subst::find_refs(t).iter().any(|r| r.expr.starts_with("tasks."))) {
         return Err(format!("param {k}: result references are not allowed in param values, as in a PipelineRun's"));
     }
     Ok((k.to_string(), value))

@@ -380,7 +380,7 @@ pub fn portable_results(results: &BTreeMap<String, ParamValue>, req: &TaskRunReq
 
 /// The inverse of [`portable_results`] for the current attempt.
 pub fn localize_results(results: &BTreeMap<String, ParamValue>, req: &TaskRunRequest) -> BTreeMap<String, ParamValue> {
-    let mut vars = crate::subst::Vars::new();
+    let mut vars = crate::model::subst::Vars::new();
     for w in &req.workspaces {
         vars.set_str(
             format!("workspaces.{}.path", w.name),

@@ -17,15 +17,15 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::dag::Dag;
 use crate::exec::{AttemptStatus, BoundWorkspace, Executor, StepOutcome, TaskOutcome, TaskRunRequest};
+use crate::model::dag::Dag;
+use crate::model::subst::{find_refs, Vars};
 use crate::model::{
     format_duration, parse_duration, Catalog, Obj, ParamValue, PipelineRunSpec, PipelineSpec, PipelineTask,
     TaskRunSpec, TaskSpec,
 };
 use crate::plan::refs::{referenced_tasks, result_refs};
 use crate::report::{RunSummary, TaskSummary};
-use crate::subst::{find_refs, Vars};
 use crate::ui::Console;
 use cached::{CacheCtx, CacheJob, CacheOutcome};
 use resolve::{param_values, param_vars, Failure};
@@ -1308,7 +1308,7 @@ impl<'a> PipelineRunState<'a> {
         let vars = self.vars_for(&scanned, finally);
         // when
         for w in &pt.when {
-            match crate::cel::when_holds(w, &vars) {
+            match crate::model::cel::when_holds(w, &vars) {
                 Ok(true) => {}
                 Ok(false) => {
                     return Decision::Skip { reason: "When Expressions evaluated to false".into(), by_when: true }
@@ -1590,7 +1590,7 @@ impl<'a> PipelineRunState<'a> {
         phase_deadline: Option<Instant>,
         pipeline_deadline: Option<Instant>,
     ) {
-        let mut readiness = crate::dag::Readiness::new(dag, tasks.iter().map(|t| t.name.as_str()));
+        let mut readiness = crate::model::dag::Readiness::new(dag, tasks.iter().map(|t| t.name.as_str()));
         let index: HashMap<&str, &'a PipelineTask> = tasks.iter().map(|t| (t.name.as_str(), t)).collect();
         for t in tasks {
             if self.states.get(&t.name).is_some_and(|s| s.is_done()) {
@@ -1746,7 +1746,7 @@ impl<'a> PipelineRunState<'a> {
         tasks: &[PipelineTask],
         m: ChildMsg,
         finally: bool,
-        readiness: &mut crate::dag::Readiness,
+        readiness: &mut crate::model::dag::Readiness,
     ) {
         let name = m.pt_name.clone();
         self.child_done(tasks, m, finally);

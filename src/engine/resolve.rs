@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::subst::Vars;
 use crate::model::{Catalog, EnvVar, ParamSpec, ParamType, ParamValue, Step, TaskSpec};
-use crate::subst::Vars;
 
 /// A run-level failure with Tekton's reason.
 #[derive(Debug, Clone)]
@@ -111,10 +111,12 @@ pub fn param_values_with(
 
 /// The param names a text references (`$(params.x...)` in any spelling).
 fn param_refs(s: &str) -> Vec<String> {
-    crate::subst::find_refs(s)
+    crate::model::subst::find_refs(s)
         .iter()
         .filter_map(|r| match r.segs()?.as_slice() {
-            [crate::subst::Seg::Name(p), crate::subst::Seg::Name(n), ..] if p == "params" => Some(n.clone()),
+            [crate::model::subst::Seg::Name(p), crate::model::subst::Seg::Name(n), ..] if p == "params" => {
+                Some(n.clone())
+            }
             _ => None,
         })
         .collect()
@@ -263,7 +265,7 @@ pub fn inline_step_actions(spec: &mut TaskSpec, cat: &Catalog) -> Result<(), Fai
         let mut forwards: Vec<(String, String)> = Vec::new();
         for p in &step.params {
             if let ParamValue::Str(s) = &p.value {
-                let refs = crate::subst::find_refs(s);
+                let refs = crate::model::subst::find_refs(s);
                 if refs.len() == 1 && refs[0].start == 0 && refs[0].end == s.len() && refs[0].expr.starts_with("steps.")
                 {
                     let base = refs[0].expr.strip_suffix("[*]").unwrap_or(refs[0].expr);

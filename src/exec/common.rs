@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{AttemptStatus, BoundWorkspace, StepOutcome, TaskOutcome};
+use crate::model::subst::Vars;
 use crate::model::{ParamType, ParamValue, Step, TaskSpec};
-use crate::subst::Vars;
 
 /// Container name of step `i`: `step-<name>` or `step-unnamed-<i>`.
 pub fn step_container_name(step: &Step, i: usize) -> String {

@@ -16,8 +16,8 @@ use super::common::{
     substitute_step, Layout, KNOWN_IMAGES,
 };
 use super::{AttemptStatus, BoundWorkspace, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest};
+use crate::model::subst::Vars;
 use crate::model::{parse_duration, ParamValue, Step, TaskSpec};
-use crate::subst::Vars;
 use crate::ui::Console;
 
 mod process;
@@ -391,7 +391,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         // step-level when
         let mut when_ok = true;
         for w in &step.when {
-            match crate::cel::when_holds(w, &rt) {
+            match crate::model::cel::when_holds(w, &rt) {
                 Ok(ok) => when_ok &= ok,
                 Err(e) => {
                     failure =

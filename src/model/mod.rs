@@ -4,9 +4,12 @@
 //! [`Diagnostic`] naming file, line, column, object and field path.
 
 pub mod annotations;
+pub mod cel;
+pub mod dag;
 mod diag;
 mod load;
 pub mod status;
+pub mod subst;
 mod types;
 mod validate;
 mod yaml;

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use super::matrix::{Combo, NoFanOut};
 use super::refs::{referenced_tasks, result_refs};
-use crate::dag::{Dag, Readiness};
+use crate::model::dag::{Dag, Readiness};
+use crate::model::subst::Vars;
 use crate::model::{parse_duration, ParamValue, PipelineRunSpec, PipelineSpec, PipelineTask};
-use crate::subst::Vars;
 
 /// Tekton's default TaskRun / PipelineRun timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
@@ -647,7 +647,7 @@ impl PipelineRunFacts {
         }
         let vars = self.vars_for(&scanned, finally);
         for w in &pt.when {
-            match crate::cel::when_holds(w, &vars) {
+            match crate::model::cel::when_holds(w, &vars) {
                 Ok(true) => {}
                 Ok(false) => return Decision::Skip(SkipReason::WhenFalse),
                 Err(e) => {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::engine::resolve::{param_values, param_vars};
+use crate::model::subst::Vars;
 use crate::model::{load_sources, propagate_run_into_spec, validate, ParamValue};
-use crate::subst::Vars;
 
 // ---- fixtures -------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 //! fastest, then `include` entries merged or appended. Pure.
 
 use super::facts::RunFailure;
+use crate::model::subst::Vars;
 use crate::model::{Matrix, ParamValue};
-use crate::subst::Vars;
 
 /// Tekton's `default-max-matrix-combinations-count`.
 pub const MAX_MATRIX_COMBINATIONS: usize = 256;

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::model::subst::{find_refs, Seg};
 use crate::model::PipelineTask;
-use crate::subst::{find_refs, Seg};
 
 /// `(task, result)` pairs a pipeline task consumes.
 pub fn result_refs(pt: &PipelineTask) -> Vec<(String, String)> {

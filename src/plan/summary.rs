@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::facts::{PipelineRunFacts, RunFailure, TaskStatus, TimeoutPhase};
+use crate::model::subst::{find_refs, Seg, Vars};
 use crate::model::{format_duration, ParamValue, PipelineResult};
-use crate::subst::{find_refs, Seg, Vars};
 
 /// The run's `Succeeded` condition and its pipeline results.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::sha256_hex;
+use crate::model::subst::Vars;
 use crate::model::{FieldUpdate, Gate, ParamValue, PromotionPolicySpec};
-use crate::subst::Vars;
 
 /// One gate, evaluated.
 #[derive(Debug, Clone, PartialEq, Serialize)]

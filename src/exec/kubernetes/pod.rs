@@ -101,7 +101,7 @@ pub(super) fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> R
             if serde_json::to_string(w).unwrap_or_default().contains("$(steps.") {
                 return Err(unsupported(format!("step {sname:?}: a when expression on earlier steps' results")));
             }
-            when_ok &= crate::cel::when_holds(w, &crate::subst::Vars::new())
+            when_ok &= crate::model::cel::when_holds(w, &crate::model::subst::Vars::new())
                 .map_err(|e| format!("step {sname:?}: when: {e}"))?;
         }
         if !when_ok {

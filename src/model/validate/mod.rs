@@ -8,8 +8,8 @@ use super::diag::{Diagnostic, Diagnostics};
 use super::load::{Catalog, Obj, ObjKind, REPO_WORKSPACE_ANNOTATION};
 use super::parse_duration;
 use super::types::*;
-use crate::dag::{Dag, DagError};
-use crate::subst::{find_refs, Seg};
+use crate::model::dag::{Dag, DagError};
+use crate::model::subst::{find_refs, Seg};
 
 mod annotations;
 mod pipeline;

@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::model::subst::{find_refs, Seg};
 use crate::model::{ParamValue, PipelineTask};
-use crate::subst::{find_refs, Seg};
 
 /// Task names whose results `pt` consumes (`$(tasks.X.results...)`) in its params,
 /// matrix, when expressions, and embedded steps.

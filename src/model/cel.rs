@@ -422,7 +422,7 @@ pub fn eval_bool(expr: &str) -> Result<bool, String> {
 
 /// Whether a `when` expression holds, after substituting `vars`: `input` `in`/`notin`
 /// `values` (exact string match, isolated arrays spliced), or a `cel` expression.
-pub fn when_holds(w: &crate::model::WhenExpression, vars: &crate::subst::Vars) -> Result<bool, String> {
+pub fn when_holds(w: &crate::model::WhenExpression, vars: &crate::model::subst::Vars) -> Result<bool, String> {
     if let Some(cel) = &w.cel {
         let expr = vars.apply_str(cel);
         return eval_bool(&expr).map_err(|e| format!("CEL expression {expr:?}: {e}"));
