@@ -39,6 +39,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Lower-case hex of bytes.
+/// Whether `s` is a SHA-256 digest as tenon writes it: 64 lower-case hex digits (what may
+/// name an object, a key or a blob; anything else never becomes a path or a tag).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 pub fn hex(b: &[u8]) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);

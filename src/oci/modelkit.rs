@@ -27,17 +27,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use bytes::Bytes;
 use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use super::client::{canonical_json, Client};
 use super::reference::{Digest, ManifestRef, RepoUrl};
+use super::tario::{Exact, HashingWriter};
 use super::{OciError, OCI_MANIFEST};
 
 /// The Kitfile's media type (the manifest's config).
@@ -414,47 +414,6 @@ pub fn build(input: &KitInput, work_dir: &Path) -> Result<BuiltKit, String> {
     Ok(BuiltKit { manifest, digest, config, config_digest, layers: built })
 }
 
-/// Hashes and counts what goes into the layer file.
-struct HashingWriter {
-    inner: BufWriter<File>,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Reads exactly `left` bytes: a file that shrank while being packed is an error, not a
-/// silently short (corrupt) tar entry; one that grew is cut at the size in its header.
-struct Exact<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was packed"));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
@@ -499,7 +458,7 @@ fn write_layer(layer: &KitLayer, out: &Path) -> Result<(Digest, u64), String> {
     }
 
     let file = File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let w = HashingWriter { inner: BufWriter::with_capacity(256 << 10, file), hasher: Sha256::new(), len: 0 };
+    let w = HashingWriter::new(BufWriter::with_capacity(256 << 10, file));
     let mut tar = tar::Builder::new(w);
     for (name, f) in &entries {
         match f {
@@ -517,14 +476,14 @@ fn write_layer(layer: &KitLayer, out: &Path) -> Result<(Digest, u64), String> {
                 let input = File::open(src).map_err(|e| what(&format!("{}: {e}", src.display())))?;
                 let len = input.metadata().map_err(|e| what(&format!("{}: {e}", src.display())))?.len();
                 let mut h = header(tar::EntryType::Regular, if f.executable { 0o755 } else { 0o644 }, len);
-                tar.append_data(&mut h, name, Exact { inner: input, left: len })
+                tar.append_data(&mut h, name, Exact::new(input, len, "the file"))
                     .map_err(|e| what(&format!("{}: {e}", src.display())))?;
             }
         }
     }
-    let mut w = tar.into_inner().map_err(|e| format!("{}: {e}", out.display()))?;
-    w.flush().map_err(|e| format!("{}: {e}", out.display()))?;
-    Ok((Digest::from_hasher(w.hasher), w.len))
+    let w = tar.into_inner().map_err(|e| format!("{}: {e}", out.display()))?;
+    let (_, digest, len) = w.finish().map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok((digest, len))
 }
 
 /// Push a built ModelKit: each layer (skipped when the repository has it: HEAD), the Kitfile

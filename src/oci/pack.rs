@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
+use super::tario::{Exact, HashingWriter};
 use super::Digest;
 
 pub const PACK_MEDIA_TYPE: &str = "application/vnd.tenon.pack.v1.tar";
@@ -24,25 +23,6 @@ pub enum PackError {
     Io(#[from] std::io::Error),
     #[error("pack member {name:?}: {reason}")]
     Member { name: String, reason: String },
-}
-
-/// A writer that hashes and counts what passes through.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    n: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Write the pack of `objects` (hex digest, size) to `out`, reading each through `open`.
@@ -56,7 +36,7 @@ pub fn write_pack<W: Write>(
     let mut sorted: Vec<&(String, u64)> = objects.iter().collect();
     sorted.sort();
     sorted.dedup_by(|a, b| a.0 == b.0);
-    let mut tar = tar::Builder::new(Hashing { inner: out, hasher: Sha256::new(), n: 0 });
+    let mut tar = tar::Builder::new(HashingWriter::new(out));
     tar.mode(tar::HeaderMode::Deterministic);
     for (hex, size) in sorted {
         let f = open(hex)?;
@@ -73,41 +53,10 @@ pub fn write_pack<W: Write>(
         h.set_gid(0);
         h.set_mtime(0);
         h.set_cksum();
-        tar.append(&h, Exact { inner: f, left: *size, hex })?;
+        tar.append(&h, Exact::new(f, *size, format!("object {hex}")))?;
     }
-    let mut w = tar.into_inner()?;
-    w.flush()?;
-    Ok((Digest::from_hasher(w.hasher), w.n))
-}
-
-/// Reads exactly `left` bytes of an object, or fails: `tar::Builder::append` would otherwise
-/// write a header announcing more bytes than follow (a corrupt pack) if the file shrank.
-struct Exact<'a, R> {
-    inner: R,
-    left: u64,
-    hex: &'a str,
-}
-
-impl<R: Read> Read for Exact<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let max = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..max])?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("object {}: shorter than recorded ({} bytes missing)", self.hex, self.left),
-            ));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    let (_, digest, len) = tar.into_inner()?.finish()?;
+    Ok((digest, len))
 }
 
 /// Read a pack and place every member `expected` names: each is streamed into a temporary
@@ -143,7 +92,7 @@ pub fn unpack<R: Read>(
         if !kind.is_file() {
             return Err(bad(&format!("a {} entry (packs hold regular files only)", kind_name(kind))));
         }
-        if !is_hex64(&name) {
+        if !crate::util::is_sha256_hex(&name) {
             return Err(bad("not an object digest (64 lowercase hex digits)"));
         }
         let Some(&size) = expected.get(&name) else { continue };
@@ -159,12 +108,13 @@ pub fn unpack<R: Read>(
         let result = (|| -> Result<(), PackError> {
             let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             created = true;
-            let mut h = Hashing { inner: &mut f, hasher: Sha256::new(), n: 0 };
+            let mut h = HashingWriter::new(&mut f);
             let copied = std::io::copy(&mut (&mut entry).take(size), &mut h)?;
             if copied != size {
                 return Err(bad(&format!("truncated: {copied} of {size} bytes")));
             }
-            let got = crate::hash::hex(&h.hasher.finalize());
+            let (_, digest, _) = h.finish()?;
+            let got = digest.hex().to_string();
             if got != name {
                 return Err(bad(&format!("content hashes to {got}")));
             }
@@ -397,7 +347,7 @@ mod tests {
         let e = write_pack(&wrong, |hex| std::fs::File::open(t.path().join(hex)), Vec::new()).unwrap_err();
         assert!(e.to_string().contains("3 bytes where 4 were recorded"), "{e}");
         // a file shorter than its header says (it shrank after the size check) is an error
-        let mut r = Exact { inner: &b"ab"[..], left: 3, hex: "h" };
+        let mut r = Exact::new(&b"ab"[..], 3, "object h");
         let e = std::io::copy(&mut r, &mut std::io::sink()).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     }

@@ -174,7 +174,7 @@ pub struct Digest(String);
 impl Digest {
     pub fn parse(s: &str) -> Result<Digest, OciError> {
         let hex = s.strip_prefix("sha256:").unwrap_or("");
-        if hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+        if crate::util::is_sha256_hex(hex) {
             Ok(Digest(s.to_string()))
         } else {
             Err(OciError::InvalidReference {

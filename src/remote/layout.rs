@@ -43,11 +43,7 @@ pub fn record_tag(key: &str) -> String {
 
 /// The key a record tag names, if `tag` is one.
 pub fn key_of_tag(tag: &str) -> Option<String> {
-    tag.strip_prefix(TAG_PREFIX).filter(|k| is_hex64(k)).map(str::to_string)
-}
-
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    tag.strip_prefix(TAG_PREFIX).filter(|k| crate::util::is_sha256_hex(k)).map(str::to_string)
 }
 
 /// Who made a record.
@@ -252,7 +248,7 @@ impl RemoteRecord {
                 ));
             }
             for e in &set.tree.entries {
-                if e.kind != Kind::Dir && (!is_hex64(&e.digest) || e.size.is_none()) {
+                if e.kind != Kind::Dir && (!crate::util::is_sha256_hex(&e.digest) || e.size.is_none()) {
                     return Err(format!("output entry {:?} names no object", e.path));
                 }
             }
@@ -265,7 +261,7 @@ impl RemoteRecord {
                 Some(d) if d.size == p.size => {}
                 _ => return Err(format!("pack {} is not a layer of the manifest", p.digest)),
             }
-            if let Some(bad) = p.objects.iter().find(|o| !is_hex64(o)) {
+            if let Some(bad) = p.objects.iter().find(|o| !crate::util::is_sha256_hex(o)) {
                 return Err(format!("pack {} lists {bad:?}, not an object digest", p.digest));
             }
         }

@@ -81,11 +81,9 @@ pub struct OutputSet {
 /// be restored.
 pub const OUTPUT_FORMAT: u32 = 2;
 
-/// Whether `d` can name an object (64 lowercase hex digits): anything else (a record of
-/// an older format, a damaged row) must never become a path under `objects/`.
-fn is_digest(d: &str) -> bool {
-    d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+// Whether `d` can name an object (64 lowercase hex digits): anything else (a record of an
+// older format, a damaged row) must never become a path under `objects/`.
+use crate::util::is_sha256_hex as is_digest;
 
 /// `workspace:path` of one entry of an output set, for messages.
 fn entry_label(set: &OutputSet, e: &hash::Entry) -> String {
