@@ -224,7 +224,7 @@ impl PlanReport {
 }
 
 /// The report's view of the shared cache.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteSummary {
     pub url: String,

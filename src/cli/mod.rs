@@ -123,18 +123,7 @@ async fn pull_cmd(a: PlanArgs) -> Result<Outcome, Error> {
     let output = a.output;
     let args = plan_run_args(a);
     let report = execute_importing(&args, true, true).await?;
-    let remote = report.remote_cache.clone().unwrap_or_else(|| crate::remote::RemoteSummary {
-        url: String::new(),
-        read_only: true,
-        hits: 0,
-        misses: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        published: 0,
-        errors: 0,
-        unavailable: false,
-        warnings: vec![],
-    });
+    let remote = report.remote_cache.clone().unwrap_or_default();
     let tasks: Vec<&crate::report::TaskSummary> = report.runs.iter().flat_map(|r| r.tasks.iter()).collect();
     let cached = tasks.iter().filter(|t| t.status == "Cached").count();
     match output {

@@ -25,12 +25,13 @@ pub enum PackError {
     Member { name: String, reason: String },
 }
 
-/// Write the pack of `objects` (hex digest, size) to `out`, reading each through `open`.
+/// Write the pack of `objects` (hex digest, size) to `out`, reading each through
+/// `open(hex, size)`.
 /// Returns the pack's digest and size. An object whose length differs from its size is an
 /// error (the store changed under us).
 pub fn write_pack<W: Write>(
     objects: &[(String, u64)],
-    mut open: impl FnMut(&str) -> std::io::Result<std::fs::File>,
+    mut open: impl FnMut(&str, u64) -> std::io::Result<std::fs::File>,
     out: W,
 ) -> std::io::Result<(Digest, u64)> {
     let mut sorted: Vec<&(String, u64)> = objects.iter().collect();
@@ -39,7 +40,7 @@ pub fn write_pack<W: Write>(
     let mut tar = tar::Builder::new(HashingWriter::new(out));
     tar.mode(tar::HeaderMode::Deterministic);
     for (hex, size) in sorted {
-        let f = open(hex)?;
+        let f = open(hex, *size)?;
         let len = f.metadata()?.len();
         if len != *size {
             return Err(std::io::Error::other(format!("object {hex}: {len} bytes where {size} were recorded")));
@@ -163,7 +164,7 @@ mod tests {
 
     fn pack(dir: &Path, objs: &[(String, u64)]) -> (Vec<u8>, Digest) {
         let mut out = Vec::new();
-        let (d, n) = write_pack(objs, |hex| std::fs::File::open(dir.join(hex)), &mut out).unwrap();
+        let (d, n) = write_pack(objs, |hex, _| std::fs::File::open(dir.join(hex)), &mut out).unwrap();
         assert_eq!(n, out.len() as u64);
         assert_eq!(d, Digest::of_bytes(&out));
         (out, d)
@@ -344,7 +345,7 @@ mod tests {
         assert_eq!(&*e.path_bytes(), objs[0].0.as_bytes());
         // the recorded size is not the file's: refused before anything is written for it
         let wrong = vec![(objs[0].0.clone(), 4)];
-        let e = write_pack(&wrong, |hex| std::fs::File::open(t.path().join(hex)), Vec::new()).unwrap_err();
+        let e = write_pack(&wrong, |hex, _| std::fs::File::open(t.path().join(hex)), Vec::new()).unwrap_err();
         assert!(e.to_string().contains("3 bytes where 4 were recorded"), "{e}");
         // a file shorter than its header says (it shrank after the size check) is an error
         let mut r = Exact::new(&b"ab"[..], 3, "object h");

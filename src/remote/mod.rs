@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::Serialize;
 
 use crate::oci::{Client, ClientConfig, CredentialSource, Digest, ManifestRef, OciError, PushOutcome, RepoUrl};
 pub use crate::report::RemoteSummary;
@@ -49,9 +48,8 @@ pub struct RemoteSettings {
     pub upload_timeout: std::time::Duration,
 }
 
-/// Counters for the run report and `/metrics`.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// Counters for the run report and `/metrics` (read out by [`RemoteCache::summary`]).
+#[derive(Debug, Default)]
 pub struct RemoteStats {
     /// Records found and verified (a hit for the task).
     pub hits: AtomicU64,
@@ -199,7 +197,7 @@ impl RemoteCache {
             created: None,
             annotations: Default::default(),
         };
-        let work = scratch.join(format!("kit-{}-{}", std::process::id(), self.stats.published.load(Ordering::Relaxed)));
+        let work = scratch.join(scratch_name("kit", task));
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         let result = async {
             let w = work.clone();
@@ -248,48 +246,37 @@ impl RemoteCache {
 
     /// The record of `key` from the registry, verified, but no output data (planning).
     pub async fn peek(&self, key: &str) -> Option<RemoteHit> {
-        match self.read_record(key).await {
-            Ok((rec, _, origin)) => {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                Some(RemoteHit { record: rec.record, origin })
-            }
-            Err(Miss::Absent) => {
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(Miss::Off) => None,
-        }
+        self.lookup(key, None).await
     }
 
     /// Find `key` in the registry and import it into `store`: the output objects (verified),
     /// the output trees and the record. Afterwards the key is a local hit.
     pub async fn fetch(&self, key: &str, store: &Arc<dyn Store>) -> Option<RemoteHit> {
+        self.lookup(key, Some(store)).await
+    }
+
+    async fn lookup(&self, key: &str, import_into: Option<&Arc<dyn Store>>) -> Option<RemoteHit> {
         let (rec, manifest, origin) = match self.read_record(key).await {
             Ok(found) => found,
-            Err(Miss::Absent) => {
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            Err(miss) => {
+                if let Miss::Absent = miss {
+                    self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                }
                 return None;
             }
-            Err(Miss::Off) => return None,
         };
-        match self.import(&rec, &manifest, store).await {
-            Ok(()) => {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                Some(RemoteHit { record: rec.record, origin })
-            }
-            Err(e) => {
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        if let Some(store) = import_into {
+            if let Err(m) = self.import(&rec, &manifest, store).await {
                 // a blob that fails after the retries (cut short, damaged) costs this record
                 // only: the next lookup finds out whether the registry as a whole is gone
-                let m = match e {
-                    ImportError::Oci(e) => e.to_string(),
-                    ImportError::Other(m) => m,
-                };
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 self.warn(format!("remote cache {}: record r1-{key} not used: {m}", self.url));
-                None
+                return None;
             }
         }
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Some(RemoteHit { record: rec.record, origin })
     }
 
     /// GET the manifest and the config of `key`'s record and check them.
@@ -358,11 +345,11 @@ impl RemoteCache {
         rec: &RemoteRecord,
         manifest: &layout::RecordManifest,
         store: &Arc<dyn Store>,
-    ) -> Result<(), ImportError> {
+    ) -> Result<(), String> {
         let missing: BTreeMap<String, u64> =
             rec.objects().into_iter().filter(|(d, size)| store.object_file(d, *size).is_none()).collect();
         let scratch = store.scratch_dir();
-        std::fs::create_dir_all(&scratch).map_err(|e| ImportError::Other(format!("{}: {e}", scratch.display())))?;
+        std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
         // large objects: one blob each, straight into the store
         let large: Vec<(String, u64)> =
             manifest.objects.iter().filter_map(|d| missing.get(d.hex()).map(|s| (d.hex().to_string(), *s))).collect();
@@ -372,7 +359,7 @@ impl RemoteCache {
                 jobs.push(Job::Pack(p.clone()));
             }
         }
-        let results: Vec<Result<(), ImportError>> = futures::stream::iter(jobs)
+        let results: Vec<Result<(), String>> = futures::stream::iter(jobs)
             .map(|job| self.import_job(job, &missing, store, &scratch))
             .buffer_unordered(BLOB_CONCURRENCY)
             .collect()
@@ -382,7 +369,7 @@ impl RemoteCache {
         }
         for (d, size) in &missing {
             if store.object_file(d, *size).is_none() {
-                return Err(ImportError::Other(format!("object {d} is named by the record but no layer holds it")));
+                return Err(format!("object {d} is named by the record but no layer holds it"));
             }
         }
         let (store, record) = (store.clone(), rec.record.clone());
@@ -393,8 +380,8 @@ impl RemoteCache {
             store.put(&record).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| ImportError::Other(e.to_string()))?
-        .map_err(|e| ImportError::Other(format!("cannot record it in the local store: {e}")))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot record it in the local store: {e}"))
     }
 
     async fn import_job(
@@ -403,14 +390,12 @@ impl RemoteCache {
         missing: &BTreeMap<String, u64>,
         store: &Arc<dyn Store>,
         scratch: &Path,
-    ) -> Result<(), ImportError> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    ) -> Result<(), String> {
         match job {
             Job::Object(hex, size) => {
-                let digest = Digest::from_hex(&hex).map_err(ImportError::Oci)?;
-                let tmp = scratch.join(format!("remote-{}-{n}-{}", std::process::id(), &hex[..16]));
-                let got = self.client.pull_blob_to_file(&digest, Some(size), &tmp).await.map_err(ImportError::Oci)?;
+                let digest = Digest::from_hex(&hex).map_err(|e| e.to_string())?;
+                let tmp = scratch.join(scratch_name("remote", &hex[..16]));
+                let got = self.client.pull_blob_to_file(&digest, Some(size), &tmp).await.map_err(|e| e.to_string())?;
                 self.stats.bytes_in.fetch_add(got, Ordering::Relaxed);
                 let (store, tmp2) = (store.clone(), tmp.clone());
                 let placed = tokio::task::spawn_blocking(move || {
@@ -420,12 +405,13 @@ impl RemoteCache {
                 .map_err(|e| e.to_string())
                 .and_then(|r| r);
                 let _ = std::fs::remove_file(&tmp);
-                placed.map_err(ImportError::Other)
+                placed
             }
             Job::Pack(p) => {
-                let digest = Digest::parse(&p.digest).map_err(ImportError::Oci)?;
-                let tmp = scratch.join(format!("remote-{}-{n}-pack-{}", std::process::id(), &digest.hex()[..16]));
-                let got = self.client.pull_blob_to_file(&digest, Some(p.size), &tmp).await.map_err(ImportError::Oci)?;
+                let digest = Digest::parse(&p.digest).map_err(|e| e.to_string())?;
+                let tmp = scratch.join(scratch_name("remote-pack", &digest.hex()[..16]));
+                let got =
+                    self.client.pull_blob_to_file(&digest, Some(p.size), &tmp).await.map_err(|e| e.to_string())?;
                 self.stats.bytes_in.fetch_add(got, Ordering::Relaxed);
                 let expected: BTreeMap<String, u64> =
                     p.objects.iter().filter_map(|o| missing.get(o).map(|s| (o.clone(), *s))).collect();
@@ -443,7 +429,7 @@ impl RemoteCache {
                 .map_err(|e| e.to_string())
                 .and_then(|r| r);
                 let _ = std::fs::remove_file(&tmp);
-                placed.map_err(ImportError::Other)
+                placed
             }
         }
     }
@@ -553,15 +539,14 @@ impl RemoteCache {
         let mut packs = Vec::new();
         if !small.is_empty() {
             let scratch = store.scratch_dir();
-            let tmp = scratch.join(format!("remote-pack-{}-{}", std::process::id(), &rec.key[..16]));
+            let tmp = scratch.join(scratch_name("publish-pack", &rec.key[..16]));
             let (s, sm, t) = (store.clone(), small.clone(), tmp.clone());
             let written = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
                 let f = std::fs::File::create(&t)?;
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
                 let r = crate::oci::pack::write_pack(
                     &sm,
-                    |hex| {
-                        let size = sm.iter().find(|(d, _)| d == hex).map(|(_, s)| *s).unwrap_or(0);
+                    |hex, size| {
                         let p = s.object_file(hex, size).ok_or_else(|| std::io::Error::other("object missing"))?;
                         std::fs::File::open(p)
                     },
@@ -689,11 +674,6 @@ enum Job {
     Pack(layout::PackRef),
 }
 
-enum ImportError {
-    Oci(OciError),
-    Other(String),
-}
-
 /// Errors that say the registry as a whole is unusable for this invocation.
 fn registry_unusable(e: &OciError) -> bool {
     matches!(
@@ -705,6 +685,15 @@ fn registry_unusable(e: &OciError) -> bool {
             | OciError::Tls { .. }
             | OciError::Credentials { .. }
     ) || e.is_transient()
+}
+
+/// A name for a temporary file or directory in the store's scratch directory that no other
+/// process, and no concurrent task of this one, uses: `<prefix>-<pid>-<seq>-<label>`.
+fn scratch_name(prefix: &str, label: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let label: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    format!("{prefix}-{}-{n}-{label}", std::process::id())
 }
 
 fn hostname() -> String {
