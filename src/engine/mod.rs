@@ -1870,36 +1870,16 @@ impl<'a> PipelineRunState<'a> {
             self.run_failure = Some(Failure::new(&f.reason, f.message));
         }
         // status
-        let mut failed = 0;
-        let mut cancelled = 0;
-        let mut skipped = 0;
-        let mut succeeded = 0;
-        let mut ignored = 0;
-        let mut hard_failure = false;
+        let mut tally = crate::plan::Tally::default();
         for st in self.states.values() {
             match &st.state {
-                State::Done(Done::Succeeded) => succeeded += 1,
-                State::Done(Done::Failed { ignored: ig, cancelled: c, .. }) => {
-                    if *c {
-                        cancelled += 1
-                    } else {
-                        failed += 1
-                    }
-                    if *ig {
-                        ignored += 1
-                    } else {
-                        hard_failure = true
-                    }
-                }
-                State::Done(Done::Skipped { .. }) => skipped += 1,
+                State::Done(Done::Succeeded) => tally.succeeded += 1,
+                State::Done(Done::Failed { ignored, cancelled, .. }) => tally.failed(*ignored, *cancelled),
+                State::Done(Done::Skipped { .. }) => tally.skipped += 1,
                 _ => {}
             }
         }
-        let ign = if ignored > 0 { format!(" (Ignored: {ignored})") } else { String::new() };
-        let counts = format!(
-            "Tasks Completed: {} (Failed: {failed}{ign}, Cancelled {cancelled}), Skipped: {skipped}",
-            succeeded + failed + cancelled
-        );
+        let counts = tally.message();
         let (status, reason, message) = if self.cancelled {
             ("Failed", "Cancelled".to_string(), format!("PipelineRun {:?} was cancelled", self.name))
         } else if self.timed_out.is_some() {
@@ -1928,9 +1908,9 @@ impl<'a> PipelineRunState<'a> {
             )
         } else if let Some(f) = &self.run_failure {
             ("Failed", f.reason.clone(), f.message.clone())
-        } else if hard_failure {
+        } else if tally.hard_failure {
             ("Failed", "Failed".to_string(), counts.clone())
-        } else if skipped > 0 {
+        } else if tally.skipped > 0 {
             ("Succeeded", "Completed".to_string(), counts.clone())
         } else {
             ("Succeeded", "Succeeded".to_string(), counts.clone())

@@ -10,4 +10,4 @@ pub use facts::{
     Action, ChildFacts, LaunchSpec, Outcome, PipelineRunFacts, RunFailure, RunInput, SkipReason, Status, TaskFacts,
     TaskStatus, Time, TimeoutPhase, Timeouts,
 };
-pub use summary::{pipeline_results, Summary};
+pub use summary::{pipeline_results, Summary, Tally};

@@ -42,13 +42,13 @@ impl PipelineRunFacts {
         } else if let Some(f) = failure {
             ("Failed", f.reason, f.message)
         } else if counts.hard_failure {
-            ("Failed", "Failed".to_string(), counts.message)
+            ("Failed", "Failed".to_string(), counts.message())
         } else if !self.is_done() {
-            ("Running", "Running".to_string(), counts.message)
+            ("Running", "Running".to_string(), counts.message())
         } else if counts.skipped > 0 {
-            ("Succeeded", "Completed".to_string(), counts.message)
+            ("Succeeded", "Completed".to_string(), counts.message())
         } else {
-            ("Succeeded", "Succeeded".to_string(), counts.message)
+            ("Succeeded", "Succeeded".to_string(), counts.message())
         };
         Summary { status, reason, message, results }
     }
@@ -66,41 +66,59 @@ impl PipelineRunFacts {
         })
     }
 
-    fn counts(&self) -> Counts {
-        let (mut succeeded, mut failed, mut cancelled, mut skipped, mut ignored) = (0, 0, 0, 0, 0);
-        let mut hard_failure = false;
+    fn counts(&self) -> Tally {
+        let mut t = Tally::default();
         for st in self.tasks.values() {
             match &st.status {
-                TaskStatus::Succeeded => succeeded += 1,
-                TaskStatus::Failed { ignored: ig, cancelled: c, .. } => {
-                    if *c {
-                        cancelled += 1
-                    } else {
-                        failed += 1
-                    }
-                    if *ig {
-                        ignored += 1
-                    } else {
-                        hard_failure = true
-                    }
-                }
-                TaskStatus::Skipped(_) => skipped += 1,
+                TaskStatus::Succeeded => t.succeeded += 1,
+                TaskStatus::Failed { ignored, cancelled, .. } => t.failed(*ignored, *cancelled),
+                TaskStatus::Skipped(_) => t.skipped += 1,
                 TaskStatus::Pending | TaskStatus::Running => {}
             }
         }
-        let ign = if ignored > 0 { format!(" (Ignored: {ignored})") } else { String::new() };
-        let message = format!(
-            "Tasks Completed: {} (Failed: {failed}{ign}, Cancelled {cancelled}), Skipped: {skipped}",
-            succeeded + failed + cancelled
-        );
-        Counts { skipped, hard_failure, message }
+        t
     }
 }
 
-struct Counts {
-    skipped: usize,
-    hard_failure: bool,
-    message: String,
+/// How a PipelineRun's tasks ended, and the condition message Tekton writes from it. The
+/// engine and the facts both count with it.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub succeeded: usize,
+    pub failed: usize,
+    pub cancelled: usize,
+    pub skipped: usize,
+    /// Failures that `onError: continue` ignored (counted in `failed` or `cancelled` too).
+    pub ignored: usize,
+    /// A failure that was not ignored: the run fails.
+    pub hard_failure: bool,
+}
+
+impl Tally {
+    pub fn failed(&mut self, ignored: bool, cancelled: bool) {
+        if cancelled {
+            self.cancelled += 1
+        } else {
+            self.failed += 1
+        }
+        if ignored {
+            self.ignored += 1
+        } else {
+            self.hard_failure = true
+        }
+    }
+
+    /// `Tasks Completed: N (Failed: F[ (Ignored: I)], Cancelled C), Skipped: S`.
+    pub fn message(&self) -> String {
+        let ign = if self.ignored > 0 { format!(" (Ignored: {})", self.ignored) } else { String::new() };
+        format!(
+            "Tasks Completed: {} (Failed: {}{ign}, Cancelled {}), Skipped: {}",
+            self.succeeded + self.failed + self.cancelled,
+            self.failed,
+            self.cancelled,
+            self.skipped
+        )
+    }
 }
 
 /// Pipeline results, evaluated at the end: `vars` holds every `tasks.X.results.Y` and
