@@ -1,12 +1,16 @@
 //! Planning cost for a large pipeline: 1,000 tasks in a layered DAG, each an embedded
-//! taskSpec with a param, `runAfter` on a few tasks of the previous layer.
+//! taskSpec with a param and a result, `runAfter` on a few tasks of the previous layer,
+//! and a chain of result references (each task of a layer consumes a result of one of
+//! the layer before).
 //!
-//! Run: `cargo bench --bench planning`. Target: a full dry-run plan of 1,000 tasks in
-//! under 100 ms.
+//! Run: `cargo bench --bench planning`. Target (issue 15): a complete `tenon plan` of it,
+//! as a process, under 50 ms (see bench/NOTES.md for the process numbers).
 //!
 //! - `load_validate`: YAML text -> catalog (`load_sources`) -> `validate`.
-//! - `plan_dry_run`: `Engine::run_pipeline_run` with a dry-run cache on an empty store
-//!   (every task: "no earlier record", would run), as `tenon plan` does after loading.
+//! - `plan_no_cache`: the planner alone: the scheduler's facts, every TaskRun prepared,
+//!   no cache (no SQLite, no tokio runtime).
+//! - `plan_sqlite`: the planner against an empty SQLite store, as `tenon plan` does
+//!   after loading (keys computed, looked up, misses explained).
 //! - `load_validate_plan`: both, i.e. `tenon plan` minus process start and store open.
 
 use std::collections::BTreeSet;
@@ -17,12 +21,10 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tenon::engine::cached::CacheCtx;
-use tenon::engine::{Engine, EngineOptions, DEFAULT_MAX_RESULT_SIZE};
-use tenon::exec::local::LocalExecutor;
+use tenon::engine::planner::Planner;
+use tenon::engine::{EngineOptions, DEFAULT_MAX_RESULT_SIZE};
 use tenon::model::{load_sources, validate, Catalog};
 use tenon::store::SqliteStore;
-use tenon::ui::Console;
-use tokio_util::sync::CancellationToken;
 
 const TASKS: usize = 1_000;
 const LAYERS: usize = 20;
@@ -46,9 +48,14 @@ fn pipeline_yaml() -> String {
                     writeln!(y, "        - t-{:02}-{p:03}", l - 1).unwrap();
                 }
             }
+            let up = if l > 0 {
+                format!("$(tasks.t-{:02}-{:03}.results.out)", l - 1, (i * 7) % per_layer)
+            } else {
+                "start".to_string()
+            };
             writeln!(
                 y,
-                "      params:\n        - name: msg\n          value: \"$(params.greeting) from {name}\"\n      taskSpec:\n        params:\n          - name: msg\n            type: string\n        steps:\n          - name: say\n            image: alpine\n            script: |\n              echo \"$(params.msg)\" layer {l}"
+                "      params:\n        - name: msg\n          value: \"$(params.greeting) from {name}\"\n        - name: up\n          value: \"{up}\"\n      taskSpec:\n        params:\n          - name: msg\n            type: string\n          - name: up\n            type: string\n        results:\n          - name: out\n        steps:\n          - name: say\n            image: alpine\n            script: |\n              echo \"$(params.msg) after $(params.up)\" layer {l} | tee $(results.out.path)"
             )
             .unwrap();
         }
@@ -70,42 +77,41 @@ fn load_validate(yaml: &str) -> Catalog {
     cat
 }
 
-/// One dry-run plan of the catalog's first PipelineRun, as `tenon plan` wires it.
-async fn plan(cat: Arc<Catalog>, state: &Path, store: Arc<SqliteStore>) -> usize {
-    let console = Arc::new(Console::silent());
-    let exec = Arc::new(LocalExecutor::new(vec![], console.clone()));
-    let opts = EngineOptions {
+fn options(state: &Path) -> EngineOptions {
+    EngineOptions {
         parallel: 2,
         state_dir: state.to_path_buf(),
         repo_root: state.to_path_buf(),
         param_overrides: vec![],
         max_result_size: DEFAULT_MAX_RESULT_SIZE,
         namespace: "default".into(),
-    };
-    let cache = Arc::new(CacheCtx::new(store, false, BTreeSet::new(), true).expect("cache ctx"));
-    let engine = Engine::new(cat.clone(), exec, opts, console, CancellationToken::new()).with_cache(cache.clone());
-    let summary = engine.run_pipeline_run(&cat.pipeline_runs[0]).await;
-    cache.flush();
-    assert_eq!(summary.status, "Succeeded", "{}: {}", summary.reason, summary.message);
-    summary.tasks.len()
+    }
+}
+
+/// One plan of the catalog's first PipelineRun; the number of rows.
+fn plan(cat: &Catalog, opts: &EngineOptions, cache: Option<&Arc<CacheCtx>>) -> usize {
+    let planned = Planner::new(cat, opts, cache).plan_pipeline_run(&cat.pipeline_runs[0]);
+    assert!(planned.error.is_none(), "{:?}", planned.error);
+    planned.tasks.len()
 }
 
 fn bench_planning(c: &mut Criterion) {
     let yaml = pipeline_yaml();
     let state = tempfile::tempdir().unwrap();
+    let opts = options(state.path());
     let store = Arc::new(SqliteStore::open(&state.path().join("cache")).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cache = Arc::new(CacheCtx::new(store, false, BTreeSet::new()).expect("cache ctx"));
 
     // one checked pass, and a breakdown printed once (criterion's numbers are the reference)
     let t = std::time::Instant::now();
-    let cat = Arc::new(load_validate(&yaml));
+    let cat = load_validate(&yaml);
     let t_load = t.elapsed();
     let t = std::time::Instant::now();
-    let n = rt.block_on(plan(cat.clone(), state.path(), store.clone()));
+    let n = plan(&cat, &opts, Some(&cache));
     let t_plan = t.elapsed();
     assert_eq!(n, TASKS, "every task is in the plan");
     eprintln!(
-        "planning: {TASKS} tasks, {} KiB of YAML; first pass: load+validate {:.1} ms, dry-run plan {:.1} ms",
+        "planning: {TASKS} tasks, {} KiB of YAML; first pass: load+validate {:.1} ms, plan {:.1} ms",
         yaml.len() / 1024,
         t_load.as_secs_f64() * 1e3,
         t_plan.as_secs_f64() * 1e3
@@ -116,13 +122,12 @@ fn bench_planning(c: &mut Criterion) {
     g.bench_function("load_validate", |b| b.iter(|| black_box(load_validate(&yaml))));
     g.bench_function("load_only", |b| b.iter(|| black_box(load(&yaml))));
     g.bench_function("validate_only", |b| b.iter(|| black_box(validate(&cat))));
-    g.bench_function("plan_dry_run", |b| {
-        b.iter(|| black_box(rt.block_on(plan(cat.clone(), state.path(), store.clone()))))
-    });
+    g.bench_function("plan_no_cache", |b| b.iter(|| black_box(plan(&cat, &opts, None))));
+    g.bench_function("plan_sqlite", |b| b.iter(|| black_box(plan(&cat, &opts, Some(&cache)))));
     g.bench_function("load_validate_plan", |b| {
         b.iter(|| {
-            let cat = Arc::new(load_validate(&yaml));
-            black_box(rt.block_on(plan(cat, state.path(), store.clone())))
+            let cat = load_validate(&yaml);
+            black_box(plan(&cat, &opts, Some(&cache)))
         })
     });
     g.finish();

@@ -73,7 +73,9 @@ impl Error {
             },
             Error::Reconcile(e) => match e {
                 ReconcileError::Sandbox { .. } | ReconcileError::RemoteCache { .. } => EXIT_INVALID,
-                ReconcileError::ExecutorStart { .. } | ReconcileError::StatCache { .. } => EXIT_INTERNAL,
+                ReconcileError::ExecutorStart { .. }
+                | ReconcileError::StatCache { .. }
+                | ReconcileError::Planner { .. } => EXIT_INTERNAL,
             },
             Error::Watch(e) => match e {
                 WatchError::Invalid | WatchError::Source(SourceError::Locked { .. }) => EXIT_INVALID,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::cached::CacheCtx;
+use crate::engine::planner::{Plan, Planner};
 use crate::engine::{Engine, EngineOptions};
 use crate::error::Error;
 use crate::exec::kubernetes::{KubeArgs, KubernetesExecutor};
@@ -34,6 +35,9 @@ pub enum ReconcileError {
     /// The store's stat cache could not be read (tenon could not work).
     #[error("{message}")]
     StatCache { message: String },
+    /// The planner's thread ended without a plan (tenon could not work).
+    #[error("the planner failed: {message}")]
+    Planner { message: String },
 }
 
 /// What a run needs besides the manifests (the flags `tenon run` and `tenon watch` share).
@@ -231,15 +235,15 @@ pub fn check_runs(cat: &Catalog, dir: &Path, want: Option<&str>) -> Result<(), E
 }
 
 /// The executor a reconcile uses, its id (part of cache keys) and the image digests it
-/// already knows. The one place an executor is chosen. A dry run (`plan`) connects to
-/// the cluster but leaves its pods alone.
+/// already knows. The one place an executor is chosen. Without `sweep` (a plan) it
+/// connects to the cluster but leaves its pods alone.
 pub struct BuiltExecutor {
     pub exec: Arc<dyn Executor>,
     pub id: String,
     pub image_digests: std::collections::BTreeMap<String, String>,
 }
 
-pub async fn build_executor(s: &RunSettings, console: Arc<Console>, dry_run: bool) -> Result<BuiltExecutor, Error> {
+pub async fn build_executor(s: &RunSettings, console: Arc<Console>, sweep: bool) -> Result<BuiltExecutor, Error> {
     let mut pass_env = Vec::new();
     for name in &s.pass_env {
         if let Ok(v) = std::env::var(name) {
@@ -267,7 +271,7 @@ pub async fn build_executor(s: &RunSettings, console: Arc<Console>, dry_run: boo
         ExecutorKind::Kubernetes => {
             let k8s_err = |message: String| ReconcileError::ExecutorStart { executor: "kubernetes", message };
             let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console).await.map_err(k8s_err)?;
-            if !dry_run {
+            if sweep {
                 k.sweep().await.map_err(k8s_err)?;
             }
             let image_digests = k.image_digests().await;
@@ -283,35 +287,31 @@ pub struct Reconciled {
     pub hash_ns: u64,
 }
 
-/// Run (or, with `dry_run`, plan) the selected runs of a validated catalog, with `dir` as
-/// the repository tree. `cancel` stops every run (its process groups are killed); the
-/// stat cache is flushed before returning.
-pub async fn run_catalog(
-    cat: Catalog,
-    dir: &Path,
-    s: &RunSettings,
-    dry_run: bool,
-    console: Arc<Console>,
-    cancel: CancellationToken,
-) -> Result<Reconciled, Error> {
-    check_runs(&cat, dir, s.run.as_deref())?;
+/// Everything a run or a plan of a catalog is wired from.
+struct Wired {
+    settings: RunSettings,
+    built: BuiltExecutor,
+    opts: EngineOptions,
+    store: Arc<SqliteStore>,
+    cache: Arc<CacheCtx>,
+}
+
+/// Check the selection, make the state directory, build the executor (`sweep`: clear
+/// pods a crashed run left behind; not when only planning), open the store and the cache.
+async fn wire(cat: &Catalog, dir: &Path, s: &RunSettings, console: Arc<Console>, sweep: bool) -> Result<Wired, Error> {
+    check_runs(cat, dir, s.run.as_deref())?;
     std::fs::create_dir_all(&s.state_dir).map_err(|e| Error::Io {
         context: format!("cannot create state directory {}", s.state_dir.display()),
         source: e,
     })?;
     // steps run in other working directories (and bwrap binds need absolute sources): a
     // relative --store is resolved once, here
-    let abs;
-    let s = if s.state_dir.is_absolute() {
-        s
-    } else {
-        abs = RunSettings {
-            state_dir: std::path::absolute(&s.state_dir).unwrap_or_else(|_| s.state_dir.clone()),
-            ..s.clone()
-        };
-        &abs
-    };
-    let built = build_executor(s, console.clone(), dry_run).await?;
+    let mut settings = s.clone();
+    if !settings.state_dir.is_absolute() {
+        settings.state_dir = std::path::absolute(&s.state_dir).unwrap_or_else(|_| s.state_dir.clone());
+    }
+    let s = settings;
+    let built = build_executor(&s, console, sweep).await?;
     let opts = EngineOptions {
         parallel: s
             .parallel
@@ -327,38 +327,63 @@ pub async fn run_catalog(
         max_result_size: s.max_result_size,
         namespace: s.namespace.clone(),
     };
-    let cat = Arc::new(cat);
     let store = Arc::new(open_store(&opts.state_dir)?);
     let rerun: std::collections::BTreeSet<String> = s.rerun.iter().cloned().collect();
-    let mut cache_ctx = CacheCtx::new(store.clone(), s.no_cache, rerun, dry_run)
-        .map_err(|message| ReconcileError::StatCache { message })?;
-    cache_ctx.executor = built.id;
-    cache_ctx.image_digests = built.image_digests;
+    let mut cache_ctx =
+        CacheCtx::new(store.clone(), s.no_cache, rerun).map_err(|message| ReconcileError::StatCache { message })?;
+    cache_ctx.executor = built.id.clone();
+    cache_ctx.image_digests = built.image_digests.clone();
     if let Some(r) = &s.remote {
         cache_ctx.remote = Some(Arc::new(
             crate::remote::RemoteCache::new(r).map_err(|message| ReconcileError::RemoteCache { message })?,
         ));
         cache_ctx.import_on_plan = s.import_on_plan;
     }
-    let cache = Arc::new(cache_ctx);
-    let engine = Engine::new(cat.clone(), built.exec, opts, console, cancel.clone()).with_cache(cache.clone());
+    Ok(Wired { settings: s, built, opts, store, cache: Arc::new(cache_ctx) })
+}
+
+fn selected<'c, T>(objs: &'c [model::Obj<T>], run: Option<&'c str>) -> impl Iterator<Item = &'c model::Obj<T>> {
+    objs.iter().filter(move |r| run.is_none_or(|n| n == r.name))
+}
+
+fn hashing(cache: &CacheCtx) -> HashingStats {
+    HashingStats {
+        files: cache.hash_stats.files.load(Ordering::Relaxed),
+        hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),
+        hashed_bytes: cache.hash_stats.hashed_bytes.load(Ordering::Relaxed),
+    }
+}
+
+/// Run the selected runs of a validated catalog, with `dir` as the repository tree.
+/// `cancel` stops every run (its process groups are killed); the stat cache is flushed
+/// before returning.
+pub async fn run_catalog(
+    cat: Catalog,
+    dir: &Path,
+    s: &RunSettings,
+    console: Arc<Console>,
+    cancel: CancellationToken,
+) -> Result<Reconciled, Error> {
+    let w = wire(&cat, dir, s, console.clone(), true).await?;
+    let s = &w.settings;
+    let cat = Arc::new(cat);
+    let cache = w.cache.clone();
+    let engine = Engine::new(cat.clone(), w.built.exec, w.opts, console, cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();
-    for pr in cat.pipeline_runs.iter().filter(|r| s.run.as_ref().is_none_or(|n| n == &r.name)) {
+    for pr in selected(&cat.pipeline_runs, s.run.as_deref()) {
         runs.push(engine.run_pipeline_run(pr).await);
         if cancel.is_cancelled() {
             break;
         }
     }
-    for tr in cat.task_runs.iter().filter(|r| s.run.as_ref().is_none_or(|n| n == &r.name)) {
+    for tr in selected(&cat.task_runs, s.run.as_deref()) {
         if cancel.is_cancelled() {
             break;
         }
         runs.push(engine.run_task_run(tr).await);
     }
     cache.flush();
-    if !dry_run {
-        prune_run_dirs(&s.state_dir, &store, s.keep_runs);
-    }
+    prune_run_dirs(&s.state_dir, &w.store, s.keep_runs);
     let mut report = RunReport::new(runs);
     if let Some(r) = &cache.remote {
         report.remote_cache = Some(r.finish().await);
@@ -367,10 +392,40 @@ pub async fn run_catalog(
     if report.store_error.is_none() {
         report.store_error = out_of_space(&report);
     }
-    report.hashing = Some(HashingStats {
-        files: cache.hash_stats.files.load(Ordering::Relaxed),
-        hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),
-        hashed_bytes: cache.hash_stats.hashed_bytes.load(Ordering::Relaxed),
-    });
+    report.hashing = Some(hashing(&cache));
     Ok(Reconciled { report, hash_ns: cache.hash_ns.load(Ordering::Relaxed) })
+}
+
+/// What `tenon plan` (and `tenon cache pull`) produced.
+pub struct Planned {
+    pub plan: Plan,
+    pub hashing: HashingStats,
+    pub remote_cache: Option<crate::report::RemoteSummary>,
+}
+
+/// Plan the selected runs of a validated catalog against the cache: nothing runs. The
+/// planner is synchronous; it runs on a blocking thread and asks the shared cache (if
+/// any) on this runtime.
+pub async fn plan_catalog(cat: Catalog, dir: &Path, s: &RunSettings) -> Result<Planned, Error> {
+    let w = wire(&cat, dir, s, Arc::new(Console::silent()), false).await?;
+    let cache = w.cache.clone();
+    let env_from = w.built.exec.resolves_env_from();
+    let (opts, run) = (w.opts, w.settings.run.clone());
+    let rt = tokio::runtime::Handle::current();
+    let c = cache.clone();
+    let plan = tokio::task::spawn_blocking(move || {
+        let planner = Planner::new(&cat, &opts, Some(&c)).executor_env_from(env_from).with_runtime(rt);
+        let mut plan = Plan::default();
+        plan.runs.extend(selected(&cat.pipeline_runs, run.as_deref()).map(|pr| planner.plan_pipeline_run(pr)));
+        plan.runs.extend(selected(&cat.task_runs, run.as_deref()).map(|tr| planner.plan_task_run(tr)));
+        plan
+    })
+    .await
+    .map_err(|e| ReconcileError::Planner { message: e.to_string() })?;
+    cache.flush();
+    let remote_cache = match &cache.remote {
+        Some(r) => Some(r.finish().await),
+        None => None,
+    };
+    Ok(Planned { plan, hashing: hashing(&cache), remote_cache })
 }

@@ -132,11 +132,7 @@ const ALLOWED: &[(&str, &str)] = &[
 
 /// Edges against the order that exist today: debt to remove, never to add to. Each names
 /// where it comes from and where the code should go.
-const DEBT: &[(&str, &str, &str)] = &[
-    // plan's table tests resolve params with the engine's helpers (test code only). Fix:
-    // param resolution (engine/resolve.rs) moves into plan (review section 3.4, step 3).
-    ("plan", "engine", "plan/facts_tests.rs: engine::resolve::{param_values, param_vars}"),
-];
+const DEBT: &[(&str, &str, &str)] = &[];
 
 fn rank(m: &str) -> Option<usize> {
     LAYERS.iter().position(|tier| tier.contains(&m))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::planner::{Decision as PlanDecision, PlannedTask};
 use crate::engine::DEFAULT_MAX_RESULT_SIZE;
 use crate::error::{Error, Outcome};
 use crate::exec::kubernetes::KubeArgs;
@@ -105,8 +106,8 @@ fn validate(a: ValidateArgs) -> Result<Outcome, Error> {
 async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
     let output = a.output;
     let args = plan_run_args(a);
-    let report = execute(&args, true).await?;
-    let plan = PlanReport::from_dry_run(report);
+    let planned = plan(&args, false).await?;
+    let plan = planned.plan.report(Some(planned.hashing));
     match output {
         OutputFormat::Json => print_json(&plan)?,
         OutputFormat::Human => print_plan_human(&plan),
@@ -122,10 +123,10 @@ async fn pull_cmd(a: PlanArgs) -> Result<Outcome, Error> {
     }
     let output = a.output;
     let args = plan_run_args(a);
-    let report = execute_importing(&args, true, true).await?;
-    let remote = report.remote_cache.clone().unwrap_or_default();
-    let tasks: Vec<&crate::report::TaskSummary> = report.runs.iter().flat_map(|r| r.tasks.iter()).collect();
-    let cached = tasks.iter().filter(|t| t.status == "Cached").count();
+    let planned = plan(&args, true).await?;
+    let remote = planned.remote_cache.clone().unwrap_or_default();
+    let tasks: Vec<&PlannedTask> = planned.plan.runs.iter().flat_map(|r| r.tasks.iter()).collect();
+    let cached = tasks.iter().filter(|t| matches!(t.decision, PlanDecision::Cached(_))).count();
     match output {
         OutputFormat::Json => print_json(&serde_json::json!({
             "apiVersion": API_VERSION, "kind": "CachePull", "tasks": tasks.len(), "cached": cached, "remoteCache": remote,
@@ -178,7 +179,7 @@ fn plan_run_args(a: PlanArgs) -> RunArgs {
 }
 
 async fn run_cmd(a: RunArgs) -> Result<Outcome, Error> {
-    let report = execute(&a, false).await?;
+    let report = execute(&a).await?;
     if let Some(e) = &report.store_error {
         // the report is still printed (what ran, and where its logs are), then exit 3
         match a.output {
@@ -398,15 +399,37 @@ fn history_cmd(a: HistoryArgs) -> Result<Outcome, Error> {
     Ok(Outcome::Ok)
 }
 
-/// Load, validate and run (or, with `dry_run`, plan) the selected runs.
-async fn execute(a: &RunArgs, dry_run: bool) -> Result<RunReport, Error> {
-    execute_importing(a, dry_run, false).await
+/// Load, validate and run the selected runs.
+async fn execute(a: &RunArgs) -> Result<RunReport, Error> {
+    let cat = load_valid(a)?;
+    let console = Arc::new(Console::new(a.quiet));
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let settings = a.flags.settings(&a.rerun);
+    Ok(reconcile::run_catalog(cat, &a.dir, &settings, console, cancel).await?.report)
 }
 
-/// [`execute`]; `import`: planning imports what the shared cache has (`cache pull`).
-async fn execute_importing(a: &RunArgs, dry_run: bool, import: bool) -> Result<RunReport, Error> {
-    let cat = match reconcile::load_valid(&a.dir)? {
-        Ok(cat) => cat,
+/// Load, validate and plan the selected runs; `import`: planning imports what the shared
+/// cache has (`cache pull`).
+async fn plan(a: &RunArgs, import: bool) -> Result<reconcile::Planned, Error> {
+    let cat = load_valid(a)?;
+    let mut settings = a.flags.settings(&a.rerun);
+    settings.import_on_plan = import;
+    reconcile::plan_catalog(cat, &a.dir, &settings).await
+}
+
+/// The directory's catalog when it is valid; otherwise the diagnostics are printed
+/// (and, with `--output json`, a validation report) and nothing runs.
+fn load_valid(a: &RunArgs) -> Result<crate::model::Catalog, Error> {
+    match reconcile::load_valid(&a.dir)? {
+        Ok(cat) => Ok(cat),
         Err(diags) => {
             if a.output == OutputFormat::Json {
                 print_json(&ValidationReport {
@@ -422,20 +445,7 @@ async fn execute_importing(a: &RunArgs, dry_run: bool, import: bool) -> Result<R
                 let _ = writeln!(err, "{d}");
             }
             let _ = writeln!(err, "{} error(s); nothing was run", diags.len());
-            return Err(Error::Invalid { count: diags.len() });
+            Err(Error::Invalid { count: diags.len() })
         }
-    };
-    let console = Arc::new(if dry_run { Console::silent() } else { Console::new(a.quiet) });
-    let cancel = CancellationToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        });
     }
-    let mut settings = a.flags.settings(&a.rerun);
-    settings.import_on_plan = import;
-    Ok(reconcile::run_catalog(cat, &a.dir, &settings, dry_run, console, cancel).await?.report)
 }

@@ -28,8 +28,6 @@ pub struct CacheCtx {
     pub no_cache: bool,
     /// `--rerun TASK`: run these pipeline tasks.
     pub rerun: BTreeSet<String>,
-    /// `tenon plan`: decide, never run.
-    pub dry_run: bool,
     pub executor: String,
     /// Normalized image name -> digest, as the cluster reports them (Kubernetes executor).
     pub image_digests: BTreeMap<String, String>,
@@ -45,7 +43,7 @@ pub struct CacheCtx {
 }
 
 impl CacheCtx {
-    pub fn new(store: Arc<dyn Store>, no_cache: bool, rerun: BTreeSet<String>, dry_run: bool) -> Result<Self, String> {
+    pub fn new(store: Arc<dyn Store>, no_cache: bool, rerun: BTreeSet<String>) -> Result<Self, String> {
         let known = store.stat_cache().map_err(|e| format!("cannot read the stat cache: {e}"))?;
         Ok(CacheCtx {
             store,
@@ -55,7 +53,6 @@ impl CacheCtx {
             memo: Mutex::new(HashMap::new()),
             no_cache,
             rerun,
-            dry_run,
             executor: "local".into(),
             image_digests: BTreeMap::new(),
             store_failure: Mutex::new(None),

@@ -70,7 +70,8 @@ pub enum TimeoutPhase {
 }
 
 impl TimeoutPhase {
-    fn skip_reason(self) -> SkipReason {
+    /// What the tasks it stops are skipped with (and the console says).
+    pub fn skip_reason(self) -> SkipReason {
         match self {
             TimeoutPhase::Pipeline => SkipReason::PipelineTimeout,
             TimeoutPhase::Tasks => SkipReason::TasksTimeout,
@@ -86,6 +87,8 @@ pub enum Status {
     Failed,
     TimedOut,
     Cancelled,
+    /// Planning: the TaskRun would run, so its results are not known yet.
+    Planned,
 }
 
 /// One finished TaskRun attempt, as the executor reports it.
@@ -137,6 +140,11 @@ pub struct LaunchSpec {
     /// The referenced Task's name (`taskRef`), if any.
     pub task_ref: Option<String>,
     pub timeout: Duration,
+    /// The results it consumes, by variable (`tasks.<t>.results.<r>`), with their values.
+    pub upstream: Vec<(String, ParamValue)>,
+    /// Its workspace bindings: (task workspace, pipeline workspace, subPath after the
+    /// pipeline's phases).
+    pub workspaces: Vec<(String, String, Option<String>)>,
 }
 
 /// What the driver should do next.
@@ -156,6 +164,22 @@ pub enum Action {
         task: String,
         failure: RunFailure,
     },
+    /// Planning: `task` would run once `after` (which would run first) has: its inputs
+    /// are not known yet. The task counts as succeeded with unknown results.
+    After {
+        task: String,
+        after: String,
+    },
+}
+
+/// The driver's word on a launch before it happens (it builds the TaskRun and, planning,
+/// its cache key): go ahead, fail the run (an invalid TaskRun), or (planning) wait for a
+/// task that would run first.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    Go,
+    Fail(RunFailure),
+    After(String),
 }
 
 impl fmt::Display for Action {
@@ -176,6 +200,7 @@ impl fmt::Display for Action {
             Action::Skip { task, reason } => write!(f, "skip {task}: {}", reason.as_str()),
             Action::Cancel { task } => write!(f, "cancel {task}"),
             Action::FailRun { task, failure } => write!(f, "fail {task}: {}: {}", failure.reason, failure.message),
+            Action::After { task, after } => write!(f, "plan {task}: after {after}"),
         }
     }
 }
@@ -283,6 +308,8 @@ pub struct TaskFacts {
     pub results: BTreeMap<String, ParamValue>,
     pub matrix: bool,
     pub children: Vec<ChildFacts>,
+    /// Planning: the task would run, so its results are unknown.
+    pub planned: bool,
 }
 
 impl TaskFacts {
@@ -296,6 +323,7 @@ impl TaskFacts {
             results: BTreeMap::new(),
             matrix: false,
             children: vec![],
+            planned: false,
         }
     }
     pub fn is_done(&self) -> bool {
@@ -326,6 +354,7 @@ enum Decision {
     Run(Vec<LaunchSpec>),
     Skip(SkipReason),
     FailRun(RunFailure),
+    After(String),
 }
 
 /// The state of one PipelineRun.
@@ -395,9 +424,15 @@ impl PipelineRunFacts {
     /// Start or skip everything that can be decided now; move to `finally` and to the
     /// end when a phase has nothing left running.
     pub fn next_actions(&mut self, now: Time) -> Vec<Action> {
+        self.next_actions_with(now, &mut |_| Gate::Go)
+    }
+
+    /// [`next_actions`](Self::next_actions), asking `gate` about each TaskRun before it
+    /// is launched (a retry is not asked again).
+    pub fn next_actions_with(&mut self, now: Time, gate: &mut dyn FnMut(&LaunchSpec) -> Gate) -> Vec<Action> {
         let mut out = std::mem::take(&mut self.queued);
         while self.phase != Phase::Done {
-            self.schedule_ready(&mut out);
+            self.schedule_ready(&mut out, gate);
             if self.running > 0 {
                 break;
             }
@@ -436,7 +471,7 @@ impl PipelineRunFacts {
         self.readiness = Readiness::new(&self.dag, self.spec.finally.iter().map(|t| t.name.as_str()));
     }
 
-    fn schedule_ready(&mut self, out: &mut Vec<Action>) {
+    fn schedule_ready(&mut self, out: &mut Vec<Action>, gate: &mut dyn FnMut(&LaunchSpec) -> Gate) {
         let finally = self.phase == Phase::Finally;
         loop {
             let ready = self.readiness.take_ready();
@@ -451,9 +486,16 @@ impl PipelineRunFacts {
                 let list = if finally { &self.spec.finally } else { &self.spec.tasks };
                 let Some(pt) = list.iter().find(|t| t.name == name) else { continue };
                 let matrix = pt.matrix.is_some();
-                match self.decide(pt, finally) {
+                match self.decide(pt, finally, gate) {
                     Decision::Skip(reason) => self.skip(&name, reason, out),
                     Decision::FailRun(failure) => self.fail_run(&name, failure, finally, out),
+                    Decision::After(after) => {
+                        let st = self.tasks.get_mut(&name).expect("task exists");
+                        st.status = TaskStatus::Succeeded;
+                        st.planned = true;
+                        st.reason = "Planned".into();
+                        out.push(Action::After { task: name.clone(), after });
+                    }
                     Decision::Run(launches) => {
                         let st = self.tasks.get_mut(&name).expect("task exists");
                         st.status = TaskStatus::Running;
@@ -552,10 +594,11 @@ impl PipelineRunFacts {
         } else if let Some(o) = outcomes.first() {
             st.results = o.results.clone();
         }
-        match outcomes.iter().find(|o| o.status != Status::Succeeded) {
+        st.planned = outcomes.iter().any(|o| o.status == Status::Planned);
+        match outcomes.iter().find(|o| !matches!(o.status, Status::Succeeded | Status::Planned)) {
             None => {
                 st.status = TaskStatus::Succeeded;
-                st.reason = "Succeeded".into();
+                st.reason = if st.planned { "Planned".into() } else { "Succeeded".into() };
             }
             Some(bad) => {
                 let timed_out = bad.status == Status::TimedOut;
@@ -627,7 +670,7 @@ impl PipelineRunFacts {
     }
 
     /// Decide a pipeline task whose parents are all done.
-    fn decide(&self, pt: &PipelineTask, finally: bool) -> Decision {
+    fn decide(&self, pt: &PipelineTask, finally: bool, gate: &mut dyn FnMut(&LaunchSpec) -> Gate) -> Decision {
         if let Some(reason) = self.stopping {
             return Decision::Skip(reason);
         }
@@ -658,7 +701,19 @@ impl PipelineRunFacts {
                 }
             }
         }
-        self.launches(pt, &vars, finally)
+        match self.launches(pt, &vars, finally) {
+            Decision::Run(launches) => {
+                for l in &launches {
+                    match gate(l) {
+                        Gate::Go => {}
+                        Gate::Fail(f) => return Decision::FailRun(f),
+                        Gate::After(t) => return Decision::After(t),
+                    }
+                }
+                Decision::Run(launches)
+            }
+            other => other,
+        }
     }
 
     /// The pipeline task after the pipeline's param phase alone.
@@ -672,6 +727,10 @@ impl PipelineRunFacts {
         let continue_on_error = pt.on_error.as_deref() == Some("continue");
         for (producer, result) in result_refs(scanned) {
             let Some(st) = self.tasks.get(&producer) else { continue };
+            if st.planned {
+                // planning: the producer would run first, so its results are unknown
+                return Some(Decision::After(producer));
+            }
             if st.results.contains_key(&result) {
                 continue;
             }
@@ -783,6 +842,22 @@ impl PipelineRunFacts {
             .copied()
             .or_else(|| pt.timeout.as_deref().and_then(parse_duration))
             .unwrap_or(DEFAULT_TIMEOUT);
+        let upstream: Vec<(String, ParamValue)> = result_refs(pt)
+            .into_iter()
+            .filter_map(|(t, r)| {
+                let k = format!("tasks.{t}.results.{r}");
+                let v = vars.get(&k)?.clone();
+                Some((k, v))
+            })
+            .collect();
+        let workspaces: Vec<(String, String, Option<String>)> = pt
+            .workspaces
+            .iter()
+            .map(|b| {
+                let run_ws = b.workspace.clone().unwrap_or_else(|| b.name.clone());
+                (b.name.clone(), run_ws, b.sub_path.as_ref().map(|s| vars.apply_str(s)))
+            })
+            .collect();
         let run = &self.input.name;
         let launches = combos
             .into_iter()
@@ -809,6 +884,8 @@ impl PipelineRunFacts {
                     embedded,
                     task_ref: task_ref.clone(),
                     timeout,
+                    upstream: upstream.clone(),
+                    workspaces: workspaces.clone(),
                 }
             })
             .collect();

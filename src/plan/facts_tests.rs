@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::engine::resolve::{param_values, param_vars};
 use crate::model::subst::Vars;
 use crate::model::{load_sources, propagate_run_into_spec, validate, ParamValue};
+use crate::plan::params::{param_values, param_vars};
 
 // ---- fixtures -------------------------------------------------------------------------
 

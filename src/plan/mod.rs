@@ -3,11 +3,12 @@
 
 pub mod facts;
 pub mod matrix;
+pub mod params;
 pub mod refs;
 mod summary;
 
 pub use facts::{
-    Action, ChildFacts, LaunchSpec, Outcome, PipelineRunFacts, RunFailure, RunInput, SkipReason, Status, TaskFacts,
-    TaskStatus, Time, TimeoutPhase, Timeouts,
+    Action, ChildFacts, Gate, LaunchSpec, Outcome, PipelineRunFacts, RunFailure, RunInput, SkipReason, Status,
+    TaskFacts, TaskStatus, Time, TimeoutPhase, Timeouts,
 };
 pub use summary::{pipeline_results, Summary, Tally};

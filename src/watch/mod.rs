@@ -413,7 +413,7 @@ async fn reconcile_tree(
     // with JSON logs, stderr carries only JSON lines (step output is in the log files)
     let console = Arc::new(if opts.json_logs { Console::silent() } else { Console::new(opts.quiet) });
     let run_cancel = CancellationToken::new();
-    let fut = reconcile::run_catalog(cat, dir, &opts.settings, false, console, run_cancel.clone());
+    let fut = reconcile::run_catalog(cat, dir, &opts.settings, console, run_cancel.clone());
     tokio::pin!(fut);
     let mut interrupted = false;
     let result = tokio::select! {
