@@ -134,58 +134,286 @@ pub fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
     }
 }
 
+/// Why a TaskRun reruns instead of reusing a record (like cargo's `DirtyReason`): a
+/// value, rendered to text only at the edge (reports, the console). Values in it are
+/// already shortened for people (digests to 8 characters, long values to 60).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RerunReason {
+    /// `--no-cache` (`None`) or `--rerun TASK`.
+    Forced {
+        rerun: Option<String>,
+    },
+    /// The key is recorded but its outputs cannot be restored (the store says why).
+    Unusable(String),
+    NoEarlierRecord,
+    /// The latest record of the task could not be read.
+    EarlierUnreadable(String),
+    /// The latest record was keyed by another schema and cannot be compared.
+    OtherSchemaRecord,
+    SchemaChanged {
+        old: u32,
+        new: u32,
+    },
+    ExecutorChanged {
+        old: String,
+        new: String,
+    },
+    ImageMoved {
+        image: String,
+        old: String,
+        new: String,
+    },
+    UpstreamResultChanged {
+        key: String,
+        old: String,
+        new: String,
+    },
+    UpstreamResultAdded {
+        key: String,
+    },
+    UpstreamResultDropped {
+        key: String,
+    },
+    WorkspaceNowInput {
+        ws: String,
+    },
+    WorkspaceNoLongerInput {
+        ws: String,
+    },
+    /// A tree changed but its entries are not known (only its digests).
+    TreeChanged {
+        ws: String,
+        old: String,
+        new: String,
+    },
+    InputAdded {
+        path: String,
+    },
+    InputRemoved {
+        path: String,
+    },
+    InputKindChanged {
+        path: String,
+        old: &'static str,
+        new: &'static str,
+    },
+    InputRetargeted {
+        path: String,
+    },
+    InputChanged {
+        path: String,
+        old: String,
+        new: String,
+    },
+    InputMode {
+        path: String,
+        executable: bool,
+    },
+    MoreInputChanges(usize),
+    /// A tree changed with no entry that differs (e.g. only what the filters saw).
+    WorkspaceInputsChanged {
+        ws: String,
+    },
+    UpstreamOutputChanged {
+        key: String,
+        old: String,
+        new: String,
+    },
+    UpstreamOutputAdded {
+        key: String,
+    },
+    UpstreamOutputGone {
+        key: String,
+    },
+    /// `from`: the run param a pipeline task param passes on, when the user changed that.
+    ParamChanged {
+        name: String,
+        old: String,
+        new: String,
+        from: Option<String>,
+    },
+    ParamAdded {
+        name: String,
+        value: String,
+    },
+    ParamRemoved {
+        name: String,
+    },
+    WorkspaceBacking {
+        ws: String,
+        backing: String,
+    },
+    WorkspaceUnbound {
+        ws: String,
+    },
+    PublishChanged {
+        old: String,
+        new: String,
+    },
+    OutputsChanged {
+        old: String,
+        new: String,
+    },
+    /// The spec differs (at this JSON path, when one is found).
+    SpecChanged {
+        at: Option<String>,
+    },
+    /// Some other field of the preimage differs (`None`: none does; another encoding).
+    KeyChanged {
+        at: Option<String>,
+    },
+    PreimageUnencodable,
+}
+
+impl std::fmt::Display for RerunReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use RerunReason::*;
+        match self {
+            Forced { rerun: None } => write!(f, "forced: --no-cache"),
+            Forced { rerun: Some(t) } => write!(f, "forced: --rerun {t}"),
+            EarlierUnreadable(e) => write!(f, "no earlier record could be read ({e})"),
+            Unusable(why) => write!(f, "{why}"),
+            NoEarlierRecord => write!(f, "no earlier record"),
+            OtherSchemaRecord => write!(f, "the earlier record was written by another cache key schema"),
+            SchemaChanged { old, new } => write!(f, "cache key schema changed (v{old} -> v{new})"),
+            ExecutorChanged { old, new } => write!(f, "executor changed ({old} -> {new})"),
+            ImageMoved { image, old, new } => write!(f, "image {image} now resolves to {new} (was {old})"),
+            UpstreamResultChanged { key, old, new } => write!(f, "upstream result {key} changed ({old} -> {new})"),
+            UpstreamResultAdded { key } => write!(f, "now consumes upstream result {key}"),
+            UpstreamResultDropped { key } => write!(f, "no longer consumes upstream result {key}"),
+            WorkspaceNowInput { ws } => write!(f, "now reads workspace {ws} from the repository"),
+            WorkspaceNoLongerInput { ws } => write!(f, "no longer reads workspace {ws} from the repository"),
+            TreeChanged { ws, old, new } => write!(f, "inputs in workspace {ws} changed (tree {old}..->{new}..)"),
+            InputAdded { path } => write!(f, "input {path} added"),
+            InputRemoved { path } => write!(f, "input {path} removed"),
+            InputKindChanged { path, old, new } => write!(f, "input {path} changed from {old} to {new}"),
+            InputRetargeted { path } => write!(f, "input {path} (symlink) retargeted"),
+            InputChanged { path, old, new } => write!(f, "input {path} changed (sha256 {old}..->{new}..)"),
+            InputMode { path, executable: true } => write!(f, "input {path} became executable"),
+            InputMode { path, executable: false } => write!(f, "input {path} is no longer executable"),
+            MoreInputChanges(n) => write!(f, "... and {n} more input changes"),
+            WorkspaceInputsChanged { ws } => write!(f, "inputs in workspace {ws} changed"),
+            UpstreamOutputChanged { key, old, new } => {
+                write!(f, "upstream output {key} changed (sha256 {old}..->{new}..)")
+            }
+            UpstreamOutputAdded { key } => write!(f, "new upstream output {key}"),
+            UpstreamOutputGone { key } => write!(f, "upstream output {key} no longer present"),
+            ParamChanged { name, old, new, from } => {
+                write!(f, "param {name} changed {old} -> {new}")?;
+                match from {
+                    Some(src) if src != name => write!(f, " (from run param {src})"),
+                    _ => Ok(()),
+                }
+            }
+            ParamAdded { name, value } => write!(f, "param {name} added ({value})"),
+            ParamRemoved { name } => write!(f, "param {name} removed"),
+            WorkspaceBacking { ws, backing } => write!(f, "workspace {ws} is now backed by {backing}"),
+            WorkspaceUnbound { ws } => write!(f, "workspace {ws} is no longer bound"),
+            PublishChanged { old, new } => write!(f, "published outputs changed ({old} -> {new})"),
+            OutputsChanged { old, new } => write!(f, "declared outputs changed ({old} -> {new})"),
+            SpecChanged { at: Some(p) } => write!(f, "task spec changed at {p}"),
+            SpecChanged { at: None } => write!(f, "task spec changed"),
+            KeyChanged { at: Some(p) } => write!(f, "cache key changed at {p}"),
+            KeyChanged { at: None } => write!(
+                f,
+                "cache key changed, but no field of the preimage did (the earlier record was keyed by another encoding)"
+            ),
+            PreimageUnencodable => write!(f, "cache key changed (a preimage could not be encoded)"),
+        }
+    }
+}
+
 /// Why `new` misses, given the most recent earlier preimage of the same task and a
 /// way to fetch input trees by digest. Reasons a person can act on, most specific first.
-pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tree>) -> Vec<String> {
+pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tree>) -> Vec<RerunReason> {
+    use RerunReason::*;
     let mut out = Vec::new();
     if old.version != new.version {
-        out.push(format!("cache key schema changed (v{} -> v{})", old.version, new.version));
+        out.push(SchemaChanged { old: old.version, new: new.version });
         return out;
     }
     if old.executor != new.executor {
-        out.push(format!("executor changed ({} -> {})", old.executor, new.executor));
+        out.push(ExecutorChanged { old: old.executor.clone(), new: new.executor.clone() });
     }
     for (img, d) in &new.images {
         match old.images.get(img) {
-            Some(o) if o != d => out.push(format!(
-                "image {img} now resolves to {} (was {})",
-                short(d.trim_start_matches("sha256:")),
-                short(o.trim_start_matches("sha256:"))
-            )),
+            Some(o) if o != d => out.push(ImageMoved {
+                image: img.clone(),
+                old: short(o.trim_start_matches("sha256:")).into(),
+                new: short(d.trim_start_matches("sha256:")).into(),
+            }),
             _ => {}
         }
     }
+    explain_upstream(old, new, tree, &mut out);
+    explain_params(old, new, &mut out);
+    for (k, v) in &new.workspaces {
+        if old.workspaces.get(k) != Some(v) {
+            out.push(WorkspaceBacking { ws: k.clone(), backing: v.clone() });
+        }
+    }
+    for k in old.workspaces.keys().filter(|k| !new.workspaces.contains_key(*k)) {
+        out.push(WorkspaceUnbound { ws: k.clone() });
+    }
+    if old.publish != new.publish {
+        out.push(PublishChanged { old: format!("{:?}", old.publish), new: format!("{:?}", new.publish) });
+    }
+    if old.outputs != new.outputs {
+        out.push(OutputsChanged { old: format!("{:?}", old.outputs), new: format!("{:?}", new.outputs) });
+    }
+    // a spec difference that only reflects a changed upstream result or param is already said
+    if old.spec != new.spec && out.is_empty() {
+        out.push(SpecChanged { at: first_difference(&old.spec, &new.spec, "") });
+    }
+    if out.is_empty() {
+        // whatever else differs: name the field of the preimage
+        out.push(match (serde_json::to_value(old), serde_json::to_value(new)) {
+            (Ok(a), Ok(b)) => KeyChanged { at: first_difference(&a, &b, "") },
+            _ => PreimageUnencodable,
+        });
+    }
+    out
+}
+
+/// Upstream results, input trees and upstream outputs that differ.
+fn explain_upstream(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tree>, out: &mut Vec<RerunReason>) {
+    use RerunReason::*;
     for (k, v) in &new.upstream_results {
         match old.upstream_results.get(k) {
             Some(o) if o == v => {}
-            Some(o) => out.push(format!("upstream result {k} changed ({} -> {})", render(o), render(v))),
-            None => out.push(format!("now consumes upstream result {k}")),
+            Some(o) => out.push(UpstreamResultChanged { key: k.clone(), old: render(o), new: render(v) }),
+            None => out.push(UpstreamResultAdded { key: k.clone() }),
         }
     }
     for k in old.upstream_results.keys().filter(|k| !new.upstream_results.contains_key(*k)) {
-        out.push(format!("no longer consumes upstream result {k}"));
+        out.push(UpstreamResultDropped { key: k.clone() });
     }
     for (ws, root) in &new.inputs {
         match old.inputs.get(ws) {
             Some(o) if o == root => {}
             Some(o) => out.extend(diff_trees(ws, o, root, tree)),
-            None => out.push(format!("now reads workspace {ws} from the repository")),
+            None => out.push(WorkspaceNowInput { ws: ws.clone() }),
         }
     }
     for ws in old.inputs.keys().filter(|k| !new.inputs.contains_key(*k)) {
-        out.push(format!("no longer reads workspace {ws} from the repository"));
+        out.push(WorkspaceNoLongerInput { ws: ws.clone() });
     }
     for (k, d) in &new.upstream_outputs {
         match old.upstream_outputs.get(k) {
             Some(o) if o == d => {}
-            Some(o) => out.push(format!("upstream output {k} changed (sha256 {}..->{}..)", short(o), short(d))),
-            None => out.push(format!("new upstream output {k}")),
+            Some(o) => out.push(UpstreamOutputChanged { key: k.clone(), old: short(o).into(), new: short(d).into() }),
+            None => out.push(UpstreamOutputAdded { key: k.clone() }),
         }
     }
     for k in old.upstream_outputs.keys().filter(|k| !new.upstream_outputs.contains_key(*k)) {
-        out.push(format!("upstream output {k} no longer present"));
+        out.push(UpstreamOutputGone { key: k.clone() });
     }
-    // a param that only carries a changed upstream result is already explained by it
+}
+
+/// Params that differ; a param that only carries a changed upstream result is already
+/// explained by it.
+fn explain_params(old: &Preimage, new: &Preimage, out: &mut Vec<RerunReason>) {
+    use RerunReason::*;
     let changed_upstream: Vec<(String, String)> = new
         .upstream_results
         .iter()
@@ -199,47 +427,13 @@ pub fn explain(old: &Preimage, new: &Preimage, tree: &dyn Fn(&str) -> Option<Tre
         match old.params.get(k) {
             Some(o) if o == v => {}
             Some(o) if carried(o, v) => {}
-            Some(o) => out.push(format!("param {k} changed {} -> {}", render(o), render(v))),
-            None => out.push(format!("param {k} added ({})", render(v))),
+            Some(o) => out.push(ParamChanged { name: k.clone(), old: render(o), new: render(v), from: None }),
+            None => out.push(ParamAdded { name: k.clone(), value: render(v) }),
         }
     }
     for k in old.params.keys().filter(|k| !new.params.contains_key(*k)) {
-        out.push(format!("param {k} removed"));
+        out.push(ParamRemoved { name: k.clone() });
     }
-    for (k, v) in &new.workspaces {
-        if old.workspaces.get(k) != Some(v) {
-            out.push(format!("workspace {k} is now backed by {v}"));
-        }
-    }
-    for k in old.workspaces.keys().filter(|k| !new.workspaces.contains_key(*k)) {
-        out.push(format!("workspace {k} is no longer bound"));
-    }
-    if old.publish != new.publish {
-        out.push(format!("published outputs changed ({:?} -> {:?})", old.publish, new.publish));
-    }
-    if old.outputs != new.outputs {
-        out.push(format!("declared outputs changed ({:?} -> {:?})", old.outputs, new.outputs));
-    }
-    if old.spec != new.spec {
-        // a spec difference that only reflects a changed upstream result or param is already said
-        if out.is_empty() {
-            match first_difference(&old.spec, &new.spec, "") {
-                Some(p) => out.push(format!("task spec changed at {p}")),
-                None => out.push("task spec changed".into()),
-            }
-        }
-    }
-    if out.is_empty() {
-        // whatever else differs: name the field of the preimage
-        out.push(match (serde_json::to_value(old), serde_json::to_value(new)) {
-            (Ok(a), Ok(b)) => match first_difference(&a, &b, "") {
-                Some(p) => format!("cache key changed at {p}"),
-                None => "cache key changed, but no field of the preimage did (the earlier record was keyed by another encoding)".into(),
-            },
-            _ => "cache key changed (a preimage could not be encoded)".into(),
-        });
-    }
-    out
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -250,43 +444,43 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
-fn diff_trees(ws: &str, old: &str, new: &str, tree: &dyn Fn(&str) -> Option<Tree>) -> Vec<String> {
+fn diff_trees(ws: &str, old: &str, new: &str, tree: &dyn Fn(&str) -> Option<Tree>) -> Vec<RerunReason> {
+    use RerunReason::*;
     let (Some(a), Some(b)) = (tree(old), tree(new)) else {
-        return vec![format!("inputs in workspace {ws} changed (tree {}..->{}..)", short(old), short(new))];
+        return vec![TreeChanged { ws: ws.into(), old: short(old).into(), new: short(new).into() }];
     };
     let am: BTreeMap<&str, &crate::hash::Entry> = a.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let bm: BTreeMap<&str, &crate::hash::Entry> = b.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let mut out = Vec::new();
     for (p, eb) in &bm {
+        let path = p.to_string();
         match am.get(p) {
-            None => out.push(format!("input {p} added")),
+            None => out.push(InputAdded { path }),
             Some(ea) if ea.kind != eb.kind => {
-                out.push(format!("input {p} changed from {} to {}", kind_name(ea.kind), kind_name(eb.kind)))
+                out.push(InputKindChanged { path, old: kind_name(ea.kind), new: kind_name(eb.kind) })
             }
             Some(ea) if ea.digest != eb.digest => {
                 if eb.kind == Kind::Symlink {
-                    out.push(format!("input {p} (symlink) retargeted"));
+                    out.push(InputRetargeted { path });
                 } else {
-                    out.push(format!("input {p} changed (sha256 {}..->{}..)", short(&ea.digest), short(&eb.digest)));
+                    out.push(InputChanged { path, old: short(&ea.digest).into(), new: short(&eb.digest).into() });
                 }
             }
-            Some(ea) if ea.exec != eb.exec => {
-                out.push(format!("input {p} {}", if eb.exec { "became executable" } else { "is no longer executable" }))
-            }
+            Some(ea) if ea.exec != eb.exec => out.push(InputMode { path, executable: eb.exec }),
             _ => {}
         }
     }
     for p in am.keys().filter(|p| !bm.contains_key(*p)) {
-        out.push(format!("input {p} removed"));
+        out.push(InputRemoved { path: p.to_string() });
     }
     const MAX: usize = 8;
     if out.len() > MAX {
         let more = out.len() - MAX;
         out.truncate(MAX);
-        out.push(format!("... and {more} more input changes"));
+        out.push(MoreInputChanges(more));
     }
     if out.is_empty() {
-        out.push(format!("inputs in workspace {ws} changed"));
+        out.push(WorkspaceInputsChanged { ws: ws.into() });
     }
     out
 }
@@ -294,6 +488,10 @@ fn diff_trees(ws: &str, old: &str, new: &str, tree: &dyn Fn(&str) -> Option<Tree
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn texts(r: Vec<RerunReason>) -> Vec<String> {
+        r.iter().map(|r| r.to_string()).collect()
+    }
     use crate::hash::Entry;
     use serde_json::json;
 
@@ -385,7 +583,7 @@ mod tests {
         for (edit, want) in rows {
             let mut new = pre();
             edit(&mut new);
-            assert_eq!(explain(&pre(), &new, &trees), want.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(texts(explain(&pre(), &new, &trees)), want.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         }
     }
 
@@ -399,7 +597,7 @@ mod tests {
         new.images.insert("python:3.11-slim".into(), "sha256:bbbbbbbbbb".into());
         assert_ne!(old.key(), new.key());
         assert_eq!(
-            explain(&old, &new, &|_| None),
+            texts(explain(&old, &new, &|_| None)),
             vec!["image python:3.11-slim now resolves to bbbbbbbb (was aaaaaaaa)".to_string()]
         );
     }
@@ -428,7 +626,7 @@ mod tests {
         let c = with(r#"{"steps": [{"args": ["1", "2"]}]}"#, "{}");
         let d = with(r#"{"steps": [{"args": ["2", "1"]}]}"#, "{}");
         assert_ne!(c.key(), d.key());
-        assert_eq!(explain(&c, &d, &|_| None), vec!["task spec changed at steps[0].args[0]".to_string()]);
+        assert_eq!(texts(explain(&c, &d, &|_| None)), vec!["task spec changed at steps[0].args[0]".to_string()]);
     }
 
     /// A miss never says just "cache key changed": the changed field is named, removals too.
@@ -437,13 +635,13 @@ mod tests {
         let mut old = pre();
         old.images.insert("alpine".into(), "sha256:aaaa".into());
         let new = pre();
-        assert_eq!(explain(&old, &new, &|_| None), vec!["cache key changed at images".to_string()]);
+        assert_eq!(texts(explain(&old, &new, &|_| None)), vec!["cache key changed at images".to_string()]);
         let mut new = pre();
         new.inputs.clear();
         new.workspaces.clear();
         new.upstream_results.clear();
         assert_eq!(
-            explain(&pre(), &new, &|_| None),
+            texts(explain(&pre(), &new, &|_| None)),
             vec![
                 "no longer consumes upstream result tasks.prepare.results.digest".to_string(),
                 "no longer reads workspace source from the repository".to_string(),

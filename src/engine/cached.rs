@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::cache::{explain, Preimage, KEY_SCHEMA_VERSION};
+use crate::cache::{explain, Preimage, RerunReason, KEY_SCHEMA_VERSION};
 use crate::exec::TaskRunRequest;
 use crate::hash::{self, Filter, HashStats, StatCache};
 use crate::model::{ParamValue, TaskSpec};
@@ -164,7 +164,7 @@ pub struct CacheJob {
     /// Why this task can never be cached, if so.
     pub uncacheable: Option<String>,
     /// Why this task is forced to run (`--no-cache`, `--rerun`).
-    pub forced: Option<String>,
+    pub forced: Option<RerunReason>,
     /// Params that just pass a run param through: task param -> run param name.
     pub param_sources: BTreeMap<String, String>,
     /// [`EXECUTOR_INDEPENDENT_ANNOTATION`] is `"true"`.
@@ -192,7 +192,7 @@ pub enum CacheOutcome {
     /// Ran (or, planning, would run) because of `reasons`.
     Miss {
         key: String,
-        reasons: Vec<String>,
+        reasons: Vec<RerunReason>,
     },
     Uncacheable {
         reason: String,
@@ -217,7 +217,7 @@ impl CacheOutcome {
             CacheOutcome::Hit { run, run_uid, .. } => {
                 vec![format!("cached: produced by {run} ({})", &run_uid[..run_uid.len().min(8)])]
             }
-            CacheOutcome::Miss { reasons, .. } => reasons.clone(),
+            CacheOutcome::Miss { reasons, .. } => reasons.iter().map(|r| r.to_string()).collect(),
             CacheOutcome::Uncacheable { reason } => vec![format!("not cacheable: {reason}")],
             CacheOutcome::After { task } => vec![format!("run (after {task})")],
         }
@@ -318,31 +318,30 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
 }
 
 /// Why a key misses: compared with the latest record of the same task.
-pub fn miss_reasons(ctx: &CacheCtx, job: &CacheJob, pre: &Preimage) -> Vec<String> {
+pub fn miss_reasons(ctx: &CacheCtx, job: &CacheJob, pre: &Preimage) -> Vec<RerunReason> {
     if let Some(f) = &job.forced {
         return vec![f.clone()];
     }
     // the key is recorded, but its outputs cannot be restored (missing, damaged, older format)
     if let Ok(Some(why)) = ctx.store.unusable(&pre.key()) {
-        return vec![why];
+        return vec![RerunReason::Unusable(why)];
     }
     match ctx.store.latest_for(&job.run, &job.task) {
         Ok(Some(rec)) => match serde_json::from_value::<Preimage>(rec.preimage.clone()) {
-            Ok(old) => explain(&old, pre, &|root| ctx.store.get_tree(root).ok().flatten())
-                .into_iter()
-                .map(|r| {
-                    // name the run param the user changed, when a task param just passes it on
-                    let from = job.param_sources.iter().find(|(k, _)| r.starts_with(&format!("param {k} changed ")));
-                    match from {
-                        Some((k, src)) if k != src => format!("{r} (from run param {src})"),
-                        _ => r,
+            Ok(old) => {
+                let mut reasons = explain(&old, pre, &|root| ctx.store.get_tree(root).ok().flatten());
+                // name the run param the user changed, when a task param just passes it on
+                for r in reasons.iter_mut() {
+                    if let RerunReason::ParamChanged { name, from, .. } = r {
+                        *from = job.param_sources.get(name.as_str()).cloned();
                     }
-                })
-                .collect(),
-            Err(_) => vec!["the earlier record was written by another cache key schema".into()],
+                }
+                reasons
+            }
+            Err(_) => vec![RerunReason::OtherSchemaRecord],
         },
-        Ok(None) => vec!["no earlier record".into()],
-        Err(e) => vec![format!("no earlier record could be read ({e})")],
+        Ok(None) => vec![RerunReason::NoEarlierRecord],
+        Err(e) => vec![RerunReason::EarlierUnreadable(e.to_string())],
     }
 }
 
@@ -557,9 +556,9 @@ pub fn apply_bindings(
 /// `--no-cache` / `--rerun NAME` force a job to run.
 pub fn apply_forced(job: &mut CacheJob, ctx: &CacheCtx, name: &str) {
     if ctx.no_cache {
-        job.forced = Some("forced: --no-cache".into());
+        job.forced = Some(RerunReason::Forced { rerun: None });
     } else if ctx.rerun.contains(name) {
-        job.forced = Some(format!("forced: --rerun {name}"));
+        job.forced = Some(RerunReason::Forced { rerun: Some(name.to_string()) });
     }
 }
 

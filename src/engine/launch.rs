@@ -264,7 +264,7 @@ impl Runner {
         let (c, j, p) = (ctx.clone(), job.clone(), pre.clone());
         let reasons = blocking(move || Ok(cached::miss_reasons(&c, &j, &p)))
             .await
-            .unwrap_or_else(|_| vec!["no earlier record".into()]);
+            .unwrap_or_else(|_| vec![crate::cache::RerunReason::NoEarlierRecord]);
         let miss = CacheOutcome::Miss { key: key.clone(), reasons };
         // Never run one key twice at once (across processes too): the second waits and then
         // reuses the first's record. A forced run does not wait: it was asked to run.
