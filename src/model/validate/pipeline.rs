@@ -29,9 +29,7 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        let pparams: BTreeMap<String, ParamType> =
-            spec.params.iter().map(|p| (p.name.clone(), p.param_type())).collect();
-        let pworkspaces: BTreeSet<&str> = spec.workspaces.iter().map(|w| w.name.as_str()).collect();
+        let pipe = PipelineScope::new(spec);
         let mut wseen = BTreeSet::new();
         for (i, w) in spec.workspaces.iter().enumerate() {
             if !wseen.insert(w.name.as_str()) {
@@ -42,28 +40,18 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        let dag_names: BTreeSet<&str> = spec.tasks.iter().map(|t| t.name.as_str()).collect();
-        let finally_names: BTreeSet<&str> = spec.finally.iter().map(|t| t.name.as_str()).collect();
         let mut seen = BTreeSet::new();
         for (list, is_finally) in [(&spec.tasks, false), (&spec.finally, true)] {
             let lname = if is_finally { "finally" } else { "tasks" };
             for (i, pt) in list.iter().enumerate() {
                 let f = format!("{base}.{lname}[{i}]");
                 self.pipeline_task_name(ctx, &f, pt, is_finally, &mut seen);
-                let scope = PipelineTaskScope {
-                    spec,
-                    pparams: &pparams,
-                    pworkspaces: &pworkspaces,
-                    dag_names: &dag_names,
-                    finally_names: &finally_names,
-                    is_finally,
-                    this_task: &pt.name,
-                };
+                let scope = PipelineTaskScope { pipe: &pipe, is_finally, this_task: &pt.name };
                 self.pipeline_task(ctx, &f, pt, &scope);
             }
         }
-        self.pipeline_dag(ctx, base, spec, &dag_names, &finally_names);
-        self.pipeline_results(ctx, base, spec, &dag_names, &finally_names);
+        self.pipeline_dag(ctx, base, &pipe);
+        self.pipeline_results(ctx, base, &pipe);
     }
 
     /// Check a pipeline task's name: present, a DNS-1123 label, unique across `tasks` and
@@ -98,14 +86,8 @@ impl<'a> Validator<'a> {
     }
 
     /// Check the DAG of `spec.tasks`: every `runAfter` names a DAG task, and there are no cycles.
-    fn pipeline_dag(
-        &mut self,
-        ctx: &Ctx,
-        base: &str,
-        spec: &PipelineSpec,
-        dag_names: &BTreeSet<&str>,
-        finally_names: &BTreeSet<&str>,
-    ) {
+    fn pipeline_dag(&mut self, ctx: &Ctx, base: &str, pipe: &PipelineScope) {
+        let PipelineScope { spec, dag_names, finally_names, .. } = pipe;
         let (_, errs) = Dag::build(&spec.tasks);
         for e in errs {
             match e {
@@ -133,14 +115,8 @@ impl<'a> Validator<'a> {
 
     /// Check the pipeline results: each has a value made only of task result references
     /// that name an existing task and a result it declares.
-    fn pipeline_results(
-        &mut self,
-        ctx: &Ctx,
-        base: &str,
-        spec: &PipelineSpec,
-        dag_names: &BTreeSet<&str>,
-        finally_names: &BTreeSet<&str>,
-    ) {
+    fn pipeline_results(&mut self, ctx: &Ctx, base: &str, pipe: &PipelineScope) {
+        let PipelineScope { spec, dag_names, finally_names, .. } = pipe;
         for (i, r) in spec.results.iter().enumerate() {
             let f = format!("{base}.results[{i}].value");
             let Some(v) = &r.value else {
@@ -197,11 +173,11 @@ impl<'a> Validator<'a> {
     /// Validate one pipeline task: what it runs, its params, workspaces, matrix, `when`
     /// expressions, the references in an embedded spec, onError, retries and timeout.
     pub(super) fn pipeline_task(&mut self, ctx: &Ctx, f: &str, pt: &PipelineTask, scope: &PipelineTaskScope) {
-        let task_spec = self.pipeline_task_runs(ctx, f, pt, scope.pparams);
+        let task_spec = self.pipeline_task_runs(ctx, f, pt, &scope.pipe.pparams);
         self.pipeline_task_param_refs(ctx, f, pt, scope);
         if let Some(ts) = task_spec {
-            self.pipeline_task_supplied_params(ctx, f, pt, ts, scope.spec);
-            self.pipeline_task_workspaces(ctx, f, pt, ts, scope.pworkspaces);
+            self.pipeline_task_supplied_params(ctx, f, pt, ts, scope.pipe.spec);
+            self.pipeline_task_workspaces(ctx, f, pt, ts, &scope.pipe.pworkspaces);
         }
         if let Some(m) = &pt.matrix {
             self.pipeline_task_matrix(ctx, f, pt, m, scope);
@@ -527,7 +503,8 @@ impl<'a> Validator<'a> {
         list_ctx: bool,
         scope: &PipelineTaskScope,
     ) {
-        let PipelineTaskScope { spec, pparams, dag_names, finally_names, is_finally, this_task, .. } = *scope;
+        let PipelineScope { spec, pparams, dag_names, finally_names, .. } = scope.pipe;
+        let PipelineTaskScope { is_finally, this_task, .. } = *scope;
         for r in find_refs(text) {
             let Some(segs) = r.segs() else { continue };
             let isolated = list_ctx && r.start == 0 && r.end == text.len();
@@ -636,14 +613,31 @@ impl<'a> Validator<'a> {
     }
 }
 
-/// What a check inside one pipeline task sees of its pipeline: the spec, its declared
-/// params and workspaces, the names of its DAG and finally tasks, and the task itself.
-pub(super) struct PipelineTaskScope<'s> {
+/// What the checks of a pipeline see of it: the spec, its declared params (name -> type)
+/// and workspaces, and the names of its DAG and finally tasks.
+struct PipelineScope<'s> {
     spec: &'s PipelineSpec,
-    pparams: &'s BTreeMap<String, ParamType>,
-    pworkspaces: &'s BTreeSet<&'s str>,
-    dag_names: &'s BTreeSet<&'s str>,
-    finally_names: &'s BTreeSet<&'s str>,
+    pparams: BTreeMap<String, ParamType>,
+    pworkspaces: BTreeSet<&'s str>,
+    dag_names: BTreeSet<&'s str>,
+    finally_names: BTreeSet<&'s str>,
+}
+
+impl<'s> PipelineScope<'s> {
+    fn new(spec: &'s PipelineSpec) -> Self {
+        PipelineScope {
+            spec,
+            pparams: spec.params.iter().map(|p| (p.name.clone(), p.param_type())).collect(),
+            pworkspaces: spec.workspaces.iter().map(|w| w.name.as_str()).collect(),
+            dag_names: spec.tasks.iter().map(|t| t.name.as_str()).collect(),
+            finally_names: spec.finally.iter().map(|t| t.name.as_str()).collect(),
+        }
+    }
+}
+
+/// What a check inside one pipeline task sees: its pipeline, and the task itself.
+pub(super) struct PipelineTaskScope<'s> {
+    pipe: &'s PipelineScope<'s>,
     /// Whether the task is under `finally`.
     is_finally: bool,
     /// The pipeline task's name.
