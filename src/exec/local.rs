@@ -15,7 +15,9 @@ use super::common::{
     collect_results, failed, finish, image_default_command, parse_typed, path_vars, step_container_name,
     substitute_step, Layout, KNOWN_IMAGES,
 };
-use super::{AttemptStatus, BoundWorkspace, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest};
+use super::{
+    AttemptFailure, AttemptStatus, BoundWorkspace, BoxFuture, Executor, StepOutcome, TaskOutcome, TaskRunRequest,
+};
 use crate::model::subst::Vars;
 use crate::model::{parse_duration, ParamValue, Step, TaskSpec};
 use crate::ui::Console;
@@ -307,40 +309,25 @@ impl Layout {
     }
 }
 
+/// Run one attempt of a task on this host: lay out Tekton's step directories, start the
+/// sidecars, run the steps in order (after a failure the rest are skipped), stop the
+/// sidecars, and gather the outcome.
 async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &CancellationToken) -> Result<TaskOutcome, String> {
     let d = mkdirs(&req.dir)?;
     let deadline = req.timeout.filter(|t| !t.is_zero()).map(|t| Instant::now() + t);
     let layout = Layout::new(&d, ex.sandbox.is_bwrap());
     // /tekton/steps/<index> -> step-<name>, as Tekton lays it out
-    for (i, s) in req.spec.steps.iter().enumerate() {
-        let cname = step_container_name(s, i);
-        let _ = std::fs::create_dir_all(d.steps.join(&cname));
-        let _ = std::os::unix::fs::symlink(&cname, d.steps.join(i.to_string()));
-    }
+    link_step_dirs(&req.spec.steps, &d);
     let pvars = path_vars(&req.spec, &layout, &req.workspaces);
     let _ = ex.pod_path_hint(req, &req.spec.steps.iter().chain(&req.spec.sidecars).collect::<Vec<_>>());
     // a failing step that names pod paths says why they are missing
     let hint = |step: &Step| ex.pod_path_hint(req, &[step]).map(|h| format!(" ({h})")).unwrap_or_default();
 
     // sidecars: background processes for the life of the steps
-    let mut sidecars: Vec<(Child, String)> = Vec::new();
-    for (i, sc) in req.spec.sidecars.iter().enumerate() {
-        let sc = substitute_step(sc, &pvars);
-        let name = sc.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
-        match spawn(ex, req, &d, &layout, &sc, &format!("sidecar-{name}")) {
-            Ok((child, _, marker)) => sidecars.push((child, marker)),
-            Err(e) => {
-                kill_all(&mut sidecars).await;
-                return Ok(failed("Failed", format!("sidecar {name:?} could not start: {e}"), vec![]));
-            }
-        }
-        // step 0 waits until every sidecar is ready (its probe passes, or it has been
-        // running a moment, or it already finished)
-        if let Err(e) = wait_ready(ex, req, &d, &layout, &sc, &name, &mut sidecars, cancel).await {
-            kill_all(&mut sidecars).await;
-            return Ok(failed("SidecarFailed", e, vec![]));
-        }
-    }
+    let mut sidecars = match start_sidecars(ex, req, &d, &layout, &pvars, cancel).await {
+        Ok(s) => s,
+        Err((reason, message)) => return Ok(failed(reason, message, vec![])),
+    };
 
     let mut steps_out = Vec::new();
     let mut results: BTreeMap<String, String> = BTreeMap::new();
@@ -355,61 +342,16 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         let _ = std::fs::create_dir_all(sdir.join("results"));
         if failure.is_some() {
             let _ = std::fs::write(sdir.join("exitCode"), "1");
-            steps_out.push(StepOutcome {
-                name: sname,
-                termination_reason: "Skipped".into(),
-                exit_code: None,
-                duration_ms: 0,
-                log,
-                image_id: None,
-            });
+            steps_out.push(step_outcome(sname, "Skipped", None, 0, log));
             continue;
         }
-        let mut vars = pvars.clone();
-        for r in &raw.results {
-            vars.set_str(
-                format!("step.results.{}.path", r.name),
-                layout.steps.join(&cname).join("results").join(&r.name).display().to_string(),
-            );
-        }
-        let mut step = substitute_step(raw, &vars);
+        let mut step = substitute_step(raw, &step_vars(&pvars, raw, &layout, &cname));
         // step results of earlier steps: runtime values, in env/command/args/when only
-        let mut rt = Vars::new();
-        for (s, rs) in &step_results {
-            for (k, v) in rs {
-                let val = parse_typed(v).unwrap_or(ParamValue::Str(v.clone()));
-                rt.set(format!("steps.{s}.results.{k}"), val);
-            }
-        }
-        if !rt.is_empty() {
-            step.command = step.command.map(|c| rt.apply_list(&c));
-            step.args = step.args.map(|a| rt.apply_list(&a));
-            for e in &mut step.env {
-                e.value = e.value.as_ref().map(|v| rt.apply_str(v));
-            }
-        }
+        let rt = apply_step_results(&mut step, &step_results);
         // step-level when
-        let mut when_ok = true;
-        for w in &step.when {
-            match crate::model::cel::when_holds(w, &rt) {
-                Ok(ok) => when_ok &= ok,
-                Err(e) => {
-                    failure =
-                        Some((AttemptStatus::Failed, "CELEvaluationFailed".into(), format!("step {sname:?}: {e}")));
-                    when_ok = false;
-                }
-            }
-        }
-        if !when_ok {
+        if !step_when_holds(&step, &rt, &sname, &mut failure) {
             let _ = std::fs::write(sdir.join("exitCode"), "0");
-            steps_out.push(StepOutcome {
-                name: sname,
-                termination_reason: "Skipped".into(),
-                exit_code: Some(0),
-                duration_ms: 0,
-                log,
-                image_id: None,
-            });
+            steps_out.push(step_outcome(sname, "Skipped", Some(0), 0, log));
             continue;
         }
         if let Some(img) = &step.image {
@@ -425,14 +367,7 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::write(sdir.join("exitCode"), "1");
-                steps_out.push(StepOutcome {
-                    name: sname.clone(),
-                    termination_reason: "Error".into(),
-                    exit_code: None,
-                    duration_ms: 0,
-                    log,
-                    image_id: None,
-                });
+                steps_out.push(step_outcome(sname.clone(), "Error", None, 0, log));
                 failure = Some((
                     AttemptStatus::Failed,
                     "Failed".into(),
@@ -455,97 +390,165 @@ async fn run_task(ex: &LocalExecutor, req: &TaskRunRequest, cancel: &Cancellatio
         let _ = std::fs::write(sdir.join("exitCode"), code.to_string());
         // collect results after every step, success or not (last writer wins)
         if let Err(msg) = collect_results(&req.spec, &d.results, req.max_result_size, &mut results) {
-            steps_out.push(StepOutcome {
-                name: sname,
-                termination_reason: "Error".into(),
-                exit_code: Some(code),
-                duration_ms: dur,
-                log,
-                image_id: None,
-            });
+            steps_out.push(step_outcome(sname, "Error", Some(code), dur, log));
             failure = Some((AttemptStatus::Failed, "TaskRunResultLargerThanAllowedLimit".into(), msg));
             continue;
         }
-        let mut mine = BTreeMap::new();
-        for r in &raw.results {
-            let p = sdir.join("results").join(&r.name);
-            if let Ok(b) = std::fs::read(&p) {
-                mine.insert(r.name.clone(), String::from_utf8_lossy(&b).to_string());
-            }
-        }
-        step_results.insert(sname.clone(), mine);
-        match reason {
-            Some("timeout") => {
-                let whole = deadline.is_some_and(|dl| Instant::now() + Duration::from_millis(5) >= dl);
-                steps_out.push(StepOutcome {
-                    name: sname.clone(),
-                    termination_reason: "TimeoutExceeded".into(),
-                    exit_code: None,
-                    duration_ms: dur,
-                    log,
-                    image_id: None,
-                });
-                failure = Some(if whole {
-                    req.timed_out()
-                } else {
-                    (
-                        AttemptStatus::Failed,
-                        "Failed".into(),
-                        format!("step {sname:?} exceeded its timeout of {}", step.timeout.clone().unwrap_or_default()),
-                    )
-                });
-            }
-            Some(_) => {
-                steps_out.push(StepOutcome {
-                    name: sname.clone(),
-                    termination_reason: "Cancelled".into(),
-                    exit_code: None,
-                    duration_ms: dur,
-                    log,
-                    image_id: None,
-                });
-                failure = Some(req.cancelled());
-            }
-            None if code == 0 => {
-                steps_out.push(StepOutcome {
-                    name: sname,
-                    termination_reason: "Completed".into(),
-                    exit_code: Some(0),
-                    duration_ms: dur,
-                    log,
-                    image_id: None,
-                });
-            }
-            None if step.on_error.as_deref() == Some("continue") => {
-                steps_out.push(StepOutcome {
-                    name: sname,
-                    termination_reason: "Continued".into(),
-                    exit_code: Some(code),
-                    duration_ms: dur,
-                    log,
-                    image_id: None,
-                });
-            }
-            None => {
-                steps_out.push(StepOutcome {
-                    name: sname.clone(),
-                    termination_reason: "Error".into(),
-                    exit_code: Some(code),
-                    duration_ms: dur,
-                    log,
-                    image_id: None,
-                });
-                failure = Some((
-                    AttemptStatus::Failed,
-                    "Failed".into(),
-                    format!("\"{cname}\" exited with code {code}{}", hint(raw)),
-                ));
-            }
+        step_results.insert(sname.clone(), read_step_results(raw, &sdir));
+        let (term, exit_code, failed) =
+            step_verdict(req, &step, &sname, &cname, (reason, code), deadline, || hint(raw));
+        steps_out.push(step_outcome(sname, term, exit_code, dur, log));
+        if failed.is_some() {
+            failure = failed;
         }
     }
     kill_all(&mut sidecars).await;
 
     Ok(finish(&req.spec, results, &step_results, failure, steps_out))
+}
+
+/// How a step that ran ended: its termination reason, its exit code, and the failure it
+/// causes the attempt. `reason` says why it was stopped, if it was (its own timeout or the
+/// task's `deadline`, or cancellation); `hint` explains a failure that names pod paths.
+fn step_verdict(
+    req: &TaskRunRequest,
+    step: &Step,
+    sname: &str,
+    cname: &str,
+    (reason, code): (Option<&str>, i32),
+    deadline: Option<Instant>,
+    hint: impl FnOnce() -> String,
+) -> (&'static str, Option<i32>, Option<AttemptFailure>) {
+    match reason {
+        Some("timeout") => {
+            let whole = deadline.is_some_and(|dl| Instant::now() + Duration::from_millis(5) >= dl);
+            let failure = if whole {
+                req.timed_out()
+            } else {
+                (
+                    AttemptStatus::Failed,
+                    "Failed".into(),
+                    format!("step {sname:?} exceeded its timeout of {}", step.timeout.clone().unwrap_or_default()),
+                )
+            };
+            ("TimeoutExceeded", None, Some(failure))
+        }
+        Some(_) => ("Cancelled", None, Some(req.cancelled())),
+        None if code == 0 => ("Completed", Some(0), None),
+        None if step.on_error.as_deref() == Some("continue") => ("Continued", Some(code), None),
+        None => (
+            "Error",
+            Some(code),
+            Some((AttemptStatus::Failed, "Failed".into(), format!("\"{cname}\" exited with code {code}{}", hint()))),
+        ),
+    }
+}
+
+/// Lay out `/tekton/steps/<index>` -> `step-<name>` in `d.steps`, as Tekton does.
+fn link_step_dirs(steps: &[Step], d: &Dirs) {
+    for (i, s) in steps.iter().enumerate() {
+        let cname = step_container_name(s, i);
+        let _ = std::fs::create_dir_all(d.steps.join(&cname));
+        let _ = std::os::unix::fs::symlink(&cname, d.steps.join(i.to_string()));
+    }
+}
+
+/// Start the task's sidecars, background processes for the life of the steps. Each must be
+/// ready before the next starts; if one cannot start or get ready, those already started
+/// are stopped and the attempt fails with this reason and message.
+async fn start_sidecars(
+    ex: &LocalExecutor,
+    req: &TaskRunRequest,
+    d: &Dirs,
+    layout: &Layout,
+    pvars: &Vars,
+    cancel: &CancellationToken,
+) -> Result<Vec<(Child, String)>, (&'static str, String)> {
+    let mut sidecars: Vec<(Child, String)> = Vec::new();
+    for (i, sc) in req.spec.sidecars.iter().enumerate() {
+        let sc = substitute_step(sc, pvars);
+        let name = sc.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
+        match spawn(ex, req, d, layout, &sc, &format!("sidecar-{name}")) {
+            Ok((child, _, marker)) => sidecars.push((child, marker)),
+            Err(e) => {
+                kill_all(&mut sidecars).await;
+                return Err(("Failed", format!("sidecar {name:?} could not start: {e}")));
+            }
+        }
+        // step 0 waits until every sidecar is ready (its probe passes, or it has been
+        // running a moment, or it already finished)
+        if let Err(e) = wait_ready(ex, req, d, layout, &sc, &name, &mut sidecars, cancel).await {
+            kill_all(&mut sidecars).await;
+            return Err(("SidecarFailed", e));
+        }
+    }
+    Ok(sidecars)
+}
+
+/// A step's outcome (its image is not known on this host).
+fn step_outcome(name: String, reason: &str, exit_code: Option<i32>, duration_ms: u64, log: PathBuf) -> StepOutcome {
+    StepOutcome { name, termination_reason: reason.into(), exit_code, duration_ms, log, image_id: None }
+}
+
+/// A step's variables: the task's `pvars` and the paths of the step's own results
+/// (`$(step.results.<name>.path)`).
+fn step_vars(pvars: &Vars, raw: &Step, layout: &Layout, cname: &str) -> Vars {
+    let mut vars = pvars.clone();
+    for r in &raw.results {
+        vars.set_str(
+            format!("step.results.{}.path", r.name),
+            layout.steps.join(cname).join("results").join(&r.name).display().to_string(),
+        );
+    }
+    vars
+}
+
+/// Substitute the step results of earlier steps (runtime values) into a step's command,
+/// args and env; the variables, which its `when` expressions also see.
+fn apply_step_results(step: &mut Step, step_results: &BTreeMap<String, BTreeMap<String, String>>) -> Vars {
+    let mut rt = Vars::new();
+    for (s, rs) in step_results {
+        for (k, v) in rs {
+            let val = parse_typed(v).unwrap_or(ParamValue::Str(v.clone()));
+            rt.set(format!("steps.{s}.results.{k}"), val);
+        }
+    }
+    if !rt.is_empty() {
+        step.command = step.command.take().map(|c| rt.apply_list(&c));
+        step.args = step.args.take().map(|a| rt.apply_list(&a));
+        for e in &mut step.env {
+            e.value = e.value.as_ref().map(|v| rt.apply_str(v));
+        }
+    }
+    rt
+}
+
+/// Whether a step's `when` expressions all hold; one that cannot be evaluated sets the
+/// attempt's `failure` and skips the step.
+fn step_when_holds(step: &Step, rt: &Vars, sname: &str, failure: &mut Option<AttemptFailure>) -> bool {
+    let mut when_ok = true;
+    for w in &step.when {
+        match crate::model::cel::when_holds(w, rt) {
+            Ok(ok) => when_ok &= ok,
+            Err(e) => {
+                *failure = Some((AttemptStatus::Failed, "CELEvaluationFailed".into(), format!("step {sname:?}: {e}")));
+                when_ok = false;
+            }
+        }
+    }
+    when_ok
+}
+
+/// The results a step wrote to its own `results` directory (`$(step.results.<name>.path)`).
+fn read_step_results(raw: &Step, sdir: &Path) -> BTreeMap<String, String> {
+    let mut mine = BTreeMap::new();
+    for r in &raw.results {
+        let p = sdir.join("results").join(&r.name);
+        if let Ok(b) = std::fs::read(&p) {
+            mine.insert(r.name.clone(), String::from_utf8_lossy(&b).to_string());
+        }
+    }
+    mine
 }
 
 /// Kubernetes `$(VAR)` expansion in command/args from the container's env; `$$` escapes.

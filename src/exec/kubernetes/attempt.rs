@@ -1,6 +1,7 @@
 //! Running one attempt: uploading inputs, watching the pod, collecting outcomes and copying outputs back.
 
 use super::*;
+use k8s_openapi::api::core::v1::PodStatus;
 
 pub(super) fn upload_tar(plan: &PodPlan) -> Result<(Vec<u8>, Manifests), String> {
     let mut b = tar::Builder::new(Vec::new());
@@ -323,46 +324,8 @@ impl KubernetesExecutor {
             };
             last = Some(pod.clone());
             let st = pod.status.clone().unwrap_or_default();
-            if let Some((reason, msg)) = waiting_problem(&pod) {
-                break End::Broken(reason, msg);
-            }
-            if st.phase.as_deref() == Some("Failed") || st.reason.is_some() {
-                let reason = st.reason.clone().unwrap_or_default();
-                let msg = st.message.clone().unwrap_or_default();
-                break match reason.as_str() {
-                    "DeadlineExceeded" => End::TimedOut,
-                    "Evicted" => End::Broken("Failed".into(), format!("pod {name} was evicted: {msg}")),
-                    _ => End::Broken("Failed".into(), format!("pod {name} failed: {reason} {msg}")),
-                };
-            }
-            let missing_claim = st.conditions.iter().flatten().find(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.message
-                        .as_deref()
-                        .is_some_and(|m| m.contains("persistentvolumeclaim") && m.contains("not found"))
-            });
-            if let Some(c) = missing_claim {
-                break End::Broken(
-                    "InvalidWorkspaceBindings".into(),
-                    format!(
-                        "{} in namespace {} (create the PVC, or pass --k8s-copy-pvc to use tenon's store)",
-                        c.message.clone().unwrap_or_default(),
-                        self.namespace
-                    ),
-                );
-            }
-            let prep = container(&st.init_container_statuses, PREPARE).and_then(|c| c.state.clone());
-            if let Some(t) = prep.as_ref().and_then(|s| s.terminated.as_ref()) {
-                if t.exit_code != 0 {
-                    break End::Broken(
-                        "PodFailed".into(),
-                        format!(
-                            "container {PREPARE} (image {}) exited with code {}: does the helper image have /bin/busybox? (--k8s-helper-image)",
-                            self.args.helper_image, t.exit_code
-                        ),
-                    );
-                }
+            if let Some(end) = self.pod_problem(name, &pod, &st) {
+                break end;
             }
             let holder_running = container(&st.container_statuses, HOLDER)
                 .and_then(|c| c.state.as_ref())
@@ -381,26 +344,10 @@ impl KubernetesExecutor {
                 tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "workspaces uploaded");
             }
             if uploaded && !sidecars_ok {
-                let mut ready = true;
-                let mut broken = None;
-                for sc in &plan.sidecars {
-                    let cs = container(&st.container_statuses, &sc.cname);
-                    let term = cs.and_then(|c| c.state.as_ref()).and_then(|x| x.terminated.as_ref());
-                    match (cs, term) {
-                        (_, Some(t)) if t.exit_code != 0 => {
-                            broken = Some(format!(
-                                "sidecar {:?} exited with code {} before the steps started",
-                                sc.cname, t.exit_code
-                            ))
-                        }
-                        (_, Some(_)) => {}
-                        (Some(c), None) if c.ready => {}
-                        _ => ready = false,
-                    }
-                }
-                if let Some(msg) = broken {
-                    break End::Broken("SidecarFailed".into(), msg);
-                }
+                let ready = match sidecars_ready(plan, &st) {
+                    Ok(ready) => ready,
+                    Err(msg) => break End::Broken("SidecarFailed".into(), msg),
+                };
                 if ready {
                     let cmd = "echo ok > /tekton/run/sidecars.tmp && mv /tekton/run/sidecars.tmp /tekton/run/sidecars";
                     let go = exec(&self.pods, name, HOLDER, vec!["sh".into(), "-c".into(), cmd.into()], None);
@@ -420,23 +367,7 @@ impl KubernetesExecutor {
                 }
             }
             // the steps in order: done when all ended, or when one failed for good
-            let mut all = true;
-            let mut stop = false;
-            for (i, s) in plan.steps.iter().enumerate() {
-                let Some(t) = container(&st.container_statuses, &s.cname)
-                    .and_then(|c| c.state.as_ref())
-                    .and_then(|x| x.terminated.as_ref())
-                else {
-                    all = false;
-                    break;
-                };
-                let cont = req.spec.steps[i].on_error.as_deref() == Some("continue");
-                if t.exit_code != 0 && !cont {
-                    stop = true;
-                    break;
-                }
-            }
-            if all || stop {
+            if steps_ended(req, plan, &st) {
                 break End::Steps;
             }
         };
@@ -446,6 +377,52 @@ impl KubernetesExecutor {
             _ => last.unwrap_or_default(),
         };
         Ok((end, last, followers))
+    }
+
+    /// Why the pod cannot run, if it cannot: a container stuck waiting, the pod failed
+    /// (evicted, past its deadline), a PVC that does not exist, or the prepare container
+    /// failed.
+    fn pod_problem(&self, name: &str, pod: &Pod, st: &PodStatus) -> Option<End> {
+        if let Some((reason, msg)) = waiting_problem(pod) {
+            return Some(End::Broken(reason, msg));
+        }
+        if st.phase.as_deref() == Some("Failed") || st.reason.is_some() {
+            let reason = st.reason.clone().unwrap_or_default();
+            let msg = st.message.clone().unwrap_or_default();
+            return Some(match reason.as_str() {
+                "DeadlineExceeded" => End::TimedOut,
+                "Evicted" => End::Broken("Failed".into(), format!("pod {name} was evicted: {msg}")),
+                _ => End::Broken("Failed".into(), format!("pod {name} failed: {reason} {msg}")),
+            });
+        }
+        let missing_claim = st.conditions.iter().flatten().find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.message.as_deref().is_some_and(|m| m.contains("persistentvolumeclaim") && m.contains("not found"))
+        });
+        if let Some(c) = missing_claim {
+            return Some(End::Broken(
+                "InvalidWorkspaceBindings".into(),
+                format!(
+                    "{} in namespace {} (create the PVC, or pass --k8s-copy-pvc to use tenon's store)",
+                    c.message.clone().unwrap_or_default(),
+                    self.namespace
+                ),
+            ));
+        }
+        let prep = container(&st.init_container_statuses, PREPARE).and_then(|c| c.state.clone());
+        if let Some(t) = prep.as_ref().and_then(|s| s.terminated.as_ref()) {
+            if t.exit_code != 0 {
+                return Some(End::Broken(
+                    "PodFailed".into(),
+                    format!(
+                        "container {PREPARE} (image {}) exited with code {}: does the helper image have /bin/busybox? (--k8s-helper-image)",
+                        self.args.helper_image, t.exit_code
+                    ),
+                ));
+            }
+        }
+        None
     }
 
     /// Stream a step container's log live to the console and its log file.
@@ -628,4 +605,50 @@ pub(super) fn copy_changed(root: &Path, dir: &Path, to: &Path, present: &mut BTr
         std::fs::set_permissions(&dest, mode)?;
     }
     Ok(())
+}
+
+/// Whether every sidecar is ready (or ended well), so the steps can start; the error of a
+/// sidecar that exited with a failure (the last one seen).
+fn sidecars_ready(plan: &PodPlan, st: &PodStatus) -> Result<bool, String> {
+    let mut ready = true;
+    let mut broken = None;
+    for sc in &plan.sidecars {
+        let cs = container(&st.container_statuses, &sc.cname);
+        let term = cs.and_then(|c| c.state.as_ref()).and_then(|x| x.terminated.as_ref());
+        match (cs, term) {
+            (_, Some(t)) if t.exit_code != 0 => {
+                broken =
+                    Some(format!("sidecar {:?} exited with code {} before the steps started", sc.cname, t.exit_code))
+            }
+            (_, Some(_)) => {}
+            (Some(c), None) if c.ready => {}
+            _ => ready = false,
+        }
+    }
+    match broken {
+        Some(msg) => Err(msg),
+        None => Ok(ready),
+    }
+}
+
+/// Whether the steps are done, taken in order: all ended, or one failed for good (not
+/// onError: continue).
+fn steps_ended(req: &TaskRunRequest, plan: &PodPlan, st: &PodStatus) -> bool {
+    let mut all = true;
+    let mut stop = false;
+    for (i, s) in plan.steps.iter().enumerate() {
+        let Some(t) = container(&st.container_statuses, &s.cname)
+            .and_then(|c| c.state.as_ref())
+            .and_then(|x| x.terminated.as_ref())
+        else {
+            all = false;
+            break;
+        };
+        let cont = req.spec.steps[i].on_error.as_deref() == Some("continue");
+        if t.exit_code != 0 && !cont {
+            stop = true;
+            break;
+        }
+    }
+    all || stop
 }

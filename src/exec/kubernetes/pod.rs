@@ -1,6 +1,7 @@
 //! Planning and building the Pod for one task attempt.
 
 use super::*;
+use crate::model::subst::Vars;
 
 pub(super) fn unsupported(what: String) -> String {
     format!("unsupported by the kubernetes executor: {what}")
@@ -12,6 +13,47 @@ pub(super) fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> R
     let pvars = pod_path_vars(spec, &req.workspaces);
     let mut copied = Vec::new();
     let mut claims = Vec::new();
+    let ws_mounts = workspace_mounts(req, args, state_dir, &mut copied, &mut claims);
+    for (name, host) in &req.volumes {
+        copied.push(Copied {
+            volume: name.clone(),
+            stage: format!("tenon/vol/{name}"),
+            host: host.clone(),
+            write_back: false,
+        });
+    }
+    // isolated workspaces: once any step or sidecar lists one, only those containers see it
+    let listed =
+        |name: &str| spec.steps.iter().chain(spec.sidecars.iter()).any(|s| s.workspaces.iter().any(|u| u.name == name));
+    let ctx = ContainerCtx { req, args, ws_mounts: &ws_mounts, listed: &listed };
+    let mut steps = Vec::new();
+    let mut scripts = Vec::new();
+    let mut sidecars = Vec::new();
+    let mut skipped = BTreeSet::new();
+    for (i, raw) in spec.sidecars.iter().enumerate() {
+        sidecars.push(sidecar_plan(&ctx, i, raw, &pvars, &mut scripts)?);
+    }
+    for (i, raw) in spec.steps.iter().enumerate() {
+        let (step, when_ok) = step_plan(&ctx, i, raw, &pvars, &mut scripts, !sidecars.is_empty())?;
+        if !when_ok {
+            skipped.insert(i);
+        }
+        steps.push(step);
+    }
+    Ok(PodPlan { steps, sidecars, skipped, copied, claims, scripts })
+}
+
+/// The mounts of the bound workspaces, as (ws name, volume, mount path, read-only,
+/// subPath). A PVC workspace mounts the cluster's claim of that name (in `claims`, unless
+/// `--copy-pvc`); every other one is a volume copied to and from the pod (in `copied`).
+fn workspace_mounts(
+    req: &TaskRunRequest,
+    args: &KubeArgs,
+    state_dir: &Path,
+    copied: &mut Vec<Copied>,
+    claims: &mut Vec<(String, String)>,
+) -> Vec<(String, String, String, bool, Option<String>)> {
+    let spec = &req.spec;
     // (ws name, volume, mount path, read-only, subPath)
     let mut ws_mounts: Vec<(String, String, String, bool, Option<String>)> = Vec::new();
     for w in &req.workspaces {
@@ -43,131 +85,153 @@ pub(super) fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> R
         });
         ws_mounts.push((w.name.clone(), vol, mount, w.read_only, None));
     }
-    for (name, host) in &req.volumes {
-        copied.push(Copied {
-            volume: name.clone(),
-            stage: format!("tenon/vol/{name}"),
-            host: host.clone(),
-            write_back: false,
-        });
+    ws_mounts
+}
+
+/// A sidecar's container. With a script or command, it starts once the files are
+/// uploaded; without, it runs its image's entrypoint at once.
+fn sidecar_plan(
+    ctx: &ContainerCtx,
+    i: usize,
+    raw: &Step,
+    pvars: &Vars,
+    scripts: &mut Vec<(String, String)>,
+) -> Result<StepPlan, String> {
+    let step: Step = substitute_step(raw, pvars);
+    let name = step.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
+    let cname = dns_label(&format!("sidecar-{name}"));
+    let image = step.image.clone().filter(|s| !s.is_empty()).ok_or_else(|| format!("sidecar {name:?} has no image"))?;
+    let mut c = ctx.container(&step, &cname, &image)?;
+    if let Some(argv) = argv_of(&step, &format!("sidecar-script-{i}"), scripts) {
+        c["command"] = json!([
+            BUSYBOX,
+            "sh",
+            "-c",
+            format!("while [ ! -e /tekton/run/ready ]; do {BUSYBOX} usleep 20000; done\n{RESOLVE}exec \"$p\" \"$@\"\n")
+        ]);
+        c["args"] = json!(std::iter::once("tenon-sidecar".to_string()).chain(argv).collect::<Vec<_>>());
+    } else if let Some(a) = &step.args {
+        c["args"] = json!(a);
     }
-    // isolated workspaces: once any step or sidecar lists one, only those containers see it
-    let listed =
-        |name: &str| spec.steps.iter().chain(spec.sidecars.iter()).any(|s| s.workspaces.iter().any(|u| u.name == name));
-    let ctx = ContainerCtx { req, args, ws_mounts: &ws_mounts, listed: &listed };
-    let mut steps = Vec::new();
-    let mut scripts = Vec::new();
-    let mut sidecars = Vec::new();
-    let mut skipped = BTreeSet::new();
-    for (i, raw) in spec.sidecars.iter().enumerate() {
-        let step: Step = substitute_step(raw, &pvars);
-        let name = step.name.clone().unwrap_or_else(|| format!("sidecar-{i}"));
-        let cname = dns_label(&format!("sidecar-{name}"));
-        let image =
-            step.image.clone().filter(|s| !s.is_empty()).ok_or_else(|| format!("sidecar {name:?} has no image"))?;
-        let mut c = ctx.container(&step, &cname, &image)?;
-        // with a script or command, it starts once the files are uploaded; without, it runs
-        // its image's entrypoint at once
-        if let Some(argv) = argv_of(&step, &format!("sidecar-script-{i}"), &mut scripts) {
-            c["command"] = json!([
-                BUSYBOX,
-                "sh",
-                "-c",
-                format!(
-                    "while [ ! -e /tekton/run/ready ]; do {BUSYBOX} usleep 20000; done\n{RESOLVE}exec \"$p\" \"$@\"\n"
-                )
-            ]);
-            c["args"] = json!(std::iter::once("tenon-sidecar".to_string()).chain(argv).collect::<Vec<_>>());
-        } else if let Some(a) = &step.args {
-            c["args"] = json!(a);
-        }
-        if let Some(p) = step.readiness_probe.clone() {
-            c["readinessProbe"] = typed(p);
-        }
-        sidecars.push(StepPlan { sname: cname.clone(), cname, container: c });
+    if let Some(p) = step.readiness_probe.clone() {
+        c["readinessProbe"] = typed(p);
     }
-    for (i, raw) in spec.steps.iter().enumerate() {
-        let cname = step_container_name(raw, i);
-        let sname = raw.name.clone().unwrap_or_else(|| format!("unnamed-{i}"));
-        let mut vars = pvars.clone();
-        for r in &raw.results {
-            vars.set_str(format!("step.results.{}.path", r.name), format!("/tekton/steps/{cname}/results/{}", r.name));
+    Ok(StepPlan { sname: cname.clone(), cname, container: c })
+}
+
+/// A step's container, which runs the step inside a wrapper script that orders the steps;
+/// and whether its `when` holds (else the container only passes the previous step's
+/// marker on). Errors for what the kubernetes executor cannot run.
+fn step_plan(
+    ctx: &ContainerCtx,
+    i: usize,
+    raw: &Step,
+    pvars: &Vars,
+    scripts: &mut Vec<(String, String)>,
+    has_sidecars: bool,
+) -> Result<(StepPlan, bool), String> {
+    let cname = step_container_name(raw, i);
+    let sname = raw.name.clone().unwrap_or_else(|| format!("unnamed-{i}"));
+    let mut vars = pvars.clone();
+    for r in &raw.results {
+        vars.set_str(format!("step.results.{}.path", r.name), format!("/tekton/steps/{cname}/results/{}", r.name));
+    }
+    let step: Step = substitute_step(raw, &vars);
+    // step-level when: decided here, params being substituted already; a step it rules
+    // out gets a container that only passes the previous step's marker on
+    let when_ok = step_when_holds(&step, &sname)?;
+    let step_timeout = step_timeout_secs(&step, &sname)?;
+    if step.stdout_config.is_some() || step.stderr_config.is_some() {
+        return Err(unsupported(format!("step {sname:?}: stdoutConfig/stderrConfig")));
+    }
+    let uses_step_results = |s: &str| s.contains("$(steps.") && s.contains(".results.");
+    if step.command.iter().flatten().chain(step.args.iter().flatten()).any(|a| uses_step_results(a))
+        || step.env.iter().any(|e| e.value.as_deref().is_some_and(uses_step_results))
+    {
+        return Err(unsupported(format!("step {sname:?}: step results of earlier steps in command/args/env")));
+    }
+    let image = step.image.clone().filter(|s| !s.is_empty()).ok_or_else(|| format!("step {sname:?} has no image"))?;
+    let argv = argv_of(&step, &format!("script-{i}"), scripts)
+        .or_else(|| image_default_command(&image, &step.args.clone().unwrap_or_default()).filter(|v| !v.is_empty()))
+        .ok_or_else(|| format!(
+            "step {sname:?} has neither command nor script, so it would run the entrypoint of image {image:?}, which tenon cannot look up without a registry (known: {}); add a command or script",
+            KNOWN_IMAGES.join(", ")
+        ))?;
+    let cont = step.on_error.as_deref() == Some("continue");
+    let wrapper = step_wrapper(i, &cname, has_sidecars, when_ok, step_timeout, cont);
+    let mut c = ctx.container(&step, &cname, &image)?;
+    c["command"] = json!([BUSYBOX, "sh", "-c", wrapper]);
+    c["args"] = json!(std::iter::once("tenon-step".to_string()).chain(argv).collect::<Vec<_>>());
+    Ok((StepPlan { cname, sname, container: c }, when_ok))
+}
+
+/// Whether a step's `when` expressions hold; they cannot use earlier steps' results.
+fn step_when_holds(step: &Step, sname: &str) -> Result<bool, String> {
+    let mut when_ok = true;
+    for w in &step.when {
+        if serde_json::to_string(w).unwrap_or_default().contains("$(steps.") {
+            return Err(unsupported(format!("step {sname:?}: a when expression on earlier steps' results")));
         }
-        let step: Step = substitute_step(raw, &vars);
-        // step-level when: decided here, params being substituted already; a step it rules
-        // out gets a container that only passes the previous step's marker on
-        let mut when_ok = true;
-        for w in &step.when {
-            if serde_json::to_string(w).unwrap_or_default().contains("$(steps.") {
-                return Err(unsupported(format!("step {sname:?}: a when expression on earlier steps' results")));
-            }
-            when_ok &= crate::model::cel::when_holds(w, &crate::model::subst::Vars::new())
-                .map_err(|e| format!("step {sname:?}: when: {e}"))?;
-        }
-        if !when_ok {
-            skipped.insert(i);
-        }
-        let step_timeout = match step.timeout.as_deref() {
-            Some(t) => match crate::model::parse_duration(t) {
-                Some(d) if !d.is_zero() => Some(d.as_secs_f64().ceil().max(1.0) as u64),
-                Some(_) => None,
-                None => return Err(format!("step {sname:?}: invalid timeout {t:?}")),
-            },
-            None => None,
-        };
-        if step.stdout_config.is_some() || step.stderr_config.is_some() {
-            return Err(unsupported(format!("step {sname:?}: stdoutConfig/stderrConfig")));
-        }
-        let uses_step_results = |s: &str| s.contains("$(steps.") && s.contains(".results.");
-        if step.command.iter().flatten().chain(step.args.iter().flatten()).any(|a| uses_step_results(a))
-            || step.env.iter().any(|e| e.value.as_deref().is_some_and(uses_step_results))
-        {
-            return Err(unsupported(format!("step {sname:?}: step results of earlier steps in command/args/env")));
-        }
-        let image =
-            step.image.clone().filter(|s| !s.is_empty()).ok_or_else(|| format!("step {sname:?} has no image"))?;
-        let argv = argv_of(&step, &format!("script-{i}"), &mut scripts)
-            .or_else(|| image_default_command(&image, &step.args.clone().unwrap_or_default()).filter(|v| !v.is_empty()))
-            .ok_or_else(|| format!(
-                "step {sname:?} has neither command nor script, so it would run the entrypoint of image {image:?}, which tenon cannot look up without a registry (known: {}); add a command or script",
-                KNOWN_IMAGES.join(", ")
-            ))?;
-        let cont = step.on_error.as_deref() == Some("continue");
-        let mut wrapper = format!("B={BUSYBOX}; R=/tekton/run\n");
-        // step 0 waits for the upload (and the sidecars), every other step for the one before it
-        let mut waits = vec![if i == 0 { "ready".to_string() } else { format!("step-{}", i - 1) }];
-        if i == 0 && !sidecars.is_empty() {
-            waits.push("sidecars".into());
-        }
-        for w in waits {
-            wrapper.push_str(&format!(
-                "while [ ! -e $R/{w} ]; do $B usleep 20000; done\nread s < $R/{w}\nif [ \"$s\" != ok ]; then echo skip > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 0; fi\n"
-            ));
-        }
-        if !when_ok {
-            wrapper.push_str(&format!(
-                "echo 0 > /tekton/steps/{cname}/exitCode\necho ok > $R/t{i}; $B mv $R/t{i} $R/step-{i}\nexit 0\n"
-            ));
-        }
-        wrapper.push_str(RESOLVE);
-        match step_timeout {
-            // busybox timeout ends the step with SIGTERM; the marker tells a timeout from a
-            // failure that happened to take as long
-            Some(secs) => wrapper.push_str(&format!(
-                "s0=`$B date +%s`\n$B timeout -s TERM {secs} \"$p\" \"$@\"\nc=$?\nt1=`$B date +%s`\nif [ $c != 0 ] && [ `$B expr $t1 - $s0` -ge {secs} ]; then echo {secs} > /tekton/steps/{cname}/timedOut; fi\n"
-            )),
-            None => wrapper.push_str("\"$p\" \"$@\"\nc=$?\n"),
-        }
+        when_ok &= crate::model::cel::when_holds(w, &crate::model::subst::Vars::new())
+            .map_err(|e| format!("step {sname:?}: when: {e}"))?;
+    }
+    Ok(when_ok)
+}
+
+/// A step's timeout in whole seconds (at least 1), if it has one.
+fn step_timeout_secs(step: &Step, sname: &str) -> Result<Option<u64>, String> {
+    Ok(match step.timeout.as_deref() {
+        Some(t) => match crate::model::parse_duration(t) {
+            Some(d) if !d.is_zero() => Some(d.as_secs_f64().ceil().max(1.0) as u64),
+            Some(_) => None,
+            None => return Err(format!("step {sname:?}: invalid timeout {t:?}")),
+        },
+        None => None,
+    })
+}
+
+/// The shell script step `i` runs in: it waits for the step before it (step 0 for the
+/// upload and the sidecars), skips if that one failed or `when` rules this one out, runs
+/// the step (under busybox `timeout` if it has one), records its exit code and passes on
+/// its marker (ok also when it failed with `cont`, onError: continue).
+fn step_wrapper(
+    i: usize,
+    cname: &str,
+    has_sidecars: bool,
+    when_ok: bool,
+    step_timeout: Option<u64>,
+    cont: bool,
+) -> String {
+    let mut wrapper = format!("B={BUSYBOX}; R=/tekton/run\n");
+    // step 0 waits for the upload (and the sidecars), every other step for the one before it
+    let mut waits = vec![if i == 0 { "ready".to_string() } else { format!("step-{}", i - 1) }];
+    if i == 0 && has_sidecars {
+        waits.push("sidecars".into());
+    }
+    for w in waits {
         wrapper.push_str(&format!(
-            "echo $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
-            if cont { 1 } else { 0 }
+            "while [ ! -e $R/{w} ]; do $B usleep 20000; done\nread s < $R/{w}\nif [ \"$s\" != ok ]; then echo skip > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 0; fi\n"
         ));
-        let mut c = ctx.container(&step, &cname, &image)?;
-        c["command"] = json!([BUSYBOX, "sh", "-c", wrapper]);
-        c["args"] = json!(std::iter::once("tenon-step".to_string()).chain(argv).collect::<Vec<_>>());
-        steps.push(StepPlan { cname, sname, container: c });
     }
-    Ok(PodPlan { steps, sidecars, skipped, copied, claims, scripts })
+    if !when_ok {
+        wrapper.push_str(&format!(
+            "echo 0 > /tekton/steps/{cname}/exitCode\necho ok > $R/t{i}; $B mv $R/t{i} $R/step-{i}\nexit 0\n"
+        ));
+    }
+    wrapper.push_str(RESOLVE);
+    match step_timeout {
+        // busybox timeout ends the step with SIGTERM; the marker tells a timeout from a
+        // failure that happened to take as long
+        Some(secs) => wrapper.push_str(&format!(
+            "s0=`$B date +%s`\n$B timeout -s TERM {secs} \"$p\" \"$@\"\nc=$?\nt1=`$B date +%s`\nif [ $c != 0 ] && [ `$B expr $t1 - $s0` -ge {secs} ]; then echo {secs} > /tekton/steps/{cname}/timedOut; fi\n"
+        )),
+        None => wrapper.push_str("\"$p\" \"$@\"\nc=$?\n"),
+    }
+    wrapper.push_str(&format!(
+        "echo $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
+        if cont { 1 } else { 0 }
+    ));
+    wrapper
 }
 
 /// Wrapper lines that resolve a bare command name (`$1`) on the image's PATH into `$p`:

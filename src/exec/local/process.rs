@@ -93,6 +93,9 @@ pub fn kill_marked(marker: &str) {
     }
 }
 
+/// Start a step (or sidecar) process: its environment, command line and working
+/// directory, the sandbox around it, a marker its descendants inherit, and readers that
+/// pump its output to the console and its log. The child, the readers and the marker.
 pub(super) fn spawn(
     ex: &LocalExecutor,
     req: &TaskRunRequest,
@@ -101,6 +104,58 @@ pub(super) fn spawn(
     step: &Step,
     cname: &str,
 ) -> Result<(Child, Readers, String), String> {
+    let mut env = step_env(ex, layout, step);
+    let (program, argv) = step_command(d, layout, step, cname, &env)?;
+    let (cwd, bwrap_extra) = step_cwd(req, d, layout, step)?;
+    // Resolve the program against the step's PATH, not tenon's (inside the sandbox the
+    // host's directories are at the same places).
+    let program = resolve_program(
+        &program,
+        env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH),
+        if layout.sandbox { &d.work } else { &cwd },
+        &|p| ex.sandbox.sees(p),
+    );
+    check_sandboxed_program(ex, req, d, layout, &program)?;
+    let (program, argv) = match &ex.sandbox {
+        Sandbox::Host => (program, argv),
+        sb @ Sandbox::Bwrap { bwrap, .. } => {
+            let mut a = sb.prefix(&layout.binds(d, req, step, cname, &ex.hidden)?);
+            a.extend(bwrap_extra);
+            // the root (a tmpfs holding the mount points) is read-only once they exist
+            a.extend(["--remount-ro".to_string(), "/".to_string()]);
+            a.extend(["--chdir".to_string(), cwd.display().to_string(), "--".to_string(), program]);
+            a.extend(argv);
+            (bwrap.display().to_string(), a)
+        }
+    };
+    let cwd = if layout.sandbox { d.work.clone() } else { cwd };
+    let mut cmd = Command::new(&program);
+    // A marker every descendant inherits, so processes that escape the step's process
+    // group (setsid, daemons) are still found and killed when the step ends.
+    let marker = format!("{}-{cname}-{}", req.name, crate::util::new_uid(&req.dir.display().to_string()));
+    env.insert(STEP_MARKER.into(), marker.clone());
+    cmd.args(&argv)
+        .env_clear()
+        .envs(&env)
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let tenon = std::process::id() as libc::pid_t;
+    // SAFETY: `supervise` runs between fork and exec and only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || supervise(tenon));
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
+    let readers = pump_output(ex, req, d, layout, step, cname, &mut child)?;
+    Ok((child, readers, marker))
+}
+
+/// A step's environment: a default `PATH`, `HOME`, the variables passed through, and the
+/// step's own `env`.
+fn step_env(ex: &LocalExecutor, layout: &Layout, step: &Step) -> BTreeMap<String, String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("PATH".into(), DEFAULT_PATH.into());
     env.insert("HOME".into(), layout.home.display().to_string());
@@ -110,8 +165,20 @@ pub(super) fn spawn(
     for e in &step.env {
         env.insert(e.name.clone(), e.value.clone().unwrap_or_default());
     }
-    let args: Vec<String> = step.args.clone().unwrap_or_default().iter().map(|a| k8s_expand(a, &env)).collect();
-    let (program, argv): (String, Vec<String>) = if let Some(script) = &step.script {
+    env
+}
+
+/// The program and arguments a step runs: its script (under the shebang's interpreter),
+/// its command, or the default command of a known image; `$(VAR)` expanded from `env`.
+fn step_command(
+    d: &Dirs,
+    layout: &Layout,
+    step: &Step,
+    cname: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(String, Vec<String>), String> {
+    let args: Vec<String> = step.args.clone().unwrap_or_default().iter().map(|a| k8s_expand(a, env)).collect();
+    Ok(if let Some(script) = &step.script {
         let path = d.scripts.join(cname);
         let body =
             if script.trim_start().starts_with("#!") { script.clone() } else { format!("#!/bin/sh\nset -e\n{script}") };
@@ -126,7 +193,7 @@ pub(super) fn spawn(
         argv.extend(args);
         (interp, argv)
     } else if let Some(cmd) = step.command.as_ref().filter(|c| !c.is_empty()) {
-        let cmd: Vec<String> = cmd.iter().map(|a| k8s_expand(a, &env)).collect();
+        let cmd: Vec<String> = cmd.iter().map(|a| k8s_expand(a, env)).collect();
         let mut argv = cmd[1..].to_vec();
         argv.extend(args);
         (cmd[0].clone(), argv)
@@ -141,7 +208,13 @@ pub(super) fn spawn(
                 ))
             }
         }
-    };
+    })
+}
+
+/// A step's working directory, created if it lies under the pod's own mounts or the
+/// task's directory; without the sandbox, volume mounts are an error. With the extra
+/// bwrap arguments it needs (`--dir` for a directory the sandbox must create).
+fn step_cwd(req: &TaskRunRequest, d: &Dirs, layout: &Layout, step: &Step) -> Result<(PathBuf, Vec<String>), String> {
     let cwd = match &step.working_dir {
         None => layout.work.clone(),
         Some(w) if w.is_empty() => layout.work.clone(),
@@ -180,61 +253,44 @@ pub(super) fn spawn(
             }
         }
     }
-    // Resolve the program against the step's PATH, not tenon's (inside the sandbox the
-    // host's directories are at the same places).
-    let program = resolve_program(
-        &program,
-        env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH),
-        if layout.sandbox { &d.work } else { &cwd },
-        &|p| ex.sandbox.sees(p),
-    );
-    // Under bwrap a program that cannot start would look like a step exiting 1: check
-    // first, on the host side of the path, so onError: continue does not cover it.
-    if layout.sandbox && Path::new(&program).is_absolute() {
-        let host = layout.host_path(d, &req.spec, &req.workspaces, Path::new(&program));
+    Ok((cwd, bwrap_extra))
+}
+
+/// Under bwrap a program that cannot start would look like a step exiting 1: check first,
+/// on the host side of the path, so onError: continue does not cover it.
+fn check_sandboxed_program(
+    ex: &LocalExecutor,
+    req: &TaskRunRequest,
+    d: &Dirs,
+    layout: &Layout,
+    program: &str,
+) -> Result<(), String> {
+    if layout.sandbox && Path::new(program).is_absolute() {
+        let host = layout.host_path(d, &req.spec, &req.workspaces, Path::new(program));
         if !host.is_file() {
             return Err(format!("cannot run {program}: No such file or directory"));
         }
-        if host == Path::new(&program) && !ex.sandbox.sees(&host) {
+        if host == Path::new(program) && !ex.sandbox.sees(&host) {
             return Err(format!(
                 "cannot run {program}: the sandbox shows steps only /{} of this host (use --sandbox host to run host programs)",
                 HOST_DIRS.join(", /")
             ));
         }
     }
-    let (program, argv) = match &ex.sandbox {
-        Sandbox::Host => (program, argv),
-        sb @ Sandbox::Bwrap { bwrap, .. } => {
-            let mut a = sb.prefix(&layout.binds(d, req, step, cname, &ex.hidden)?);
-            a.extend(bwrap_extra);
-            // the root (a tmpfs holding the mount points) is read-only once they exist
-            a.extend(["--remount-ro".to_string(), "/".to_string()]);
-            a.extend(["--chdir".to_string(), cwd.display().to_string(), "--".to_string(), program]);
-            a.extend(argv);
-            (bwrap.display().to_string(), a)
-        }
-    };
-    let cwd = if layout.sandbox { d.work.clone() } else { cwd };
-    let mut cmd = Command::new(&program);
-    // A marker every descendant inherits, so processes that escape the step's process
-    // group (setsid, daemons) are still found and killed when the step ends.
-    let marker = format!("{}-{cname}-{}", req.name, crate::util::new_uid(&req.dir.display().to_string()));
-    env.insert(STEP_MARKER.into(), marker.clone());
-    cmd.args(&argv)
-        .env_clear()
-        .envs(&env)
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let tenon = std::process::id() as libc::pid_t;
-    // SAFETY: `supervise` runs between fork and exec and only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || supervise(tenon));
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
+    Ok(())
+}
+
+/// Readers that pump a started step's stdout and stderr to the console and its log (and
+/// to the files its stdoutConfig/stderrConfig name).
+fn pump_output(
+    ex: &LocalExecutor,
+    req: &TaskRunRequest,
+    d: &Dirs,
+    layout: &Layout,
+    step: &Step,
+    cname: &str,
+    child: &mut Child,
+) -> Result<Readers, String> {
     let log_path = d.logs.join(format!("{cname}.log"));
     let log = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
@@ -275,7 +331,7 @@ pub(super) fn spawn(
     if let Some(e) = child.stderr.take() {
         readers.push(pump(e, ex.console.clone(), req.label.clone(), step_label, log, tee(&step.stderr_config)));
     }
-    Ok((child, readers, marker))
+    Ok(readers)
 }
 
 /// The `sh` a script gets is the image's: busybox ash in alpine, busybox and bash images

@@ -14,6 +14,8 @@ impl<'a> Validator<'a> {
         self.cat.task(r.name.as_deref()?).map(|t| &t.spec)
     }
 
+    /// Validate a pipeline spec: params, workspaces, every DAG and finally task, the DAG
+    /// (unknown `runAfter`, cycles) and the pipeline results.
     pub(super) fn pipeline_spec(&mut self, ctx: &Ctx, base: &str, spec: &PipelineSpec) {
         self.param_specs(ctx, &format!("{base}.params"), &spec.params);
         if spec.tasks.is_empty() {
@@ -27,9 +29,7 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        let pparams: BTreeMap<String, ParamType> =
-            spec.params.iter().map(|p| (p.name.clone(), p.param_type())).collect();
-        let pworkspaces: BTreeSet<&str> = spec.workspaces.iter().map(|w| w.name.as_str()).collect();
+        let pipe = PipelineScope::new(spec);
         let mut wseen = BTreeSet::new();
         for (i, w) in spec.workspaces.iter().enumerate() {
             if !wseen.insert(w.name.as_str()) {
@@ -40,42 +40,54 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        let dag_names: BTreeSet<&str> = spec.tasks.iter().map(|t| t.name.as_str()).collect();
-        let finally_names: BTreeSet<&str> = spec.finally.iter().map(|t| t.name.as_str()).collect();
         let mut seen = BTreeSet::new();
         for (list, is_finally) in [(&spec.tasks, false), (&spec.finally, true)] {
             let lname = if is_finally { "finally" } else { "tasks" };
             for (i, pt) in list.iter().enumerate() {
                 let f = format!("{base}.{lname}[{i}]");
-                if pt.name.is_empty() {
-                    self.err(ctx, &f, "missing field(s): name");
-                } else if !dns_label_ok(&pt.name) {
-                    self.err(ctx, &format!("{f}.name"), format!("invalid value {:?}: a pipeline task name must be a DNS-1123 label (lowercase alphanumerics and '-', at most 63)", pt.name));
-                }
-                if !pt.name.is_empty() && !seen.insert(pt.name.clone()) {
-                    self.err(
-                        ctx,
-                        &format!("{f}.name"),
-                        format!(
-                            "expected exactly one, got both: pipeline task name {:?} is used more than once",
-                            pt.name
-                        ),
-                    );
-                }
-                if is_finally && !pt.run_after.is_empty() {
-                    self.err(
-                        ctx,
-                        &format!("{f}.runAfter"),
-                        format!(
-                            "no runAfter allowed under spec.finally, final task {} has runAfter specified",
-                            pt.name
-                        ),
-                    );
-                }
-                self.pipeline_task(ctx, &f, pt, spec, &pparams, &pworkspaces, &dag_names, &finally_names, is_finally);
+                self.pipeline_task_name(ctx, &f, pt, is_finally, &mut seen);
+                let scope = PipelineTaskScope { pipe: &pipe, is_finally, this_task: &pt.name };
+                self.pipeline_task(ctx, &f, pt, &scope);
             }
         }
-        // DAG: unknown runAfter, cycles
+        self.pipeline_dag(ctx, base, &pipe);
+        self.pipeline_results(ctx, base, &pipe);
+    }
+
+    /// Check a pipeline task's name: present, a DNS-1123 label, unique across `tasks` and
+    /// `finally` (`seen`), and no `runAfter` on a finally task.
+    fn pipeline_task_name(
+        &mut self,
+        ctx: &Ctx,
+        f: &str,
+        pt: &PipelineTask,
+        is_finally: bool,
+        seen: &mut BTreeSet<String>,
+    ) {
+        if pt.name.is_empty() {
+            self.err(ctx, f, "missing field(s): name");
+        } else if !dns_label_ok(&pt.name) {
+            self.err(ctx, &format!("{f}.name"), format!("invalid value {:?}: a pipeline task name must be a DNS-1123 label (lowercase alphanumerics and '-', at most 63)", pt.name));
+        }
+        if !pt.name.is_empty() && !seen.insert(pt.name.clone()) {
+            self.err(
+                ctx,
+                &format!("{f}.name"),
+                format!("expected exactly one, got both: pipeline task name {:?} is used more than once", pt.name),
+            );
+        }
+        if is_finally && !pt.run_after.is_empty() {
+            self.err(
+                ctx,
+                &format!("{f}.runAfter"),
+                format!("no runAfter allowed under spec.finally, final task {} has runAfter specified", pt.name),
+            );
+        }
+    }
+
+    /// Check the DAG of `spec.tasks`: every `runAfter` names a DAG task, and there are no cycles.
+    fn pipeline_dag(&mut self, ctx: &Ctx, base: &str, pipe: &PipelineScope) {
+        let PipelineScope { spec, dag_names, finally_names, .. } = pipe;
         let (_, errs) = Dag::build(&spec.tasks);
         for e in errs {
             match e {
@@ -99,7 +111,12 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        // pipeline results
+    }
+
+    /// Check the pipeline results: each has a value made only of task result references
+    /// that name an existing task and a result it declares.
+    fn pipeline_results(&mut self, ctx: &Ctx, base: &str, pipe: &PipelineScope) {
+        let PipelineScope { spec, dag_names, finally_names, .. } = pipe;
         for (i, r) in spec.results.iter().enumerate() {
             let f = format!("{base}.results[{i}].value");
             let Some(v) = &r.value else {
@@ -153,21 +170,37 @@ impl<'a> Validator<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn pipeline_task(
+    /// Validate one pipeline task: what it runs, its params, workspaces, matrix, `when`
+    /// expressions, the references in an embedded spec, onError, retries and timeout.
+    pub(super) fn pipeline_task(&mut self, ctx: &Ctx, f: &str, pt: &PipelineTask, scope: &PipelineTaskScope) {
+        let task_spec = self.pipeline_task_runs(ctx, f, pt, &scope.pipe.pparams);
+        self.pipeline_task_param_refs(ctx, f, pt, scope);
+        if let Some(ts) = task_spec {
+            self.pipeline_task_supplied_params(ctx, f, pt, ts, scope.pipe.spec);
+            self.pipeline_task_workspaces(ctx, f, pt, ts, &scope.pipe.pworkspaces);
+        }
+        if let Some(m) = &pt.matrix {
+            self.pipeline_task_matrix(ctx, f, pt, m, scope);
+        }
+        self.pipeline_task_when(ctx, f, pt, scope);
+        self.embedded_spec_refs(ctx, f, pt, scope);
+        self.pipeline_task_on_error(ctx, f, pt);
+        self.duration(ctx, &format!("{f}.timeout"), &pt.timeout);
+    }
+
+    /// What a pipeline task runs: exactly one of `taskRef` and `taskSpec` (pipelines in
+    /// pipelines and custom specs are unsupported). The task spec, if it can be found.
+    fn pipeline_task_runs<'b>(
         &mut self,
         ctx: &Ctx,
         f: &str,
-        pt: &PipelineTask,
-        spec: &PipelineSpec,
+        pt: &'b PipelineTask,
         pparams: &BTreeMap<String, ParamType>,
-        pworkspaces: &BTreeSet<&str>,
-        dag_names: &BTreeSet<&str>,
-        finally_names: &BTreeSet<&str>,
-        is_finally: bool,
-    ) {
-        // what runs
-        let task_spec: Option<&TaskSpec> = match (&pt.task_ref, &pt.task_spec, &pt.pipeline_ref, &pt.pipeline_spec) {
+    ) -> Option<&'b TaskSpec>
+    where
+        'a: 'b,
+    {
+        match (&pt.task_ref, &pt.task_spec, &pt.pipeline_ref, &pt.pipeline_spec) {
             (Some(_), Some(_), _, _) => {
                 self.err(ctx, f, "expected exactly one, got both: taskRef, taskSpec");
                 None
@@ -199,9 +232,34 @@ impl<'a> Validator<'a> {
                     Some(&ts.task)
                 }
             }
-        };
-        // params: refs
-        let mut supplied = pt.params.clone();
+        }
+    }
+
+    /// Check the `$(...)` references in the values of a pipeline task's params.
+    fn pipeline_task_param_refs(&mut self, ctx: &Ctx, f: &str, pt: &PipelineTask, scope: &PipelineTaskScope) {
+        for (i, p) in pt.params.iter().enumerate() {
+            for (j, s) in p.value.texts().into_iter().enumerate() {
+                let field = match &p.value {
+                    ParamValue::Str(_) => format!("{f}.params[{i}].value"),
+                    _ => format!("{f}.params[{i}].value[{j}]"),
+                };
+                let list_ctx = matches!(p.value, ParamValue::Array(_)) || is_isolated_ref(s);
+                self.pipeline_refs(ctx, &field, s, list_ctx, scope);
+            }
+        }
+    }
+
+    /// Check the params a pipeline task supplies against those its task declares. Matrix
+    /// params count as supplied; an embedded spec may also take the pipeline's params
+    /// (propagation).
+    fn pipeline_task_supplied_params(
+        &mut self,
+        ctx: &Ctx,
+        f: &str,
+        pt: &PipelineTask,
+        ts: &TaskSpec,
+        spec: &PipelineSpec,
+    ) {
         // matrix params and include params are supplied per combination
         let matrix_names: Vec<String> = pt
             .matrix
@@ -213,189 +271,135 @@ impl<'a> Validator<'a> {
                     .chain(m.include.iter().flat_map(|i| i.params.iter().map(|p| p.name.clone())))
             })
             .collect();
-        for (i, p) in pt.params.iter().enumerate() {
-            for (j, s) in p.value.texts().into_iter().enumerate() {
-                let field = match &p.value {
-                    ParamValue::Str(_) => format!("{f}.params[{i}].value"),
-                    _ => format!("{f}.params[{i}].value[{j}]"),
-                };
-                let list_ctx = matches!(p.value, ParamValue::Array(_)) || is_isolated_ref(s);
-                self.pipeline_refs(
+        let mut also: Vec<&str> = matrix_names.iter().map(String::as_str).collect();
+        if pt.task_ref.is_none() {
+            // embedded specs may take params from the pipeline (propagation)
+            also.extend(spec.params.iter().map(|p| p.name.as_str()));
+        }
+        self.supplied_params(
+            ctx,
+            &format!("{f}.params"),
+            &ts.params,
+            &pt.params,
+            &also,
+            &format!("pipeline task {:?}:", pt.name),
+        );
+    }
+
+    /// Check a pipeline task's workspace bindings: each names a pipeline workspace (and,
+    /// for a `taskRef`, a task workspace), and every required task workspace is bound.
+    fn pipeline_task_workspaces(
+        &mut self,
+        ctx: &Ctx,
+        f: &str,
+        pt: &PipelineTask,
+        ts: &TaskSpec,
+        pworkspaces: &BTreeSet<&str>,
+    ) {
+        for (i, b) in pt.workspaces.iter().enumerate() {
+            if let Some(sp) = &b.sub_path {
+                self.sub_path(ctx, &format!("{f}.workspaces[{i}].subPath"), sp);
+            }
+            let target = b.workspace.as_deref().unwrap_or(&b.name);
+            if !pworkspaces.contains(target) {
+                let hint = did_you_mean(target, pworkspaces.iter().copied());
+                self.err(
                     ctx,
-                    &field,
-                    s,
-                    list_ctx,
-                    spec,
-                    pparams,
-                    dag_names,
-                    finally_names,
-                    is_finally,
-                    &pt.name,
+                    &format!("{f}.workspaces[{i}].workspace"),
+                    format!(
+                        "pipeline task {:?} expects workspace {target:?} but the Pipeline does not declare it{hint}",
+                        pt.name
+                    ),
+                );
+            }
+            if pt.task_ref.is_some() && !ts.workspaces.iter().any(|w| w.name == b.name) {
+                let hint = did_you_mean(&b.name, ts.workspaces.iter().map(|w| w.name.as_str()));
+                self.err(
+                    ctx,
+                    &format!("{f}.workspaces[{i}].name"),
+                    format!("workspace binding {:?} does not match any declared workspace{hint}", b.name),
                 );
             }
         }
-        if let Some(ts) = task_spec {
-            if pt.task_ref.is_some() {
-                let also: Vec<&str> = matrix_names.iter().map(String::as_str).collect();
-                self.supplied_params(
+        for w in &ts.workspaces {
+            if !w.optional
+                && !pt.workspaces.iter().any(|b| b.name == w.name)
+                && !(pt.task_spec.is_some() && pworkspaces.contains(w.name.as_str()))
+            {
+                self.err(
                     ctx,
-                    &format!("{f}.params"),
-                    &ts.params,
-                    &supplied,
-                    &also,
-                    &format!("pipeline task {:?}:", pt.name),
+                    &format!("{f}.workspaces"),
+                    format!("declared workspace {:?} is required but has not been bound", w.name),
                 );
-            } else {
-                // embedded specs may take params from the pipeline (propagation)
-                supplied.extend(spec.params.iter().filter(|pp| !pt.params.iter().any(|p| p.name == pp.name)).map(
-                    |pp| Param {
-                        name: pp.name.clone(),
-                        value: pp.default.clone().unwrap_or(ParamValue::Str("$(params.x)".into())),
-                    },
-                ));
-                let also: Vec<&str> = matrix_names
-                    .iter()
-                    .map(String::as_str)
-                    .chain(spec.params.iter().map(|p| p.name.as_str()))
-                    .collect();
-                let mine: Vec<Param> = pt.params.clone();
-                self.supplied_params(
-                    ctx,
-                    &format!("{f}.params"),
-                    &ts.params,
-                    &mine,
-                    &also,
-                    &format!("pipeline task {:?}:", pt.name),
-                );
-            }
-            // workspaces
-            for (i, b) in pt.workspaces.iter().enumerate() {
-                if let Some(sp) = &b.sub_path {
-                    self.sub_path(ctx, &format!("{f}.workspaces[{i}].subPath"), sp);
-                }
-                let target = b.workspace.as_deref().unwrap_or(&b.name);
-                if !pworkspaces.contains(target) {
-                    let hint = did_you_mean(target, pworkspaces.iter().copied());
-                    self.err(ctx, &format!("{f}.workspaces[{i}].workspace"), format!("pipeline task {:?} expects workspace {target:?} but the Pipeline does not declare it{hint}", pt.name));
-                }
-                if pt.task_ref.is_some() && !ts.workspaces.iter().any(|w| w.name == b.name) {
-                    let hint = did_you_mean(&b.name, ts.workspaces.iter().map(|w| w.name.as_str()));
-                    self.err(
-                        ctx,
-                        &format!("{f}.workspaces[{i}].name"),
-                        format!("workspace binding {:?} does not match any declared workspace{hint}", b.name),
-                    );
-                }
-            }
-            for w in &ts.workspaces {
-                if !w.optional
-                    && !pt.workspaces.iter().any(|b| b.name == w.name)
-                    && !(pt.task_spec.is_some() && pworkspaces.contains(w.name.as_str()))
-                {
-                    self.err(
-                        ctx,
-                        &format!("{f}.workspaces"),
-                        format!("declared workspace {:?} is required but has not been bound", w.name),
-                    );
-                }
             }
         }
-        // matrix
-        if let Some(m) = &pt.matrix {
-            let mut count: Option<usize> = Some(1);
-            for (i, p) in m.params.iter().enumerate() {
-                let pf = format!("{f}.matrix.params[{i}]");
-                if pt.params.iter().any(|x| x.name == p.name) {
-                    self.err(
-                        ctx,
-                        &pf,
-                        format!("expected exactly one, got both: matrix[{}], params[{}]", p.name, p.name),
-                    );
+    }
+
+    /// Check a pipeline task's matrix: params are arrays not also given as plain params,
+    /// at most 256 combinations, include params are strings; and their references.
+    fn pipeline_task_matrix(&mut self, ctx: &Ctx, f: &str, pt: &PipelineTask, m: &Matrix, scope: &PipelineTaskScope) {
+        let mut count: Option<usize> = Some(1);
+        for (i, p) in m.params.iter().enumerate() {
+            let pf = format!("{f}.matrix.params[{i}]");
+            if pt.params.iter().any(|x| x.name == p.name) {
+                self.err(ctx, &pf, format!("expected exactly one, got both: matrix[{}], params[{}]", p.name, p.name));
+            }
+            let texts: Vec<&String> = match &p.value {
+                ParamValue::Array(a) => {
+                    count = count.map(|c| c * a.len());
+                    a.iter().collect()
                 }
-                let texts: Vec<&String> = match &p.value {
-                    ParamValue::Array(a) => {
-                        count = count.map(|c| c * a.len());
-                        a.iter().collect()
-                    }
-                    ParamValue::Str(s) if is_isolated_ref(s) => {
-                        count = None;
-                        vec![s]
-                    }
-                    other => {
-                        self.err(
-                            ctx,
-                            &format!("{pf}.value"),
-                            format!("matrix params must be arrays, {:?} is {}", p.name, other.type_name()),
-                        );
-                        vec![]
-                    }
-                };
-                for s in texts {
-                    self.pipeline_refs(
+                ParamValue::Str(s) if is_isolated_ref(s) => {
+                    count = None;
+                    vec![s]
+                }
+                other => {
+                    self.err(
                         ctx,
                         &format!("{pf}.value"),
-                        s,
-                        true,
-                        spec,
-                        pparams,
-                        dag_names,
-                        finally_names,
-                        is_finally,
-                        &pt.name,
+                        format!("matrix params must be arrays, {:?} is {}", p.name, other.type_name()),
+                    );
+                    vec![]
+                }
+            };
+            for s in texts {
+                self.pipeline_refs(ctx, &format!("{pf}.value"), s, true, scope);
+            }
+        }
+        if let Some(c) = count {
+            if c > 256 {
+                self.err(ctx, &format!("{f}.matrix"), format!("expected 0 <= {c} <= 256: matrix"));
+            }
+        }
+        for (i, inc) in m.include.iter().enumerate() {
+            for (j, p) in inc.params.iter().enumerate() {
+                if !matches!(p.value, ParamValue::Str(_)) {
+                    self.err(
+                        ctx,
+                        &format!("{f}.matrix.include[{i}].params[{j}].value"),
+                        "matrix include params must be strings",
                     );
                 }
             }
-            if let Some(c) = count {
-                if c > 256 {
-                    self.err(ctx, &format!("{f}.matrix"), format!("expected 0 <= {c} <= 256: matrix"));
-                }
-            }
-            for (i, inc) in m.include.iter().enumerate() {
-                for (j, p) in inc.params.iter().enumerate() {
-                    if !matches!(p.value, ParamValue::Str(_)) {
-                        self.err(
-                            ctx,
-                            &format!("{f}.matrix.include[{i}].params[{j}].value"),
-                            "matrix include params must be strings",
-                        );
-                    }
-                }
-            }
         }
-        // when
+    }
+
+    /// Check a pipeline task's `when` expressions and the references in their input and values.
+    fn pipeline_task_when(&mut self, ctx: &Ctx, f: &str, pt: &PipelineTask, scope: &PipelineTaskScope) {
         for (i, w) in pt.when.iter().enumerate() {
             let wf = format!("{f}.when[{i}]");
             self.when_expr(ctx, &wf, w);
             if let Some(inp) = &w.input {
-                self.pipeline_refs(
-                    ctx,
-                    &format!("{wf}.input"),
-                    inp,
-                    false,
-                    spec,
-                    pparams,
-                    dag_names,
-                    finally_names,
-                    is_finally,
-                    &pt.name,
-                );
+                self.pipeline_refs(ctx, &format!("{wf}.input"), inp, false, scope);
             }
             for (j, v) in w.values.iter().flatten().enumerate() {
-                self.pipeline_refs(
-                    ctx,
-                    &format!("{wf}.values[{j}]"),
-                    v,
-                    true,
-                    spec,
-                    pparams,
-                    dag_names,
-                    finally_names,
-                    is_finally,
-                    &pt.name,
-                );
+                self.pipeline_refs(ctx, &format!("{wf}.values[{j}]"), v, true, scope);
             }
         }
-        // embedded task spec: pipeline-level refs (tasks.*, context.pipeline*)
+    }
+
+    /// Check the pipeline-level references (`$(tasks.*)`) in the steps of an embedded task spec.
+    fn embedded_spec_refs(&mut self, ctx: &Ctx, f: &str, pt: &PipelineTask, scope: &PipelineTaskScope) {
         if let Some(ts) = &pt.task_spec {
             if let Ok(v) = serde_json::to_value(&ts.task.steps) {
                 let mut strings = Vec::new();
@@ -409,12 +413,7 @@ impl<'a> Validator<'a> {
                                     &format!("{f}.taskSpec.steps"),
                                     &format!("$({})", r.expr),
                                     false,
-                                    spec,
-                                    pparams,
-                                    dag_names,
-                                    finally_names,
-                                    is_finally,
-                                    &pt.name,
+                                    scope,
                                 );
                             }
                         }
@@ -422,7 +421,10 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        // onError, retries, timeout
+    }
+
+    /// Check a pipeline task's `onError`: a known value, and not `continue` with retries.
+    fn pipeline_task_on_error(&mut self, ctx: &Ctx, f: &str, pt: &PipelineTask) {
         if let Some(oe) = &pt.on_error {
             if !matches!(oe.as_str(), "continue" | "stopAndFail") {
                 self.err(
@@ -438,7 +440,6 @@ impl<'a> Validator<'a> {
                 );
             }
         }
-        self.duration(ctx, &format!("{f}.timeout"), &pt.timeout);
     }
 
     pub(super) fn task_ref<'b>(&mut self, ctx: &Ctx, f: &str, r: &'b Ref) -> Option<&'b TaskSpec>
@@ -494,20 +495,16 @@ impl<'a> Validator<'a> {
     }
 
     /// Check `$(...)` references in a pipeline-level field.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn pipeline_refs(
         &mut self,
         ctx: &Ctx,
         field: &str,
         text: &str,
         list_ctx: bool,
-        spec: &PipelineSpec,
-        pparams: &BTreeMap<String, ParamType>,
-        dag_names: &BTreeSet<&str>,
-        finally_names: &BTreeSet<&str>,
-        is_finally: bool,
-        this_task: &str,
+        scope: &PipelineTaskScope,
     ) {
+        let PipelineScope { spec, pparams, dag_names, finally_names, .. } = scope.pipe;
+        let PipelineTaskScope { is_finally, this_task, .. } = *scope;
         for r in find_refs(text) {
             let Some(segs) = r.segs() else { continue };
             let isolated = list_ctx && r.start == 0 && r.end == text.len();
@@ -614,4 +611,35 @@ impl<'a> Validator<'a> {
             }
         }
     }
+}
+
+/// What the checks of a pipeline see of it: the spec, its declared params (name -> type)
+/// and workspaces, and the names of its DAG and finally tasks.
+struct PipelineScope<'s> {
+    spec: &'s PipelineSpec,
+    pparams: BTreeMap<String, ParamType>,
+    pworkspaces: BTreeSet<&'s str>,
+    dag_names: BTreeSet<&'s str>,
+    finally_names: BTreeSet<&'s str>,
+}
+
+impl<'s> PipelineScope<'s> {
+    fn new(spec: &'s PipelineSpec) -> Self {
+        PipelineScope {
+            spec,
+            pparams: spec.params.iter().map(|p| (p.name.clone(), p.param_type())).collect(),
+            pworkspaces: spec.workspaces.iter().map(|w| w.name.as_str()).collect(),
+            dag_names: spec.tasks.iter().map(|t| t.name.as_str()).collect(),
+            finally_names: spec.finally.iter().map(|t| t.name.as_str()).collect(),
+        }
+    }
+}
+
+/// What a check inside one pipeline task sees: its pipeline, and the task itself.
+pub(super) struct PipelineTaskScope<'s> {
+    pipe: &'s PipelineScope<'s>,
+    /// Whether the task is under `finally`.
+    is_finally: bool,
+    /// The pipeline task's name.
+    this_task: &'s str,
 }

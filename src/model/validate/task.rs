@@ -354,43 +354,8 @@ impl<'a> Validator<'a> {
             let Seg::Name(head) = &segs[0] else { continue };
             match head.as_str() {
                 "params" => {
-                    let Some(Seg::Name(name)) = segs.get(1) else {
-                        continue;
-                    };
-                    let ty = spec
-                        .params
-                        .iter()
-                        .find(|p| &p.name == name)
-                        .map(|p| (p.param_type(), p.properties.clone()))
-                        .or_else(|| env.parent_params.get(name).map(|t| (*t, None)));
-                    match ty {
-                        None if env.embedded => {}
-                        None => {
-                            let hint = did_you_mean(name, spec.params.iter().map(|p| p.name.as_str()));
-                            self.err(ctx, field, format!("non-existent variable in {:?}: param {name:?} is not declared{hint}", r.expr));
-                        }
-                        Some((ParamType::String, _)) => {
-                            if segs.len() > 2 {
-                                self.err(ctx, field, format!("invalid reference $({}): param {name:?} is a string and cannot be indexed", r.expr));
-                            }
-                        }
-                        Some((ParamType::Array, _)) => {
-                            let whole = segs.len() == 2 || matches!(segs.get(2), Some(Seg::Star));
-                            if whole && !isolated {
-                                self.err(ctx, field, format!("variable type invalid in {:?}: array param {name:?} can only be used whole as an isolated element of command or args; use $(params.{name}[i]) for one element", r.expr));
-                            }
-                        }
-                        Some((ParamType::Object, props)) => match segs.get(2) {
-                            Some(Seg::Name(k)) => {
-                                if let Some(props) = props {
-                                    if !props.contains_key(k) {
-                                        let hint = did_you_mean(k, props.keys().map(String::as_str));
-                                        self.err(ctx, field, format!("non-existent variable in {:?}: object param {name:?} has no key {k:?}{hint}", r.expr));
-                                    }
-                                }
-                            }
-                            _ => self.err(ctx, field, format!("variable type invalid in {:?}: object param {name:?} can only be used by key, as $(params.{name}.KEY)", r.expr)),
-                        },
+                    if let Some(msg) = param_ref_error(r.expr, &segs, isolated, spec, env) {
+                        self.err(ctx, field, msg);
                     }
                 }
                 "results" => {
@@ -494,5 +459,47 @@ impl<'a> Validator<'a> {
         if w.values.as_ref().is_none_or(|v| v.is_empty()) {
             self.err(ctx, &format!("{f}.values"), "expecting non-empty values field");
         }
+    }
+}
+
+/// The error in a `$(params...)` reference inside a Task's step field, if any: the param
+/// must be declared (unless the spec is embedded), a string param cannot be indexed, an
+/// array param is used whole only as an `isolated` element of command or args, and an
+/// object param only by a declared key.
+fn param_ref_error(expr: &str, segs: &[Seg], isolated: bool, spec: &TaskSpec, env: &TaskEnv) -> Option<String> {
+    let Some(Seg::Name(name)) = segs.get(1) else {
+        return None;
+    };
+    let ty = spec
+        .params
+        .iter()
+        .find(|p| &p.name == name)
+        .map(|p| (p.param_type(), p.properties.clone()))
+        .or_else(|| env.parent_params.get(name).map(|t| (*t, None)));
+    match ty {
+        None if env.embedded => None,
+        None => {
+            let hint = did_you_mean(name, spec.params.iter().map(|p| p.name.as_str()));
+            Some(format!("non-existent variable in {expr:?}: param {name:?} is not declared{hint}"))
+        }
+        Some((ParamType::String, _)) => (segs.len() > 2)
+            .then(|| format!("invalid reference $({expr}): param {name:?} is a string and cannot be indexed")),
+        Some((ParamType::Array, _)) => {
+            let whole = segs.len() == 2 || matches!(segs.get(2), Some(Seg::Star));
+            (whole && !isolated).then(|| format!("variable type invalid in {expr:?}: array param {name:?} can only be used whole as an isolated element of command or args; use $(params.{name}[i]) for one element"))
+        }
+        Some((ParamType::Object, props)) => match segs.get(2) {
+            Some(Seg::Name(k)) => {
+                let props = props?;
+                if props.contains_key(k) {
+                    return None;
+                }
+                let hint = did_you_mean(k, props.keys().map(String::as_str));
+                Some(format!("non-existent variable in {expr:?}: object param {name:?} has no key {k:?}{hint}"))
+            }
+            _ => Some(format!(
+                "variable type invalid in {expr:?}: object param {name:?} can only be used by key, as $(params.{name}.KEY)"
+            )),
+        },
     }
 }

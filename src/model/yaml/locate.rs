@@ -251,6 +251,9 @@ pub(super) fn reader_error(e: &libyaml_safer::Error, text: &str) -> SyntaxError 
     SyntaxError { pos, message }
 }
 
+/// Find the scalar at `path` in `text`: the first document that resolves the path decides,
+/// else the deepest point where the path could not be followed. `progress` is the byte
+/// offset parsed so far.
 pub(super) fn locate_inner(
     text: &str,
     path: &[PathSeg],
@@ -285,72 +288,16 @@ pub(super) fn locate_inner(
         let ev = parser.parse().map_err(|e| LocateError::Syntax(locate_syntax_error(&e, text)))?;
         progress.set(ev.end_mark.index as usize);
         let pos = to_pos(&ev.start_mark);
-        let is_node = matches!(
-            ev.data,
-            EventData::Scalar { .. }
-                | EventData::Alias { .. }
-                | EventData::SequenceStart { .. }
-                | EventData::MappingStart { .. }
-        );
-        if is_node {
+        if is_node(&ev.data) {
             // The node's role: on the path (and how deep), a key, or elsewhere.
-            let (on_path, depth, is_key, in_flow) = match stack.last_mut() {
-                None => (!done, 0, false, false),
-                Some(f) if f.seq => {
-                    let i = f.next_index;
-                    f.next_index += 1;
-                    let m = f.on_path && matches!(path.get(f.depth), Some(PathSeg::Index(j)) if *j == i);
-                    if m {
-                        f.found = true;
-                    }
-                    (m, f.depth + 1, false, f.flow)
-                }
-                Some(f) if f.expect_key => {
-                    f.expect_key = false;
-                    let m = f.on_path
-                        && match (&ev.data, path.get(f.depth)) {
-                            (EventData::Scalar { value, .. }, Some(PathSeg::Key(k))) => value == k,
-                            _ => false,
-                        };
-                    if m {
-                        if f.found {
-                            return Err(LocateError::Syntax(SyntaxError {
-                                pos,
-                                message: format!("duplicate key {:?} in mapping", path_key(&path[f.depth])),
-                            }));
-                        }
-                        f.found = true;
-                    }
-                    f.cur_match = m;
-                    (false, f.depth + 1, true, f.flow)
-                }
-                Some(f) => {
-                    f.expect_key = true;
-                    (f.cur_match, f.depth + 1, false, f.flow)
-                }
-            };
+            let (on_path, depth, is_key, in_flow) = node_role(stack.last_mut(), done, &ev.data, path, pos)?;
             let on_path = on_path && !is_key && result.is_none();
             match ev.data {
                 EventData::Scalar { value, style, anchor, tag, .. } => {
                     if on_path && depth == path.len() {
-                        let mut start = ev.start_mark.index as usize + bom;
                         let end = (ev.end_mark.index as usize + bom).min(text.len());
-                        if anchor.is_some() || tag.is_some() {
-                            start = skip_node_properties(text, start, end);
-                        }
-                        let start = start.min(end);
-                        let (line, col) = line_col_of(text, start);
-                        let style = match style {
-                            ScalarStyle::SingleQuoted => ScalarKind::SingleQuoted,
-                            ScalarStyle::DoubleQuoted => ScalarKind::DoubleQuoted,
-                            ScalarStyle::Literal => ScalarKind::Literal,
-                            ScalarStyle::Folded => ScalarKind::Folded,
-                            _ => ScalarKind::Plain,
-                        };
-                        let plain = style == ScalarKind::Plain && tag.is_none();
-                        let is_null = plain && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL");
-                        let resolved = if is_null { None } else { Some(scalar_string(&value, plain)) };
-                        result = Some(Ok(ScalarSpan { start, end, style, value, resolved, line, col, flow: in_flow }));
+                        let span = (ev.start_mark.index as usize + bom, end);
+                        result = Some(Ok(scalar_span(text, span, value, style, anchor, tag, in_flow)));
                     } else if on_path {
                         note_missing(depth, "scalar", pos);
                     }
@@ -401,12 +348,105 @@ pub(super) fn locate_inner(
     if let Some(r) = result {
         return r;
     }
-    Err(missing.unwrap_or_else(|| match path.first() {
+    Err(missing.unwrap_or_else(|| not_found_in_document(path)))
+}
+
+/// Whether an event is a node: a scalar, an alias, or the start of a collection.
+fn is_node(data: &EventData) -> bool {
+    matches!(
+        data,
+        EventData::Scalar { .. }
+            | EventData::Alias { .. }
+            | EventData::SequenceStart { .. }
+            | EventData::MappingStart { .. }
+    )
+}
+
+/// The role of a node event in the frame that holds it: (on the path, depth, is a mapping
+/// key, inside a flow collection). Advances the frame (next index, key or value) and marks
+/// the path's child as found; a second key matching the path is a duplicate-key error.
+fn node_role(
+    frame: Option<&mut LocFrame>,
+    done: bool,
+    data: &EventData,
+    path: &[PathSeg],
+    pos: Pos,
+) -> Result<(bool, usize, bool, bool), LocateError> {
+    Ok(match frame {
+        None => (!done, 0, false, false),
+        Some(f) if f.seq => {
+            let i = f.next_index;
+            f.next_index += 1;
+            let m = f.on_path && matches!(path.get(f.depth), Some(PathSeg::Index(j)) if *j == i);
+            if m {
+                f.found = true;
+            }
+            (m, f.depth + 1, false, f.flow)
+        }
+        Some(f) if f.expect_key => {
+            f.expect_key = false;
+            let m = f.on_path
+                && match (data, path.get(f.depth)) {
+                    (EventData::Scalar { value, .. }, Some(PathSeg::Key(k))) => value == k,
+                    _ => false,
+                };
+            if m {
+                if f.found {
+                    return Err(LocateError::Syntax(SyntaxError {
+                        pos,
+                        message: format!("duplicate key {:?} in mapping", path_key(&path[f.depth])),
+                    }));
+                }
+                f.found = true;
+            }
+            f.cur_match = m;
+            (false, f.depth + 1, true, f.flow)
+        }
+        Some(f) => {
+            f.expect_key = true;
+            (f.cur_match, f.depth + 1, false, f.flow)
+        }
+    })
+}
+
+/// The span of the scalar event found at the path: `raw` is its (start, end) byte range
+/// in `text`, past any anchor and tag, with its style and resolved value.
+fn scalar_span(
+    text: &str,
+    raw: (usize, usize),
+    value: String,
+    style: ScalarStyle,
+    anchor: Option<String>,
+    tag: Option<String>,
+    flow: bool,
+) -> ScalarSpan {
+    let (mut start, end) = raw;
+    if anchor.is_some() || tag.is_some() {
+        start = skip_node_properties(text, start, end);
+    }
+    let start = start.min(end);
+    let (line, col) = line_col_of(text, start);
+    let style = match style {
+        ScalarStyle::SingleQuoted => ScalarKind::SingleQuoted,
+        ScalarStyle::DoubleQuoted => ScalarKind::DoubleQuoted,
+        ScalarStyle::Literal => ScalarKind::Literal,
+        ScalarStyle::Folded => ScalarKind::Folded,
+        _ => ScalarKind::Plain,
+    };
+    let plain = style == ScalarKind::Plain && tag.is_none();
+    let is_null = plain && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL");
+    let resolved = if is_null { None } else { Some(scalar_string(&value, plain)) };
+    ScalarSpan { start, end, style, value, resolved, line, col, flow }
+}
+
+/// The error when no document followed the path at all: its first segment is missing.
+fn not_found_in_document(path: &[PathSeg]) -> LocateError {
+    match path.first() {
         Some(_) => {
             LocateError::NotFound { missing: path_key(&path[0]), depth: 0, parent_kind: "document", line: 1, col: 1 }
         }
         None => LocateError::NotFound { missing: String::new(), depth: 0, parent_kind: "document", line: 1, col: 1 },
-    }))
+    }
 }
 
 pub(super) fn path_key(seg: &PathSeg) -> String {
