@@ -52,6 +52,8 @@ fn bad_sub_path(message: String) -> Failure {
 }
 
 impl RunVolumes {
+    /// The run's workspace bindings as host directories (ConfigMaps and Secrets are
+    /// written out under the run directory).
     pub fn prepare(
         cat: &Catalog,
         bindings: &[WorkspaceBinding],
@@ -61,135 +63,7 @@ impl RunVolumes {
     ) -> Result<Self, Failure> {
         let mut map = BTreeMap::new();
         for b in bindings {
-            let sub = b.sub_path.as_deref().filter(|s| !s.is_empty());
-            let vol = if repo.contains(&b.name) {
-                let root = opts.repo_root.canonicalize().unwrap_or_else(|_| opts.repo_root.clone());
-                let path = match sub {
-                    Some(s) => join_sub(&root, s)?,
-                    None => root,
-                };
-                if !path.is_dir() {
-                    return Err(Failure::new(
-                        "InvalidWorkspaceBindings",
-                        format!(
-                            "workspace {:?} is bound to the repository at {}, which is not a directory",
-                            b.name,
-                            path.display()
-                        ),
-                    ));
-                }
-                Volume::Dir { path, read_only: true, claim: String::new(), what: "repo".into() }
-            } else if b.empty_dir.is_some() {
-                Volume::EmptyDir { sub: sub.map(String::from) }
-            } else if b.volume_claim_template.is_some() {
-                let base = run_dir.join("volumes").join(&b.name);
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: false,
-                    claim: format!("pvc-{}", b.name),
-                    what: "volumeClaimTemplate".into(),
-                }
-            } else if let Some(pvc) = &b.persistent_volume_claim {
-                if pvc.claim_name.is_empty() || pvc.claim_name.contains('/') || pvc.claim_name.starts_with('.') {
-                    return Err(Failure::new(
-                        "InvalidWorkspaceBindings",
-                        format!("workspace {:?}: invalid claimName {:?}", b.name, pvc.claim_name),
-                    ));
-                }
-                let base = opts.state_dir.join("pvc").join(&pvc.claim_name);
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: pvc.read_only,
-                    claim: pvc.claim_name.clone(),
-                    what: format!("persistentVolumeClaim:{}", pvc.claim_name),
-                }
-            } else if let Some(cm) = &b.config_map {
-                let obj = cat.config_map(&cm.name).ok_or_else(|| {
-                    Failure::new(
-                        "InvalidWorkspaceBindings",
-                        format!(
-                            "workspace {:?} binds ConfigMap {:?}, which is not defined in the repository",
-                            b.name, cm.name
-                        ),
-                    )
-                })?;
-                let base = run_dir.join("volumes").join(&b.name);
-                let data = key_bytes(&obj.spec, false);
-                materialize(&base, &data, &cm.items, false)?;
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: true,
-                    claim: String::new(),
-                    what: format!("configMap:{}", data_digest(&data, &cm.items)),
-                }
-            } else if let Some(sec) = &b.secret {
-                let obj = cat.secret(&sec.secret_name).ok_or_else(|| {
-                    Failure::new(
-                        "InvalidWorkspaceBindings",
-                        format!(
-                            "workspace {:?} binds Secret {:?}, which is not defined in the repository",
-                            b.name, sec.secret_name
-                        ),
-                    )
-                })?;
-                let base = run_dir.join("volumes").join(&b.name);
-                let data = key_bytes(&obj.spec, true);
-                materialize(&base, &data, &sec.items, true)?;
-                // only a digest of the secret's content ever leaves this function
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: true,
-                    claim: String::new(),
-                    what: format!("secret:{}", data_digest(&data, &sec.items)),
-                }
-            } else if let Some(proj) = &b.projected {
-                // secrets and configMaps projected into one read-only directory
-                let base = run_dir.join("volumes").join(&b.name);
-                let mut digests = Vec::new();
-                for src in proj.get("sources").and_then(|v| v.as_array()).into_iter().flatten() {
-                    let items = |o: &serde_json::Value| -> Vec<crate::model::KeyToPath> {
-                        o.get("items").and_then(|i| serde_json::from_value(i.clone()).ok()).unwrap_or_default()
-                    };
-                    let (kind, o, secret) = match (src.get("secret"), src.get("configMap")) {
-                        (Some(o), _) => ("Secret", o, true),
-                        (None, Some(o)) => ("ConfigMap", o, false),
-                        _ => {
-                            return Err(Failure::new(
-                                "InvalidWorkspaceBindings",
-                                format!(
-                                    "workspace {:?}: only secret and configMap projected sources are supported locally",
-                                    b.name
-                                ),
-                            ))
-                        }
-                    };
-                    let name = o.get("name").and_then(|n| n.as_str()).unwrap_or_default();
-                    let obj = if secret { cat.secret(name) } else { cat.config_map(name) }.ok_or_else(|| {
-                        Failure::new(
-                            "InvalidWorkspaceBindings",
-                            format!(
-                                "workspace {:?} projects {kind} {name:?}, which is not defined in the repository",
-                                b.name
-                            ),
-                        )
-                    })?;
-                    let data = key_bytes(&obj.spec, secret);
-                    materialize(&base, &data, &items(o), secret)?;
-                    digests.push(format!("{kind}:{}", data_digest(&data, &items(o))));
-                }
-                Volume::Dir {
-                    path: mk(&base, sub)?,
-                    read_only: true,
-                    claim: String::new(),
-                    what: format!("projected:{}", digests.join(",")),
-                }
-            } else {
-                return Err(Failure::new(
-                    "InvalidWorkspaceBindings",
-                    format!("workspace {:?}: csi volumes are not supported by the local executor", b.name),
-                ));
-            };
-            map.insert(b.name.clone(), vol);
+            map.insert(b.name.clone(), volume(cat, b, repo, run_dir, opts)?);
         }
         Ok(RunVolumes { map, create: true })
     }
@@ -330,6 +204,114 @@ pub(crate) fn data_digest(data: &BTreeMap<String, Vec<u8>>, items: &[crate::mode
         h.update(format!("item {}:{}\n", i.key, i.path).as_bytes());
     }
     crate::hash::hex(&h.finalize())
+}
+
+fn invalid(message: String) -> Failure {
+    Failure::new("InvalidWorkspaceBindings", message)
+}
+
+/// One binding as a volume.
+fn volume(
+    cat: &Catalog,
+    b: &WorkspaceBinding,
+    repo: &[String],
+    run_dir: &Path,
+    opts: &EngineOptions,
+) -> Result<Volume, Failure> {
+    let sub = b.sub_path.as_deref().filter(|s| !s.is_empty());
+    let base = run_dir.join("volumes").join(&b.name);
+    if repo.contains(&b.name) {
+        return repo_volume(&b.name, sub, opts);
+    }
+    if b.empty_dir.is_some() {
+        return Ok(Volume::EmptyDir { sub: sub.map(String::from) });
+    }
+    if b.volume_claim_template.is_some() {
+        let claim = format!("pvc-{}", b.name);
+        return Ok(Volume::Dir { path: mk(&base, sub)?, read_only: false, claim, what: "volumeClaimTemplate".into() });
+    }
+    if let Some(pvc) = &b.persistent_volume_claim {
+        if pvc.claim_name.is_empty() || pvc.claim_name.contains('/') || pvc.claim_name.starts_with('.') {
+            return Err(invalid(format!("workspace {:?}: invalid claimName {:?}", b.name, pvc.claim_name)));
+        }
+        let base = opts.state_dir.join("pvc").join(&pvc.claim_name);
+        return Ok(Volume::Dir {
+            path: mk(&base, sub)?,
+            read_only: pvc.read_only,
+            claim: pvc.claim_name.clone(),
+            what: format!("persistentVolumeClaim:{}", pvc.claim_name),
+        });
+    }
+    let what = if let Some(cm) = &b.config_map {
+        let obj = cat.config_map(&cm.name).ok_or_else(|| {
+            invalid(format!(
+                "workspace {:?} binds ConfigMap {:?}, which is not defined in the repository",
+                b.name, cm.name
+            ))
+        })?;
+        let data = key_bytes(&obj.spec, false);
+        materialize(&base, &data, &cm.items, false)?;
+        format!("configMap:{}", data_digest(&data, &cm.items))
+    } else if let Some(sec) = &b.secret {
+        let obj = cat.secret(&sec.secret_name).ok_or_else(|| {
+            invalid(format!(
+                "workspace {:?} binds Secret {:?}, which is not defined in the repository",
+                b.name, sec.secret_name
+            ))
+        })?;
+        let data = key_bytes(&obj.spec, true);
+        materialize(&base, &data, &sec.items, true)?;
+        // only a digest of the secret's content ever leaves this function
+        format!("secret:{}", data_digest(&data, &sec.items))
+    } else if let Some(proj) = &b.projected {
+        projected(cat, &b.name, proj, &base)?
+    } else {
+        return Err(invalid(format!("workspace {:?}: csi volumes are not supported by the local executor", b.name)));
+    };
+    Ok(Volume::Dir { path: mk(&base, sub)?, read_only: true, claim: String::new(), what })
+}
+
+/// The repository tree (or a directory of it), read-only.
+fn repo_volume(name: &str, sub: Option<&str>, opts: &EngineOptions) -> Result<Volume, Failure> {
+    let root = opts.repo_root.canonicalize().unwrap_or_else(|_| opts.repo_root.clone());
+    let path = match sub {
+        Some(s) => join_sub(&root, s)?,
+        None => root,
+    };
+    if !path.is_dir() {
+        return Err(invalid(format!(
+            "workspace {name:?} is bound to the repository at {}, which is not a directory",
+            path.display()
+        )));
+    }
+    Ok(Volume::Dir { path, read_only: true, claim: String::new(), what: "repo".into() })
+}
+
+/// Secrets and configMaps projected into one read-only directory: what backs it.
+fn projected(cat: &Catalog, ws: &str, proj: &serde_json::Value, base: &Path) -> Result<String, Failure> {
+    let mut digests = Vec::new();
+    for src in proj.get("sources").and_then(|v| v.as_array()).into_iter().flatten() {
+        let items = |o: &serde_json::Value| -> Vec<crate::model::KeyToPath> {
+            o.get("items").and_then(|i| serde_json::from_value(i.clone()).ok()).unwrap_or_default()
+        };
+        let (kind, o, secret) = match (src.get("secret"), src.get("configMap")) {
+            (Some(o), _) => ("Secret", o, true),
+            (None, Some(o)) => ("ConfigMap", o, false),
+            _ => {
+                return Err(invalid(format!(
+                    "workspace {ws:?}: only secret and configMap projected sources are supported locally"
+                )))
+            }
+        };
+        let name = o.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+        let obj = if secret { cat.secret(name) } else { cat.config_map(name) }.ok_or_else(|| {
+            invalid(format!("workspace {ws:?} projects {kind} {name:?}, which is not defined in the repository"))
+        })?;
+        let data = key_bytes(&obj.spec, secret);
+        materialize(base, &data, &items(o), secret)?;
+        digests.push(format!("{kind}:{}", data_digest(&data, &items(o))));
+    }
+    Ok(format!("projected:{}", digests.join(",")))
 }
 
 fn mk(base: &Path, sub: Option<&str>) -> Result<PathBuf, Failure> {
