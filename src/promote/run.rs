@@ -12,7 +12,7 @@ use super::git::{self, Credentials, GitError, Hold, Landing, Target};
 use super::PromoteError;
 use crate::model::{Catalog, Obj, ParamValue, PromotionPolicySpec};
 use crate::report::{RunReport, API_VERSION};
-use crate::store::SqliteStore;
+use crate::store::{PromotionState, RunResults, StateStore};
 
 #[derive(Debug, Clone)]
 pub struct PromoteOptions {
@@ -162,8 +162,8 @@ pub fn diff(file: &str, old: &str, new: &str) -> String {
 pub fn promote_all(
     cat: &Catalog,
     dir: &Path,
-    store: &SqliteStore,
-    results: Option<&BTreeMap<String, BTreeMap<String, BTreeMap<String, ParamValue>>>>,
+    store: &dyn StateStore,
+    results: Option<&BTreeMap<String, RunResults>>,
     opts: &PromoteOptions,
 ) -> Result<PromotionReport, PromoteError> {
     let mut out = Vec::new();
@@ -310,9 +310,8 @@ pub fn promote_all(
             invalid(e, &target.url)?;
         }
         let (state, detail, commit, hold) = outcome(&landing, &target.url, &target.branch);
-        let stored = if state == "Failed" { "Failed" } else { state };
-        let _ = store.set_promotion_state(&d.id, stored, &detail);
-        let mut s = summary(p, Some(&d), state, &detail, &target_ref, vec![]);
+        let _ = store.set_promotion_state(&d.id, state, &detail);
+        let mut s = summary(p, Some(&d), state.as_str(), &detail, &target_ref, vec![]);
         s.message = message;
         s.commit = commit;
         s.hold = hold;
@@ -375,31 +374,34 @@ fn outcome(
     landing: &Result<Landing, GitError>,
     url: &str,
     branch: &str,
-) -> (&'static str, String, Option<String>, Option<Hold>) {
+) -> (PromotionState, String, Option<String>, Option<Hold>) {
+    use PromotionState as S;
     match landing {
         Ok(Landing::Landed { commit, branch, attempts }) => {
-            ("Landed", format!("pushed to {branch} after {attempts} attempt(s)"), Some(commit.clone()), None)
+            (S::Landed, format!("pushed to {branch} after {attempts} attempt(s)"), Some(commit.clone()), None)
         }
-        Ok(Landing::AlreadyLanded) => ("AlreadyLanded", "the ledger already records this promotion".into(), None, None),
-        Ok(Landing::NoChange) => ("NoChange", "the target files already hold these values".into(), None, None),
+        Ok(Landing::AlreadyLanded) => {
+            (S::AlreadyLanded, "the ledger already records this promotion".into(), None, None)
+        }
+        Ok(Landing::NoChange) => (S::NoChange, "the target files already hold these values".into(), None, None),
         Ok(Landing::Superseded { by }) => {
-            ("Superseded", format!("a later decision is in the ledger: {by}"), None, None)
+            (S::Superseded, format!("a later decision is in the ledger: {by}"), None, None)
         }
         Ok(Landing::Conflicted { attempts }) => (
-            "Conflicted",
+            S::Conflicted,
             format!("the branch kept moving; gave up after {attempts} attempts, will retry on the next trigger"),
             None,
             None,
         ),
         Ok(Landing::Proposed { commit, branch: pushed }) => (
-            "Proposed",
+            S::Proposed,
             format!("branch {pushed} holds this change; it lands when merged into {branch} (open a pull request)"),
             Some(commit.clone()),
             None,
         ),
-        Ok(Landing::Held { hold }) => ("Held", hold.describe(), None, Some(hold.clone())),
-        Ok(Landing::NotHeld) => ("NotHeld", "the environment is not held: nothing to release".into(), None, None),
-        Err(e) => ("Failed", with_target(e, url), None, None),
+        Ok(Landing::Held { hold }) => (S::Held, hold.describe(), None, Some(hold.clone())),
+        Ok(Landing::NotHeld) => (S::NotHeld, "the environment is not held: nothing to release".into(), None, None),
+        Err(e) => (S::Failed, with_target(e, url), None, None),
     }
 }
 
@@ -440,7 +442,7 @@ fn env_target<'c>(
 pub fn rollback(
     cat: &Catalog,
     dir: &Path,
-    store: &SqliteStore,
+    store: &dyn StateStore,
     env: &str,
     to: &str,
     by: &str,
@@ -556,7 +558,7 @@ pub fn rollback(
     }
     let (state, detail, commit, _) = outcome(&landing, &target.url, &target.branch);
     let _ = store.set_promotion_state(&id, state, &detail);
-    let mut s = summary_of(&d, state, &detail, &target_ref, vec![]);
+    let mut s = summary_of(&d, state.as_str(), &detail, &target_ref, vec![]);
     s.message = message;
     s.commit = commit;
     s.hold = Some(hold);
@@ -607,8 +609,8 @@ pub fn release(
             invalid(e, &target.url)?;
         }
         let (state, detail, commit, _) = outcome(&landing, &target.url, &target.branch);
-        s.state = state.into();
-        s.detail = if state == "Landed" { format!("released {env}; {detail}") } else { detail };
+        s.state = state.as_str().into();
+        s.detail = if state == PromotionState::Landed { format!("released {env}; {detail}") } else { detail };
         s.commit = commit;
     }
     s.hold = Some(hold);

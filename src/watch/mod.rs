@@ -20,6 +20,7 @@ use crate::error::{Error, Outcome};
 use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
 use crate::reconcile::{self, RunSettings};
 use crate::report::PlanReport;
+use crate::store::StateStore;
 use crate::ui::Console;
 use source::{GitSource, Ignored, SourceError};
 use state::{rfc3339_now, Details, LastError, LastReconcile, ReconcileOutcome, Shared, SourceDoc};
@@ -318,7 +319,7 @@ async fn git_loop(
                     let ended = reconcile_revision(opts, shared, stop, &src, &store, &source_key, tip).await;
                     last_outcome = ended.outcome;
                     if ended.done {
-                        let _ = store.record_reconciled(&source_key, &rev, ended.outcome.as_str());
+                        let _ = store.record_reconciled(&source_key, &rev, ended.outcome);
                     }
                 } else {
                     shared.status().revision = Some(rev);
@@ -349,7 +350,7 @@ async fn reconcile_revision(
     shared: &Arc<Shared>,
     stop: &CancellationToken,
     src: &GitSource,
-    store: &crate::store::SqliteStore,
+    store: &dyn StateStore,
     source_key: &str,
     tip: git2::Oid,
 ) -> Ended {
