@@ -230,7 +230,7 @@ mod tests {
         sqlite.record_run("build", "u1", true, &[k1.clone(), k2.clone()]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         // a failed run later does not count
-        sqlite.record_run("build", "u2", false, &[k3.clone()]).unwrap();
+        sqlite.record_run("build", "u2", false, std::slice::from_ref(&k3)).unwrap();
         let (uid, results) = s.latest_run_results("build").unwrap().unwrap();
         assert_eq!(uid, "u1");
         // matrix children (`t[0]`) are left out

@@ -110,7 +110,7 @@ pub fn ledger_at_tip(t: &Target, env: Option<&str>) -> Result<(Vec<LedgerRecord>
             out.push(release_of(ledger::parse(&file(&path), &text)?));
         }
     }
-    out.sort_by(|a, b| b.decided_at_ns.cmp(&a.decided_at_ns));
+    out.sort_by_key(|r| std::cmp::Reverse(r.decided_at_ns));
     let mut holds = Vec::new();
     for (e, path, text) in yaml_files(&repo, &tree, &format!("{LEDGER_DIR}/holds")) {
         if env.is_none_or(|want| want == e) {
