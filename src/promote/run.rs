@@ -12,7 +12,7 @@ use super::git::{self, Credentials, GitError, Hold, Landing, Target};
 use super::PromoteError;
 use crate::model::{Catalog, Obj, ParamValue, PromotionPolicySpec};
 use crate::report::{RunReport, API_VERSION};
-use crate::store::SqliteStore;
+use crate::store::{PromotionState, RunResults, StateStore};
 
 #[derive(Debug, Clone)]
 pub struct PromoteOptions {
@@ -162,163 +162,183 @@ pub fn diff(file: &str, old: &str, new: &str) -> String {
 pub fn promote_all(
     cat: &Catalog,
     dir: &Path,
-    store: &SqliteStore,
-    results: Option<&BTreeMap<String, BTreeMap<String, BTreeMap<String, ParamValue>>>>,
+    store: &dyn StateStore,
+    results: Option<&BTreeMap<String, RunResults>>,
     opts: &PromoteOptions,
 ) -> Result<PromotionReport, PromoteError> {
     let mut out = Vec::new();
-    'policies: for p in cat.promotion_policies.iter().filter(|p| opts.policy.as_ref().is_none_or(|n| n == &p.name)) {
-        let run = &p.spec.pipeline_run_ref.name;
-        let (source, run_results) = match results.and_then(|r| r.get(run)) {
-            Some(r) => (source_revision(dir), r.clone()),
-            None => match store
-                .latest_run_results(run)
-                .map_err(PromoteError::store(format!("read the results of PipelineRun {run:?}")))?
-            {
-                Some((_uid, r)) => (source_revision(dir), r),
-                None => {
-                    out.push(summary(
-                        p,
-                        None,
-                        "NoResults",
-                        &format!("PipelineRun {run:?} has no successful run recorded: run it first (tenon run)"),
-                        "",
-                        vec![],
-                    ));
-                    continue;
-                }
-            },
-        };
-        let target = match target_of(p, dir, opts) {
-            Ok(t) => t,
-            Err(e) => {
-                out.push(summary(p, None, "Failed", &e.to_string(), "", vec![]));
-                continue;
-            }
-        };
-        // incumbent values: read from the target branch
-        let mut incumbents = BTreeMap::new();
-        // gates whose incumbent could not be read: they cannot pass
-        let mut unknown: BTreeMap<usize, String> = BTreeMap::new();
-        for (i, g) in p.spec.gates.iter().enumerate() {
-            if let Some(inc) = &g.incumbent {
-                match git::read_at_tip(&target, &inc.file) {
-                    Ok(Some(text)) => {
-                        if let Ok(path) = crate::model::parse_path(&inc.path) {
-                            if let Ok(span) = crate::model::locate_scalar(&text, &path) {
-                                incumbents.insert(i, span.value);
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) if opts.dry_run => {
-                        unknown.insert(i, format!("the incumbent could not be read: {}", with_target(&e, &target.url)));
-                    }
-                    Err(e) => {
-                        out.push(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![]));
-                        continue 'policies;
-                    }
-                }
-            }
-        }
-        let input_hash = crate::hash::sha256_hex(serde_json::to_string(&run_results).unwrap_or_default().as_bytes());
-        let mut d = decide(&p.name, &p.spec, &run_results, &incumbents, &source, &input_hash);
-        for (i, why) in unknown {
-            if let Some(g) = d.gates.get_mut(i) {
-                g.passed = false;
-                g.note = why;
-            }
-            d.promote = false;
-        }
-        // a decision already in the ledger has landed, whatever the gates say now (an
-        // incumbent gate compares with the value it deployed itself)
-        if !opts.dry_run {
-            if let Ok(Some(_)) = git::read_at_tip(&target, &git::ledger_path(&d.environment, &d.id)) {
-                let mut s = summary(
-                    p,
-                    Some(&d),
-                    "AlreadyLanded",
-                    "the ledger already records this promotion (its gates passed when it was decided)",
-                    &target.url,
-                    vec![],
-                );
-                // the gates would now compare with the value this promotion deployed: not shown
-                s.gates.clear();
-                s.promote = true;
-                out.push(s);
-                continue;
-            }
-        }
-        let target_ref = format!(
-            "{} {}",
-            target.url,
-            if target.branch_mode {
-                format!("tenon/promote/{}/{}", d.environment, &d.id[..12])
-            } else {
-                target.branch.clone()
-            }
-        );
-        if !d.promote {
-            let failed: Vec<String> = d
-                .gates
-                .iter()
-                .filter(|g| !g.passed)
-                .map(|g| {
-                    format!(
-                        "{} {} {} (observed {:?}{})",
-                        g.result,
-                        g.operator,
-                        g.threshold,
-                        g.observed.as_deref().unwrap_or("none"),
-                        if g.note.is_empty() { String::new() } else { format!("; {}", g.note) }
-                    )
-                })
-                .collect();
-            out.push(summary(p, Some(&d), "GatesFailed", &failed.join("; "), &target_ref, vec![]));
-            continue;
-        }
-        // a hold (placed by `tenon rollback`) stops automatic promotion: never bypassed
-        match git::hold_at_tip(&target, &d.environment) {
-            Ok(None) => {}
-            Ok(Some(h)) => {
-                let mut s = summary(p, Some(&d), "Held", &h.describe(), &target_ref, vec![]);
-                s.hold = Some(h);
-                out.push(s);
-                continue;
-            }
-            Err(e) => {
-                invalid(&e, &target.url)?;
-                let why = format!("cannot tell whether {} is held: {}", d.environment, with_target(&e, &target.url));
-                out.push(summary(p, Some(&d), "Failed", &why, &target_ref, vec![]));
-                continue;
-            }
-        }
-        let message = commit_message(&d);
-        if opts.dry_run {
-            let diffs = dry_run_diffs(&target, dir, &d.updates);
-            let mut s = summary(p, Some(&d), "DryRun", "", &target_ref, diffs);
-            s.message = message;
-            out.push(s);
-            continue;
-        }
-        // the decision is recorded before git is touched; a restart re-drives it
-        let decided = store
-            .record_decision(&d.id, &p.name, &d.environment, &serde_json::to_string(&d).unwrap_or_default())
-            .map_err(PromoteError::store("record the promotion decision (nothing was pushed)"))?;
-        let landing = git::write_back(&target, &d, &message, decided, &source, None);
-        if let Err(e) = &landing {
-            invalid(e, &target.url)?;
-        }
-        let (state, detail, commit, hold) = outcome(&landing, &target.url, &target.branch);
-        let stored = if state == "Failed" { "Failed" } else { state };
-        let _ = store.set_promotion_state(&d.id, stored, &detail);
-        let mut s = summary(p, Some(&d), state, &detail, &target_ref, vec![]);
-        s.message = message;
-        s.commit = commit;
-        s.hold = hold;
-        out.push(s);
+    for p in cat.promotion_policies.iter().filter(|p| opts.policy.as_ref().is_none_or(|n| n == &p.name)) {
+        out.push(promote_policy(p, dir, store, results, opts)?);
     }
     Ok(PromotionReport { api_version: API_VERSION, kind: "PromotionReport", promotions: out })
+}
+
+/// Decide and write back one policy. A promotion that could not be made is a summary
+/// (`NoResults`, `Failed`, `GatesFailed`, ...); only a store failure or a malformed document
+/// of tenon's on the target branch is an error.
+fn promote_policy(
+    p: &Obj<PromotionPolicySpec>,
+    dir: &Path,
+    store: &dyn StateStore,
+    results: Option<&BTreeMap<String, RunResults>>,
+    opts: &PromoteOptions,
+) -> Result<PromotionSummary, PromoteError> {
+    let run = &p.spec.pipeline_run_ref.name;
+    let run_results = match results.and_then(|r| r.get(run)) {
+        Some(r) => r.clone(),
+        None => match store
+            .latest_run_results(run)
+            .map_err(PromoteError::store(format!("read the results of PipelineRun {run:?}")))?
+        {
+            Some((_uid, r)) => r,
+            None => {
+                let why = format!("PipelineRun {run:?} has no successful run recorded: run it first (tenon run)");
+                return Ok(summary(p, None, "NoResults", &why, "", vec![]));
+            }
+        },
+    };
+    let source = source_revision(dir);
+    let target = match target_of(p, dir, opts) {
+        Ok(t) => t,
+        Err(e) => return Ok(summary(p, None, "Failed", &e.to_string(), "", vec![])),
+    };
+    let (incumbents, unknown) = match read_incumbents(p, &target, opts.dry_run) {
+        Ok(read) => read,
+        Err(e) => return Ok(summary(p, None, "Failed", &with_target(&e, &target.url), &target.url, vec![])),
+    };
+    let input_hash = crate::hash::sha256_hex(serde_json::to_string(&run_results).unwrap_or_default().as_bytes());
+    let mut d = decide(&p.name, &p.spec, &run_results, &incumbents, &source, &input_hash);
+    for (i, why) in unknown {
+        if let Some(g) = d.gates.get_mut(i) {
+            g.passed = false;
+            g.note = why;
+        }
+        d.promote = false;
+    }
+    // a decision already in the ledger has landed, whatever the gates say now (an
+    // incumbent gate compares with the value it deployed itself)
+    if !opts.dry_run {
+        if let Ok(Some(_)) = git::read_at_tip(&target, &git::ledger_path(&d.environment, &d.id)) {
+            let why = "the ledger already records this promotion (its gates passed when it was decided)";
+            let mut s = summary(p, Some(&d), "AlreadyLanded", why, &target.url, vec![]);
+            // the gates would now compare with the value this promotion deployed: not shown
+            s.gates.clear();
+            s.promote = true;
+            return Ok(s);
+        }
+    }
+    let target_ref = format!(
+        "{} {}",
+        target.url,
+        if target.branch_mode {
+            format!("tenon/promote/{}/{}", d.environment, &d.id[..12])
+        } else {
+            target.branch.clone()
+        }
+    );
+    if !d.promote {
+        return Ok(summary(p, Some(&d), "GatesFailed", &failed_gates(&d), &target_ref, vec![]));
+    }
+    // a hold (placed by `tenon rollback`) stops automatic promotion: never bypassed
+    match git::hold_at_tip(&target, &d.environment) {
+        Ok(None) => {}
+        Ok(Some(h)) => {
+            let mut s = summary(p, Some(&d), "Held", &h.describe(), &target_ref, vec![]);
+            s.hold = Some(h);
+            return Ok(s);
+        }
+        Err(e) => {
+            invalid(&e, &target.url)?;
+            let why = format!("cannot tell whether {} is held: {}", d.environment, with_target(&e, &target.url));
+            return Ok(summary(p, Some(&d), "Failed", &why, &target_ref, vec![]));
+        }
+    }
+    let message = commit_message(&d);
+    if opts.dry_run {
+        let diffs = dry_run_diffs(&target, dir, &d.updates);
+        let mut s = summary(p, Some(&d), "DryRun", "", &target_ref, diffs);
+        s.message = message;
+        return Ok(s);
+    }
+    land(p, &d, store, &target, &target_ref, message, &source)
+}
+
+/// The incumbent value of each gate that has one, read from the target branch; and, in a
+/// dry run, the gates whose incumbent could not be read (they cannot pass), with why.
+/// Outside a dry run such a read fails the promotion.
+#[allow(clippy::type_complexity)]
+fn read_incumbents(
+    p: &Obj<PromotionPolicySpec>,
+    target: &Target,
+    dry_run: bool,
+) -> Result<(BTreeMap<usize, String>, BTreeMap<usize, String>), GitError> {
+    let mut incumbents = BTreeMap::new();
+    let mut unknown = BTreeMap::new();
+    for (i, g) in p.spec.gates.iter().enumerate() {
+        let Some(inc) = &g.incumbent else { continue };
+        match git::read_at_tip(target, &inc.file) {
+            Ok(Some(text)) => {
+                if let Ok(path) = crate::model::parse_path(&inc.path) {
+                    if let Ok(span) = crate::model::locate_scalar(&text, &path) {
+                        incumbents.insert(i, span.value);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) if dry_run => {
+                unknown.insert(i, format!("the incumbent could not be read: {}", with_target(&e, &target.url)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((incumbents, unknown))
+}
+
+/// The gates of `d` that failed, for a summary's detail.
+fn failed_gates(d: &Decision) -> String {
+    let failed: Vec<String> = d
+        .gates
+        .iter()
+        .filter(|g| !g.passed)
+        .map(|g| {
+            format!(
+                "{} {} {} (observed {:?}{})",
+                g.result,
+                g.operator,
+                g.threshold,
+                g.observed.as_deref().unwrap_or("none"),
+                if g.note.is_empty() { String::new() } else { format!("; {}", g.note) }
+            )
+        })
+        .collect();
+    failed.join("; ")
+}
+
+/// Record decision `d` (before git is touched: a restart re-drives it), write it back and
+/// record how that ended.
+fn land(
+    p: &Obj<PromotionPolicySpec>,
+    d: &Decision,
+    store: &dyn StateStore,
+    target: &Target,
+    target_ref: &str,
+    message: String,
+    source: &str,
+) -> Result<PromotionSummary, PromoteError> {
+    let decided = store
+        .record_decision(&d.id, &p.name, &d.environment, &serde_json::to_string(d).unwrap_or_default())
+        .map_err(PromoteError::store("record the promotion decision (nothing was pushed)"))?;
+    let landing = git::write_back(target, d, &message, decided, source, None);
+    if let Err(e) = &landing {
+        invalid(e, &target.url)?;
+    }
+    let (state, detail, commit, hold) = outcome(&landing, &target.url, &target.branch);
+    let _ = store.set_promotion_state(&d.id, state, &detail);
+    let mut s = summary(p, Some(d), state.as_str(), &detail, target_ref, vec![]);
+    s.message = message;
+    s.commit = commit;
+    s.hold = hold;
+    Ok(s)
 }
 
 /// What the ledgers of the policies' targets record (newest first), and the holds in place.
@@ -339,7 +359,7 @@ pub fn history(
         out.extend(records);
         holds.extend(h);
     }
-    out.sort_by(|a, b| b.decided_at_ns.cmp(&a.decided_at_ns));
+    out.sort_by_key(|r| std::cmp::Reverse(r.decided_at_ns));
     Ok((out, holds))
 }
 
@@ -375,31 +395,34 @@ fn outcome(
     landing: &Result<Landing, GitError>,
     url: &str,
     branch: &str,
-) -> (&'static str, String, Option<String>, Option<Hold>) {
+) -> (PromotionState, String, Option<String>, Option<Hold>) {
+    use PromotionState as S;
     match landing {
         Ok(Landing::Landed { commit, branch, attempts }) => {
-            ("Landed", format!("pushed to {branch} after {attempts} attempt(s)"), Some(commit.clone()), None)
+            (S::Landed, format!("pushed to {branch} after {attempts} attempt(s)"), Some(commit.clone()), None)
         }
-        Ok(Landing::AlreadyLanded) => ("AlreadyLanded", "the ledger already records this promotion".into(), None, None),
-        Ok(Landing::NoChange) => ("NoChange", "the target files already hold these values".into(), None, None),
+        Ok(Landing::AlreadyLanded) => {
+            (S::AlreadyLanded, "the ledger already records this promotion".into(), None, None)
+        }
+        Ok(Landing::NoChange) => (S::NoChange, "the target files already hold these values".into(), None, None),
         Ok(Landing::Superseded { by }) => {
-            ("Superseded", format!("a later decision is in the ledger: {by}"), None, None)
+            (S::Superseded, format!("a later decision is in the ledger: {by}"), None, None)
         }
         Ok(Landing::Conflicted { attempts }) => (
-            "Conflicted",
+            S::Conflicted,
             format!("the branch kept moving; gave up after {attempts} attempts, will retry on the next trigger"),
             None,
             None,
         ),
         Ok(Landing::Proposed { commit, branch: pushed }) => (
-            "Proposed",
+            S::Proposed,
             format!("branch {pushed} holds this change; it lands when merged into {branch} (open a pull request)"),
             Some(commit.clone()),
             None,
         ),
-        Ok(Landing::Held { hold }) => ("Held", hold.describe(), None, Some(hold.clone())),
-        Ok(Landing::NotHeld) => ("NotHeld", "the environment is not held: nothing to release".into(), None, None),
-        Err(e) => ("Failed", with_target(e, url), None, None),
+        Ok(Landing::Held { hold }) => (S::Held, hold.describe(), None, Some(hold.clone())),
+        Ok(Landing::NotHeld) => (S::NotHeld, "the environment is not held: nothing to release".into(), None, None),
+        Err(e) => (S::Failed, with_target(e, url), None, None),
     }
 }
 
@@ -440,7 +463,7 @@ fn env_target<'c>(
 pub fn rollback(
     cat: &Catalog,
     dir: &Path,
-    store: &SqliteStore,
+    store: &dyn StateStore,
     env: &str,
     to: &str,
     by: &str,
@@ -458,26 +481,7 @@ pub fn rollback(
         }
     };
     let promotions: Vec<&git::LedgerRecord> = records.iter().filter(|r| r.kind != "release").collect();
-    let matches: Vec<&&git::LedgerRecord> =
-        promotions.iter().filter(|r| !to.is_empty() && r.id.starts_with(to)).collect();
-    let found = match matches.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(PromoteError::UnknownPromotion {
-                to: to.to_string(),
-                env: env.to_string(),
-                url: target.url.clone(),
-                branch: target.branch.clone(),
-            })
-        }
-        many => {
-            let candidates = many.iter().map(|r| git::short(&r.id, 16).to_string()).collect();
-            return Err(PromoteError::AmbiguousPromotion { to: to.to_string(), env: env.to_string(), candidates });
-        }
-    };
-    if found.updates.is_empty() {
-        return Err(PromoteError::NothingToRestore { id: found.id.clone() });
-    }
+    let found = restored_promotion(&promotions, to, env, &target)?;
     let latest = promotions.first().map(|r| r.id.clone()).unwrap_or_default();
     let target_ref = format!("{} {}", target.url, git::push_branch(&target, env, &latest));
     // already rolled back to it, and the hold is in place: nothing to do
@@ -494,38 +498,10 @@ pub fn rollback(
         s.hold = Some(h.clone());
         return Ok(report(s));
     }
-    let id = crate::hash::sha256_hex(
-        serde_json::json!({"kind": "rollback", "environment": env, "restores": found.id, "from": latest, "updates": found.updates})
-            .to_string()
-            .as_bytes(),
-    );
     let short = |s: &str| git::short(s, 12).to_string();
     let reason = if reason.is_empty() { format!("rollback to {}", short(&found.id)) } else { reason.to_string() };
-    let d = Decision {
-        policy: found.policy.clone(),
-        environment: env.to_string(),
-        subject_uri: found.subject_uri.clone(),
-        subject_digest: found.subject_digest.clone(),
-        gates: vec![],
-        promote: true,
-        updates: found.updates.clone(),
-        id: id.clone(),
-        message: format!(
-            "rollback({env}): restore {} ({}); hold automatic promotion",
-            short(&found.id),
-            found.subject_digest
-        ),
-        trailers: vec![
-            ("Tenon-Promotion-Id".into(), id.clone()),
-            ("Tenon-Policy".into(), found.policy.clone()),
-            ("Tenon-Environment".into(), env.to_string()),
-            ("Tenon-Subject-Digest".into(), found.subject_digest.clone()),
-            ("Tenon-Rollback-Of".into(), latest.clone()),
-            ("Tenon-Rollback-To".into(), found.id.clone()),
-            ("Tenon-Hold".into(), format!("{by}: {reason}")),
-        ],
-        restores: Some(found.id.clone()),
-    };
+    let d = rollback_decision(env, found, &latest, by, &reason);
+    let id = d.id.clone();
     let message = commit_message(&d);
     let target_ref = format!("{} {}", target.url, git::push_branch(&target, env, &id));
     let mut hold = Hold {
@@ -556,11 +532,77 @@ pub fn rollback(
     }
     let (state, detail, commit, _) = outcome(&landing, &target.url, &target.branch);
     let _ = store.set_promotion_state(&id, state, &detail);
-    let mut s = summary_of(&d, state, &detail, &target_ref, vec![]);
+    let mut s = summary_of(&d, state.as_str(), &detail, &target_ref, vec![]);
     s.message = message;
     s.commit = commit;
     s.hold = Some(hold);
     Ok(report(s))
+}
+
+/// The promotion of `env` whose id starts with `to` (exactly one), with updates to restore.
+fn restored_promotion<'r>(
+    promotions: &[&'r git::LedgerRecord],
+    to: &str,
+    env: &str,
+    target: &Target,
+) -> Result<&'r git::LedgerRecord, PromoteError> {
+    let matches: Vec<&git::LedgerRecord> =
+        promotions.iter().copied().filter(|r| !to.is_empty() && r.id.starts_with(to)).collect();
+    let found = match matches.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(PromoteError::UnknownPromotion {
+                to: to.to_string(),
+                env: env.to_string(),
+                url: target.url.clone(),
+                branch: target.branch.clone(),
+            })
+        }
+        many => {
+            let candidates = many.iter().map(|r| git::short(&r.id, 16).to_string()).collect();
+            return Err(PromoteError::AmbiguousPromotion { to: to.to_string(), env: env.to_string(), candidates });
+        }
+    };
+    if found.updates.is_empty() {
+        return Err(PromoteError::NothingToRestore { id: found.id.clone() });
+    }
+    Ok(found)
+}
+
+/// The decision of a rollback of `env` (whose latest promotion is `latest`) to `found`:
+/// its id names what it restores and from where.
+fn rollback_decision(env: &str, found: &git::LedgerRecord, latest: &str, by: &str, reason: &str) -> Decision {
+    let id = crate::hash::sha256_hex(
+        serde_json::json!({"kind": "rollback", "environment": env, "restores": found.id, "from": latest, "updates": found.updates})
+            .to_string()
+            .as_bytes(),
+    );
+    let short = |s: &str| git::short(s, 12).to_string();
+    Decision {
+        policy: found.policy.clone(),
+        environment: env.to_string(),
+        subject_uri: found.subject_uri.clone(),
+        subject_digest: found.subject_digest.clone(),
+        gates: vec![],
+        promote: true,
+        updates: found.updates.clone(),
+        id: id.clone(),
+        message: format!(
+            "rollback({env}): restore {} ({}); hold automatic promotion",
+            short(&found.id),
+            found.subject_digest
+        ),
+        trailers: vec![
+            ("Tenon-Promotion-Id".into(), id),
+            ("Tenon-Policy".into(), found.policy.clone()),
+            ("Tenon-Environment".into(), env.to_string()),
+            ("Tenon-Subject-Digest".into(), found.subject_digest.clone()),
+            ("Tenon-Rollback-Of".into(), latest.to_string()),
+            ("Tenon-Rollback-To".into(), found.id.clone()),
+            ("Tenon-Hold".into(), format!("{by}: {reason}")),
+        ],
+        restores: Some(found.id.clone()),
+    }
 }
 
 /// `tenon release --env ENV`: remove the hold on ENV in a commit (nothing to release:
@@ -607,8 +649,8 @@ pub fn release(
             invalid(e, &target.url)?;
         }
         let (state, detail, commit, _) = outcome(&landing, &target.url, &target.branch);
-        s.state = state.into();
-        s.detail = if state == "Landed" { format!("released {env}; {detail}") } else { detail };
+        s.state = state.as_str().into();
+        s.detail = if state == PromotionState::Landed { format!("released {env}; {detail}") } else { detail };
         s.commit = commit;
     }
     s.hold = Some(hold);

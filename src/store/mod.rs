@@ -21,8 +21,11 @@ use crate::model::ParamValue;
 mod gc;
 mod objects;
 mod sqlite;
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::{PromotionState, ReconcileOutcome, RunResults, StateStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -95,26 +95,6 @@ impl SqliteStore {
         })
     }
 
-    /// Record a promotion decision before touching git. A decision already recorded
-    /// keeps its original time (the ledger's `decidedAt` is written once). Returns it.
-    pub fn record_decision(&self, id: &str, policy: &str, env: &str, decision: &str) -> Result<i64> {
-        let conn = self.conn();
-        let now = hash::now_ns();
-        conn.execute(
-            "INSERT OR IGNORE INTO promotions (id, policy, environment, state, decision, decided_ns, updated_ns) VALUES (?1, ?2, ?3, 'Decided', ?4, ?5, ?5)",
-            params![id, policy, env, decision, now],
-        )?;
-        Ok(conn.query_row("SELECT decided_ns FROM promotions WHERE id = ?1", [id], |r| r.get(0))?)
-    }
-
-    pub fn set_promotion_state(&self, id: &str, state: &str, detail: &str) -> Result<()> {
-        self.conn().execute(
-            "UPDATE promotions SET state = ?2, detail = ?3, updated_ns = ?4 WHERE id = ?1",
-            params![id, state, detail, hash::now_ns()],
-        )?;
-        Ok(())
-    }
-
     /// Promotions not finished (decided but not landed, or conflicted), oldest first:
     /// (id, decision JSON, decided_ns).
     pub fn unfinished_promotions(&self) -> Result<Vec<(String, String, i64)>> {
@@ -122,67 +102,6 @@ impl SqliteStore {
         let mut st = conn.prepare("SELECT id, decision, decided_ns FROM promotions WHERE state IN ('Decided', 'Conflicted') ORDER BY decided_ns")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-    }
-
-    /// `tenon watch`: remember that `revision` of `source` was reconciled (so a restart
-    /// does not redo it).
-    pub fn record_reconciled(&self, source: &str, revision: &str, outcome: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO watch_revisions (source, revision, outcome, finished_ns) VALUES (?1, ?2, ?3, ?4)",
-            params![source, revision, outcome, hash::now_ns()],
-        )?;
-        Ok(())
-    }
-
-    /// `tenon watch`: the outcome recorded for `revision` of `source`, if it was reconciled.
-    pub fn reconciled_outcome(&self, source: &str, revision: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT outcome FROM watch_revisions WHERE source = ?1 AND revision = ?2",
-                params![source, revision],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
-    /// `tenon watch`: the revision of `source` reconciled last.
-    pub fn last_reconciled(&self, source: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT revision FROM watch_revisions WHERE source = ?1 ORDER BY finished_ns DESC LIMIT 1",
-                [source],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
-    /// Results of the latest successful run of `run`: (uid, task -> results).
-    pub fn latest_run_results(
-        &self,
-        run: &str,
-    ) -> Result<Option<(String, BTreeMap<String, BTreeMap<String, ParamValue>>)>> {
-        let row: Option<(String, String)> = self
-            .conn()
-            .query_row(
-                "SELECT uid, keys FROM runs WHERE run = ?1 AND ok = 1 ORDER BY finished_ns DESC LIMIT 1",
-                [run],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((uid, keys)) = row else { return Ok(None) };
-        let keys: Vec<String> = serde_json::from_str(&keys).unwrap_or_default();
-        let mut out: BTreeMap<String, BTreeMap<String, ParamValue>> = BTreeMap::new();
-        for k in keys {
-            if let Some(rec) = self.get(&k)? {
-                // matrix children `t[0]` aggregate like the engine does: skip them here
-                if !rec.task.contains('[') {
-                    out.insert(rec.task.clone(), rec.results.clone());
-                }
-            }
-        }
-        Ok(Some((uid, out)))
     }
 
     /// Records, newest first.
@@ -498,5 +417,86 @@ impl Store for SqliteStore {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(StoreError::Io { path: p, source: e }),
         }
+    }
+}
+
+impl StateStore for SqliteStore {
+    fn record_decision(&self, id: &str, policy: &str, env: &str, decision: &str) -> Result<i64> {
+        let conn = self.conn();
+        let now = hash::now_ns();
+        conn.execute(
+            "INSERT OR IGNORE INTO promotions (id, policy, environment, state, decision, decided_ns, updated_ns) VALUES (?1, ?2, ?3, 'Decided', ?4, ?5, ?5)",
+            params![id, policy, env, decision, now],
+        )?;
+        Ok(conn.query_row("SELECT decided_ns FROM promotions WHERE id = ?1", [id], |r| r.get(0))?)
+    }
+
+    fn set_promotion_state(&self, id: &str, state: PromotionState, detail: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE promotions SET state = ?2, detail = ?3, updated_ns = ?4 WHERE id = ?1",
+            params![id, state.as_str(), detail, hash::now_ns()],
+        )?;
+        Ok(())
+    }
+
+    fn record_reconciled(&self, source: &str, revision: &str, outcome: ReconcileOutcome) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO watch_revisions (source, revision, outcome, finished_ns) VALUES (?1, ?2, ?3, ?4)",
+            params![source, revision, outcome.as_str(), hash::now_ns()],
+        )?;
+        Ok(())
+    }
+
+    fn reconciled_outcome(&self, source: &str, revision: &str) -> Result<Option<ReconcileOutcome>> {
+        let outcome: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT outcome FROM watch_revisions WHERE source = ?1 AND revision = ?2",
+                params![source, revision],
+                |r| r.get(0),
+            )
+            .optional()?;
+        outcome
+            .map(|o| {
+                ReconcileOutcome::parse(&o).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{source} {revision}"),
+                    message: format!("unknown reconcile outcome {o:?}"),
+                })
+            })
+            .transpose()
+    }
+
+    fn last_reconciled(&self, source: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT revision FROM watch_revisions WHERE source = ?1 ORDER BY finished_ns DESC LIMIT 1",
+                [source],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn latest_run_results(&self, run: &str) -> Result<Option<(String, RunResults)>> {
+        let row: Option<(String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT uid, keys FROM runs WHERE run = ?1 AND ok = 1 ORDER BY finished_ns DESC LIMIT 1",
+                [run],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((uid, keys)) = row else { return Ok(None) };
+        let keys: Vec<String> = serde_json::from_str(&keys).unwrap_or_default();
+        let mut out: RunResults = BTreeMap::new();
+        for k in keys {
+            if let Some(rec) = self.get(&k)? {
+                // matrix children `t[0]` aggregate like the engine does: skip them here
+                if !rec.task.contains('[') {
+                    out.insert(rec.task.clone(), rec.results.clone());
+                }
+            }
+        }
+        Ok(Some((uid, out)))
     }
 }

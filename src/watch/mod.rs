@@ -20,6 +20,7 @@ use crate::error::{Error, Outcome};
 use crate::promote::run::{promote_all, results_of, PromoteOptions, PromotionReport};
 use crate::reconcile::{self, RunSettings};
 use crate::report::PlanReport;
+use crate::store::StateStore;
 use crate::ui::Console;
 use source::{GitSource, Ignored, SourceError};
 use state::{rfc3339_now, Details, LastError, LastReconcile, ReconcileOutcome, Shared, SourceDoc};
@@ -318,7 +319,7 @@ async fn git_loop(
                     let ended = reconcile_revision(opts, shared, stop, &src, &store, &source_key, tip).await;
                     last_outcome = ended.outcome;
                     if ended.done {
-                        let _ = store.record_reconciled(&source_key, &rev, ended.outcome.as_str());
+                        let _ = store.record_reconciled(&source_key, &rev, ended.outcome);
                     }
                 } else {
                     shared.status().revision = Some(rev);
@@ -349,7 +350,7 @@ async fn reconcile_revision(
     shared: &Arc<Shared>,
     stop: &CancellationToken,
     src: &GitSource,
-    store: &crate::store::SqliteStore,
+    store: &dyn StateStore,
     source_key: &str,
     tip: git2::Oid,
 ) -> Ended {
@@ -393,45 +394,12 @@ async fn reconcile_tree(
         st.reconcile_started_at = Some(rfc3339_now());
     }
     let invalid = ReconcileOutcome::Invalid;
-    let cat = match reconcile::load_valid(dir) {
-        Err(e) => {
-            let details = Details { error: Some(e.to_string()), ..Details::default() };
-            return finish(shared, started, rev.as_deref(), invalid, details, None, 0);
-        }
-        Ok(Err(diags)) => {
-            let details = Details {
-                error: Some(format!("{} error(s) in the manifests; nothing was run", diags.len())),
-                messages: diags.0.iter().map(|d| d.to_string()).collect(),
-                errors: diags.0,
-                ..Details::default()
-            };
-            return finish(shared, started, rev.as_deref(), invalid, details, None, 0);
-        }
-        Ok(Ok(cat)) => cat,
+    let cat = match load_catalog(dir) {
+        Ok(cat) => cat,
+        Err(details) => return finish(shared, started, rev.as_deref(), invalid, *details, None, 0),
     };
     let has_policies = !cat.promotion_policies.is_empty();
-    // with JSON logs, stderr carries only JSON lines (step output is in the log files)
-    let console = Arc::new(if opts.json_logs { Console::silent() } else { Console::new(opts.quiet) });
-    let run_cancel = CancellationToken::new();
-    let fut = reconcile::run_catalog(cat, dir, &opts.settings, console, run_cancel.clone());
-    tokio::pin!(fut);
-    let mut interrupted = false;
-    let result = tokio::select! {
-        r = &mut fut => r,
-        _ = stop.cancelled() => {
-            interrupted = true;
-            if opts.shutdown == ShutdownMode::Cancel {
-                run_cancel.cancel();
-            }
-            tokio::select! {
-                r = &mut fut => r,
-                _ = tokio::time::sleep(opts.shutdown_timeout) => {
-                    run_cancel.cancel();
-                    fut.await
-                }
-            }
-        }
-    };
+    let (result, interrupted) = run_until_stopped(opts, stop, cat, dir).await;
     let rec = match result {
         Ok(r) => r,
         Err(e) => {
@@ -455,49 +423,102 @@ async fn reconcile_tree(
         return Ended { done: false, ..ended };
     }
     let outcome = if ok { ReconcileOutcome::Succeeded } else { ReconcileOutcome::Failed };
+    let mut details = Details::default();
+    if ok && has_policies && opts.promote && !stop.is_cancelled() && shared.leader.load(Ordering::Relaxed) {
+        details = promote_tree(opts, shared, dir, git, &rec.report).await;
+    }
+    let mut ended = finish(shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
+    // a run failed because shutdown cancelled it: not done
+    ended.done = !interrupted || ok;
+    ended
+}
+
+/// The valid catalog at `dir`, or the details of why it is not.
+fn load_catalog(dir: &Path) -> Result<crate::model::Catalog, Box<Details>> {
+    match reconcile::load_valid(dir) {
+        Err(e) => Err(Box::new(Details { error: Some(e.to_string()), ..Details::default() })),
+        Ok(Err(diags)) => Err(Box::new(Details {
+            error: Some(format!("{} error(s) in the manifests; nothing was run", diags.len())),
+            messages: diags.0.iter().map(|d| d.to_string()).collect(),
+            errors: diags.0,
+            ..Details::default()
+        })),
+        Ok(Ok(cat)) => Ok(cat),
+    }
+}
+
+/// Run `cat`; a stop lets it finish or cancels it, per the shutdown mode and timeout.
+/// Also says whether the stop interrupted it.
+async fn run_until_stopped(
+    opts: &WatchOptions,
+    stop: &CancellationToken,
+    cat: crate::model::Catalog,
+    dir: &Path,
+) -> (Result<reconcile::Reconciled, Error>, bool) {
+    // with JSON logs, stderr carries only JSON lines (step output is in the log files)
+    let console = Arc::new(if opts.json_logs { Console::silent() } else { Console::new(opts.quiet) });
+    let run_cancel = CancellationToken::new();
+    let fut = reconcile::run_catalog(cat, dir, &opts.settings, console, run_cancel.clone());
+    tokio::pin!(fut);
+    let mut interrupted = false;
+    let result = tokio::select! {
+        r = &mut fut => r,
+        _ = stop.cancelled() => {
+            interrupted = true;
+            if opts.shutdown == ShutdownMode::Cancel {
+                run_cancel.cancel();
+            }
+            tokio::select! {
+                r = &mut fut => r,
+                _ = tokio::time::sleep(opts.shutdown_timeout) => {
+                    run_cancel.cancel();
+                    fut.await
+                }
+            }
+        }
+    };
+    (result, interrupted)
+}
+
+/// Promote after a successful reconcile of `dir` (unless a newer revision arrived), and
+/// the details to report: the promotion, or why there is none.
+async fn promote_tree(
+    opts: &WatchOptions,
+    shared: &Arc<Shared>,
+    dir: &Path,
+    git: Option<(&GitSource, git2::Oid)>,
+    report: &crate::report::RunReport,
+) -> Details {
     let mut promotion: Option<PromotionReport> = None;
     let mut promotion_note: Option<String> = None;
-    if ok && has_policies && opts.promote && !stop.is_cancelled() && shared.leader.load(Ordering::Relaxed) {
-        // newest revision wins: never apply a superseded revision's promotion
-        let newer = match git {
-            Some((src, tip)) => {
-                let s = src.clone();
-                match tokio::task::spawn_blocking(move || s.fetch()).await {
-                    Ok(Ok(now)) if now != tip => {
-                        let s = src.clone();
-                        let targets = reconcile::load(dir).map(|c| source::promotion_targets(&c)).unwrap_or_default();
-                        let own = tokio::task::spawn_blocking(move || s.only_promotions(tip, now, &targets)).await;
-                        (!matches!(own, Ok(Ok(true)))).then(|| now.to_string())
-                    }
-                    _ => None,
-                }
+    // newest revision wins: never apply a superseded revision's promotion
+    let newer = match git {
+        Some((src, tip)) => newer_revision(src, tip, dir).await,
+        None => None,
+    };
+    if let Some(n) = newer {
+        // the newer revision is reconciled next, without waiting for the poll interval
+        shared.trigger.notify_one();
+        promotion_note = Some(format!("not promoted: superseded by newer revision {n}"));
+    } else {
+        let results = results_of(report);
+        let dir = dir.to_path_buf();
+        let popts = opts.promote_opts.clone();
+        let state_dir = opts.settings.state_dir.clone();
+        let r = tokio::task::spawn_blocking(move || -> Result<PromotionReport, Error> {
+            let cat = reconcile::load(&dir)?;
+            let store = reconcile::open_store(&state_dir)?;
+            Ok(promote_all(&cat, &dir, &store, Some(&results), &popts)?)
+        })
+        .await
+        .map_err(|e| format!("the promotion task stopped: {e}"))
+        .and_then(|r| r.map_err(|e| crate::error::render(&e)));
+        match r {
+            Ok(p) => {
+                shared.count_promotions(&p);
+                promotion = Some(p);
             }
-            None => None,
-        };
-        if let Some(n) = newer {
-            // the newer revision is reconciled next, without waiting for the poll interval
-            shared.trigger.notify_one();
-            promotion_note = Some(format!("not promoted: superseded by newer revision {n}"));
-        } else {
-            let results = results_of(&rec.report);
-            let dir = dir.to_path_buf();
-            let popts = opts.promote_opts.clone();
-            let state_dir = opts.settings.state_dir.clone();
-            let r = tokio::task::spawn_blocking(move || -> Result<PromotionReport, Error> {
-                let cat = reconcile::load(&dir)?;
-                let store = reconcile::open_store(&state_dir)?;
-                Ok(promote_all(&cat, &dir, &store, Some(&results), &popts)?)
-            })
-            .await
-            .map_err(|e| format!("the promotion task stopped: {e}"))
-            .and_then(|r| r.map_err(|e| crate::error::render(&e)));
-            match r {
-                Ok(p) => {
-                    shared.count_promotions(&p);
-                    promotion = Some(p);
-                }
-                Err(e) => promotion_note = Some(format!("promotion failed: {e}")),
-            }
+            Err(e) => promotion_note = Some(format!("promotion failed: {e}")),
         }
     }
     let mut details = Details { promotion_note, ..Details::default() };
@@ -510,10 +531,22 @@ async fn reconcile_tree(
         }
         details.promotion = Some(p);
     }
-    let mut ended = finish(shared, started, rev.as_deref(), outcome, details, Some(&rec.report), rec.hash_ns);
-    // a run failed because shutdown cancelled it: not done
-    ended.done = !interrupted || ok;
-    ended
+    details
+}
+
+/// The tip of the followed branch when it moved past `tip` with more than tenon's own
+/// promotion commits (fetched now; `None` when it did not, or the fetch failed).
+async fn newer_revision(src: &GitSource, tip: git2::Oid, dir: &Path) -> Option<String> {
+    let s = src.clone();
+    match tokio::task::spawn_blocking(move || s.fetch()).await {
+        Ok(Ok(now)) if now != tip => {
+            let s = src.clone();
+            let targets = reconcile::load(dir).map(|c| source::promotion_targets(&c)).unwrap_or_default();
+            let own = tokio::task::spawn_blocking(move || s.only_promotions(tip, now, &targets)).await;
+            (!matches!(own, Ok(Ok(true)))).then(|| now.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Account, publish and log a finished reconcile.

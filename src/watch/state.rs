@@ -17,51 +17,8 @@ use crate::model::Diagnostic;
 use crate::promote::run::{PromotionReport, PromotionSummary};
 use crate::report::{PlanReport, RunReport, API_VERSION};
 
-/// How one reconcile ended (the `outcome` of `/status`, logs and
-/// `tenon_reconciles_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReconcileOutcome {
-    /// Every run succeeded (tasks may have come from the cache).
-    Succeeded,
-    /// Nothing to run: only tenon's own promotion commits since the last reconcile.
-    Skipped,
-    /// Nothing reconciled yet in this process: the revision was done before.
-    UpToDate,
-    /// A run failed.
-    Failed,
-    /// Shutdown interrupted a run.
-    Cancelled,
-    /// The manifests are invalid: nothing was run.
-    Invalid,
-    /// tenon could not work (checkout, state directory): the revision is tried again.
-    Error,
-}
-
-impl ReconcileOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReconcileOutcome::Succeeded => "succeeded",
-            ReconcileOutcome::Skipped => "skipped",
-            ReconcileOutcome::UpToDate => "up-to-date",
-            ReconcileOutcome::Failed => "failed",
-            ReconcileOutcome::Cancelled => "cancelled",
-            ReconcileOutcome::Invalid => "invalid",
-            ReconcileOutcome::Error => "error",
-        }
-    }
-
-    /// A success for `lastSuccessAt` and the last-success gauge.
-    pub fn is_success(self) -> bool {
-        matches!(self, ReconcileOutcome::Succeeded | ReconcileOutcome::Skipped)
-    }
-}
-
-impl std::fmt::Display for ReconcileOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How one reconcile ended: defined with the store, which records it per revision.
+pub use crate::store::ReconcileOutcome;
 
 /// What is followed, as `/status` shows it (credentials removed from URLs).
 #[derive(Debug, Clone, Serialize)]
