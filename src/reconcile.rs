@@ -418,6 +418,10 @@ pub async fn plan_catalog(cat: Catalog, dir: &Path, s: &RunSettings) -> Result<P
         let mut plan = Plan::default();
         plan.runs.extend(selected(&cat.pipeline_runs, run.as_deref()).map(|pr| planner.plan_pipeline_run(pr)));
         plan.runs.extend(selected(&cat.task_runs, run.as_deref()).map(|tr| planner.plan_task_run(tr)));
+        drop(planner);
+        // `tenon plan` exits right after: freeing a large catalog object by object (about
+        // 5 ms for 1,000 tasks) buys nothing
+        std::mem::forget(cat);
         plan
     })
     .await

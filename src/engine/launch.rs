@@ -102,7 +102,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 impl Runner {
     /// The first attempt of a TaskRun, through the cache.
     pub async fn first(self, l: Launch) -> ChildMsg {
-        let span = tracing::info_span!("taskrun", name = %l.req.name);
+        let span = tracing::info_span!("taskrun", name = %l.req.name, attempt = 0u32);
         self.first_inner(l).instrument(span).await
     }
 

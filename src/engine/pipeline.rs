@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::events::RunEvent;
 use super::launch::{ChildMsg, Launch};
@@ -38,8 +39,7 @@ impl Engine {
             Ok(s) => s,
             Err(f) => return self.failed_summary(&pr.name, kind, pipeline_name, started, f),
         };
-        let span = tracing::info_span!("pipelinerun", name = %pr.name);
-        let _enter = span.enter();
+        let span = tracing::info_span!("pipelinerun", name = %pr.name, uid = %setup.uid);
         let facts = setup.facts(&self.cat);
         let mut d = Driver {
             engine: self,
@@ -52,8 +52,8 @@ impl Engine {
             waiting_retry: HashMap::new(),
             t0: Instant::now(),
         };
-        d.drive().await;
-        d.finish(started)
+        d.drive().instrument(span.clone()).await;
+        span.in_scope(|| d.finish(started))
     }
 }
 

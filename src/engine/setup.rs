@@ -71,7 +71,7 @@ pub struct PipelineSetup<'p> {
     pub uid: String,
     pub run_dir: PathBuf,
     pub pipeline_name: Option<String>,
-    pub spec: PipelineSpec,
+    pub spec: Arc<PipelineSpec>,
     pub pr: &'p Obj<PipelineRunSpec>,
     /// Pipeline variables after Tekton's pipeline phases: params, context, `bound`.
     pub pvars: Vars,
@@ -123,8 +123,19 @@ impl<'p> PipelineSetup<'p> {
             Some(p) => p.meta.annotations.clone(),
             None => pr.meta.annotations.clone(),
         };
-        let (dag, _) = Dag::build(&spec.tasks);
-        Ok(PipelineSetup { name, uid, run_dir, pipeline_name, spec, pr, pvars, volumes, annotations, dag })
+        let dag = Dag::build(&spec.tasks).0;
+        Ok(PipelineSetup {
+            name,
+            uid,
+            run_dir,
+            pipeline_name,
+            spec: Arc::new(spec),
+            pr,
+            pvars,
+            volumes,
+            annotations,
+            dag,
+        })
     }
 
     /// The scheduler's state for this run.
@@ -136,7 +147,7 @@ impl<'p> PipelineSetup<'p> {
             task_timeouts: RunInput::task_timeouts(&self.pr.spec),
             known_tasks: Some(cat.tasks.iter().map(|t| t.name.clone()).collect()),
         };
-        PipelineRunFacts::new(self.spec.clone(), input)
+        PipelineRunFacts::with_dag(self.spec.clone(), self.dag.clone(), input)
     }
 
     fn pipeline_task(&self, name: &str, finally: bool) -> Option<&PipelineTask> {
@@ -185,13 +196,26 @@ impl<'p> PipelineSetup<'p> {
             dir: &dir,
             timeout: l.timeout,
         };
-        let req = sh.builder.build(&input, &self.volumes, false).map_err(Gate::Fail)?;
         let ws_map = bindings.iter().map(|(t, r, _)| (t.clone(), r.clone())).collect();
-        let Some(cache) = sh.cache else { return Ok(Prepared { req, job: None, ws_map }) };
         let (sctx, sphase) = (stabilize(&ctx), stabilize(&l.phase));
         let key_input = TaskRunInput { ctx: &sctx, pipeline_phase: &sphase, ..input };
-        let key_req = sh.builder.build(&key_input, &self.volumes, true).map_err(Gate::Fail)?;
-        let mut job = self.cache_job(sh, cache, pt, l, key_req.spec, &bindings, &req, task_name.as_deref(), ledger)?;
+        let (req, key_spec) = match (sh.cache, sh.builder.materialize) {
+            (None, _) => (sh.builder.build(&input, &self.volumes, false).map_err(Gate::Fail)?, None),
+            // a plan runs nothing: the request a key is computed from is the only one
+            (Some(_), false) => {
+                let req = sh.builder.build(&key_input, &self.volumes, true).map_err(Gate::Fail)?;
+                let spec = req.spec.clone();
+                (req, Some(spec))
+            }
+            (Some(_), true) => {
+                let req = sh.builder.build(&input, &self.volumes, false).map_err(Gate::Fail)?;
+                (req, Some(sh.builder.build(&key_input, &self.volumes, true).map_err(Gate::Fail)?.spec))
+            }
+        };
+        let (Some(cache), Some(key_spec)) = (sh.cache, key_spec) else {
+            return Ok(Prepared { req, job: None, ws_map });
+        };
+        let mut job = self.cache_job(sh, cache, pt, l, key_spec, &bindings, &req, task_name.as_deref(), ledger)?;
         cached::retain_used_params(&mut job, &spec);
         Ok(Prepared { req, job: Some(job), ws_map })
     }

@@ -119,8 +119,6 @@ impl Engine {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
         };
-        let span = tracing::info_span!("taskrun", name = %name);
-        let _enter = span.enter();
         let (req, job) = match prepare(&shared, tr, &uid, &run_dir) {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),

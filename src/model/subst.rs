@@ -216,6 +216,11 @@ impl Vars {
         self.phases.extend(later.phases.iter().cloned());
         self
     }
+    /// Whether a value of the first phase holds a `$(` reference (text that applying
+    /// the phase could bring into what it is applied to).
+    pub fn first_phase_has_refs(&self) -> bool {
+        self.phases[0].map.values().any(|v| v.texts().iter().any(|t| t.contains("$(")))
+    }
     /// The first phase alone.
     pub fn first_phase(&self) -> Vars {
         Vars { phases: vec![self.phases[0].clone()] }

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::matrix::{Combo, NoFanOut};
@@ -361,7 +362,10 @@ enum Decision {
 #[derive(Debug)]
 pub struct PipelineRunFacts {
     pub(super) input: RunInput,
-    pub(super) spec: PipelineSpec,
+    pub(super) spec: Arc<PipelineSpec>,
+    /// A pipeline param value holds a `$(` reference (so the param phase can bring a
+    /// result reference into a pipeline task).
+    params_have_refs: bool,
     dag: Dag,
     readiness: Readiness,
     phase: Phase,
@@ -382,6 +386,11 @@ impl PipelineRunFacts {
     /// Facts for a validated pipeline spec (DAG errors were reported by validation).
     pub fn new(spec: PipelineSpec, input: RunInput) -> Self {
         let (dag, _) = Dag::build(&spec.tasks);
+        Self::with_dag(Arc::new(spec), dag, input)
+    }
+
+    /// [`new`](Self::new) with the spec's DAG already built (by the caller, who needs it too).
+    pub fn with_dag(spec: Arc<PipelineSpec>, dag: Dag, input: RunInput) -> Self {
         let readiness = Readiness::new(&dag, spec.tasks.iter().map(|t| t.name.as_str()));
         let mut tasks = BTreeMap::new();
         for t in &spec.tasks {
@@ -391,6 +400,7 @@ impl PipelineRunFacts {
             tasks.insert(t.name.clone(), TaskFacts::new(&t.name, true));
         }
         PipelineRunFacts {
+            params_have_refs: input.vars.first_phase_has_refs(),
             input,
             spec,
             dag,
@@ -717,10 +727,14 @@ impl PipelineRunFacts {
     }
 
     /// The pipeline task after the pipeline's param phase alone.
-    fn after_params(&self, pt: &PipelineTask) -> PipelineTask {
+    /// Without a reference in any param value, it has the same references as `pt`.
+    fn after_params<'t>(&self, pt: &'t PipelineTask) -> std::borrow::Cow<'t, PipelineTask> {
+        if !self.params_have_refs {
+            return std::borrow::Cow::Borrowed(pt);
+        }
         let mut v = serde_json::to_value(pt).unwrap_or_default();
         self.input.vars.first_phase().apply_json(&mut v, &[]);
-        serde_json::from_value(v).unwrap_or_else(|_| pt.clone())
+        std::borrow::Cow::Owned(serde_json::from_value(v).unwrap_or_else(|_| pt.clone()))
     }
 
     fn missing_result(&self, scanned: &PipelineTask, pt: &PipelineTask, finally: bool) -> Option<Decision> {
