@@ -204,6 +204,16 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
+    /// A hit on `rec` (`remote`: where the shared cache's copy came from).
+    pub fn hit(rec: &Record, remote: Option<String>) -> Self {
+        CacheOutcome::Hit {
+            key: rec.key.clone(),
+            run: rec.run.clone(),
+            run_uid: rec.run_uid.clone(),
+            created_ns: rec.created_ns,
+            remote,
+        }
+    }
     pub fn key(&self) -> Option<&str> {
         match self {
             CacheOutcome::Hit { key, .. } | CacheOutcome::Miss { key, .. } => Some(key),

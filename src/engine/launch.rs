@@ -115,7 +115,7 @@ impl Runner {
                         "TaskRun {:?} was cancelled while waiting for another run of the same task",
                         l.req.name
                     );
-                    return self.msg(l, cancelled_outcome(why), 0, cache, vec![], None);
+                    return child_msg(l, cancelled_outcome(why), 0, cache, vec![], None);
                 }
                 Gated::Run(cache, ticket) => (cache, ticket),
             },
@@ -137,28 +137,6 @@ impl Runner {
         .await
     }
 
-    fn msg(
-        &self,
-        l: Launch,
-        outcome: TaskOutcome,
-        attempts: u32,
-        cache: CacheOutcome,
-        outputs: Vec<OutputSet>,
-        ticket: Option<Box<Ticket>>,
-    ) -> ChildMsg {
-        ChildMsg {
-            task: l.task,
-            index: l.index,
-            req: l.req,
-            cancel: l.cancel,
-            outcome,
-            attempts,
-            cache,
-            outputs,
-            ticket,
-        }
-    }
-
     /// After an attempt: a success is published and recorded (and the ticket ends); a
     /// failure keeps the ticket for a retry.
     async fn settle(
@@ -169,10 +147,10 @@ impl Runner {
         ticket: Option<Box<Ticket>>,
     ) -> ChildMsg {
         if outcome.status != AttemptStatus::Succeeded {
-            return self.msg(l, outcome, 1, cache, vec![], ticket);
+            return child_msg(l, outcome, 1, cache, vec![], ticket);
         }
         let (Some(ctx), Some(ticket)) = (self.cache.clone(), ticket) else {
-            return self.msg(l, outcome, 1, cache, vec![], None);
+            return child_msg(l, outcome, 1, cache, vec![], None);
         };
         let published = self.publish(&ctx, &ticket.job, &l.req, &mut outcome).await;
         let mut outputs = vec![];
@@ -180,7 +158,7 @@ impl Runner {
             outputs = self.record(&ctx, &ticket, &l.req, &outcome).await;
         }
         drop(ticket);
-        self.msg(l, outcome, 1, cache, outputs, None)
+        child_msg(l, outcome, 1, cache, outputs, None)
     }
 
     /// `tenon.dev/publish`: each output goes to the registry as a ModelKit and its result
@@ -360,24 +338,19 @@ impl Runner {
 /// A hit's message: the record's results as this TaskRun sees them, its outputs.
 fn hit_msg(l: Launch, rec: Record, remote: Option<String>) -> ChildMsg {
     let outcome = cached_outcome(cached::localize_results(&rec.results, &l.req));
-    let cache = CacheOutcome::Hit {
-        key: rec.key.clone(),
-        run: rec.run.clone(),
-        run_uid: rec.run_uid.clone(),
-        created_ns: rec.created_ns,
-        remote,
-    };
-    ChildMsg {
-        task: l.task,
-        index: l.index,
-        req: l.req,
-        cancel: l.cancel,
-        outcome,
-        attempts: 0,
-        cache,
-        outputs: rec.outputs,
-        ticket: None,
-    }
+    let cache = CacheOutcome::hit(&rec, remote);
+    child_msg(l, outcome, 0, cache, rec.outputs, None)
+}
+
+fn child_msg(
+    l: Launch,
+    outcome: TaskOutcome,
+    attempts: u32,
+    cache: CacheOutcome,
+    outputs: Vec<OutputSet>,
+    ticket: Option<Box<Ticket>>,
+) -> ChildMsg {
+    ChildMsg { task: l.task, index: l.index, req: l.req, cancel: l.cancel, outcome, attempts, cache, outputs, ticket }
 }
 
 /// Look `key` up in the local store and restore a hit into the TaskRun's workspaces.

@@ -270,14 +270,7 @@ impl<'a> Planner<'a> {
         let key = pre.key();
         let hit = |rec: crate::store::Record, remote: Option<String>| {
             let results = cached::localize_results(&rec.results, req);
-            let c = CacheOutcome::Hit {
-                key: rec.key.clone(),
-                run: rec.run.clone(),
-                run_uid: rec.run_uid.clone(),
-                created_ns: rec.created_ns,
-                remote,
-            };
-            (c, results, rec.outputs)
+            (CacheOutcome::hit(&rec, remote), results, rec.outputs)
         };
         let forced = job.forced.is_some();
         if !forced {

@@ -243,32 +243,34 @@ fn volume(
         });
     }
     let what = if let Some(cm) = &b.config_map {
-        let obj = cat.config_map(&cm.name).ok_or_else(|| {
-            invalid(format!(
-                "workspace {:?} binds ConfigMap {:?}, which is not defined in the repository",
-                b.name, cm.name
-            ))
-        })?;
-        let data = key_bytes(&obj.spec, false);
-        materialize(&base, &data, &cm.items, false)?;
-        format!("configMap:{}", data_digest(&data, &cm.items))
+        key_volume(cat, &b.name, &cm.name, &cm.items, false, &base)?
     } else if let Some(sec) = &b.secret {
-        let obj = cat.secret(&sec.secret_name).ok_or_else(|| {
-            invalid(format!(
-                "workspace {:?} binds Secret {:?}, which is not defined in the repository",
-                b.name, sec.secret_name
-            ))
-        })?;
-        let data = key_bytes(&obj.spec, true);
-        materialize(&base, &data, &sec.items, true)?;
-        // only a digest of the secret's content ever leaves this function
-        format!("secret:{}", data_digest(&data, &sec.items))
+        key_volume(cat, &b.name, &sec.secret_name, &sec.items, true, &base)?
     } else if let Some(proj) = &b.projected {
         projected(cat, &b.name, proj, &base)?
     } else {
         return Err(invalid(format!("workspace {:?}: csi volumes are not supported by the local executor", b.name)));
     };
     Ok(Volume::Dir { path: mk(&base, sub)?, read_only: true, claim: String::new(), what })
+}
+
+/// A ConfigMap's or Secret's keys written out read-only: what backs it (only a digest
+/// of a Secret's content ever leaves this function).
+fn key_volume(
+    cat: &Catalog,
+    ws: &str,
+    name: &str,
+    items: &[crate::model::KeyToPath],
+    secret: bool,
+    base: &Path,
+) -> Result<String, Failure> {
+    let (kind, obj) = if secret { ("Secret", cat.secret(name)) } else { ("ConfigMap", cat.config_map(name)) };
+    let obj = obj.ok_or_else(|| {
+        invalid(format!("workspace {ws:?} binds {kind} {name:?}, which is not defined in the repository"))
+    })?;
+    let data = key_bytes(&obj.spec, secret);
+    materialize(base, &data, items, secret)?;
+    Ok(format!("{}:{}", if secret { "secret" } else { "configMap" }, data_digest(&data, items)))
 }
 
 /// The repository tree (or a directory of it), read-only.
