@@ -387,7 +387,7 @@ spec:
             script: tail /dev/zero
     - name: tolerant
       taskSpec:
-        results: [{name: out}]
+        results: [{name: out}, {name: code}]
         steps:
           - name: bad
             image: IMG
@@ -399,7 +399,7 @@ spec:
             script: exit 9
           - name: good
             image: IMG
-            script: printf done > $(results.out.path)
+            script: printf done > $(results.out.path); cat $(steps.step-bad.exitCode.path) > $(results.code.path)
     - name: big
       taskSpec:
         results: [{name: blob}]
@@ -469,6 +469,8 @@ async fn failures_timeouts_retries_oom_are_reported() {
     assert_eq!(tolerant["steps"][0]["terminationReason"], "Continued");
     assert_eq!(tolerant["steps"][0]["exitCode"], 5);
     assert_eq!(tolerant["results"]["out"], "done");
+    // Tekton writes the exit code without a newline (`5`, not `5\n`)
+    assert_eq!(tolerant["results"]["code"], "5", "{tolerant:#}");
     assert_eq!(tolerant["steps"][1]["terminationReason"], "Skipped", "step-level when");
     assert_eq!(tolerant["steps"][2]["terminationReason"], "Completed");
 

@@ -215,7 +215,7 @@ fn step_wrapper(
     }
     if !when_ok {
         wrapper.push_str(&format!(
-            "echo 0 > /tekton/steps/{cname}/exitCode\necho ok > $R/t{i}; $B mv $R/t{i} $R/step-{i}\nexit 0\n"
+            "$B printf 0 > /tekton/steps/{cname}/exitCode\necho ok > $R/t{i}; $B mv $R/t{i} $R/step-{i}\nexit 0\n"
         ));
     }
     wrapper.push_str(RESOLVE);
@@ -228,7 +228,7 @@ fn step_wrapper(
         None => wrapper.push_str("\"$p\" \"$@\"\nc=$?\n"),
     }
     wrapper.push_str(&format!(
-        "echo $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
+        "$B printf %s $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
         if cont { 1 } else { 0 }
     ));
     wrapper
