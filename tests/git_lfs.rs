@@ -145,8 +145,14 @@ impl World {
     }
 
     fn run(&self) -> (i32, Value, String) {
+        self.run_with(&[])
+    }
+
+    /// `tenon run` on the clone with extra environment variables.
+    fn run_with(&self, env: &[(&str, &Path)]) -> (i32, Value, String) {
         let clone = self.root.join("clone");
         let o = tenon_command(&["run", clone.to_str().unwrap(), "--output", "json", "-q"], &self.root.join("store"))
+            .envs(env.iter().copied())
             .env("TENON_SANDBOX", "host")
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .output()
@@ -202,4 +208,24 @@ fn an_unavailable_lfs_object_fails_the_taskrun_before_it_starts() {
     assert!(!text.contains("other/big.bin"), "only the objects the task reads are named: {t:#}");
     let pointer = std::fs::read(w.path("models/model.bin")).unwrap();
     assert!(pointer.starts_with(b"version https://git-lfs.github.com/spec/v1\n"), "left as it was");
+}
+
+#[test]
+fn without_git_lfs_the_taskrun_fails_before_it_starts_and_says_how_to_fix_it() {
+    let w = World::new();
+    // a PATH where git is found and git-lfs is not
+    let bin = w.root.join("bin-without-lfs");
+    std::fs::create_dir_all(&bin).unwrap();
+    let git = String::from_utf8(Command::new("sh").args(["-c", "command -v git"]).output().unwrap().stdout).unwrap();
+    std::os::unix::fs::symlink(git.trim(), bin.join("git")).unwrap();
+    let (code, r, err) = w.run_with(&[("PATH", &bin)]);
+    assert_eq!(code, 1, "a failed run\nreport: {r:#}\nstderr: {err}");
+    assert_eq!(w.runs_logged(), 0, "the task never ran");
+    let t = task(&r, "read");
+    let text = format!("{t}");
+    for want in
+        ["git-lfs is not installed", "install git-lfs", "lfs pull --include=models/model.bin", &sha256(&w.model)]
+    {
+        assert!(text.contains(want), "{want:?} in the task's failure: {t:#}");
+    }
 }

@@ -368,8 +368,10 @@ impl Runner {
             return cancelled_outcome(format!("TaskRun {:?} was cancelled", req.name));
         }
         if !scopes.is_empty() {
-            let s = scopes.to_vec();
-            if let Err(message) = blocking(move || lfs::materialize(&s)).await {
+            if let Err(e) = lfs::materialize(scopes, cancel).await {
+                let lfs::Unfetched::Missing(message) = e else {
+                    return cancelled_outcome(format!("TaskRun {:?} was cancelled", req.name));
+                };
                 return TaskOutcome {
                     status: AttemptStatus::Failed,
                     reason: lfs::REASON.into(),

@@ -11,8 +11,10 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::process::Stdio;
+
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
@@ -23,6 +25,8 @@ const VERSION_LINE: &[u8] = b"version https://git-lfs.github.com/spec/v1\n";
 
 /// The reason a TaskRun fails with when its LFS objects cannot be made real.
 pub const REASON: &str = "GitLFSObjectsMissing";
+
+const NOT_INSTALLED: &str = "git-lfs is not installed";
 
 /// The `(sha256 hex, size)` a Git LFS pointer file names, or `None` when `bytes` is not a
 /// pointer (parsed strictly, as git-lfs's spec v1 defines it: at most 1024 bytes,
@@ -162,12 +166,26 @@ fn holds(path: &Path, p: &Pointer) -> bool {
 type Named = (String, Pointer);
 
 /// One `git lfs pull` at a time in this process (it rewrites the index).
-static PULL: Mutex<()> = Mutex::new(());
+static PULL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How making the pointers real ended when it did not.
+#[derive(Debug)]
+pub enum Unfetched {
+    /// Objects are missing: what to tell the user (paths, oids, why, the command).
+    Missing(String),
+    /// `cancel` fired while git-lfs ran (it was killed).
+    Cancelled,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Unfetched> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Unfetched::Missing(format!("Git LFS check failed: {e}")))
+}
 
 /// Make every pointer file under `scopes` real, or say which objects are missing and how
-/// to fetch them. Blocking (it runs git-lfs); does nothing when there are no pointers.
-pub fn materialize(scopes: &[Scope]) -> Result<(), String> {
-    let pointers = find_pointers(scopes)?;
+/// to fetch them. Does nothing when there are no pointers; git-lfs is killed when `cancel` fires.
+pub async fn materialize(scopes: &[Scope], cancel: &CancellationToken) -> Result<(), Unfetched> {
+    let s = scopes.to_vec();
+    let pointers = blocking(move || find_pointers(&s)).await?.map_err(Unfetched::Missing)?;
     if pointers.is_empty() {
         return Ok(());
     }
@@ -194,13 +212,21 @@ pub fn materialize(scopes: &[Scope]) -> Result<(), String> {
         let include = files.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join(",");
         let fix =
             format!("git -C {} lfs pull --include={}", shell_word(&top.display().to_string()), shell_word(&include));
-        let why = {
-            let _one = PULL.lock().unwrap_or_else(|p| p.into_inner());
-            pull(&top, &include)
+        let pulled = {
+            let _one = PULL.lock().await;
+            tokio::select! {
+                r = pull(&top, &include) => r,
+                _ = cancel.cancelled() => return Err(Unfetched::Cancelled),
+            }
         };
-        let left: Vec<Named> = files.into_iter().filter(|(_, p)| !holds(&p.path, p)).collect();
+        let left: Vec<Named> =
+            blocking(move || files.into_iter().filter(|(_, p)| !holds(&p.path, p)).collect()).await?;
         if !left.is_empty() {
-            let why = why
+            let fix = match &pulled {
+                Err(e) if e == NOT_INSTALLED => format!("install git-lfs (e.g. apt-get install git-lfs), then: {fix}"),
+                _ => fix,
+            };
+            let why = pulled
                 .err()
                 .unwrap_or_else(|| "git lfs pull did not check them out with the content their pointers name".into());
             problems.push(missing(&left, &why, Some(&fix)));
@@ -209,7 +235,7 @@ pub fn materialize(scopes: &[Scope]) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(Unfetched::Missing(problems.join("; ")))
     }
 }
 
@@ -236,10 +262,15 @@ fn work_tree(path: &Path) -> Option<PathBuf> {
 
 /// `git lfs pull --include=PATHS` in `top`, with the LFS filters given on the command line
 /// (a clone without `git lfs install` has none, and git-lfs would then fetch but not check out).
-fn pull(top: &Path, include: &str) -> Result<(), String> {
+/// Killed when dropped (cancellation).
+async fn pull(top: &Path, include: &str) -> Result<(), String> {
     let out = Command::new("git")
         .current_dir(top)
         .env_remove("GIT_LFS_SKIP_SMUDGE")
+        // never wait for a password on a terminal nobody watches
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
         .args([
             "-c",
             "filter.lfs.process=git-lfs filter-process",
@@ -254,13 +285,14 @@ fn pull(top: &Path, include: &str) -> Result<(), String> {
             &format!("--include={include}"),
         ])
         .output()
+        .await
         .map_err(|e| format!("cannot run git: {e}"))?;
     if out.status.success() {
         return Ok(());
     }
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("'lfs' is not a git command") {
-        return Err("git-lfs is not installed".into());
+        return Err(NOT_INSTALLED.into());
     }
     let last: Vec<&str> = err.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let tail = last[last.len().saturating_sub(3)..].join(" / ");
@@ -341,12 +373,14 @@ mod tests {
         assert_eq!(names(scope(&["**/o.bin"], &[])), ["other/o.bin"]);
     }
 
-    #[test]
-    fn outside_git_a_pointer_is_refused_with_its_object_named() {
+    #[tokio::test]
+    async fn outside_git_a_pointer_is_refused_with_its_object_named() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("m.bin"), ptr(&format!("oid sha256:{OID}\nsize 7\n"))).unwrap();
         let scope = Scope { root: d.path().to_path_buf(), include: vec![], exclude: vec![] };
-        let e = materialize(&[scope]).unwrap_err();
+        let Err(Unfetched::Missing(e)) = materialize(&[scope], &CancellationToken::new()).await else {
+            panic!("a pointer outside git is refused")
+        };
         assert!(e.contains(OID) && e.contains("size 7") && e.contains("not in a git work tree"), "{e}");
     }
 }
