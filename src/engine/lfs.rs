@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 
 /// The largest pointer file git-lfs writes or accepts.
 const MAX_POINTER: u64 = 1024;
+/// The smallest: the version line, `oid sha256:<64 hex>` and `size 0`, each with its newline.
+const MIN_POINTER: u64 = 43 + 76 + 7;
 const VERSION_LINE: &[u8] = b"version https://git-lfs.github.com/spec/v1\n";
 
 /// The reason a TaskRun fails with when its LFS objects cannot be made real.
@@ -137,7 +139,7 @@ fn walk(
             walk(&e.path(), &child, include, exclude, out)?;
         } else if ft.is_file()
             && include.as_ref().is_none_or(|g| g.is_match(&child))
-            && e.metadata()?.len() <= MAX_POINTER
+            && (MIN_POINTER..=MAX_POINTER).contains(&e.metadata()?.len())
         {
             let mut bytes = Vec::new();
             std::fs::File::open(e.path())?.take(MAX_POINTER + 1).read_to_end(&mut bytes)?;
@@ -340,6 +342,8 @@ mod tests {
             assert_eq!(lfs_pointer(&ptr(b)), None, "{b:?}");
         }
         let good = ptr(&format!("oid sha256:{OID}\nsize 1\n"));
+        let smallest = ptr(&format!("oid sha256:{OID}\nsize 0\n"));
+        assert_eq!((smallest.len() as u64, lfs_pointer(&smallest)), (MIN_POINTER, Some((OID.into(), 0))));
         assert_eq!(lfs_pointer(&good[1..]), None);
         assert_eq!(lfs_pointer(b"hello\n"), None);
         let mut long = good.clone();
