@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::cached::{self, CacheCtx, CacheJob, CacheOutcome};
 use super::events::{Events, RunEvent};
+use super::lfs;
 use super::resolve;
 use crate::cache::Preimage;
 use crate::exec::{AttemptStatus, Executor, TaskOutcome, TaskRunRequest};
@@ -52,6 +53,9 @@ pub struct ChildMsg {
     pub outputs: Vec<OutputSet>,
     /// Kept for a retry; dropped (releasing the lock) when the TaskRun ends.
     pub ticket: Option<Box<Ticket>>,
+    /// Where the TaskRun reads repository files: LFS pointers there are fetched before
+    /// each attempt (kept for a retry).
+    pub lfs: Vec<lfs::Scope>,
 }
 
 /// What the spawned futures share.
@@ -121,8 +125,11 @@ impl Runner {
             },
             _ => (CacheOutcome::Off, None),
         };
-        let outcome = self.attempt(&l.req, 0, &l.cancel).await;
-        self.settle(l, outcome, cache, ticket).await
+        let scopes = lfs_scopes(&l);
+        let outcome = self.attempt(&l.req, 0, &l.cancel, &scopes).await;
+        let mut m = self.settle(l, outcome, cache, ticket).await;
+        m.lfs = scopes;
+        m
     }
 
     /// Attempt `attempt` of a TaskRun whose earlier attempt failed.
@@ -130,8 +137,10 @@ impl Runner {
         let span = tracing::info_span!("taskrun", name = %prev.req.name, attempt);
         async move {
             let l = Launch { task: prev.task, index: prev.index, req: prev.req, cancel: prev.cancel, job: None };
-            let outcome = self.attempt(&l.req, attempt, &l.cancel).await;
-            self.settle(l, outcome, prev.cache, prev.ticket).await
+            let outcome = self.attempt(&l.req, attempt, &l.cancel, &prev.lfs).await;
+            let mut m = self.settle(l, outcome, prev.cache, prev.ticket).await;
+            m.lfs = prev.lfs;
+            m
         }
         .instrument(span)
         .await
@@ -313,8 +322,15 @@ impl Runner {
         }
     }
 
-    /// One attempt: wait for an execution slot, then run it (or report it cancelled).
-    async fn attempt(&self, base: &TaskRunRequest, attempt: u32, cancel: &CancellationToken) -> TaskOutcome {
+    /// One attempt: wait for an execution slot, make the Git LFS files it reads real, then
+    /// run it (or report it cancelled, or failed before it started when they cannot be).
+    async fn attempt(
+        &self,
+        base: &TaskRunRequest,
+        attempt: u32,
+        cancel: &CancellationToken,
+        scopes: &[lfs::Scope],
+    ) -> TaskOutcome {
         let mut req = base.clone();
         req.attempt = attempt;
         req.dir = base.dir.join(format!("attempt-{attempt}"));
@@ -328,10 +344,50 @@ impl Runner {
         if cancel.is_cancelled() {
             return cancelled_outcome(format!("TaskRun {:?} was cancelled", req.name));
         }
+        if !scopes.is_empty() {
+            if let Err(e) = lfs::materialize(scopes, cancel).await {
+                let lfs::Unfetched::Missing(message) = e else {
+                    return cancelled_outcome(format!("TaskRun {:?} was cancelled", req.name));
+                };
+                return TaskOutcome {
+                    status: AttemptStatus::Failed,
+                    reason: lfs::REASON.into(),
+                    message: format!("TaskRun {:?} did not start: {message}", req.name),
+                    results: BTreeMap::new(),
+                    steps: vec![],
+                    duration: Duration::ZERO,
+                };
+            }
+        }
         if attempt == 0 {
             self.events.emit(RunEvent::TaskRunStarted { label: &base.label });
         }
         self.exec.run(req, cancel.clone()).await
+    }
+}
+
+/// Where a TaskRun about to run reads repository files: its cache inputs (narrowed by
+/// `tenon.dev/inputs` and `tenon.dev/exclude`), or, without a cache job, every
+/// repository workspace it binds.
+fn lfs_scopes(l: &Launch) -> Vec<lfs::Scope> {
+    match &l.job {
+        Some(job) => job
+            .inputs
+            .iter()
+            .map(|(_, root, include, exclude)| lfs::Scope {
+                root: root.clone(),
+                include: include.clone(),
+                exclude: exclude.clone(),
+            })
+            .collect(),
+        None => l
+            .req
+            .workspaces
+            .iter()
+            .filter(|w| w.kind == "repo")
+            .filter_map(|w| w.path.clone())
+            .map(|root| lfs::Scope { root, include: vec![], exclude: vec![] })
+            .collect(),
     }
 }
 
@@ -350,7 +406,18 @@ fn child_msg(
     outputs: Vec<OutputSet>,
     ticket: Option<Box<Ticket>>,
 ) -> ChildMsg {
-    ChildMsg { task: l.task, index: l.index, req: l.req, cancel: l.cancel, outcome, attempts, cache, outputs, ticket }
+    ChildMsg {
+        task: l.task,
+        index: l.index,
+        req: l.req,
+        cancel: l.cancel,
+        outcome,
+        attempts,
+        cache,
+        outputs,
+        ticket,
+        lfs: vec![],
+    }
 }
 
 /// Look `key` up in the local store and restore a hit into the TaskRun's workspaces.

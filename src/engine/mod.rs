@@ -10,11 +10,13 @@
 //! - [`launch`]: one TaskRun through the cache gate and the executor;
 //! - [`events`]: progress as [`events::RunEvent`]s for the console and tracing;
 //! - [`summary`]: report rows; [`cached`]: cache jobs, keys, records;
-//!   [`resolve`], [`workspaces`]: spec resolution and volumes.
+//!   [`resolve`], [`workspaces`]: spec resolution and volumes; [`lfs`]: Git LFS pointers
+//!   made real before a TaskRun runs.
 
 pub mod cached;
 pub mod events;
 pub mod launch;
+pub mod lfs;
 pub use crate::plan::matrix;
 pub mod pipeline;
 pub mod planner;
