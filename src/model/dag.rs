@@ -40,23 +40,12 @@ pub fn result_deps(pt: &PipelineTask) -> BTreeSet<String> {
         }
     }
     if let Some(ts) = &pt.task_spec {
-        if let Ok(v) = serde_json::to_value(&ts.task) {
-            walk_strings(&v, &mut visit);
-        }
+        crate::util::for_each_string(&ts.task, &mut visit);
     }
     if let Some(d) = &pt.display_name {
         visit(d);
     }
     out
-}
-
-fn walk_strings(v: &serde_json::Value, f: &mut dyn FnMut(&str)) {
-    match v {
-        serde_json::Value::String(s) => f(s),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| walk_strings(x, f)),
-        serde_json::Value::Object(m) => m.values().for_each(|x| walk_strings(x, f)),
-        _ => {}
-    }
 }
 
 /// A DAG over the `tasks` of a pipeline (finally tasks are not part of it).
