@@ -11,6 +11,11 @@ pub fn result_deps(pt: &PipelineTask) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut visit = |s: &str| {
         for r in find_refs(s) {
+            // a result reference names `tasks` and `results` (quoted or not): others are
+            // not parsed (most are `$(params.x)`)
+            if !(r.expr.contains("tasks") && r.expr.contains("results")) {
+                continue;
+            }
             if let Some(segs) = r.segs() {
                 if let [Seg::Name(a), Seg::Name(t), Seg::Name(c), ..] = segs.as_slice() {
                     if a == "tasks" && c == "results" {

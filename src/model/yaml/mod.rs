@@ -43,7 +43,7 @@ pub struct Document {
     pub value: Value,
     /// Field path (e.g. `spec.tasks[2].runAfter[0]`) -> position of that node. Looked
     /// up only (a file's paths share long prefixes: hashing beats ordered comparison).
-    pub positions: HashMap<String, Pos>,
+    pub positions: HashMap<String, Pos, foldhash::fast::RandomState>,
     /// Position of the document's first node.
     pub start: Pos,
     /// Field paths of plain values that YAML 1.1 reads as a boolean although they are
@@ -419,7 +419,7 @@ pub fn yaml11_bool_hint(text: &str) -> Option<String> {
 /// Converts nodes to JSON values, indexing the position of every field path.
 #[derive(Default)]
 struct Converter {
-    positions: HashMap<String, Pos>,
+    positions: HashMap<String, Pos, foldhash::fast::RandomState>,
     errs: Vec<SyntaxError>,
     bools: BTreeMap<String, (String, Pos)>,
     /// Bytes of field paths built so far, against [`MAX_PATH_BYTES`].
