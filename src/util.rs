@@ -6,6 +6,9 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+mod strings;
+pub use strings::for_each_string;
+
 /// A fresh uid (UUID-shaped hex) for a run or TaskRun named `name`: unique per process
 /// and moment, never reused as a cache input.
 pub fn new_uid(name: &str) -> String {

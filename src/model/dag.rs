@@ -11,6 +11,11 @@ pub fn result_deps(pt: &PipelineTask) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut visit = |s: &str| {
         for r in find_refs(s) {
+            // a result reference names `tasks` and `results` (quoted or not): others are
+            // not parsed (most are `$(params.x)`)
+            if !(r.expr.contains("tasks") && r.expr.contains("results")) {
+                continue;
+            }
             if let Some(segs) = r.segs() {
                 if let [Seg::Name(a), Seg::Name(t), Seg::Name(c), ..] = segs.as_slice() {
                     if a == "tasks" && c == "results" {
@@ -40,23 +45,12 @@ pub fn result_deps(pt: &PipelineTask) -> BTreeSet<String> {
         }
     }
     if let Some(ts) = &pt.task_spec {
-        if let Ok(v) = serde_json::to_value(&ts.task) {
-            walk_strings(&v, &mut visit);
-        }
+        crate::util::for_each_string(&ts.task, &mut visit);
     }
     if let Some(d) = &pt.display_name {
         visit(d);
     }
     out
-}
-
-fn walk_strings(v: &serde_json::Value, f: &mut dyn FnMut(&str)) {
-    match v {
-        serde_json::Value::String(s) => f(s),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| walk_strings(x, f)),
-        serde_json::Value::Object(m) => m.values().for_each(|x| walk_strings(x, f)),
-        _ => {}
-    }
 }
 
 /// A DAG over the `tasks` of a pipeline (finally tasks are not part of it).

@@ -51,6 +51,7 @@ impl ObjKind {
 pub struct SourceFile {
     /// Path shown to users (relative to the loaded directory when possible).
     pub path: String,
+    /// Each document's positions; its `value` was moved into the typed object (null here).
     pub docs: Vec<Document>,
 }
 
@@ -242,11 +243,12 @@ pub fn load_sources(sources: Vec<(String, String)>) -> Catalog {
         let file_idx = cat.files.len();
         cat.files.push(SourceFile { path: path.clone(), docs: Vec::new() });
         let mut kept = Vec::new();
-        for doc in docs {
+        for mut doc in docs {
             let doc_idx = kept.len();
-            let mut value = doc.value.clone();
+            // the typed object is decoded from the value; the catalog keeps the positions
+            let mut value = std::mem::take(&mut doc.value);
             normalize_keys(&mut value, "");
-            add_object(&mut cat, &path, &doc, value, file_idx, doc_idx);
+            add_object(&mut cat, &path, &doc, &value, file_idx, doc_idx);
             kept.push(doc);
         }
         cat.files[file_idx].docs = kept;
@@ -254,8 +256,8 @@ pub fn load_sources(sources: Vec<(String, String)>) -> Catalog {
     cat
 }
 
-fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file: usize, doc_idx: usize) {
-    let Value::Object(map) = &value else { return };
+fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: &Value, file: usize, doc_idx: usize) {
+    let Value::Object(map) = value else { return };
     let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
     let group = api_version.split('/').next().unwrap_or("");
     let Some(kind_s) = map.get("kind").and_then(Value::as_str) else {
@@ -294,8 +296,7 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         // GitOps repos mix in everything else: not ours.
         _ => return,
     };
-    let meta_v = map.get("metadata").cloned().unwrap_or(Value::Null);
-    let meta: ObjectMeta = match decode(&meta_v) {
+    let meta: ObjectMeta = match decode(map.get("metadata").unwrap_or(&Value::Null)) {
         Ok(m) => m,
         Err((field, msg)) => {
             let f = join("metadata", &field);
@@ -336,8 +337,7 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
     }
     macro_rules! push {
         ($list:ident, $v:expr, $prefix:expr) => {{
-            let v = $v;
-            match decode(&v) {
+            match decode($v) {
                 Ok(spec) => {
                     cat.$list.push(Obj { kind, api_version: api_version.clone(), name, meta, spec, file, doc: doc_idx })
                 }
@@ -349,7 +349,7 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
             }
         }};
     }
-    let spec = map.get("spec").cloned().unwrap_or(Value::Null);
+    let spec = map.get("spec").unwrap_or(&Value::Null);
     match kind {
         ObjKind::Task => push!(tasks, spec, "spec"),
         ObjKind::Pipeline => push!(pipelines, spec, "spec"),
@@ -357,8 +357,8 @@ fn add_object(cat: &mut Catalog, path: &str, doc: &Document, value: Value, file:
         ObjKind::TaskRun => push!(task_runs, spec, "spec"),
         ObjKind::StepAction => push!(step_actions, spec, "spec"),
         ObjKind::PromotionPolicy => push!(promotion_policies, spec, "spec"),
-        ObjKind::ConfigMap => push!(config_maps, value.clone(), ""),
-        ObjKind::Secret => push!(secrets, value.clone(), ""),
+        ObjKind::ConfigMap => push!(config_maps, value, ""),
+        ObjKind::Secret => push!(secrets, value, ""),
         ObjKind::PersistentVolumeClaim => push!(pvcs, spec, "spec"),
     }
 }
@@ -411,7 +411,7 @@ fn decode<T: DeserializeOwned + Default>(v: &Value) -> Result<T, (String, String
     if v.is_null() {
         return Ok(T::default());
     }
-    serde_path_to_error::deserialize::<_, T>(v.clone()).map_err(|e| {
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
         let path = e.path().to_string();
         let msg = humanize_serde(&e.inner().to_string());
         (if path == "." { String::new() } else { path }, msg)

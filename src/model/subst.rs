@@ -372,6 +372,10 @@ impl Phase {
             }
             Value::Array(items) => {
                 if items.iter().all(|i| i.is_string()) {
+                    // a list without references stays as it is (nothing to splice or replace)
+                    if !items.iter().any(|i| i.as_str().is_some_and(|s| s.contains("$("))) {
+                        return;
+                    }
                     let strs: Vec<String> = items.iter().map(|i| i.as_str().unwrap_or_default().to_string()).collect();
                     *items = self.apply_list(&strs).into_iter().map(Value::String).collect();
                 } else {

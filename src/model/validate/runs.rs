@@ -8,7 +8,7 @@ impl<'a> Validator<'a> {
     pub(super) fn pipeline_run(&mut self, pr: &Obj<PipelineRunSpec>) {
         let ctx = self.ctx(pr);
         let s = &pr.spec;
-        let pspec: Option<PipelineSpec> = match (&s.pipeline_ref, &s.pipeline_spec) {
+        let pspec: Option<std::borrow::Cow<PipelineSpec>> = match (&s.pipeline_ref, &s.pipeline_spec) {
             (Some(_), Some(_)) => {
                 self.err(&ctx, "spec", "expected exactly one, got both: pipelineRef, pipelineSpec");
                 None
@@ -22,7 +22,7 @@ impl<'a> Validator<'a> {
                 super::super::propagate_run_into_spec(&mut ps, s);
                 self.pipeline_spec(&ctx, "spec.pipelineSpec", &ps);
                 self.pipeline_outputs(&ctx, "spec.pipelineSpec", &pr.meta, &ps, true);
-                Some(ps)
+                Some(std::borrow::Cow::Owned(ps))
             }
             (Some(r), None) => {
                 if let Some(res) = &r.resolver {
@@ -33,7 +33,7 @@ impl<'a> Validator<'a> {
                     match cat.pipeline(name) {
                         Some(p) => {
                             self.pipeline_outputs(&ctx, "spec", &pr.meta, &p.spec, false);
-                            Some(p.spec.clone())
+                            Some(std::borrow::Cow::Borrowed(&p.spec))
                         }
                         None if cat.broken.contains(&(ObjKind::Pipeline, name.clone())) => None,
                         None => {

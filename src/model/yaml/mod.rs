@@ -11,7 +11,7 @@
 //! string (or null); typed fields (`retries`, `optional`) parse leniently from strings.
 //! The YAML parser crate is used only here so it can be swapped in one place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use libyaml_safer::{EventData, Mark, Parser, ScalarStyle};
@@ -41,8 +41,9 @@ impl std::fmt::Display for Pos {
 #[derive(Debug, Clone)]
 pub struct Document {
     pub value: Value,
-    /// Field path (e.g. `spec.tasks[2].runAfter[0]`) -> position of that node.
-    pub positions: BTreeMap<String, Pos>,
+    /// Field path (e.g. `spec.tasks[2].runAfter[0]`) -> position of that node. Looked
+    /// up only (a file's paths share long prefixes: hashing beats ordered comparison).
+    pub positions: HashMap<String, Pos, foldhash::fast::RandomState>,
     /// Position of the document's first node.
     pub start: Pos,
     /// Field paths of plain values that YAML 1.1 reads as a boolean although they are
@@ -418,7 +419,7 @@ pub fn yaml11_bool_hint(text: &str) -> Option<String> {
 /// Converts nodes to JSON values, indexing the position of every field path.
 #[derive(Default)]
 struct Converter {
-    positions: BTreeMap<String, Pos>,
+    positions: HashMap<String, Pos, foldhash::fast::RandomState>,
     errs: Vec<SyntaxError>,
     bools: BTreeMap<String, (String, Pos)>,
     /// Bytes of field paths built so far, against [`MAX_PATH_BYTES`].
@@ -430,6 +431,12 @@ impl Converter {
     /// Convert a node; problems (duplicate keys, non-scalar keys) are collected and the
     /// document is kept, so one mistake does not hide the objects it belongs to.
     fn convert(&mut self, node: &Node, path: &str) -> Value {
+        self.convert_at(node, path, false)
+    }
+
+    /// [`Self::convert`]; `indexed`: `path` already has its position (a mapping value,
+    /// shown at its key), so the index is not looked up again.
+    fn convert_at(&mut self, node: &Node, path: &str, indexed: bool) -> Value {
         self.path_bytes += path.len();
         if self.path_bytes > MAX_PATH_BYTES {
             if !self.over_budget {
@@ -442,7 +449,9 @@ impl Converter {
             }
             return Value::Null;
         }
-        self.positions.entry(path.to_string()).or_insert_with(|| shown_pos(node));
+        if !indexed && !self.positions.contains_key(path) {
+            self.positions.insert(path.to_string(), shown_pos(node));
+        }
         match node.get() {
             Node::Shared(_) => unreachable!("get() looks through sharing"),
             Node::Null(_) => Value::Null,
@@ -459,10 +468,10 @@ impl Converter {
                 let mut out = Map::new();
                 let mut explicit = std::collections::HashSet::new();
                 for (k, v) in entries {
-                    let key = match k.get() {
+                    let key: &str = match k.get() {
                         // Keys keep their text: `n:` or `on:` as a key is a name, not a bool.
-                        Node::Scalar(t, _, _) => t.clone(),
-                        Node::Null(_) => "null".to_string(),
+                        Node::Scalar(t, _, _) => t,
+                        Node::Null(_) => "null",
                         _ => {
                             self.errs
                                 .push(SyntaxError { pos: k.pos(), message: "mapping keys must be scalars".into() });
@@ -489,15 +498,15 @@ impl Converter {
                         }
                         continue;
                     }
-                    let child = join_key(path, &key);
-                    if !explicit.insert(key.clone()) {
+                    let child = join_key(path, key);
+                    if !explicit.insert(key) {
                         self.errs
                             .push(SyntaxError { pos: k.pos(), message: format!("duplicate key {key:?} in mapping") });
                     }
                     // A field is shown at its key (`runAfter:`), where the reader looks.
                     self.positions.insert(child.clone(), k.pos());
-                    let val = self.convert(v, &child);
-                    out.insert(key, val);
+                    let val = self.convert_at(v, &child, true);
+                    out.insert(key.to_string(), val);
                 }
                 Value::Object(out)
             }
@@ -525,6 +534,12 @@ fn scalar_string(text: &str, plain: bool) -> String {
 }
 
 fn normalize_number(text: &str) -> Option<String> {
+    // every number starts with a digit or '.', after an optional sign (most scalars are words)
+    let b = text.as_bytes();
+    let first = if matches!(b.first(), Some(b'+' | b'-')) { b.get(1) } else { b.first() };
+    if !text.contains('_') && !first.is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
+        return None;
+    }
     let t = text.replace('_', "");
     let (neg, digits) = match t.strip_prefix('-') {
         Some(d) => (true, d),
