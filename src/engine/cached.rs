@@ -240,19 +240,11 @@ impl CacheOutcome {
 /// never substituted). Any other param stays out of the key, so changing it does not rerun
 /// the task.
 pub fn retain_used_params(job: &mut CacheJob, spec: &TaskSpec) {
-    fn strings(v: &Value, out: &mut String) {
-        match v {
-            Value::String(s) => {
-                out.push_str(s);
-                out.push('\n');
-            }
-            Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
-            Value::Object(m) => m.values().for_each(|x| strings(x, out)),
-            _ => {}
-        }
-    }
     let mut text = String::new();
-    strings(&serde_json::to_value(spec).unwrap_or_default(), &mut text);
+    crate::util::for_each_string(spec, &mut |s| {
+        text.push_str(s);
+        text.push('\n');
+    });
     // over-inclusive on purpose (`params.a` also matches `params.ab`): a param kept that
     // need not be costs a rerun, one dropped that is used would be a false hit
     let referenced = |k: &str| {
@@ -327,13 +319,13 @@ pub fn compute(ctx: &CacheCtx, job: &CacheJob) -> Result<Preimage, String> {
     }
 }
 
-/// Why a key misses: compared with the latest record of the same task.
-pub fn miss_reasons(ctx: &CacheCtx, job: &CacheJob, pre: &Preimage) -> Vec<RerunReason> {
+/// Why `key` (of `pre`) misses: compared with the latest record of the same task.
+pub fn miss_reasons(ctx: &CacheCtx, job: &CacheJob, pre: &Preimage, key: &str) -> Vec<RerunReason> {
     if let Some(f) = &job.forced {
         return vec![f.clone()];
     }
     // the key is recorded, but its outputs cannot be restored (missing, damaged, older format)
-    if let Ok(Some(why)) = ctx.store.unusable(&pre.key()) {
+    if let Ok(Some(why)) = ctx.store.unusable(key) {
         return vec![RerunReason::Unusable(why)];
     }
     match ctx.store.latest_for(&job.run, &job.task) {

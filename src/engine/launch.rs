@@ -248,8 +248,8 @@ impl Runner {
                     .emit(RunEvent::Warning { label, message: &format!("cache lookup failed, running: {e}") }),
             }
         }
-        let (c, j, p) = (ctx.clone(), job.clone(), pre.clone());
-        let reasons = blocking(move || Ok(cached::miss_reasons(&c, &j, &p)))
+        let (c, j, p, k) = (ctx.clone(), job.clone(), pre.clone(), key.clone());
+        let reasons = blocking(move || Ok(cached::miss_reasons(&c, &j, &p, &k)))
             .await
             .unwrap_or_else(|_| vec![crate::cache::RerunReason::NoEarlierRecord]);
         let miss = CacheOutcome::Miss { key: key.clone(), reasons };

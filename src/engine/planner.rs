@@ -278,7 +278,7 @@ impl<'a> Planner<'a> {
                 return hit(rec, None);
             }
         }
-        let reasons = cached::miss_reasons(ctx, job, &pre);
+        let reasons = cached::miss_reasons(ctx, job, &pre, &key);
         // the shared cache: read its record (`tenon cache pull`: import it)
         if let (Some(remote), Some(rt), false) = (&ctx.remote, &self.runtime, forced) {
             let found = if ctx.import_on_plan {

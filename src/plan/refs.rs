@@ -2,8 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
-
 use crate::model::subst::{find_refs, Seg};
 use crate::model::PipelineTask;
 
@@ -29,9 +27,11 @@ pub fn result_refs(pt: &PipelineTask) -> Vec<(String, String)> {
         texts.extend(w.values.clone().unwrap_or_default());
     }
     if let Some(ts) = &pt.task_spec {
-        if let Ok(v) = serde_json::to_value(&ts.task.steps) {
-            collect(&v, &mut texts);
-        }
+        crate::util::for_each_string(&ts.task.steps, &mut |t| {
+            if t.contains("$(") {
+                texts.push(t.to_string())
+            }
+        });
     }
     for t in &texts {
         for r in find_refs(t) {
@@ -50,10 +50,10 @@ pub fn result_refs(pt: &PipelineTask) -> Vec<(String, String)> {
 /// Names `X` of every `$(tasks.X...)` a pipeline task mentions.
 pub fn referenced_tasks(pt: &PipelineTask) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let v = serde_json::to_value(pt).unwrap_or_default();
-    let mut texts = Vec::new();
-    collect(&v, &mut texts);
-    for t in &texts {
+    crate::util::for_each_string(pt, &mut |t| {
+        if !t.contains("tasks") {
+            return;
+        }
         for r in find_refs(t) {
             if let Some(segs) = r.segs() {
                 if let [Seg::Name(a), Seg::Name(task), ..] = segs.as_slice() {
@@ -63,15 +63,6 @@ pub fn referenced_tasks(pt: &PipelineTask) -> BTreeSet<String> {
                 }
             }
         }
-    }
+    });
     out
-}
-
-fn collect(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::String(s) => out.push(s.clone()),
-        Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
-        Value::Object(m) => m.values().for_each(|x| collect(x, out)),
-        _ => {}
-    }
 }
