@@ -337,6 +337,46 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn blob_digests(&self, blobs: &[String]) -> Result<HashMap<String, hash::git::BlobDigest>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT sha256, size, lfs FROM git_blobs WHERE blob = ?1")?;
+        let mut out = HashMap::new();
+        for b in blobs {
+            let row = st
+                .query_row([b], |r| {
+                    Ok(hash::git::BlobDigest {
+                        sha256: r.get(0)?,
+                        size: r.get::<_, i64>(1)? as u64,
+                        lfs: r.get::<_, i64>(2)? != 0,
+                    })
+                })
+                .optional()?;
+            // a damaged row is no memo entry
+            if let Some(d) = row.filter(|d| is_digest(&d.sha256)) {
+                out.insert(b.clone(), d);
+            }
+        }
+        Ok(out)
+    }
+
+    fn save_blob_digests(&self, rows: &[(String, hash::git::BlobDigest)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO git_blobs (blob, sha256, size, lfs) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (b, d) in rows {
+                st.execute(params![b, d.sha256, d.size as i64, d.lfs as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn put_tree(&self, tree: &Tree) -> Result<()> {
         // a tree is immutable by its digest: skip the (possibly large) encoding when known
         let known: Option<i64> = self
