@@ -27,6 +27,8 @@ pub struct CacheCtx {
     /// (root, filters) -> the input files under it that are unsmudged Git LFS pointers
     /// (keyed by the pointer's oid: a task that binds one needs the object fetched).
     pub lfs_inputs: Mutex<HashMap<(PathBuf, String), Vec<hash::LfsInput>>>,
+    /// Input root -> the git index it lies in (`None`: not in a usable git work tree).
+    git_views: Mutex<HashMap<PathBuf, Option<Arc<hash::git::GitView>>>>,
     /// `--no-cache`: run everything (records are still written).
     pub no_cache: bool,
     /// `--rerun TASK`: run these pipeline tasks.
@@ -55,6 +57,7 @@ impl CacheCtx {
             hash_ns: Default::default(),
             memo: Mutex::new(HashMap::new()),
             lfs_inputs: Mutex::new(HashMap::new()),
+            git_views: Mutex::new(HashMap::new()),
             no_cache,
             rerun,
             executor: "local".into(),
@@ -91,6 +94,23 @@ impl CacheCtx {
         }
     }
 
+    /// The git index `root` lies in, read once per process (with the memo rows of its
+    /// blobs): in a git work tree, clean tracked files take their digests from the memo.
+    fn git_view(&self, root: &Path) -> Option<Arc<hash::git::GitView>> {
+        let mut views = self.git_views.lock().unwrap_or_else(|p| p.into_inner());
+        views
+            .entry(root.to_path_buf())
+            .or_insert_with(|| {
+                let mut g = hash::git::GitView::open(root)?;
+                match self.store.blob_digests(&g.blob_ids()) {
+                    Ok(m) => g.set_memo(m),
+                    Err(e) => tracing::warn!(error = %e, "could not read the git blob memo"),
+                }
+                Some(Arc::new(g))
+            })
+            .clone()
+    }
+
     /// Hash a repository tree once per process (a consistent snapshot for the run).
     fn tree_root(&self, root: &Path, include: &[String], exclude: &[String]) -> Result<String, String> {
         let memo_key = (root.to_path_buf(), format!("{include:?}{exclude:?}"));
@@ -99,15 +119,8 @@ impl CacheCtx {
         }
         let filter = Filter::new(include, exclude)?;
         let started = std::time::Instant::now();
-        // in a git work tree, clean tracked files take their digests from the blob memo
-        let mut git = hash::git::GitView::open(root);
-        if let Some(g) = git.as_mut() {
-            match self.store.blob_digests(&g.blob_ids()) {
-                Ok(m) => g.set_memo(m),
-                Err(e) => tracing::warn!(error = %e, "could not read the git blob memo"),
-            }
-        }
-        let (t, lfs) = hash::hash_tree_git(root, &filter, &self.stats, &self.hash_stats, git.as_ref())
+        let git = self.git_view(root);
+        let (t, lfs) = hash::hash_tree_git(root, &filter, &self.stats, &self.hash_stats, git.as_deref())
             .map_err(|e| format!("cannot hash inputs under {}: {e}", root.display()))?;
         if let Some(g) = &git {
             if let Err(e) = self.store.save_blob_digests(&g.take_learned()) {

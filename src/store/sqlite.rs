@@ -339,21 +339,27 @@ impl Store for SqliteStore {
 
     fn blob_digests(&self, blobs: &[String]) -> Result<HashMap<String, hash::git::BlobDigest>> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached("SELECT sha256, size, lfs FROM git_blobs WHERE blob = ?1")?;
         let mut out = HashMap::new();
-        for b in blobs {
-            let row = st
-                .query_row([b], |r| {
-                    Ok(hash::git::BlobDigest {
-                        sha256: r.get(0)?,
-                        size: r.get::<_, i64>(1)? as u64,
-                        lfs: r.get::<_, i64>(2)? != 0,
-                    })
-                })
-                .optional()?;
-            // a damaged row is no memo entry
-            if let Some(d) = row.filter(|d| is_digest(&d.sha256)) {
-                out.insert(b.clone(), d);
+        // a few hundred ids per query: one statement per chunk, not one per file
+        for chunk in blobs.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let mut st = conn.prepare(&format!("SELECT blob, sha256, size, lfs FROM git_blobs WHERE blob IN ({marks})"))?;
+            let rows = st.query_map(rusqlite::params_from_iter(chunk), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    hash::git::BlobDigest {
+                        sha256: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        lfs: r.get::<_, i64>(3)? != 0,
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (b, d) = row?;
+                // a damaged row is no memo entry
+                if is_digest(&d.sha256) {
+                    out.insert(b, d);
+                }
             }
         }
         Ok(out)
