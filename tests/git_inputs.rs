@@ -477,3 +477,32 @@ fn plan_on_fresh_clones_reads_nothing_git_names() {
     let p3 = plan(&three, &s.root.join("store3"));
     assert_eq!(key(&p3), key(&p1), "a GIT_LFS_SKIP_SMUDGE clone plans the same key");
 }
+
+#[test]
+fn an_index_on_another_filesystem_gets_a_racy_margin() {
+    // a linked work tree on /dev/shm (tmpfs), its index in the repository's git dir in the
+    // temp dir: timestamps of two filesystems may differ in granularity, so entries less
+    // than 2 s older than the index are read
+    let shm = Path::new("/dev/shm");
+    use std::os::unix::fs::MetadataExt;
+    let s = Sandbox::new();
+    let other_fs = std::fs::metadata(shm).map(|m| m.dev() != std::fs::metadata(&s.root).unwrap().dev());
+    assert!(matches!(other_fs, Ok(true)), "this test needs /dev/shm on another filesystem than the temp dir");
+    let main = s.repo("r", &[("other.txt", b"other\n")]);
+    let tmp = tempfile::tempdir_in(shm).unwrap();
+    let wt = tmp.path().join("wt");
+    s.git(&main, &["worktree", "add", "-q", wt.to_str().unwrap()]);
+    write(&wt.join("f.txt"), A);
+    settle();
+    s.git(&wt, &["add", "f.txt"]);
+    let memo: HashMap<String, BlobDigest> =
+        [(blob_id(A), BlobDigest { sha256: sha_hex(A), size: A.len() as u64, lfs: false })].into();
+    let p = pass(&wt, &memo);
+    assert_eq!(p.digest("f.txt"), sha_hex(A));
+    assert_eq!(p.count("git"), 0, "within 2 s of the index: read");
+    // once the index is older by more than the margin, the memo is used
+    std::thread::sleep(Duration::from_millis(2100));
+    s.git(&wt, &["update-index", "--really-refresh"]);
+    let p = pass(&wt, &memo);
+    assert_eq!((p.count("git"), p.digest("f.txt")), (1, sha_hex(A).as_str()), "f.txt from the memo");
+}

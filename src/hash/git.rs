@@ -6,7 +6,7 @@
 //!   bit) must equal the file's;
 //! - it must not be racily clean: an entry whose mtime or ctime is not older than the index
 //!   file's own mtime may have been modified again within the same timestamp tick (when the
-//!   index lies on another filesystem than the work tree, the margin is
+//!   file lies on another filesystem than the index, the margin is
 //!   [`super::RACY_WINDOW_NS`], for filesystems with coarser timestamps);
 //! - entries flagged assume-unchanged (`CE_VALID`), skip-worktree or intent-to-add, and
 //!   conflicted (staged > 0) entries are never trusted: git does not look at those files;
@@ -55,8 +55,10 @@ struct Facts {
 /// The index of the git work tree a hashed root lies in, as seen when hashing started.
 pub struct GitView {
     entries: HashMap<String, Facts>,
-    /// Entries with an mtime or ctime at or after this are racily clean.
+    /// Entries with an mtime or ctime at or after this are racily clean (for files on the
+    /// index's filesystem; [`super::RACY_WINDOW_NS`] earlier for files on another one).
     racy_from_ns: i64,
+    index_dev: u64,
     memo: HashMap<git2::Oid, BlobDigest>,
     learned: Mutex<Vec<(String, BlobDigest)>>,
     /// For reading pointer blobs of smudged Git LFS files (rare: a memo miss).
@@ -135,9 +137,8 @@ impl GitView {
             tracing::debug!(repo = %workdir.display(), "inputs are hashed, not read from git: {why}");
             return None;
         }
-        use std::os::unix::fs::MetadataExt;
-        let same_fs = before.dev() == meta.dev();
-        let racy_from_ns = mtime_ns(&before) - if same_fs { 0 } else { super::RACY_WINDOW_NS };
+        let racy_from_ns = mtime_ns(&before);
+        let index_dev = Stat::of(&before).dev;
         let mut entries = HashMap::new();
         for e in index.iter() {
             let Ok(path) = String::from_utf8(e.path.clone()) else { continue };
@@ -178,7 +179,7 @@ impl GitView {
                 }
             }
         }
-        Some(GitView { entries, racy_from_ns, memo: HashMap::new(), learned: Mutex::new(Vec::new()), repo: Mutex::new(repo) })
+        Some(GitView { entries, racy_from_ns, index_dev, memo: HashMap::new(), learned: Mutex::new(Vec::new()), repo: Mutex::new(repo) })
     }
 
     /// Whether `rel` is tracked (has an index entry).
@@ -214,7 +215,9 @@ impl GitView {
             && f.mtime_ns == st.mtime_ns
             && f.ctime_ns == st.ctime_ns
             && f.exec == exec;
-        let racy = f.mtime_ns >= self.racy_from_ns || f.ctime_ns >= self.racy_from_ns;
+        // a file on another filesystem than the index may have coarser timestamps
+        let from = self.racy_from_ns - if st.dev == self.index_dev { 0 } else { super::RACY_WINDOW_NS };
+        let racy = f.mtime_ns >= from || f.ctime_ns >= from;
         (same && !racy).then_some(f.oid)
     }
 
