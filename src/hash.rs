@@ -470,10 +470,11 @@ fn tracked_digest(
     stats: &HashStats,
 ) -> std::io::Result<(String, Option<(String, u64)>)> {
     let path = abs(rel);
-    let pointer_hit = |oid: String, pointer: Option<(String, u64)>| -> std::io::Result<(String, Option<(String, u64)>)> {
-        stats.from_lfs_pointer.fetch_add(1, Ordering::Relaxed);
-        Ok((oid, pointer))
-    };
+    let pointer_hit =
+        |oid: String, pointer: Option<(String, u64)>| -> std::io::Result<(String, Option<(String, u64)>)> {
+            stats.from_lfs_pointer.fetch_add(1, Ordering::Relaxed);
+            Ok((oid, pointer))
+        };
     let clean = g.clean(rel, &st, exec);
     if let Some(blob) = clean {
         if let Some(m) = g.memo(&blob) {

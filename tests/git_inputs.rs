@@ -181,7 +181,8 @@ fn assert_true_digest_n(dir: &Path, memo: &HashMap<String, BlobDigest>, what: &s
 #[test]
 fn clean_files_come_from_the_memo_on_a_fresh_clone() {
     let s = Sandbox::new();
-    let files: Vec<(String, Vec<u8>)> = (0..20).map(|i| (format!("d{}/f{i}.txt", i % 3), format!("{i}\n").into())).collect();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..20).map(|i| (format!("d{}/f{i}.txt", i % 3), format!("{i}\n").into())).collect();
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
     let src = s.repo("src", &refs);
     let memo = learned_memo(&src);
@@ -197,7 +198,8 @@ fn clean_files_come_from_the_memo_on_a_fresh_clone() {
         assert_eq!(p.digest(path), sha_hex(bytes), "{path}");
     }
     // the same tree as hashing every file
-    let plain = tenon::hash::hash_tree(&clone, &Filter::everything(), &StatCache::default(), &HashStats::default()).unwrap();
+    let plain =
+        tenon::hash::hash_tree(&clone, &Filter::everything(), &StatCache::default(), &HashStats::default()).unwrap();
     assert_eq!(p.tree, plain);
     // a sub-directory root and a single-file root
     let sub = pass(&clone.join("d1"), &memo);

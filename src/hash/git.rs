@@ -179,7 +179,14 @@ impl GitView {
                 }
             }
         }
-        Some(GitView { entries, racy_from_ns, index_dev, memo: HashMap::new(), learned: Mutex::new(Vec::new()), repo: Mutex::new(repo) })
+        Some(GitView {
+            entries,
+            racy_from_ns,
+            index_dev,
+            memo: HashMap::new(),
+            learned: Mutex::new(Vec::new()),
+            repo: Mutex::new(repo),
+        })
     }
 
     /// Whether `rel` is tracked (has an index entry).

@@ -343,7 +343,8 @@ impl Store for SqliteStore {
         // a few hundred ids per query: one statement per chunk, not one per file
         for chunk in blobs.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(",");
-            let mut st = conn.prepare(&format!("SELECT blob, sha256, size, lfs FROM git_blobs WHERE blob IN ({marks})"))?;
+            let mut st =
+                conn.prepare(&format!("SELECT blob, sha256, size, lfs FROM git_blobs WHERE blob IN ({marks})"))?;
             let rows = st.query_map(rusqlite::params_from_iter(chunk), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -372,9 +373,8 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
-            let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO git_blobs (blob, sha256, size, lfs) VALUES (?1, ?2, ?3, ?4)",
-            )?;
+            let mut st = tx
+                .prepare_cached("INSERT OR REPLACE INTO git_blobs (blob, sha256, size, lfs) VALUES (?1, ?2, ?3, ?4)")?;
             for (b, d) in rows {
                 st.execute(params![b, d.sha256, d.size as i64, d.lfs as i64])?;
             }
