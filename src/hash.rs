@@ -22,6 +22,9 @@ use sha2::{Digest, Sha256};
 
 pub use crate::util::{hex, now_ns, sha256_hex};
 
+pub mod git;
+pub mod lfs;
+
 /// Stream a file through SHA-256 with a fixed, per-thread buffer (1 MiB): memory stays
 /// bounded whatever the file size, and small files cost no allocation.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
@@ -31,11 +34,30 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 /// Hash a file and stat the opened file once read (fstat: no second path lookup): the
 /// stat the digest is valid for, if nothing changed it while it was read.
 fn hash_file_stat(path: &Path) -> std::io::Result<([u8; 32], Stat)> {
+    hash_file_read(path, None).map(|r| (r.digest, r.after))
+}
+
+/// What reading a file found.
+struct Read1 {
+    digest: [u8; 32],
+    after: Stat,
+    /// Its git blob id (when asked for).
+    blob: Option<git2::Oid>,
+    /// The Git LFS pointer it is, when it is one (asked for with the blob id).
+    pointer: Option<(String, u64)>,
+}
+
+/// Hash a file; with `blob_len` (the size its stat gave) also compute its git blob id and
+/// parse it as a Git LFS pointer when small enough to be one.
+fn hash_file_read(path: &Path, blob_len: Option<u64>) -> std::io::Result<Read1> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1 << 20]);
     }
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
+    let mut blob = blob_len.map(git::BlobHasher::new);
+    let mut small: Vec<u8> = Vec::new();
+    let mut total = 0u64;
     BUF.with(|b| -> std::io::Result<()> {
         let mut buf = b.borrow_mut();
         loop {
@@ -44,10 +66,19 @@ fn hash_file_stat(path: &Path) -> std::io::Result<([u8; 32], Stat)> {
                 return Ok(());
             }
             h.update(&buf[..n]);
+            if let Some(bh) = blob.as_mut() {
+                bh.update(&buf[..n]);
+                if total + n as u64 <= lfs::MAX_POINTER_BYTES {
+                    small.extend_from_slice(&buf[..n]);
+                }
+            }
+            total += n as u64;
         }
     })?;
     let after = Stat::of(&f.metadata()?);
-    Ok((h.finalize().into(), after))
+    let whole = blob_len == Some(total);
+    let pointer = if whole && total <= lfs::MAX_POINTER_BYTES { lfs::lfs_pointer(&small) } else { None };
+    Ok(Read1 { digest: h.finalize().into(), after, blob: blob.filter(|_| whole).and_then(|b| b.finish()), pointer })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
@@ -228,12 +259,26 @@ impl StatCache {
     }
 }
 
-/// Counters for one hashing pass.
+/// Counters for one hashing pass. Each file's digest has one source: the git index (the
+/// blob memo), a Git LFS pointer, the stat cache, or reading it (`hashed_*`).
 #[derive(Debug, Default)]
 pub struct HashStats {
     pub files: AtomicU64,
     pub hashed_files: AtomicU64,
     pub hashed_bytes: AtomicU64,
+    pub from_git_index: AtomicU64,
+    pub from_lfs_pointer: AtomicU64,
+    pub from_stat_cache: AtomicU64,
+}
+
+/// An input file that is a Git LFS pointer in the work tree (not smudged): its digest is
+/// the pointer's oid, and a task that binds it needs the object fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LfsInput {
+    /// Relative to the hashed root, as in the tree's entries.
+    pub path: String,
+    pub oid: String,
+    pub size: u64,
 }
 
 /// Which paths of a tree count: `include` globs (empty = everything) minus `exclude`.
@@ -318,6 +363,18 @@ const ALWAYS_SKIPPED: &[&str] = &[".git"];
 
 /// Hash the tree under `root` (a file or directory), entries relative to it.
 pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashStats) -> std::io::Result<Tree> {
+    hash_tree_git(root, filter, cache, stats, None).map(|(t, _)| t)
+}
+
+/// [`hash_tree`], taking what it can from `git` (the index of the work tree `root` lies
+/// in, see [`git::GitView`]); also returns the inputs that are unsmudged Git LFS pointers.
+pub fn hash_tree_git(
+    root: &Path,
+    filter: &Filter,
+    cache: &StatCache,
+    stats: &HashStats,
+    git: Option<&git::GitView>,
+) -> std::io::Result<(Tree, Vec<LfsInput>)> {
     let meta = std::fs::symlink_metadata(root)?;
     let mut found: Found = Vec::new();
     let is_dir = meta.is_dir();
@@ -330,47 +387,144 @@ pub fn hash_tree(root: &Path, filter: &Filter, cache: &StatCache, stats: &HashSt
     }
     // absolute paths are built only for the files that must be read
     let abs = |rel: &str| if is_dir { root.join(rel) } else { root.to_path_buf() };
-    let entries: Vec<std::io::Result<Entry>> = found
+    let entries: Vec<std::io::Result<(Entry, Option<LfsInput>)>> = found
         .into_par_iter()
         .map(|f| {
             let Found1 { rel, kind, stat, mode } = f;
             match kind {
-                Kind::Dir => Ok(Entry { path: rel, kind: Kind::Dir, exec: false, digest: String::new(), size: None }),
+                Kind::Dir => {
+                    Ok((Entry { path: rel, kind: Kind::Dir, exec: false, digest: String::new(), size: None }, None))
+                }
                 Kind::Symlink => {
                     let target = std::fs::read_link(abs(&rel))?;
-                    Ok(Entry {
-                        path: rel,
-                        kind: Kind::Symlink,
-                        exec: false,
-                        digest: sha256_hex(target.as_os_str().as_encoded_bytes()),
-                        size: None,
-                    })
+                    let digest = sha256_hex(target.as_os_str().as_encoded_bytes());
+                    Ok((Entry { path: rel, kind: Kind::Symlink, exec: false, digest, size: None }, None))
                 }
                 Kind::File => {
                     stats.files.fetch_add(1, Ordering::Relaxed);
                     let st = stat.expect("files carry their stat");
-                    let digest = match cache.lookup(&st) {
-                        Some(d) => d,
-                        None => {
-                            let path = abs(&rel);
-                            let (d, after) = hash_file_stat(&path)?;
-                            stats.hashed_files.fetch_add(1, Ordering::Relaxed);
-                            stats.hashed_bytes.fetch_add(st.size, Ordering::Relaxed);
-                            // remember only a stable stat: the inode the walk saw (not one
-                            // renamed over it since), unchanged while it was read
-                            if after == st {
-                                cache.remember(st, d, &path);
-                            }
-                            d
-                        }
+                    let exec = mode & 0o111 != 0;
+                    let (digest, pointer) = match git.filter(|g| g.tracked(&rel)) {
+                        Some(g) => tracked_digest(g, &abs, &rel, st, exec, cache, stats)?,
+                        None => (hex(&cached_digest(&abs(&rel), st, cache, stats)?), None),
                     };
-                    Ok(Entry { path: rel, kind: Kind::File, exec: mode & 0o111 != 0, digest: hex(&digest), size: None })
+                    let lfs = pointer.map(|(oid, size)| LfsInput { path: rel.clone(), oid, size });
+                    Ok((Entry { path: rel, kind: Kind::File, exec, digest, size: None }, lfs))
                 }
             }
         })
         .collect();
-    let entries = entries.into_iter().collect::<std::io::Result<Vec<_>>>()?;
-    Ok(Tree::seal(entries))
+    let mut lfs = Vec::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let (e, p) = e?;
+        out.push(e);
+        lfs.extend(p);
+    }
+    lfs.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    Ok((Tree::seal(out), lfs))
+}
+
+/// A file's digest from the stat cache, or by reading it (and remembering it).
+fn cached_digest(path: &Path, st: Stat, cache: &StatCache, stats: &HashStats) -> std::io::Result<[u8; 32]> {
+    if let Some(d) = cache.lookup(&st) {
+        stats.from_stat_cache.fetch_add(1, Ordering::Relaxed);
+        return Ok(d);
+    }
+    let (d, after) = hash_file_stat(path)?;
+    count_read(stats, st.size);
+    // remember only a stable stat: the inode the walk saw (not one renamed over it since),
+    // unchanged while it was read
+    if after == st {
+        cache.remember(st, d, path);
+    }
+    Ok(d)
+}
+
+fn count_read(stats: &HashStats, bytes: u64) {
+    stats.hashed_files.fetch_add(1, Ordering::Relaxed);
+    stats.hashed_bytes.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// The Git LFS pointer a small file is, read whole (at most [`lfs::MAX_POINTER_BYTES`]).
+fn read_pointer(path: &Path, st: &Stat) -> std::io::Result<Option<(String, u64)>> {
+    if !(lfs::MIN_POINTER_BYTES..=lfs::MAX_POINTER_BYTES).contains(&st.size) {
+        return Ok(None);
+    }
+    let mut buf = Vec::with_capacity(st.size as usize + 1);
+    std::fs::File::open(path)?.take(lfs::MAX_POINTER_BYTES + 1).read_to_end(&mut buf)?;
+    Ok(lfs::lfs_pointer(&buf))
+}
+
+/// The digest (hex) of a tracked file, and the Git LFS pointer it is when it is one (its
+/// digest is then the pointer's oid). When its index entry shows it clean the digest comes
+/// from the blob memo; otherwise it is read (or taken from the stat cache), and a read
+/// whose bytes hash to the index entry's blob id teaches the memo.
+fn tracked_digest(
+    g: &git::GitView,
+    abs: &dyn Fn(&str) -> PathBuf,
+    rel: &str,
+    st: Stat,
+    exec: bool,
+    cache: &StatCache,
+    stats: &HashStats,
+) -> std::io::Result<(String, Option<(String, u64)>)> {
+    let path = abs(rel);
+    let pointer_hit =
+        |oid: String, pointer: Option<(String, u64)>| -> std::io::Result<(String, Option<(String, u64)>)> {
+            stats.from_lfs_pointer.fetch_add(1, Ordering::Relaxed);
+            Ok((oid, pointer))
+        };
+    let clean = g.clean(rel, &st, exec);
+    if let Some(blob) = clean {
+        if let Some(m) = g.memo(&blob) {
+            if m.lfs {
+                // the pointer itself (not smudged), or the object it names
+                match read_pointer(&path, &st)? {
+                    Some(p) if p.0 == m.sha256 => return pointer_hit(m.sha256.clone(), Some(p)),
+                    None if st.size == m.size => return pointer_hit(m.sha256.clone(), None),
+                    _ => {}
+                }
+            } else if m.size == st.size {
+                stats.from_git_index.fetch_add(1, Ordering::Relaxed);
+                return Ok((m.sha256.clone(), None));
+            }
+        } else if st.size > lfs::MAX_POINTER_BYTES {
+            // a smudged Git LFS object: its blob is the pointer naming its SHA-256
+            if let Some((oid, size)) = g.pointer_blob(blob).filter(|(_, n)| *n == st.size) {
+                g.learn(blob, git::BlobDigest { sha256: oid.clone(), size, lfs: true });
+                return pointer_hit(oid, None);
+            }
+        }
+    }
+    // read it, or take it from the stat cache
+    if let Some(d) = cache.lookup(&st) {
+        if let Some(p) = read_pointer(&path, &st)? {
+            return pointer_hit(p.0.clone(), Some(p));
+        }
+        stats.from_stat_cache.fetch_add(1, Ordering::Relaxed);
+        return Ok((hex(&d), None));
+    }
+    let r = hash_file_read(&path, Some(st.size))?;
+    count_read(stats, st.size);
+    let stable = r.after == st;
+    if stable {
+        cache.remember(st, r.digest, &path);
+    }
+    let index_blob = g.blob_of(rel);
+    if stable && r.blob.is_some() && r.blob == index_blob {
+        let learned = match &r.pointer {
+            Some((oid, size)) => git::BlobDigest { sha256: oid.clone(), size: *size, lfs: true },
+            None => git::BlobDigest { sha256: hex(&r.digest), size: st.size, lfs: false },
+        };
+        if let Some(b) = index_blob {
+            g.learn(b, learned);
+        }
+    }
+    match r.pointer {
+        Some(p) => pointer_hit(p.0.clone(), Some(p)),
+        None => Ok((hex(&r.digest), None)),
+    }
 }
 
 /// One path found by the walk: its kind, and for files and symlinks their stat and mode.

@@ -351,6 +351,9 @@ fn hashing(cache: &CacheCtx) -> HashingStats {
         files: cache.hash_stats.files.load(Ordering::Relaxed),
         hashed_files: cache.hash_stats.hashed_files.load(Ordering::Relaxed),
         hashed_bytes: cache.hash_stats.hashed_bytes.load(Ordering::Relaxed),
+        from_git_index: cache.hash_stats.from_git_index.load(Ordering::Relaxed),
+        from_lfs_pointer: cache.hash_stats.from_lfs_pointer.load(Ordering::Relaxed),
+        from_stat_cache: cache.hash_stats.from_stat_cache.load(Ordering::Relaxed),
     }
 }
 

@@ -39,6 +39,12 @@ pub struct HashingStats {
     /// Files actually read and hashed (the rest came from the stat cache).
     pub hashed_files: u64,
     pub hashed_bytes: u64,
+    /// Files whose digest came from the git index (the blob memo: not read).
+    pub from_git_index: u64,
+    /// Files keyed by their Git LFS pointer's oid.
+    pub from_lfs_pointer: u64,
+    /// Files whose digest came from the stat cache (not read).
+    pub from_stat_cache: u64,
 }
 
 impl RunReport {

@@ -74,7 +74,7 @@ fn redact(v: &mut Value, root: &str) {
                     *x = Value::from("[time]");
                 } else if k.ends_with("Ms") || k.ends_with("Seconds") {
                     *x = Value::from("[duration]");
-                } else if k == "hashedFiles" || k == "hashedBytes" {
+                } else if k == "hashedFiles" || k == "hashedBytes" || k == "fromStatCache" {
                     *x = Value::from("[count]");
                 } else if k == "uid" || k == "runId" {
                     *x = Value::from("[uid]");

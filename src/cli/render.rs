@@ -25,7 +25,11 @@ pub(super) fn print_plan_human(plan: &PlanReport) {
         }
     }
     if let Some(h) = &plan.hashing {
-        let _ = writeln!(out, "inputs: {} files, {} hashed ({} bytes)", h.files, h.hashed_files, h.hashed_bytes);
+        let _ = writeln!(
+            out,
+            "inputs: {} files, {} hashed ({} bytes), {} from git index, {} from LFS pointer, {} from stat cache",
+            h.files, h.hashed_files, h.hashed_bytes, h.from_git_index, h.from_lfs_pointer, h.from_stat_cache
+        );
     }
 }
 

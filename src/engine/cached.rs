@@ -24,6 +24,11 @@ pub struct CacheCtx {
     pub hash_ns: std::sync::atomic::AtomicU64,
     /// (root, filters) -> the tree's root digest, hashed once per process.
     memo: Mutex<HashMap<(PathBuf, String), String>>,
+    /// (root, filters) -> the input files under it that are unsmudged Git LFS pointers
+    /// (keyed by the pointer's oid: a task that binds one needs the object fetched).
+    pub lfs_inputs: Mutex<HashMap<(PathBuf, String), Vec<hash::LfsInput>>>,
+    /// Input root -> the git index it lies in (`None`: not in a usable git work tree).
+    git_views: Mutex<HashMap<PathBuf, Option<Arc<hash::git::GitView>>>>,
     /// `--no-cache`: run everything (records are still written).
     pub no_cache: bool,
     /// `--rerun TASK`: run these pipeline tasks.
@@ -51,6 +56,8 @@ impl CacheCtx {
             hash_stats: HashStats::default(),
             hash_ns: Default::default(),
             memo: Mutex::new(HashMap::new()),
+            lfs_inputs: Mutex::new(HashMap::new()),
+            git_views: Mutex::new(HashMap::new()),
             no_cache,
             rerun,
             executor: "local".into(),
@@ -87,6 +94,23 @@ impl CacheCtx {
         }
     }
 
+    /// The git index `root` lies in, read once per process (with the memo rows of its
+    /// blobs): in a git work tree, clean tracked files take their digests from the memo.
+    fn git_view(&self, root: &Path) -> Option<Arc<hash::git::GitView>> {
+        let mut views = self.git_views.lock().unwrap_or_else(|p| p.into_inner());
+        views
+            .entry(root.to_path_buf())
+            .or_insert_with(|| {
+                let mut g = hash::git::GitView::open(root)?;
+                match self.store.blob_digests(&g.blob_ids()) {
+                    Ok(m) => g.set_memo(m),
+                    Err(e) => tracing::warn!(error = %e, "could not read the git blob memo"),
+                }
+                Some(Arc::new(g))
+            })
+            .clone()
+    }
+
     /// Hash a repository tree once per process (a consistent snapshot for the run).
     fn tree_root(&self, root: &Path, include: &[String], exclude: &[String]) -> Result<String, String> {
         let memo_key = (root.to_path_buf(), format!("{include:?}{exclude:?}"));
@@ -95,8 +119,19 @@ impl CacheCtx {
         }
         let filter = Filter::new(include, exclude)?;
         let started = std::time::Instant::now();
-        let t = hash::hash_tree(root, &filter, &self.stats, &self.hash_stats)
+        let git = self.git_view(root);
+        let (t, lfs) = hash::hash_tree_git(root, &filter, &self.stats, &self.hash_stats, git.as_deref())
             .map_err(|e| format!("cannot hash inputs under {}: {e}", root.display()))?;
+        if let Some(g) = &git {
+            if let Err(e) = self.store.save_blob_digests(&g.take_learned()) {
+                tracing::warn!(error = %e, "could not save the git blob memo");
+            }
+        }
+        if !lfs.is_empty() {
+            if let Ok(mut m) = self.lfs_inputs.lock() {
+                m.insert(memo_key.clone(), lfs);
+            }
+        }
         self.hash_ns.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         for e in t.entries.iter().filter(|e| e.kind == hash::Kind::Symlink) {
             let Ok(to) = std::fs::read_link(root.join(&e.path)) else { continue };

@@ -142,6 +142,10 @@ pub trait Store: Send + Sync {
     /// Merge new or refreshed records into the persisted stat cache (records unused for
     /// [`hash::STAT_RECORD_TTL_NS`] are dropped).
     fn save_stats(&self, updates: &[StatRecord]) -> Result<()>;
+    /// The memo rows (git blob id -> digest) of these blob ids that the store has.
+    fn blob_digests(&self, blobs: &[String]) -> Result<HashMap<String, hash::git::BlobDigest>>;
+    /// Remember blob digests (each learned by reading a file whose bytes hash to the blob id).
+    fn save_blob_digests(&self, rows: &[(String, hash::git::BlobDigest)]) -> Result<()>;
     /// Remember a tree's entries (for explanations), by root digest.
     fn put_tree(&self, tree: &Tree) -> Result<()>;
     fn get_tree(&self, root: &str) -> Result<Option<Tree>>;
@@ -186,6 +190,7 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_task ON records (run, task, created_ns);
 CREATE TABLE IF NOT EXISTS stat_blob (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS git_blobs (blob TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size INTEGER NOT NULL, lfs INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS promotions (
   id TEXT PRIMARY KEY, policy TEXT NOT NULL, environment TEXT NOT NULL, state TEXT NOT NULL,
   decision TEXT NOT NULL, decided_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL, detail TEXT NOT NULL DEFAULT '');

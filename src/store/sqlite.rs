@@ -337,6 +337,52 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn blob_digests(&self, blobs: &[String]) -> Result<HashMap<String, hash::git::BlobDigest>> {
+        let conn = self.conn();
+        let mut out = HashMap::new();
+        // a few hundred ids per query: one statement per chunk, not one per file
+        for chunk in blobs.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let mut st =
+                conn.prepare(&format!("SELECT blob, sha256, size, lfs FROM git_blobs WHERE blob IN ({marks})"))?;
+            let rows = st.query_map(rusqlite::params_from_iter(chunk), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    hash::git::BlobDigest {
+                        sha256: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        lfs: r.get::<_, i64>(3)? != 0,
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (b, d) = row?;
+                // a damaged row is no memo entry
+                if is_digest(&d.sha256) {
+                    out.insert(b, d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn save_blob_digests(&self, rows: &[(String, hash::git::BlobDigest)]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut st = tx
+                .prepare_cached("INSERT OR REPLACE INTO git_blobs (blob, sha256, size, lfs) VALUES (?1, ?2, ?3, ?4)")?;
+            for (b, d) in rows {
+                st.execute(params![b, d.sha256, d.size as i64, d.lfs as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn put_tree(&self, tree: &Tree) -> Result<()> {
         // a tree is immutable by its digest: skip the (possibly large) encoding when known
         let known: Option<i64> = self

@@ -37,6 +37,31 @@ fn stat_cache_blob_round_trips() {
     assert!(decode_stats(&torn).is_empty());
 }
 
+#[test]
+fn git_blob_memo_round_trips_and_older_stores_gain_it() {
+    use hash::git::BlobDigest;
+    let d = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(d.path()).unwrap();
+    // a store made before the memo existed: the table is created when it is opened
+    s.conn().execute("DROP TABLE git_blobs", []).unwrap();
+    drop(s);
+    let s = SqliteStore::open(d.path()).unwrap();
+    let row =
+        |i: usize, lfs: bool| (format!("{i:040x}"), BlobDigest { sha256: format!("{i:064x}"), size: i as u64, lfs });
+    let rows: Vec<_> = (0..1200).map(|i| row(i, i % 7 == 0)).collect();
+    s.save_blob_digests(&rows).unwrap();
+    // more ids than one query holds, some unknown
+    let mut ask: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    ask.push(format!("{:040x}", 99_999));
+    let got = s.blob_digests(&ask).unwrap();
+    assert_eq!(got.len(), 1200);
+    assert_eq!(got[&rows[14].0], rows[14].1);
+    assert!(got[&rows[14].0].lfs && !got[&rows[15].0].lfs);
+    // a damaged row is no memo entry
+    s.conn().execute("UPDATE git_blobs SET sha256 = 'x' WHERE blob = ?1", [&rows[1].0]).unwrap();
+    assert!(!s.blob_digests(&ask).unwrap().contains_key(&rows[1].0));
+}
+
 fn rec(key: &str, run: &str, created: i64) -> Record {
     Record {
         key: key.into(),
