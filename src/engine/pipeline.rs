@@ -66,7 +66,7 @@ struct Driver<'e, 'p> {
     /// Per pipeline task: cancels its TaskRuns (a child of the engine's token).
     cancels: BTreeMap<String, CancellationToken>,
     /// TaskRuns prepared by the gate, started when their launch comes out.
-    prepared: HashMap<(String, usize), Prepared>,
+    prepared: HashMap<(String, usize), Box<Prepared>>,
     /// Failed attempts that the facts retry: their request, cache state and lock.
     waiting_retry: HashMap<(String, usize), ChildMsg>,
     t0: Instant,
@@ -127,7 +127,7 @@ impl Driver<'_, '_> {
         let mut gate = |l: &crate::plan::LaunchSpec| match setup.prepare(&shared, l, ledger) {
             Ok(p) => {
                 ledger.prepared(&l.task, &p);
-                prepared.insert((l.task.clone(), l.index), p);
+                prepared.insert((l.task.clone(), l.index), Box::new(p));
                 Gate::Go
             }
             Err(g) => g,

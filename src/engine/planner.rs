@@ -135,10 +135,10 @@ impl<'a> Planner<'a> {
         let mut facts = setup.facts(self.cat);
         let mut ledger = Ledger::default();
         while !facts.is_done() {
-            let mut prepared: HashMap<(String, usize), Prepared> = HashMap::new();
+            let mut prepared: HashMap<(String, usize), Box<Prepared>> = HashMap::new();
             let mut gate = |l: &crate::plan::LaunchSpec| match setup.prepare(sh, l, &ledger) {
                 Ok(p) => {
-                    prepared.insert((l.task.clone(), l.index), p);
+                    prepared.insert((l.task.clone(), l.index), Box::new(p));
                     Gate::Go
                 }
                 Err(g) => g,
