@@ -406,7 +406,7 @@ pub fn portable_results(results: &BTreeMap<String, ParamValue>, req: &TaskRunReq
         .filter(|(p, _)| p.len() > 1)
         .collect();
     // longest first, so nested workspaces are replaced by the most specific one
-    paths.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    paths.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     let fix = |s: &str| paths.iter().fold(s.to_string(), |acc, (p, token)| acc.replace(p, token));
     map_results(results, &fix)
 }

@@ -155,7 +155,7 @@ fn forward_refs(v: &mut serde_json::Value, forwards: &[(String, String)]) {
                     while let Some(i) = rest.find(&prefix) {
                         let after = &rest[i + prefix.len()..];
                         // only whole names: next char must end the name
-                        if after.starts_with(|c: char| c == ')' || c == '[' || c == '.') {
+                        if after.starts_with([')', '[', '.']) {
                             out.push_str(&rest[..i]);
                             out.push_str("$(");
                             out.push_str(base);
