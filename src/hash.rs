@@ -269,6 +269,59 @@ pub struct HashStats {
     pub from_git_index: AtomicU64,
     pub from_lfs_pointer: AtomicU64,
     pub from_stat_cache: AtomicU64,
+    /// When set ([`HashStats::record_sources`]), each file's digest source (`tenon plan -v`).
+    recording: std::sync::atomic::AtomicBool,
+    sources: std::sync::Mutex<Vec<(PathBuf, DigestSource)>>,
+}
+
+/// Where one input file's digest came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DigestSource {
+    GitIndex,
+    LfsPointer,
+    StatCache,
+    Hashed,
+}
+
+impl DigestSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestSource::GitIndex => "from git index",
+            DigestSource::LfsPointer => "from LFS pointer",
+            DigestSource::StatCache => "from stat cache",
+            DigestSource::Hashed => "hashed",
+        }
+    }
+}
+
+impl HashStats {
+    /// Remember each file's digest source from now on (see [`HashStats::sources`]).
+    pub fn record_sources(&self) {
+        self.recording.store(true, Ordering::Relaxed);
+    }
+
+    /// The files whose digest sources were recorded, sorted by path.
+    pub fn sources(&self) -> Vec<(PathBuf, DigestSource)> {
+        let mut v = self.sources.lock().map(|v| v.clone()).unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Count one file's digest as coming from `src`.
+    fn count(&self, src: DigestSource, path: &Path) {
+        let c = match src {
+            DigestSource::GitIndex => &self.from_git_index,
+            DigestSource::LfsPointer => &self.from_lfs_pointer,
+            DigestSource::StatCache => &self.from_stat_cache,
+            DigestSource::Hashed => &self.hashed_files,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        if self.recording.load(Ordering::Relaxed) {
+            if let Ok(mut v) = self.sources.lock() {
+                v.push((path.to_path_buf(), src));
+            }
+        }
+    }
 }
 
 /// An input file that is a Git LFS pointer in the work tree (not smudged): its digest is
@@ -428,11 +481,11 @@ pub fn hash_tree_git(
 /// A file's digest from the stat cache, or by reading it (and remembering it).
 fn cached_digest(path: &Path, st: Stat, cache: &StatCache, stats: &HashStats) -> std::io::Result<[u8; 32]> {
     if let Some(d) = cache.lookup(&st) {
-        stats.from_stat_cache.fetch_add(1, Ordering::Relaxed);
+        stats.count(DigestSource::StatCache, path);
         return Ok(d);
     }
     let (d, after) = hash_file_stat(path)?;
-    count_read(stats, st.size);
+    count_read(stats, st.size, path);
     // remember only a stable stat: the inode the walk saw (not one renamed over it since),
     // unchanged while it was read
     if after == st {
@@ -441,8 +494,8 @@ fn cached_digest(path: &Path, st: Stat, cache: &StatCache, stats: &HashStats) ->
     Ok(d)
 }
 
-fn count_read(stats: &HashStats, bytes: u64) {
-    stats.hashed_files.fetch_add(1, Ordering::Relaxed);
+fn count_read(stats: &HashStats, bytes: u64, path: &Path) {
+    stats.count(DigestSource::Hashed, path);
     stats.hashed_bytes.fetch_add(bytes, Ordering::Relaxed);
 }
 
@@ -472,7 +525,7 @@ fn tracked_digest(
     let path = abs(rel);
     let pointer_hit =
         |oid: String, pointer: Option<(String, u64)>| -> std::io::Result<(String, Option<(String, u64)>)> {
-            stats.from_lfs_pointer.fetch_add(1, Ordering::Relaxed);
+            stats.count(DigestSource::LfsPointer, &path);
             Ok((oid, pointer))
         };
     let clean = g.clean(rel, &st, exec);
@@ -486,7 +539,7 @@ fn tracked_digest(
                     _ => {}
                 }
             } else if m.size == st.size {
-                stats.from_git_index.fetch_add(1, Ordering::Relaxed);
+                stats.count(DigestSource::GitIndex, &path);
                 return Ok((m.sha256.clone(), None));
             }
         } else if st.size > lfs::MAX_POINTER_BYTES {
@@ -502,11 +555,11 @@ fn tracked_digest(
         if let Some(p) = read_pointer(&path, &st)? {
             return pointer_hit(p.0.clone(), Some(p));
         }
-        stats.from_stat_cache.fetch_add(1, Ordering::Relaxed);
+        stats.count(DigestSource::StatCache, &path);
         return Ok((hex(&d), None));
     }
     let r = hash_file_read(&path, Some(st.size))?;
-    count_read(stats, st.size);
+    count_read(stats, st.size, &path);
     let stable = r.after == st;
     if stable {
         cache.remember(st, r.digest, &path);

@@ -67,6 +67,8 @@ pub struct RunSettings {
     pub remote: Option<crate::remote::RemoteSettings>,
     /// Planning imports what the shared cache has into the store (`tenon cache pull`).
     pub import_on_plan: bool,
+    /// Record where each input file's digest came from (`tenon plan -v`).
+    pub digest_sources: bool,
 }
 
 /// The default state directory: `$XDG_CACHE_HOME/tenon` or `~/.cache/tenon`.
@@ -332,6 +334,9 @@ async fn wire(cat: &Catalog, dir: &Path, s: &RunSettings, console: Arc<Console>,
     let mut cache_ctx =
         CacheCtx::new(store.clone(), s.no_cache, rerun).map_err(|message| ReconcileError::StatCache { message })?;
     cache_ctx.executor = built.id.clone();
+    if s.digest_sources {
+        cache_ctx.hash_stats.record_sources();
+    }
     cache_ctx.image_digests = built.image_digests.clone();
     if let Some(r) = &s.remote {
         cache_ctx.remote = Some(Arc::new(
@@ -354,6 +359,12 @@ fn hashing(cache: &CacheCtx) -> HashingStats {
         from_git_index: cache.hash_stats.from_git_index.load(Ordering::Relaxed),
         from_lfs_pointer: cache.hash_stats.from_lfs_pointer.load(Ordering::Relaxed),
         from_stat_cache: cache.hash_stats.from_stat_cache.load(Ordering::Relaxed),
+        sources: cache
+            .hash_stats
+            .sources()
+            .into_iter()
+            .map(|(p, s)| crate::report::DigestSourceEntry { path: p.display().to_string(), source: s.as_str() })
+            .collect(),
     }
 }
 
@@ -434,5 +445,14 @@ pub async fn plan_catalog(cat: Catalog, dir: &Path, s: &RunSettings) -> Result<P
         Some(r) => Some(r.finish().await),
         None => None,
     };
-    Ok(Planned { plan, hashing: hashing(&cache), remote_cache })
+    let mut hashing = hashing(&cache);
+    // relative to the planned directory, as the plan's reasons name inputs
+    let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for e in &mut hashing.sources {
+        let p = Path::new(&e.path);
+        if let Some(r) = p.strip_prefix(&canon).ok().or_else(|| p.strip_prefix(dir).ok()) {
+            e.path = r.display().to_string();
+        }
+    }
+    Ok(Planned { plan, hashing, remote_cache })
 }

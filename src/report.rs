@@ -45,6 +45,17 @@ pub struct HashingStats {
     pub from_lfs_pointer: u64,
     /// Files whose digest came from the stat cache (not read).
     pub from_stat_cache: u64,
+    /// Each input file and where its digest came from (`tenon plan -v` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<DigestSourceEntry>,
+}
+
+/// One input file's digest source: `from git index`, `from LFS pointer`, `from stat cache`
+/// or `hashed`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DigestSourceEntry {
+    pub path: String,
+    pub source: &'static str,
 }
 
 impl RunReport {

@@ -508,3 +508,54 @@ fn an_index_on_another_filesystem_gets_a_racy_margin() {
     let p = pass(&wt, &memo);
     assert_eq!((p.count("git"), p.digest("f.txt")), (1, sha_hex(A).as_str()), "f.txt from the memo");
 }
+
+/// `tenon plan -v` names each input digest's source; without `-v` the output has no such
+/// lines (and `--output json` no `sources`).
+#[test]
+fn plan_v_says_where_each_digest_came_from() {
+    let s = Sandbox::new();
+    let (url, _) = lfs_remote(&s);
+    let store = s.root.join("store");
+    let one = clone(&s, &url, "one", false);
+    let human = |dir: &Path, extra: &[&str]| {
+        let mut args = vec!["plan", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let r = tenon_cached(&args, &store);
+        assert_eq!(r.code, 0, "plan: {}\n{}", r.stdout, r.stderr);
+        r.stdout
+    };
+    let line = |out: &str, path: &str| -> String {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{path} ")))
+            .unwrap_or_else(|| panic!("no line for {path}:\n{out}"))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // an empty store: the small tracked files are read, the model keyed by its pointer
+    let out = human(&one, &["-v"]);
+    assert_eq!(line(&out, "a.txt"), "hashed", "{out}");
+    assert_eq!(line(&out, "model.bin"), "from LFS pointer", "{out}");
+    // a second fresh clone: what git names comes from the memo
+    let two = clone(&s, &url, "two", false);
+    let out = human(&two, &["-v"]);
+    assert_eq!(line(&out, "a.txt"), "from git index", "{out}");
+    assert_eq!(line(&out, "pipeline.yaml"), "from git index", "{out}");
+    assert_eq!(line(&out, "model.bin"), "from LFS pointer", "{out}");
+    // an untracked file goes through the stat cache: hashed, then from the stat cache
+    write(&two.join("notes.txt"), b"untracked\n");
+    // past the stat cache's racy window ([`tenon::hash::RACY_WINDOW_NS`])
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(line(&human(&two, &["-v"]), "notes.txt"), "hashed");
+    assert_eq!(line(&human(&two, &["-v"]), "notes.txt"), "from stat cache");
+    // without -v: the counts only
+    let out = human(&two, &[]);
+    assert!(!out.contains("from git index\n"), "{out}");
+    let j = plan(&two, &store);
+    assert!(j["hashing"].get("sources").is_none(), "{j:#}");
+    let r = tenon_cached(&["plan", two.to_str().unwrap(), "-v", "--output", "json"], &store);
+    let j = r.json();
+    let srcs = j["hashing"]["sources"].as_array().unwrap_or_else(|| panic!("{j:#}"));
+    assert!(srcs.iter().any(|e| e["path"] == "a.txt" && e["source"] == "from git index"), "{j:#}");
+}

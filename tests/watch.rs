@@ -751,6 +751,7 @@ fn leader_gate_holds_reconciles_until_leadership() {
             keep_runs: 5,
             remote: None,
             import_on_plan: false,
+            digest_sources: false,
         },
         quiet: true,
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -798,6 +799,18 @@ fn leader_gate_holds_reconciles_until_leadership() {
     assert!(matches!(r, Ok(tenon::error::Outcome::Ok)), "{r:?}");
 }
 
+/// Commit `seed` (a new repository on `main`), push it to a bare `root/remote.git` (its
+/// `origin`); the remote's `file://` URL.
+fn seed_remote(root: &Path, seed: &Path, msg: &str) -> String {
+    git(seed, &["init", "-q", "-b", "main"]);
+    git(seed, &["add", "-A"]);
+    git(seed, &["commit", "-q", "-m", msg]);
+    let remote = root.join("remote.git");
+    git(root, &["clone", "-q", "--bare", seed.to_str().unwrap(), remote.to_str().unwrap()]);
+    git(seed, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    format!("file://{}", remote.display())
+}
+
 /// Revisions pushed during a reconcile are not queued: the next reconcile takes the newest,
 /// the ones in between are never reconciled.
 #[test]
@@ -837,14 +850,8 @@ spec:
     .unwrap();
     std::fs::write(seed.join("version.txt"), "1\n").unwrap();
     std::fs::write(seed.join("slow"), "").unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    git(&seed, &["add", "-A"]);
-    git(&seed, &["commit", "-q", "-m", "v1 (slow)"]);
-    let remote = root.join("remote.git");
-    git(root, &["clone", "-q", "--bare", seed.to_str().unwrap(), remote.to_str().unwrap()]);
-    git(&seed, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    let url = seed_remote(root, &seed, "v1 (slow)");
     let v1 = git(&seed, &["rev-parse", "HEAD"]);
-    let url = format!("file://{}", remote.display());
     let w = Watcher::start(&["--git", url.as_str(), "--interval", "1h", "--sandbox", "host"], &root.join("store"), &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !started.exists() {
@@ -938,13 +945,8 @@ spec:
     std::fs::write(seed.join("deploy/env.yaml"), "version: \"0\"\n").unwrap();
     std::fs::write(seed.join("version.txt"), "1\n").unwrap();
     std::fs::write(seed.join("slow"), "").unwrap();
-    git(&seed, &["init", "-q", "-b", "main"]);
-    git(&seed, &["add", "-A"]);
-    git(&seed, &["commit", "-q", "-m", "v1 (slow)"]);
+    let url = seed_remote(root, &seed, "v1 (slow)");
     let remote = root.join("remote.git");
-    git(root, &["clone", "-q", "--bare", seed.to_str().unwrap(), remote.to_str().unwrap()]);
-    git(&seed, &["remote", "add", "origin", remote.to_str().unwrap()]);
-    let url = format!("file://{}", remote.display());
     let w = Watcher::start(&["--git", url.as_str(), "--interval", "1h", "--sandbox", "host"], &root.join("store"), &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !started.exists() {
@@ -1051,4 +1053,60 @@ fn slow_clients_cannot_starve_health_and_large_payloads_are_accepted() {
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+}
+
+/// `watch --git`: a revision whose only change is one input file reads that file; every
+/// other input's digest comes from the checkout's git index (its blob memo), not a read.
+#[test]
+fn git_mode_new_revision_reads_only_the_changed_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let seed = root.join("seed");
+    std::fs::create_dir_all(seed.join("data")).unwrap();
+    std::fs::write(
+        seed.join("run.yaml"),
+        r#"apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: count
+  annotations: {tenon.dev/repo-workspace: src}
+spec:
+  workspaces: [{name: src, emptyDir: {}}]
+  taskSpec:
+    metadata:
+      annotations: {tenon.dev/inputs: "data"}
+    workspaces: [{name: src}]
+    steps:
+      - name: s
+        image: debian
+        script: cat $(workspaces.src.path)/data/* | wc -l
+"#,
+    )
+    .unwrap();
+    const N: u64 = 200;
+    for i in 0..N {
+        std::fs::write(seed.join(format!("data/{i:03}.txt")), format!("file {i}\n")).unwrap();
+    }
+    let url = seed_remote(root, &seed, "v1");
+    let w = Watcher::start(&["--git", url.as_str(), "--interval", "1h", "--sandbox", "host"], &root.join("store"), &[]);
+    let s = w.wait_status("revision 1", |s| s["reconciles"] == 1);
+    assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}\n{}", w.log_text());
+    let h1 = s["lastReconcile"]["report"]["hashing"].clone();
+    // the repository workspace: the data files and run.yaml
+    assert_eq!(h1["files"], N + 1, "{s:#}");
+
+    std::fs::write(seed.join("data/007.txt"), "file 7, edited\n").unwrap();
+    git(&seed, &["commit", "-q", "-am", "v2: one file"]);
+    git(&seed, &["push", "-q", "origin", "main"]);
+    let v2 = git(&seed, &["rev-parse", "HEAD"]);
+    assert_eq!(push_hook(&w, None).0, 202);
+    let s = w.wait_status("revision 2", |s| s["lastReconcile"]["revision"] == v2.as_str());
+    assert_eq!(s["lastReconcile"]["outcome"], "succeeded", "{s:#}");
+    assert_eq!(task_status(&s, "count"), "Succeeded", "the edited input must rerun the task: {s:#}");
+    let h2 = &s["lastReconcile"]["report"]["hashing"];
+    println!("MEASURE git-mode hashing: revision 1 {h1}, revision 2 (one file changed) {h2}");
+    assert_eq!(h2["files"], N + 1, "{h2}");
+    let hashed = h2["hashedFiles"].as_u64().unwrap();
+    assert!(hashed >= 1 && hashed <= 2, "revision 2 read {hashed} files, expected the changed one: {h2}");
+    assert!(h2["fromGitIndex"].as_u64().unwrap() >= N - 1, "{h2}");
 }

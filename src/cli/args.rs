@@ -582,6 +582,7 @@ impl RunFlags {
             keep_runs: self.keep_runs,
             remote: self.remote.settings(),
             import_on_plan: false,
+            digest_sources: false,
         }
     }
 }

@@ -47,7 +47,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
     match cli.command {
         Command::Validate(a) => validate(a),
         Command::Run(a) => run_cmd(a).await,
-        Command::Plan(a) => plan_cmd(a).await,
+        Command::Plan(a) => plan_cmd(a, cli.verbose > 0).await,
         Command::Cache(c) => cache_cmd(c).await,
         Command::Promote(a) => promote_cmd(a),
         Command::History(a) => history_cmd(a),
@@ -103,10 +103,10 @@ fn validate(a: ValidateArgs) -> Result<Outcome, Error> {
     }
 }
 
-async fn plan_cmd(a: PlanArgs) -> Result<Outcome, Error> {
+async fn plan_cmd(a: PlanArgs, verbose: bool) -> Result<Outcome, Error> {
     let output = a.output;
     let args = plan_run_args(a);
-    let planned = plan(&args, false).await?;
+    let planned = plan_with(&args, false, verbose).await?;
     let plan = planned.plan.report(Some(planned.hashing));
     match output {
         OutputFormat::Json => print_json(&plan)?,
@@ -419,9 +419,15 @@ async fn execute(a: &RunArgs) -> Result<RunReport, Error> {
 /// Load, validate and plan the selected runs; `import`: planning imports what the shared
 /// cache has (`cache pull`).
 async fn plan(a: &RunArgs, import: bool) -> Result<reconcile::Planned, Error> {
+    plan_with(a, import, false).await
+}
+
+/// [`plan`], recording each input file's digest source when `sources` (`tenon plan -v`).
+async fn plan_with(a: &RunArgs, import: bool, sources: bool) -> Result<reconcile::Planned, Error> {
     let cat = load_valid(a)?;
     let mut settings = a.flags.settings(&a.rerun);
     settings.import_on_plan = import;
+    settings.digest_sources = sources;
     reconcile::plan_catalog(cat, &a.dir, &settings).await
 }
 

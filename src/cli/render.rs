@@ -30,6 +30,11 @@ pub(super) fn print_plan_human(plan: &PlanReport) {
             "inputs: {} files, {} hashed ({} bytes), {} from git index, {} from LFS pointer, {} from stat cache",
             h.files, h.hashed_files, h.hashed_bytes, h.from_git_index, h.from_lfs_pointer, h.from_stat_cache
         );
+        // `-v`: where each input file's digest came from
+        let w = h.sources.iter().map(|s| s.path.len()).max().unwrap_or(0);
+        for s in &h.sources {
+            let _ = writeln!(out, "  {:w$}  {}", s.path, s.source);
+        }
     }
 }
 

@@ -189,8 +189,12 @@ impl GitSource {
     pub fn checkout(&self, rev: Oid) -> Result<(), SourceError> {
         let repo = self.open()?;
         let commit = repo.find_commit(rev).map_err(git_err)?;
-        repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force().remove_untracked(true)))
-            .map_err(git_err)?;
+        // the index is rewritten with the stat data of the files written (libgit2's default,
+        // stated here because hashing relies on it): a file this checkout left alone keeps a
+        // clean entry, so its digest comes from the blob memo instead of being read again
+        let mut co = CheckoutBuilder::new();
+        co.force().remove_untracked(true).update_index(true);
+        repo.checkout_tree(commit.as_object(), Some(&mut co)).map_err(git_err)?;
         let local = format!("refs/heads/{}", self.branch);
         repo.reference(&local, rev, true, "tenon watch").map_err(git_err)?;
         repo.set_head(&local).map_err(git_err)?;
