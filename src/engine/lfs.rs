@@ -19,54 +19,14 @@ use tokio_util::sync::CancellationToken;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
 
-/// The largest pointer file git-lfs writes or accepts.
-const MAX_POINTER: u64 = 1024;
-/// The smallest: the version line, `oid sha256:<64 hex>` and `size 0`, each with its newline.
-const MIN_POINTER: u64 = 43 + 76 + 7;
-const VERSION_LINE: &[u8] = b"version https://git-lfs.github.com/spec/v1\n";
+use crate::hash::lfs::{
+    any_lfs_pointer as lfs_pointer, MAX_POINTER_BYTES as MAX_POINTER, MIN_POINTER_BYTES as MIN_POINTER,
+};
 
 /// The reason a TaskRun fails with when its LFS objects cannot be made real.
 pub const REASON: &str = "GitLFSObjectsMissing";
 
 const NOT_INSTALLED: &str = "git-lfs is not installed";
-
-/// The `(sha256 hex, size)` a Git LFS pointer file names, or `None` when `bytes` is not a
-/// pointer (parsed strictly, as git-lfs's spec v1 defines it: at most 1024 bytes,
-/// `version` first, then `key value` lines sorted by key, each ending in a newline,
-/// with `oid sha256:<64 lowercase hex>` and a decimal `size`).
-pub fn lfs_pointer(bytes: &[u8]) -> Option<(String, u64)> {
-    if bytes.len() as u64 > MAX_POINTER || !bytes.starts_with(VERSION_LINE) || !bytes.ends_with(b"\n") {
-        return None;
-    }
-    let text = std::str::from_utf8(&bytes[VERSION_LINE.len()..]).ok()?;
-    let (mut oid, mut size, mut last_key) = (None, None, "");
-    for line in text.strip_suffix('\n')?.split('\n') {
-        let (key, value) = line.split_once(' ')?;
-        let key_ok = !key.is_empty()
-            && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-        if !key_ok || key == "version" || key <= last_key {
-            return None;
-        }
-        last_key = key;
-        match key {
-            "oid" => {
-                let hex = value.strip_prefix("sha256:")?;
-                if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                    return None;
-                }
-                oid = Some(hex.to_string());
-            }
-            "size" => {
-                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                size = Some(value.parse().ok()?);
-            }
-            _ => {}
-        }
-    }
-    Some((oid?, size?))
-}
 
 /// Where a task reads repository files: a workspace's host root and the include and
 /// exclude globs of its cache inputs (empty include: everything).
@@ -318,37 +278,6 @@ mod tests {
 
     fn ptr(body: &str) -> Vec<u8> {
         format!("version https://git-lfs.github.com/spec/v1\n{body}").into_bytes()
-    }
-
-    #[test]
-    fn parses_pointers_strictly() {
-        assert_eq!(lfs_pointer(&ptr(&format!("oid sha256:{OID}\nsize 12345\n"))), Some((OID.into(), 12345)));
-        // extension keys are allowed where the spec puts them (sorted)
-        assert!(lfs_pointer(&ptr(&format!("ext-0-foo sha256:{OID}\noid sha256:{OID}\nsize 1\n"))).is_some());
-        let bad = [
-            format!("oid sha256:{OID}\nsize 12345"),                // no final newline
-            format!("size 12345\noid sha256:{OID}\n"),              // not sorted
-            format!("oid sha256:{}\nsize 1\n", &OID[1..]),          // short oid
-            format!("oid sha256:{}\nsize 1\n", OID.to_uppercase()), // upper-case hex
-            format!("oid md5:{OID}\nsize 1\n"),
-            format!("oid sha256:{OID}\n"), // no size
-            "size 1\n".to_string(),        // no oid
-            format!("oid sha256:{OID}\nsize -1\n"),
-            format!("oid sha256:{OID}\nsize 1\nsize 2\n"), // repeated key
-            format!("oid  sha256:{OID}\nsize 1\n"),
-            format!("oid sha256:{OID}\r\nsize 1\n"),
-        ];
-        for b in &bad {
-            assert_eq!(lfs_pointer(&ptr(b)), None, "{b:?}");
-        }
-        let good = ptr(&format!("oid sha256:{OID}\nsize 1\n"));
-        let smallest = ptr(&format!("oid sha256:{OID}\nsize 0\n"));
-        assert_eq!((smallest.len() as u64, lfs_pointer(&smallest)), (MIN_POINTER, Some((OID.into(), 0))));
-        assert_eq!(lfs_pointer(&good[1..]), None);
-        assert_eq!(lfs_pointer(b"hello\n"), None);
-        let mut long = good.clone();
-        long.splice(VERSION_LINE.len()..VERSION_LINE.len(), format!("a {}\n", "x".repeat(1100)).into_bytes());
-        assert_eq!(lfs_pointer(&long), None, "over 1024 bytes");
     }
 
     #[test]
