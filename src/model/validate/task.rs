@@ -5,6 +5,18 @@ use super::*;
 impl<'a> Validator<'a> {
     // ---------------------------------------------------------------- params
 
+    /// A param's or result's `type` (at `<f>.type`), when given, is string, array or
+    /// object; false (and an error) otherwise.
+    fn value_type_ok(&mut self, ctx: &Ctx, f: &str, t: Option<&str>) -> bool {
+        match t {
+            Some(t) if !matches!(t, "string" | "array" | "object") => {
+                self.err(ctx, &format!("{f}.type"), format!("invalid value: {t} (expected string, array or object)"));
+                false
+            }
+            _ => true,
+        }
+    }
+
     pub(super) fn param_specs(&mut self, ctx: &Ctx, base: &str, params: &[ParamSpec]) {
         let mut seen = BTreeSet::new();
         for (i, p) in params.iter().enumerate() {
@@ -16,15 +28,8 @@ impl<'a> Validator<'a> {
             if !seen.insert(p.name.clone()) {
                 self.err(ctx, &format!("{f}.name"), format!("parameter {:?} appears more than once", p.name));
             }
-            if let Some(t) = &p.type_ {
-                if !matches!(t.as_str(), "string" | "array" | "object") {
-                    self.err(
-                        ctx,
-                        &format!("{f}.type"),
-                        format!("invalid value: {t} (expected string, array or object)"),
-                    );
-                    continue;
-                }
+            if !self.value_type_ok(ctx, &f, p.type_.as_deref()) {
+                continue;
             }
             let pt = p.param_type();
             if !param_name_ok(&p.name, pt == ParamType::Object) {
@@ -169,15 +174,7 @@ impl<'a> Validator<'a> {
             if !rseen.insert(r.name.clone()) {
                 self.err(ctx, &format!("{f}.name"), format!("result {:?} appears more than once", r.name));
             }
-            if let Some(t) = &r.type_ {
-                if !matches!(t.as_str(), "string" | "array" | "object") {
-                    self.err(
-                        ctx,
-                        &format!("{f}.type"),
-                        format!("invalid value: {t} (expected string, array or object)"),
-                    );
-                }
-            }
+            self.value_type_ok(ctx, &f, r.type_.as_deref());
             if r.type_.as_deref() == Some("object") && r.properties.is_none() {
                 self.err(ctx, &f, format!("missing field(s): {}.properties", r.name));
             }
