@@ -17,7 +17,7 @@ use super::summary::{all_cached, task_rows};
 use super::Engine;
 use crate::exec::AttemptStatus;
 use crate::model::{Obj, PipelineRunSpec};
-use crate::plan::{Action, Gate, Outcome, PipelineRunFacts, Status, TaskStatus};
+use crate::plan::{Action, Outcome, PipelineRunFacts, Status, TaskStatus};
 use crate::report::RunSummary;
 use crate::util::rfc3339_millis as rfc3339;
 
@@ -123,15 +123,8 @@ impl Driver<'_, '_> {
     /// fails the run there, as Tekton's validation would).
     fn next_actions(&mut self) -> Vec<Action> {
         let shared = self.engine.shared();
-        let (setup, ledger, prepared) = (&self.setup, &mut self.ledger, &mut self.prepared);
-        let mut gate = |l: &crate::plan::LaunchSpec| match setup.prepare(&shared, l, ledger) {
-            Ok(p) => {
-                ledger.prepared(&l.task, &p);
-                prepared.insert((l.task.clone(), l.index), Box::new(p));
-                Gate::Go
-            }
-            Err(g) => g,
-        };
+        let (setup, ledger, prepared) = (&self.setup, &self.ledger, &mut self.prepared);
+        let mut gate = |l: &crate::plan::LaunchSpec| setup.gate(&shared, l, ledger, prepared);
         self.facts.next_actions_with(self.t0.elapsed(), &mut gate)
     }
 
@@ -146,6 +139,7 @@ impl Driver<'_, '_> {
             }
             Action::Launch(l) => {
                 let Some(p) = self.prepared.remove(&(l.task.clone(), l.index)) else { return };
+                self.ledger.prepared(&l.task, &p);
                 let cancel = self.cancels.entry(l.task.clone()).or_insert_with(|| self.engine.cancel.child_token());
                 let launch =
                     Launch { task: l.task.clone(), index: l.index, req: p.req, cancel: cancel.clone(), job: p.job };
@@ -153,7 +147,9 @@ impl Driver<'_, '_> {
             }
             Action::Skip { task, reason } => events.emit(RunEvent::Skipped { task: &task, reason: reason.as_str() }),
             Action::FailRun { task, failure } => {
-                events.emit(RunEvent::Invalid { task: &task, reason: &failure.reason, message: &failure.message })
+                events.emit(RunEvent::Invalid { task: &task, reason: &failure.reason, message: &failure.message });
+                // a matrix child prepared before another failed its gate never launches
+                self.prepared.retain(|(t, _), _| t != &task);
             }
             Action::Cancel { task } => {
                 if let Some(c) = self.cancels.get(&task) {

@@ -13,12 +13,12 @@ use super::cached::{self, CacheCtx, CacheJob, CacheOutcome};
 use super::launch::cached_outcome;
 use super::request::{self, RequestBuilder};
 use super::resolve::Failure;
-use super::setup::{self, resolve_pipeline, ChildDone, Ledger, PipelineSetup, Prepared, Shared};
-use super::summary::cached_from;
+use super::setup::{self, resolve_pipeline, ChildDone, Ledger, PipelineSetup, Prepared, Shared, TaskLedger};
+use super::summary::{all_cached, cached_from};
 use super::{taskrun, EngineOptions};
 use crate::exec::TaskRunRequest;
 use crate::model::{Catalog, Obj, ParamValue, PipelineRunSpec, TaskRunSpec};
-use crate::plan::{Action, Gate, Outcome, Status, TaskStatus};
+use crate::plan::{Action, Outcome, PipelineRunFacts, SkipReason, Status, TaskStatus};
 use crate::report::{HashingStats, PlanReport, PlanRun, PlanTask, API_VERSION};
 use crate::store::OutputSet;
 
@@ -136,13 +136,7 @@ impl<'a> Planner<'a> {
         let mut ledger = Ledger::default();
         while !facts.is_done() {
             let mut prepared: HashMap<(String, usize), Box<Prepared>> = HashMap::new();
-            let mut gate = |l: &crate::plan::LaunchSpec| match setup.prepare(sh, l, &ledger) {
-                Ok(p) => {
-                    prepared.insert((l.task.clone(), l.index), Box::new(p));
-                    Gate::Go
-                }
-                Err(g) => g,
-            };
+            let mut gate = |l: &crate::plan::LaunchSpec| setup.gate(sh, l, &ledger, &mut prepared);
             let actions = facts.next_actions_with(Duration::ZERO, &mut gate);
             if actions.is_empty() {
                 break;
@@ -184,53 +178,20 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        let spec = &setup.spec;
-        let mut rows = Vec::new();
-        for pt in spec.tasks.iter().chain(spec.finally.iter()) {
-            let Some(f) = facts.task(&pt.name) else { continue };
-            let l = ledger.tasks.get(&pt.name);
-            let row = |name: String, decision| PlannedTask { name, finally: f.finally, decision };
-            match &f.status {
-                TaskStatus::Skipped(r) => rows.push(row(f.name.clone(), Decision::Skipped(r.as_str().into()))),
-                TaskStatus::Failed { .. } => {
-                    rows.push(row(f.name.clone(), Decision::Invalid(Failure::new(&f.reason, f.message.clone()))))
-                }
-                TaskStatus::Pending | TaskStatus::Running => {
-                    rows.push(row(f.name.clone(), Decision::Skipped(crate::plan::SkipReason::Stopping.as_str().into())))
-                }
-                TaskStatus::Succeeded => {
-                    let children: Vec<&ChildDone> = l.map(|l| l.children.values().collect()).unwrap_or_default();
-                    let decide = |c: &ChildDone| match &c.cache {
-                        CacheOutcome::Hit { .. } => Decision::Cached(c.cache.clone()),
-                        other => Decision::Run(other.clone()),
-                    };
-                    if f.matrix && !children.is_empty() {
-                        rows.extend(children.iter().map(|c| row(format!("{}[{}]", f.name, c.index), decide(c))));
-                    } else {
-                        let all_hit = !children.is_empty()
-                            && children.iter().all(|c| matches!(c.cache, CacheOutcome::Hit { .. }));
-                        let first = children.first().map(|c| c.cache.clone()).unwrap_or(CacheOutcome::Off);
-                        rows.push(row(
-                            f.name.clone(),
-                            if all_hit { Decision::Cached(first) } else { Decision::Run(first) },
-                        ));
-                    }
-                }
-            }
-        }
-        rows
+        rows(setup, &facts, &ledger)
     }
 
     /// Plan one standalone TaskRun.
     pub fn plan_task_run(&self, tr: &Obj<TaskRunSpec>) -> PlannedRun {
         let mut out = PlannedRun { name: tr.name.clone(), kind: "TaskRun", pipeline: None, error: None, tasks: vec![] };
         let shared = self.shared();
-        if let Err(f) = taskrun::resolve_task(&shared, tr) {
-            return PlannedRun { error: Some(f), ..out };
-        }
+        let task = match taskrun::resolve_task(&shared, tr) {
+            Ok(t) => t,
+            Err(f) => return PlannedRun { error: Some(f), ..out },
+        };
         let uid = crate::util::new_uid(&tr.name);
         let run_dir = request::run_dir(&self.opts.state_dir, &tr.name, &uid, true);
-        let prepared = scratch_dir(&run_dir).and_then(|_| taskrun::prepare(&shared, tr, &uid, &run_dir));
+        let prepared = scratch_dir(&run_dir).and_then(|_| taskrun::prepare(&shared, tr, task, &uid, &run_dir));
         let verdict = prepared.map(|(req, job)| self.verdict(job.as_ref(), &req).0);
         let _ = std::fs::remove_dir_all(&run_dir);
         match verdict {
@@ -250,21 +211,16 @@ impl<'a> Planner<'a> {
         job: Option<&CacheJob>,
         req: &TaskRunRequest,
     ) -> (CacheOutcome, BTreeMap<String, ParamValue>, Vec<OutputSet>) {
-        let none = || (BTreeMap::new(), vec![]);
-        let (Some(ctx), Some(job)) = (self.cache, job) else {
-            let (r, o) = none();
-            return (CacheOutcome::Off, r, o);
-        };
+        let no_record = |c| (c, BTreeMap::new(), vec![]);
+        let (Some(ctx), Some(job)) = (self.cache, job) else { return no_record(CacheOutcome::Off) };
         if let Some(reason) = &job.uncacheable {
-            let (r, o) = none();
-            return (CacheOutcome::Uncacheable { reason: reason.clone() }, r, o);
+            return no_record(CacheOutcome::Uncacheable { reason: reason.clone() });
         }
         let pre = match cached::compute(ctx, job) {
             Ok(p) => p,
             Err(e) => {
                 let reason = format!("its inputs could not be hashed ({e})");
-                let (r, o) = none();
-                return (CacheOutcome::Uncacheable { reason }, r, o);
+                return no_record(CacheOutcome::Uncacheable { reason });
             }
         };
         let key = pre.key();
@@ -290,8 +246,48 @@ impl<'a> Planner<'a> {
                 return hit(h.record, Some(h.origin));
             }
         }
-        let (r, o) = none();
-        (CacheOutcome::Miss { key, reasons }, r, o)
+        no_record(CacheOutcome::Miss { key, reasons })
+    }
+}
+
+/// The plan's rows: one per pipeline task in declaration order (one per TaskRun of a
+/// matrix that would start), `finally` last.
+fn rows(setup: &PipelineSetup, facts: &PipelineRunFacts, ledger: &Ledger) -> Vec<PlannedTask> {
+    let spec = &setup.spec;
+    let mut rows = Vec::new();
+    let no_ledger = TaskLedger::default();
+    for pt in spec.tasks.iter().chain(spec.finally.iter()) {
+        let Some(f) = facts.task(&pt.name) else { continue };
+        let l = ledger.tasks.get(&pt.name).unwrap_or(&no_ledger);
+        let row = |name: String, decision| PlannedTask { name, finally: f.finally, decision };
+        match &f.status {
+            TaskStatus::Skipped(r) => rows.push(row(f.name.clone(), Decision::Skipped(r.as_str().into()))),
+            TaskStatus::Failed { .. } => {
+                rows.push(row(f.name.clone(), Decision::Invalid(Failure::new(&f.reason, f.message.clone()))))
+            }
+            TaskStatus::Pending | TaskStatus::Running => {
+                rows.push(row(f.name.clone(), Decision::Skipped(SkipReason::Stopping.as_str().into())))
+            }
+            TaskStatus::Succeeded if f.matrix && !l.children.is_empty() => {
+                rows.extend(l.children.values().map(|c| row(format!("{}[{}]", f.name, c.index), decision(&c.cache))))
+            }
+            TaskStatus::Succeeded => {
+                let first = l.children.values().next().map(|c| c.cache.clone()).unwrap_or(CacheOutcome::Off);
+                rows.push(row(
+                    f.name.clone(),
+                    if all_cached(l) { Decision::Cached(first) } else { Decision::Run(first) },
+                ));
+            }
+        }
+    }
+    rows
+}
+
+/// A TaskRun's decision from the cache's word on it.
+fn decision(c: &CacheOutcome) -> Decision {
+    match c {
+        CacheOutcome::Hit { .. } => Decision::Cached(c.clone()),
+        other => Decision::Run(other.clone()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! volumes, the facts' input, and, for each TaskRun the facts launch, the request and
 //! cache job (the same for a run and a plan). What ran so far is in the [`Ledger`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -218,6 +218,24 @@ impl<'p> PipelineSetup<'p> {
         let mut job = self.cache_job(sh, cache, pt, l, key_spec, &bindings, &req, task_name.as_deref(), ledger)?;
         cached::retain_used_params(&mut job, &spec);
         Ok(Prepared { req, job: Some(job), ws_map })
+    }
+
+    /// The gate the facts call before a launch: prepare the TaskRun and keep it in
+    /// `prepared` until its launch comes out, or say why it cannot start.
+    pub fn gate(
+        &self,
+        sh: &Shared,
+        l: &LaunchSpec,
+        ledger: &Ledger,
+        prepared: &mut HashMap<(String, usize), Box<Prepared>>,
+    ) -> Gate {
+        match self.prepare(sh, l, ledger) {
+            Ok(p) => {
+                prepared.insert((l.task.clone(), l.index), Box::new(p));
+                Gate::Go
+            }
+            Err(g) => g,
+        }
     }
 
     /// The pipeline task's workspace bindings, plus (embedded specs) the pipeline

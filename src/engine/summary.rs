@@ -93,9 +93,7 @@ pub fn child_summary(name: &str, ch: &ChildDone, finally: bool, ignore: bool) ->
 pub fn set_cache_fields(t: &mut TaskSummary, c: &CacheOutcome) {
     t.cache_key = c.key().map(String::from);
     t.cache_reasons = c.reasons();
-    if let CacheOutcome::Hit { .. } = c {
-        t.cached_from = cached_from(c);
-    }
+    t.cached_from = cached_from(c);
 }
 
 /// Where a hit came from, for the report.

@@ -43,15 +43,17 @@ pub fn resolve_task(sh: &Shared, tr: &Obj<TaskRunSpec>) -> Result<(String, TaskS
     Ok((task_name, spec, embedded))
 }
 
-/// The request of a standalone TaskRun, and its cache job when caching is on.
+/// The request of a standalone TaskRun running `task` (from [`resolve_task`]), and its
+/// cache job when caching is on.
 pub fn prepare(
     sh: &Shared,
     tr: &Obj<TaskRunSpec>,
+    task: (String, TaskSpec, bool),
     uid: &str,
     run_dir: &Path,
 ) -> Result<(TaskRunRequest, Option<CacheJob>), Failure> {
     let name = tr.name.as_str();
-    let (task_name, spec, embedded) = resolve_task(sh, tr)?;
+    let (task_name, spec, embedded) = task;
     let mut supplied: Vec<(String, ParamValue)> =
         tr.spec.params.iter().map(|p| (p.name.clone(), p.value.clone())).collect();
     supplied.extend(sh.opts.param_overrides.iter().cloned());
@@ -112,14 +114,15 @@ impl Engine {
         let started = SystemTime::now();
         let name = tr.name.clone();
         let shared = self.shared();
-        if let Err(f) = resolve_task(&shared, tr) {
-            return self.failed_summary(&name, "TaskRun", None, started, f);
-        }
+        let task = match resolve_task(&shared, tr) {
+            Ok(t) => t,
+            Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
+        };
         let (uid, run_dir, _guard) = match self.start_run(&name, "TaskRun") {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
         };
-        let (req, job) = match prepare(&shared, tr, &uid, &run_dir) {
+        let (req, job) = match prepare(&shared, tr, task, &uid, &run_dir) {
             Ok(v) => v,
             Err(f) => return self.failed_summary(&name, "TaskRun", None, started, f),
         };
