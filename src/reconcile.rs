@@ -382,6 +382,10 @@ pub async fn run_catalog(
     let s = &w.settings;
     let cat = Arc::new(cat);
     let cache = w.cache.clone();
+    let repo_root = w.opts.repo_root.clone();
+    if let Some(r) = &cache.remote {
+        r.pull_git_memo(&repo_root, &cache.store).await;
+    }
     let engine = Engine::new(cat.clone(), w.built.exec, w.opts, console, cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();
     for pr in selected(&cat.pipeline_runs, s.run.as_deref()) {
@@ -400,6 +404,7 @@ pub async fn run_catalog(
     prune_run_dirs(&s.state_dir, &w.store, s.keep_runs);
     let mut report = RunReport::new(runs);
     if let Some(r) = &cache.remote {
+        r.push_git_memo(&repo_root, &cache.store).await;
         report.remote_cache = Some(r.finish().await);
     }
     report.store_error = cache.store_failure.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -423,6 +428,9 @@ pub struct Planned {
 pub async fn plan_catalog(cat: Catalog, dir: &Path, s: &RunSettings) -> Result<Planned, Error> {
     let w = wire(&cat, dir, s, Arc::new(Console::silent()), false).await?;
     let cache = w.cache.clone();
+    if let Some(r) = &cache.remote {
+        r.pull_git_memo(&w.opts.repo_root, &cache.store).await;
+    }
     let env_from = w.built.exec.resolves_env_from();
     let (opts, run) = (w.opts, w.settings.run.clone());
     let rt = tokio::runtime::Handle::current();

@@ -165,6 +165,9 @@ pub struct PlanReport {
     pub runs: Vec<PlanRun>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hashing: Option<HashingStats>,
+    /// With `--cache-repo`: what the shared cache gave the plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_cache: Option<RemoteSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -236,7 +239,7 @@ impl PlanReport {
                 PlanRun { name: run.name, kind: run.kind, pipeline: run.pipeline, error, tasks }
             })
             .collect();
-        PlanReport { api_version: API_VERSION, kind: "Plan", runs, hashing: r.hashing }
+        PlanReport { api_version: API_VERSION, kind: "Plan", runs, hashing: r.hashing, remote_cache: r.remote_cache }
     }
 }
 
@@ -252,6 +255,10 @@ pub struct RemoteSummary {
     pub bytes_out: u64,
     pub published: u64,
     pub errors: u64,
+    /// Git blob memo rows imported from the registry before hashing (files not read), and
+    /// rows the registry's memo gained from this invocation.
+    pub git_memo_rows_in: u64,
+    pub git_memo_rows_out: u64,
     /// The registry was unusable and the run went on with the local store.
     pub unavailable: bool,
     /// Every warning this invocation printed about the shared cache.

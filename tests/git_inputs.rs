@@ -559,3 +559,104 @@ fn plan_v_says_where_each_digest_came_from() {
     let srcs = j["hashing"]["sources"].as_array().unwrap_or_else(|| panic!("{j:#}"));
     assert!(srcs.iter().any(|e| e["path"] == "a.txt" && e["source"] == "from git index"), "{j:#}");
 }
+
+// ------------------------------------------------------------------------------------------
+// the memo through the shared cache (`--cache-repo`)
+// ------------------------------------------------------------------------------------------
+
+fn with_remote(cmd: &str, dir: &Path, store: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![cmd, dir.to_str().unwrap(), "--output", "json"];
+    args.extend_from_slice(extra);
+    let r = tenon_cached(&args, store);
+    assert_eq!(r.code, 0, "{cmd}: {}\n{}", r.stdout, r.stderr);
+    r.json()
+}
+
+fn hashing(v: &Value) -> (u64, u64, u64) {
+    let h = &v["hashing"];
+    let n = |k: &str| h[k].as_u64().unwrap_or_else(|| panic!("no hashing.{k}: {v:#}"));
+    (n("hashedFiles"), n("fromGitIndex"), n("fromLfsPointer"))
+}
+
+#[test]
+fn a_fresh_clone_on_another_machine_reads_no_file_another_tenon_hashed() {
+    let Some(reg) = common::registry::Registry::start(common::registry::Variant::Plain) else { return };
+    let url = reg.url("tenon/cache");
+    let s = Sandbox::new();
+    let (remote, _) = lfs_remote(&s);
+    // machine A runs and publishes its records and its memo
+    let a = clone(&s, &remote, "a", false);
+    let ra = with_remote("run", &a, &s.root.join("store-a"), &["--cache-repo", &url]);
+    assert_eq!(hashing(&ra), (3, 0, 1), "A reads what it never saw: {ra:#}");
+    assert_eq!(ra["remoteCache"]["gitMemoRowsOut"], 4, "{:#}", ra["remoteCache"]);
+    // machine B: a fresh clone, an empty store; nothing is read, the task is cached
+    let b = clone(&s, &remote, "b", false);
+    let pb = with_remote("plan", &b, &s.root.join("store-b"), &["--cache-repo", &url]);
+    assert_eq!(hashing(&pb), (0, 3, 1), "{pb:#}");
+    assert_eq!(pb["remoteCache"]["gitMemoRowsIn"], 4, "{pb:#}");
+    assert_eq!(pb["runs"][0]["tasks"][0]["decision"], "cached", "{pb:#}");
+    let rb = with_remote("run", &b, &s.root.join("store-b"), &["--cache-repo", &url]);
+    assert_eq!(hashing(&rb), (0, 3, 1), "{rb:#}");
+    assert_eq!(rb["runs"][0]["tasks"][0]["status"], "Cached", "{rb:#}");
+    // B's store has the rows now: the memo is not asked again, and B adds nothing to it
+    assert_eq!(rb["remoteCache"]["gitMemoRowsIn"], 0, "{rb:#}");
+    assert_eq!(rb["remoteCache"]["gitMemoRowsOut"], 0, "{rb:#}");
+    // the traps stay closed: an edit without `git add` (same size) is read and misses
+    write(&b.join("a.txt"), b"b\n");
+    let pe = with_remote("plan", &b, &s.root.join("store-b"), &["--cache-repo", &url]);
+    assert_eq!(hashing(&pe), (1, 2, 1), "{pe:#}");
+    assert_ne!(pe["runs"][0]["tasks"][0]["decision"], "cached", "{pe:#}");
+    // a new commit: its parent's memo covers every blob but the new one
+    s.git(&b, &["commit", "-qam", "edit"]);
+    settle();
+    s.git(&b, &["status", "--porcelain"]);
+    let pc = with_remote("plan", &b, &s.root.join("store-c"), &["--cache-repo", &url]);
+    assert_eq!(pc["remoteCache"]["gitMemoRowsIn"], 3, "{pc:#}");
+    assert_eq!(hashing(&pc), (1, 2, 1), "{pc:#}");
+}
+
+#[test]
+fn a_memo_is_used_only_when_signed_by_a_trusted_key() {
+    let Some(reg) = common::registry::Registry::start(common::registry::Variant::Plain) else { return };
+    let url = reg.url("tenon/signed");
+    let s = Sandbox::new();
+    let (remote, _) = lfs_remote(&s);
+    let (key, public) = common::keygen(&s.root, "ci");
+    let (_, stranger) = common::keygen(&s.root, "stranger");
+    let (key, public, stranger) = (key.to_str().unwrap(), public.to_str().unwrap(), stranger.to_str().unwrap());
+    let a = clone(&s, &remote, "a", false);
+    with_remote("run", &a, &s.root.join("store-a"), &["--cache-repo", &url, "--cache-sign-key", key]);
+    let b = clone(&s, &remote, "b", false);
+    // another key: the memo is ignored, with a warning, and the files are read
+    let p = with_remote("plan", &b, &s.root.join("store-b"), &["--cache-repo", &url, "--cache-verify-key", stranger]);
+    assert_eq!(hashing(&p), (3, 0, 1), "{p:#}");
+    let warnings = p["remoteCache"]["warnings"].to_string();
+    assert!(warnings.contains("git memo g1-") && warnings.contains("signature"), "{warnings}\n{p:#}");
+    // the signer's key: every row is taken
+    let p = with_remote("plan", &b, &s.root.join("store-c"), &["--cache-repo", &url, "--cache-verify-key", public]);
+    assert_eq!(hashing(&p), (0, 3, 1), "{p:#}");
+    assert_eq!(p["remoteCache"]["gitMemoRowsIn"], 4, "{p:#}");
+}
+
+#[test]
+fn memo_rows_from_elsewhere_must_agree_with_the_repositorys_blobs() {
+    use tenon::hash::git::consistent_rows;
+    let s = Sandbox::new();
+    let oid = sha_hex(b"the model");
+    let pointer = format!("version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 9\n");
+    let dir = s.repo("r", &[("a.txt", b"abc"), ("m.bin", pointer.as_bytes())]);
+    let (a, m) = (blob_id(b"abc"), blob_id(pointer.as_bytes()));
+    let row = |blob: &str, sha256: &str, size: u64, lfs: bool| {
+        (blob.to_string(), BlobDigest { sha256: sha256.into(), size, lfs })
+    };
+    let good = vec![row(&a, &sha_hex(b"abc"), 3, false), row(&m, &oid, 9, true)];
+    assert_eq!(consistent_rows(&dir, good.clone()), good);
+    let bad = vec![
+        row(&a, &sha_hex(b"abc"), 4, false),                     // not the blob's size
+        row(&m, &sha_hex(b"other"), 9, true),                    // not the pointer's oid
+        row(&m, &oid, 10, true),                                 // not the pointer's size
+        row(&a, &sha_hex(b"abc"), 3, true),                      // not a pointer
+        row(&blob_id(b"absent"), &sha_hex(b"absent"), 6, false), // no such blob
+    ];
+    assert_eq!(consistent_rows(&dir, bad), vec![]);
+}

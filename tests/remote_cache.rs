@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::registry::{Registry, Variant};
-use common::{task, tenon_command, Run};
+use common::{keygen, task, tenon_command, Run};
 use serde_json::Value;
 
 const PIPELINE: &str = r##"
@@ -349,17 +349,6 @@ fn a_record_retagged_under_another_key_is_a_miss() {
     assert_eq!(task(&rb, "make")["status"], "Cached");
     let warns = remote_warnings(&r);
     assert!(warns.iter().any(|l| l.contains(&format!("r1-{key_use}")) && l.contains("tagged as")), "{warns:?}");
-}
-
-fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .status()
-        .expect("ssh-keygen (openssh-client) is installed");
-    assert!(st.success());
-    (key.clone(), key.with_extension("pub"))
 }
 
 #[test]

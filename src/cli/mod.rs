@@ -107,7 +107,8 @@ async fn plan_cmd(a: PlanArgs, verbose: bool) -> Result<Outcome, Error> {
     let output = a.output;
     let args = plan_run_args(a);
     let planned = plan_with(&args, false, verbose).await?;
-    let plan = planned.plan.report(Some(planned.hashing));
+    let mut plan = planned.plan.report(Some(planned.hashing));
+    plan.remote_cache = planned.remote_cache;
     match output {
         OutputFormat::Json => print_json(&plan)?,
         OutputFormat::Human => print_plan_human(&plan),

@@ -36,6 +36,9 @@ pub(super) fn print_plan_human(plan: &PlanReport) {
             let _ = writeln!(out, "  {:w$}  {}", s.path, s.source);
         }
     }
+    if let Some(rc) = &plan.remote_cache {
+        let _ = writeln!(out, "{}", remote_line(rc));
+    }
 }
 
 pub(super) fn print_promotions(r: &PromotionReport) {
@@ -126,18 +129,27 @@ pub(super) fn print_human(report: &RunReport) {
         }
     }
     if let Some(rc) = &report.remote_cache {
-        let _ = writeln!(
-            out,
-            "shared cache {}: {} hit(s), {} miss(es), {} published, {} in, {} out{}",
-            rc.url,
-            rc.hits,
-            rc.misses,
-            rc.published,
-            human_bytes(rc.bytes_in),
-            human_bytes(rc.bytes_out),
-            if rc.unavailable { " (unavailable: the run went on with the local store)" } else { "" }
-        );
+        let _ = writeln!(out, "{}", remote_line(rc));
     }
+}
+
+/// The shared cache's line of a run or a plan.
+fn remote_line(rc: &crate::report::RemoteSummary) -> String {
+    let memo = if rc.git_memo_rows_in + rc.git_memo_rows_out > 0 {
+        format!(", git memo {} row(s) in, {} out", rc.git_memo_rows_in, rc.git_memo_rows_out)
+    } else {
+        String::new()
+    };
+    format!(
+        "shared cache {}: {} hit(s), {} miss(es), {} published, {} in, {} out{memo}{}",
+        rc.url,
+        rc.hits,
+        rc.misses,
+        rc.published,
+        human_bytes(rc.bytes_in),
+        human_bytes(rc.bytes_out),
+        if rc.unavailable { " (unavailable: the run went on with the local store)" } else { "" }
+    )
 }
 
 pub(super) fn human_bytes(n: u64) -> String {

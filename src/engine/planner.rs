@@ -311,7 +311,7 @@ impl Plan {
                 tasks: r.tasks.iter().map(plan_task).collect(),
             })
             .collect();
-        PlanReport { api_version: API_VERSION, kind: "Plan", runs, hashing }
+        PlanReport { api_version: API_VERSION, kind: "Plan", runs, hashing, remote_cache: None }
     }
 }
 

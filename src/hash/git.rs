@@ -256,6 +256,63 @@ impl GitView {
     }
 }
 
+/// What the shared cache's memo of a repository is about (`--cache-repo`): the work tree
+/// `dir` lies in, read as [`GitView::open`] reads it.
+#[derive(Debug, Clone)]
+pub struct MemoScope {
+    /// Tree ids of `HEAD` and of its first-parent ancestors, newest first: the memo is
+    /// published under `HEAD`'s, and looked up under each in turn (a new commit shares
+    /// most blobs with its parent).
+    pub trees: Vec<String>,
+    /// Blob ids of the index's trusted entries: the memo rows worth having.
+    pub blobs: Vec<String>,
+}
+
+/// The memo scope of the work tree `dir` lies in, with at most `depth` trees; `None` when
+/// `dir` is not in a work tree with a commit whose files tenon may read from git.
+pub fn memo_scope(dir: &Path, depth: usize) -> Option<MemoScope> {
+    let repo = git2::Repository::discover(dir).ok()?;
+    let view = GitView::open(repo.workdir()?)?;
+    let mut trees = Vec::new();
+    let mut commit = repo.head().ok()?.peel_to_commit().ok();
+    while let Some(c) = commit.take() {
+        if trees.len() >= depth {
+            break;
+        }
+        trees.push(c.tree_id().to_string());
+        commit = c.parent(0).ok();
+    }
+    (!trees.is_empty()).then(|| MemoScope { trees, blobs: view.blob_ids() })
+}
+
+/// The rows of `rows` that agree with the blobs of the repository `dir` lies in: the blob
+/// exists, a Git LFS row's blob is a pointer with that oid and size, and another row's size
+/// is the blob's. Rows read from elsewhere are checked so before they are trusted (the
+/// SHA-256 itself cannot be checked without reading the file: that is what a signature on
+/// the memo is for).
+pub fn consistent_rows(dir: &Path, rows: Vec<(String, BlobDigest)>) -> Vec<(String, BlobDigest)> {
+    let Some(repo) = git2::Repository::discover(dir).ok() else { return Vec::new() };
+    let Ok(odb) = repo.odb() else { return Vec::new() };
+    rows.into_iter()
+        .filter(|(blob, d)| {
+            let Ok(oid) = git2::Oid::from_str(blob) else { return false };
+            let Ok((len, kind)) = odb.read_header(oid) else { return false };
+            if kind != git2::ObjectType::Blob {
+                return false;
+            }
+            if !d.lfs {
+                return len as u64 == d.size;
+            }
+            len as u64 <= super::lfs::MAX_POINTER_BYTES
+                && odb
+                    .read(oid)
+                    .ok()
+                    .and_then(|o| super::lfs::lfs_pointer(o.data()))
+                    .is_some_and(|(oid, size)| oid == d.sha256 && size == d.size)
+        })
+        .collect()
+}
+
 /// Git's blob id of a byte stream, fed as it is read.
 pub struct BlobHasher(sha1::Sha1);
 

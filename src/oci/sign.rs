@@ -3,7 +3,8 @@
 //! git commits with them); `ssh-keygen -Y verify -n tenon-cache` checks a record by hand.
 //!
 //! What is signed: `"tenon-record-v1\n" + key + "\n" + config digest + "\n"`. The config lists
-//! every output digest, so the signature covers the whole record.
+//! every output digest, so the signature covers the whole record. A git blob memo is signed
+//! the same way over `"tenon-gitmemo-v1\n" + tree id + "\n" + config digest + "\n"`.
 
 use std::path::Path;
 
@@ -14,6 +15,11 @@ pub const NAMESPACE: &str = "tenon-cache";
 /// The bytes a record's signature covers.
 pub fn record_message(key: &str, config_digest: &str) -> Vec<u8> {
     format!("tenon-record-v1\n{key}\n{config_digest}\n").into_bytes()
+}
+
+/// The bytes a git blob memo's signature covers (the memo of repository tree `tree`).
+pub fn memo_message(tree: &str, config_digest: &str) -> Vec<u8> {
+    format!("tenon-gitmemo-v1\n{tree}\n{config_digest}\n").into_bytes()
 }
 
 /// A private key that signs records.

@@ -10,6 +10,12 @@
 //!                             application/vnd.tenon.pack.v1.tar      the smaller objects, one tar
 //!                     annotations dev.tenon.key, dev.tenon.task, org.opencontainers.image.created,
 //!                                 dev.tenon.signature (optional, SSHSIG over key + config digest)
+//!
+//! tag g1-<git tree id> -> image manifest (artifactType application/vnd.tenon.gitmemo.v1)
+//!                     config  application/vnd.tenon.gitmemo.v1+json  {format, tree, blobs: {id: {sha256, size, lfs}}}
+//!                     layers  the empty layer
+//!                     annotations dev.tenon.git-tree, org.opencontainers.image.created,
+//!                                 dev.tenon.signature (optional, SSHSIG over tree id + config digest)
 //! ```
 
 use std::collections::BTreeMap;
@@ -36,6 +42,13 @@ pub const TAG_PREFIX: &str = "r1-";
 pub const RECORD_FORMAT: u32 = 1;
 /// Objects of this size or more travel as their own blob; smaller ones in the pack.
 pub const LARGE_OBJECT: u64 = 1 << 20;
+
+/// A git blob memo (`g1-<tree id>`): the digests tenon knows for the blobs of a repository
+/// tree; config = the memo document, one empty layer.
+pub const MEMO_ARTIFACT_TYPE: &str = "application/vnd.tenon.gitmemo.v1";
+pub const MEMO_CONFIG_TYPE: &str = "application/vnd.tenon.gitmemo.v1+json";
+pub const MEMO_TAG_PREFIX: &str = "g1-";
+pub const TREE_ANNOTATION: &str = "dev.tenon.git-tree";
 
 pub fn record_tag(key: &str) -> String {
     format!("{TAG_PREFIX}{key}")

@@ -15,6 +15,7 @@
 //! remote off for the rest of the invocation (a circuit breaker); the run goes on with the
 //! local store.
 
+mod gitmemo;
 pub mod layout;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +63,10 @@ pub struct RemoteStats {
     pub published: AtomicU64,
     /// Failures: registry faults and records that failed a check.
     pub errors: AtomicU64,
+    /// Git blob memo rows imported before hashing, and rows the registry gained from this
+    /// invocation ([`gitmemo`]).
+    pub memo_rows_in: AtomicU64,
+    pub memo_rows_out: AtomicU64,
 }
 
 /// A record found in the registry.
@@ -96,6 +101,8 @@ pub struct RemoteCache {
     uploads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     host: String,
     upload_timeout: std::time::Duration,
+    /// Git memos read or written by this invocation, by tree id.
+    memos_seen: Mutex<std::collections::HashMap<String, gitmemo::MemoDoc>>,
 }
 
 /// How many blobs move at once for one record.
@@ -148,6 +155,7 @@ impl RemoteCache {
             } else {
                 s.upload_timeout
             },
+            memos_seen: Mutex::new(Default::default()),
         })
     }
 
@@ -481,19 +489,25 @@ impl RemoteCache {
             }
             Ok(false) => true,
             Err(e) => {
-                if matches!(e, OciError::ReadOnly { .. } | OciError::Forbidden { .. } | OciError::Unauthorized { .. }) {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    if !self.no_writes.swap(true, Ordering::SeqCst) {
-                        self.warn(format!(
-                            "remote cache {}: cannot publish ({e}); reading from it goes on, nothing more is pushed",
-                            self.url
-                        ));
-                    }
-                } else {
-                    self.fault(&format!("publishing r1-{key}"), &e);
-                }
+                self.write_failed(&format!("publishing r1-{key}"), &e);
                 false
             }
+        }
+    }
+
+    /// A write failed: refused writes (read-only, no permission) stop further writes with
+    /// one warning; anything else is a fault.
+    fn write_failed(&self, what: &str, e: &OciError) {
+        if matches!(e, OciError::ReadOnly { .. } | OciError::Forbidden { .. } | OciError::Unauthorized { .. }) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            if !self.no_writes.swap(true, Ordering::SeqCst) {
+                self.warn(format!(
+                    "remote cache {}: cannot publish ({e}); reading from it goes on, nothing more is pushed",
+                    self.url
+                ));
+            }
+        } else {
+            self.fault(what, e);
         }
     }
 
@@ -632,6 +646,8 @@ impl RemoteCache {
             bytes_out: g(&self.stats.bytes_out),
             published: g(&self.stats.published),
             errors: g(&self.stats.errors),
+            git_memo_rows_in: g(&self.stats.memo_rows_in),
+            git_memo_rows_out: g(&self.stats.memo_rows_out),
             unavailable: self.is_down(),
             warnings: self.warnings.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }

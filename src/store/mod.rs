@@ -127,6 +127,10 @@ pub struct RecordInfo {
 }
 
 /// The store seam.
+/// The git blob memo keeps this many rows (about 150 bytes each on disk); past it, the rows
+/// learned longest ago go.
+pub const MAX_GIT_BLOBS: i64 = 1_000_000;
+
 pub trait Store: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<Record>>;
     /// Commit a successful record (its output objects must already be stored).
@@ -144,7 +148,8 @@ pub trait Store: Send + Sync {
     fn save_stats(&self, updates: &[StatRecord]) -> Result<()>;
     /// The memo rows (git blob id -> digest) of these blob ids that the store has.
     fn blob_digests(&self, blobs: &[String]) -> Result<HashMap<String, hash::git::BlobDigest>>;
-    /// Remember blob digests (each learned by reading a file whose bytes hash to the blob id).
+    /// Remember blob digests (each learned by reading a file whose bytes hash to the blob id,
+    /// or read from a verified shared-cache memo). At most [`MAX_GIT_BLOBS`] rows are kept.
     fn save_blob_digests(&self, rows: &[(String, hash::git::BlobDigest)]) -> Result<()>;
     /// Remember a tree's entries (for explanations), by root digest.
     fn put_tree(&self, tree: &Tree) -> Result<()>;

@@ -379,6 +379,7 @@ impl Store for SqliteStore {
                 st.execute(params![b, d.sha256, d.size as i64, d.lfs as i64])?;
             }
         }
+        cap_git_blobs(&tx, super::MAX_GIT_BLOBS)?;
         tx.commit()?;
         Ok(())
     }
@@ -545,4 +546,18 @@ impl StateStore for SqliteStore {
         }
         Ok(Some((uid, out)))
     }
+}
+
+/// Keep the git blob memo at most `cap` rows: past it, the rows learned longest ago go (down
+/// to 90% of the cap; a row replaced when learned again is new). A row that goes costs one
+/// file read when it is next needed.
+pub(super) fn cap_git_blobs(conn: &rusqlite::Connection, cap: i64) -> Result<()> {
+    let rows: i64 = conn.query_row("SELECT count(*) FROM git_blobs", [], |r| r.get(0))?;
+    if rows > cap {
+        conn.execute(
+            "DELETE FROM git_blobs WHERE rowid IN (SELECT rowid FROM git_blobs ORDER BY rowid LIMIT ?1)",
+            [rows - cap * 9 / 10],
+        )?;
+    }
+    Ok(())
 }

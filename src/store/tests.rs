@@ -62,6 +62,26 @@ fn git_blob_memo_round_trips_and_older_stores_gain_it() {
     assert!(!s.blob_digests(&ask).unwrap().contains_key(&rows[1].0));
 }
 
+#[test]
+fn the_git_blob_memo_is_bounded_and_keeps_what_was_learned_last() {
+    use hash::git::BlobDigest;
+    let d = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(d.path()).unwrap();
+    let row = |i: usize| (format!("{i:040x}"), BlobDigest { sha256: format!("{i:064x}"), size: 1, lfs: false });
+    s.save_blob_digests(&(0..100).map(row).collect::<Vec<_>>()).unwrap();
+    // row 3 learned again: it is new now
+    s.save_blob_digests(&[row(3)]).unwrap();
+    super::sqlite::cap_git_blobs(&s.conn(), 50).unwrap();
+    let all: Vec<String> = (0..100).map(|i| row(i).0).collect();
+    let kept = s.blob_digests(&all).unwrap();
+    assert_eq!(kept.len(), 45, "down to 90% of the cap");
+    assert!(kept.contains_key(&row(3).0) && kept.contains_key(&row(99).0));
+    assert!(!kept.contains_key(&row(0).0) && !kept.contains_key(&row(55).0));
+    // under the cap nothing goes
+    super::sqlite::cap_git_blobs(&s.conn(), 50).unwrap();
+    assert_eq!(s.blob_digests(&all).unwrap().len(), 45);
+}
+
 fn rec(key: &str, run: &str, created: i64) -> Record {
     Record {
         key: key.into(),

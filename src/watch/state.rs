@@ -126,13 +126,15 @@ const RECONCILE_BUCKETS: [f64; 14] =
     [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0];
 
 /// The shared cache's counters, in the order of [`crate::remote::RemoteSummary`]'s fields.
-const REMOTE_COUNTERS: [(&str, &str); 6] = [
+const REMOTE_COUNTERS: [(&str, &str); 8] = [
     ("hits", "Records found and verified in the shared cache (--cache-repo)"),
     ("misses", "Lookups the shared cache could not answer with a usable record"),
     ("bytes_in", "Bytes downloaded (and verified) from the shared cache"),
     ("bytes_out", "Bytes uploaded to the shared cache"),
     ("errors", "Shared cache faults and records that failed a check"),
     ("published", "Records pushed to the shared cache"),
+    ("git_memo_rows_in", "Git blob memo rows imported from the shared cache (files not read)"),
+    ("git_memo_rows_out", "Git blob memo rows the shared cache gained"),
 ];
 
 /// The watcher's Prometheus metrics (`prometheus-client`: lock-free counters, a real
@@ -152,8 +154,9 @@ pub struct Metrics {
     pub last_success_ts: Gauge<f64, AtomicU64>,
     pub fetch_errors: Counter,
     pub webhooks: Family<Label, Counter>,
-    /// The shared cache: hits, misses, bytes_in, bytes_out, errors, published.
-    pub remote: [Counter; 6],
+    /// The shared cache: hits, misses, bytes_in, bytes_out, errors, published, git memo
+    /// rows in and out.
+    pub remote: [Counter; 8],
     revision_info: Family<[(&'static str, String); 2], Gauge>,
     ready: Gauge,
     leader: Gauge,
@@ -327,7 +330,16 @@ impl Shared {
                 m.hashed_files.inc_by(h.hashed_files);
             }
             if let Some(rc) = &r.remote_cache {
-                let values = [rc.hits, rc.misses, rc.bytes_in, rc.bytes_out, rc.errors, rc.published];
+                let values = [
+                    rc.hits,
+                    rc.misses,
+                    rc.bytes_in,
+                    rc.bytes_out,
+                    rc.errors,
+                    rc.published,
+                    rc.git_memo_rows_in,
+                    rc.git_memo_rows_out,
+                ];
                 for (c, v) in m.remote.iter().zip(values) {
                     c.inc_by(v);
                 }
@@ -382,6 +394,8 @@ mod tests {
             bytes_out: 500,
             published: 1,
             errors: 0,
+            git_memo_rows_in: 7,
+            git_memo_rows_out: 0,
             unavailable: false,
             warnings: vec![],
         });
@@ -395,6 +409,7 @@ mod tests {
             "tenon_remote_cache_bytes_out_total 1000",
             "tenon_remote_cache_published_total 2",
             "tenon_remote_cache_errors_total 0",
+            "tenon_remote_cache_git_memo_rows_in_total 14",
         ] {
             assert!(m.lines().any(|l| l == line), "{line} missing from:\n{m}");
         }

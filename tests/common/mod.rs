@@ -93,3 +93,15 @@ pub fn task<'a>(report: &'a Value, name: &str) -> &'a Value {
         .and_then(|ts| ts.iter().find(|t| t["name"] == name))
         .unwrap_or_else(|| panic!("no task {name} in report: {report:#}"))
 }
+
+/// An unencrypted Ed25519 key pair `DIR/NAME` (private, `.pub`), made by `ssh-keygen`.
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client) is installed");
+    assert!(st.success());
+    (key.clone(), key.with_extension("pub"))
+}
