@@ -652,11 +652,16 @@ fn memo_rows_from_elsewhere_must_agree_with_the_repositorys_blobs() {
     let good = vec![row(&a, &sha_hex(b"abc"), 3, false), row(&m, &oid, 9, true)];
     assert_eq!(consistent_rows(&dir, good.clone()), good);
     let bad = vec![
-        row(&a, &sha_hex(b"abc"), 4, false),                     // not the blob's size
-        row(&m, &sha_hex(b"other"), 9, true),                    // not the pointer's oid
-        row(&m, &oid, 10, true),                                 // not the pointer's size
-        row(&a, &sha_hex(b"abc"), 3, true),                      // not a pointer
-        row(&blob_id(b"absent"), &sha_hex(b"absent"), 6, false), // no such blob
+        row(&m, &sha_hex(b"other"), 9, true), // not the pointer's oid
+        row(&m, &oid, 10, true),              // not the pointer's size
+        row(&a, &sha_hex(b"abc"), 3, true),   // not a pointer
     ];
     assert_eq!(consistent_rows(&dir, bad), vec![]);
+    // any other row is used only for a file of its size: a row with another size (and a
+    // false digest) is stored, but the file is read
+    let lying = row(&a, &sha_hex(b"lie"), 4, false);
+    assert_eq!(consistent_rows(&dir, vec![lying.clone()]), vec![lying.clone()]);
+    let p = pass(&dir, &HashMap::from([lying]));
+    assert_eq!(p.digest("a.txt"), sha_hex(b"abc"));
+    assert_eq!(p.count("hashed"), 2);
 }

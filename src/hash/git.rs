@@ -113,6 +113,17 @@ fn unsupported(repo: &git2::Repository, index: &git2::Index) -> Option<String> {
     None
 }
 
+/// A stage-0 regular file not flagged assume-unchanged (`CE_VALID`), skip-worktree or
+/// intent-to-add: git itself looks at such a file (a conflicted path, with several
+/// entries, is not trusted either; [`GitView::open`] sees to that).
+fn trusted_entry(e: &git2::IndexEntry) -> bool {
+    let stage = (e.flags >> 12) & 3;
+    let assume_valid = e.flags & 0x8000 != 0;
+    let skip_or_intent = e.flags_extended & (0x4000 | 0x2000) != 0;
+    let regular = e.mode == 0o100644 || e.mode == 0o100755;
+    stage == 0 && !assume_valid && !skip_or_intent && regular
+}
+
 impl GitView {
     /// The index entries below `root` (a directory, or a single file), when `root` lies in
     /// a git work tree whose index can be read consistently. `None` means: hash as usual.
@@ -156,10 +167,6 @@ impl GitView {
             } else {
                 continue;
             };
-            let stage = (e.flags >> 12) & 3;
-            let assume_valid = e.flags & 0x8000 != 0;
-            let skip_or_intent = e.flags_extended & (0x4000 | 0x2000) != 0;
-            let regular = e.mode == 0o100644 || e.mode == 0o100755;
             let facts = Facts {
                 oid: e.id,
                 size: e.file_size,
@@ -167,7 +174,7 @@ impl GitView {
                 mtime_ns: time_ns(e.mtime),
                 ctime_ns: time_ns(e.ctime),
                 exec: e.mode == 0o100755,
-                trusted: stage == 0 && !assume_valid && !skip_or_intent && regular,
+                trusted: trusted_entry(&e),
             };
             // a conflicted path has several entries: none of them is trusted
             match entries.entry(key) {
@@ -272,7 +279,14 @@ pub struct MemoScope {
 /// `dir` is not in a work tree with a commit whose files tenon may read from git.
 pub fn memo_scope(dir: &Path, depth: usize) -> Option<MemoScope> {
     let repo = git2::Repository::discover(dir).ok()?;
-    let view = GitView::open(repo.workdir()?)?;
+    repo.workdir()?;
+    let index = repo.index().ok()?;
+    if unsupported(&repo, &index).is_some() {
+        return None;
+    }
+    let mut blobs: Vec<String> = index.iter().filter(trusted_entry).map(|e| e.id.to_string()).collect();
+    blobs.sort_unstable();
+    blobs.dedup();
     let mut trees = Vec::new();
     let mut commit = repo.head().ok()?.peel_to_commit().ok();
     while let Some(c) = commit.take() {
@@ -282,28 +296,27 @@ pub fn memo_scope(dir: &Path, depth: usize) -> Option<MemoScope> {
         trees.push(c.tree_id().to_string());
         commit = c.parent(0).ok();
     }
-    (!trees.is_empty()).then(|| MemoScope { trees, blobs: view.blob_ids() })
+    (!trees.is_empty()).then_some(MemoScope { trees, blobs })
 }
 
-/// The rows of `rows` that agree with the blobs of the repository `dir` lies in: the blob
-/// exists, a Git LFS row's blob is a pointer with that oid and size, and another row's size
-/// is the blob's. Rows read from elsewhere are checked so before they are trusted (the
-/// SHA-256 itself cannot be checked without reading the file: that is what a signature on
-/// the memo is for).
+/// The rows of `rows` that may be trusted in the repository `dir` lies in: a Git LFS row's
+/// blob must be a pointer with that oid and size. Another row is used only for a file whose
+/// size is the row's (and whose clean index entry names the blob), so its size needs no
+/// check here. Rows read from elsewhere are filtered so before they are stored (the SHA-256
+/// itself cannot be checked without reading the file: that is what a signature on the memo
+/// is for).
 pub fn consistent_rows(dir: &Path, rows: Vec<(String, BlobDigest)>) -> Vec<(String, BlobDigest)> {
     let Some(repo) = git2::Repository::discover(dir).ok() else { return Vec::new() };
     let Ok(odb) = repo.odb() else { return Vec::new() };
     rows.into_iter()
         .filter(|(blob, d)| {
+            if !d.lfs {
+                return true;
+            }
             let Ok(oid) = git2::Oid::from_str(blob) else { return false };
             let Ok((len, kind)) = odb.read_header(oid) else { return false };
-            if kind != git2::ObjectType::Blob {
-                return false;
-            }
-            if !d.lfs {
-                return len as u64 == d.size;
-            }
-            len as u64 <= super::lfs::MAX_POINTER_BYTES
+            kind == git2::ObjectType::Blob
+                && len as u64 <= super::lfs::MAX_POINTER_BYTES
                 && odb
                     .read(oid)
                     .ok()

@@ -133,6 +133,7 @@ impl RemoteCache {
         if self.is_down() {
             return 0;
         }
+        let t0 = std::time::Instant::now();
         let (d, s) = (dir.to_path_buf(), store.clone());
         let Some((trees, mut missing)) = blocking(move || {
             let scope = git::memo_scope(&d, MEMO_DEPTH)?;
@@ -144,6 +145,7 @@ impl RemoteCache {
         else {
             return 0;
         };
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, missing = missing.len(), "git memo: scope read");
         let mut found = Vec::new();
         for tree in &trees {
             if missing.is_empty() || self.is_down() {
@@ -159,6 +161,7 @@ impl RemoteCache {
         if found.is_empty() {
             return 0;
         }
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, rows = found.len(), "git memo: fetched");
         let (d, s) = (dir.to_path_buf(), store.clone());
         let offered = found.len();
         let n = blocking(move || {
@@ -177,6 +180,7 @@ impl RemoteCache {
             ));
         }
         self.stats.memo_rows_in.fetch_add(n as u64, Ordering::Relaxed);
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, rows = n, "git memo: imported");
         n
     }
 
