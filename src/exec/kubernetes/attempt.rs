@@ -148,6 +148,13 @@ pub(super) fn millis(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::
     t.as_ref().map(|t| t.0.as_millisecond())
 }
 
+/// Whether the attempt copies a Secret into the pod (a workspace bound to one, or a Task
+/// volume of one).
+pub(super) fn carries_secrets(req: &TaskRunRequest) -> bool {
+    req.workspaces.iter().any(|w| w.path.is_some() && w.kind.starts_with("secret"))
+        || req.spec.volumes.iter().any(|v| v.get("secret").is_some())
+}
+
 /// A step's or sidecar's log stream.
 pub(super) struct Follower {
     handle: tokio::task::JoinHandle<()>,
@@ -240,8 +247,9 @@ impl KubernetesExecutor {
             .map_err(|e| format!("cannot create run directory {}: {e}", req.dir.display()))?;
         let (upload, manifests) = upload_tar(&plan)?;
         // small uploads (scripts, the tekton directories, small workspaces) travel in the pod
-        // spec: no exec round trip before the first step
-        let embedded = (upload.len() <= EMBED_MAX).then(|| {
+        // spec: no exec round trip before the first step. Never Secret contents: whoever may
+        // read the pod would read them
+        let embedded = (upload.len() <= EMBED_MAX && !carries_secrets(req)).then(|| {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD.encode(&upload)
         });

@@ -306,3 +306,21 @@ fn the_step_wrapper_writes_a_message_tenon_reads() {
     std::process::Command::new(bb).args(["sh", "-c", &small, "tenon-step", bb, "sh", "-c", &step]).status().unwrap();
     assert_eq!(std::fs::read_to_string(t.path().join("tl")).unwrap(), "tenon1 overflow\n");
 }
+
+#[test]
+fn secrets_never_travel_in_the_pod_spec() {
+    use super::attempt::carries_secrets;
+    let ws = |kind: &str| super::super::BoundWorkspace {
+        name: "w".into(),
+        path: Some(PathBuf::from("/s/runs/r/1/volumes/w")),
+        read_only: true,
+        claim: String::new(),
+        kind: kind.into(),
+    };
+    let steps = json!({"steps": [{"name": "a", "image": "x", "script": "true"}]});
+    assert!(!carries_secrets(&request(steps.clone(), vec![ws("configMap:abc")])));
+    assert!(carries_secrets(&request(steps.clone(), vec![ws("secret:abc")])));
+    let vol = json!({"volumes": [{"name": "v", "secret": {"secretName": "s"}}],
+                     "steps": [{"name": "a", "image": "x", "script": "true"}]});
+    assert!(carries_secrets(&request(vol, vec![])));
+}
