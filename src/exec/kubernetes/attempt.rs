@@ -443,7 +443,7 @@ impl KubernetesExecutor {
                 uploaded = true;
                 tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "workspaces uploaded");
             }
-            if uploaded && !sidecars_ok {
+            if uploaded && holder_running && !sidecars_ok {
                 let ready = match sidecars_ready(plan, &st) {
                     Ok(ready) => ready,
                     Err(msg) => break End::Broken("SidecarFailed".into(), msg),
