@@ -298,6 +298,16 @@ struct Wired {
     cache: Arc<CacheCtx>,
 }
 
+/// How many TaskRuns run at once without `--parallel`: the local CPUs for the local
+/// executor; on a cluster the pods run elsewhere, so independent tasks start together (as
+/// Tekton creates their pods) up to [`crate::exec::kubernetes::DEFAULT_PARALLEL_PODS`].
+fn default_parallel(executor: ExecutorKind) -> usize {
+    match executor {
+        ExecutorKind::Kubernetes => crate::exec::kubernetes::DEFAULT_PARALLEL_PODS,
+        ExecutorKind::Local => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    }
+}
+
 /// Check the selection, make the state directory, build the executor (`sweep`: clear
 /// pods a crashed run left behind; not when only planning), open the store and the cache.
 async fn wire(cat: &Catalog, dir: &Path, s: &RunSettings, console: Arc<Console>, sweep: bool) -> Result<Wired, Error> {
@@ -315,10 +325,7 @@ async fn wire(cat: &Catalog, dir: &Path, s: &RunSettings, console: Arc<Console>,
     let s = settings;
     let built = build_executor(&s, console, sweep).await?;
     let opts = EngineOptions {
-        parallel: s
-            .parallel
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
-            .max(1),
+        parallel: s.parallel.unwrap_or_else(|| default_parallel(s.executor)).max(1),
         state_dir: s.state_dir.clone(),
         repo_root: if dir.is_dir() {
             dir.to_path_buf()
@@ -386,6 +393,7 @@ pub async fn run_catalog(
     if let Some(r) = &cache.remote {
         r.pull_git_memo(&repo_root, &cache.store).await;
     }
+    let exec = w.built.exec.clone();
     let engine = Engine::new(cat.clone(), w.built.exec, w.opts, console, cancel.clone()).with_cache(cache.clone());
     let mut runs = Vec::new();
     for pr in selected(&cat.pipeline_runs, s.run.as_deref()) {
@@ -400,6 +408,7 @@ pub async fn run_catalog(
         }
         runs.push(engine.run_task_run(tr).await);
     }
+    exec.close().await;
     cache.flush();
     prune_run_dirs(&s.state_dir, &w.store, s.keep_runs);
     let mut report = RunReport::new(runs);

@@ -922,3 +922,55 @@ async fn watch_leader_elect_reconciles_only_on_the_leader() {
     let _ = b.wait();
     let _ = std::fs::read_to_string(&b_log);
 }
+
+/// `n` independent tasks of one Pipeline, each a step that sleeps 6 s.
+fn fan_out(n: usize) -> String {
+    let mut y = String::from("apiVersion: tekton.dev/v1\nkind: Pipeline\nmetadata: {name: fan}\nspec:\n  tasks:\n");
+    for i in 0..n {
+        y.push_str(&format!(
+            "    - {{name: t{i}, taskSpec: {{steps: [{{name: nap, image: IMG, script: sleep 6}}]}}}}\n"
+        ));
+    }
+    y.push_str("---\napiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {name: fan-run}\nspec:\n  pipelineRef: {name: fan}\n");
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_tasks_run_as_parallel_pods() {
+    let Some(c) = Cluster::new("fanout").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("p.yaml"), fan_out(6).replace("IMG", BUSYBOX)).unwrap();
+    // each step container's [startedAt, finishedAt] as the kubelet reports it, per TaskRun
+    let spans: Arc<Mutex<std::collections::BTreeMap<String, (i64, i64)>>> = Default::default();
+    let seen = spans.clone();
+    let mut s = watcher::watcher(c.pods_api(), watcher::Config::default()).default_backoff().boxed();
+    let watch = tokio::spawn(async move {
+        while let Some(e) = s.next().await {
+            let Ok(Event::Apply(p) | Event::InitApply(p) | Event::Delete(p)) = e else { continue };
+            let taskrun = p.metadata.labels.unwrap_or_default().get("tenon.dev/taskrun").cloned().unwrap_or_default();
+            for cs in p.status.and_then(|s| s.container_statuses).unwrap_or_default() {
+                let Some(t) = cs.state.and_then(|s| s.terminated) else { continue };
+                if let (true, Some(a), Some(b)) = (cs.name.starts_with("step-"), t.started_at, t.finished_at) {
+                    seen.lock().unwrap().insert(taskrun.clone(), (a.0.as_second(), b.0.as_second()));
+                }
+            }
+        }
+    });
+    // no --parallel: the default must not hold independent pods back
+    let r =
+        c.tenon(&["run", tmp.path().to_str().unwrap(), "--output", "json", "-q", "--no-cache"], &tmp.path().join("s"));
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let until = Instant::now() + Duration::from_secs(30);
+    while spans.lock().unwrap().len() < 6 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watch.abort();
+    let spans = spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 6, "{spans:?}");
+    // every pod's step ran while every other one did: the last to start started before the
+    // first to finish finished (one after another, or two at a time, would not)
+    let last_start = spans.values().map(|s| s.0).max().unwrap();
+    let first_end = spans.values().map(|s| s.1).min().unwrap();
+    assert!(last_start < first_end, "the pods did not all overlap: {spans:?}");
+    c.assert_no_pods().await;
+}

@@ -470,7 +470,7 @@ pub struct RunFlags {
     /// strings (`["a","b"]`, `{"k":"v"}`) is an array or object param. Repeatable.
     #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, ParamValue)>,
-    /// Most TaskRuns running at once (default: number of CPUs).
+    /// Most TaskRuns running at once (default: number of CPUs; 64 with --executor kubernetes).
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
     /// tenon's state directory: run directories, step logs, PVC-backed workspaces, the

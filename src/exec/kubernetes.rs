@@ -2,17 +2,18 @@
 //!
 //! Pod layout (the design and its limits are in README.md, "The Kubernetes executor"):
 //!
-//! - init container `prepare` (the helper image, a static busybox): copies `/bin/busybox` to
-//!   `/tekton/bin/busybox`;
-//! - container `tenon-holder` (the helper image): tenon uploads the TaskRun's files into it
-//!   (scripts and the host workspaces, as one tar through `pods/exec`) and, after the last step,
-//!   reads the results and the workspaces back (`tar`), whatever the outcome; then tenon
-//!   deletes the pod;
+//! - container `tenon-holder` (the helper image, a static busybox), the pod's first: its
+//!   postStart hook copies `/bin/busybox` to `/tekton/bin/busybox` (the kubelet starts the
+//!   next container only when the hook is done); it unpacks the TaskRun's files (scripts, the
+//!   tekton directories and small workspaces, one tar) from its argument when they fit the pod
+//!   spec, else tenon uploads them into it through `pods/exec`; it stays up so that tenon can
+//!   read results and workspaces back with `tar` when it must; then tenon deletes the pod;
 //! - one container per step, all started together as Tekton does; each runs the static busybox
 //!   from `/tekton/bin` as its entrypoint (`sh -c WRAPPER -- <the step's real argv>`), waits for
-//!   the upload (step 0) or the previous step's marker in `/tekton/run`, runs the step, writes
-//!   its exit code and a marker (`ok`, or `fail` which makes every later step skip itself), and
-//!   exits with the step's code.
+//!   the files (step 0) or the previous step's marker in `/tekton/run`, runs the step, writes
+//!   its exit code and a marker (`ok`, or `fail` which makes every later step skip itself),
+//!   writes its results to its termination message when they fit (Tekton's way) and exits
+//!   with the step's code.
 //!
 //! Workspaces are `emptyDir` volumes filled from, and written back to, the host directories the
 //! engine binds, so caching and outputs behave exactly as with the local executor, and a source
@@ -46,6 +47,10 @@ mod tests;
 
 use pod::*;
 
+/// TaskRuns running at once on a cluster without `--parallel`: the pods run on the cluster's
+/// nodes, not on tenon's CPUs.
+pub const DEFAULT_PARALLEL_PODS: usize = 64;
+
 /// Label on every pod tenon creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tenon");
 /// Label naming the tenon store (instance) that owns a pod: a restarted tenon on the same
@@ -68,7 +73,14 @@ pub fn session() -> &'static str {
 pub const ATTEMPT_LABEL: &str = "tenon.dev/attempt";
 
 const HOLDER: &str = "tenon-holder";
-const PREPARE: &str = "prepare";
+/// The holder's postStart hook: the steps' entrypoint.
+const PREPARE_SCRIPT: &str = "mkdir -p /tekton/bin /tekton/run && cp /bin/busybox /tekton/bin/busybox";
+/// The holder: unpack the files embedded in the pod spec (`$1`, base64 of a tar), if any,
+/// then wait to be deleted.
+const HOLDER_SCRIPT: &str = "trap 'exit 0' TERM\nif [ -n \"$1\" ]; then echo \"$1\" | base64 -d | tar xf - -C / || exit 1; echo ok > /tekton/run/ready.tmp && mv /tekton/run/ready.tmp /tekton/run/ready; fi\nwhile [ ! -e /tekton/run/collected ]; do sleep 1; done\n";
+/// The largest upload (tar bytes) that travels in the pod spec instead of through
+/// `pods/exec`: its base64 stays well below the 128 KiB the kernel allows one argument.
+const EMBED_MAX: usize = 64 * 1024;
 /// The helper image's busybox, copied into the pod as every step's entrypoint.
 const BUSYBOX: &str = "/tekton/bin/busybox";
 /// Extra seconds of `activeDeadlineSeconds` beyond the task timeout: tenon deletes the pod at
@@ -94,7 +106,7 @@ pub struct KubeArgs {
     #[arg(long = "k8s-image-pull-policy", value_name = "POLICY", default_value = "IfNotPresent",
           value_parser = ["Always", "IfNotPresent", "Never"])]
     pub pull_policy: String,
-    /// Image of the prepare/holder containers; must contain a static busybox at /bin/busybox.
+    /// Image of the holder container; must contain a static busybox at /bin/busybox.
     #[arg(
         long = "k8s-helper-image",
         env = "TENON_K8S_HELPER_IMAGE",
@@ -170,6 +182,8 @@ pub struct KubernetesExecutor {
     args: KubeArgs,
     owner: String,
     console: Arc<Console>,
+    /// Pod deletions under way ([`KubernetesExecutor::delete_later`]).
+    deletes: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl KubernetesExecutor {
@@ -183,7 +197,16 @@ impl KubernetesExecutor {
         pods.list(&ListParams::default().limit(1))
             .await
             .map_err(|e| format!("cannot list pods in namespace {namespace:?}: {}", kube_msg(&e)))?;
-        Ok(KubernetesExecutor { pods, state_dir: state_dir.to_path_buf(), client, namespace, args, owner, console })
+        Ok(KubernetesExecutor {
+            pods,
+            state_dir: state_dir.to_path_buf(),
+            client,
+            namespace,
+            args,
+            owner,
+            console,
+            deletes: Default::default(),
+        })
     }
 
     pub fn namespace(&self) -> &str {
@@ -367,6 +390,16 @@ impl Executor for KubernetesExecutor {
     /// `envFrom` goes into the pod: the namespace's objects, as Kubernetes resolves them.
     fn resolves_env_from(&self) -> bool {
         true
+    }
+
+    /// Wait for the pod deletions still under way (at most 30 s each).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let pending = std::mem::take(&mut *self.deletes.lock().unwrap_or_else(|e| e.into_inner()));
+            for h in pending {
+                let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+            }
+        })
     }
 }
 

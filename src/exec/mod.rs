@@ -120,4 +120,10 @@ pub trait Executor: Send + Sync {
     fn resolves_env_from(&self) -> bool {
         false
     }
+
+    /// Finish work the executor left running in the background (the Kubernetes executor's
+    /// pod deletions); called once the runs are done, before the process may exit.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }

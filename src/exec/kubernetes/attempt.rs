@@ -148,6 +148,92 @@ pub(super) fn millis(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::
     t.as_ref().map(|t| t.0.as_millisecond())
 }
 
+/// Whether the attempt copies a Secret into the pod (a workspace bound to one, or a Task
+/// volume of one).
+pub(super) fn carries_secrets(req: &TaskRunRequest) -> bool {
+    req.workspaces.iter().any(|w| w.path.is_some() && w.kind.starts_with("secret"))
+        || req.spec.volumes.iter().any(|v| v.get("secret").is_some())
+}
+
+/// A step's or sidecar's log stream.
+pub(super) struct Follower {
+    handle: tokio::task::JoinHandle<()>,
+    /// Lines shown so far.
+    lines_seen: Arc<std::sync::atomic::AtomicUsize>,
+    label: String,
+    step: String,
+    path: PathBuf,
+}
+
+/// Container name -> its log stream.
+pub(super) type Followers = BTreeMap<String, Follower>;
+
+/// The files of a step's termination message (see `step_wrapper`): (kind, name, content),
+/// or `None` when it is not one (overflow, truncated, another writer, or bytes that were not
+/// UTF-8: the API carries the message as a string, and U+FFFD is taken as a sign of that).
+pub(super) fn parse_message(msg: &str) -> Option<Vec<(String, String, Vec<u8>)>> {
+    if msg.contains('\u{FFFD}') {
+        return None;
+    }
+    let mut rest = msg.as_bytes().strip_prefix(format!("{MESSAGE_MAGIC}\n").as_bytes())?;
+    let mut out = Vec::new();
+    loop {
+        let nl = rest.iter().position(|&c| c == b'\n')?;
+        let line = std::str::from_utf8(&rest[..nl]).ok()?;
+        rest = &rest[nl + 1..];
+        if line == "end" {
+            return rest.is_empty().then_some(out);
+        }
+        let mut parts = line.split(' ');
+        let (kind, name, len) = (parts.next()?, parts.next()?, parts.next()?.parse::<usize>().ok()?);
+        if parts.next().is_some() || name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return None;
+        }
+        if rest.len() <= len || rest[len] != b'\n' {
+            return None;
+        }
+        out.push((kind.to_string(), name.to_string(), rest[..len].to_vec()));
+        rest = &rest[len + 1..];
+    }
+}
+
+/// The files tenon would read back from the holder (`tekton/results`, each step's results and
+/// `timedOut` marker), rebuilt under `dir` from the termination messages of the steps that
+/// ran; `None` if one of them has none that parses (then the holder is read).
+pub(super) fn files_from_messages(req: &TaskRunRequest, plan: &PodPlan, pod: &Pod, dir: &Path) -> Option<PathBuf> {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone());
+    let terminated =
+        |cname: &str| container(&statuses, cname).and_then(|c| c.state.as_ref()).and_then(|s| s.terminated.clone());
+    // the steps that ran, up to the one that ended the chain (the last, or one that failed
+    // for good): its message carries the task results
+    let mut ran = Vec::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        let t = terminated(&s.cname)?;
+        let stop = t.exit_code != 0 && req.spec.steps[i].on_error.as_deref() != Some("continue");
+        ran.push((s, parse_message(t.message.as_deref()?)?));
+        if stop {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let end = ran.len().checked_sub(1)?;
+    for (i, (s, files)) in ran.into_iter().enumerate() {
+        let step_dir = dir.join("tekton/steps").join(&s.cname);
+        for (kind, name, body) in files {
+            let path = match kind.as_str() {
+                "s" => step_dir.join("results").join(&name),
+                "t" if name == "timedOut" => step_dir.join("timedOut"),
+                "r" if i == end => dir.join("tekton/results").join(&name),
+                _ => continue,
+            };
+            let parent = path.parent()?;
+            std::fs::create_dir_all(parent).and_then(|_| std::fs::write(&path, body)).ok()?;
+        }
+    }
+    std::fs::create_dir_all(dir.join("tekton/results")).ok()?;
+    Some(dir.to_path_buf())
+}
+
 impl KubernetesExecutor {
     pub(super) async fn run_pod(
         &self,
@@ -160,46 +246,58 @@ impl KubernetesExecutor {
             .and_then(|_| std::fs::create_dir_all(req.dir.join("results")))
             .map_err(|e| format!("cannot create run directory {}: {e}", req.dir.display()))?;
         let (upload, manifests) = upload_tar(&plan)?;
+        // small uploads (scripts, the tekton directories, small workspaces) travel in the pod
+        // spec: no exec round trip before the first step. Never Secret contents: whoever may
+        // read the pod would read them
+        let embedded = (upload.len() <= EMBED_MAX && !carries_secrets(req)).then(|| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&upload)
+        });
         let name = pod_name(&req.name, req.attempt, &req.dir);
-        let pod = build_pod(&name, req, &self.args, &self.owner, &plan)?;
+        let pod = build_pod(&name, req, &self.args, &self.owner, &plan, embedded.as_deref())?;
         let started = Instant::now();
         self.create(&name, &pod).await?;
-        tracing::debug!(pod = %name, namespace = %self.namespace, "pod created");
+        tracing::debug!(pod = %name, namespace = %self.namespace, embedded = embedded.is_some(), "pod created");
 
-        let result = self.drive(&name, req, &plan, &upload, cancel, started).await;
+        let upload = if embedded.is_some() { None } else { Some(upload.as_slice()) };
+        let result = self.drive(&name, req, &plan, upload, cancel, started).await;
         let (end, last, followers) = match result {
             Ok(x) => x,
             Err(e) => {
-                delete_pod(&self.pods, &name).await;
+                self.delete_later(&name);
                 return Ok(failed("PodFailed", e, vec![]));
             }
         };
         tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "steps ended");
-        // read back what the steps produced while the holder still runs
-        let holder_up = container(&last.status.as_ref().and_then(|s| s.container_statuses.clone()), HOLDER)
-            .and_then(|c| c.state.as_ref())
-            .is_some_and(|s| s.running.is_some());
         let mut download_err = None;
         let mut downloaded = None;
-        if matches!(end, End::Steps) && holder_up {
-            match self.download(&name, &plan, &req.dir.join("pod-files")).await {
-                Ok(d) => downloaded = Some(d),
-                Err(e) => download_err = Some(e),
+        if matches!(end, End::Steps) {
+            let pod_files = req.dir.join("pod-files");
+            // the steps' termination messages carry their results when they fit; the holder
+            // (still up) is read with tar otherwise, and always for workspaces to write back
+            let from_messages = if plan.copied.iter().any(|c| c.write_back) {
+                None
+            } else {
+                files_from_messages(req, &plan, &last, &pod_files)
+            };
+            let holder_up = container(&last.status.as_ref().and_then(|s| s.container_statuses.clone()), HOLDER)
+                .and_then(|c| c.state.as_ref())
+                .is_some_and(|s| s.running.is_some());
+            let by_message = from_messages.is_some();
+            match from_messages {
+                Some(d) => downloaded = Some(d),
+                None if holder_up => match self.download(&name, &plan, &pod_files).await {
+                    Ok(d) => downloaded = Some(d),
+                    Err(e) => download_err = Some(e),
+                },
+                None => {}
             }
+            tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, by_message, "files read back");
         }
-        tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "files read back");
-        delete_pod(&self.pods, &name).await;
-        let (mut steps_out, failure) = step_outcomes(req, &plan, &last, &end, &logs_dir);
-        // step logs end with their containers; a sidecar's stream may outlive the pod's
-        // deletion by seconds and is cut short
-        for (cname, f) in followers {
-            let wait = if cname.starts_with("sidecar-") { 500 } else { 10_000 };
-            let abort = f.abort_handle();
-            if tokio::time::timeout(Duration::from_millis(wait), f).await.is_err() {
-                abort.abort();
-            }
-        }
-        let mut failure = failure;
+        self.finish_logs(&name, followers).await;
+        tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "logs complete");
+        self.delete_later(&name);
+        let (mut steps_out, mut failure) = step_outcomes(req, &plan, &last, &end, &logs_dir);
         let mut results: BTreeMap<String, String> = BTreeMap::new();
         let mut step_results: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         if let Some(e) = download_err {
@@ -287,21 +385,23 @@ impl KubernetesExecutor {
     }
 
     /// Watch the pod until the steps are done (or it breaks, times out, is cancelled),
-    /// uploading the files when `prepare` runs and following step logs as they start.
+    /// uploading the files (unless the pod spec carries them) when the holder runs and
+    /// following step logs as they start.
     pub(super) async fn drive(
         &self,
         name: &str,
         req: &TaskRunRequest,
         plan: &PodPlan,
-        upload: &[u8],
+        upload: Option<&[u8]>,
         cancel: &CancellationToken,
         started: Instant,
-    ) -> Result<(End, Pod, BTreeMap<String, tokio::task::JoinHandle<()>>), String> {
-        let mut followers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    ) -> Result<(End, Pod, Followers), String> {
+        let mut followers = Followers::new();
         let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut stream = watcher::watcher(self.pods.clone(), cfg).default_backoff().boxed();
         let deadline = req.timeout.filter(|t| !t.is_zero()).map(|t| tokio::time::Instant::from_std(started + t));
-        let mut uploaded = false;
+        // an upload embedded in the pod spec is unpacked by the holder itself
+        let mut uploaded = upload.is_none();
         let mut sidecars_ok = plan.sidecars.is_empty();
         let mut last: Option<Pod> = None;
         let end = loop {
@@ -330,7 +430,7 @@ impl KubernetesExecutor {
             let holder_running = container(&st.container_statuses, HOLDER)
                 .and_then(|c| c.state.as_ref())
                 .is_some_and(|s| s.running.is_some());
-            if !uploaded && holder_running {
+            if let (false, true, Some(upload)) = (uploaded, holder_running, upload) {
                 let cmd = format!(
                     "head -c {} | tar xf - -C / && echo ok > /tekton/run/ready.tmp && mv /tekton/run/ready.tmp /tekton/run/ready",
                     upload.len()
@@ -343,7 +443,7 @@ impl KubernetesExecutor {
                 uploaded = true;
                 tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "workspaces uploaded");
             }
-            if uploaded && !sidecars_ok {
+            if uploaded && holder_running && !sidecars_ok {
                 let ready = match sidecars_ready(plan, &st) {
                     Ok(ready) => ready,
                     Err(msg) => break End::Broken("SidecarFailed".into(), msg),
@@ -380,9 +480,12 @@ impl KubernetesExecutor {
     }
 
     /// Why the pod cannot run, if it cannot: a container stuck waiting, the pod failed
-    /// (evicted, past its deadline), a PVC that does not exist, or the prepare container
-    /// failed.
+    /// (evicted, past its deadline), a PVC that does not exist, or the holder container
+    /// ended.
     fn pod_problem(&self, name: &str, pod: &Pod, st: &PodStatus) -> Option<End> {
+        if pod.metadata.deletion_timestamp.is_some() {
+            return Some(End::Broken("PodDeleted".into(), format!("pod {name} was deleted by someone else")));
+        }
         if let Some((reason, msg)) = waiting_problem(pod) {
             return Some(End::Broken(reason, msg));
         }
@@ -410,28 +513,32 @@ impl KubernetesExecutor {
                 ),
             ));
         }
-        let prep = container(&st.init_container_statuses, PREPARE).and_then(|c| c.state.clone());
-        if let Some(t) = prep.as_ref().and_then(|s| s.terminated.as_ref()) {
-            if t.exit_code != 0 {
-                return Some(End::Broken(
-                    "PodFailed".into(),
-                    format!(
-                        "container {PREPARE} (image {}) exited with code {}: does the helper image have /bin/busybox? (--k8s-helper-image)",
-                        self.args.helper_image, t.exit_code
-                    ),
-                ));
-            }
+        // the holder runs until the pod is deleted: if it ended, its hook could not place the
+        // steps' entrypoint or it could not unpack the files
+        let holder = container(&st.container_statuses, HOLDER).and_then(|c| c.state.clone());
+        if let Some(t) = holder.as_ref().and_then(|s| s.terminated.as_ref()) {
+            return Some(End::Broken(
+                "PodFailed".into(),
+                format!(
+                    "container {HOLDER} (image {}) ended with code {}{}: does the helper image have a static busybox at /bin/busybox with sh, cp, base64 and tar? (--k8s-helper-image)",
+                    self.args.helper_image,
+                    t.exit_code,
+                    t.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                ),
+            ));
         }
         None
     }
 
     /// Stream a step container's log live to the console and its log file.
-    pub(super) fn follow(&self, pod: &str, req: &TaskRunRequest, s: &StepPlan) -> tokio::task::JoinHandle<()> {
+    pub(super) fn follow(&self, pod: &str, req: &TaskRunRequest, s: &StepPlan) -> Follower {
         let pods = self.pods.clone();
         let console = self.console.clone();
         let (pod, label, step, cname) = (pod.to_string(), req.label.clone(), s.sname.clone(), s.cname.clone());
         let path = req.dir.join("logs").join(format!("{cname}.log"));
-        tokio::spawn(async move {
+        let lines_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = lines_seen.clone();
+        let handle = tokio::spawn(async move {
             use std::io::Write;
             let mut file = std::fs::File::create(&path).ok();
             let lp = LogParams { container: Some(cname.clone()), follow: true, ..Default::default() };
@@ -440,6 +547,7 @@ impl KubernetesExecutor {
                     let mut lines = stream.lines();
                     while let Some(Ok(line)) = lines.next().await {
                         console.step_line(&label, &step, &line);
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         if let Some(f) = file.as_mut() {
                             let _ = writeln!(f, "{line}");
                         }
@@ -447,7 +555,58 @@ impl KubernetesExecutor {
                 }
                 Err(e) => tracing::debug!(pod = %pod, container = %cname, error = %e, "cannot stream logs"),
             }
-        })
+        });
+        Follower {
+            handle,
+            lines_seen,
+            label: req.label.clone(),
+            step: s.sname.clone(),
+            path: req.dir.join("logs").join(format!("{}.log", s.cname)),
+        }
+    }
+
+    /// Complete every log before the pod goes: a follow stream ends by itself when its
+    /// container has ended, but the kubelet may notice that only seconds later (it checks a
+    /// followed container's state every 5 s), so a stream still open after a moment is
+    /// stopped and the container's whole log read once instead (the lines not shown yet go
+    /// to the console). A sidecar still running gets its log so far.
+    pub(super) async fn finish_logs(&self, pod: &str, followers: Followers) {
+        let until = tokio::time::Instant::now() + Duration::from_millis(150);
+        let done = followers.into_iter().map(|(cname, mut f)| async move {
+            if tokio::time::timeout_at(until, &mut f.handle).await.is_ok() {
+                return;
+            }
+            f.handle.abort();
+            let _ = (&mut f.handle).await;
+            let lp = LogParams { container: Some(cname.clone()), ..Default::default() };
+            match self.pods.logs(pod, &lp).await {
+                Ok(text) => {
+                    use std::io::Write;
+                    let seen = f.lines_seen.load(std::sync::atomic::Ordering::SeqCst);
+                    let lines: Vec<&str> = text.lines().collect();
+                    for line in lines.iter().skip(seen) {
+                        self.console.step_line(&f.label, &f.step, line);
+                    }
+                    if let Ok(mut file) = std::fs::File::create(&f.path) {
+                        for line in &lines {
+                            let _ = writeln!(file, "{line}");
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(pod, container = %cname, error = %e, "cannot read the log"),
+            }
+        });
+        futures::future::join_all(done).await;
+    }
+
+    /// Delete the pod without waiting: the outcome is known, the next task can start while
+    /// the API server and the kubelet tear it down. [`Executor::close`] waits for the calls.
+    pub(super) fn delete_later(&self, name: &str) {
+        let (pods, name) = (self.pods.clone(), name.to_string());
+        let handle = tokio::spawn(async move { delete_pod(&pods, &name).await });
+        let mut pending = self.deletes.lock().unwrap_or_else(|e| e.into_inner());
+        pending.retain(|h| !h.is_finished());
+        pending.push(handle);
     }
 
     pub(super) async fn download(&self, name: &str, plan: &PodPlan, dir: &Path) -> Result<PathBuf, String> {

@@ -33,8 +33,13 @@ pub(super) fn plan(req: &TaskRunRequest, args: &KubeArgs, state_dir: &Path) -> R
     for (i, raw) in spec.sidecars.iter().enumerate() {
         sidecars.push(sidecar_plan(&ctx, i, raw, &pvars, &mut scripts)?);
     }
+    // the termination-message budget of each container (the kubelet's 12 KiB per pod,
+    // split evenly, at most 4 KiB each), the holder counted
+    let budget = message_budget(spec.sidecars.len() + spec.steps.len() + 1);
+    let last = spec.steps.len().saturating_sub(1);
     for (i, raw) in spec.steps.iter().enumerate() {
-        let (step, when_ok) = step_plan(&ctx, i, raw, &pvars, &mut scripts, !sidecars.is_empty())?;
+        let shape = WrapperShape { has_sidecars: !sidecars.is_empty(), last: i == last, budget };
+        let (step, when_ok) = step_plan(&ctx, i, raw, &pvars, &mut scripts, &shape)?;
         if !when_ok {
             skipped.insert(i);
         }
@@ -119,6 +124,21 @@ fn sidecar_plan(
     Ok(StepPlan { sname: cname.clone(), cname, container: c })
 }
 
+/// Bytes of termination message each of `containers` containers may write: the kubelet keeps
+/// at most 4 KiB of one container's message and 12 KiB of a pod's, split evenly.
+pub(super) fn message_budget(containers: usize) -> usize {
+    (12 * 1024 / containers.max(1)).min(4096)
+}
+
+/// Where a step's wrapper sits in the pod.
+pub(super) struct WrapperShape {
+    pub has_sidecars: bool,
+    /// The last step: its termination message carries the task results.
+    pub last: bool,
+    /// Termination-message bytes the container may write.
+    pub budget: usize,
+}
+
 /// A step's container, which runs the step inside a wrapper script that orders the steps;
 /// and whether its `when` holds (else the container only passes the previous step's
 /// marker on). Errors for what the kubernetes executor cannot run.
@@ -128,7 +148,7 @@ fn step_plan(
     raw: &Step,
     pvars: &Vars,
     scripts: &mut Vec<(String, String)>,
-    has_sidecars: bool,
+    shape: &WrapperShape,
 ) -> Result<(StepPlan, bool), String> {
     let cname = step_container_name(raw, i);
     let sname = raw.name.clone().unwrap_or_else(|| format!("unnamed-{i}"));
@@ -158,7 +178,11 @@ fn step_plan(
             KNOWN_IMAGES.join(", ")
         ))?;
     let cont = step.on_error.as_deref() == Some("continue");
-    let wrapper = step_wrapper(i, &cname, has_sidecars, when_ok, step_timeout, cont);
+    let reports = Reports {
+        task: ctx.req.spec.results.iter().map(|r| r.name.clone()).collect(),
+        step: raw.results.iter().map(|r| r.name.clone()).collect(),
+    };
+    let wrapper = step_wrapper(i, &cname, shape, when_ok, step_timeout, cont, &reports);
     let mut c = ctx.container(&step, &cname, &image)?;
     c["command"] = json!([BUSYBOX, "sh", "-c", wrapper]);
     c["args"] = json!(std::iter::once("tenon-step".to_string()).chain(argv).collect::<Vec<_>>());
@@ -190,22 +214,55 @@ fn step_timeout_secs(step: &Step, sname: &str) -> Result<Option<u64>, String> {
     })
 }
 
+/// The results a step's termination message reports (declared names).
+pub(super) struct Reports {
+    pub task: Vec<String>,
+    pub step: Vec<String>,
+}
+
+/// First line of the termination message a step's wrapper writes (see [`step_wrapper`]).
+pub(super) const MESSAGE_MAGIC: &str = "tenon1";
+
 /// The shell script step `i` runs in: it waits for the step before it (step 0 for the
 /// upload and the sidecars), skips if that one failed or `when` rules this one out, runs
 /// the step (under busybox `timeout` if it has one), records its exit code and passes on
 /// its marker (ok also when it failed with `cont`, onError: continue).
+///
+/// Before it exits (not when it skips) it writes its termination message, Tekton's way of
+/// returning results without a round trip: `tenon1\n`, then per file that exists
+/// `<kind> <name> <bytes>\n<content>\n` (kind `s`: its own step results, `t`: the
+/// `timedOut` marker, `r`: the task results, written only by the step that ends the chain:
+/// the last one, or one that failed for good), then `end\n`. A message above the budget is
+/// replaced by `tenon1 overflow`; tenon then reads the files with `tar` instead.
 fn step_wrapper(
     i: usize,
     cname: &str,
-    has_sidecars: bool,
+    shape: &WrapperShape,
     when_ok: bool,
     step_timeout: Option<u64>,
     cont: bool,
+    reports: &Reports,
 ) -> String {
-    let mut wrapper = format!("B={BUSYBOX}; R=/tekton/run\n");
+    let mut wrapper = format!("B={BUSYBOX}; R=/tekton/run; S=/tekton/steps/{cname}; M=$R/m{i}\n");
+    // the termination message: a(kind, name, file) adds a file that exists; m(1) also the
+    // task results
+    wrapper.push_str("a() { if [ -f \"$3\" ]; then n=`$B wc -c < \"$3\"`; echo \"$1 $2 $n\" >> $M; $B cat \"$3\" >> $M; echo >> $M; fi; }\n");
+    wrapper.push_str(&format!("m() {{ echo {MESSAGE_MAGIC} > $M; a t timedOut $S/timedOut"));
+    for r in &reports.step {
+        wrapper.push_str(&format!("; a s {r} $S/results/{r}"));
+    }
+    wrapper.push_str("; if [ \"$1\" = 1 ]; then :");
+    for r in &reports.task {
+        wrapper.push_str(&format!("; a r {r} /tekton/results/{r}"));
+    }
+    wrapper.push_str(&format!(
+        "; fi; echo end >> $M; if [ `$B wc -c < $M` -le {} ]; then $B cat $M > /dev/termination-log; else echo '{MESSAGE_MAGIC} overflow' > /dev/termination-log; fi; }}\n",
+        shape.budget
+    ));
+    let last = if shape.last { 1 } else { 0 };
     // step 0 waits for the upload (and the sidecars), every other step for the one before it
     let mut waits = vec![if i == 0 { "ready".to_string() } else { format!("step-{}", i - 1) }];
-    if i == 0 && has_sidecars {
+    if i == 0 && shape.has_sidecars {
         waits.push("sidecars".into());
     }
     for w in waits {
@@ -215,7 +272,7 @@ fn step_wrapper(
     }
     if !when_ok {
         wrapper.push_str(&format!(
-            "$B printf 0 > /tekton/steps/{cname}/exitCode\necho ok > $R/t{i}; $B mv $R/t{i} $R/step-{i}\nexit 0\n"
+            "$B printf 0 > $S/exitCode\necho ok > $R/t{i}; $B mv $R/t{i} $R/step-{i}\nm {last}\nexit 0\n"
         ));
     }
     wrapper.push_str(RESOLVE);
@@ -223,13 +280,13 @@ fn step_wrapper(
         // busybox timeout ends the step with SIGTERM; the marker tells a timeout from a
         // failure that happened to take as long
         Some(secs) => wrapper.push_str(&format!(
-            "s0=`$B date +%s`\n$B timeout -s TERM {secs} \"$p\" \"$@\"\nc=$?\nt1=`$B date +%s`\nif [ $c != 0 ] && [ `$B expr $t1 - $s0` -ge {secs} ]; then echo {secs} > /tekton/steps/{cname}/timedOut; fi\n"
+            "s0=`$B date +%s`\n$B timeout -s TERM {secs} \"$p\" \"$@\"\nc=$?\nt1=`$B date +%s`\nif [ $c != 0 ] && [ `$B expr $t1 - $s0` -ge {secs} ]; then echo {secs} > $S/timedOut; fi\n"
         )),
         None => wrapper.push_str("\"$p\" \"$@\"\nc=$?\n"),
     }
+    let cont = if cont { 1 } else { 0 };
     wrapper.push_str(&format!(
-        "$B printf %s $c > /tekton/steps/{cname}/exitCode\nif [ $c = 0 ] || [ {} = 1 ]; then echo ok > $R/t{i}; else echo fail > $R/t{i}; fi\n$B mv $R/t{i} $R/step-{i}\nexit $c\n",
-        if cont { 1 } else { 0 }
+        "$B printf %s $c > $S/exitCode\nif [ $c = 0 ] || [ {cont} = 1 ]; then echo ok > $R/t{i}; e={last}; else echo fail > $R/t{i}; e=1; fi\n$B mv $R/t{i} $R/step-{i}\nm $e\nexit $c\n"
     ));
     wrapper
 }
@@ -353,12 +410,15 @@ impl ContainerCtx<'_> {
     }
 }
 
+/// The pod. `embedded`: the upload (base64 of its tar) when it is small enough to travel in
+/// the pod spec; the holder unpacks it as it starts, so the steps need no exec round trip.
 pub(super) fn build_pod(
     name: &str,
     req: &TaskRunRequest,
     args: &KubeArgs,
     owner: &str,
     plan: &PodPlan,
+    embedded: Option<&str>,
 ) -> Result<Pod, String> {
     let mut helper_mounts = vec![json!({"name": "tekton-internal", "mountPath": "/tekton"})];
     let mut volumes =
@@ -370,21 +430,21 @@ pub(super) fn build_pod(
         volumes.push(json!({"name": c.volume, "emptyDir": {}}));
         helper_mounts.push(json!({"name": c.volume, "mountPath": format!("/{}", c.stage)}));
     }
-    let helper = |cname: &str, script: &str| {
-        json!({
-            "name": cname,
-            "image": args.helper_image,
-            "imagePullPolicy": args.pull_policy,
-            "command": ["sh", "-c", script],
-            "volumeMounts": helper_mounts,
-            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
-        })
-    };
-    let prepare = helper(PREPARE, "mkdir -p /tekton/bin /tekton/run && cp /bin/busybox /tekton/bin/busybox");
-    let holder = helper(HOLDER, "trap 'exit 0' TERM; while [ ! -e /tekton/run/collected ]; do sleep 1; done");
-    let mut containers: Vec<Value> =
-        plan.sidecars.iter().chain(plan.steps.iter()).map(|s| s.container.clone()).collect();
-    containers.push(holder);
+    // The holder comes first: the kubelet starts a pod's containers one by one, in order, and
+    // runs a postStart hook before it starts the next container, so the hook's copy of the
+    // static busybox is in place before any step starts (without an init container, whose
+    // exit the kubelet only notices at its next relist, up to a second later).
+    let holder = json!({
+        "name": HOLDER,
+        "image": args.helper_image,
+        "imagePullPolicy": args.pull_policy,
+        "command": ["sh", "-c", HOLDER_SCRIPT, HOLDER, embedded.unwrap_or("")],
+        "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", PREPARE_SCRIPT]}}},
+        "volumeMounts": helper_mounts,
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+    });
+    let mut containers: Vec<Value> = vec![holder];
+    containers.extend(plan.sidecars.iter().chain(plan.steps.iter()).map(|s| s.container.clone()));
     let mut labels = BTreeMap::new();
     for (k, v) in &args.labels {
         labels.insert(k.clone(), v.clone());
@@ -399,7 +459,6 @@ pub(super) fn build_pod(
     let mut spec = json!({
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": 5,
-        "initContainers": [prepare],
         "containers": containers,
         "volumes": volumes,
         "automountServiceAccountToken": args.service_account.is_some(),

@@ -116,22 +116,26 @@ fn pod_spec_from_a_task() {
     assert_eq!(plan.claims, vec![("ws-data".to_string(), "team-data".to_string())]);
     assert_eq!(plan.copied.len(), 1, "only the repo is copied");
     assert!(!plan.copied[0].write_back, "a read-only workspace is not written back");
-    let pod = serde_json::to_value(build_pod("p", &req, &args, "owner1", &plan).unwrap()).unwrap();
+    let pod = serde_json::to_value(build_pod("p", &req, &args, "owner1", &plan, None).unwrap()).unwrap();
     let spec = &pod["spec"];
     let names: Vec<&str> = spec["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["sidecar-db", "step-a", "step-b", "tenon-holder"]);
-    assert_eq!(spec["initContainers"][0]["name"], "prepare");
+    // the holder first: its postStart hook places the steps' entrypoint before they start
+    assert_eq!(names, ["tenon-holder", "sidecar-db", "step-a", "step-b"]);
+    assert!(spec.get("initContainers").is_none(), "no init container");
+    let holder = &spec["containers"][0];
+    assert!(holder["lifecycle"]["postStart"]["exec"]["command"][2].as_str().unwrap().contains(BUSYBOX));
+    assert_eq!(holder["command"][4], "", "nothing embedded");
     assert_eq!(spec["activeDeadlineSeconds"], 90);
     assert_eq!(spec["automountServiceAccountToken"], false);
     assert_eq!(pod["metadata"]["labels"][OWNER_LABEL], "owner1");
-    let a = &spec["containers"][1];
+    let a = &spec["containers"][2];
     assert_eq!(a["command"][0], BUSYBOX);
     assert_eq!(a["args"], json!(["tenon-step", "/tekton/scripts/script-0"]));
     assert!(a["command"][3].as_str().unwrap().contains("[ 1 = 1 ]"), "onError: continue");
     assert!(a["command"][3].as_str().unwrap().contains("$R/sidecars"), "step 0 waits for the sidecars");
     assert_eq!(a["resources"]["limits"]["memory"], "64Mi");
     assert_eq!(a["workingDir"], "/workspace");
-    let b = &spec["containers"][2];
+    let b = &spec["containers"][3];
     assert_eq!(b["args"], json!(["tenon-step", "cat", "/workspace/data/x"]));
     assert_eq!(b["workingDir"], "/w");
     assert!(b["command"][3].as_str().unwrap().contains("$R/step-0"));
@@ -143,7 +147,7 @@ fn pod_spec_from_a_task() {
     let vols = spec["volumes"].as_array().unwrap();
     assert!(vols.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == "team-data"));
     // the sidecar without command runs its image's entrypoint
-    assert!(spec["containers"][0].get("command").is_none());
+    assert!(spec["containers"][1].get("command").is_none());
     let (bytes, manifests) = upload_tar(&plan).unwrap();
     assert!(!bytes.is_empty() && manifests.contains_key("tenon/ws/ws-src"));
 }
@@ -165,4 +169,158 @@ fn tolerations() {
     assert_eq!(parse_toleration("gpu:NoSchedule").unwrap()["operator"], "Exists");
     assert_eq!(parse_toleration("k=v:NoExecute").unwrap()["value"], "v");
     assert!(parse_toleration("k=v").is_err());
+}
+
+#[test]
+fn termination_messages_parse_strictly() {
+    use super::attempt::parse_message;
+    let ok = "tenon1\nt timedOut 2\n2\n\ns out 5\na\nb c\nr big 0\n\nend\n";
+    let files = parse_message(ok).unwrap();
+    assert_eq!(files.len(), 3);
+    assert_eq!(files[1], ("s".to_string(), "out".to_string(), b"a\nb c".to_vec()), "a newline inside a file");
+    assert_eq!(files[2].2, b"");
+    assert_eq!(parse_message("tenon1\nend\n").unwrap(), vec![]);
+    for bad in [
+        "tenon1 overflow\n",
+        "",
+        "other\nend\n",
+        "tenon1\ns out 5\nabc\nend\n",      // shorter than it says
+        "tenon1\ns out 2\nabc\nend\n",      // longer
+        "tenon1\ns out 1\na\n",             // truncated: no end
+        "tenon1\ns ../x 1\na\nend\n",       // a path
+        "tenon1\ns out 3\n\u{FFFD}\nend\n", // bytes that were not UTF-8
+        "tenon1\nend\nmore",
+    ] {
+        assert!(parse_message(bad).is_none(), "{bad:?}");
+    }
+}
+
+#[test]
+fn results_come_from_the_messages_of_the_steps_that_ran() {
+    use super::attempt::files_from_messages;
+    let req = request(
+        json!({
+            "results": [{"name": "out"}],
+            "steps": [
+                {"name": "a", "image": "x", "script": "true", "results": [{"name": "sr"}]},
+                {"name": "b", "image": "x", "script": "false"},
+                {"name": "c", "image": "x", "script": "true"},
+            ],
+        }),
+        vec![],
+    );
+    let plan = plan(&req, &KubeArgs::default(), Path::new("/s")).unwrap();
+    let wrapper = plan.steps[0].container["command"][3].as_str().unwrap().to_string();
+    assert!(wrapper.contains("a s sr $S/results/sr") && wrapper.contains("a r out /tekton/results/out"), "{wrapper}");
+    assert!(wrapper.contains(&format!("-le {}", message_budget(4))), "the budget of a 4-container pod");
+    let pod = |msgs: &[(&str, i32, Option<&str>)]| -> Pod {
+        let statuses: Vec<Value> = msgs
+            .iter()
+            .map(|(n, code, m)| {
+                json!({"name": n, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": code, "message": m}}})
+            })
+            .collect();
+        serde_json::from_value(json!({"status": {"containerStatuses": statuses}})).unwrap()
+    };
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("pod-files");
+    // b fails for good: it ends the chain and reports the task results; c skipped itself
+    let p = pod(&[
+        ("step-a", 0, Some("tenon1\ns sr 2\nhi\nend\n")),
+        ("step-b", 1, Some("tenon1\nr out 3\nyes\nend\n")),
+        ("step-c", 0, None),
+    ]);
+    let got = files_from_messages(&req, &plan, &p, &dir).unwrap();
+    assert_eq!(std::fs::read_to_string(got.join("tekton/steps/step-a/results/sr")).unwrap(), "hi");
+    assert_eq!(std::fs::read_to_string(got.join("tekton/results/out")).unwrap(), "yes");
+    // a step that ran without a message that parses: read the holder instead
+    let p = pod(&[("step-a", 0, Some("tenon1 overflow\n")), ("step-b", 1, Some("tenon1\nend\n"))]);
+    assert!(files_from_messages(&req, &plan, &p, &dir).is_none());
+    // task results only from the step that ended the chain
+    let p = pod(&[("step-a", 0, Some("tenon1\nr out 2\nno\nend\n")), ("step-b", 1, Some("tenon1\nend\n"))]);
+    let got = files_from_messages(&req, &plan, &p, &dir).unwrap();
+    assert!(!got.join("tekton/results/out").exists());
+}
+
+#[test]
+fn message_budgets() {
+    assert_eq!(message_budget(1), 4096);
+    assert_eq!(message_budget(3), 4096);
+    assert_eq!(message_budget(4), 3072);
+    assert_eq!(message_budget(12), 1024);
+}
+
+/// The wrapper itself, run by the host's busybox with its paths moved into a temporary
+/// directory: the message it leaves is the one tenon parses.
+#[test]
+fn the_step_wrapper_writes_a_message_tenon_reads() {
+    let Some(bb) = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()) else {
+        eprintln!("SKIPPED: no busybox on this host (apt-get install busybox-static)");
+        return;
+    };
+    use super::attempt::parse_message;
+    let req = request(
+        json!({
+            "results": [{"name": "out"}, {"name": "missing"}],
+            "steps": [{"name": "a", "image": "x", "script": "true", "results": [{"name": "sr"}]}],
+        }),
+        vec![],
+    );
+    let plan = plan(&req, &KubeArgs::default(), Path::new("/s")).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().display().to_string();
+    let wrapper = plan.steps[0].container["command"][3]
+        .as_str()
+        .unwrap()
+        .replace(BUSYBOX, bb)
+        .replace("/tekton/", &format!("{root}/tekton/"))
+        .replace("/dev/termination-log", &format!("{root}/tl"));
+    for d in ["tekton/run", "tekton/results", "tekton/steps/step-a/results"] {
+        std::fs::create_dir_all(t.path().join(d)).unwrap();
+    }
+    std::fs::write(t.path().join("tekton/run/ready"), "ok\n").unwrap();
+    let step = format!(
+        "printf 'two\\nlines' > {root}/tekton/results/out; printf é > {root}/tekton/steps/step-a/results/sr; exit 3"
+    );
+    let st = std::process::Command::new(bb)
+        .args(["sh", "-c", &wrapper, "tenon-step", bb, "sh", "-c", &step])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(3));
+    assert_eq!(std::fs::read_to_string(t.path().join("tekton/steps/step-a/exitCode")).unwrap(), "3");
+    assert_eq!(std::fs::read_to_string(t.path().join("tekton/run/step-0")).unwrap(), "fail\n");
+    let msg = std::fs::read_to_string(t.path().join("tl")).unwrap();
+    let files = parse_message(&msg).unwrap_or_else(|| panic!("{msg:?}"));
+    assert_eq!(
+        files,
+        vec![
+            ("s".to_string(), "sr".to_string(), "é".as_bytes().to_vec()),
+            ("r".to_string(), "out".to_string(), b"two\nlines".to_vec())
+        ]
+    );
+    // above the budget: the overflow marker
+    let small = wrapper.replace(&format!("-le {}", message_budget(2)), "-le 10");
+    assert_ne!(small, wrapper);
+    std::fs::remove_file(t.path().join("tekton/run/step-0")).unwrap();
+    std::process::Command::new(bb).args(["sh", "-c", &small, "tenon-step", bb, "sh", "-c", &step]).status().unwrap();
+    assert_eq!(std::fs::read_to_string(t.path().join("tl")).unwrap(), "tenon1 overflow\n");
+}
+
+#[test]
+fn secrets_never_travel_in_the_pod_spec() {
+    use super::attempt::carries_secrets;
+    let ws = |kind: &str| super::super::BoundWorkspace {
+        name: "w".into(),
+        path: Some(PathBuf::from("/s/runs/r/1/volumes/w")),
+        read_only: true,
+        claim: String::new(),
+        kind: kind.into(),
+    };
+    let steps = json!({"steps": [{"name": "a", "image": "x", "script": "true"}]});
+    assert!(!carries_secrets(&request(steps.clone(), vec![ws("configMap:abc")])));
+    assert!(carries_secrets(&request(steps.clone(), vec![ws("secret:abc")])));
+    let vol = json!({"volumes": [{"name": "v", "secret": {"secretName": "s"}}],
+                     "steps": [{"name": "a", "image": "x", "script": "true"}]});
+    assert!(carries_secrets(&request(vol, vec![])));
 }
