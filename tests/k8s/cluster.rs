@@ -41,6 +41,7 @@ pub struct Namespaced {
     pub ns: String,
     client: kube::Client,
     rt: tokio::runtime::Runtime,
+    images: Vec<String>,
 }
 
 impl Namespaced {
@@ -62,7 +63,12 @@ impl Namespaced {
         let obj: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
         rt.block_on(Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &obj))
             .expect("create namespace");
-        Namespaced { kubeconfig, ns, client, rt }
+        Namespaced { kubeconfig, ns, client, rt, images: names }
+    }
+
+    /// Every image name the nodes reported when the namespace was made.
+    pub fn images(&self) -> Vec<String> {
+        self.images.clone()
     }
 
     /// `--executor kubernetes` flags for this namespace.
