@@ -1618,7 +1618,9 @@ spec:
   pipelineSpec:
     tasks:
       - name: t
-        timeout: 1s
+        # long enough for a pod to start on a busy test cluster (a TaskRun's timeout counts
+        # its pod's start, in Tekton too)
+        timeout: 15s
         retries: 1
         taskSpec:
           results:
@@ -1627,7 +1629,7 @@ spec:
             - name: s
               image: alpine
               script: |
-                if [ "$(context.task.retry-count)" = "0" ]; then sleep 5; fi
+                if [ "$(context.task.retry-count)" = "0" ]; then sleep 60; fi
                 printf 'done %s' "$(context.task.retry-count)" > $(results.r.path)
 "##;
 

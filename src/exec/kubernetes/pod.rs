@@ -219,6 +219,11 @@ fn step_wrapper(
         ));
     }
     wrapper.push_str(RESOLVE);
+    // a step that cannot start (no such program, or its shebang's interpreter is missing)
+    // fails even with onError: continue, as Tekton's entrypoint fails it (local.rs too)
+    wrapper.push_str(&format!(
+        "x=$p; l=; [ -f \"$p\" ] && IFS= read -r l < \"$p\"\ncase $l in '#!'*) x=${{l#??}}; x=${{x#\"${{x%%[! ]*}}\"}}; x=${{x%% *}};; esac\nif [ ! -x \"$p\" ] || [ ! -x \"$x\" ]; then\nif [ -e \"$x\" ]; then e='Permission denied'; else e='No such file or directory'; fi\necho \"cannot run $x: $e\" | $B tee /tekton/steps/{cname}/startFailed >&2\necho fail > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 127\nfi\n"
+    ));
     match step_timeout {
         // busybox timeout ends the step with SIGTERM; the marker tells a timeout from a
         // failure that happened to take as long
