@@ -146,6 +146,7 @@ pub const CASES: &[Case] = &[
     case!(result_size_cap, BIG_RESULT, 1),
     case!(result_size_cap_raised, BIG_RESULT, 0, "--max-result-size", "8192"),
     case!(standalone_taskrun_with_taskref_params_and_emptydir, TASKRUN, 0),
+    case!(own_volume_mounts_win_over_implicit_ones, OWN_MOUNTS, 0),
     case!(taskrun_param_values_are_substituted_once_per_phase, TASKRUN_INJECTION, 0, "--param", "inj=$(params.secret)"),
     case!(
         pipelinerun_param_values_are_substituted_once_per_phase,
@@ -1328,6 +1329,51 @@ fn standalone_taskrun_with_taskref_params_and_emptydir(_run: &Run, r: &Value) {
     let steps: Vec<_> = t["steps"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect();
     assert_eq!(steps, vec![json!("write"), json!("read")]);
     assert_eq!(tr["message"], "All Steps have completed executing");
+}
+
+/// A step's own volumeMount at `/workspace` replaces the implicit one, and a sidecar may
+/// mount a workspace's volume explicitly at the path it already gets (Tekton's examples
+/// `workspace-volume.yaml`, `workspace-in-sidecar.yaml`).
+pub const OWN_MOUNTS: &str = r##"
+apiVersion: tekton.dev/v1
+kind: TaskRun
+metadata:
+  name: own-mounts
+spec:
+  workspaces:
+    - name: w
+      emptyDir: {}
+  taskSpec:
+    workspaces:
+      - name: w
+    results:
+      - name: seen
+    volumes:
+      - name: empty
+        emptyDir: {}
+    sidecars:
+      - name: side
+        image: alpine
+        volumeMounts:
+          - name: $(workspaces.w.volume)
+            mountPath: $(workspaces.w.path)
+        script: echo side > $(workspaces.w.path)/side
+    steps:
+      - name: write
+        image: alpine
+        script: echo stuff > /workspace/stuff
+      - name: own
+        image: alpine
+        volumeMounts:
+          - name: empty
+            mountPath: /workspace
+        script: |
+          if [ -e /workspace/stuff ]; then printf shared; else printf own; fi > $(results.seen.path)
+"##;
+
+fn own_volume_mounts_win_over_implicit_ones(_run: &Run, r: &Value) {
+    assert_run(&r, "Succeeded", "Succeeded");
+    assert_eq!(run0(&r)["results"], json!({"seen": "own"}), "{r:#}");
 }
 
 // ------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@
 #   plus Debian's bash at /usr/local/bin/bash (where the official image has it; no /bin/bash).
 # docker.io/library/ubuntu:latest, mirror.gcr.io/ubuntu (and the pinned digest): NOT Ubuntu: a
 #   merged-/usr tree with Debian's bash, dash (/bin/sh), coreutils, grep, sed, findutils, mawk,
-#   tar, gzip, diffutils, debianutils, hostname, util-linux and ncurses-bin binaries and the
+#   tar, gzip, diffutils, debianutils, hostname, util-linux, ncurses-bin and procps binaries and the
 #   libraries they link (no apt, no dpkg database).
 # A name with a digest (`repo@sha256:…`) is a plain containerd name here: the kubelet finds it
 # locally (pull policy IfNotPresent) and never checks the digest against the content.
@@ -160,7 +160,7 @@ else
   ln -s usr/lib64 "$root/lib64"
   new_root "$root"
   bins=()
-  for pkg in bash dash coreutils grep sed findutils mawk tar gzip diffutils debianutils hostname util-linux ncurses-bin; do
+  for pkg in bash dash coreutils grep sed findutils mawk tar gzip diffutils debianutils hostname util-linux ncurses-bin procps; do
     dpkg -s "$pkg" >/dev/null 2>&1 || { echo "make-images: Debian package $pkg is missing (apt-get install $pkg)" >&2; exit 1; }
     while read -r f; do
       [ -f "$f" ] || continue

@@ -330,6 +330,9 @@ impl ContainerCtx<'_> {
             if !known {
                 return Err(format!("volumeMount {:?}: no volume named {:?} in the Task", m.mount_path, m.name));
             }
+            // the step's own mount wins over an implicit one at the same path (/workspace, a
+            // workspace a sidecar mounts explicitly), as Tekton's pod builder does
+            mounts.retain(|x| x["mountPath"] != m.mount_path.as_str() || x["name"] == "tekton-internal");
             let mut vm = json!({"name": m.name, "mountPath": m.mount_path, "readOnly": m.read_only});
             if let Some(sp) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 vm["subPath"] = json!(sp);
