@@ -77,6 +77,13 @@ fn workspace_mounts(
             ws_mounts.push((w.name.clone(), vol, mount, w.read_only, sub));
             continue;
         }
+        // two bindings of one host directory (one claim, with --copy-pvc) share one volume,
+        // as they share the claim on a cluster: a write through one is seen through the other
+        if let Some(c) = copied.iter_mut().find(|c| &c.host == host) {
+            c.write_back |= !w.read_only;
+            ws_mounts.push((w.name.clone(), c.volume.clone(), mount, w.read_only, None));
+            continue;
+        }
         copied.push(Copied {
             volume: vol.clone(),
             stage: format!("tenon/ws/{vol}"),
