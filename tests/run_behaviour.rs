@@ -147,7 +147,7 @@ fn read_pid(path: &Path) -> u32 {
 
 #[test]
 fn shared_cases_with_the_local_executor() {
-    cases::run_table("local", &[], 4);
+    cases::run_table("local", &[], 4, 1);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ pub struct Case {
 }
 
 /// Run every case with `flags` appended to its own (the executor's flags), `threads` at a
-/// time; print each case's outcome and wall time, then fail listing every case that failed.
-pub fn run_table(executor: &str, flags: &[String], threads: usize) {
+/// time, its budgets marked `# longer on pods` multiplied by `slower`; print each case's
+/// outcome and wall time, then fail listing every case that failed.
+pub fn run_table(executor: &str, flags: &[String], threads: usize, slower: u32) {
     let queue = Mutex::new(CASES.iter().rev().collect::<Vec<_>>());
     let failures = Mutex::new(Vec::new());
     let t0 = Instant::now();
@@ -37,7 +38,7 @@ pub fn run_table(executor: &str, flags: &[String], threads: usize) {
             s.spawn(|| loop {
                 let Some(case) = queue.lock().unwrap().pop() else { break };
                 let start = Instant::now();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, flags)));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, flags, slower)));
                 let secs = start.elapsed().as_secs_f64();
                 eprintln!("{executor}: {} {} ({secs:.1} s)", case.name, if outcome.is_ok() { "ok" } else { "FAILED" });
                 if let Err(e) = outcome {
@@ -61,10 +62,10 @@ pub fn run_table(executor: &str, flags: &[String], threads: usize) {
     assert!(failures.is_empty(), "{executor}: {} cases failed:\n\n{}", failures.len(), failures.join("\n\n"));
 }
 
-fn run_case(case: &Case, flags: &[String]) {
+fn run_case(case: &Case, flags: &[String], slower: u32) {
     let mut args: Vec<&str> = case.args.to_vec();
     args.extend(flags.iter().map(String::as_str));
-    let (run, _dir) = run_yaml(case.yaml, &args);
+    let (run, _dir) = run_yaml(&scaled(case.yaml, slower), &args);
     let r = if case.code == 2 {
         assert_eq!(run.code, 2, "exit code\nstdout: {}\nstderr: {}", run.stdout, run.stderr);
         Value::Null
@@ -72,6 +73,25 @@ fn run_case(case: &Case, flags: &[String]) {
         report(&run, case.code)
     };
     (case.check)(&run, &r);
+}
+
+/// `yaml` with each duration marked `# longer on pods` (`timeout: 5s # longer on pods`)
+/// multiplied by `slower`: a timeout must leave a step time to run, and a pod takes seconds to
+/// start (more on a busy cluster) where a process takes milliseconds. The outcomes checked
+/// are the same.
+fn scaled(yaml: &str, slower: u32) -> String {
+    yaml.lines()
+        .map(|l| match l.split_once(" # longer on pods") {
+            Some((kv, _)) => {
+                match kv.rsplit_once(": ").and_then(|(k, v)| Some((k, v.strip_suffix('s')?.parse::<u32>().ok()?))) {
+                    Some((k, secs)) => format!("{k}: {}s", secs * slower),
+                    None => panic!("not a duration in seconds: {l}"),
+                }
+            }
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The first run of a report.
@@ -634,7 +654,7 @@ metadata:
   name: budget
 spec:
   timeouts:
-    pipeline: 10s
+    pipeline: 10s # longer on pods
     tasks: 1s
   pipelineSpec:
     tasks:
@@ -1664,9 +1684,8 @@ spec:
   pipelineSpec:
     tasks:
       - name: t
-        # long enough for a pod to start on a busy test cluster (a TaskRun's timeout counts
-        # its pod's start, in Tekton too)
-        timeout: 15s
+        # a TaskRun's timeout counts its pod's start (in Tekton too): see `scaled`
+        timeout: 5s # longer on pods
         retries: 1
         taskSpec:
           results:
@@ -1675,7 +1694,7 @@ spec:
             - name: s
               image: alpine
               script: |
-                if [ "$(context.task.retry-count)" = "0" ]; then sleep 60; fi
+                if [ "$(context.task.retry-count)" = "0" ]; then sleep 300; fi
                 printf 'done %s' "$(context.task.retry-count)" > $(results.r.path)
 "##;
 
