@@ -4,6 +4,8 @@
 //! the images of `tests/k8s/make-images.sh` (`.ci/run` brings the cluster up and builds them).
 //! Each test works in a namespace of its own, deleted at the end (also when it fails).
 
+#[path = "k8s/cluster.rs"]
+mod cluster;
 mod common;
 
 use std::collections::BTreeSet;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -25,16 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 const BUSYBOX: &str = "local/busybox:1.35";
 
+/// Skips (saying so) without `TENON_TEST_KUBECONFIG`, fails without it under `CI=true`.
 fn kubeconfig() -> Option<PathBuf> {
-    match std::env::var_os("TENON_TEST_KUBECONFIG") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!(
-                "SKIPPED: TENON_TEST_KUBECONFIG is not set (the kubeconfig of a throw-away test cluster; .ci/run sets it after shared/k8s/up)"
-            );
-            None
-        }
-    }
+    cluster::test_kubeconfig("kubernetes")
 }
 
 /// A namespace of its own on the test cluster, deleted on drop.
@@ -48,16 +43,7 @@ impl Cluster {
     async fn new(test: &str) -> Option<Cluster> {
         let kubeconfig = kubeconfig()?;
         let client = tenon::exec::kubernetes::client(Some(&kubeconfig), None).await.expect("test cluster reachable");
-        let nodes: Api<Node> = Api::all(client.clone());
-        let names: Vec<String> = nodes
-            .list(&ListParams::default())
-            .await
-            .expect("list nodes")
-            .items
-            .into_iter()
-            .flat_map(|n| n.status.and_then(|s| s.images).unwrap_or_default())
-            .flat_map(|i| i.names.unwrap_or_default())
-            .collect();
+        let names = cluster::node_images(&client).await;
         for want in ["docker.io/library/python:3.11-slim", "docker.io/library/busybox:1.36"] {
             assert!(
                 names.iter().any(|n| n == want),

@@ -322,6 +322,20 @@ impl KubernetesExecutor {
                         }
                     }
                 }
+                // a step that could not start (the wrapper's marker) fails the attempt, also
+                // with onError: continue; the steps after it did not run
+                if let Ok(why) = std::fs::read_to_string(dir.join("tekton/steps").join(&s.cname).join("startFailed")) {
+                    for (j, o) in steps_out.iter_mut().enumerate().skip(i) {
+                        o.termination_reason = if j == i { "Error" } else { "Skipped" }.into();
+                        o.exit_code = None;
+                    }
+                    let msg = format!("step {:?} could not start: {}", s.sname, why.trim());
+                    match failure.as_mut() {
+                        Some(f) if f.2.contains(&format!("\"{}\"", s.cname)) => f.2 = msg,
+                        Some(_) => {}
+                        None => failure = Some((AttemptStatus::Failed, "Failed".into(), msg)),
+                    }
+                }
                 let mut mine = BTreeMap::new();
                 for r in &req.spec.steps[i].results {
                     if let Ok(b) = std::fs::read(dir.join("tekton/steps").join(&s.cname).join("results").join(&r.name))

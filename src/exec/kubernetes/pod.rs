@@ -82,6 +82,13 @@ fn workspace_mounts(
             ws_mounts.push((w.name.clone(), vol, mount, w.read_only, sub));
             continue;
         }
+        // two bindings of one host directory (one claim, with --copy-pvc) share one volume,
+        // as they share the claim on a cluster: a write through one is seen through the other
+        if let Some(c) = copied.iter_mut().find(|c| &c.host == host) {
+            c.write_back |= !w.read_only;
+            ws_mounts.push((w.name.clone(), c.volume.clone(), mount, w.read_only, None));
+            continue;
+        }
         copied.push(Copied {
             volume: vol.clone(),
             stage: format!("tenon/ws/{vol}"),
@@ -276,6 +283,11 @@ fn step_wrapper(
         ));
     }
     wrapper.push_str(RESOLVE);
+    // a step that cannot start (no such program, or its shebang's interpreter is missing)
+    // fails even with onError: continue, as Tekton's entrypoint fails it (local.rs too)
+    wrapper.push_str(&format!(
+        "x=$p; l=; [ -f \"$p\" ] && IFS= read -r l < \"$p\"\ncase $l in '#!'*) x=${{l#??}}; x=${{x#\"${{x%%[! ]*}}\"}}; x=${{x%% *}};; esac\nif [ ! -x \"$p\" ] || [ ! -x \"$x\" ]; then\nif [ -e \"$x\" ]; then e='Permission denied'; else e='No such file or directory'; fi\necho \"cannot run $x: $e\" | $B tee /tekton/steps/{cname}/startFailed >&2\necho fail > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 127\nfi\n"
+    ));
     match step_timeout {
         // busybox timeout ends the step with SIGTERM; the marker tells a timeout from a
         // failure that happened to take as long
@@ -382,6 +394,9 @@ impl ContainerCtx<'_> {
             if !known {
                 return Err(format!("volumeMount {:?}: no volume named {:?} in the Task", m.mount_path, m.name));
             }
+            // the step's own mount wins over an implicit one at the same path (/workspace, a
+            // workspace a sidecar mounts explicitly), as Tekton's pod builder does
+            mounts.retain(|x| x["mountPath"] != m.mount_path.as_str() || x["name"] == "tekton-internal");
             let mut vm = json!({"name": m.name, "mountPath": m.mount_path, "readOnly": m.read_only});
             if let Some(sp) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 vm["subPath"] = json!(sp);
