@@ -198,7 +198,7 @@ pub(super) fn parse_message(msg: &str) -> Option<Vec<(String, String, Vec<u8>)>>
 }
 
 /// The files tenon would read back from the holder (`tekton/results`, each step's results and
-/// `timedOut` marker), rebuilt under `dir` from the termination messages of the steps that
+/// `timedOut` and `startFailed` markers), rebuilt under `dir` from the termination messages of the steps that
 /// ran; `None` if one of them has none that parses (then the holder is read).
 pub(super) fn files_from_messages(req: &TaskRunRequest, plan: &PodPlan, pod: &Pod, dir: &Path) -> Option<PathBuf> {
     let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone());
@@ -223,6 +223,7 @@ pub(super) fn files_from_messages(req: &TaskRunRequest, plan: &PodPlan, pod: &Po
             let path = match kind.as_str() {
                 "s" => step_dir.join("results").join(&name),
                 "t" if name == "timedOut" => step_dir.join("timedOut"),
+                "f" if name == "startFailed" => step_dir.join("startFailed"),
                 "r" if i == end => dir.join("tekton/results").join(&name),
                 _ => continue,
             };

@@ -238,7 +238,7 @@ pub(super) const MESSAGE_MAGIC: &str = "tenon1";
 /// Before it exits (not when it skips) it writes its termination message, Tekton's way of
 /// returning results without a round trip: `tenon1\n`, then per file that exists
 /// `<kind> <name> <bytes>\n<content>\n` (kind `s`: its own step results, `t`: the
-/// `timedOut` marker, `r`: the task results, written only by the step that ends the chain:
+/// `timedOut` marker, `f`: the `startFailed` marker, `r`: the task results, written only by the step that ends the chain:
 /// the last one, or one that failed for good), then `end\n`. A message above the budget is
 /// replaced by `tenon1 overflow`; tenon then reads the files with `tar` instead.
 fn step_wrapper(
@@ -254,7 +254,9 @@ fn step_wrapper(
     // the termination message: a(kind, name, file) adds a file that exists; m(1) also the
     // task results
     wrapper.push_str("a() { if [ -f \"$3\" ]; then n=`$B wc -c < \"$3\"`; echo \"$1 $2 $n\" >> $M; $B cat \"$3\" >> $M; echo >> $M; fi; }\n");
-    wrapper.push_str(&format!("m() {{ echo {MESSAGE_MAGIC} > $M; a t timedOut $S/timedOut"));
+    wrapper.push_str(&format!(
+        "m() {{ echo {MESSAGE_MAGIC} > $M; a t timedOut $S/timedOut; a f startFailed $S/startFailed"
+    ));
     for r in &reports.step {
         wrapper.push_str(&format!("; a s {r} $S/results/{r}"));
     }
@@ -286,7 +288,7 @@ fn step_wrapper(
     // a step that cannot start (no such program, or its shebang's interpreter is missing)
     // fails even with onError: continue, as Tekton's entrypoint fails it (local.rs too)
     wrapper.push_str(&format!(
-        "x=$p; l=; [ -f \"$p\" ] && IFS= read -r l < \"$p\"\ncase $l in '#!'*) x=${{l#??}}; x=${{x#\"${{x%%[! ]*}}\"}}; x=${{x%% *}};; esac\nif [ ! -x \"$p\" ] || [ ! -x \"$x\" ]; then\nif [ -e \"$x\" ]; then e='Permission denied'; else e='No such file or directory'; fi\necho \"cannot run $x: $e\" | $B tee /tekton/steps/{cname}/startFailed >&2\necho fail > $R/t{i}; $B mv $R/t{i} $R/step-{i}; exit 127\nfi\n"
+        "x=$p; l=; [ -f \"$p\" ] && IFS= read -r l < \"$p\"\ncase $l in '#!'*) x=${{l#??}}; x=${{x#\"${{x%%[! ]*}}\"}}; x=${{x%% *}};; esac\nif [ ! -x \"$p\" ] || [ ! -x \"$x\" ]; then\nif [ -e \"$x\" ]; then e='Permission denied'; else e='No such file or directory'; fi\necho \"cannot run $x: $e\" | $B tee /tekton/steps/{cname}/startFailed >&2\necho fail > $R/t{i}; $B mv $R/t{i} $R/step-{i}; m 1; exit 127\nfi\n"
     ));
     match step_timeout {
         // busybox timeout ends the step with SIGTERM; the marker tells a timeout from a
