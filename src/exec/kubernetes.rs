@@ -43,8 +43,10 @@ mod attempt;
 mod pod;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use pod::*;
+use transfer::*;
 
 /// Label on every pod tenon creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tenon");

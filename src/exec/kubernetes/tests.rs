@@ -1,4 +1,4 @@
-use super::attempt::{upload_tar, write_back};
+use super::transfer::{upload_tar, write_back};
 use super::*;
 
 #[test]
