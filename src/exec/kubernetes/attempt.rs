@@ -45,7 +45,7 @@ impl KubernetesExecutor {
         std::fs::create_dir_all(&logs_dir)
             .and_then(|_| std::fs::create_dir_all(req.dir.join("results")))
             .map_err(|e| format!("cannot create run directory {}: {e}", req.dir.display()))?;
-        let (upload, manifests) = upload_tar(&plan)?;
+        let upload = upload_plan(&plan)?;
         let name = pod_name(&req.name, req.attempt, &req.dir);
         let pod = build_pod(&name, req, &self.args, &self.owner, &plan)?;
         let started = Instant::now();
@@ -121,7 +121,7 @@ impl KubernetesExecutor {
             }
             for c in plan.copied.iter().filter(|c| c.write_back) {
                 let empty = BTreeSet::new();
-                if let Err(e) = write_back(&dir.join(&c.stage), &c.host, manifests.get(&c.stage).unwrap_or(&empty)) {
+                if let Err(e) = write_back(&dir.join(&c.stage), &c.host, upload.manifests.get(&c.stage).unwrap_or(&empty)) {
                     failure.get_or_insert((
                         AttemptStatus::Failed,
                         "PodFailed".into(),
@@ -179,7 +179,7 @@ impl KubernetesExecutor {
         name: &str,
         req: &TaskRunRequest,
         plan: &PodPlan,
-        upload: &[u8],
+        upload: &Upload,
         cancel: &CancellationToken,
         started: Instant,
     ) -> Result<(End, Pod, BTreeMap<String, tokio::task::JoinHandle<()>>), String> {
@@ -217,11 +217,7 @@ impl KubernetesExecutor {
                 .and_then(|c| c.state.as_ref())
                 .is_some_and(|s| s.running.is_some());
             if !uploaded && holder_running {
-                let cmd = format!(
-                    "head -c {} | tar xf - -C / && echo ok > /tekton/run/ready.tmp && mv /tekton/run/ready.tmp /tekton/run/ready",
-                    upload.len()
-                );
-                let up = exec(&self.pods, name, HOLDER, vec!["sh".into(), "-c".into(), cmd], Some(upload));
+                let up = upload.send(&self.pods, name);
                 tokio::select! {
                     _ = cancel.cancelled() => break End::Cancelled,
                     r = up => if let Err(e) = r { break End::Broken("PodFailed".into(), format!("cannot upload the workspaces: {e}")) },
