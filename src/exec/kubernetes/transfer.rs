@@ -217,6 +217,20 @@ impl<'a> PlannedFile<'a> {
     }
 }
 
+/// A reader that counts what it yields.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
 /// A writer that refuses to go past `limit` bytes (the pod reads exactly that many).
 struct Limited<W> {
     inner: W,
@@ -260,11 +274,14 @@ impl Upload {
         );
         let me = self.clone();
         let feed = move |w: &mut dyn Write| me.write_to(w);
+        let started = Instant::now();
+        tracing::debug!(pod, bytes = self.size, "upload started");
         exec_streams(pods, pod, HOLDER, vec!["sh".into(), "-c".into(), cmd], Some(Box::new(feed)), |r| {
             std::io::copy(r, &mut std::io::sink())
         })
-        .await
-        .map(|_| ())
+        .await?;
+        tracing::debug!(pod, bytes = self.size, ms = started.elapsed().as_millis() as u64, "upload sent");
+        Ok(())
     }
 }
 
@@ -311,7 +328,7 @@ pub(super) async fn exec_streams<T: Send + 'static>(
         }
     };
     let reader = tokio::task::spawn_blocking(move || {
-        let mut r = stdout;
+        let mut r = std::io::BufReader::with_capacity(CHUNK, stdout);
         let out = drain(&mut r)?;
         // the rest (tar's end padding) must be read for the stream to reach its status
         std::io::copy(&mut r, &mut std::io::sink())?;
@@ -384,13 +401,17 @@ impl KubernetesExecutor {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let to = dir.to_path_buf();
-        exec_streams(&self.pods, name, HOLDER, cmd, None, move |r| {
-            let mut ar = tar::Archive::new(r);
+        let started = Instant::now();
+        let bytes = exec_streams(&self.pods, name, HOLDER, cmd, None, move |r| {
+            let mut counted = Counted { inner: r, n: 0 };
+            let mut ar = tar::Archive::new(&mut counted);
             ar.set_preserve_permissions(true);
             ar.set_overwrite(true);
-            ar.unpack(&to).map_err(|e| std::io::Error::other(format!("cannot unpack the pod's files: {e}")))
+            ar.unpack(&to).map_err(|e| std::io::Error::other(format!("cannot unpack the pod's files: {e}")))?;
+            Ok(counted.n)
         })
         .await?;
+        tracing::debug!(pod = name, bytes, ms = started.elapsed().as_millis() as u64, "download unpacked");
         Ok(dir.to_path_buf())
     }
 }
