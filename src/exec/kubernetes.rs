@@ -29,7 +29,6 @@ use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostPara
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::common::normalize_image;
