@@ -984,10 +984,11 @@ async fn large_workspace_files_stream_with_bounded_memory() {
     let want_in = sha256_of_output(&format!("cat {}", model.display()));
     let want_out = sha256_of_output(&format!("cat {}; echo tail", model.display()));
     std::fs::write(repo.join("p.yaml"), BIG_DATA.replace("IMG", BUSYBOX)).unwrap();
-    let mut args: Vec<String> = ["run", repo.to_str().unwrap(), "--output", "json", "-q", "--no-cache", "--k8s-copy-pvc"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> =
+        ["run", repo.to_str().unwrap(), "--output", "json", "-q", "--no-cache", "--k8s-copy-pvc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     args.extend(c.flags());
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = Instant::now();

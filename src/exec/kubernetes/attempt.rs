@@ -121,7 +121,9 @@ impl KubernetesExecutor {
             }
             for c in plan.copied.iter().filter(|c| c.write_back) {
                 let empty = BTreeSet::new();
-                if let Err(e) = write_back(&dir.join(&c.stage), &c.host, upload.manifests.get(&c.stage).unwrap_or(&empty)) {
+                if let Err(e) =
+                    write_back(&dir.join(&c.stage), &c.host, upload.manifests.get(&c.stage).unwrap_or(&empty))
+                {
                     failure.get_or_insert((
                         AttemptStatus::Failed,
                         "PodFailed".into(),

@@ -46,7 +46,11 @@ enum Body {
     Script(String),
     /// A file, directory or symlink of a host directory, as it was when the upload was
     /// planned (the send checks the file is still exactly that).
-    Host { source: PathBuf, meta: std::fs::Metadata, link: Option<PathBuf> },
+    Host {
+        source: PathBuf,
+        meta: std::fs::Metadata,
+        link: Option<PathBuf>,
+    },
 }
 
 /// Plan the upload: every entry and the tar's exact size (no file is read).
