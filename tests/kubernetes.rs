@@ -750,3 +750,122 @@ async fn independent_tasks_run_as_parallel_pods() {
     assert!(last_start < first_end, "the pods did not all overlap: {spans:?}");
     c.assert_no_pods().await;
 }
+
+/// Run `cmd` to its end; its output and its peak resident set size in KiB (`wait4`'s
+/// `ru_maxrss`: the kernel's own high-water mark of exactly that process, no polling).
+fn run_measuring_rss(mut cmd: std::process::Command) -> (Run, u64) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("tenon starts");
+    let pipe = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    use std::io::Read;
+    let out = pipe(child.stdout.take().map(|x| Box::new(x) as _));
+    let err = pipe(child.stderr.take().map(|x| Box::new(x) as _));
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; the pid is our own child, waited for once here
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let run = Run { code, stdout: out.join().unwrap(), stderr: err.join().unwrap() };
+    (run, usage.ru_maxrss as u64)
+}
+
+/// sha256sum of what `sh -c SCRIPT` prints (the host's coreutils: fast in a debug build).
+fn sha256_of_output(script: &str) -> String {
+    let o = std::process::Command::new("sh").arg("-c").arg(format!("({script}) | sha256sum")).output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// A workspace file far larger than tenon's memory budget goes to the pod and a file as large
+/// comes back, both intact, while tenon's peak RSS stays bounded: the upload is a tar made on
+/// the fly into the exec stream, the download is unpacked as it arrives, and the write-back
+/// compares and moves files in chunks (before, each direction held the whole tar in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_workspace_files_stream_with_bounded_memory() {
+    const MIB: usize = 1 << 20;
+    const SIZE_MIB: usize = 256;
+    const RSS_LIMIT_MIB: u64 = 150;
+    let Some(c) = Cluster::new("bigdata").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, store) = (tmp.path().join("repo"), tmp.path().join("s"));
+    std::fs::create_dir_all(&repo).unwrap();
+    // a pseudo-random MiB, numbered per copy so that no two MiB of the file are alike
+    let block: Vec<u8> = (0..MIB as u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 53) as u8).collect();
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(repo.join("model.bin")).unwrap());
+        for i in 0..SIZE_MIB {
+            f.write_all(&(i as u64).to_le_bytes()).unwrap();
+            f.write_all(&block[8..]).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let model = repo.join("model.bin");
+    let want_in = sha256_of_output(&format!("cat {}", model.display()));
+    let want_out = sha256_of_output(&format!("cat {}; echo tail", model.display()));
+    std::fs::write(repo.join("p.yaml"), BIG_DATA.replace("IMG", BUSYBOX)).unwrap();
+    let mut args: Vec<String> =
+        ["run", repo.to_str().unwrap(), "--output", "json", "-q", "--no-cache", "--k8s-copy-pvc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.extend(c.flags());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let (r, rss_kib) = run_measuring_rss(tenon_command(&refs, &store));
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let t = task(&j, "use");
+    assert_eq!(t["results"]["insum"], want_in.as_str(), "the pod read the model intact: {t:#}");
+    assert_eq!(t["results"]["outsum"], want_out.as_str(), "{t:#}");
+    // written back to the host (the claim's copy in the store) intact
+    let back = store.join("pvc/data/out/big.bin");
+    assert_eq!(std::fs::metadata(&back).unwrap().len(), (SIZE_MIB * MIB + 5) as u64);
+    assert_eq!(sha256_of_output(&format!("cat {}", back.display())), want_out);
+    let rss_mib = rss_kib / 1024;
+    eprintln!("{SIZE_MIB} MiB up and {SIZE_MIB} MiB back in {secs:.1} s; tenon's peak RSS {rss_mib} MiB");
+    assert!(
+        rss_mib < RSS_LIMIT_MIB,
+        "tenon's peak RSS was {rss_mib} MiB moving {SIZE_MIB} MiB each way (limit {RSS_LIMIT_MIB} MiB)"
+    );
+    c.assert_no_pods().await;
+}
+
+const BIG_DATA: &str = r#"
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: big
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  workspaces:
+    - {name: source, emptyDir: {}}
+    - {name: data, persistentVolumeClaim: {claimName: data}}
+  pipelineSpec:
+    workspaces: [{name: source}, {name: data}]
+    tasks:
+      - name: use
+        workspaces: [{name: source, workspace: source}, {name: data, workspace: data}]
+        taskSpec:
+          workspaces: [{name: source, readOnly: true}, {name: data}]
+          results: [{name: insum}, {name: outsum}]
+          steps:
+            - name: sum
+              image: IMG
+              script: |
+                set -e
+                sha256sum $(workspaces.source.path)/model.bin | cut -d' ' -f1 | tr -d '\n' > $(results.insum.path)
+                mkdir -p $(workspaces.data.path)/out
+                { cat $(workspaces.source.path)/model.bin; echo tail; } > $(workspaces.data.path)/out/big.bin
+                sha256sum $(workspaces.data.path)/out/big.bin | cut -d' ' -f1 | tr -d '\n' > $(results.outsum.path)
+"#;

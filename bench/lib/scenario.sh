@@ -63,6 +63,11 @@ setup_tools() {
     fi
     DVC="$venv/bin/dvc"
     export DVC_NO_ANALYTICS=1 DVC_IGNORE_UPDATER=1
+    setup_tenon
+}
+
+# setup_tenon: TENON is $TENON_BIN, else the release build of the checkout (built unless --no-build)
+setup_tenon() {
     if [ -n "${TENON_BIN:-}" ]; then
         TENON="$TENON_BIN"
     else

@@ -30,7 +30,6 @@ use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostPara
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::common::normalize_image;
@@ -44,8 +43,10 @@ mod attempt;
 mod pod;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use pod::*;
+use transfer::*;
 
 /// TaskRuns running at once on a cluster without `--parallel`: the pods run on the cluster's
 /// nodes, not on tenon's CPUs.
@@ -359,8 +360,6 @@ struct ContainerCtx<'a> {
     listed: &'a dyn Fn(&str) -> bool,
 }
 
-/// The upload: scripts, the tekton directories and every copied volume, as a tar; plus, per
-/// written-back volume, the files uploaded (so the write-back can tell deletions).
 /// Per copied volume (its stage path), the files uploaded into it.
 type Manifests = BTreeMap<String, BTreeSet<String>>;
 

@@ -55,7 +55,7 @@ pub mod modelkit;
 pub mod pack;
 pub mod reference;
 pub mod sign;
-mod tario;
+pub(crate) mod tario;
 
 pub use auth::{CredentialSource, Credentials};
 pub use client::{canonical_json, Client, ClientConfig, Manifest, PushOutcome};

@@ -1,4 +1,4 @@
-use super::attempt::{upload_tar, write_back};
+use super::transfer::{upload_plan, write_back};
 use super::*;
 
 #[test]
@@ -148,8 +148,8 @@ fn pod_spec_from_a_task() {
     assert!(vols.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == "team-data"));
     // the sidecar without command runs its image's entrypoint
     assert!(spec["containers"][1].get("command").is_none());
-    let (bytes, manifests) = upload_tar(&plan).unwrap();
-    assert!(!bytes.is_empty() && manifests.contains_key("tenon/ws/ws-src"));
+    let up = upload_plan(&plan).unwrap();
+    assert!(up.size > 0 && up.manifests.contains_key("tenon/ws/ws-src"));
 }
 
 #[test]
