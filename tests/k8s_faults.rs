@@ -199,6 +199,17 @@ async fn a_node_not_ready_for_a_while_delays_the_run_but_loses_nothing() {
     }
     kubelet.start();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    // the tests after this one need the node Ready again
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = nodes.get("localhost").await.unwrap();
+        let ready = n.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|x| x.type_ == "Ready");
+        if ready.is_some_and(|r| r.status == "True") {
+            break;
+        }
+        assert!(Instant::now() < until, "the node did not become Ready again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
