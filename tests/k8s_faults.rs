@@ -25,22 +25,22 @@ use serde_json::Value;
 /// One fault at a time: the tests stop components every other test needs.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A component of the test cluster (`/var/lib/tenon-k8s/run/NAME.pid` holds "PID EXE"),
-/// stopped by [`Stopped::stop`] and started again, with the same command line and
-/// environment, when the guard is restarted or dropped (also when the test fails), so the
-/// cluster is never left down. The pid file is updated, so `shared/k8s/down` still stops it.
-struct Stopped {
+/// A component of the test cluster as it runs (`/var/lib/tenon-k8s/run/NAME.pid` holds
+/// "PID EXE"): its command line and environment, to start it again the way
+/// `shared/k8s/up` started it. The pid file is updated, so `shared/k8s/down` still stops it.
+#[derive(Clone)]
+struct Component {
     name: String,
+    pid: String,
     exe: PathBuf,
     argv: Vec<std::ffi::OsString>,
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-    started: bool,
 }
 
 const RUN_DIR: &str = "/var/lib/tenon-k8s/run";
 
-impl Stopped {
-    fn stop(name: &str) -> Stopped {
+impl Component {
+    fn record(name: &str) -> Component {
         use std::os::unix::ffi::OsStrExt;
         let pidfile = Path::new(RUN_DIR).join(format!("{name}.pid"));
         let text = std::fs::read_to_string(&pidfile).unwrap_or_else(|e| panic!("{}: {e}", pidfile.display()));
@@ -62,26 +62,17 @@ impl Stopped {
                 ))
             })
             .collect();
-        // SIGTERM, then SIGKILL after 5 s: the API server's graceful shutdown waits for the
-        // open watches and streams, and a crash is the fault to survive anyway
-        let kill = |sig: &str| std::process::Command::new("kill").args([sig, pid]).status().unwrap();
-        assert!(kill("-TERM").success());
-        let start = Instant::now();
-        while proc_dir.join("exe").exists() {
-            if start.elapsed() > Duration::from_secs(5) {
-                kill("-KILL");
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{name} did not stop");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Stopped { name: name.into(), exe: PathBuf::from(exe), argv, env, started: false }
+        Component { name: name.into(), pid: pid.into(), exe: PathBuf::from(exe), argv, env }
     }
 
-    fn start(&mut self) {
-        if self.started {
-            return;
-        }
-        self.started = true;
+    /// Whether the process its pid file names runs its program.
+    fn running(&self) -> bool {
+        let text = std::fs::read_to_string(Path::new(RUN_DIR).join(format!("{}.pid", self.name))).unwrap_or_default();
+        let pid = text.split_whitespace().next().unwrap_or("0");
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == self.exe)
+    }
+
+    fn start(&self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -107,9 +98,66 @@ impl Stopped {
     }
 }
 
+/// A component stopped by [`Stopped::stop`], started again when the guard is restarted or
+/// dropped (also when the test fails), so the cluster is never left down.
+struct Stopped {
+    c: Component,
+    started: bool,
+}
+
+impl Stopped {
+    fn stop(name: &str) -> Stopped {
+        let c = Component::record(name);
+        let proc_dir = PathBuf::from(format!("/proc/{}", c.pid));
+        // SIGTERM, then SIGKILL after 5 s: the API server's graceful shutdown waits for the
+        // open watches and streams, and a crash is the fault to survive anyway
+        let kill = |sig: &str| std::process::Command::new("kill").args([sig, &c.pid]).status().unwrap();
+        assert!(kill("-TERM").success());
+        let start = Instant::now();
+        while proc_dir.join("exe").exists() {
+            if start.elapsed() > Duration::from_secs(5) {
+                kill("-KILL");
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{name} did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Stopped { c, started: false }
+    }
+
+    fn start(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.c.start();
+        }
+    }
+}
+
 impl Drop for Stopped {
     fn drop(&mut self) {
         self.start();
+    }
+}
+
+/// The controller manager and the scheduler exit when they cannot renew their leader lease
+/// for 10 s (an API server down that long): recorded before a fault, started again after it
+/// (and when the guard drops) if they did.
+struct Revive(Vec<Component>);
+
+impl Revive {
+    fn record() -> Revive {
+        Revive(["kube-controller-manager", "kube-scheduler"].map(Component::record).to_vec())
+    }
+    fn now(&self) {
+        for c in self.0.iter().filter(|c| !c.running()) {
+            eprintln!("{} exited during the fault: started again", c.name);
+            c.start();
+        }
+    }
+}
+
+impl Drop for Revive {
+    fn drop(&mut self) {
+        self.now();
     }
 }
 
@@ -143,6 +191,7 @@ async fn the_api_server_restarting_mid_run_loses_no_result_and_makes_no_duplicat
     let dir = tmp.path().to_str().unwrap().to_string();
     let child = spawn_debug(&c, &dir, &tmp.path().join("s"));
     c.wait_running_pod().await;
+    let others = Revive::record();
     let mut api = Stopped::stop("kube-apiserver");
     tokio::time::sleep(Duration::from_secs(5)).await;
     api.start();
@@ -154,6 +203,11 @@ async fn the_api_server_restarting_mid_run_loses_no_result_and_makes_no_duplicat
     assert_eq!(task(&report, "sleeper")["results"]["woke"], "yes", "{report:#}");
     assert_eq!(stderr.matches("pod created").count(), 1, "one pod, never a duplicate:\n{stderr}");
     c.assert_no_pods().await;
+    // past their lease's renew deadline, whatever was to exit has exited: start it again,
+    // then wait until a new namespace gets its default ServiceAccount (pods need it)
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    others.now();
+    Cluster::new("after").await.expect("the cluster works again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

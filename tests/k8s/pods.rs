@@ -47,7 +47,15 @@ impl Cluster {
         let api: Api<Namespace> = Api::all(client.clone());
         let obj: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
         api.create(&PostParams::default(), &obj).await.expect("create namespace");
-        // the namespace's default ServiceAccount is not needed: tenon's pods mount none
+        // tenon's pods mount no token, but the API server admits a pod only once the
+        // controller manager gave its namespace the default ServiceAccount (at once, unless
+        // the controller manager is still catching up after an API server restart)
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        let until = Instant::now() + Duration::from_secs(90);
+        while !matches!(sas.get_opt("default").await, Ok(Some(_))) {
+            assert!(Instant::now() < until, "namespace {ns} got no default ServiceAccount in 90 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         Some(Cluster { kubeconfig, client, ns })
     }
 
