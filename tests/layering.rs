@@ -80,6 +80,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("error", "watch"),
     ("exec", "hash"),
     ("exec", "model"),
+    ("exec", "oci"),
     ("exec", "ui"),
     ("exec", "util"),
     ("hash", "util"),
