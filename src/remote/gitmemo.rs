@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::layout::{self, MEMO_ARTIFACT_TYPE, MEMO_CONFIG_TYPE, MEMO_TAG_PREFIX};
-use super::{RemoteCache, MAX_CONFIG_BYTES};
+use super::{ConfigMiss, RemoteCache};
 use crate::hash::git::{self, BlobDigest};
 use crate::oci::{Digest, ManifestRef, OciError};
 use crate::store::Store;
@@ -212,34 +212,18 @@ impl RemoteCache {
         {
             return reject(format!("its config type {:?} is not {MEMO_CONFIG_TYPE}", raw.config.media_type));
         }
-        if raw.config.size > MAX_CONFIG_BYTES {
-            return reject(format!("its config is {} bytes (at most {MAX_CONFIG_BYTES})", raw.config.size));
-        }
         let digest = match Digest::parse(&raw.config.digest) {
             Ok(d) => d,
             Err(e) => return reject(format!("config digest: {e}")),
         };
-        if let Some(v) = &self.verifier {
-            let msg = crate::oci::sign::memo_message(tree, digest.as_str());
-            match raw.annotations.get(layout::SIGNATURE_ANNOTATION) {
-                None => return reject("it is not signed and --cache-verify-key requires a signature".into()),
-                Some(sig) => {
-                    if let Err(e) = v.verify(&msg, sig) {
-                        return reject(format!("its signature does not verify: {e}"));
-                    }
-                }
-            }
-        }
-        let mut buf = Vec::with_capacity(raw.config.size as usize);
-        match self.client.pull_blob(&digest, Some(raw.config.size), &mut buf).await {
-            Ok(n) => {
-                self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.fault(&format!("git memo {MEMO_TAG_PREFIX}{tree}: reading its config"), &e);
-                return None;
-            }
-        }
+        let msg = crate::oci::sign::memo_message(tree, digest.as_str());
+        let signature = raw.annotations.get(layout::SIGNATURE_ANNOTATION).map(String::as_str);
+        let what = format!("git memo {MEMO_TAG_PREFIX}{tree}");
+        let buf = match self.checked_config(&what, &digest, raw.config.size, signature, &msg).await {
+            Ok(b) => b,
+            Err(ConfigMiss::Rejected(why)) => return reject(why),
+            Err(ConfigMiss::Fault) => return None,
+        };
         match parse_doc(&buf, tree) {
             Ok(doc) => {
                 self.memos_seen.lock().unwrap_or_else(|p| p.into_inner()).insert(tree.to_string(), doc.clone());

@@ -76,6 +76,14 @@ pub struct RemoteHit {
     pub origin: String,
 }
 
+/// Why [`RemoteCache::checked_config`] gave no config.
+enum ConfigMiss {
+    /// It failed a check (the reason).
+    Rejected(String),
+    /// The registry failed (reported as a fault).
+    Fault,
+}
+
 /// Why a remote lookup gave nothing.
 enum Miss {
     /// The registry has no record for the key.
@@ -311,30 +319,14 @@ impl RemoteCache {
         };
         let manifest = layout::RecordManifest::parse(&m.bytes, key).map_err(reject)?;
         let config = &manifest.config;
-        if config.size > MAX_CONFIG_BYTES {
-            return Err(reject(format!("its config is {} bytes (at most {MAX_CONFIG_BYTES})", config.size)));
-        }
-        if let Some(v) = &self.verifier {
-            let msg = crate::oci::sign::record_message(key, config.digest.as_str());
-            match manifest.signature.as_deref() {
-                None => return Err(reject("it is not signed and --cache-verify-key requires a signature".into())),
-                Some(sig) => {
-                    if let Err(e) = v.verify(&msg, sig) {
-                        return Err(reject(format!("its signature does not verify: {e}")));
-                    }
-                }
-            }
-        }
-        let mut buf = Vec::with_capacity(config.size as usize);
-        match self.client.pull_blob(&config.digest, Some(config.size), &mut buf).await {
-            Ok(n) => {
-                self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.fault(&format!("record r1-{key}: reading its config"), &e);
-                return Err(if self.is_down() { Miss::Off } else { Miss::Absent });
-            }
-        }
+        let msg = crate::oci::sign::record_message(key, config.digest.as_str());
+        let what = format!("record r1-{key}");
+        let buf =
+            match self.checked_config(&what, &config.digest, config.size, manifest.signature.as_deref(), &msg).await {
+                Ok(b) => b,
+                Err(ConfigMiss::Rejected(why)) => return Err(reject(why)),
+                Err(ConfigMiss::Fault) => return Err(if self.is_down() { Miss::Off } else { Miss::Absent }),
+            };
         let rec = RemoteRecord::parse(&buf, key, &manifest).map_err(reject)?;
         let uid = &rec.record.run_uid;
         let origin = format!(
@@ -345,6 +337,47 @@ impl RemoteCache {
             self.url
         );
         Ok((rec, manifest, origin))
+    }
+
+    /// The config blob of a shared artifact (`what`, for messages), after the checks every
+    /// one gets: at most [`MAX_CONFIG_BYTES`], signed over `msg` by a trusted key when
+    /// `--cache-verify-key` is set, every byte checked against `digest`.
+    async fn checked_config(
+        &self,
+        what: &str,
+        digest: &Digest,
+        size: u64,
+        signature: Option<&str>,
+        msg: &[u8],
+    ) -> Result<Vec<u8>, ConfigMiss> {
+        if size > MAX_CONFIG_BYTES {
+            return Err(ConfigMiss::Rejected(format!("its config is {size} bytes (at most {MAX_CONFIG_BYTES})")));
+        }
+        if let Some(v) = &self.verifier {
+            match signature {
+                None => {
+                    return Err(ConfigMiss::Rejected(
+                        "it is not signed and --cache-verify-key requires a signature".into(),
+                    ))
+                }
+                Some(sig) => {
+                    if let Err(e) = v.verify(msg, sig) {
+                        return Err(ConfigMiss::Rejected(format!("its signature does not verify: {e}")));
+                    }
+                }
+            }
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        match self.client.pull_blob(digest, Some(size), &mut buf).await {
+            Ok(n) => {
+                self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+                Ok(buf)
+            }
+            Err(e) => {
+                self.fault(&format!("{what}: reading its config"), &e);
+                Err(ConfigMiss::Fault)
+            }
+        }
     }
 
     /// Download what the local store lacks, verified, then commit trees and record.
