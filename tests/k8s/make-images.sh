@@ -26,7 +26,7 @@
 # A name with a digest (`repo@sha256:…`) is a plain containerd name here: the kubelet finds it
 # locally (pull policy IfNotPresent) and never checks the digest against the content.
 #
-# Needs: ctr (K8S_DIR/ctr), busybox-static, python3, and the Debian packages above (all in a
+# Needs: ctr (K8S_DIR/ctr), busybox-static, python3, git, and the Debian packages above (all in a
 # default Debian; .ci/run installs busybox-static and python3). Idempotent: an image that is
 # already loaded is kept (delete it with `K8S_DIR/ctr images rm NAME` to rebuild).
 set -euo pipefail
@@ -177,3 +177,22 @@ else
 fi
 tag docker.io/library/ubuntu:latest mirror.gcr.io/ubuntu:latest \
   mirror.gcr.io/ubuntu@sha256:0d39fcc8335d6d74d5502f6df2d30119ff4790ebbb60b364818d5112d9e3e932
+
+# docker.io/local/git:debian: Debian's git (git, its helper programs in /usr/lib/git-core, the
+# templates) and a static busybox for /bin/sh: the in-cluster git server of tests/k8s_deploy.rs
+# (`git daemon`, which runs from /usr/lib/git-core, serving and receiving pushes).
+name=docker.io/local/git:debian
+if have "$name"; then
+  echo "make-images: $name already loaded" >&2
+else
+  command -v git >/dev/null || { echo "make-images: git is missing (apt-get install git)" >&2; exit 1; }
+  root=$work/git
+  new_root "$root"
+  add_busybox "$root"
+  cp -L /usr/bin/git "$root/usr/bin/git"
+  mkdir -p "$root/usr/lib/git-core" "$root/usr/share/git-core"
+  cp -a /usr/lib/git-core/. "$root/usr/lib/git-core/"
+  cp -a /usr/share/git-core/templates "$root/usr/share/git-core/"
+  add_libs "$root" /usr/bin/git /usr/lib/git-core/git-daemon /usr/lib/git-core/git-remote-http
+  load "$name" "$root" '["git"]'
+fi
