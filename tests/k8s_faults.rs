@@ -229,6 +229,48 @@ async fn a_pod_deleted_by_someone_else_fails_the_attempt_with_a_message() {
     c.assert_no_pods().await;
 }
 
+/// A deletion tenon's pod watch cannot see as an event: tenon is frozen (SIGSTOP) while the
+/// API server restarts and the pod is deleted, so its watch resumes from a version the new
+/// API server no longer has and lists again; the pod is simply absent from that list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_while_tenon_was_cut_off_is_noticed_on_the_relist() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(c) = Cluster::new("relist").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("t.yaml"), SLEEPER.replace("IMG", BUSYBOX).replace("SECS", "600")).unwrap();
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let child = spawn_debug(&c, &dir, &tmp.path().join("s"));
+    let pid = child.id().to_string();
+    let (name, _) = c.wait_running_pod().await;
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    signal("-STOP");
+    let others = Revive::record();
+    let mut api = Stopped::stop("kube-apiserver");
+    api.start();
+    api_back(&c).await;
+    c.pods_api().delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while c.pods_api().get_opt(&name).await.unwrap().is_some() {
+        assert!(Instant::now() < until, "pod {name} was not deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal("-CONT");
+    let resumed = Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("MEASURE relist: tenon resumed -> deletion reported: {:.1} s", resumed.elapsed().as_secs_f64());
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let t = task(&report, "sleeper");
+    assert_eq!(t["status"], "Failed", "{t:#}");
+    assert!(t["message"].as_str().unwrap_or_default().contains("deleted by someone else"), "{t:#}");
+    assert_eq!(stderr.matches("pod created").count(), 1, "one pod, never a replacement:\n{stderr}");
+    c.assert_no_pods().await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    others.now();
+    Cluster::new("after").await.expect("the cluster works again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_not_ready_for_a_while_delays_the_run_but_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;

@@ -310,6 +310,8 @@ impl KubernetesExecutor {
         let mut uploaded = upload.is_none();
         let mut sidecars_ok = plan.sidecars.is_empty();
         let mut last: Option<Pod> = None;
+        // whether the watch's latest (re)list held the pod
+        let mut listed = false;
         let end = loop {
             let ev = tokio::select! {
                 _ = cancel.cancelled() => break End::Cancelled,
@@ -317,11 +319,29 @@ impl KubernetesExecutor {
                 ev = stream.try_next() => ev,
             };
             let pod = match ev {
-                Ok(Some(Event::Apply(p) | Event::InitApply(p))) => p,
+                Ok(Some(Event::Apply(p))) => p,
+                Ok(Some(Event::Init)) => {
+                    listed = false;
+                    continue;
+                }
+                Ok(Some(Event::InitApply(p))) => {
+                    listed = true;
+                    p
+                }
+                // A (re)list without the pod: after a watch gap too long to resume (say the
+                // API server restarted), a deletion shows only as the pod's absence. The list
+                // may come from the API server's cache, so a quorum read decides.
+                Ok(Some(Event::InitDone)) if !listed => match self.pods.get_opt(name).await {
+                    Ok(None) => {
+                        break End::Broken("PodDeleted".into(), format!("pod {name} was deleted by someone else"))
+                    }
+                    Ok(Some(p)) => p,
+                    Err(_) => continue,
+                },
+                Ok(Some(Event::InitDone)) => continue,
                 Ok(Some(Event::Delete(_))) => {
                     break End::Broken("PodDeleted".into(), format!("pod {name} was deleted by someone else"))
                 }
-                Ok(Some(_)) => continue,
                 Ok(None) => break End::Broken("PodFailed".into(), "the pod watch ended".into()),
                 Err(e) => {
                     tracing::debug!(error = %e, "pod watch error (retrying)");
