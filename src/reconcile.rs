@@ -272,7 +272,10 @@ pub async fn build_executor(s: &RunSettings, console: Arc<Console>, sweep: bool)
         }
         ExecutorKind::Kubernetes => {
             let k8s_err = |message: String| ReconcileError::ExecutorStart { executor: "kubernetes", message };
-            let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console).await.map_err(k8s_err)?;
+            let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console)
+                .await
+                .and_then(|k| k.with_data_plane(s.remote.as_ref()))
+                .map_err(k8s_err)?;
             if sweep {
                 k.sweep().await.map_err(k8s_err)?;
             }
