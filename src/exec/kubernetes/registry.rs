@@ -320,6 +320,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_data_plane_needs_both_an_image_and_a_registry() {
+        let remote = |url: &str, read_only| crate::remote::RemoteSettings {
+            url: url.into(),
+            read_only,
+            credentials_file: None,
+            ..Default::default()
+        };
+        let args = |image: Option<&str>, data: Option<&str>| KubeArgs {
+            tenon_image: image.map(String::from),
+            data_registry: data.map(String::from),
+            ..Default::default()
+        };
+        let cache = remote("oci+http://127.0.0.1:5000/tenon/cache", false);
+        assert!(DataPlane::from_flags(&args(None, None), Some(&cache)).unwrap().is_none(), "off without an image");
+        let e = DataPlane::from_flags(&args(None, Some("oci+http://10.0.0.1:5000/x")), None).err().unwrap();
+        assert!(e.contains("need --k8s-tenon-image"), "{e}");
+        let e = DataPlane::from_flags(&args(Some("tenon:1"), None), None).err().unwrap();
+        assert!(e.contains("needs a registry"), "{e}");
+        let d = DataPlane::from_flags(&args(Some("tenon:1"), None), Some(&cache)).unwrap().unwrap();
+        assert_eq!((d.pod_url.as_str(), d.push), ("oci+http://127.0.0.1:5000/tenon/cache", true));
+        let pods = Some("oci+http://10.0.0.1:5000/tenon/cache");
+        let d = DataPlane::from_flags(&args(Some("tenon:1"), pods), Some(&remote(&cache.url, true))).unwrap().unwrap();
+        assert_eq!((d.pod_url.as_str(), d.push), ("oci+http://10.0.0.1:5000/tenon/cache", false), "read-only: no push");
+        let d = DataPlane::from_flags(&args(Some("tenon:1"), pods), None).unwrap().unwrap();
+        assert_eq!(d.client.repo().to_string(), "oci+http://10.0.0.1:5000/tenon/cache", "one URL for both");
+        let e = DataPlane::from_flags(&args(Some("tenon:1"), Some("http://x/y")), Some(&cache)).err().unwrap();
+        assert!(e.contains("--k8s-data-registry"), "{e}");
+    }
+
+    #[test]
     fn the_fetcher_refuses_paths_outside_the_volumes() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = Client::new(RepoUrl::parse("oci+http://127.0.0.1:9/x").unwrap(), ClientConfig::default()).unwrap();
