@@ -272,9 +272,15 @@ pub async fn build_executor(s: &RunSettings, console: Arc<Console>, sweep: bool)
         }
         ExecutorKind::Kubernetes => {
             let k8s_err = |message: String| ReconcileError::ExecutorStart { executor: "kubernetes", message };
+            // large inputs through the shared cache's registry: the same URL, credentials and CA
+            let registry = s.remote.as_ref().map(|r| crate::exec::kubernetes::RegistryAccess {
+                url: r.url.clone(),
+                read_only: r.read_only,
+                config: r.client_config(),
+            });
             let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console)
                 .await
-                .and_then(|k| k.with_data_plane(s.remote.as_ref()))
+                .and_then(|k| k.with_data_plane(registry.as_ref()))
                 .map_err(k8s_err)?;
             if sweep {
                 k.sweep().await.map_err(k8s_err)?;

@@ -47,7 +47,7 @@ mod tests;
 mod transfer;
 
 use pod::*;
-pub use registry::{pod_fetch, DataPlane};
+pub use registry::{pod_fetch, DataPlane, RegistryAccess};
 use transfer::*;
 
 /// TaskRuns running at once on a cluster without `--parallel`: the pods run on the cluster's
@@ -230,8 +230,8 @@ impl KubernetesExecutor {
     }
 
     /// Fetch large inputs from a registry in the pod when the flags ask for it (see
-    /// [`DataPlane::from_flags`]); `remote` is the shared cache's settings.
-    pub fn with_data_plane(mut self, remote: Option<&crate::remote::RemoteSettings>) -> Result<Self, String> {
+    /// [`DataPlane::from_flags`]); `remote` is the shared cache's registry.
+    pub fn with_data_plane(mut self, remote: Option<&RegistryAccess>) -> Result<Self, String> {
         self.data = DataPlane::from_flags(&self.args, remote)?;
         Ok(self)
     }

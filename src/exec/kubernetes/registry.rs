@@ -27,8 +27,8 @@ use crate::oci::{Client, ClientConfig, CredentialSource, Digest, RepoUrl};
 /// The init container that fetches the listed files.
 pub const FETCH: &str = "tenon-fetch";
 /// Files at least this large go through the registry (the shared cache's own threshold for a
-/// blob of its own).
-pub const MIN_SIZE: u64 = crate::remote::layout::LARGE_OBJECT;
+/// blob of its own, `remote::layout::LARGE_OBJECT`).
+pub const MIN_SIZE: u64 = 1 << 20;
 /// The largest list (JSON bytes) the pod spec carries; files beyond it go through the tar.
 const LIST_MAX: usize = 64 * 1024;
 /// Where the fetcher sees the registry credentials' Secret.
@@ -47,6 +47,16 @@ pub struct Fetch {
     pub mtime: i64,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// The shared cache's registry as tenon reaches it (`--cache-repo` and its flags).
+#[derive(Debug, Clone)]
+pub struct RegistryAccess {
+    pub url: String,
+    /// Never write (`--cache-read-only`).
+    pub read_only: bool,
+    /// Credentials, CA, timeouts.
+    pub config: ClientConfig,
 }
 
 /// The data plane's settings and its client (the registry as tenon reaches it).
@@ -76,7 +86,7 @@ pub(super) struct Offload {
 impl DataPlane {
     /// The data plane of these flags, if they ask for one: `--k8s-tenon-image` and a registry
     /// (`--k8s-data-registry` for pods, `--cache-repo` for tenon; each defaults to the other).
-    pub fn from_flags(args: &KubeArgs, remote: Option<&crate::remote::RemoteSettings>) -> Result<Option<Self>, String> {
+    pub fn from_flags(args: &KubeArgs, remote: Option<&RegistryAccess>) -> Result<Option<Self>, String> {
         let pod_flag = args.data_registry.clone().filter(|u| !u.trim().is_empty());
         let host = remote.map(|r| r.url.clone()).or_else(|| pod_flag.clone());
         let Some(image) = args.tenon_image.clone().filter(|i| !i.trim().is_empty()) else {
@@ -92,7 +102,7 @@ impl DataPlane {
         let pod_url =
             RepoUrl::parse(pod_flag.as_deref().unwrap_or(&host)).map_err(|e| format!("--k8s-data-registry: {e}"))?;
         let cfg = match remote {
-            Some(r) => r.client_config(),
+            Some(r) => r.config.clone(),
             None => ClientConfig { credentials: CredentialSource::DockerConfig, ..ClientConfig::default() },
         };
         let read_only = remote.is_some_and(|r| r.read_only) || repo.read_only == Some(true);
@@ -321,12 +331,8 @@ mod tests {
 
     #[test]
     fn the_data_plane_needs_both_an_image_and_a_registry() {
-        let remote = |url: &str, read_only| crate::remote::RemoteSettings {
-            url: url.into(),
-            read_only,
-            credentials_file: None,
-            ..Default::default()
-        };
+        let remote =
+            |url: &str, read_only| RegistryAccess { url: url.into(), read_only, config: ClientConfig::default() };
         let args = |image: Option<&str>, data: Option<&str>| KubeArgs {
             tenon_image: image.map(String::from),
             data_registry: data.map(String::from),
