@@ -278,10 +278,13 @@ pub async fn build_executor(s: &RunSettings, console: Arc<Console>, sweep: bool)
                 read_only: r.read_only,
                 config: r.client_config(),
             });
+            // flags that do not fit are a usage error, found before connecting
+            let data =
+                crate::exec::kubernetes::DataPlane::from_flags(&s.kube, registry.as_ref()).map_err(Error::Usage)?;
             let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console)
                 .await
-                .and_then(|k| k.with_data_plane(registry.as_ref()))
-                .map_err(k8s_err)?;
+                .map_err(k8s_err)?
+                .with_data_plane(data);
             if sweep {
                 k.sweep().await.map_err(k8s_err)?;
             }

@@ -280,6 +280,38 @@ async fn missing_blobs_are_pushed_and_a_corrupt_blob_fails_the_task() {
     drop(reg);
 }
 
+/// Flags that cannot make a data plane are usage errors (exit 2), found before any cluster is
+/// contacted (the kubeconfig named here does not exist): no cluster needed.
+#[test]
+fn data_plane_flags_without_their_counterpart_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("p.yaml"), SUM.replace("IMG", BUSYBOX)).unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let kc = tmp.path().join("no-such-kubeconfig").display().to_string();
+    let base = ["run", dir, "-q", "--executor", "kubernetes", "--k8s-kubeconfig", &kc];
+    let cases: [(&[&str], &str); 3] = [
+        (&["--k8s-tenon-image", "local/tenon:x"], "--k8s-tenon-image needs a registry"),
+        (&["--k8s-data-registry", "oci+http://10.0.0.1:5000/x"], "need --k8s-tenon-image"),
+        (
+            &[
+                "--k8s-tenon-image",
+                "local/tenon:x",
+                "--cache-repo",
+                "oci+http://127.0.0.1:9/x",
+                "--k8s-data-registry",
+                "10.0.0.1/x",
+            ],
+            "--k8s-data-registry",
+        ),
+    ];
+    for (extra, want) in cases {
+        let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
+        let r = tenon(&args, &tmp.path().join("s"));
+        assert_eq!(r.code, 2, "{extra:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{extra:?}: {}", r.stderr);
+    }
+}
+
 /// Run a command to its end (off the test's runtime threads).
 async fn output(mut cmd: std::process::Command) -> Run {
     tokio::task::spawn_blocking(move || cmd.output().expect("tenon runs")).await.unwrap().into()

@@ -229,11 +229,10 @@ impl KubernetesExecutor {
         })
     }
 
-    /// Fetch large inputs from a registry in the pod when the flags ask for it (see
-    /// [`DataPlane::from_flags`]); `remote` is the shared cache's registry.
-    pub fn with_data_plane(mut self, remote: Option<&RegistryAccess>) -> Result<Self, String> {
-        self.data = DataPlane::from_flags(&self.args, remote)?;
-        Ok(self)
+    /// Fetch large inputs from a registry in the pod ([`DataPlane::from_flags`]).
+    pub fn with_data_plane(mut self, data: Option<DataPlane>) -> Self {
+        self.data = data;
+        self
     }
 
     pub fn namespace(&self) -> &str {
