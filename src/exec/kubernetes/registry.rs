@@ -248,7 +248,8 @@ fn secret_hosts(req: &TaskRunRequest) -> BTreeSet<PathBuf> {
 /// ([`walk_tree`]): (host path, pod path, metadata).
 fn large_files(root: &Path, stage: &str, out: &mut Vec<(PathBuf, String, std::fs::Metadata)>) -> std::io::Result<()> {
     walk_tree(root, root, &mut |p, rel, meta| {
-        if meta.is_file() && meta.len() >= MIN_SIZE {
+        // a name that is not UTF-8 stays in the tar (the list is JSON text)
+        if meta.is_file() && meta.len() >= MIN_SIZE && p.to_str().is_some() {
             out.push((p, format!("{stage}/{rel}"), meta));
         }
         Ok(())
@@ -353,6 +354,27 @@ mod tests {
         assert_eq!(d.client.repo().to_string(), "oci+http://10.0.0.1:5000/tenon/cache", "one URL for both");
         let e = DataPlane::from_flags(&args(Some("tenon:1"), Some("http://x/y")), Some(&cache)).err().unwrap();
         assert!(e.contains("--k8s-data-registry"), "{e}");
+    }
+
+    #[test]
+    fn only_large_regular_files_with_utf8_names_go_through_the_registry() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let big = vec![7u8; MIN_SIZE as usize];
+        std::fs::create_dir_all(root.join("d/.git")).unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::write(root.join("d/model.bin"), &big).unwrap();
+        std::fs::write(root.join("d/.git/pack"), &big).unwrap();
+        std::fs::write(root.join(".git/pack"), &big).unwrap();
+        std::fs::write(root.join("small"), &big[1..]).unwrap();
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"bad-\xff")), &big).unwrap();
+        std::os::unix::fs::symlink("d/model.bin", root.join("link")).unwrap();
+        let mut out = Vec::new();
+        large_files(root, "tenon/ws/ws-a", &mut out).unwrap();
+        let paths: Vec<&str> = out.iter().map(|(_, p, _)| p.as_str()).collect();
+        // .git only at the top is left out, as the tar leaves it out
+        assert_eq!(paths, ["tenon/ws/ws-a/d/.git/pack", "tenon/ws/ws-a/d/model.bin"]);
     }
 
     #[test]
