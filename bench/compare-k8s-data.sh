@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GB-size data on the Kubernetes executor without a registry (issue 17): a model bound to a
-# one-step task on the test cluster, against `kubectl cp` of the same file into a busybox pod,
-# side by side in one run (alternating), with tenon's wall time, phases and peak RSS.
+# GB-size data on the Kubernetes executor (issue 17): a model bound to a one-step task on the
+# test cluster, through the API server (exec streaming) and from a registry (the data plane),
+# against `kubectl cp` of the same file into a busybox pod, side by side in one run
+# (alternating), with tenon's wall time, phases and peak RSS.
 #
 #   nice -n 19 bash bench/compare-k8s-data.sh                 # 1 GiB model, 3 reps
 #   SIZE=64M bash bench/compare-k8s-data.sh --quick --no-results   # a smoke test
@@ -10,7 +11,9 @@
 #          --no-results (do not write bench/RESULTS-k8s-data.md).
 # Env: SIZE (the model's size, default 1G), TENON_BIN (use this binary, no build; TENON_LABEL
 #      says what it is), KUBECONFIG (default /var/lib/tenon-k8s/admin.kubeconfig, the test
-#      cluster's), IMAGE (default local/busybox:1.35, on the test cluster).
+#      cluster's), IMAGE (default local/busybox:1.35, on the test cluster), K8S_DIR (the test
+#      cluster's folder with its `image` and `ctr` tools, default ../shared/k8s), REGISTRY=0
+#      (skip the registry cases).
 #
 # Every case works in a namespace of its own (created here, deleted at the end). The cases:
 #   tenon in      `tenon run --executor kubernetes --no-cache`: a PipelineRun whose task binds the
@@ -23,6 +26,12 @@
 #   kubectl       a busybox pod (create, wait Ready: timed apart), `kubectl cp` of the model into
 #                 it, `kubectl exec sha256sum` (checked), `kubectl cp` of it back out (checked),
 #                 pod deleted: the same bytes through the same API server, with kubectl's RSS.
+#   tenon reg     the `tenon in` task with the registry data plane: a registry pod (Debian's
+#                 docker-registry as an image) that task pods reach at its pod IP and tenon through
+#                 `kubectl port-forward`; tenon's own image (this binary) runs the init container
+#                 that fetches the model by digest. The first run (`reg push`, once) finds the
+#                 registry empty and pushes the model through the port-forward; each rep then
+#                 finds it there, so no model byte goes through the API server.
 # Times: median of N reps, wall clock; files in the page cache.
 set -euo pipefail
 
@@ -39,6 +48,8 @@ if [ "$QUICK" = 1 ]; then MODEL_SIZE="${SIZE:-64M}"; : "${REPS:=1}"; else MODEL_
 : "${REPS:=3}"
 export KUBECONFIG="${KUBECONFIG:-/var/lib/tenon-k8s/admin.kubeconfig}"
 IMAGE="${IMAGE:-local/busybox:1.35}"
+K8S_DIR="${K8S_DIR:-$REPO/../shared/k8s}"
+REGISTRY="${REGISTRY:-1}"
 
 # ---------------------------------------------------------------- tools
 [ -x /usr/bin/time ] || need_apt /usr/bin/time time || die "/usr/bin/time is required (apt-get install time)"
@@ -59,6 +70,7 @@ FREE_KIB=$(df --output=avail -k "$WORK" | tail -1)
 [ "$FREE_KIB" -ge "$NEED_KIB" ] || die "$WORK needs about $((NEED_KIB >> 20)) GiB free, it has $((FREE_KIB >> 20)) GiB"
 NS="tenon-bench-data-$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 cleanup() {
+    if [ -n "${PF_PID:-}" ]; then kill "$PF_PID" 2>/dev/null || true; fi
     kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
     if [ "$KEEP" = 0 ]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi
 }
@@ -175,16 +187,74 @@ kubectl_case() {
     timed k_delete kubectl -n "$NS" delete pod "$POD" --grace-period=0 --force --wait=false
 }
 
+# ---------------------------------------------------------------- the registry data plane
+REG=()
+if [ "$REGISTRY" = 1 ]; then
+    [ -x "$K8S_DIR/image" ] || die "no image tool at $K8S_DIR/image (set K8S_DIR, or REGISTRY=0)"
+    [ -x /usr/bin/docker-registry ] || need_apt docker-registry docker-registry || die "docker-registry is required (apt-get install docker-registry)"
+    "$K8S_DIR/ctr" images ls -q | grep -qx docker.io/local/registry:2.8 ||
+        "$K8S_DIR/image" docker.io/local/registry:2.8 --binary /usr/bin/docker-registry >/dev/null
+    TENON_IMAGE="docker.io/local/tenon:bench-$(sha256sum < "$TENON" | cut -c1-12)"
+    "$K8S_DIR/ctr" images ls -q | grep -qx "$TENON_IMAGE" || "$K8S_DIR/image" "$TENON_IMAGE" --binary "$TENON" >/dev/null
+    kubectl -n "$NS" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: registry}
+data:
+  config.yml: |
+    version: 0.1
+    log: {level: warn}
+    storage: {filesystem: {rootdirectory: /var/lib/registry}}
+    http: {addr: 0.0.0.0:5000}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: registry}
+spec:
+  containers:
+    - {name: registry, image: local/registry:2.8, imagePullPolicy: Never, args: [serve, /etc/registry/config.yml],
+       volumeMounts: [{name: storage, mountPath: /var/lib/registry}, {name: config, mountPath: /etc/registry}]}
+  volumes: [{name: storage, emptyDir: {}}, {name: config, configMap: {name: registry}}]
+YAML
+    kubectl -n "$NS" wait --for=condition=Ready pod/registry --timeout=120s >/dev/null
+    REG_IP=$(kubectl -n "$NS" get pod registry -o jsonpath='{.status.podIP}')
+    kubectl -n "$NS" port-forward pod/registry :5000 > "$RAW/port-forward.out" 2>&1 &
+    PF_PID=$!
+    for _ in $(seq 100); do grep -q 'Forwarding from 127.0.0.1' "$RAW/port-forward.out" && break; sleep 0.1; done
+    REG_PORT=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\) .*/\1/p' "$RAW/port-forward.out" | head -1)
+    [ -n "$REG_PORT" ] || die "kubectl port-forward: $(cat "$RAW/port-forward.out")"
+    REG=(--cache-repo "oci+http://127.0.0.1:$REG_PORT/tenon/data" --k8s-data-registry "oci+http://$REG_IP:5000/tenon/data"
+         --k8s-tenon-image "${TENON_IMAGE#docker.io/}")
+    log "registry pod at $REG_IP:5000, port-forward 127.0.0.1:$REG_PORT; tenon image $TENON_IMAGE"
+fi
+# reg_case CASE PUSHED: the task with the data plane; its debug line must say the model came
+# from the registry (PUSHED: the bytes tenon pushed first), and no exec upload may happen
+reg_case() {
+    rm -rf "$WORK/store"
+    timed "$1" env TENON_LOG=tenon=debug "$TENON" run "$WORK/in" -q --store "$WORK/store" --no-cache --output json "${K8S[@]}" "${REG[@]}"
+    check_task "$1" none || die "$1: wrong outcome (stderr: $RAW/$1.err)"
+    grep -q "data plane: inputs from the registry.* files=1 bytes=$MODEL_BYTES pushed=$2 " "$RAW/$1.err" ||
+        die "$1: the model did not come from the registry (stderr: $RAW/$1.err)"
+    if grep -q "upload started" "$RAW/$1.err"; then die "$1: an exec upload happened"; fi
+    rm -rf "$WORK/store"
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ "$REGISTRY" = 1 ]; then
+    log "the registry is empty: the first run pushes the model"
+    reg_case t_reg_push "$MODEL_BYTES"
+fi
 for ((i = 1; i <= REPS; i++)); do
     log "rep $i of $REPS"
     if ((i % 2)); then
         tenon_case t_in "$WORK/in" none
+        if [ "$REGISTRY" = 1 ]; then reg_case t_reg 0; fi
         kubectl_case
         tenon_case t_inout "$WORK/inout" "$WANT_OUT"
     else
         tenon_case t_inout "$WORK/inout" "$WANT_OUT"
         kubectl_case
+        if [ "$REGISTRY" = 1 ]; then reg_case t_reg 0; fi
         tenon_case t_in "$WORK/in" none
     fi
 done
@@ -199,7 +269,7 @@ K_INOUT=$(calc "$K_IN + $(med k_cp_out)")
 verdict() { calc "'**met**' if $1 else '**missed**'"; }
 OUT_MD="$WORK/RESULTS-k8s-data.md"
 {
-    echo "# GB-size data on the Kubernetes executor, no registry: tenon vs kubectl cp"
+    echo "# GB-size data on the Kubernetes executor: exec streaming, the registry data plane, kubectl cp"
     echo
     echo "Generated by \`bench/compare-k8s-data.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`${SIZE:+ with SIZE=$SIZE} on $(date -u +%Y-%m-%dT%H:%MZ)."
     echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(findmnt -no FSTYPE -T "$WORK")."
@@ -211,6 +281,10 @@ OUT_MD="$WORK/RESULTS-k8s-data.md"
     echo "|---|---:|---:|---|"
     echo "| tenon: one-step task, model bound read-only, \`sha256sum\` in the pod | $(s t_in) | $(mib "${PEAK[t_in]}") | ${PHASES[t_in]} |"
     echo "| tenon: the same, and a copy of the model (+5 bytes) written to a workspace and back to the host | $(s t_inout) | $(mib "${PEAK[t_inout]}") | ${PHASES[t_inout]} |"
+    if [ "$REGISTRY" = 1 ]; then
+        echo "| tenon reg: the \`tenon in\` task, the model already in the registry and fetched by the init container (no model byte through the API server) | $(s t_reg) | $(mib "${PEAK[t_reg]}") | registry pod; init container of \`${TENON_IMAGE#docker.io/}\` |"
+        echo "| tenon reg push: the same with the registry empty (tenon first pushes the model through \`kubectl port-forward\`; 1 run) | $(s t_reg_push) | $(mib "${PEAK[t_reg_push]}") | tenon in the cluster would push to the registry directly |"
+    fi
     echo "| kubectl: \`run\` a busybox pod, wait Ready | $(s k_pod) | | |"
     echo "| kubectl: \`kubectl cp\` the model in | $(s k_cp_in) | $(mib "${PEAK[k_cp_in]}") | $(rate "$(med k_cp_in)") MiB/s |"
     echo "| kubectl: \`kubectl exec sha256sum\` | $(s k_sum) | | |"
@@ -223,6 +297,11 @@ OUT_MD="$WORK/RESULTS-k8s-data.md"
     echo "|---|---|---|"
     echo "| tenon's peak RSS under 100 MiB, model in | $(mib "${PEAK[t_in]}") MiB | $(verdict "${PEAK[t_in]} < 100 * 1024") |"
     echo "| tenon's peak RSS under 100 MiB, model in and a copy out | $(mib "${PEAK[t_inout]}") MiB | $(verdict "${PEAK[t_inout]} < 100 * 1024") |"
+    if [ "$REGISTRY" = 1 ]; then
+        echo "| tenon's peak RSS under 100 MiB, model from the registry | $(mib "${PEAK[t_reg]}") MiB | $(verdict "${PEAK[t_reg]} < 100 * 1024") |"
+        echo "| tenon reg vs kubectl (same work) | $(calc "f'{$(med t_reg) / $K_IN:.2f}'")x ($(s t_reg) vs $(calc "f'{$K_IN:.1f}'") s) | |"
+        echo "| tenon reg vs tenon in (exec streaming) | $(calc "f'{$(med t_reg) / $(med t_in):.2f}'")x ($(s t_reg) vs $(s t_in) s) | |"
+    fi
     echo "| tenon in vs kubectl (same work) | $(calc "f'{$(med t_in) / $K_IN:.2f}'")x ($(s t_in) vs $(calc "f'{$K_IN:.1f}'") s) | |"
     echo "| tenon in+out vs kubectl (same work) | $(calc "f'{$(med t_inout) / $K_INOUT:.2f}'")x ($(s t_inout) vs $(calc "f'{$K_INOUT:.1f}'") s) | |"
     echo

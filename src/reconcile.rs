@@ -272,7 +272,19 @@ pub async fn build_executor(s: &RunSettings, console: Arc<Console>, sweep: bool)
         }
         ExecutorKind::Kubernetes => {
             let k8s_err = |message: String| ReconcileError::ExecutorStart { executor: "kubernetes", message };
-            let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console).await.map_err(k8s_err)?;
+            // large inputs through the shared cache's registry: the same URL, credentials and CA
+            let registry = s.remote.as_ref().map(|r| crate::exec::kubernetes::RegistryAccess {
+                url: r.url.clone(),
+                read_only: r.read_only,
+                config: r.client_config(),
+            });
+            // flags that do not fit are a usage error, found before connecting
+            let data =
+                crate::exec::kubernetes::DataPlane::from_flags(&s.kube, registry.as_ref()).map_err(Error::Usage)?;
+            let k = KubernetesExecutor::connect(s.kube.clone(), &s.state_dir, console)
+                .await
+                .map_err(k8s_err)?
+                .with_data_plane(data);
             if sweep {
                 k.sweep().await.map_err(k8s_err)?;
             }

@@ -751,39 +751,6 @@ async fn independent_tasks_run_as_parallel_pods() {
     c.assert_no_pods().await;
 }
 
-/// Run `cmd` to its end; its output and its peak resident set size in KiB (`wait4`'s
-/// `ru_maxrss`: the kernel's own high-water mark of exactly that process, no polling).
-fn run_measuring_rss(mut cmd: std::process::Command) -> (Run, u64) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("tenon starts");
-    let pipe = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    use std::io::Read;
-    let out = pipe(child.stdout.take().map(|x| Box::new(x) as _));
-    let err = pipe(child.stderr.take().map(|x| Box::new(x) as _));
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is valid; the pid is our own child, waited for once here
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    let run = Run { code, stdout: out.join().unwrap(), stderr: err.join().unwrap() };
-    (run, usage.ru_maxrss as u64)
-}
-
-/// sha256sum of what `sh -c SCRIPT` prints (the host's coreutils: fast in a debug build).
-fn sha256_of_output(script: &str) -> String {
-    let o = std::process::Command::new("sh").arg("-c").arg(format!("({script}) | sha256sum")).output().unwrap();
-    assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
-}
-
 /// A workspace file far larger than tenon's memory budget goes to the pod and a file as large
 /// comes back, both intact, while tenon's peak RSS stays bounded: the upload is a tar made on
 /// the fly into the exec stream, the download is unpacked as it arrives, and the write-back

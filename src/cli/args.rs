@@ -85,6 +85,24 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Remove the hold `tenon rollback` placed on ENV (in a commit; nothing held: no commit).
     Release(RollbackArgs),
+    /// Internal: the Kubernetes data plane's init container. Writes each listed file,
+    /// streamed from the registry and verified against its digest and size.
+    #[command(hide = true)]
+    PodFetch(PodFetchArgs),
+}
+
+/// `tenon pod-fetch` (run by the init container tenon adds to a task pod).
+#[derive(Debug, Args)]
+pub struct PodFetchArgs {
+    /// The repository: `oci://host/repo` or `oci+http://host:port/repo`.
+    #[arg(long, value_name = "URL")]
+    pub registry: String,
+    /// Docker-format registry credentials (a mounted Secret); default: anonymous.
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// The files: a JSON list of {path, digest, size, mode, mtime, uid, gid}.
+    #[arg(long, value_name = "JSON")]
+    pub list: String,
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,12 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Rollback(a) => hold_cmd(a, true),
         Command::Release(a) => hold_cmd(a, false),
         Command::Watch(a) => watch_cmd(a, cli.log_format).await,
+        Command::PodFetch(a) => {
+            crate::exec::kubernetes::pod_fetch(&a.registry, a.credentials_file.as_deref(), &a.list).await.map_err(
+                |e| Error::Io { context: format!("pod-fetch: {e}"), source: std::io::Error::other("no input written") },
+            )?;
+            Ok(Outcome::Ok)
+        }
     }
 }
 

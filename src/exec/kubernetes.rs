@@ -41,11 +41,13 @@ use crate::ui::Console;
 
 mod attempt;
 mod pod;
+mod registry;
 #[cfg(test)]
 mod tests;
 mod transfer;
 
 use pod::*;
+pub use registry::{pod_fetch, DataPlane, RegistryAccess};
 use transfer::*;
 
 /// TaskRuns running at once on a cluster without `--parallel`: the pods run on the cluster's
@@ -132,6 +134,20 @@ pub struct KubeArgs {
     /// the local executor uses them, instead of mounting the cluster's PVC of that name.
     #[arg(long = "k8s-copy-pvc")]
     pub copy_pvc: bool,
+    /// Image with tenon as its entrypoint: with a registry (--cache-repo or
+    /// --k8s-data-registry), an init container of this image fetches each input file of
+    /// 1 MiB or more from the registry by digest (verified) instead of tenon sending it
+    /// through the API server.
+    #[arg(long = "k8s-tenon-image", env = "TENON_K8S_TENON_IMAGE", value_name = "IMAGE")]
+    pub tenon_image: Option<String>,
+    /// The registry repository as task pods reach it (`oci://host/repo` or
+    /// `oci+http://host:port/repo`); default: --cache-repo's URL.
+    #[arg(long = "k8s-data-registry", env = "TENON_K8S_DATA_REGISTRY", value_name = "URL")]
+    pub data_registry: Option<String>,
+    /// A `kubernetes.io/dockerconfigjson` Secret in the pods' namespace with the registry
+    /// credentials the init container uses (default: anonymous).
+    #[arg(long = "k8s-data-registry-secret", value_name = "NAME")]
+    pub data_registry_secret: Option<String>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -185,6 +201,8 @@ pub struct KubernetesExecutor {
     console: Arc<Console>,
     /// Pod deletions under way ([`KubernetesExecutor::delete_later`]).
     deletes: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Large inputs through a registry ([`registry`]).
+    data: Option<DataPlane>,
 }
 
 impl KubernetesExecutor {
@@ -207,7 +225,14 @@ impl KubernetesExecutor {
             owner,
             console,
             deletes: Default::default(),
+            data: None,
         })
+    }
+
+    /// Fetch large inputs from a registry in the pod ([`DataPlane::from_flags`]).
+    pub fn with_data_plane(mut self, data: Option<DataPlane>) -> Self {
+        self.data = data;
+        self
     }
 
     pub fn namespace(&self) -> &str {

@@ -49,6 +49,24 @@ pub struct RemoteSettings {
     pub upload_timeout: std::time::Duration,
 }
 
+impl RemoteSettings {
+    /// How the registry's client connects and authenticates (also the Kubernetes data
+    /// plane's, which uses the same registry and credentials).
+    pub fn client_config(&self) -> ClientConfig {
+        let credentials = match &self.credentials_file {
+            Some(f) => CredentialSource::File(f.clone()),
+            None => CredentialSource::DockerConfig,
+        };
+        // 3 retries from 100 ms: a registry that is down costs the run 0.7 s, once
+        ClientConfig {
+            credentials,
+            ca_file: self.ca_file.clone(),
+            backoff: std::time::Duration::from_millis(100),
+            ..ClientConfig::default()
+        }
+    }
+}
+
 /// Counters for the run report and `/metrics` (read out by [`RemoteCache::summary`]).
 #[derive(Debug, Default)]
 pub struct RemoteStats {
@@ -124,17 +142,7 @@ impl RemoteCache {
     pub fn new(s: &RemoteSettings) -> Result<RemoteCache, String> {
         let repo = RepoUrl::parse(&s.url).map_err(|e| format!("--cache-repo: {e}"))?;
         let read_only = s.read_only || repo.read_only == Some(true);
-        let credentials = match &s.credentials_file {
-            Some(f) => CredentialSource::File(f.clone()),
-            None => CredentialSource::DockerConfig,
-        };
-        // 3 retries from 100 ms: a registry that is down costs the run 0.7 s, once
-        let cfg = ClientConfig {
-            credentials,
-            ca_file: s.ca_file.clone(),
-            backoff: std::time::Duration::from_millis(100),
-            ..ClientConfig::default()
-        };
+        let cfg = s.client_config();
         let url = repo.to_string();
         let client = Client::new(repo, cfg.clone()).map_err(|e| format!("--cache-repo {url}: {e}"))?;
         let signer = match &s.sign_key {

@@ -132,7 +132,12 @@ impl KubernetesExecutor {
         std::fs::create_dir_all(&logs_dir)
             .and_then(|_| std::fs::create_dir_all(req.dir.join("results")))
             .map_err(|e| format!("cannot create run directory {}: {e}", req.dir.display()))?;
-        let upload = upload_plan(&plan)?;
+        // large inputs through the registry, when there is one: left out of the tar
+        let offload = match &self.data {
+            Some(d) => d.offload(req, &plan).await,
+            None => Default::default(),
+        };
+        let upload = upload_plan(&plan, &offload.hosts)?;
         // small uploads (scripts, the tekton directories, small workspaces) travel in the pod
         // spec: no exec round trip before the first step. Never Secret contents: whoever may
         // read the pod would read them
@@ -144,7 +149,11 @@ impl KubernetesExecutor {
             false => None,
         };
         let name = pod_name(&req.name, req.attempt, &req.dir);
-        let pod = build_pod(&name, req, &self.args, &self.owner, &plan, embedded.as_deref())?;
+        let mut pod = build_pod(&name, req, &self.args, &self.owner, &plan, embedded.as_deref())?;
+        if let (Some(d), false) = (&self.data, offload.list.is_empty()) {
+            d.add_fetcher(&mut pod, &plan, &offload.list, &self.args.pull_policy)?;
+            tracing::debug!(pod = %name, files = offload.list.len(), bytes = offload.bytes, pushed = offload.pushed, tar_bytes = upload.size, "data plane: inputs from the registry");
+        }
         let started = Instant::now();
         self.create(&name, &pod).await?;
         tracing::debug!(pod = %name, namespace = %self.namespace, embedded = embedded.is_some(), "pod created");
@@ -410,6 +419,9 @@ impl KubernetesExecutor {
         }
         if let Some((reason, msg)) = waiting_problem(pod) {
             return Some(End::Broken(reason, msg));
+        }
+        if let Some(msg) = registry::fetch_failed(st, name) {
+            return Some(End::Broken("PodFailed".into(), msg));
         }
         if st.phase.as_deref() == Some("Failed") || st.reason.is_some() {
             let reason = st.reason.clone().unwrap_or_default();

@@ -148,7 +148,7 @@ fn pod_spec_from_a_task() {
     assert!(vols.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == "team-data"));
     // the sidecar without command runs its image's entrypoint
     assert!(spec["containers"][1].get("command").is_none());
-    let up = upload_plan(&plan).unwrap();
+    let up = upload_plan(&plan, &BTreeSet::new()).unwrap();
     assert!(up.size > 0 && up.manifests.contains_key("tenon/ws/ws-src"));
 }
 

@@ -53,8 +53,10 @@ enum Body {
     },
 }
 
-/// Plan the upload: every entry and the tar's exact size (no file is read).
-pub(super) fn upload_plan(plan: &PodPlan) -> Result<Upload, String> {
+/// Plan the upload: every entry and the tar's exact size (no file is read). The files of
+/// `fetched` (host paths) are left out: the pod fetches them from a registry ([`super::registry`]);
+/// they count as uploaded for the write-back.
+pub(super) fn upload_plan(plan: &PodPlan, fetched: &BTreeSet<PathBuf>) -> Result<Upload, String> {
     let mut entries = Vec::new();
     let dir = |path: String| Entry { path, body: Body::Dir };
     for d in ["tekton/results", "tekton/steps", "tekton/home", "tekton/scripts", "tekton/run"] {
@@ -71,7 +73,7 @@ pub(super) fn upload_plan(plan: &PodPlan) -> Result<Upload, String> {
     for c in &plan.copied {
         let mut files = BTreeSet::new();
         if c.host.is_dir() {
-            add_tree(&mut entries, &c.host, &c.host, &c.stage, &mut files)
+            add_tree(&mut entries, &c.host, &c.stage, fetched, &mut files)
                 .map_err(|e| format!("cannot read workspace {}: {e}", c.host.display()))?;
         }
         manifests.insert(c.stage.clone(), files);
@@ -83,13 +85,13 @@ pub(super) fn upload_plan(plan: &PodPlan) -> Result<Upload, String> {
     Ok(up)
 }
 
-/// The entries of a host directory, depth first in name order (`.git` at its top left out).
-fn add_tree(
-    entries: &mut Vec<Entry>,
+/// Every entry of a host directory, depth first in name order, a directory before what it
+/// holds (`.git` at its top left out, symlinks not followed): `visit(path, relative path,
+/// metadata)`.
+pub(super) fn walk_tree(
     root: &Path,
     dir: &Path,
-    stage: &str,
-    files: &mut BTreeSet<String>,
+    visit: &mut dyn FnMut(PathBuf, String, std::fs::Metadata) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let mut list: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     list.sort_by_key(|e| e.file_name());
@@ -100,17 +102,36 @@ fn add_tree(
             continue;
         }
         let meta = std::fs::symlink_metadata(&p)?;
-        let ft = meta.file_type();
-        let link = if ft.is_symlink() { Some(std::fs::read_link(&p)?) } else { None };
-        let path = format!("{stage}/{rel}");
-        entries.push(Entry { path, body: Body::Host { source: p.clone(), meta, link } });
-        if ft.is_dir() {
-            add_tree(entries, root, &p, stage, files)?;
-        } else {
-            files.insert(rel);
+        let is_dir = meta.is_dir();
+        visit(p.clone(), rel, meta)?;
+        if is_dir {
+            walk_tree(root, &p, visit)?;
         }
     }
     Ok(())
+}
+
+/// The entries of a host directory ([`walk_tree`]) but the files of `fetched`; every
+/// non-directory goes into `files`.
+fn add_tree(
+    entries: &mut Vec<Entry>,
+    root: &Path,
+    stage: &str,
+    fetched: &BTreeSet<PathBuf>,
+    files: &mut BTreeSet<String>,
+) -> std::io::Result<()> {
+    walk_tree(root, root, &mut |source, rel, meta| {
+        let ft = meta.file_type();
+        if !ft.is_dir() {
+            files.insert(rel.clone());
+        }
+        if fetched.contains(&source) {
+            return Ok(());
+        }
+        let link = if ft.is_symlink() { Some(std::fs::read_link(&source)?) } else { None };
+        entries.push(Entry { path: format!("{stage}/{rel}"), body: Body::Host { source, meta, link } });
+        Ok(())
+    })
 }
 
 /// A writer that only counts.
@@ -596,7 +617,7 @@ mod tests {
         std::fs::write(host.join(&long).join(&long).join("big.bin"), &big).unwrap();
         std::os::unix::fs::symlink("empty", host.join("link")).unwrap();
         std::os::unix::fs::symlink("x".repeat(150), host.join("longlink")).unwrap();
-        let up = upload_plan(&plan_of(&host)).unwrap();
+        let up = upload_plan(&plan_of(&host), &BTreeSet::new()).unwrap();
         let mut bytes = Vec::new();
         up.write_to(&mut bytes).unwrap();
         assert_eq!(bytes.len() as u64, up.size);
@@ -636,7 +657,7 @@ mod tests {
         ];
         for (what, change) in changes {
             std::fs::write(&f, vec![1u8; 100_000]).unwrap();
-            let up = upload_plan(&plan_of(&host)).unwrap();
+            let up = upload_plan(&plan_of(&host), &BTreeSet::new()).unwrap();
             change(&f);
             let mut bytes = Vec::new();
             let e = up.write_to(&mut bytes).expect_err(what);
