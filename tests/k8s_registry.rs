@@ -330,6 +330,119 @@ async fn exec(c: &Cluster, pod: &str, container: &str, script: &str) -> String {
     out
 }
 
+/// A fetched input of a writable workspace is read back only when a step changed it: the
+/// holder hashes it in the pod, and an unchanged copy stays out of the read-back (the host
+/// holds those bytes already); a changed one comes back and lands on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_input_is_read_back_only_when_a_step_changed_it() {
+    const SIZE_MIB: u64 = 8;
+    let Some(c) = Cluster::new("regback").await else { return };
+    let tenon_image = images::tenon_image();
+    let reg = start_registry(&c).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("p.yaml"), WRITABLE.replace("IMG", BUSYBOX)).unwrap();
+    let want = write_model(&repo.join("model.bin"), SIZE_MIB);
+    let cmd = command(&c, &repo, &tmp.path().join("s"), Some((&reg, &tenon_image)), &["--parallel", "1"]);
+    let r: Run = output(cmd).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(task(&j, "look")["results"]["insum"], want.as_str(), "{j:#}\n{}", r.stderr);
+    let changed = task(&j, "append")["results"]["insum"].as_str().unwrap().to_string();
+    assert_ne!(changed, want);
+    // per pod, in order: what the holder found unchanged (look, append: make and check
+    // have no fetched input in a workspace they write), and how much each read-back carried
+    let field = |l: &str, k: &str| {
+        l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).and_then(|v| v.parse::<u64>().ok())
+    };
+    let checks: Vec<(u64, u64)> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("unchanged inputs not read back"))
+        .map(|l| (field(l, "unchanged").unwrap(), field(l, "of").unwrap()))
+        .collect();
+    assert_eq!(checks, [(1, 1), (0, 1)], "look left the model as fetched, append changed it:\n{}", r.stderr);
+    let reads: Vec<u64> =
+        r.stderr.lines().filter(|l| l.contains("download unpacked")).map(|l| field(l, "bytes").unwrap()).collect();
+    assert_eq!(reads.len(), 3, "make, look and append read back their work workspace:\n{}", r.stderr);
+    assert!(reads[0] > SIZE_MIB * MIB, "make's new model came back: {} bytes", reads[0]);
+    assert!(reads[1] < MIB, "look's unchanged model did not come back: {} bytes", reads[1]);
+    assert!(reads[2] > SIZE_MIB * MIB, "append's changed model came back: {} bytes", reads[2]);
+    // the host held the model through look (not deleted on the way) and got append's change
+    assert_eq!(task(&j, "check")["results"]["insum"], changed.as_str(), "{j:#}");
+    assert_eq!(task(&j, "check")["results"]["size"], (SIZE_MIB * MIB + 4).to_string().as_str(), "{j:#}");
+    drop(reg);
+}
+
+/// `make` puts the model into the writable `work` workspace, `look` reads it there, `append`
+/// changes it, `check` (read-only) sums what the host then holds.
+const WRITABLE: &str = r#"
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  name: regback
+  annotations:
+    tenon.dev/repo-workspace: source
+spec:
+  workspaces:
+    - {name: source, emptyDir: {}}
+    - name: work
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources: {requests: {storage: 64Mi}}
+  pipelineSpec:
+    workspaces: [{name: source}, {name: work}]
+    tasks:
+      - name: make
+        workspaces: [{name: source, workspace: source}, {name: work, workspace: work}]
+        taskSpec:
+          workspaces: [{name: source, readOnly: true}, {name: work}]
+          steps:
+            - name: copy
+              image: IMG
+              script: cp $(workspaces.source.path)/model.bin $(workspaces.work.path)/model.bin
+      - name: look
+        runAfter: [make]
+        workspaces: [{name: work, workspace: work}]
+        taskSpec:
+          workspaces: [{name: work}]
+          results: [{name: insum}]
+          steps:
+            - name: sum
+              image: IMG
+              script: |
+                set -e
+                sha256sum $(workspaces.work.path)/model.bin | cut -d' ' -f1 | tr -d '\n' > $(results.insum.path)
+      - name: append
+        runAfter: [look]
+        workspaces: [{name: work, workspace: work}]
+        taskSpec:
+          workspaces: [{name: work}]
+          results: [{name: insum}]
+          steps:
+            - name: append
+              image: IMG
+              script: |
+                set -e
+                printf more >> $(workspaces.work.path)/model.bin
+                sha256sum $(workspaces.work.path)/model.bin | cut -d' ' -f1 | tr -d '\n' > $(results.insum.path)
+      - name: check
+        runAfter: [append]
+        workspaces: [{name: work, workspace: work}]
+        taskSpec:
+          workspaces: [{name: work, readOnly: true}]
+          results: [{name: insum}, {name: size}]
+          steps:
+            - name: sum
+              image: IMG
+              script: |
+                set -e
+                sha256sum $(workspaces.work.path)/model.bin | cut -d' ' -f1 | tr -d '\n' > $(results.insum.path)
+                wc -c < $(workspaces.work.path)/model.bin | tr -d ' \n' > $(results.size.path)
+"#;
+
 const SUM: &str = r#"
 apiVersion: tekton.dev/v1
 kind: PipelineRun

@@ -170,6 +170,8 @@ impl KubernetesExecutor {
         tracing::debug!(pod = %name, ms = started.elapsed().as_millis() as u64, "steps ended");
         let mut download_err = None;
         let mut downloaded = None;
+        // fetched inputs the steps left as they were: not read back, kept on the host as is
+        let mut unchanged = BTreeSet::new();
         if matches!(end, End::Steps) {
             let pod_files = req.dir.join("pod-files");
             // the steps' termination messages carry their results when they fit; the holder
@@ -183,8 +185,15 @@ impl KubernetesExecutor {
                 .and_then(|c| c.state.as_ref())
                 .is_some_and(|s| s.running.is_some());
             let by_message = from_messages.is_some();
+            if let (None, true, Some(_)) = (&from_messages, holder_up, &self.data) {
+                match super::registry::drop_unchanged(&self.pods, &name, &plan, &offload.list).await {
+                    Ok(kept) => unchanged = kept,
+                    Err(e) => download_err = Some(e),
+                }
+            }
             match from_messages {
                 Some(d) => downloaded = Some(d),
+                None if download_err.is_some() => {}
                 None if holder_up => match self.download(&name, &plan, &pod_files).await {
                     Ok(d) => downloaded = Some(d),
                     Err(e) => download_err = Some(e),
@@ -245,10 +254,12 @@ impl KubernetesExecutor {
                 step_results.insert(s.sname.clone(), mine);
             }
             for c in plan.copied.iter().filter(|c| c.write_back) {
-                let empty = BTreeSet::new();
-                if let Err(e) =
-                    write_back(&dir.join(&c.stage), &c.host, upload.manifests.get(&c.stage).unwrap_or(&empty))
-                {
+                let mut uploaded = upload.manifests.get(&c.stage).cloned().unwrap_or_default();
+                let prefix = format!("{}/", c.stage);
+                for rel in unchanged.iter().filter_map(|p| p.strip_prefix(prefix.as_str())) {
+                    uploaded.remove(rel);
+                }
+                if let Err(e) = write_back(&dir.join(&c.stage), &c.host, &uploaded) {
                     failure.get_or_insert((
                         AttemptStatus::Failed,
                         "PodFailed".into(),

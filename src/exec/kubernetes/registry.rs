@@ -220,6 +220,69 @@ impl DataPlane {
     }
 }
 
+/// After the steps, before written-back workspaces are read: each fetched input of such a
+/// workspace that still holds exactly the fetched blob (the holder hashes it in the pod) is
+/// removed from the pod, so it does not travel back through the API; returns their pod paths
+/// (`tenon/ws/...`). The host copy is that blob already. A file changed, replaced by a
+/// symlink or gone is read back as usual. An error means some files may have been removed
+/// without tenon learning which: the read-back cannot be trusted, and the attempt fails
+/// rather than delete a host file that is only missing from the pod.
+pub(super) async fn drop_unchanged(
+    pods: &Api<Pod>,
+    pod: &str,
+    plan: &PodPlan,
+    list: &[Fetch],
+) -> Result<BTreeSet<String>, String> {
+    let stages: Vec<String> = plan.copied.iter().filter(|c| c.write_back).map(|c| format!("{}/", c.stage)).collect();
+    let mine: Vec<&Fetch> = list.iter().filter(|f| stages.iter().any(|s| f.path.starts_with(s.as_str()))).collect();
+    if mine.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    // the script goes in on stdin (no length limit; an exec here cannot close stdin, so the
+    // shell is given exactly its length to read); a path only ever appears single-quoted,
+    // and the output names files by their index, whatever their names hold
+    let mut script = String::new();
+    for (i, f) in mine.iter().enumerate() {
+        let p = format!("'{}'", format!("/{}", f.path).replace('\'', "'\\''"));
+        let hex = f.digest.strip_prefix("sha256:").unwrap_or(&f.digest);
+        script.push_str(&format!(
+            "if [ -f {p} ] && [ ! -L {p} ] && [ \"$(sha256sum < {p})\" = \"{hex}  -\" ]; then rm -f {p} && echo {i}; fi\n"
+        ));
+    }
+    script.push_str("echo end\n");
+    let started = std::time::Instant::now();
+    // hashing runs at hundreds of MB/s; a holder far slower than 20 MB/s is broken
+    let bytes: u64 = mine.iter().map(|f| f.size).sum();
+    let limit = std::time::Duration::from_secs(60 + bytes / (20 << 20));
+    let check = super::transfer::exec(pods, pod, HOLDER, read_exactly(script.len()), Some(script.as_bytes()));
+    let out = tokio::time::timeout(limit, check)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer in {limit:?}")))
+        .map_err(|e| format!("cannot compare the fetched inputs with the registry's: {e}"))?;
+    let out = String::from_utf8_lossy(&out);
+    if out.lines().last() != Some("end") {
+        return Err("the comparison of the fetched inputs did not finish".into());
+    }
+    let kept: BTreeSet<String> = out
+        .lines()
+        .filter_map(|l| l.trim().parse::<usize>().ok())
+        .filter_map(|i| mine.get(i).map(|f| f.path.clone()))
+        .collect();
+    tracing::debug!(
+        pod,
+        unchanged = kept.len(),
+        of = mine.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "data plane: unchanged inputs not read back"
+    );
+    Ok(kept)
+}
+
+/// `sh` running the script that is the next `n` bytes of its stdin.
+fn read_exactly(n: usize) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), format!("head -c {n} | sh")]
+}
+
 /// Why the fetcher failed, if it did: its exit code and message (the tail of its log).
 pub(super) fn fetch_failed(st: &k8s_openapi::api::core::v1::PodStatus, pod: &str) -> Option<String> {
     let c = st.init_container_statuses.iter().flatten().find(|c| c.name == FETCH)?;
