@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use pods::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,23 +35,6 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Create one object in the test's namespace.
-async fn create(c: &Cluster, obj: &Value) {
-    let (group, version) = match obj["apiVersion"].as_str().unwrap().split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", obj["apiVersion"].as_str().unwrap()),
-    };
-    let gvk = GroupVersionKind::gvk(group, version, obj["kind"].as_str().unwrap());
-    let (ar, _) = kube::discovery::pinned_kind(&c.client, &gvk).await.expect("kind served by the cluster");
-    let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &c.ns, &ar);
-    // (a create, not a server-side apply: the 1.20 API server's apply wrongly insists on
-    // `protocol` in a Service's ports, which defaults to TCP everywhere else)
-    let dynamic: DynamicObject = serde_json::from_value(obj.clone()).unwrap();
-    api.create(&PostParams::default(), &dynamic)
-        .await
-        .unwrap_or_else(|e| panic!("create {} {}: {e}", obj["kind"], obj["metadata"]["name"]));
 }
 
 /// Wait for `what` to hold of the namespace's pods, up to `secs`.
@@ -154,7 +137,7 @@ async fn deploy_with_the_test_overlay_turns_a_push_into_task_pods_and_a_promotio
 
     // the git server, then the example repository pushed to it
     let server = ports(std::fs::read_to_string(repo_root().join("tests/k8s/git-server.yaml")).unwrap());
-    create(&c, &serde_yaml::from_str(&server).unwrap()).await;
+    c.create(&serde_yaml::from_str(&server).unwrap(), false).await.unwrap();
     wait_pods(&c, "the git server ready", 90, |p| named(p, "git-server").is_some_and(ready)).await;
     let url = format!("git://127.0.0.1:{git_port}/models.git");
     let tmp = tempfile::tempdir().unwrap();
@@ -191,7 +174,7 @@ async fn deploy_with_the_test_overlay_turns_a_push_into_task_pods_and_a_promotio
     let started = Instant::now();
     for o in &objs {
         let text = ports(serde_json::to_string(o).unwrap()).replace("local/tenon:test", &image);
-        create(&c, &serde_json::from_str(&text).unwrap()).await;
+        c.create(&serde_json::from_str(&text).unwrap(), false).await.unwrap();
     }
 
     // the first revision: task pods, then a promotion commit on top of it

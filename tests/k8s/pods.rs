@@ -71,6 +71,25 @@ impl Cluster {
         ]
     }
 
+    /// Create one object (any kind the cluster serves) in this namespace; with `dry_run`, the
+    /// API server validates and admits it without storing it. (A create, not a server-side
+    /// apply: the 1.20 API server's apply wrongly insists on `protocol` in a Service's ports.)
+    pub async fn create(&self, obj: &serde_json::Value, dry_run: bool) -> Result<(), String> {
+        let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+        let what = format!("{kind} {}", obj["metadata"]["name"]);
+        let (ar, _) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map_err(|e| format!("{what}: {api_version} {kind} is not served: {e}"))?;
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(self.client.clone(), &self.ns, &ar);
+        let dynamic: kube::api::DynamicObject =
+            serde_json::from_value(obj.clone()).map_err(|e| format!("{what}: {e}"))?;
+        let pp = PostParams { dry_run, ..Default::default() };
+        api.create(&pp, &dynamic).await.map(|_| ()).map_err(|e| format!("{what}: {e}"))
+    }
+
     pub fn pods_api(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
